@@ -1,0 +1,207 @@
+"""Decoding and validation of speech audio.
+
+Everything that enters the models passes through :func:`load_audio`, which returns a mono float32
+waveform at :data:`SAMPLE_RATE` or raises :class:`AudioError` with a message a person can act on.
+Decoding uses ``soundfile`` (libsndfile): wav, flac, ogg/vorbis, opus and mp3 where libsndfile has it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+SAMPLE_RATE = 16_000  # Hz, what every model sees
+MIN_DURATION_S = 0.25  # shorter clips carry too little speech to classify
+MAX_DURATION_S = 60.0  # default upper bound; callers may raise or lower it
+MIN_SOURCE_RATE = 2_000  # Hz; below this there is no speech band left to analyse
+MAX_SOURCE_RATE = 384_000  # Hz; the highest rate any common recorder produces
+MAX_CHANNELS = 64
+SILENCE_PEAK = 1.0 / 32768  # at or below one 16-bit step: digital silence
+
+AudioSource = Union[str, os.PathLike, bytes, bytearray, tuple, np.ndarray]
+
+
+class AudioError(ValueError):
+    """Audio that cannot be analysed; the message says why and what to do."""
+
+
+def _describe(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return f"'{Path(source).name}'"
+    if isinstance(source, (bytes, bytearray)):
+        return f"the uploaded data ({len(source)} bytes)"
+    return "the recording"
+
+
+def _open_info(source, label: str):
+    try:
+        return sf.info(source)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioError(
+            f"{label} is not a readable audio file ({exc}). "
+            "Upload wav, flac, ogg or mp3, or record again."
+        ) from None
+
+
+def decode(source, max_duration_s: float = MAX_DURATION_S) -> tuple[np.ndarray, int]:
+    """Decode a path or encoded bytes to ``(samples, channels)`` float32 and its sample rate.
+
+    The header is read first, so a file that declares more than ``max_duration_s`` is refused
+    before any of it is decoded.
+    """
+    label = _describe(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise AudioError(f"{label} does not exist.")
+        if path.is_dir():
+            raise AudioError(f"{label} is a folder, not an audio file.")
+        if path.stat().st_size == 0:
+            raise AudioError(f"{label} is empty (0 bytes): the upload or recording did not complete.")
+        opener = lambda: str(path)  # noqa: E731
+    else:
+        data = bytes(source)
+        if not data:
+            raise AudioError("The uploaded data is empty (0 bytes): the upload did not complete.")
+        opener = lambda: io.BytesIO(data)  # noqa: E731
+    info = _open_info(opener(), label)
+    if info.frames <= 0:
+        raise AudioError(f"{label} holds no audio samples: it is empty or its header is truncated.")
+    _check_rate_channels(info.samplerate, info.channels, label)
+    declared_s = info.frames / info.samplerate
+    if declared_s > max_duration_s * 1.01:
+        raise AudioError(
+            f"{label} lasts {declared_s:.1f} s; the limit is {max_duration_s:.0f} s. "
+            "Trim it to the part you want analysed."
+        )
+    try:
+        samples, rate = sf.read(opener(), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(f"{label} is damaged and could not be decoded ({exc}).") from None
+    if samples.shape[0] == 0:
+        raise AudioError(f"{label} is truncated: its header promises audio but no samples follow.")
+    return samples, int(rate)
+
+
+def _check_rate_channels(rate: int, channels: int, label: str) -> None:
+    if not MIN_SOURCE_RATE <= rate <= MAX_SOURCE_RATE:
+        raise AudioError(
+            f"{label} has a sample rate of {rate} Hz; supported rates are "
+            f"{MIN_SOURCE_RATE}–{MAX_SOURCE_RATE} Hz."
+        )
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(f"{label} has {channels} channels; at most {MAX_CHANNELS} are supported.")
+
+
+def to_float(array: np.ndarray) -> np.ndarray:
+    """Integer PCM to float32 in [-1, 1); floats pass through as float32."""
+    array = np.asarray(array)
+    if array.dtype.kind == "f":
+        return array.astype(np.float32, copy=False)
+    if array.dtype.kind == "i":
+        scale = float(2 ** (8 * array.dtype.itemsize - 1))
+        return (array.astype(np.float64) / scale).astype(np.float32)
+    if array.dtype.kind == "u":
+        half = float(2 ** (8 * array.dtype.itemsize - 1))
+        return ((array.astype(np.float64) - half) / half).astype(np.float32)
+    if array.dtype.kind == "b":
+        raise AudioError("The recording is boolean data, not audio samples.")
+    raise AudioError(f"The recording has samples of type {array.dtype}, which is not audio.")
+
+
+def downmix(samples: np.ndarray) -> np.ndarray:
+    """``(samples,)`` or ``(samples, channels)`` -> mono ``(samples,)`` by averaging channels.
+
+    A 2-D array whose first axis is short and second long is taken as ``(channels, samples)``.
+    """
+    if samples.ndim == 1:
+        return samples
+    if samples.ndim != 2:
+        raise AudioError(f"The recording has shape {samples.shape}; expected (samples,) or (samples, channels).")
+    if samples.shape[0] <= MAX_CHANNELS < samples.shape[1]:
+        samples = samples.T
+    if samples.shape[1] > MAX_CHANNELS:
+        raise AudioError(f"The recording has {samples.shape[1]} channels; at most {MAX_CHANNELS} are supported.")
+    return samples.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
+def resample(wave: np.ndarray, rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Band-limited resampling (torchaudio's windowed sinc) of a mono float32 waveform."""
+    if rate == target_rate:
+        return wave
+    out = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), rate, target_rate)
+    return out.numpy().astype(np.float32, copy=False)
+
+
+def validate(wave: np.ndarray, rate: int, label: str = "the recording",
+             min_duration_s: float = MIN_DURATION_S, max_duration_s: float = MAX_DURATION_S) -> None:
+    """Raise :class:`AudioError` for a waveform no model should see."""
+    duration_s = wave.shape[0] / rate
+    if duration_s < min_duration_s:
+        raise AudioError(
+            f"{label} is {duration_s * 1000:.0f} ms long; at least {min_duration_s * 1000:.0f} ms of "
+            "speech is needed. Record a longer clip."
+        )
+    if duration_s > max_duration_s * 1.01:
+        raise AudioError(
+            f"{label} lasts {duration_s:.1f} s; the limit is {max_duration_s:.0f} s. "
+            "Trim it to the part you want analysed."
+        )
+    if not np.isfinite(wave).all():
+        bad = int((~np.isfinite(wave)).sum())
+        raise AudioError(f"{label} contains {bad} NaN or infinite samples: the file is corrupt.")
+    peak = float(np.abs(wave).max())
+    if peak <= SILENCE_PEAK:
+        raise AudioError(
+            f"{label} is digital silence (peak {peak:.1e}): check that the microphone is on and unmuted."
+        )
+
+
+def load_audio(source: AudioSource, *, sample_rate: int | None = None,
+               target_rate: int = SAMPLE_RATE, max_duration_s: float = MAX_DURATION_S,
+               min_duration_s: float = MIN_DURATION_S) -> np.ndarray:
+    """Decode, validate, downmix and resample any supported input to mono float32 at ``target_rate``.
+
+    ``source`` is a path, encoded bytes, a ``(sample_rate, array)`` pair as Gradio delivers it
+    (int16 or float, ``(samples,)`` or ``(samples, channels)``), or a bare array with
+    ``sample_rate=`` given.
+    Returns ``(samples,)`` float32.
+    """
+    if isinstance(source, tuple):
+        if len(source) != 2:
+            raise AudioError("Expected a (sample_rate, samples) pair for the recording.")
+        rate, array = source
+        if not isinstance(rate, (int, np.integer)) and isinstance(array, (int, np.integer)):
+            rate, array = array, rate  # (array, rate) as librosa returns it
+        label = "the recording"
+    elif isinstance(source, np.ndarray):
+        if sample_rate is None:
+            raise AudioError("A bare sample array needs its sample_rate.")
+        rate, array, label = sample_rate, source, "the recording"
+    elif isinstance(source, (str, os.PathLike, bytes, bytearray)):
+        array, rate = decode(source, max_duration_s=max_duration_s)
+        label = _describe(source)
+    elif source is None:
+        raise AudioError("No audio was given: upload a file or record a clip first.")
+    else:
+        raise AudioError(f"Cannot read audio from a {type(source).__name__}.")
+    try:
+        rate = int(rate)
+    except (TypeError, ValueError):
+        raise AudioError(f"The sample rate {rate!r} is not a number.") from None
+    array = np.asarray(array)
+    if array.size == 0:
+        raise AudioError(f"{label} holds no samples.")
+    channels = 1 if array.ndim == 1 else min(array.shape)
+    _check_rate_channels(rate, channels, label)
+    wave = downmix(to_float(array))
+    validate(wave, rate, label, min_duration_s, max_duration_s)
+    wave = resample(wave, rate, target_rate)
+    return np.ascontiguousarray(wave, dtype=np.float32)

@@ -1,0 +1,119 @@
+"""The log-mel front end, as a torch module that runs on whatever device the model is on.
+
+Frames are centred at ``i * hop_length`` samples with zero padding of ``n_fft // 2`` on both sides,
+so a clip's frames are identical whether it is alone or zero-padded inside a batch: a clip of
+``n`` samples has ``1 + n // hop_length`` frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchaudio.functional as AF
+
+from serdemo.audio import SAMPLE_RATE
+
+LOG_FLOOR = 1e-10  # power floor before the log (-100 dB)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Front-end parameters; travels inside every checkpoint card."""
+
+    sample_rate: int = SAMPLE_RATE  # Hz
+    win_length: int = 400  # samples (25 ms)
+    hop_length: int = 160  # samples (10 ms)
+    n_fft: int = 512
+    n_mels: int = 64
+    fmin_hz: float = 20.0
+    fmax_hz: float = 8000.0
+
+    @property
+    def frame_rate_hz(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @property
+    def n_bins(self) -> int:
+        return self.n_fft // 2 + 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FeatureConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown feature settings: {sorted(unknown)}")
+        return cls(**data)
+
+    def num_frames(self, num_samples):
+        """Frames for a clip of ``num_samples`` (int, array or tensor)."""
+        return 1 + num_samples // self.hop_length
+
+    def frame_times_s(self, num_frames: int) -> np.ndarray:
+        """Centre time in seconds of each of ``num_frames`` frames."""
+        return np.arange(num_frames) * (self.hop_length / self.sample_rate)
+
+
+class LogMel(torch.nn.Module):
+    """Waveform -> power spectrum -> (optional warp) -> mel -> log.
+
+    ``forward(wave (batch, samples), lengths (batch,))`` returns ``(batch, n_mels, frames)`` and
+    frame lengths ``(batch,)``. :meth:`power` and :meth:`mel` expose the two halves so a VTLP
+    warp can sit between them.
+    """
+
+    def __init__(self, config: FeatureConfig = FeatureConfig()):
+        super().__init__()
+        self.config = config
+        window = torch.hann_window(config.win_length, periodic=True)
+        pad = config.n_fft - config.win_length
+        window = F.pad(window, (pad // 2, pad - pad // 2))
+        self.register_buffer("window", window, persistent=False)
+        fbank = AF.melscale_fbanks(
+            config.n_bins, config.fmin_hz, min(config.fmax_hz, config.sample_rate / 2),
+            config.n_mels, config.sample_rate, norm="slaney", mel_scale="slaney",
+        )  # (n_bins, n_mels)
+        self.register_buffer("fbank", fbank, persistent=False)
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return self.config.num_frames(lengths)
+
+    def power(self, wave: torch.Tensor) -> torch.Tensor:
+        """``(batch, samples)`` -> power spectrum ``(batch, n_bins, frames)``."""
+        cfg = self.config
+        half = cfg.n_fft // 2
+        wave = F.pad(wave, (half, half))
+        spec = torch.stft(wave, cfg.n_fft, cfg.hop_length, cfg.n_fft, self.window,
+                          center=False, return_complex=True)
+        return spec.real.square() + spec.imag.square()
+
+    def mel(self, power: torch.Tensor) -> torch.Tensor:
+        """Power ``(batch, n_bins, frames)`` -> log-mel ``(batch, n_mels, frames)``."""
+        mel = torch.matmul(self.fbank.transpose(0, 1), power)
+        return torch.log(mel.clamp_min(LOG_FLOOR))
+
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None):
+        if wave.dim() == 1:
+            wave = wave.unsqueeze(0)
+        if lengths is None:
+            lengths = torch.full((wave.shape[0],), wave.shape[1], dtype=torch.long, device=wave.device)
+        return self.mel(self.power(wave)), self.frame_lengths(lengths)
+
+
+def pad_batch(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of 1-D float32 arrays -> zero-padded ``(batch, samples)`` and lengths ``(batch,)``."""
+    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+    out = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
+    for i, w in enumerate(waves):
+        out[i, : len(w)] = torch.as_tensor(w)
+    return out, lengths
+
+
+def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """``(batch,)`` lengths -> ``(batch, max_len)`` bool, True on real frames."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]

@@ -1,0 +1,130 @@
+"""What every architecture shares: input normalisation, masked BLSTM, heads, the output type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from serdemo.features import length_mask
+from serdemo.models.attention import AttentionPooling
+
+NORM_MODES = ("utterance", "global", "none")
+
+
+@dataclass
+class ModelOutput:
+    """``logits``: head -> ``(batch, classes)``; ``attention``: ``(batch, frames')`` summing to 1 over
+    real frames; ``attention_lengths``: ``(batch,)``; ``frame_rate_hz``: frames' per second."""
+
+    logits: dict[str, torch.Tensor]
+    attention: torch.Tensor
+    attention_lengths: torch.Tensor
+    frame_rate_hz: float
+
+
+class InputNorm(nn.Module):
+    """Normalises log-mel ``(batch, n_mels, frames)`` per mel band.
+
+    ``utterance``: mean and variance over each clip's real frames (robust to gain and microphone);
+    ``global``: training-set statistics stored as buffers (set with :meth:`set_stats`), so they
+    travel inside the checkpoint; ``none``: pass through.
+    """
+
+    def __init__(self, n_mels: int, mode: str = "utterance"):
+        super().__init__()
+        if mode not in NORM_MODES:
+            raise ValueError(f"norm must be one of {NORM_MODES}, got {mode!r}")
+        self.mode = mode
+        self.register_buffer("mean", torch.zeros(n_mels))
+        self.register_buffer("std", torch.ones(n_mels))
+
+    def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp_min(1e-3))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            return x
+        if self.mode == "global":
+            out = (x - self.mean[None, :, None]) / self.std[None, :, None]
+        else:
+            m = mask[:, None, :].to(x.dtype)
+            count = m.sum(dim=2, keepdim=True).clamp_min(1.0)
+            mean = (x * m).sum(dim=2, keepdim=True) / count
+            var = ((x - mean).square() * m).sum(dim=2, keepdim=True) / count
+            out = (x - mean) / (var + 1e-5).sqrt()
+        return out * mask[:, None, :].to(x.dtype)
+
+
+class MaskedBLSTM(nn.Module):
+    """Bidirectional LSTM over ``(batch, time, dim)`` that never reads padding (packed sequences)."""
+
+    def __init__(self, input_dim: int, hidden: int, layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.lstm = nn.LSTM(input_dim, hidden, num_layers=layers, batch_first=True,
+                            bidirectional=True, dropout=dropout if layers > 1 else 0.0)
+        self.out_dim = 2 * hidden
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        total = x.shape[1]
+        packed = pack_padded_sequence(x, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=total)
+        return out
+
+
+def downsampled_lengths(lengths: torch.Tensor, factor: int) -> torch.Tensor:
+    """Frames left after pooling time by ``factor`` with ceil mode."""
+    return torch.div(lengths + factor - 1, factor, rounding_mode="floor").clamp_min(1)
+
+
+def stack_frames(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """``(batch, time, dim)`` -> ``(batch, ceil(time/factor), dim*factor)``, zero-padding the tail."""
+    if factor == 1:
+        return x
+    b, t, d = x.shape
+    pad = (-t) % factor
+    if pad:
+        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+    return x.reshape(b, (t + pad) // factor, d * factor)
+
+
+class SERModel(nn.Module):
+    """Base: subclasses define ``encode(x, mask, lengths) -> (y (batch, time', dim), lengths')``.
+
+    ``forward(features (batch, n_mels, frames), lengths (batch,)) -> ModelOutput``.
+    """
+
+    architecture = "base"
+    time_stride = 1  # input frames per attention frame
+
+    def __init__(self, n_mels: int, heads: dict[str, int], norm: str = "utterance",
+                 input_frame_rate_hz: float = 100.0, dropout: float = 0.3):
+        super().__init__()
+        if "emotion" not in heads:
+            raise ValueError("every model needs an 'emotion' head")
+        self.n_mels = n_mels
+        self.head_sizes = dict(heads)
+        self.input_frame_rate_hz = input_frame_rate_hz
+        self.norm = InputNorm(n_mels, norm)
+        self.dropout = nn.Dropout(dropout)
+
+    def build_heads(self, dim: int) -> None:
+        self.pool = AttentionPooling(dim)
+        self.heads = nn.ModuleDict({name: nn.Linear(dim, n) for name, n in self.head_sizes.items()})
+
+    def encode(self, x, mask, lengths):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> ModelOutput:
+        mask = length_mask(lengths, features.shape[2])
+        x = self.norm(features, mask)
+        y, out_lengths = self.encode(x, mask, lengths)
+        out_mask = length_mask(out_lengths, y.shape[1])
+        pooled, weights = self.pool(y, out_mask)
+        pooled = self.dropout(pooled)
+        logits = {name: head(pooled) for name, head in self.heads.items()}
+        return ModelOutput(logits, weights, out_lengths, self.input_frame_rate_hz / self.time_stride)

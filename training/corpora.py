@@ -1,0 +1,333 @@
+"""One adapter per corpus: each reads the corpus's own layout and file names.
+
+Every adapter returns a :class:`CorpusScan`: the utterances it understood (canonical emotion,
+speaker, gender where known, corpus, acted/natural) and, for every file it could not understand,
+the file and the reason. Nothing is dropped or relabelled silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from serdemo import labels as L
+
+log = logging.getLogger(__name__)
+AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    path: str
+    emotion: str  # canonical name (serdemo.labels.CANONICAL)
+    speaker: str  # corpus-qualified, e.g. "emodb:03"
+    corpus: str
+    gender: str | None = None  # "female" / "male"
+    naturalness: str = "acted"  # "acted" / "natural"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class CorpusScan:
+    corpus: str
+    root: str
+    utterances: list[Utterance] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # deliberately left out, with why
+
+    def report(self) -> str:
+        lines = [f"{self.corpus}: {len(self.utterances)} utterances from {self.root}"]
+        if self.excluded:
+            lines.append(f"  {len(self.excluded)} excluded on purpose, e.g. {self.excluded[0][0]}: {self.excluded[0][1]}")
+        for path, why in self.problems:
+            lines.append(f"  not understood: {path}: {why}")
+        return "\n".join(lines)
+
+
+class CorpusError(ValueError):
+    """A corpus folder that cannot be read at all."""
+
+
+def _audio_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTS)
+
+
+def _require_dir(root, corpus: str) -> Path:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise CorpusError(f"{corpus}: {root} is not a folder")
+    return root
+
+
+# ---------------------------------------------------------------- EMO-DB
+EMODB_NAME = re.compile(r"^(?P<spk>\d\d)(?P<text>[ab]\d\d)(?P<emo>[A-Z])(?P<take>[a-z])$")
+EMODB_MALE = {"03", "10", "11", "12", "15"}
+EMODB_FEMALE = {"08", "09", "13", "14", "16"}
+
+
+def scan_emodb(root) -> CorpusScan:
+    """EMO-DB: ``wav/SSaTTEv.wav`` (speaker, text, emotion letter, take)."""
+    root = _require_dir(root, "emodb")
+    scan = CorpusScan("emodb", str(root))
+    for path in _audio_files(root):
+        m = EMODB_NAME.match(path.stem)
+        if not m:
+            scan.problems.append((str(path), "name does not follow SSaTTEv (e.g. 03a01Fa.wav)"))
+            continue
+        emo = L.EMODB.get(m["emo"])
+        if emo is None:
+            scan.problems.append((str(path), f"unknown emotion letter {m['emo']!r}"))
+            continue
+        spk = m["spk"]
+        gender = "male" if spk in EMODB_MALE else "female" if spk in EMODB_FEMALE else None
+        if gender is None:
+            scan.problems.append((str(path), f"speaker {spk} is not one of EMO-DB's ten; gender unknown"))
+        scan.utterances.append(Utterance(str(path), emo, f"emodb:{spk}", "emodb", gender))
+    return scan
+
+
+# ---------------------------------------------------------------- RAVDESS
+RAVDESS_NAME = re.compile(r"^(?P<mod>\d\d)-(?P<ch>\d\d)-(?P<emo>\d\d)-(?P<int>\d\d)-(?P<stmt>\d\d)-(?P<rep>\d\d)-(?P<actor>\d\d)$")
+
+
+def scan_ravdess(root, include_song: bool = False) -> CorpusScan:
+    """RAVDESS: ``Actor_AA/MM-VV-EE-II-SS-RR-AA.wav|flac``; odd actors male, even female.
+
+    Song recordings (vocal channel 02) are excluded unless ``include_song``; video-only files
+    (modality 02) carry no audio and are excluded.
+    """
+    root = _require_dir(root, "ravdess")
+    scan = CorpusScan("ravdess", str(root))
+    for path in _audio_files(root):
+        m = RAVDESS_NAME.match(path.stem)
+        if not m:
+            scan.problems.append((str(path), "name does not follow MM-VV-EE-II-SS-RR-AA"))
+            continue
+        if m["mod"] == "02":
+            scan.excluded.append((str(path), "video-only modality"))
+            continue
+        if m["ch"] == "02" and not include_song:
+            scan.excluded.append((str(path), "song, not speech"))
+            continue
+        emo = L.RAVDESS.get(m["emo"])
+        if emo is None:
+            scan.problems.append((str(path), f"unknown emotion code {m['emo']!r}"))
+            continue
+        actor = int(m["actor"])
+        folder = re.match(r"Actor_(\d+)$", path.parent.name)
+        if folder and int(folder[1]) != actor:
+            scan.problems.append((str(path), f"actor {actor} in the name but folder {path.parent.name}"))
+            continue
+        gender = "male" if actor % 2 else "female"
+        scan.utterances.append(Utterance(str(path), emo, f"ravdess:{actor:02d}", "ravdess", gender))
+    return scan
+
+
+# ---------------------------------------------------------------- CREMA-D
+CREMAD_NAME = re.compile(r"^(?P<spk>\d{4})_(?P<text>[A-Z]{3})_(?P<emo>[A-Z]{3})_(?P<lvl>[A-Z]{2})$")
+
+
+def scan_cremad(root) -> CorpusScan:
+    """CREMA-D: ``AudioWAV/1001_DFA_ANG_XX.wav``; gender from ``VideoDemographics.csv`` when present."""
+    root = _require_dir(root, "cremad")
+    scan = CorpusScan("cremad", str(root))
+    genders: dict[str, str] = {}
+    demo = next(iter(root.rglob("VideoDemographics.csv")), None)
+    if demo is not None:
+        with open(demo, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                sex = (row.get("Sex") or "").strip().lower()
+                if sex in ("male", "female"):
+                    genders[str(row.get("ActorID", "")).strip()] = sex
+    for path in _audio_files(root):
+        m = CREMAD_NAME.match(path.stem)
+        if not m:
+            scan.problems.append((str(path), "name does not follow 1001_DFA_ANG_XX"))
+            continue
+        emo = L.CREMAD.get(m["emo"])
+        if emo is None:
+            scan.problems.append((str(path), f"unknown emotion code {m['emo']!r}"))
+            continue
+        scan.utterances.append(Utterance(str(path), emo, f"cremad:{m['spk']}", "cremad", genders.get(m["spk"])))
+    return scan
+
+
+# ---------------------------------------------------------------- TESS
+TESS_NAME = re.compile(r"^(?P<spk>OAF|YAF)_(?P<word>[A-Za-z]+)_(?P<emo>[A-Za-z_]+)$", re.IGNORECASE)
+
+
+def scan_tess(root) -> CorpusScan:
+    """TESS: ``OAF_back_angry.wav`` / ``YAF_..._ps.wav``; two female speakers."""
+    root = _require_dir(root, "tess")
+    scan = CorpusScan("tess", str(root))
+    for path in _audio_files(root):
+        m = TESS_NAME.match(path.stem)
+        emo = L.TESS.get(m["emo"].lower()) if m else None
+        if not m or emo is None:
+            scan.problems.append((str(path), "name does not follow OAF|YAF_word_emotion"))
+            continue
+        scan.utterances.append(Utterance(str(path), emo, f"tess:{m['spk'].upper()}", "tess", "female"))
+    return scan
+
+
+# ---------------------------------------------------------------- SAVEE
+SAVEE_NAME = re.compile(r"^(?:(?P<spk>DC|JE|JK|KL)_)?(?P<emo>sa|su|a|d|f|h|n)(?P<num>\d\d)$")
+SAVEE_SPEAKERS = {"DC", "JE", "JK", "KL"}
+
+
+def scan_savee(root) -> CorpusScan:
+    """SAVEE: ``AudioData/DC/a01.wav`` (speaker folders) or ``DC_a01.wav`` (flat); four male speakers."""
+    root = _require_dir(root, "savee")
+    scan = CorpusScan("savee", str(root))
+    for path in _audio_files(root):
+        m = SAVEE_NAME.match(path.stem)
+        spk = (m["spk"] if m else None) or (path.parent.name if path.parent.name in SAVEE_SPEAKERS else None)
+        if not m or spk is None:
+            scan.problems.append((str(path), "name does not follow [DC|JE|JK|KL]/e01 or SPK_e01"))
+            continue
+        scan.utterances.append(Utterance(str(path), L.SAVEE[m["emo"]], f"savee:{spk}", "savee", "male"))
+    return scan
+
+
+# ---------------------------------------------------------------- IEMOCAP
+IEMOCAP_LINE = re.compile(r"^\[(?P<start>[\d.]+) - (?P<end>[\d.]+)\]\t(?P<utt>Ses\d\d[FM]_\S+)\t(?P<emo>\w+)\t")
+IEMOCAP_UTT = re.compile(r"^(?P<ses>Ses\d\d)[FM]_(?P<dialog>.+)_(?P<spk>[FM])\d{3}$")
+
+
+def scan_iemocap(root) -> CorpusScan:
+    """IEMOCAP: ``SessionN/dialog/EmoEvaluation/*.txt`` labels, ``SessionN/sentences/wav/<dialog>/<utt>.wav``.
+
+    The speaker is the session plus the speaking actor's gender (``Ses01F``); ``xxx`` (no agreement)
+    is excluded on purpose.
+    """
+    root = _require_dir(root, "iemocap")
+    scan = CorpusScan("iemocap", str(root))
+    evals = sorted(root.glob("Session*/dialog/EmoEvaluation/*.txt"))
+    if not evals:
+        raise CorpusError(f"iemocap: no Session*/dialog/EmoEvaluation/*.txt under {root}")
+    for ev in evals:
+        session_dir = ev.parents[2]
+        for line in ev.read_text(encoding="utf-8", errors="replace").splitlines():
+            if not line.startswith("["):
+                continue
+            m = IEMOCAP_LINE.match(line)
+            u = IEMOCAP_UTT.match(m["utt"]) if m else None
+            if not m or not u:
+                scan.problems.append((f"{ev}: {line[:60]}", "label line not understood"))
+                continue
+            wav = session_dir / "sentences" / "wav" / m["utt"].rsplit("_", 1)[0] / f"{m['utt']}.wav"
+            if m["emo"] not in L.IEMOCAP:
+                scan.problems.append((str(wav), f"unknown emotion code {m['emo']!r}"))
+                continue
+            emo = L.IEMOCAP[m["emo"]]
+            if emo is None:
+                scan.excluded.append((str(wav), "annotators did not agree (xxx)"))
+                continue
+            if not wav.is_file():
+                scan.problems.append((str(wav), "labelled in EmoEvaluation but the wav is missing"))
+                continue
+            gender = "female" if u["spk"] == "F" else "male"
+            scan.utterances.append(Utterance(str(wav), emo, f"iemocap:{u['ses']}{u['spk']}", "iemocap", gender))
+    return scan
+
+
+# ---------------------------------------------------------------- generic layouts
+ALIASES = {"anger": "angry", "happiness": "happy", "joy": "happy", "sadness": "sad", "fearful": "fear",
+           "surprised": "surprise", "disgusted": "disgust", "bored": "boredom"}
+
+
+def canonical_label(name: str) -> str | None:
+    name = name.strip().lower()
+    name = ALIASES.get(name, name)
+    return name if name in L.CANONICAL else None
+
+
+def scan_folders(root, corpus: str = "folders", naturalness: str = "acted") -> CorpusScan:
+    """``root/<label>/*.wav`` or ``root/<label>/<speaker>/*.wav``.
+
+    Without speaker folders every file counts as its own speaker, which cannot guarantee speaker
+    independence; the scan says so in ``excluded``-free ``problems`` only when labels are unknown.
+    """
+    root = _require_dir(root, corpus)
+    scan = CorpusScan(corpus, str(root))
+    for path in _audio_files(root):
+        rel = path.relative_to(root).parts
+        if len(rel) not in (2, 3):
+            scan.problems.append((str(path), "expected <label>/<file> or <label>/<speaker>/<file>"))
+            continue
+        emo = canonical_label(rel[0])
+        if emo is None:
+            scan.problems.append((str(path), f"folder {rel[0]!r} is not an emotion label ({', '.join(L.CANONICAL)})"))
+            continue
+        speaker = rel[1] if len(rel) == 3 else f"file-{path.stem}"
+        scan.utterances.append(Utterance(str(path), emo, f"{corpus}:{speaker}", corpus, None, naturalness))
+    return scan
+
+
+def scan_manifest(csv_path, corpus: str | None = None) -> CorpusScan:
+    """CSV with columns ``path,emotion,speaker`` and optional ``gender,corpus,naturalness``.
+
+    Relative paths are resolved against the CSV's folder.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise CorpusError(f"manifest {csv_path} does not exist")
+    name = corpus or csv_path.stem
+    scan = CorpusScan(name, str(csv_path))
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        need = {"path", "emotion", "speaker"}
+        if not reader.fieldnames or not need <= set(reader.fieldnames):
+            raise CorpusError(f"{csv_path}: needs columns {sorted(need)}, has {reader.fieldnames}")
+        for i, row in enumerate(reader, start=2):
+            where = f"{csv_path}:{i}"
+            path = Path(row["path"])
+            if not path.is_absolute():
+                path = csv_path.parent / path
+            emo = canonical_label(row["emotion"] or "")
+            gender = (row.get("gender") or "").strip().lower() or None
+            nat = (row.get("naturalness") or "").strip().lower() or "acted"
+            if emo is None:
+                scan.problems.append((where, f"unknown emotion {row['emotion']!r}"))
+            elif not (row["speaker"] or "").strip():
+                scan.problems.append((where, "no speaker: speaker-independent splits need one"))
+            elif not path.is_file():
+                scan.problems.append((where, f"audio file {path} is missing"))
+            elif gender not in (None, "female", "male"):
+                scan.problems.append((where, f"gender {gender!r} is not female/male"))
+            elif nat not in L.NATURALNESS:
+                scan.problems.append((where, f"naturalness {nat!r} is not acted/natural"))
+            else:
+                c = (row.get("corpus") or "").strip() or name
+                scan.utterances.append(Utterance(str(path), emo, f"{c}:{row['speaker'].strip()}", c, gender, nat))
+    return scan
+
+
+ADAPTERS: dict[str, Callable[..., CorpusScan]] = {
+    "emodb": scan_emodb, "ravdess": scan_ravdess, "cremad": scan_cremad, "tess": scan_tess,
+    "savee": scan_savee, "iemocap": scan_iemocap, "folders": scan_folders, "manifest": scan_manifest,
+}
+
+
+def scan(kind: str, root, **kwargs) -> CorpusScan:
+    """Run the adapter ``kind`` on ``root`` and log what it could not understand."""
+    if kind not in ADAPTERS:
+        raise CorpusError(f"unknown corpus kind {kind!r}; known: {sorted(ADAPTERS)}")
+    result = ADAPTERS[kind](root, **kwargs)
+    if result.problems:
+        log.warning(result.report())
+    return result
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``"emodb=../shared/data/emodb"`` -> ``("emodb", path)``."""
+    if "=" not in spec:
+        raise CorpusError(f"corpus {spec!r}: write KIND=PATH, e.g. emodb=../shared/data/emodb")
+    kind, path = spec.split("=", 1)
+    return kind.strip(), path.strip()
