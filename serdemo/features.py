@@ -7,6 +7,7 @@ so a clip's frames are identical whether it is alone or zero-padded inside a bat
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -17,6 +18,7 @@ import torchaudio.functional as AF
 from serdemo.audio import SAMPLE_RATE
 
 LOG_FLOOR = 1e-10  # power floor before the log (-100 dB)
+TOP_DB = 80.0  # dynamic range kept below each clip's loudest mel bin
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,11 @@ class LogMel(torch.nn.Module):
     def mel(self, power: torch.Tensor) -> torch.Tensor:
         """Power ``(batch, n_bins, frames)`` -> log-mel ``(batch, n_mels, frames)``."""
         mel = torch.matmul(self.fbank.transpose(0, 1), power)
-        return torch.log(mel.clamp_min(LOG_FLOOR))
+        logmel = torch.log(mel.clamp_min(LOG_FLOOR))
+        # keep TOP_DB below the clip's peak, so digital silence and zero padding do not dominate
+        # the statistics; the peak lies in real frames, so padding does not change it
+        floor = logmel.amax(dim=(1, 2), keepdim=True) - TOP_DB * math.log(10) / 10
+        return torch.maximum(logmel, floor)
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None):
         if wave.dim() == 1:

@@ -73,7 +73,8 @@ def warp_power(power: torch.Tensor, alpha, sample_rate: int, f_hi_hz: float = F_
     lo = lo[:, :, None].expand(-1, -1, power.shape[2])
     below = torch.gather(power, 1, lo)
     above = torch.gather(power, 1, lo + 1)
-    warped = below + frac[:, :, None] * (above - below)
+    frac = frac[:, :, None]
+    warped = below * (1 - frac) + above * frac  # exact at frac 0 and 1
     return warped * jac[:, :, None]
 
 

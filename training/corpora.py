@@ -331,3 +331,28 @@ def parse_spec(spec: str) -> tuple[str, str]:
         raise CorpusError(f"corpus {spec!r}: write KIND=PATH, e.g. emodb=../shared/data/emodb")
     kind, path = spec.split("=", 1)
     return kind.strip(), path.strip()
+
+
+def scan_store(root) -> CorpusScan:
+    """The app's annotation store (``SERDEMO_DATA``): each clip with its current label.
+
+    Stored clips are user recordings, so they count as natural speech for the naturalness head.
+    """
+    from serdemo.store import Store
+
+    root = _require_dir(root, "store")
+    if not (Path(root) / "store.sqlite3").is_file():
+        raise CorpusError(f"store: {root} holds no store.sqlite3")
+    store = Store(root)
+    scan = CorpusScan("store", str(root))
+    for ev, (sha, rel, speaker) in store._labelled():
+        emo = canonical_label(ev.label)
+        if emo is None:
+            scan.problems.append((str(Path(root) / rel), f"label {ev.label!r} is not an emotion label"))
+            continue
+        scan.utterances.append(Utterance(str(Path(root) / rel), emo, f"store:{speaker or 'clip-' + sha[:12]}",
+                                         "store", None, "natural"))
+    return scan
+
+
+ADAPTERS["store"] = scan_store

@@ -300,8 +300,8 @@ class Trainer:
         if cfg.max_steps:
             bs = bs[: cfg.max_steps]
         total_steps = max(1, cfg.epochs * len(bs))
-        bar = tqdm(bs, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.is_main, leave=False,
-                   file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(bs, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.is_main or bool(os.environ.get("TQDM_DISABLE")), leave=False,
+                   file=sys.stderr, dynamic_ncols=True, mininterval=2.0)
         losses = []
         for step, batch in enumerate(bar):
             lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch * len(bs) + step) / total_steps)))

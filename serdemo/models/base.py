@@ -70,6 +70,8 @@ class MaskedBLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         total = x.shape[1]
+        if bool((lengths == total).all()):  # nothing padded: packing would only cost time
+            return self.lstm(x)[0]
         packed = pack_padded_sequence(x, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=total)

@@ -21,7 +21,7 @@ class MultiTask(SERModel):
 
     def __init__(self, n_mels: int, heads: dict[str, int], norm: str = "utterance",
                  input_frame_rate_hz: float = 100.0, dropout: float = 0.3,
-                 encoder: str = "cnnlstm", head_hidden: int = 64, **encoder_hparams):
+                 encoder: str = "localatt", head_hidden: int = 64, **encoder_hparams):
         super().__init__(n_mels, heads, norm, input_frame_rate_hz, dropout)
         if encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {sorted(ENCODERS)}, got {encoder!r}")

@@ -1,0 +1,77 @@
+"""``python -m serdemo.bench``: per-architecture size, latency and memory of one clip end to end.
+
+End to end means: encoded wav bytes -> decode -> resample -> log-mel -> model -> probabilities,
+the path the app takes for every upload. Prints a table; run on an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import resource
+import statistics
+import time
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from serdemo.checkpoint import list_checkpoints
+from serdemo.features import FeatureConfig
+from serdemo.inference import Predictor
+from serdemo.models import ARCHITECTURES, build_model
+
+
+def synthetic_clip(duration_s: float, sample_rate: int = 16000) -> bytes:
+    """A vowel-like harmonic signal with a gliding pitch, as wav bytes."""
+    t = np.arange(int(duration_s * sample_rate)) / sample_rate
+    f0 = 140 + 40 * np.sin(2 * np.pi * 0.5 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    x = sum(np.sin(k * phase) / k for k in range(1, 30))
+    buf = io.BytesIO()
+    sf.write(buf, (0.2 * x / np.abs(x).max()).astype(np.float32), sample_rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def untrained(arch: str) -> Predictor:
+    fc = FeatureConfig()
+    heads = {"emotion": ["c%d" % i for i in range(7)], "gender": ["female", "male"]}
+    model = build_model(arch, fc.n_mels, {k: len(v) for k, v in heads.items()}, input_frame_rate_hz=fc.frame_rate_hz)
+    return Predictor(model, {"features": fc.to_dict(), "heads": heads, "name": arch}, device="cpu")
+
+
+def time_one(predictor: Predictor, clip: bytes, repeats: int) -> list[float]:
+    predictor.predict(clip, alpha=None)  # warm-up
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        predictor.predict(clip, alpha=None)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--duration", type=float, default=4.0, help="clip length in seconds")
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--checkpoints", default="checkpoints", help="also time the shipped checkpoints here")
+    args = p.parse_args(argv)
+    clip = synthetic_clip(args.duration)
+    all_threads = torch.get_num_threads()
+    rows = [(arch, untrained(arch)) for arch in ARCHITECTURES]
+    rows += [(f"ckpt:{c.name}", Predictor.from_checkpoint(c, device="cpu")) for c in list_checkpoints(args.checkpoints)]
+    print(f"{args.duration:.1f} s clip, decode -> probabilities, median of {args.repeats}; "
+          f"torch {torch.__version__}, {all_threads} threads available")
+    print(f"{'model':<22} {'params':>9} {'ms 1 thr':>9} {'ms all':>8} {'RTF 1thr':>9} {'peak RSS MB':>12}")
+    for name, pred in rows:
+        torch.set_num_threads(1)
+        one = statistics.median(time_one(pred, clip, args.repeats))
+        torch.set_num_threads(all_threads)
+        many = statistics.median(time_one(pred, clip, args.repeats))
+        params = sum(p.numel() for p in pred.model.parameters())
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"{name:<22} {params:>9,d} {one:>9.2f} {many:>8.2f} {one / 1000 / args.duration:>9.4f} {rss:>12.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""The annotation store: SQLite (WAL) plus content-addressed 16 kHz audio under one data folder.
+
+Layout of ``SERDEMO_DATA`` (default ``./data``)::
+
+    store.sqlite3            clips + append-only label history
+    audio/ab/abcdef....wav   one file per distinct clip, named by the SHA-256 of its samples
+
+Every label is a new row (who, when, the model's prediction, its confidence, the checkpoint); the
+current label of a clip is its latest row. Writes are transactions, audio is written to a temporary
+file and renamed, so a crash mid-write leaves neither a partial row nor a partial file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import sqlite3
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from serdemo.audio import SAMPLE_RATE
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS clips (
+    sha256      TEXT PRIMARY KEY,
+    path        TEXT NOT NULL,          -- relative to the data folder
+    duration_s  REAL NOT NULL,
+    source_name TEXT,
+    speaker     TEXT,
+    created_utc TEXT NOT NULL,
+    predicted   TEXT,                   -- the latest analysis of this clip
+    confidence  REAL,
+    checkpoint  TEXT
+);
+CREATE TABLE IF NOT EXISTS labels (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    clip        TEXT NOT NULL REFERENCES clips(sha256),
+    label       TEXT NOT NULL,
+    annotator   TEXT NOT NULL,
+    created_utc TEXT NOT NULL,
+    predicted   TEXT,
+    confidence  REAL,
+    checkpoint  TEXT
+);
+CREATE INDEX IF NOT EXISTS labels_clip ON labels(clip, id);
+"""
+
+
+class StoreError(RuntimeError):
+    """A store operation that cannot be done; the message says why."""
+
+
+@dataclass
+class LabelEvent:
+    id: int
+    clip: str
+    label: str
+    annotator: str
+    created_utc: str
+    predicted: str | None
+    confidence: float | None
+    checkpoint: str | None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def clip_hash(wave: np.ndarray) -> str:
+    """SHA-256 of the 16-bit PCM samples that get stored (so the same audio hashes the same)."""
+    return hashlib.sha256(to_pcm16(wave).tobytes()).hexdigest()
+
+
+def to_pcm16(wave: np.ndarray) -> np.ndarray:
+    return (np.clip(wave, -1.0, 32767 / 32768) * 32768).round().astype("<i2")
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("SERDEMO_DATA", "data"))
+
+
+class Store:
+    def __init__(self, directory: str | os.PathLike | None = None, timeout_s: float = 60.0):
+        self.directory = Path(directory) if directory is not None else default_data_dir()
+        try:
+            (self.directory / "audio").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the data folder {self.directory}: {exc}") from None
+        self.db_path = self.directory / "store.sqlite3"
+        self.timeout_s = timeout_s
+        with self._connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self):
+        con = sqlite3.connect(self.db_path, timeout=self.timeout_s, isolation_level=None)
+        try:
+            con.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
+            con.execute("PRAGMA synchronous=NORMAL")
+            con.execute("PRAGMA foreign_keys=ON")
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def _write(self):
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    # ------------------------------------------------------------------ clips
+    def add_clip(self, wave: np.ndarray, source_name: str | None = None, speaker: str | None = None,
+                 predicted: str | None = None, confidence: float | None = None,
+                 checkpoint: str | None = None) -> str:
+        """Store 16 kHz mono float audio once; returns its content hash (idempotent).
+
+        ``predicted``/``confidence``/``checkpoint`` record the latest analysis (they order the queue).
+        """
+        wave = np.asarray(wave, dtype=np.float32)
+        if wave.ndim != 1 or wave.size == 0:
+            raise StoreError("a clip must be non-empty mono audio")
+        sha = clip_hash(wave)
+        rel = Path("audio") / sha[:2] / f"{sha}.wav"
+        path = self.directory / rel
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".wav")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    sf.write(f, to_pcm16(wave), SAMPLE_RATE, format="WAV", subtype="PCM_16")
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        with self._write() as con:
+            con.execute("INSERT OR IGNORE INTO clips VALUES (?,?,?,?,?,?,?,?,?)",
+                        (sha, rel.as_posix(), len(wave) / SAMPLE_RATE, source_name, speaker, _now(),
+                         predicted, confidence, checkpoint))
+            if predicted is not None:
+                con.execute("UPDATE clips SET predicted=?, confidence=?, checkpoint=? WHERE sha256=?",
+                            (predicted, confidence, checkpoint, sha))
+        return sha
+
+    def clip_path(self, sha: str) -> Path:
+        with self._connect() as con:
+            row = con.execute("SELECT path FROM clips WHERE sha256=?", (sha,)).fetchone()
+        if row is None:
+            raise StoreError(f"no clip {sha[:12]} in the store")
+        return self.directory / row[0]
+
+    # ------------------------------------------------------------------ labels
+    def add_label(self, sha: str, label: str, annotator: str, predicted: str | None = None,
+                  confidence: float | None = None, checkpoint: str | None = None) -> int:
+        """Append a label for a stored clip; returns the event id."""
+        label, annotator = (label or "").strip(), (annotator or "").strip()
+        if not label:
+            raise StoreError("choose a label before saving")
+        if not annotator:
+            raise StoreError("enter your name (annotator) before saving a label")
+        with self._write() as con:
+            if con.execute("SELECT 1 FROM clips WHERE sha256=?", (sha,)).fetchone() is None:
+                raise StoreError(f"no clip {sha[:12]} in the store: analyse it first")
+            cur = con.execute(
+                "INSERT INTO labels (clip,label,annotator,created_utc,predicted,confidence,checkpoint)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (sha, label, annotator, _now(), predicted, confidence, checkpoint))
+            return int(cur.lastrowid)
+
+    def history(self, sha: str) -> list[LabelEvent]:
+        with self._connect() as con:
+            rows = con.execute("SELECT * FROM labels WHERE clip=? ORDER BY id", (sha,)).fetchall()
+        return [LabelEvent(*r) for r in rows]
+
+    def current_labels(self) -> dict[str, LabelEvent]:
+        """clip -> its latest label event."""
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT l.* FROM labels l JOIN (SELECT clip, MAX(id) AS id FROM labels GROUP BY clip) m"
+                " ON l.id = m.id ORDER BY l.id").fetchall()
+        return {r[1]: LabelEvent(*r) for r in rows}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Current labels per label, and label events per annotator."""
+        current = self.current_labels()
+        per_label: dict[str, int] = {}
+        for ev in current.values():
+            per_label[ev.label] = per_label.get(ev.label, 0) + 1
+        with self._connect() as con:
+            per_annotator = dict(con.execute("SELECT annotator, COUNT(*) FROM labels GROUP BY annotator"))
+        return {"label": dict(sorted(per_label.items())), "annotator": per_annotator}
+
+    def queue(self, limit: int = 50) -> list[dict]:
+        """Stored clips ordered by the model's confidence in its latest prediction, least first."""
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT c.sha256, c.path, c.duration_s, c.source_name, l.label, c.predicted, c.confidence,"
+                " l.annotator, l.created_utc FROM clips c LEFT JOIN labels l ON l.id ="
+                " (SELECT MAX(id) FROM labels WHERE clip = c.sha256)"
+                " ORDER BY COALESCE(c.confidence, 0) ASC, c.created_utc ASC LIMIT ?", (limit,)).fetchall()
+        keys = ("clip", "path", "duration_s", "source_name", "label", "predicted", "confidence", "annotator", "when")
+        return [dict(zip(keys, r)) for r in rows]
+
+    # ------------------------------------------------------------------ export
+    def _labelled(self):
+        current = self.current_labels()
+        with self._connect() as con:
+            clips = {r[0]: r for r in con.execute("SELECT sha256, path, speaker FROM clips")}
+        return [(ev, clips[ev.clip]) for ev in current.values()]
+
+    def export_manifest(self, csv_path) -> Path:
+        """CSV that ``python -m training.fit --corpus manifest=FILE`` reads (paths absolute)."""
+        csv_path = Path(csv_path)
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = csv_path.with_name(f".{csv_path.name}.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "emotion", "speaker", "gender", "corpus", "naturalness", "annotator"])
+            for ev, (sha, rel, speaker) in self._labelled():
+                w.writerow([str((self.directory / rel).resolve()), ev.label, speaker or f"clip-{sha[:12]}",
+                            "", "store", "natural", ev.annotator])
+        os.replace(tmp, csv_path)
+        return csv_path
+
+    def export_audiofolder(self, folder) -> Path:
+        """``folder/metadata.csv`` + ``folder/audio/<sha>.wav``, as the ``datasets`` audiofolder builder
+        reads it. File names are content hashes, so nothing can be written outside ``folder``."""
+        folder = Path(folder)
+        (folder / "audio").mkdir(parents=True, exist_ok=True)
+        rows = []
+        for ev, (sha, rel, speaker) in self._labelled():
+            name = f"{sha}.wav"
+            assert all(c in "0123456789abcdef" for c in sha)
+            dest = folder / "audio" / name
+            if not dest.exists():
+                tmp = dest.with_name(f".{name}.tmp")
+                tmp.write_bytes((self.directory / rel).read_bytes())
+                os.replace(tmp, dest)
+            rows.append([f"audio/{name}", ev.label, speaker or "", ev.annotator, ev.created_utc])
+        tmp = folder / ".metadata.csv.tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["file_name", "label", "speaker", "annotator", "labelled_utc"])
+            w.writerows(rows)
+        os.replace(tmp, folder / "metadata.csv")
+        return folder

@@ -1,0 +1,331 @@
+"""The Gradio app: layout and thin callbacks. No model math and no SQL live here.
+
+Named API endpoints (``gradio_client``): ``/analyze``, ``/warp``, ``/relabel``, ``/history``,
+``/queue``, ``/counts``, ``/export``, ``/models``, ``/model_card``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from serdemo.audio import MAX_DURATION_S, AudioError
+from serdemo.checkpoint import CheckpointError, list_checkpoints, read_card
+from serdemo.inference import Predictor
+from serdemo.plots import analysis_figure, confusion_figure, warp_figure
+from serdemo.store import Store, StoreError
+
+ALPHA_MIN, ALPHA_MAX = 0.8, 1.2
+
+# keys 1..9 pick a label, Enter-free: "s" saves, "c" confirms the model's answer (not while typing)
+SHORTCUTS_JS = """
+<script>
+document.addEventListener('keydown', (e) => {
+  const t = e.target; if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable)) return;
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  const radios = document.querySelectorAll('#label-choice input[type=radio]');
+  if (/^[1-9]$/.test(e.key) && radios.length >= +e.key) { radios[+e.key - 1].click(); e.preventDefault(); }
+  else if (e.key === 's') { document.querySelector('#save-label')?.click(); }
+  else if (e.key === 'c') { document.querySelector('#confirm-label')?.click(); }
+});
+</script>
+"""
+
+
+@dataclass
+class Settings:
+    checkpoint_dirs: tuple[Path, ...] = (Path("checkpoints"),)
+    default_model: str = "default"
+    data_dir: Path = Path("data")
+    max_duration_s: float = MAX_DURATION_S
+    device: str | None = None
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        dirs = [Path(os.environ.get("SERDEMO_CHECKPOINTS", "checkpoints"))]
+        if os.environ.get("SERDEMO_EXTRA_CHECKPOINTS"):
+            dirs.append(Path(os.environ["SERDEMO_EXTRA_CHECKPOINTS"]))
+        return cls(tuple(dirs), os.environ.get("SERDEMO_DEFAULT_MODEL", "default"),
+                   Path(os.environ.get("SERDEMO_DATA", "data")),
+                   float(os.environ.get("SERDEMO_MAX_DURATION_S", MAX_DURATION_S)),
+                   os.environ.get("SERDEMO_DEVICE") or None)
+
+
+class Workbench:
+    """App state shared by all sessions: the checkpoint catalogue, loaded predictors, the store."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = Store(settings.data_dir)
+        self._predictors: dict[str, Predictor] = {}
+        self._lock = threading.Lock()
+        self.catalogue: dict[str, Path] = {}
+        self.reload()
+
+    def reload(self) -> dict[str, Path]:
+        found = {}
+        for path in list_checkpoints(*self.settings.checkpoint_dirs):
+            try:
+                read_card(path)
+            except CheckpointError:
+                continue
+            found.setdefault(path.name, path)
+        with self._lock:
+            self.catalogue = found
+            self._predictors = {k: v for k, v in self._predictors.items() if k in found}
+        return found
+
+    def choices(self) -> list[tuple[str, str]]:
+        return [(f"{name} — {headline(read_card(path))}", name) for name, path in self.catalogue.items()]
+
+    def default_choice(self) -> str | None:
+        if self.settings.default_model in self.catalogue:
+            return self.settings.default_model
+        return next(iter(self.catalogue), None)
+
+    def predictor(self, name: str | None) -> Predictor:
+        name = name or self.default_choice()
+        if name not in self.catalogue:
+            self.reload()
+        if name not in self.catalogue:
+            raise CheckpointError(f"no checkpoint named {name!r}; press 'Reload checkpoints' or pick another")
+        with self._lock:
+            if name not in self._predictors:
+                self._predictors[name] = Predictor.from_checkpoint(self.catalogue[name], self.settings.device)
+            return self._predictors[name]
+
+
+def headline(card: dict) -> str:
+    """'UA 0.61 / WA 0.63 on unseen speakers' from the card's metrics, or what is known."""
+    m = card.get("metrics", {})
+    for key, where in (("cv", "cross-validated"), ("test", "unseen speakers")):
+        block = m.get(key)
+        if block:
+            s = block.get("pooled", block).get("overall") if key == "cv" else block.get("overall")
+            if s:
+                return f"UA {s['ua']:.2f} / WA {s['wa']:.2f} ({where}, {card.get('label_set', {}).get('name', '')})"
+    return "no held-out metrics"
+
+
+def _annotator(name: str, request: gr.Request | None) -> str:
+    user = getattr(request, "username", None) if request is not None else None
+    return (user or name or "").strip()
+
+
+def build_app(settings: Settings | None = None) -> gr.Blocks:
+    settings = settings or Settings.from_env()
+    bench = Workbench(settings)
+
+    # ---------------------------------------------------------------- callbacks
+    def analyze(audio, model_name, alpha, progress=gr.Progress()):
+        """Analyse a clip: probabilities per head, spectrogram + VTLP + attention figure, clip id."""
+        t0 = time.perf_counter()
+        try:
+            progress(0.1, desc="decoding")
+            pred_model = bench.predictor(model_name)
+            wave = pred_model.load(audio, max_duration_s=settings.max_duration_s)
+            progress(0.4, desc="running the model")
+            pred = pred_model.predict(wave, alpha=float(alpha))
+            progress(0.8, desc="saving the clip")
+            source = Path(audio).name if isinstance(audio, (str, os.PathLike)) else "recording"
+            sha = bench.store.add_clip(wave, source_name=source, predicted=pred.label(),
+                                       confidence=pred.confidence(), checkpoint=pred_model.name)
+        except (AudioError, CheckpointError, StoreError) as exc:
+            raise gr.Error(str(exc), duration=None) from None
+        fig = analysis_figure(pred.frame_times_s, pred.logmel, pred.logmel_warped, pred.attention_times_s,
+                              pred.attention, pred.alpha,
+                              title=f"{pred.label()} ({pred.confidence():.0%}) — {pred_model.name}")
+        aux = {h: p for h, p in pred.probabilities.items() if h != "emotion"}
+        aux_md = "\n".join(f"**{h}**: " + ", ".join(f"{k} {v:.0%}" for k, v in sorted(p.items(), key=lambda kv: -kv[1]))
+                           for h, p in aux.items()) or "_this model has no auxiliary heads_"
+        state = {"clip": sha, "model": pred_model.name, "predicted": pred.label(), "confidence": pred.confidence(),
+                 "labels": list(pred.probabilities["emotion"])}
+        info = (f"clip `{sha[:12]}` · {pred.duration_s:.2f} s · analysed in "
+                f"{(time.perf_counter() - t0) * 1000:.0f} ms on {pred_model.device}")
+        return (pred.probabilities["emotion"], aux_md, fig, warp_figure(float(alpha)), state, sha, info,
+                gr.update(choices=state["labels"], value=pred.label()))
+
+    def warp_view(alpha, clip_id, model_name):
+        """Re-draw the VTLP view for a new alpha without running the model."""
+        if not clip_id:
+            return gr.skip(), warp_figure(float(alpha))
+        try:
+            pred_model = bench.predictor(model_name)
+            wave = pred_model.load(str(bench.store.clip_path(clip_id)), max_duration_s=settings.max_duration_s)
+            logmel = pred_model.warped_logmel(wave, 1.0)
+            warped = pred_model.warped_logmel(wave, float(alpha))
+        except (AudioError, CheckpointError, StoreError) as exc:
+            raise gr.Error(str(exc)) from None
+        last = bench.last_attention.get(clip_id) if hasattr(bench, "last_attention") else None
+        times = pred_model.features.frame_times_s(logmel.shape[1])
+        att_t, att = last if last is not None else (times, np.full(len(times), 1 / len(times)))
+        return analysis_figure(times, logmel, warped, att_t, att, float(alpha)), warp_figure(float(alpha))
+
+    def relabel(clip_id, label, annotator_name, state, request: gr.Request = None):
+        """Save a label for a stored clip (append-only); returns a status line and the label counts."""
+        who = _annotator(annotator_name, request)
+        state = state or {}
+        try:
+            if not clip_id:
+                raise StoreError("analyse a clip first, then label it")
+            predicted = state.get("predicted") if state.get("clip") == clip_id else None
+            bench.store.add_label(clip_id, label, who, predicted=predicted,
+                                  confidence=state.get("confidence") if predicted else None,
+                                  checkpoint=state.get("model") if predicted else None)
+        except StoreError as exc:
+            raise gr.Error(str(exc)) from None
+        n = len(bench.store.history(clip_id))
+        verdict = "confirmed" if predicted == label else f"corrected to **{label}**" if predicted else f"labelled **{label}**"
+        return f"Saved: clip `{clip_id[:12]}` {verdict} by {who} (label #{n} for this clip).", counts_table()
+
+    def confirm(clip_id, annotator_name, state, request: gr.Request = None):
+        state = state or {}
+        if not state.get("predicted") or state.get("clip") != clip_id:
+            raise gr.Error("analyse a clip first: there is no prediction to confirm")
+        return relabel(clip_id, state["predicted"], annotator_name, state, request)
+
+    def history(clip_id):
+        """A clip's label history, oldest first."""
+        if not clip_id:
+            return []
+        return [[e.created_utc, e.label, e.annotator, e.predicted or "", "" if e.confidence is None else round(e.confidence, 3),
+                 e.checkpoint or ""] for e in bench.store.history(clip_id)]
+
+    def queue(limit=50):
+        """Stored clips, least confident model prediction first."""
+        return [[q["clip"], q["source_name"] or "", round(q["duration_s"], 2), q["predicted"] or "",
+                 "" if q["confidence"] is None else round(q["confidence"], 3), q["label"] or ""]
+                for q in bench.store.queue(int(limit))]
+
+    def counts_table():
+        c = bench.store.counts()
+        rows = [["label", k, v] for k, v in c["label"].items()] + [["annotator", k, v] for k, v in c["annotator"].items()]
+        return rows
+
+    def pick_from_queue(evt: gr.SelectData, rows):
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        try:
+            clip = rows.iloc[row, 0] if hasattr(rows, "iloc") else rows[row][0]
+        except (IndexError, KeyError):
+            return gr.skip(), gr.skip(), gr.skip()
+        return clip, str(bench.store.clip_path(clip)), history(clip)
+
+    def export(kind):
+        """Export the labelled clips: 'audiofolder' or 'manifest'. Returns the written path."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = bench.store.directory / "exports"
+        try:
+            if kind == "manifest":
+                path = bench.store.export_manifest(out / f"manifest-{stamp}.csv")
+            else:
+                path = bench.store.export_audiofolder(out / f"audiofolder-{stamp}") / "metadata.csv"
+        except (OSError, StoreError) as exc:
+            raise gr.Error(f"export failed: {exc}") from None
+        return str(path)
+
+    def models():
+        """Reload the checkpoint folders; returns the model names with their headline metrics."""
+        bench.reload()
+        choices = bench.choices()
+        return gr.update(choices=choices, value=bench.default_choice()), gr.update(choices=choices, value=bench.default_choice())
+
+    def model_card(name):
+        """A checkpoint's card and its confusion matrix on held-out speakers."""
+        if not name or name not in bench.catalogue:
+            return {}, None
+        card = read_card(bench.catalogue[name])
+        m = card.get("metrics", {})
+        block = (m.get("cv") or {}).get("pooled") or m.get("test") or (m.get("dev") or {})
+        fig = None
+        if block and "overall" in block:
+            fig = confusion_figure(block["overall"]["confusion"], block["overall"]["classes"],
+                                   f"{name}: confusion on held-out speakers (rows: true)")
+        return card, fig
+
+    # keep the last attention per clip so the slider can redraw without the model
+    bench.last_attention = {}
+
+    def analyze_and_remember(audio, model_name, alpha, progress=gr.Progress()):
+        out = analyze(audio, model_name, alpha, progress)
+        fig = out[2]
+        att = fig.data[-1]
+        bench.last_attention[out[5]] = (np.asarray(att.x), np.asarray(att.y))
+        return out
+
+    # ---------------------------------------------------------------- layout
+    with gr.Blocks(title="serdemo — what the model hears") as app:
+        gr.Markdown("# serdemo\nRecord or upload speech; see the log-mel spectrogram, its VTLP-warped "
+                    "twin, where the model's attention falls, and what it predicts. Correct it when it is wrong.")
+        state = gr.State({})
+        with gr.Tab("Analyse"):
+            with gr.Row():
+                with gr.Column(scale=2):
+                    audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speech")
+                    model = gr.Dropdown(bench.choices(), value=bench.default_choice(), label="Model")
+                    alpha = gr.Slider(ALPHA_MIN, ALPHA_MAX, value=1.1, step=0.01, label="VTLP alpha (warp factor)")
+                    run = gr.Button("Analyse", variant="primary", elem_id="analyse")
+                    info = gr.Markdown()
+                with gr.Column(scale=1):
+                    probs = gr.Label(label="Emotion", num_top_classes=8, elem_id="emotion-probs")
+                    aux = gr.Markdown(label="Auxiliary heads", elem_id="aux-heads")
+                    warp_plot = gr.Plot(warp_figure(1.1), label="Warp function")
+            figure = gr.Plot(label="What the model hears", elem_id="analysis-figure")
+            with gr.Row():
+                clip_id = gr.Textbox(label="Clip id", interactive=False, elem_id="clip-id")
+                annotator = gr.Textbox(label="Your name (annotator)", placeholder="used when no login is set")
+            label_choice = gr.Radio([], label="True label (keys 1-9)", elem_id="label-choice")
+            with gr.Row():
+                confirm_btn = gr.Button("Model is right (c)", elem_id="confirm-label")
+                save_btn = gr.Button("Save label (s)", variant="primary", elem_id="save-label")
+            status = gr.Markdown(elem_id="relabel-status")
+        with gr.Tab("Annotate"):
+            with gr.Row():
+                refresh = gr.Button("Refresh queue")
+                limit = gr.Number(50, label="Show", precision=0)
+            queue_df = gr.Dataframe(headers=["clip", "source", "seconds", "predicted", "confidence", "label"],
+                                    interactive=False, label="Queue: least confident first")
+            with gr.Row():
+                q_clip = gr.Textbox(label="Clip id")
+                q_audio = gr.Audio(label="Playback", interactive=False, type="filepath")
+            q_label = gr.Dropdown(["neutral", "happy", "sad", "angry", "fear", "disgust", "surprise", "calm", "boredom"],
+                                  label="Label", allow_custom_value=False)
+            q_save = gr.Button("Save label", variant="primary")
+            q_status = gr.Markdown()
+            q_hist = gr.Dataframe(headers=["when (UTC)", "label", "annotator", "model said", "confidence", "checkpoint"],
+                                  label="History of this clip", interactive=False)
+            counts = gr.Dataframe(headers=["by", "name", "count"], value=counts_table, label="Counts",
+                                  interactive=False, elem_id="counts")
+            with gr.Row():
+                export_kind = gr.Radio(["audiofolder", "manifest"], value="manifest", label="Export as")
+                export_btn = gr.Button("Export")
+                export_path = gr.Textbox(label="Written to", interactive=False)
+        with gr.Tab("Models"):
+            with gr.Row():
+                m_pick = gr.Dropdown(bench.choices(), value=bench.default_choice(), label="Checkpoint")
+                reload_btn = gr.Button("Reload checkpoints")
+            m_conf = gr.Plot(label="Confusion matrix")
+            m_card = gr.JSON(label="Card")
+
+        # ---------------------------------------------------------------- wiring
+        run.click(analyze_and_remember, [audio, model, alpha],
+                  [probs, aux, figure, warp_plot, state, clip_id, info, label_choice], api_name="analyze")
+        alpha.release(warp_view, [alpha, clip_id, model], [figure, warp_plot], api_name="warp")
+        save_btn.click(relabel, [clip_id, label_choice, annotator, state], [status, counts], api_name="relabel")
+        confirm_btn.click(confirm, [clip_id, annotator, state], [status, counts], api_name="confirm")
+        refresh.click(queue, [limit], [queue_df], api_name="queue")
+        queue_df.select(pick_from_queue, [queue_df], [q_clip, q_audio, q_hist], api_visibility="private")
+        q_save.click(relabel, [q_clip, q_label, annotator, state], [q_status, counts], api_visibility="private")
+        q_clip.submit(history, [q_clip], [q_hist], api_name="history")
+        export_btn.click(export, [export_kind], [export_path], api_name="export")
+        reload_btn.click(models, None, [model, m_pick], api_name="models")
+        m_pick.change(model_card, [m_pick], [m_card, m_conf], api_name="model_card")
+        app.load(model_card, [m_pick], [m_card, m_conf], api_visibility="private")
+        app.load(lambda: counts_table(), None, [counts], api_name="counts")
+    app.workbench = bench
+    return app

@@ -1,0 +1,158 @@
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from serdemo.audio import AudioError, load_audio
+from tests.conftest import SR, harmonics, tone, write
+
+
+def test_decodes_real_corpus_files(emodb_clip, ravdess_clip):
+    a = load_audio(emodb_clip)  # 22.05 kHz wav
+    b = load_audio(ravdess_clip)  # 16 kHz flac
+    assert a.dtype == np.float32 and a.ndim == 1
+    assert abs(len(a) / SR - 2.0) < 0.01  # this EMO-DB copy is exactly 2 s
+    assert len(b) == sf.info(str(ravdess_clip)).frames
+    assert 0.01 < np.abs(a).max() <= 1.0
+
+
+@pytest.mark.parametrize("fmt,subtype", [("WAV", "PCM_16"), ("FLAC", "PCM_16"), ("OGG", "VORBIS"), ("WAV", "FLOAT")])
+def test_formats_from_path_and_bytes(tmp_path, fmt, subtype):
+    x = tone(440, 1.0, 22050)
+    path = tmp_path / f"t.{fmt.lower()}"
+    sf.write(str(path), x, 22050, format=fmt, subtype=subtype)
+    from_path = load_audio(path)
+    from_bytes = load_audio(path.read_bytes())
+    assert len(from_path) == pytest.approx(SR, abs=2)
+    np.testing.assert_allclose(from_path, from_bytes)
+    # the tone survives: its spectral peak is at 440 Hz
+    spec = np.abs(np.fft.rfft(from_path))
+    assert abs(np.argmax(spec) * SR / len(from_path) - 440) < 3
+
+
+def test_mp3_when_libsndfile_supports_it(tmp_path):
+    if "MP3" not in sf.available_formats():
+        pytest.skip("this libsndfile has no mp3")
+    path = tmp_path / "t.mp3"
+    sf.write(str(path), tone(300, 1.0), SR, format="MP3")
+    assert abs(len(load_audio(path)) - SR) < 2000  # mp3 adds encoder padding
+
+
+def test_gradio_pairs_int16_stereo_and_float():
+    x = tone(500, 0.5, 44100)
+    stereo16 = (np.stack([x, x * 0.5], axis=1) * 32767).astype(np.int16)  # (samples, channels)
+    out = load_audio((44100, stereo16))
+    assert out.dtype == np.float32 and len(out) == pytest.approx(8000, abs=2)
+    assert np.abs(out).max() == pytest.approx(0.75 * 0.5, rel=0.02)  # downmix is the mean
+    mono = load_audio((48000, x.astype(np.float64)))
+    assert len(mono) == pytest.approx(len(x) * SR / 44100 * 44100 / 48000, abs=2)
+    # (channels, samples) is recognised too
+    chans_first = load_audio((44100, np.stack([x, x])))
+    assert len(chans_first) == pytest.approx(8000, abs=2)
+
+
+def test_resampling_keeps_frequency():
+    out = load_audio((8000, tone(1000, 1.0, 8000)))
+    assert len(out) == SR
+    spec = np.abs(np.fft.rfft(out))
+    assert abs(np.argmax(spec) * SR / len(out) - 1000) < 2
+
+
+def test_uint8_and_int32():
+    x = tone(300, 0.5)
+    u8 = ((x + 1) * 127.5).astype(np.uint8)
+    i32 = (x * 2**31).astype(np.int32)
+    assert np.abs(load_audio((SR, u8)) - x).max() < 0.02
+    assert np.abs(load_audio((SR, i32)) - x).max() < 1e-6
+
+
+# ------------------------------------------------------------------ bad input, each with its message
+def test_empty_file(tmp_path):
+    p = tmp_path / "empty.wav"
+    p.write_bytes(b"")
+    with pytest.raises(AudioError, match="empty"):
+        load_audio(p)
+
+
+def test_truncated_header(tmp_path):
+    p = write(tmp_path / "ok.wav", tone(300, 1.0))
+    bad = tmp_path / "trunc.wav"
+    bad.write_bytes(p.read_bytes()[:30])
+    with pytest.raises(AudioError, match="not a readable audio file|truncated|no audio samples"):
+        load_audio(bad)
+
+
+def test_truncated_body_still_analysable_or_clear(tmp_path):
+    p = write(tmp_path / "ok.wav", tone(300, 1.0))
+    bad = tmp_path / "cut.wav"
+    bad.write_bytes(p.read_bytes()[:44 + 2 * 2000])  # header + 2000 samples (0.125 s)
+    with pytest.raises(AudioError, match="ms long; at least 250 ms"):
+        load_audio(bad)
+
+
+def test_bytes_that_are_not_audio(tmp_path):
+    p = tmp_path / "notes.wav"
+    p.write_text("this is a text file pretending to be a wav\n" * 20)
+    with pytest.raises(AudioError, match="not a readable audio file"):
+        load_audio(p)
+    with pytest.raises(AudioError, match="not a readable audio file"):
+        load_audio(np.random.default_rng(0).bytes(4096))
+
+
+def test_missing_file_and_none(tmp_path):
+    with pytest.raises(AudioError, match="does not exist"):
+        load_audio(tmp_path / "nope.wav")
+    with pytest.raises(AudioError, match="No audio was given"):
+        load_audio(None)
+
+
+def test_too_short():
+    with pytest.raises(AudioError, match="ms long; at least 250 ms"):
+        load_audio((SR, tone(300, 0.2)))
+
+
+def test_too_long_is_refused_from_the_header(tmp_path):
+    p = write(tmp_path / "long.wav", np.zeros(SR * 5, dtype=np.float32) + 0.1)
+    with pytest.raises(AudioError, match="lasts 5.0 s; the limit is 3 s"):
+        load_audio(p, max_duration_s=3)
+    with pytest.raises(AudioError, match="lasts 5.0 s; the limit is 3 s"):
+        load_audio((SR, np.full(SR * 5, 0.1, np.float32)), max_duration_s=3)
+    assert len(load_audio(p, max_duration_s=10)) == 5 * SR  # a configurable limit
+
+
+def test_digital_silence():
+    with pytest.raises(AudioError, match="digital silence"):
+        load_audio((SR, np.zeros(SR, dtype=np.int16)))
+
+
+def test_nan_and_inf():
+    x = harmonics(duration_s=0.5)
+    x[100] = np.nan
+    x[200] = np.inf
+    with pytest.raises(AudioError, match="2 NaN or infinite samples"):
+        load_audio((SR, x))
+
+
+def test_odd_sample_rates_and_channels():
+    with pytest.raises(AudioError, match="sample rate of 100 Hz"):
+        load_audio((100, tone(10, 1.0, 100)))
+    with pytest.raises(AudioError, match="sample rate of 10000000 Hz"):
+        load_audio((10_000_000, tone(1000, 0.5, 10_000_000)))
+    with pytest.raises(AudioError, match="shape"):
+        load_audio((SR, np.zeros((2, 2, SR), np.float32)))
+    with pytest.raises(AudioError, match="not a number"):
+        load_audio(("fast", tone(300, 1.0)))
+
+
+def test_odd_rate_file_is_resampled(tmp_path):
+    p = write(tmp_path / "odd.wav", tone(1000, 1.0, 11025), sr=11025)
+    out = load_audio(p)
+    assert len(out) == SR
+    assert abs(np.argmax(np.abs(np.fft.rfft(out))) - 1000) <= 1
+
+
+def test_espeak_speech(speech_wav):
+    out = load_audio(speech_wav)
+    assert 2.0 < len(out) / SR < 8.0
+    assert np.abs(out).max() > 0.05

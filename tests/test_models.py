@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+import torch
+
+from serdemo.features import FeatureConfig, LogMel, pad_batch
+from serdemo.models import ARCHITECTURES, AttentionPooling, build_model
+from tests.conftest import SR, harmonics, tone
+
+FC = FeatureConfig()
+HEADS = {"emotion": 7, "gender": 2, "naturalness": 2}
+
+
+def clips():
+    return [harmonics(140, 1.3), tone(300, 2.9) + harmonics(220, 2.9), harmonics(180, 0.6)]
+
+
+def test_attention_pooling_masks_padding():
+    torch.manual_seed(0)
+    pool = AttentionPooling(8)
+    y = torch.randn(3, 10, 8)
+    lengths = torch.tensor([10, 4, 1])
+    mask = torch.arange(10)[None] < lengths[:, None]
+    z, w = pool(y, mask)
+    torch.testing.assert_close(w.sum(1), torch.ones(3))
+    assert torch.all(w[~mask] == 0)
+    assert w[2, 0] == 1.0
+    # the pooled vector is the weighted mean of the real frames only
+    torch.testing.assert_close(z[1], (w[1, :4, None] * y[1, :4]).sum(0))
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_outputs_do_not_depend_on_batch_companions(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, FC.n_mels, HEADS, input_frame_rate_hz=FC.frame_rate_hz).eval()
+    fe = LogMel(FC)
+    waves = clips()
+    x, lengths = pad_batch(waves)
+    feats, frames = fe(x, lengths)
+    with torch.no_grad():
+        batched = model(feats, frames)
+        for i, w in enumerate(waves):
+            f1, n1 = fe(torch.as_tensor(w)[None])
+            alone = model(f1, n1)
+            n_att = int(alone.attention_lengths[0])
+            assert int(batched.attention_lengths[i]) == n_att
+            for head in HEADS:
+                torch.testing.assert_close(batched.logits[head][i], alone.logits[head][0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(batched.attention[i, :n_att], alone.attention[0], atol=1e-5, rtol=1e-5)
+    # weights sum to 1 over real frames and are exactly 0 on padding
+    att = batched.attention
+    torch.testing.assert_close(att.sum(1), torch.ones(len(waves)))
+    for i in range(len(waves)):
+        assert torch.all(att[i, int(batched.attention_lengths[i]):] == 0)
+    assert batched.frame_rate_hz == pytest.approx(FC.frame_rate_hz / model.time_stride)
+    # attention covers the clip: frames' x stride spans the input frames
+    assert int(batched.attention_lengths[1]) * model.time_stride >= int(frames[1])
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_one_signature_and_gradients_reach_every_head(arch):
+    model = build_model(arch, FC.n_mels, HEADS, input_frame_rate_hz=FC.frame_rate_hz)
+    x, lengths = pad_batch(clips())
+    feats, frames = LogMel(FC)(x, lengths)
+    out = model(feats, frames)
+    assert set(out.logits) == set(HEADS)
+    assert {k: v.shape[1] for k, v in out.logits.items()} == HEADS
+    sum(v.sum() for v in out.logits.values()).backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, name
+
+
+def test_registry_rejects_unknown():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model("transformer", 64, {"emotion": 4})
+    with pytest.raises(ValueError, match="'emotion' head"):
+        build_model("localatt", 64, {"gender": 2})
+    with pytest.raises(ValueError, match="encoder must be one of"):
+        build_model("multitask", 64, {"emotion": 4}, encoder="resnet")
+
+
+def test_logmel_frames_and_times():
+    fe = LogMel(FC)
+    x = torch.as_tensor(tone(1000, 1.0))[None]
+    feats, frames = fe(x)
+    assert feats.shape == (1, FC.n_mels, 1 + SR // FC.hop_length) and int(frames) == feats.shape[2]
+    times = FC.frame_times_s(feats.shape[2])
+    assert times[1] - times[0] == pytest.approx(0.01) and times[-1] == pytest.approx(1.0)
+    # a 1 kHz tone lights up the mel band containing 1 kHz
+    import torchaudio.functional as AF
+    centres = AF.melscale_fbanks(FC.n_bins, FC.fmin_hz, FC.fmax_hz, FC.n_mels, SR, norm="slaney",
+                                 mel_scale="slaney").argmax(0) * SR / FC.n_fft
+    band = int(feats[0].mean(1).argmax())
+    assert abs(float(centres[band]) - 1000) < 80
