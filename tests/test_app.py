@@ -1,0 +1,146 @@
+"""The app through its public API (gradio_client) against a launched server, on real corpus clips."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import EMODB, RAVDESS, ROOT, SR, tone, write
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not (ROOT / "checkpoints" / "default" / "card.json").is_file():
+        pytest.fail("the shipped default checkpoint is missing")
+    data = tmp_path_factory.mktemp("data")
+    extra = tmp_path_factory.mktemp("extra")
+    port = free_port()
+    env = dict(os.environ, SERDEMO_DATA=str(data), SERDEMO_EXTRA_CHECKPOINTS=str(extra), GRADIO_SERVER_PORT=str(port),
+               GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", SERDEMO_MAX_DURATION_S="30")
+    log = open(data / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    from gradio_client import Client
+
+    deadline = time.time() + 120
+    client = None
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail("app exited: " + (data / "server.log").read_text()[-2000:])
+        try:
+            client = Client(url, verbose=False)
+            break
+        except Exception:
+            time.sleep(1)
+    if client is None:
+        proc.kill()
+        pytest.fail("app did not come up in 120 s")
+    yield {"client": client, "url": url, "data": data, "extra": extra, "proc": proc}
+    proc.terminate()
+    proc.wait(10)
+
+
+def analyze(client, path, alpha=1.1, model="default"):
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(path)), model, alpha, api_name="/analyze")
+
+
+def test_analyze_real_clips(server):
+    client = server["client"]
+    for clip in (EMODB / "wav" / "03a01Wa.wav", RAVDESS / "Actor_01" / "03-01-05-02-01-01-01.flac"):
+        probs, aux, fig, warp, state, clip_id, info, label_choice = analyze(client, clip)
+        conf = {c["label"]: c["confidence"] for c in probs["confidences"]}
+        assert abs(sum(conf.values()) - 1) < 1e-3 and len(conf) == 7
+        assert probs["label"] == max(conf, key=conf.get)
+        assert "gender" in aux
+        assert len(clip_id) == 64
+        figure = json.loads(fig["plot"]) if isinstance(fig, dict) and "plot" in fig else fig
+        traces = figure["data"]
+        assert [t["type"] for t in traces] == ["heatmap", "heatmap", "scatter"]
+        mel_t, att_t = np.asarray(traces[0]["x"]), np.asarray(traces[2]["x"])
+        att = np.asarray(traces[2]["y"])
+        assert abs(att.sum() - 1) < 1e-3
+        # one time axis: both panels span the clip, in seconds
+        dur = float(info.split("·")[1].strip().split(" ")[0])
+        assert abs(mel_t[-1] - dur) < 0.02 and 0 <= att_t[0] < 0.1 and abs(att_t[-1] - dur) < 0.1
+        axes = figure["layout"]
+        assert axes["xaxis"].get("matches") == "x3" or axes["xaxis2"].get("matches") == "x3"
+        # the warped panel differs from the original, but has the same shape
+        z0, z1 = np.asarray(traces[0]["z"]), np.asarray(traces[1]["z"])
+        assert z0.shape == z1.shape and not np.allclose(z0, z1)
+
+
+def test_relabel_lands_in_the_store_with_history(server):
+    client = server["client"]
+    clip = EMODB / "wav" / "03a01Nc.wav"
+    probs, *_rest = analyze(client, clip)
+    clip_id = _rest[4]
+    status, counts = client.predict(clip_id, "sad", "tester", {}, api_name="/relabel")
+    assert "tester" in status and "sad" in status
+    status, counts = client.predict(clip_id, "neutral", "second", {}, api_name="/relabel")
+    from serdemo.store import Store
+
+    store = Store(server["data"])
+    hist = store.history(clip_id)
+    assert [(h.label, h.annotator) for h in hist] == [("sad", "tester"), ("neutral", "second")]
+    assert store.current_labels()[clip_id].label == "neutral"
+    rows = {(r[0], r[1]): r[2] for r in counts["data"]}
+    assert rows[("label", "neutral")] >= 1 and rows[("annotator", "second")] >= 1
+    history = client.predict(clip_id, api_name="/history")
+    assert [r[1] for r in history["data"]] == ["sad", "neutral"]
+    queue = client.predict(10, api_name="/queue")
+    assert clip_id in [r[0] for r in queue["data"]]
+    path = client.predict("manifest", api_name="/export")
+    assert Path(path).read_text().count("\n") >= 2
+
+
+def test_bad_input_is_a_clear_error_and_the_app_keeps_serving(server, tmp_path):
+    from gradio_client import handle_file
+
+    client = server["client"]
+    cases = {
+        "silence.wav": (np.zeros(SR, np.float32), "digital silence"),
+        "short.wav": (tone(300, 0.1), "at least 250 ms"),
+    }
+    for name, (wave, message) in cases.items():
+        with pytest.raises(Exception, match=message):
+            analyze(client, write(tmp_path / name, wave))
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(os.urandom(5000))
+    with pytest.raises(Exception, match="not a readable audio file"):
+        analyze(client, junk)
+    long = write(tmp_path / "long.wav", np.full(SR * 40, 0.1, np.float32))
+    with pytest.raises(Exception, match="limit is 30 s"):
+        analyze(client, long)
+    with pytest.raises(Exception, match="analyse a clip first|analyse it first"):
+        client.predict("0" * 64, "sad", "tester", {}, api_name="/relabel")
+    probs, *_ = analyze(client, EMODB / "wav" / "03a01Fa.wav")  # still serving
+    assert probs["label"]
+
+
+def test_reload_picks_up_new_checkpoints(server):
+    client = server["client"]
+    shutil.copytree(ROOT / "checkpoints" / "default", server["extra"] / "copied-model")
+    model_update, _ = client.predict(api_name="/models")
+    names = [c[1] if isinstance(c, (list, tuple)) else c for c in model_update["choices"]]
+    assert "copied-model" in names
+    probs, *_ = analyze(client, EMODB / "wav" / "03a01Fa.wav", model="copied-model")
+    assert probs["label"]
+    card, fig = client.predict("copied-model", api_name="/model_card")
+    assert card["heads"]["emotion"]
