@@ -65,7 +65,9 @@ class Predictor:
         return cls(model, card, device, name=card.get("name") or Path(path).name)
 
     def load(self, audio, max_duration_s: float = MAX_DURATION_S) -> np.ndarray:
-        return load_audio(audio, target_rate=self.features.sample_rate, max_duration_s=max_duration_s)
+        """Anything :func:`load_audio` reads; a bare array is taken to be at the model's sample rate."""
+        return load_audio(audio, sample_rate=self.features.sample_rate, target_rate=self.features.sample_rate,
+                          max_duration_s=max_duration_s)
 
     @torch.inference_mode()
     def warped_logmel(self, wave: np.ndarray, alpha: float, f_hi_hz: float = F_HI_HZ) -> np.ndarray:
@@ -78,9 +80,11 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_batch(self, audios: list, alpha: float | None = None) -> list[Prediction]:
-        """Analyse several clips in one padded batch; each result is as if analysed alone."""
-        waves = [a if isinstance(a, np.ndarray) and a.ndim == 1 and a.dtype == np.float32 and
-                 getattr(a, "_serdemo_checked", False) else self.load(a) for a in audios]
+        """Analyse several clips in one padded batch; each result is as if analysed alone.
+
+        With ``alpha`` each result also carries the VTLP-warped log-mel.
+        """
+        waves = [self.load(a) for a in audios]
         batch, lengths = pad_batch(waves)
         batch, lengths = batch.to(self.device), lengths.to(self.device)
         power = self.frontend.power(batch)

@@ -25,12 +25,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not (ROOT / "checkpoints" / "default" / "card.json").is_file():
-        pytest.fail("the shipped default checkpoint is missing")
+    ckpts = Path(os.environ.get("SERDEMO_CHECKPOINTS", ROOT / "checkpoints"))
+    if not (ckpts / "default" / "card.json").is_file():
+        pytest.fail(f"the shipped default checkpoint is missing from {ckpts}")
     data = tmp_path_factory.mktemp("data")
     extra = tmp_path_factory.mktemp("extra")
     port = free_port()
-    env = dict(os.environ, SERDEMO_DATA=str(data), SERDEMO_EXTRA_CHECKPOINTS=str(extra), GRADIO_SERVER_PORT=str(port),
+    env = dict(os.environ, SERDEMO_CHECKPOINTS=str(ckpts), SERDEMO_DATA=str(data), SERDEMO_EXTRA_CHECKPOINTS=str(extra), GRADIO_SERVER_PORT=str(port),
                GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", SERDEMO_MAX_DURATION_S="30")
     log = open(data / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -50,9 +51,22 @@ def server(tmp_path_factory):
     if client is None:
         proc.kill()
         pytest.fail("app did not come up in 120 s")
-    yield {"client": client, "url": url, "data": data, "extra": extra, "proc": proc}
+    yield {"ckpts": ckpts, "client": client, "url": url, "data": data, "extra": extra, "proc": proc}
     proc.terminate()
     proc.wait(10)
+
+
+def arr(value) -> np.ndarray:
+    """A plotly JSON array: a plain list or a typed array ``{"dtype", "bdata"[, "shape"]}``."""
+    if isinstance(value, dict) and "bdata" in value:
+        import base64
+
+        out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        if "shape" in value:
+            shape = value["shape"]
+            out = out.reshape([int(x) for x in (shape.split(",") if isinstance(shape, str) else shape)])
+        return out
+    return np.asarray(value)
 
 
 def analyze(client, path, alpha=1.1, model="default"):
@@ -64,7 +78,7 @@ def analyze(client, path, alpha=1.1, model="default"):
 def test_analyze_real_clips(server):
     client = server["client"]
     for clip in (EMODB / "wav" / "03a01Wa.wav", RAVDESS / "Actor_01" / "03-01-05-02-01-01-01.flac"):
-        probs, aux, fig, warp, state, clip_id, info, label_choice = analyze(client, clip)
+        probs, aux, fig, warp, clip_id, info, label_choice = analyze(client, clip)
         conf = {c["label"]: c["confidence"] for c in probs["confidences"]}
         assert abs(sum(conf.values()) - 1) < 1e-3 and len(conf) == 7
         assert probs["label"] == max(conf, key=conf.get)
@@ -73,8 +87,8 @@ def test_analyze_real_clips(server):
         figure = json.loads(fig["plot"]) if isinstance(fig, dict) and "plot" in fig else fig
         traces = figure["data"]
         assert [t["type"] for t in traces] == ["heatmap", "heatmap", "scatter"]
-        mel_t, att_t = np.asarray(traces[0]["x"]), np.asarray(traces[2]["x"])
-        att = np.asarray(traces[2]["y"])
+        mel_t, att_t = arr(traces[0]["x"]), arr(traces[2]["x"])
+        att = arr(traces[2]["y"])
         assert abs(att.sum() - 1) < 1e-3
         # one time axis: both panels span the clip, in seconds
         dur = float(info.split("·")[1].strip().split(" ")[0])
@@ -82,18 +96,17 @@ def test_analyze_real_clips(server):
         axes = figure["layout"]
         assert axes["xaxis"].get("matches") == "x3" or axes["xaxis2"].get("matches") == "x3"
         # the warped panel differs from the original, but has the same shape
-        z0, z1 = np.asarray(traces[0]["z"]), np.asarray(traces[1]["z"])
+        z0, z1 = arr(traces[0]["z"]), arr(traces[1]["z"])
         assert z0.shape == z1.shape and not np.allclose(z0, z1)
 
 
 def test_relabel_lands_in_the_store_with_history(server):
     client = server["client"]
     clip = EMODB / "wav" / "03a01Nc.wav"
-    probs, *_rest = analyze(client, clip)
-    clip_id = _rest[4]
-    status, counts = client.predict(clip_id, "sad", "tester", {}, api_name="/relabel")
+    probs, _, _, _, clip_id, _, _ = analyze(client, clip)
+    status, counts = client.predict(clip_id, "sad", "tester", api_name="/relabel")
     assert "tester" in status and "sad" in status
-    status, counts = client.predict(clip_id, "neutral", "second", {}, api_name="/relabel")
+    status, counts = client.predict(clip_id, "neutral", "second", api_name="/relabel")
     from serdemo.store import Store
 
     store = Store(server["data"])
@@ -129,14 +142,14 @@ def test_bad_input_is_a_clear_error_and_the_app_keeps_serving(server, tmp_path):
     with pytest.raises(Exception, match="limit is 30 s"):
         analyze(client, long)
     with pytest.raises(Exception, match="analyse a clip first|analyse it first"):
-        client.predict("0" * 64, "sad", "tester", {}, api_name="/relabel")
+        client.predict("0" * 64, "sad", "tester", api_name="/relabel")
     probs, *_ = analyze(client, EMODB / "wav" / "03a01Fa.wav")  # still serving
     assert probs["label"]
 
 
 def test_reload_picks_up_new_checkpoints(server):
     client = server["client"]
-    shutil.copytree(ROOT / "checkpoints" / "default", server["extra"] / "copied-model")
+    shutil.copytree(server["ckpts"] / "default", server["extra"] / "copied-model")
     model_update, _ = client.predict(api_name="/models")
     names = [c[1] if isinstance(c, (list, tuple)) else c for c in model_update["choices"]]
     assert "copied-model" in names

@@ -1,0 +1,102 @@
+"""The app in headless Chromium (Debian's /usr/bin/chromium driven by Playwright): upload, microphone
+(Chromium's fake capture device fed with a real corpus wav), relabel. Screenshots go to artifacts/."""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EMODB, ROOT
+from tests.test_app import server  # noqa: F401  (the launched app fixture)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "artifacts" / "screenshots"
+pytestmark = [pytest.mark.timeout(600),
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (setup.sh installs it as root)")]
+BASE_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture
+def browser_factory():
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        opened = []
+
+        def make(extra_flags=()):
+            b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[*BASE_FLAGS, *extra_flags])
+            opened.append(b)
+            ctx = b.new_context(viewport={"width": 1400, "height": 1800})
+            return ctx.new_page()
+
+        yield make
+        for b in opened:
+            b.close()
+
+
+def wait_for_result(page):
+    page.wait_for_selector("#analysis-figure .js-plotly-plot", timeout=120_000)
+    page.wait_for_function(
+        "() => { const e = document.querySelector('#emotion-probs'); return e && /%/.test(e.innerText); }",
+        timeout=120_000)
+    return page.inner_text("#emotion-probs")
+
+
+def test_upload_shows_prediction_and_plots(server, browser_factory):  # noqa: F811
+    page = browser_factory()
+    page.goto(server["url"], wait_until="load")
+    page.wait_for_selector("#analyse", timeout=60_000)
+    page.get_by_role("button", name=re.compile("upload", re.I)).first.click()
+    page.locator("input[type=file]").first.set_input_files(str(EMODB / "wav" / "03a01Wa.wav"))
+    page.wait_for_timeout(1500)
+    page.click("#analyse")
+    probs = wait_for_result(page)
+    assert re.search(r"(neutral|happy|sad|angry|fear|disgust|surprise)", probs)
+    # three panels (two heatmaps and the attention line) rendered by plotly
+    assert page.locator("#analysis-figure .heatmaplayer, #analysis-figure .hm").count() >= 1
+    assert page.locator("#analysis-figure .scatterlayer .trace").count() >= 1
+    page.screenshot(path=str(ARTIFACTS / "upload.png"), full_page=True)
+
+
+def test_microphone_with_fake_capture(server, browser_factory):  # noqa: F811
+    wav = EMODB / "wav" / "03a01Wa.wav"
+    page = browser_factory(["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                            f"--use-file-for-fake-audio-capture={wav}"])
+    page.goto(server["url"], wait_until="load")
+    page.wait_for_selector("#analyse", timeout=60_000)
+    page.get_by_role("button", name=re.compile("^Record$")).first.click()
+    page.wait_for_timeout(3000)
+    page.locator(".stop-button").first.click()
+    page.wait_for_timeout(2000)
+    page.click("#analyse")
+    probs = wait_for_result(page)
+    assert "%" in probs
+    info = page.inner_text("body")
+    m = re.search(r"· ([\d.]+) s ·", info)
+    assert m and 1.0 < float(m.group(1)) < 10.0  # a real recording reached the model
+    page.screenshot(path=str(ARTIFACTS / "microphone.png"), full_page=True)
+
+
+def test_relabel_changes_the_counts(server, browser_factory):  # noqa: F811
+    page = browser_factory()
+    page.goto(server["url"], wait_until="load")
+    page.wait_for_selector("#analyse", timeout=60_000)
+    page.get_by_role("button", name=re.compile("upload", re.I)).first.click()
+    page.locator("input[type=file]").first.set_input_files(str(EMODB / "wav" / "08a01Ab.wav"))
+    page.wait_for_timeout(1500)
+    page.click("#analyse")
+    wait_for_result(page)
+    page.get_by_label("Your name (annotator)").fill("browser-tester")
+    page.locator("#label-choice label", has_text="fear").first.click()
+    page.click("#save-label")
+    page.wait_for_function("() => /browser-tester/.test(document.querySelector('#relabel-status').innerText)",
+                           timeout=60_000)
+    page.get_by_role("tab", name="Annotate").click()
+    page.wait_for_function("() => /browser-tester/.test(document.querySelector('#counts').innerText)", timeout=60_000)
+    text = page.inner_text("#counts")
+    assert re.search(r"browser-tester\s+1", text)
+    page.screenshot(path=str(ARTIFACTS / "relabel.png"), full_page=True)
