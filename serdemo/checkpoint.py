@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 import serdemo
 from serdemo.features import FeatureConfig
+from serdemo.fsutil import atomic_write
 from serdemo.models import SERModel, build_model
 
 WEIGHTS = "model.safetensors"
@@ -38,19 +39,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def make_card(model: SERModel, features: FeatureConfig, heads: dict[str, list[str]],
@@ -90,7 +78,8 @@ def save_checkpoint(directory, model: SERModel, card: dict) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _atomic_write_bytes(directory / CARD, json.dumps(card, indent=2, sort_keys=False).encode())
+    data = json.dumps(card, indent=2, sort_keys=False).encode()
+    atomic_write(directory / CARD, lambda f: f.write(data))
     return directory
 
 

@@ -102,13 +102,16 @@ class Predictor:
                 probs[head] = {label: float(v) for label, v in zip(self.heads[head], p)}
             n_att = int(out.attention_lengths[i])
             n_frames = int(frames[i])
-            stride_s = 1.0 / out.frame_rate_hz
-            # attention frame j covers input frames [j*stride, (j+1)*stride): its centre time
-            att_times = (np.arange(n_att) + 0.5) * stride_s - 0.5 / self.features.frame_rate_hz
+            # attention frame j covers input frames [j*stride, (j+1)*stride) clipped to the real
+            # frames: it is drawn at the centre time of the frames it covers
+            stride = max(1, round(self.features.frame_rate_hz / out.frame_rate_hz))
+            first = np.arange(n_att) * stride
+            last = np.minimum(first + stride, n_frames) - 1
+            att_times = (first + last) / 2 / self.features.frame_rate_hz
             results.append(Prediction(
                 probabilities=probs,
                 attention=out.attention[i, :n_att].float().cpu().numpy(),
-                attention_times_s=np.clip(att_times, 0.0, None),
+                attention_times_s=att_times,
                 logmel=logmel[i, :, :n_frames].float().cpu().numpy(),
                 frame_times_s=self.features.frame_times_s(n_frames),
                 duration_s=len(wave) / self.features.sample_rate,

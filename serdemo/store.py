@@ -16,7 +16,6 @@ import csv
 import hashlib
 import os
 import sqlite3
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import numpy as np
 import soundfile as sf
 
 from serdemo.audio import SAMPLE_RATE
+from serdemo.fsutil import atomic_write
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS clips (
@@ -137,16 +137,7 @@ class Store:
         path = self.directory / rel
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".wav")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    sf.write(f, to_pcm16(wave), SAMPLE_RATE, format="WAV", subtype="PCM_16")
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(path, lambda f: sf.write(f, to_pcm16(wave), SAMPLE_RATE, format="WAV", subtype="PCM_16"))
         with self._write() as con:
             con.execute("INSERT OR IGNORE INTO clips VALUES (?,?,?,?,?,?,?,?,?)",
                         (sha, rel.as_posix(), len(wave) / SAMPLE_RATE, source_name, speaker, _now(),

@@ -38,6 +38,14 @@ def browser_factory():
             b.close()
 
 
+def open_and_upload(page, url, clip):
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#analyse", timeout=60_000)
+    page.get_by_role("button", name=re.compile("upload", re.I)).first.click()
+    page.locator("input[type=file]").first.set_input_files(str(clip))
+    page.wait_for_timeout(1500)
+
+
 def wait_for_result(page):
     page.wait_for_selector("#analysis-figure .js-plotly-plot", timeout=120_000)
     page.wait_for_function(
@@ -48,13 +56,17 @@ def wait_for_result(page):
 
 def test_upload_shows_prediction_and_plots(server, browser_factory):  # noqa: F811
     page = browser_factory()
-    page.goto(server["url"], wait_until="load")
-    page.wait_for_selector("#analyse", timeout=60_000)
-    page.get_by_role("button", name=re.compile("upload", re.I)).first.click()
-    page.locator("input[type=file]").first.set_input_files(str(EMODB / "wav" / "03a01Wa.wav"))
-    page.wait_for_timeout(1500)
+    open_and_upload(page, server["url"], EMODB / "wav" / "03a01Wa.wav")
+    import time
+
+    t0 = time.perf_counter()
     page.click("#analyse")
     probs = wait_for_result(page)
+    browser_ms = (time.perf_counter() - t0) * 1000
+    server_ms = re.search(r"analysed in (\d+) ms", page.inner_text("body")).group(1)
+    (ARTIFACTS / "timing.txt").write_text(f"upload analyse: click to rendered result {browser_ms:.0f} ms in the browser; "
+                                          f"server side {server_ms} ms\n")
+    print(f"click to rendered result: {browser_ms:.0f} ms (server side {server_ms} ms)")
     assert re.search(r"(neutral|happy|sad|angry|fear|disgust|surprise)", probs)
     # three panels (two heatmaps and the attention line) rendered by plotly
     assert page.locator("#analysis-figure .heatmaplayer, #analysis-figure .hm").count() >= 1
@@ -83,11 +95,7 @@ def test_microphone_with_fake_capture(server, browser_factory):  # noqa: F811
 
 def test_relabel_changes_the_counts(server, browser_factory):  # noqa: F811
     page = browser_factory()
-    page.goto(server["url"], wait_until="load")
-    page.wait_for_selector("#analyse", timeout=60_000)
-    page.get_by_role("button", name=re.compile("upload", re.I)).first.click()
-    page.locator("input[type=file]").first.set_input_files(str(EMODB / "wav" / "08a01Ab.wav"))
-    page.wait_for_timeout(1500)
+    open_and_upload(page, server["url"], EMODB / "wav" / "08a01Ab.wav")
     page.click("#analyse")
     wait_for_result(page)
     page.get_by_label("Your name (annotator)").fill("browser-tester")

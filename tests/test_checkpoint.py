@@ -111,3 +111,17 @@ def test_make_card_checks_label_counts():
     model = build_model("localatt", FC.n_mels, {"emotion": 4})
     with pytest.raises(ValueError, match="4 outputs, 3 labels"):
         make_card(model, FC, {"emotion": ["a", "b", "c"]}, {})
+
+
+def test_batched_prediction_matches_single(ckpt, emodb_clip, ravdess_clip):
+    path, _ = ckpt
+    pred = Predictor.from_checkpoint(path, device="cpu")
+    batch = pred.predict_batch([emodb_clip, ravdess_clip, emodb_clip], alpha=0.9)
+    for clip, b in zip([emodb_clip, ravdess_clip], batch):
+        one = pred.predict(clip, alpha=0.9)
+        for head in one.probabilities:
+            for k, v in one.probabilities[head].items():
+                assert b.probabilities[head][k] == pytest.approx(v, abs=1e-5)
+        np.testing.assert_allclose(b.attention, one.attention, atol=1e-5)
+        np.testing.assert_allclose(b.logmel_warped, one.logmel_warped, atol=1e-4)
+        assert b.logmel.shape[1] == len(b.frame_times_s)

@@ -102,3 +102,19 @@ def test_evaluate_cli_on_held_out_speakers(tmp_path):
     expected = [u for u in scan_emodb(EMODB).utterances if u.speaker in test_speakers and u.emotion != "boredom"]
     assert res["emodb"]["n"] == len(expected) > 0  # every clip of the held-out speakers, no other
     assert json.loads((tmp_path / "r.json").read_text())["overall"]["ua"] == res["overall"]["ua"]
+
+
+def test_cross_validation_pools_every_speaker_once(tmp_path):
+    import yaml
+
+    from training.evaluate import cross_validate
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "cv", "model": "localatt", "hparams": {"hidden": 16, "dense": 32},
+        "corpora": [f"emodb={EMODB}"], "label_set": "emodb7", "aux_heads": [], "limit_per_corpus": 40,
+        "epochs": 1, "max_steps": 1, "batch_size": 8, "cache_dir": str(tmp_path / "cache")}))
+    cv = cross_validate(str(recipe), 3, tmp_path / "work")
+    tested = [s for f in cv["folds"] for s in f["test_speakers"]]
+    assert len(tested) == len(set(tested)) == 8  # each of the 8 EMO-DB speakers is tested exactly once
+    assert cv["pooled"]["overall"]["n"] == 40
