@@ -23,6 +23,14 @@ from serdemo.store import Store, StoreError
 
 ALPHA_MIN, ALPHA_MAX = 0.8, 1.2
 
+try:  # ZeroGPU on Hugging Face Spaces: GPU work runs inside spaces.GPU; elsewhere a no-op
+    import spaces
+
+    gpu = spaces.GPU
+except ImportError:
+    def gpu(fn=None, **_kwargs):
+        return fn if fn is not None else (lambda f: f)
+
 # keys 1..9 pick a label, Enter-free: "s" saves, "c" confirms the model's answer (not while typing)
 SHORTCUTS_JS = """
 <script>
@@ -123,6 +131,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
     bench = Workbench(settings)
 
     # ---------------------------------------------------------------- callbacks
+    @gpu
     def analyze(audio, model_name, alpha, progress=gr.Progress()):
         """Analyse a clip: probabilities per head, spectrogram + VTLP + attention figure, clip id."""
         t0 = time.perf_counter()

@@ -1,0 +1,62 @@
+"""Hostile uploads to the analyse endpoint: each gets a clear error, and the app keeps serving."""
+
+import struct
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import EMODB, SR, tone, write
+from tests.test_app import analyze, server  # noqa: F401
+
+pytestmark = pytest.mark.timeout(600)
+CLEAR = ("not a readable audio file", "empty", "truncated", "no audio samples", "ms long; at least",
+         "limit is", "digital silence", "sample rate of", "NaN or infinite", "damaged")
+
+
+def wav_header(rate: int, channels: int, bits: int, data_bytes: int) -> bytes:
+    block = channels * bits // 8
+    return (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, channels, rate,
+            rate * block, block, bits) + b"data" + struct.pack("<I", data_bytes))
+
+
+def hostile_files(tmp):
+    rng = np.random.default_rng(0)
+    good = write(tmp / "good.wav", tone(300, 1.0)).read_bytes()
+    files = {
+        "truncated_header.wav": good[:20],
+        "header_only.wav": good[:44],
+        "random.wav": rng.bytes(8000),
+        "random.flac": rng.bytes(8000),
+        "random.mp3": rng.bytes(8000),
+        "random.ogg": rng.bytes(8000),
+        "huge_declared.wav": wav_header(SR, 1, 16, 0xFFFFFF00) + rng.bytes(3000),
+        "rate_1hz.wav": wav_header(1, 1, 16, 2000) + rng.bytes(2000),
+        "rate_4mhz.wav": wav_header(4_000_000, 1, 16, 20000) + rng.bytes(20000),
+        "one_sample.wav": wav_header(SR, 1, 16, 2) + b"\x01\x00",
+        "zero_channels.wav": wav_header(SR, 0, 16, 2000) + rng.bytes(2000),
+        "text.wav": b"hello, I am not audio\n" * 100,
+        "image.wav": b"\x89PNG\r\n\x1a\n" + rng.bytes(3000),
+        "empty.wav": b"",
+    }
+    paths = []
+    for name, data in files.items():
+        p = tmp / name
+        p.write_bytes(data)
+        paths.append(p)
+    # two hours of digital silence at 2 kHz, 8-bit: refused from its header, never decoded whole
+    long = tmp / "two_hours_silence.wav"
+    sf.write(str(long), np.zeros(2000 * 7200, dtype=np.float32), 2000, subtype="PCM_U8")
+    paths.append(long)
+    return paths
+
+
+def test_every_hostile_upload_gets_a_clear_error(server, tmp_path):  # noqa: F811
+    client = server["client"]
+    for path in hostile_files(tmp_path):
+        with pytest.raises(Exception) as info:
+            analyze(client, path)
+        message = str(info.value)
+        assert any(c in message for c in CLEAR), f"{path.name}: unclear error {message!r}"
+    probs, *_ = analyze(client, EMODB / "wav" / "03a01Fa.wav")  # still serving
+    assert probs["label"]
