@@ -1,7 +1,7 @@
 """The Gradio app: layout and thin callbacks. No model math and no SQL live here.
 
 Named API endpoints (``gradio_client``): ``/analyze``, ``/warp``, ``/relabel``, ``/history``,
-``/queue``, ``/counts``, ``/export``, ``/models``, ``/model_card``.
+``/confirm``, ``/queue``, ``/export``, ``/models``, ``/model_card``, ``/retrain``, ``/retrain_status``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from serdemo.audio import MAX_DURATION_S, AudioError
 from serdemo.checkpoint import CheckpointError, list_checkpoints, read_card
 from serdemo.inference import Predictor
 from serdemo.plots import analysis_figure, confusion_figure, warp_figure
+from serdemo.retrain import RetrainBusy, Retrainer
 from serdemo.store import Store, StoreError
 
 ALPHA_MIN, ALPHA_MAX = 0.8, 1.2
@@ -53,16 +54,23 @@ class Settings:
     data_dir: Path = Path("data")
     max_duration_s: float = MAX_DURATION_S
     device: str | None = None
+    retrain_corpora: tuple[str, ...] | None = None  # None: the base checkpoint's own corpora
+    retrain_epochs: int = 5
+    retrain_args: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> "Settings":
         dirs = [Path(os.environ.get("SERDEMO_CHECKPOINTS", "checkpoints"))]
         if os.environ.get("SERDEMO_EXTRA_CHECKPOINTS"):
             dirs.append(Path(os.environ["SERDEMO_EXTRA_CHECKPOINTS"]))
+        corpora = os.environ.get("SERDEMO_RETRAIN_CORPORA")
         return cls(tuple(dirs), os.environ.get("SERDEMO_DEFAULT_MODEL", "default"),
                    Path(os.environ.get("SERDEMO_DATA", "data")),
                    float(os.environ.get("SERDEMO_MAX_DURATION_S", MAX_DURATION_S)),
-                   os.environ.get("SERDEMO_DEVICE") or None)
+                   os.environ.get("SERDEMO_DEVICE") or None,
+                   tuple(c for c in corpora.split(",") if c) if corpora is not None else None,
+                   int(os.environ.get("SERDEMO_RETRAIN_EPOCHS", "5")),
+                   tuple(os.environ.get("SERDEMO_RETRAIN_ARGS", "").split()))
 
 
 class Workbench:
@@ -71,6 +79,11 @@ class Workbench:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.store = Store(settings.data_dir)
+        # checkpoints trained from the app land beside the store and are listed like the others
+        self.trained_dir = settings.data_dir / "checkpoints"
+        if self.trained_dir not in settings.checkpoint_dirs:
+            settings.checkpoint_dirs = (*settings.checkpoint_dirs, self.trained_dir)
+        self.retrainer = Retrainer(settings.data_dir / "retrain", self.trained_dir, [], settings.retrain_epochs)
         self._predictors: dict[str, Predictor] = {}
         self._lock = threading.Lock()
         self.catalogue: dict[str, Path] = {}
@@ -257,6 +270,41 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                                    f"{name}: confusion on held-out speakers (rows: true)")
         return card, fig
 
+    def retrain(model_name):
+        """Fine-tune the selected checkpoint on the stored annotations in a background process."""
+        if not model_name or model_name not in bench.catalogue:
+            raise gr.Error("pick a checkpoint to fine-tune")
+        if not bench.store.current_labels():
+            raise gr.Error("there are no labelled clips in the store yet: relabel some clips first")
+        base = bench.catalogue[model_name]
+        card = read_card(base)
+        corpora = settings.retrain_corpora
+        if corpora is None:
+            corpora = tuple(card.get("training", {}).get("config", {}).get("corpora", []))
+        manifest = bench.store.export_manifest(bench.store.directory / "retrain" / "manifest.csv")
+        bench.retrainer.corpora = list(corpora)
+        try:
+            out = bench.retrainer.start(base, card, manifest, list(settings.retrain_args))
+        except RetrainBusy as exc:
+            raise gr.Error(str(exc)) from None
+        return f"Started fine-tuning **{model_name}** on {len(bench.store.current_labels())} stored clips " \
+               f"+ {len(corpora)} corpora → `{out.name}`"
+
+    def retrain_status():
+        """Progress of the background run; when done, the new checkpoint is in the picker."""
+        st = bench.retrainer.status()
+        if st["state"] == "idle":
+            return "No retraining run yet."
+        if st["state"] == "running":
+            return (f"Training `{Path(st['out']).name}`: epoch {st['epoch']}/{st['of']}"
+                    + (f", dev UA {st['dev_ua']:.3f}" if st["dev_ua"] is not None else "")
+                    + f" ({st['elapsed_s']:.0f} s)")
+        if st["state"] == "failed":
+            return f"Retraining failed:\n```\n{st['tail']}\n```"
+        bench.reload()
+        return (f"Done: `{Path(st['out']).name}` is in the model picker (press Reload checkpoints). "
+                f"Held-out speakers of the new run:\n\n{bench.retrainer.comparison()}")
+
     # keep the last attention per clip so the slider can redraw without the model
     bench.last_attention = {}
 
@@ -318,6 +366,10 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             with gr.Row():
                 m_pick = gr.Dropdown(bench.choices(), value=bench.default_choice(), label="Checkpoint")
                 reload_btn = gr.Button("Reload checkpoints")
+            with gr.Row():
+                retrain_btn = gr.Button("Fine-tune the selected model on the stored annotations")
+                retrain_refresh = gr.Button("Refresh status", size="sm")
+                retrain_md = gr.Markdown(elem_id="retrain-status")
             m_conf = gr.Plot(label="Confusion matrix")
             m_card = gr.JSON(label="Card")
 
@@ -334,7 +386,11 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         export_btn.click(export, [export_kind], [export_path], api_name="export")
         reload_btn.click(models, None, [model, m_pick], api_name="models")
         m_pick.change(model_card, [m_pick], [m_card, m_conf], api_name="model_card")
+        retrain_btn.click(retrain, [m_pick], [retrain_md], api_name="retrain", concurrency_limit=1)
+        gr.Timer(3.0).tick(retrain_status, None, [retrain_md], api_name="retrain_poll", api_visibility="private")
+        retrain_refresh.click(retrain_status, None, [retrain_md], api_name="retrain_status")
+        app.load(retrain_status, None, [retrain_md], api_name="retrain_load", api_visibility="private")
         app.load(model_card, [m_pick], [m_card, m_conf], api_visibility="private")
-        app.load(lambda: counts_table(), None, [counts], api_name="counts")
+        app.load(counts_table, None, [counts], api_visibility="private")
     app.workbench = bench
     return app

@@ -32,7 +32,9 @@ def server(tmp_path_factory):
     extra = tmp_path_factory.mktemp("extra")
     port = free_port()
     env = dict(os.environ, SERDEMO_CHECKPOINTS=str(ckpts), SERDEMO_DATA=str(data), SERDEMO_EXTRA_CHECKPOINTS=str(extra), GRADIO_SERVER_PORT=str(port),
-               GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", SERDEMO_MAX_DURATION_S="30")
+               GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", SERDEMO_MAX_DURATION_S="30",
+               SERDEMO_RETRAIN_EPOCHS="1", SERDEMO_RETRAIN_ARGS="--limit-per-corpus 24 --max-steps 2 --batch-size 8",
+               TQDM_DISABLE="1")
     log = open(data / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -157,3 +159,31 @@ def test_reload_picks_up_new_checkpoints(server):
     assert probs["label"]
     card, fig = client.predict("copied-model", api_name="/model_card")
     assert card["heads"]["emotion"]
+
+
+def test_retrain_from_the_app_serves_the_new_checkpoint(server):
+    client = server["client"]
+    for clip, label in ((EMODB / "wav" / "03a02Fc.wav", "happy"), (EMODB / "wav" / "03a02Nc.wav", "neutral")):
+        clip_id = analyze(client, clip)[4]
+        client.predict(clip_id, label, "trainer", api_name="/relabel")
+    started = client.predict("default", api_name="/retrain")
+    assert "Started fine-tuning" in started
+    with pytest.raises(Exception, match="already in progress"):
+        client.predict("default", api_name="/retrain")  # one at a time
+    probs, *_ = analyze(client, EMODB / "wav" / "03a01Fa.wav")  # the app keeps serving meanwhile
+    assert probs["label"]
+    deadline = time.time() + 400
+    status = ""
+    while time.time() < deadline:
+        status = client.predict(api_name="/retrain_status")
+        if status.startswith(("Done", "Retraining failed")):
+            break
+        time.sleep(3)
+    assert status.startswith("Done"), status
+    assert "previous UA" in status
+    model_update, _ = client.predict(api_name="/models")
+    names = [c[1] if isinstance(c, (list, tuple)) else c for c in model_update["choices"]]
+    new = [n for n in names if n.startswith("default-ft-")]
+    assert new
+    probs, *_ = analyze(client, EMODB / "wav" / "03a01Fa.wav", model=new[0])
+    assert probs["label"]

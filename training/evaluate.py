@@ -108,6 +108,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--data", action="append", default=[], metavar="KIND=PATH")
     ap.add_argument("--speakers-from-card", choices=["test", "dev"],
                     help="score only the speakers the card lists under training.speakers.<set>")
+    ap.add_argument("--speakers-card", help="take the speakers from this checkpoint's card instead (compare two "
+                    "checkpoints on the same held-out speakers)")
     ap.add_argument("--folds", type=int, help="cross-validate the recipe given with --config")
     ap.add_argument("--config")
     ap.add_argument("--epochs", type=int, help="override the recipe's epochs (cross-validation)")
@@ -130,7 +132,7 @@ def main(argv=None) -> dict:
             ap.error("give CHECKPOINT and at least one --data KIND=PATH (or --folds N --config RECIPE)")
         speakers = None
         if args.speakers_from_card:
-            card = read_card(args.checkpoint)
+            card = read_card(args.speakers_card or args.checkpoint)
             speakers = set(card.get("training", {}).get("speakers", {}).get(args.speakers_from_card, []))
             if not speakers:
                 raise SystemExit(f"the card lists no {args.speakers_from_card} speakers")

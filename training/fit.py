@@ -82,6 +82,7 @@ class FitConfig:
     workers: int = 2
     cache_dir: str = ""
     features: dict = field(default_factory=dict)
+    init: str = ""  # fine-tune: start from this checkpoint's weights (matching tensors only)
 
     @classmethod
     def from_yaml(cls, path) -> "FitConfig":
@@ -239,7 +240,9 @@ class Trainer:
         self.hparams = dict(cfg.hparams, norm=cfg.norm)
         self.model = build_model(cfg.model, self.features.n_mels, head_sizes,
                                  input_frame_rate_hz=self.features.frame_rate_hz, **self.hparams).to(self.device)
-        if cfg.norm == "global":
+        if cfg.init:
+            self._init_from(cfg.init)
+        elif cfg.norm == "global":
             self._set_global_stats()
         self.class_w = D.class_weights(self.train, len(self.label_set)).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -254,6 +257,15 @@ class Trainer:
             if cfg.augment else None
         self.start_epoch, self.best_ua, self.best_epoch, self.bad_epochs = 0, -1.0, -1, 0
         self.history: list[dict] = []
+
+    def _init_from(self, path: str) -> None:
+        """Copy every tensor whose name and shape match (normalisation statistics included)."""
+        source, _ = load_checkpoint(path, "cpu")
+        own = self.model.state_dict()
+        taken = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
+        self.model.load_state_dict(taken, strict=False)
+        if self.is_main:
+            log.info("initialised %d of %d tensors from %s", len(taken), len(own), path)
 
     def _set_global_stats(self):
         total, sq, n = 0.0, 0.0, 0
@@ -482,6 +494,7 @@ def parse_args(argv=None) -> FitConfig:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--cache-dir")
+    p.add_argument("--init", help="fine-tune: start from this checkpoint's weights")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     args = p.parse_args(argv)
     cfg = FitConfig.from_yaml(args.config) if args.config else FitConfig()

@@ -1,0 +1,111 @@
+"""Retraining from the app: one background ``python -m training.fit`` process at a time.
+
+The app exports the store as a manifest, fine-tunes the selected checkpoint on it plus the
+configured corpora with the checkpoint's own recipe, and reports progress by reading the
+process's log. Nothing here imports ``training``: it is run as a separate process, so a crash or
+a long run never blocks the app.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+EPOCH_LINE = re.compile(r"epoch (\d+) loss ([\d.nan]+) dev UA ([\d.]+)")
+
+
+class RetrainBusy(RuntimeError):
+    pass
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(str(arg))
+
+
+class Retrainer:
+    def __init__(self, workdir: Path, out_root: Path, corpora: list[str], epochs: int = 10):
+        self.workdir, self.out_root = Path(workdir), Path(out_root)
+        self.corpora, self.epochs = list(corpora), epochs
+        self._lock = threading.Lock()
+        self.proc: subprocess.Popen | None = None
+        self.out: Path | None = None
+        self.log: Path | None = None
+        self.total_epochs = epochs
+        self.started = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, base_checkpoint: Path, base_card: dict, manifest: Path, extra_args: list[str] | None = None) -> Path:
+        """Launch the fine-tuning run; raises :class:`RetrainBusy` if one is already running."""
+        with self._lock:
+            if self.running:
+                raise RetrainBusy(f"a retraining run is already in progress ({self.out.name}); wait for it to finish")
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            name = f"{Path(base_checkpoint).name}-ft-{stamp}"
+            self.out = self.out_root / name
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self.out_root.mkdir(parents=True, exist_ok=True)
+            recipe = dict(base_card.get("training", {}).get("config", {}))
+            recipe.update(name=name, out=str(self.out), init=str(base_checkpoint), epochs=self.epochs,
+                          corpora=self.corpora + [f"manifest={manifest}"])
+            recipe.pop("max_steps", None)
+            if extra_args is None:
+                extra_args = []
+            config = self.workdir / f"{name}.json"
+            config.write_text(json.dumps(recipe, indent=2))  # JSON is valid YAML
+            self.log = self.workdir / f"{name}.log"
+            self.total_epochs = self.epochs
+            env = dict(os.environ, TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
+            root = Path(__file__).resolve().parents[1]
+            fit = [sys.executable, "-m", "training.fit", "--config", str(config), *extra_args]
+            # the previous model, scored on the new run's held-out speakers: a like-for-like comparison
+            baseline = [sys.executable, "-m", "training.evaluate", str(base_checkpoint),
+                        *[a for c in recipe["corpora"] for a in ("--data", c)], "--speakers-from-card", "test",
+                        "--speakers-card", str(self.out), "--json", str(self.out / "baseline.json")]
+            script = " ".join(map(_quote, fit)) + " && " + " ".join(map(_quote, baseline))
+            with open(self.log, "w") as logf:
+                self.proc = subprocess.Popen(["bash", "-c", script], cwd=root, env=env, stdout=logf,
+                                             stderr=subprocess.STDOUT)
+            self.started = time.time()
+            return self.out
+
+    def status(self) -> dict:
+        """``{"state": idle|running|done|failed, "epoch", "of", "dev_ua", "out", "tail"}``."""
+        if self.proc is None:
+            return {"state": "idle"}
+        text = self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
+        epochs = EPOCH_LINE.findall(text)
+        code = self.proc.poll()
+        state = "running" if code is None else ("done" if code == 0 and (self.out / "baseline.json").exists() else "failed")
+        last = epochs[-1] if epochs else None
+        return {"state": state, "epoch": int(last[0]) if last else 0, "of": self.total_epochs,
+                "dev_ua": float(last[2]) if last else None, "out": str(self.out), "elapsed_s": time.time() - self.started,
+                "tail": "\n".join(text.strip().splitlines()[-4:])}
+
+    def comparison(self) -> str:
+        """Markdown: the new checkpoint against the previous one on the same held-out speakers."""
+        if self.out is None or not (self.out / "baseline.json").exists():
+            return ""
+        new = json.loads((self.out / "card.json").read_text())["metrics"].get("test", {})
+        old = json.loads((self.out / "baseline.json").read_text())
+        rows = ["| set | previous UA | new UA | previous WA | new WA | n |", "|---|---|---|---|---|---|"]
+        for k in new:
+            if k in old:
+                rows.append(f"| {k} | {old[k]['ua']:.3f} | {new[k]['ua']:.3f} | {old[k]['wa']:.3f} | "
+                            f"{new[k]['wa']:.3f} | {new[k]['n']} |")
+        return "\n".join(rows)
+
+    def wait(self, timeout: float | None = None) -> dict:
+        if self.proc is not None:
+            self.proc.wait(timeout)
+        return self.status()
