@@ -8,7 +8,8 @@ The first form scores a checkpoint on corpora (``--speakers-from-card test`` kee
 speakers the card lists as held out, so no training speaker is scored). The second runs
 speaker-independent cross-validation with a recipe: every fold's test speakers are never seen in
 that fold's training, predictions are pooled so each speaker is scored exactly once, and
-``--attach`` writes the result into a checkpoint's card.
+``--attach`` writes the result into a checkpoint's card. A fold whose checkpoint in ``--workdir`` is
+already finished is reused, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -79,7 +80,15 @@ def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | 
         cfg = copy.deepcopy(base)
         cfg.fold, cfg.out, cfg.name = k, str(workdir / f"fold{k}"), f"{base.name}-fold{k}"
         trainer = Trainer(cfg)
-        metrics = trainer.fit()
+        done = Path(cfg.out) / "card.json"
+        if done.is_file() and "test" in read_card(cfg.out).get("metrics", {}):
+            # a finished fold (an earlier, interrupted run, or the shipped fold-0 model): reuse it
+            model, card = load_checkpoint(cfg.out)
+            trainer.model.load_state_dict(model.state_dict())
+            metrics = card["metrics"]
+            log.info("fold %d: reusing the finished checkpoint in %s", k, cfg.out)
+        else:
+            metrics = trainer.fit()
         preds = trainer.predict(trainer.test)
         y += [e.targets["emotion"] for e in trainer.test]
         p += preds.tolist()
