@@ -82,6 +82,11 @@ def to_pcm16(wave: np.ndarray) -> np.ndarray:
     return (np.clip(wave, -1.0, 32767 / 32768) * 32768).round().astype("<i2")
 
 
+def as_stored(wave: np.ndarray) -> np.ndarray:
+    """The waveform exactly as the store keeps it (16-bit PCM), back as float32."""
+    return to_pcm16(wave).astype(np.float32) / 32768
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("SERDEMO_DATA", "data"))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from serdemo.checkpoint import CheckpointError, list_checkpoints, read_card
 from serdemo.inference import Predictor
 from serdemo.plots import analysis_figure, confusion_figure, warp_figure
 from serdemo.retrain import RetrainBusy, Retrainer
-from serdemo.store import Store, StoreError
+from serdemo.store import Store, StoreError, as_stored
 
 ALPHA_MIN, ALPHA_MAX = 0.8, 1.2
 
@@ -151,7 +152,8 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         try:
             progress(0.1, desc="decoding")
             pred_model = bench.predictor(model_name)
-            wave = pred_model.load(audio, max_duration_s=settings.max_duration_s)
+            # analyse exactly what the store keeps, so later views and retraining see the same clip
+            wave = as_stored(pred_model.load(audio, max_duration_s=settings.max_duration_s))
             progress(0.4, desc="running the model")
             pred = pred_model.predict(wave, alpha=float(alpha))
             progress(0.8, desc="saving the clip")
@@ -184,9 +186,12 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             warped = pred_model.warped_logmel(wave, float(alpha))
         except (AudioError, CheckpointError, StoreError) as exc:
             raise gr.Error(str(exc)) from None
-        last = bench.last_attention.get(clip_id) if hasattr(bench, "last_attention") else None
         times = pred_model.features.frame_times_s(logmel.shape[1])
-        att_t, att = last if last is not None else (times, np.full(len(times), 1 / len(times)))
+        last = bench.last_attention.get(clip_id)
+        if last is None:  # analysed before a restart: this once, run the model for its attention
+            pred = pred_model.predict(wave, alpha=None)
+            last = bench.last_attention[clip_id] = (pred.attention_times_s, pred.attention)
+        att_t, att = last
         return analysis_figure(times, logmel, warped, att_t, att, float(alpha)), warp_figure(float(alpha))
 
     def relabel(clip_id, label, annotator_name, state, request: gr.Request = None):
@@ -305,14 +310,16 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         return (f"Done: `{Path(st['out']).name}` is in the model picker (press Reload checkpoints). "
                 f"Held-out speakers of the new run:\n\n{bench.retrainer.comparison()}")
 
-    # keep the last attention per clip so the slider can redraw without the model
-    bench.last_attention = {}
+    # the last attention per clip (bounded), so the slider can redraw without running the model
+    bench.last_attention = OrderedDict()
 
     def analyze_and_remember(audio, model_name, alpha, progress=gr.Progress()):
         out = analyze(audio, model_name, alpha, progress)
-        fig = out[2]
-        att = fig.data[-1]
+        att = out[2].data[-1]
         bench.last_attention[out[5]] = (np.asarray(att.x), np.asarray(att.y))
+        bench.last_attention.move_to_end(out[5])
+        while len(bench.last_attention) > 512:
+            bench.last_attention.popitem(last=False)
         return out
 
     # ---------------------------------------------------------------- layout

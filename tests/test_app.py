@@ -187,3 +187,17 @@ def test_retrain_from_the_app_serves_the_new_checkpoint(server):
     assert new
     probs, *_ = analyze(client, EMODB / "wav" / "03a01Fa.wav", model=new[0])
     assert probs["label"]
+
+
+def test_slider_redraws_the_warp_without_the_model(server):
+    client = server["client"]
+    out = analyze(client, EMODB / "wav" / "03a01Wa.wav", alpha=1.1)
+    fig11, clip_id = out[2], out[4]
+    fig09, warp = client.predict(0.9, clip_id, "default", api_name="/warp")
+    a, b = fig11["data"] if "data" in fig11 else json.loads(fig11["plot"])["data"], \
+        fig09["data"] if "data" in fig09 else json.loads(fig09["plot"])["data"]
+    # the original is unchanged: analysis and redraw both use the clip as stored
+    np.testing.assert_allclose(arr(a[0]["z"]), arr(b[0]["z"]), atol=1e-4)
+    assert not np.allclose(arr(a[1]["z"]), arr(b[1]["z"]))  # the warped panel follows alpha
+    np.testing.assert_allclose(arr(a[2]["y"]), arr(b[2]["y"]), atol=1e-6)  # same attention: no new model run
+    assert "0.90" in json.dumps(b[1].get("name", "")) or "0.90" in json.dumps(fig09)
