@@ -399,5 +399,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         app.load(retrain_status, None, [retrain_md], api_name="retrain_load", api_visibility="private")
         app.load(model_card, [m_pick], [m_card, m_conf], api_visibility="private")
         app.load(counts_table, None, [counts], api_visibility="private")
+        app.load(queue, [limit], [queue_df], api_name="queue_load", api_visibility="private")
+        save_btn.click(queue, [limit], [queue_df], api_name="queue_after_relabel", api_visibility="private")
     app.workbench = bench
     return app
