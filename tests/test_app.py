@@ -84,7 +84,12 @@ def test_analyze_real_clips(server):
         conf = {c["label"]: c["confidence"] for c in probs["confidences"]}
         assert abs(sum(conf.values()) - 1) < 1e-3 and len(conf) == 7
         assert probs["label"] == max(conf, key=conf.get)
-        assert "gender" in aux
+        aux_heads = [h for h in json.loads((server["ckpts"] / "default" / "card.json").read_text())["heads"]
+                     if h != "emotion"]
+        for head in aux_heads:
+            assert f"**{head}**" in aux
+        if not aux_heads:
+            assert "no auxiliary heads" in aux
         assert len(clip_id) == 64
         figure = json.loads(fig["plot"]) if isinstance(fig, dict) and "plot" in fig else fig
         traces = figure["data"]
