@@ -118,3 +118,21 @@ def test_cross_validation_pools_every_speaker_once(tmp_path):
     tested = [s for f in cv["folds"] for s in f["test_speakers"]]
     assert len(tested) == len(set(tested)) == 8  # each of the 8 EMO-DB speakers is tested exactly once
     assert cv["pooled"]["overall"]["n"] == 40
+
+
+@pytest.mark.parametrize("name", ["noise", "speed", "loudness", "shift"])
+def test_nlpaug_waveform_augmenters(name):
+    import numpy as np
+
+    from tests.conftest import harmonics
+    from training.data import WaveAugment
+
+    x = harmonics(150, 1.0)
+    aug = WaveAugment([name], 16000, p=1.0, seed=0)
+    y = aug(x)
+    assert y.dtype == np.float32 and np.isfinite(y).all()
+    assert not (len(y) == len(x) and np.allclose(y, x))  # it changed the clip
+    if name == "speed":
+        assert 0.85 * len(x) < len(y) < 1.15 * len(x)
+    with pytest.raises(ValueError, match="unknown augmenters"):
+        WaveAugment(["reverb"], 16000)
