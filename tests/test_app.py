@@ -23,6 +23,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def launch_app(env: dict, data: Path, url: str, wait_s: float = 120):
+    """Start ``python app.py`` with ``env`` (log in ``data/server.log``); return it and a connected client."""
+    from gradio_client import Client
+
+    log = open(data / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail("app exited: " + (data / "server.log").read_text()[-2000:])
+        try:
+            return proc, Client(url, verbose=False)
+        except Exception:
+            time.sleep(1)
+    proc.kill()
+    pytest.fail(f"app did not come up in {wait_s:.0f} s")
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     ckpts = Path(os.environ.get("SERDEMO_CHECKPOINTS", ROOT / "checkpoints"))
@@ -35,24 +53,8 @@ def server(tmp_path_factory):
                GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", SERDEMO_MAX_DURATION_S="30",
                SERDEMO_RETRAIN_EPOCHS="1", SERDEMO_RETRAIN_ARGS="--limit-per-corpus 24 --max-steps 2 --batch-size 8",
                TQDM_DISABLE="1")
-    log = open(data / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc, client = launch_app(env, data, f"http://127.0.0.1:{port}/")
     url = f"http://127.0.0.1:{port}/"
-    from gradio_client import Client
-
-    deadline = time.time() + 120
-    client = None
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail("app exited: " + (data / "server.log").read_text()[-2000:])
-        try:
-            client = Client(url, verbose=False)
-            break
-        except Exception:
-            time.sleep(1)
-    if client is None:
-        proc.kill()
-        pytest.fail("app did not come up in 120 s")
     yield {"ckpts": ckpts, "client": client, "url": url, "data": data, "extra": extra, "proc": proc}
     proc.terminate()
     proc.wait(10)
@@ -131,8 +133,6 @@ def test_relabel_lands_in_the_store_with_history(server):
 
 
 def test_bad_input_is_a_clear_error_and_the_app_keeps_serving(server, tmp_path):
-    from gradio_client import handle_file
-
     client = server["client"]
     cases = {
         "silence.wav": (np.zeros(SR, np.float32), "digital silence"),

@@ -1,7 +1,6 @@
 """The app in headless Chromium (Debian's /usr/bin/chromium driven by Playwright): upload, microphone
 (Chromium's fake capture device fed with a real corpus wav), relabel. Screenshots go to artifacts/."""
 
-import os
 import re
 import shutil
 from pathlib import Path

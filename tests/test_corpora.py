@@ -1,6 +1,5 @@
 """Corpus adapters on the real shared corpora and on fixture trees with each corpus's naming rules."""
 
-import numpy as np
 import pytest
 
 from serdemo.labels import LABEL_SETS, get_label_set

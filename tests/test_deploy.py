@@ -4,13 +4,12 @@ under a short concurrent load, and check the upload size limit."""
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from tests.conftest import EMODB, ROOT, SR
-from tests.test_app import analyze, free_port
+from tests.test_app import analyze, free_port, launch_app
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -22,20 +21,8 @@ def space(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADIO_SERVER", "SERDEMO_"))}
     env.update(GRADIO_SERVER_NAME="0.0.0.0", PORT=str(port), SERDEMO_DATA=str(data), SERDEMO_MAX_UPLOAD="5mb",
                GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", SERDEMO_CONCURRENCY="2")
-    log = open(data / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    from gradio_client import Client
-
-    url, client = f"http://127.0.0.1:{port}/", None
-    for _ in range(120):
-        if proc.poll() is not None:
-            pytest.fail("app exited: " + (data / "server.log").read_text()[-2000:])
-        try:
-            client = Client(url, verbose=False)
-            break
-        except Exception:
-            time.sleep(1)
-    assert client is not None, "the app did not come up"
+    url = f"http://127.0.0.1:{port}/"
+    proc, client = launch_app(env, data, url)
     yield url, client, data
     proc.terminate()
     proc.wait(10)

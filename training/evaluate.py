@@ -18,11 +18,9 @@ import argparse
 import copy
 import json
 import logging
-import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from serdemo.checkpoint import read_card, save_checkpoint, load_checkpoint
