@@ -126,7 +126,7 @@ class Workbench:
 def headline(card: dict) -> str:
     """'UA 0.61 / WA 0.63 on unseen speakers' from the card's metrics, or what is known."""
     m = card.get("metrics", {})
-    for key, where in (("cv", "cross-validated"), ("test", "unseen speakers")):
+    for key, where in (("cv", "cross-validated"), ("test", "unseen speakers"), ("dev", "dev speakers")):
         block = m.get(key)
         if block:
             s = block.get("pooled", block).get("overall") if key == "cv" else block.get("overall")
