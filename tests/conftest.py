@@ -46,20 +46,20 @@ def speech_wav(tmp_path_factory) -> Path:
     return path
 
 
+def shared_clip(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared corpus file not found: {path}")
+    return path
+
+
 @pytest.fixture(scope="session")
 def emodb_clip() -> Path:
-    p = EMODB / "wav" / "03a01Fa.wav"
-    if not p.exists():
-        pytest.skip(f"shared corpus not found at {EMODB}")
-    return p
+    return shared_clip(EMODB / "wav" / "03a01Fa.wav")
 
 
 @pytest.fixture(scope="session")
 def ravdess_clip() -> Path:
-    p = RAVDESS / "Actor_01" / "03-01-05-01-01-01-01.flac"
-    if not p.exists():
-        pytest.skip(f"shared corpus not found at {RAVDESS}")
-    return p
+    return shared_clip(RAVDESS / "Actor_01" / "03-01-05-01-01-01-01.flac")
 
 
 def write(path, data, sr=SR, **kw):
