@@ -212,7 +212,8 @@ class Store:
         return [dict(zip(keys, r)) for r in rows]
 
     # ------------------------------------------------------------------ export
-    def _labelled(self):
+    def labelled(self) -> list:
+        """``(current label event, (sha, relative path, speaker))`` for every labelled clip."""
         current = self.current_labels()
         with self._connect() as con:
             clips = {r[0]: r for r in con.execute("SELECT sha256, path, speaker FROM clips")}
@@ -226,7 +227,7 @@ class Store:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["path", "emotion", "speaker", "gender", "corpus", "naturalness", "annotator"])
-            for ev, (sha, rel, speaker) in self._labelled():
+            for ev, (sha, rel, speaker) in self.labelled():
                 w.writerow([str((self.directory / rel).resolve()), ev.label, speaker or f"clip-{sha[:12]}",
                             "", "store", "natural", ev.annotator])
         os.replace(tmp, csv_path)
@@ -238,7 +239,7 @@ class Store:
         folder = Path(folder)
         (folder / "audio").mkdir(parents=True, exist_ok=True)
         rows = []
-        for ev, (sha, rel, speaker) in self._labelled():
+        for ev, (sha, rel, speaker) in self.labelled():
             name = f"{sha}.wav"
             assert all(c in "0123456789abcdef" for c in sha)
             dest = folder / "audio" / name

@@ -345,7 +345,7 @@ def scan_store(root) -> CorpusScan:
         raise CorpusError(f"store: {root} holds no store.sqlite3")
     store = Store(root)
     scan = CorpusScan("store", str(root))
-    for ev, (sha, rel, speaker) in store._labelled():
+    for ev, (sha, rel, speaker) in store.labelled():
         emo = canonical_label(ev.label)
         if emo is None:
             scan.problems.append((str(Path(root) / rel), f"label {ev.label!r} is not an emotion label"))

@@ -14,6 +14,7 @@ import torch
 
 from serdemo.audio import AudioError, load_audio
 from serdemo.features import pad_batch
+from serdemo.fsutil import atomic_write
 from serdemo.labels import AUX_HEADS, LabelSet
 from training.corpora import Utterance
 
@@ -55,9 +56,7 @@ class WaveCache:
         except (OSError, ValueError):
             self.misses += 1
             wave = load_audio(path, target_rate=self.sample_rate, max_duration_s=self.max_duration_s)
-            tmp = file.with_suffix(f".{os.getpid()}.tmp.npy")
-            np.save(tmp, wave, allow_pickle=False)
-            os.replace(tmp, file)
+            atomic_write(file, lambda f: np.save(f, wave, allow_pickle=False))
         self.memory[path] = wave
         return wave
 
