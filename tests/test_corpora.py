@@ -1,9 +1,12 @@
 """Corpus adapters on the real shared corpora and on fixture trees with each corpus's naming rules."""
 
+from pathlib import Path
+
 import pytest
 
+from serdemo import labels as L
 from serdemo.labels import LABEL_SETS, get_label_set
-from tests.conftest import EMODB, RAVDESS, harmonics, write
+from tests.conftest import EMODB, RAVDESS, SHARED, harmonics, shared_clip, tone, write
 from training import corpora as C
 from training.splits import leave_one_session_out, make_folds, speaker_folds, train_dev_test
 
@@ -28,6 +31,23 @@ def test_ravdess_real():
     assert {u.gender for u in scan.utterances if u.speaker == "ravdess:02"} == {"female"}
 
 
+NEMO = SHARED / "nemo"
+
+
+def test_nemo_real():
+    shared_clip(NEMO / "data.tsv")
+    scan = C.scan("nemo", NEMO)
+    assert len(scan.utterances) == 3403 and not scan.problems and not scan.excluded
+    genders = {u.speaker: u.gender for u in scan.utterances}
+    assert genders == {**{f"nemo:{s}": "female" for s in ("EB0", "KD0", "MK0")},
+                       **{f"nemo:{s}": "male" for s in ("KS0", "MP0", "TP0", "WR0")}}
+    assert {u.emotion for u in scan.utterances} == {"angry", "fear", "happy", "neutral", "sad", "surprise"}
+    assert {(u.corpus, u.naturalness) for u in scan.utterances} == {("nemo", "acted")}
+    assert all(Path(u.path).is_file() for u in scan.utterances)
+    u = next(u for u in scan.utterances if Path(u.path).name == "EB0_anger_1.flac")
+    assert (u.emotion, u.speaker, u.gender) == ("angry", "nemo:EB0", "female")
+
+
 def make_tree(root, names, wave=None):
     wave = harmonics(150, 0.5) if wave is None else wave
     for n in names:
@@ -48,6 +68,68 @@ def test_unknown_names_are_reported_not_dropped(tmp_path):
     scan = C.scan_ravdess(tmp_path / "rav")
     assert len(scan.utterances) == 1 and len(scan.excluded) == 1  # the song
     assert sorted(why for _, why in scan.problems) == ["actor 4 in the name but folder Actor_03", "unknown emotion code '09'"]
+
+
+NEMO_HEADER = "file_id\temotion\traw_text\tnormalized_text\tspeaker_id\tgender\tage\n"
+
+
+def nemo_row(file_id, emotion, speaker, gender):
+    return f"{file_id}\t{emotion}\tTo jest zdanie.\tto jest zdanie\t        {speaker}\t{gender}\t23\n"
+
+
+def test_nemo_original_layout(tmp_path):
+    """The original release: .wav files, a data.tsv whose speaker_id is padded with spaces."""
+    root = tmp_path / "nEMO"
+    (root / "samples").mkdir(parents=True)
+    for name in ("KS0_anger_1.wav", "EB0_surprised_2.wav", "EB0_contempt_4.wav", "KD0_fear_5.wav", "XX0_fear_9.wav"):
+        write(root / "samples" / name, tone(220, 0.3, sr=24000), sr=24000)
+    write(root / "samples" / "KS0_anger_1.flac", tone(220, 0.3))  # the same clip converted: counted once
+    (root / "data.tsv").write_text(NEMO_HEADER + nemo_row("KS0_anger_1.wav", "anger", "KS0", "male")
+                                   + nemo_row("EB0_surprised_2.wav", "surprised", "EB0", "Female")
+                                   + nemo_row("EB0_contempt_4.wav", "contempt", "EB0", "female")
+                                   + nemo_row("KD0_fear_5.wav", "anger", "KD0", "female")
+                                   + nemo_row("MK0_sadness_3.wav", "sadness", "MK0", "female"), encoding="utf-8")
+    s = C.scan_nemo(root)
+    assert sorted((Path(u.path).name, u.speaker, u.emotion, u.gender) for u in s.utterances) == [
+        ("EB0_surprised_2.wav", "nemo:EB0", "surprise", "female"), ("KS0_anger_1.flac", "nemo:KS0", "angry", "male")]
+    assert [(Path(p).name, why) for p, why in s.excluded] == [
+        ("KS0_anger_1.wav", f"same clip as {root / 'samples' / 'KS0_anger_1.flac'} in another format")]
+    problems = {Path(p).name: why for p, why in s.problems}
+    assert problems == {
+        "EB0_contempt_4.wav": "unknown emotion 'contempt' in data.tsv",
+        "KD0_fear_5.wav": "data.tsv says speaker KD0, anger but the name says speaker KD0, fear",
+        "XX0_fear_9.wav": "not listed in data.tsv (no row with file_id XX0_fear_9.*)",
+        "data.tsv:6": f"lists MK0_sadness_3.wav but no audio file with stem MK0_sadness_3 "
+                      f"(.wav/.flac/.ogg/.mp3) is under {root}",
+    }
+    (root / "data.tsv").unlink()
+    with pytest.raises(C.CorpusError, match="no data.tsv under"):
+        C.scan_nemo(root)
+    (root / "data.tsv").write_text("file_id\temotion\n", encoding="utf-8")
+    with pytest.raises(C.CorpusError, match=r"missing \['speaker_id', 'gender'\]"):
+        C.scan_nemo(root)
+    assert C.parse_spec("nemo=../shared/data/nemo") == ("nemo", "../shared/data/nemo") and "nemo" in C.ADAPTERS
+
+
+def test_nemo_labels_have_rules():
+    e7, e4 = get_label_set("ekman7"), get_label_set("emo4")
+    assert [e7.map(c) for c in L.NEMO.values()] == list(L.NEMO.values())  # all six are ekman7 classes
+    assert {n: e4.map(c) for n, c in L.NEMO.items()} == {
+        "anger": "angry", "fear": None, "happiness": "happy", "neutral": "neutral", "sadness": "sad", "surprised": None}
+    assert "surprise" in e4.drop and "fear" in e4.drop
+
+
+def test_licences():
+    assert set(C.LICENCES) == set(C.ADAPTERS)  # every corpus kind says what a model trained on it inherits
+    assert C.licence_for(["emodb", "ravdess"]) == (
+        "CC BY-NC-SA 4.0 (inherited from RAVDESS, Livingstone & Russo 2018): non-commercial use, attribution and "
+        "share-alike + CC0-1.0 (EMO-DB as republished by audEERING)")
+    nemo = C.licence_for(["nemo=../shared/data/nemo", "nemo"])
+    assert nemo.startswith("CC BY-NC-SA 4.0 (inherited from nEMO)") and " + " not in nemo
+    assert 'Christop, "nEMO: Dataset of Emotional Speech in Polish", LREC-COLING 2024' in nemo
+    assert C.licence_for(["emodb", "mine"]) == ("CC0-1.0 (EMO-DB as republished by audEERING) + "
+                                                "mine: see the corpus's own licence")
+    assert C.licence_for([]) == "see training data"
 
 
 def test_cremad_tess_savee(tmp_path):

@@ -129,6 +129,89 @@ def scan_ravdess(root, include_song: bool = False) -> CorpusScan:
     return scan
 
 
+# ---------------------------------------------------------------- nEMO
+NEMO_NAME = re.compile(r"^(?P<spk>[A-Z]{2}\d)_(?P<emo>[a-z]+)_(?P<num>\d+)$")
+NEMO_COLUMNS = ("file_id", "emotion", "speaker_id", "gender")
+NEMO_GENDERS = {"female": "female", "f": "female", "male": "male", "m": "male"}
+
+
+def _nemo_table(root: Path) -> Path:
+    tsv = root / "data.tsv"
+    if tsv.is_file():
+        return tsv
+    found = sorted(root.rglob("data.tsv"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise CorpusError(f"nemo: no data.tsv under {root}; nEMO's emotions, speakers and genders are read from "
+                          f"it (tab-separated: file_id, emotion, raw_text, normalized_text, speaker_id, gender, age)")
+    raise CorpusError(f"nemo: several data.tsv under {root} ({', '.join(map(str, found))}); point at one copy")
+
+
+def scan_nemo(root) -> CorpusScan:
+    """nEMO: ``samples/SSS_emotion_N.wav|flac`` described by ``data.tsv`` (Christop, LREC-COLING 2024).
+
+    ``data.tsv`` is authoritative for emotion, speaker and gender. Clips are matched to its rows by
+    file stem, so a copy converted to another format (its ``file_id`` names the original ``.wav``)
+    still matches; ``speaker_id`` is stripped of the padding the original carries. A row whose
+    ``file_id`` follows ``SSS_emotion_N`` must agree with that name. Without ``data.tsv`` the
+    corpus cannot be read (no genders), and a :class:`CorpusError` says so.
+    """
+    root = _require_dir(root, "nemo")
+    tsv = _nemo_table(root)
+    scan = CorpusScan("nemo", str(root))
+    rows: dict[str, tuple[str, dict]] = {}  # stem -> (where, row)
+    with open(tsv, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        reader.fieldnames = [c.strip().lower() for c in reader.fieldnames or []]
+        missing = [c for c in NEMO_COLUMNS if c not in reader.fieldnames]
+        if missing:
+            raise CorpusError(f"{tsv}: needs tab-separated columns {list(NEMO_COLUMNS)}; missing {missing}")
+        for i, row in enumerate(reader, start=2):
+            where = f"{tsv}:{i}"
+            stem = Path((row.get("file_id") or "").strip()).stem
+            if not stem:
+                scan.problems.append((where, "row has no file_id"))
+            elif stem in rows:
+                scan.problems.append((where, f"{row['file_id'].strip()} is listed again (first at {rows[stem][0]})"))
+            else:
+                rows[stem] = (where, row)
+    seen: dict[str, Path] = {}
+    for path in _audio_files(root):
+        if path.stem in seen:
+            scan.excluded.append((str(path), f"same clip as {seen[path.stem]} in another format"))
+            continue
+        seen[path.stem] = path
+        if path.stem not in rows:
+            scan.problems.append((str(path), f"not listed in {tsv.name} (no row with file_id {path.stem}.*)"))
+            continue
+        _, row = rows[path.stem]
+        native = (row.get("emotion") or "").strip().lower()
+        spk = (row.get("speaker_id") or "").strip()
+        emo = L.NEMO.get(native)
+        if emo is None:
+            scan.problems.append((str(path), f"unknown emotion {native!r} in {tsv.name}"))
+            continue
+        if not spk:
+            scan.problems.append((str(path), f"no speaker_id in {tsv.name}: speaker-independent splits need one"))
+            continue
+        m = NEMO_NAME.match(path.stem)
+        if m and (m["spk"], m["emo"]) != (spk, native):
+            scan.problems.append((str(path), f"{tsv.name} says speaker {spk}, {native} but the name says "
+                                             f"speaker {m['spk']}, {m['emo']}"))
+            continue
+        sex = (row.get("gender") or "").strip().lower()
+        gender = NEMO_GENDERS.get(sex)
+        if gender is None:
+            scan.problems.append((str(path), f"gender {sex!r} in {tsv.name} is not female/male; gender unknown"))
+        scan.utterances.append(Utterance(str(path), emo, f"nemo:{spk}", "nemo", gender))
+    for stem, (where, row) in rows.items():
+        if stem not in seen:
+            scan.problems.append((where, f"lists {row['file_id'].strip()} but no audio file with stem {stem} "
+                                         f"({'/'.join(AUDIO_EXTS)}) is under {root}"))
+    return scan
+
+
 # ---------------------------------------------------------------- CREMA-D
 CREMAD_NAME = re.compile(r"^(?P<spk>\d{4})_(?P<text>[A-Z]{3})_(?P<emo>[A-Z]{3})_(?P<lvl>[A-Z]{2})$")
 
@@ -310,7 +393,7 @@ def scan_manifest(csv_path, corpus: str | None = None) -> CorpusScan:
 
 
 ADAPTERS: dict[str, Callable[..., CorpusScan]] = {
-    "emodb": scan_emodb, "ravdess": scan_ravdess, "cremad": scan_cremad, "tess": scan_tess,
+    "emodb": scan_emodb, "ravdess": scan_ravdess, "nemo": scan_nemo, "cremad": scan_cremad, "tess": scan_tess,
     "savee": scan_savee, "iemocap": scan_iemocap, "folders": scan_folders, "manifest": scan_manifest,
 }
 
@@ -356,3 +439,41 @@ def scan_store(root) -> CorpusScan:
 
 
 ADAPTERS["store"] = scan_store
+
+
+# ---------------------------------------------------------------- licences
+# What a model trained on each corpus inherits; a model card states it (``licence_for``). Every text
+# names its corpus, since a card joins several.
+LICENCES: dict[str, str] = {
+    "emodb": "CC0-1.0 (EMO-DB as republished by audEERING)",
+    "ravdess": "CC BY-NC-SA 4.0 (inherited from RAVDESS, Livingstone & Russo 2018): "
+               "non-commercial use, attribution and share-alike",
+    "nemo": "CC BY-NC-SA 4.0 (inherited from nEMO): non-commercial use, attribution and share-alike; "
+            "cite Christop, \"nEMO: Dataset of Emotional Speech in Polish\", LREC-COLING 2024",
+    "cremad": "ODbL 1.0 for the database, DbCL 1.0 for its contents (CREMA-D, Cao et al. 2014): "
+              "attribution and share-alike",
+    "tess": "TESS (Dupuis & Pichora-Fuller, University of Toronto): see the corpus's own licence",
+    "savee": "SAVEE (Haq & Jackson, University of Surrey): see the corpus's own licence",
+    "iemocap": "IEMOCAP (Busso et al. 2008), under USC SAIL's release agreement: see the corpus's own licence",
+    "folders": "a user-supplied folder corpus: see the corpus's own licence",
+    "manifest": "a user-supplied manifest corpus: see the corpus's own licence",
+    "store": "recordings from the app's annotation store: usable as far as the people who recorded them agreed",
+}
+NO_TRAINING_DATA = "see training data"
+
+
+def _restricts(licence: str) -> bool:
+    return "-NC" in licence or "non-commercial" in licence.lower()
+
+
+def licence_for(corpora: list[str]) -> str:
+    """The licences of ``corpora`` (names such as ``Utterance.corpus``, or ``KIND=PATH`` specs), joined by " + ".
+
+    Each corpus counts once; the non-commercial ones come first, since their terms bind the model;
+    otherwise the given order is kept. A corpus without an entry in :data:`LICENCES` is named with
+    "see the corpus's own licence".
+    """
+    names = list(dict.fromkeys(c.split("=", 1)[0].strip() for c in corpora if c.strip()))
+    texts = [LICENCES.get(n, f"{n}: see the corpus's own licence") for n in names]
+    texts.sort(key=lambda t: not _restricts(t))  # stable: non-commercial first, order kept within each group
+    return " + ".join(texts) if texts else NO_TRAINING_DATA
