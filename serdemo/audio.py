@@ -7,15 +7,18 @@ Decoding uses ``soundfile`` (libsndfile): wav, flac, ogg/vorbis, opus and mp3 wh
 
 from __future__ import annotations
 
+import functools
 import io
+import math
 import os
+from fractions import Fraction
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
+import torchaudio.transforms as AT
 
 SAMPLE_RATE = 16_000  # Hz, what every model sees
 MIN_DURATION_S = 0.25  # shorter clips carry too little speech to classify
@@ -24,6 +27,12 @@ MIN_SOURCE_RATE = 2_000  # Hz; below this there is no speech band left to analys
 MAX_SOURCE_RATE = 384_000  # Hz; the highest rate any common recorder produces
 MAX_CHANNELS = 64
 SILENCE_PEAK = 1.0 / 32768  # at or below one 16-bit step: digital silence
+# Resampling cost bound: torchaudio's polyphase sinc kernel has up x (2 * width + down) taps for a reduced
+# up/down ratio, and every output sample costs 2 * width + down of them. 11,025 Hz, the costliest common
+# rate, needs 291,200; 4,001 Hz would need 64 million (1.7 GB, 5 s). Ratios over the bound are approximated.
+MAX_RESAMPLE_TAPS = 400_000
+LOWPASS_WIDTH = 6  # zero crossings of the sinc on each side (torchaudio's default)
+ROLLOFF = 0.99  # cutoff as a fraction of the lower Nyquist frequency (torchaudio's default)
 
 AudioSource = Union[str, os.PathLike, bytes, bytearray, tuple, np.ndarray]
 
@@ -132,12 +141,44 @@ def downmix(samples: np.ndarray) -> np.ndarray:
     return samples.mean(axis=1, dtype=np.float64).astype(np.float32)
 
 
+def kernel_taps(ratio: Fraction) -> int:
+    """Taps of the sinc kernel that resampling by ``ratio`` (= new rate / old rate, reduced) builds."""
+    up, down = ratio.numerator, ratio.denominator
+    width = math.ceil(LOWPASS_WIDTH * down / (ROLLOFF * min(up, down)))
+    return up * (2 * width + down)
+
+
+def resample_ratio(rate: int, target_rate: int = SAMPLE_RATE) -> Fraction:
+    """The ``target_rate / rate`` ratio :func:`resample` applies.
+
+    Exact when its kernel fits :data:`MAX_RESAMPLE_TAPS` (every common rate: 8k, 11.025k, 22.05k, 24k,
+    32k, 44.1k, 48k, 96k, ...). Otherwise the closest fraction whose kernel fits: the audio is read as if
+    recorded at a rate under 0.1% away, a pitch and tempo change far below what anyone hears (VTLP itself
+    warps by up to 10%).
+    """
+    exact = ratio = Fraction(target_rate, rate)
+    while kernel_taps(ratio) > MAX_RESAMPLE_TAPS:  # shrink the denominator until the kernel fits
+        ratio = exact.limit_denominator(min(ratio.denominator - 1, int(ratio.denominator * 0.95)))
+        ratio = max(ratio, Fraction(1, ratio.denominator))  # never resample to nothing
+    return ratio
+
+
 def resample(wave: np.ndarray, rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Band-limited resampling (torchaudio's windowed sinc) of a mono float32 waveform."""
+    """Band-limited resampling (torchaudio's windowed sinc) of a mono float32 waveform, at bounded cost.
+
+    The ratio comes from :func:`resample_ratio`; ``(samples,)`` -> ``(ceil(samples * ratio),)``.
+    """
     if rate == target_rate:
         return wave
-    out = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), rate, target_rate)
+    out = _resampler(resample_ratio(rate, target_rate))(torch.from_numpy(np.ascontiguousarray(wave)))
     return out.numpy().astype(np.float32, copy=False)
+
+
+@functools.lru_cache(maxsize=16)  # at most 16 x 1.6 MB of float32 kernels
+def _resampler(ratio: Fraction) -> AT.Resample:
+    """torchaudio's resampler for ``ratio`` with its kernel built once (same output as its functional form)."""
+    return AT.Resample(ratio.denominator, ratio.numerator, lowpass_filter_width=LOWPASS_WIDTH, rolloff=ROLLOFF,
+                       dtype=torch.float32)
 
 
 def validate(wave: np.ndarray, rate: int, label: str = "the recording",

@@ -1,10 +1,15 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from serdemo.audio import AudioError, load_audio
-from tests.conftest import SR, harmonics, tone, write
+from tests.conftest import ROOT, SR, harmonics, tone, write
 
 
 def test_decodes_real_corpus_files(emodb_clip, ravdess_clip):
@@ -155,3 +160,75 @@ def test_espeak_speech(speech_wav):
     out = load_audio(speech_wav)
     assert 2.0 < len(out) / SR < 8.0
     assert np.abs(out).max() > 0.05
+
+
+# ------------------------------------------------------------------ resampling cost is bounded for every accepted rate
+AWKWARD_RATES = (4001, 8001, 44101, 383999)  # each reduces to a huge up/down pair against 16 kHz
+COMMON_RATES = (8000, 11025, 12000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 192000, 384000)
+
+
+def test_resampling_plan_is_exact_for_common_rates_and_bounded_for_all():
+    from fractions import Fraction
+
+    from serdemo.audio import MAX_RESAMPLE_TAPS, MAX_SOURCE_RATE, MIN_SOURCE_RATE, kernel_taps, resample_ratio
+
+    for rate in COMMON_RATES:
+        assert resample_ratio(rate) == Fraction(SR, rate)
+    rng = np.random.default_rng(0)
+    rates = [*AWKWARD_RATES, *COMMON_RATES, MIN_SOURCE_RATE, MAX_SOURCE_RATE, 15987, 31969, 2001,
+             *rng.integers(MIN_SOURCE_RATE, MAX_SOURCE_RATE + 1, 300)]
+    for rate in rates:
+        ratio = resample_ratio(int(rate))
+        assert kernel_taps(ratio) <= MAX_RESAMPLE_TAPS, rate
+        assert abs(float(ratio) * rate / SR - 1) < 1e-3, rate  # under 0.1% off: inaudible
+
+
+MEASURE = r"""
+import io, json, sys, time
+import numpy as np, soundfile as sf
+from serdemo.audio import load_audio
+
+def rss(field):  # kB -> bytes, from /proc/self/status
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+def clip(rate, channels, seconds=0.5):
+    t = np.arange(int(rate * seconds)) / rate
+    wave = 0.5 * np.sin(2 * np.pi * 1000 * t)
+    buf = io.BytesIO()
+    sf.write(buf, np.stack([wave * (1 - 0.1 * c) for c in range(channels)], axis=1), rate, format="WAV")
+    return buf.getvalue()
+
+load_audio(clip(22050, 2))  # warm up: imports and lazy initialisation are not what is measured
+for rate, channels in json.loads(sys.argv[1]):
+    data = clip(rate, channels)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak resident set size to the current one
+    before = rss("VmRSS")
+    t0 = time.perf_counter()
+    out = load_audio(data)
+    seconds = time.perf_counter() - t0
+    extra = rss("VmHWM") - before
+    peak_hz = np.argmax(np.abs(np.fft.rfft(out))) * 16000 / len(out)
+    print(json.dumps({"rate": rate, "channels": channels, "s": seconds, "extra_mb": extra / 2**20,
+                      "samples": len(out), "peak_hz": peak_hz}), flush=True)
+    if seconds > 1.0 or extra > 100 * 2**20:
+        break  # stop before a worse rate: the unbounded kernel of old grew to tens of GB
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to measure peak memory")
+def test_awkward_rates_decode_fast_and_small():
+    """A 0.5 s clip at any accepted rate decodes in well under 1 s with < 100 MB extra memory (it once took
+    4.8 s and 1.7 GB at 4,001 Hz, and would have taken tens of GB at 44,101 Hz)."""
+    cases = [[4001, 1], [8001, 3], [44101, 5], [383999, 8], [4001, 7], [44101, 2]]
+    proc = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(cases)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(results) == len(cases), results
+    for r in results:
+        assert r["s"] < 1.0 and r["extra_mb"] < 100, r  # the bound is 0.5 s; margin for a loaded machine
+        assert abs(r["samples"] - SR / 2) <= SR / 2 * 1e-3 + 2, r
+        assert abs(r["peak_hz"] - 1000) < 4, r  # the tone keeps its pitch

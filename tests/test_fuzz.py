@@ -60,3 +60,22 @@ def test_every_hostile_upload_gets_a_clear_error(server, tmp_path):  # noqa: F81
         assert any(c in message for c in CLEAR), f"{path.name}: unclear error {message!r}"
     probs, *_ = analyze(client, EMODB / "wav" / "03a01Fa.wav")  # still serving
     assert probs["label"]
+
+
+# every rate and channel count 1..8 appears; each rate reduces to a huge up/down pair against 16 kHz
+AWKWARD = [(4001, 1), (8001, 2), (44101, 3), (383999, 4), (4001, 5), (8001, 6), (44101, 7), (383999, 8)]
+
+
+def test_awkward_rates_and_channel_counts_are_analysed(server, tmp_path):  # noqa: F811
+    import time
+
+    client = server["client"]
+    for rate, channels in AWKWARD:
+        voice = tone(220, 0.5, rate) + 0.5 * tone(440, 0.5, rate) + 0.25 * tone(1100, 0.5, rate)
+        path = write(tmp_path / f"odd_{rate}_{channels}ch.wav",
+                     np.stack([voice * (1 - 0.1 * c) for c in range(channels)], axis=1), sr=rate)
+        t0 = time.perf_counter()
+        probs, *_, clip_id, info, _ = analyze(client, path)
+        assert time.perf_counter() - t0 < 10, (rate, channels)  # it once took minutes and tens of GB
+        assert abs(sum(c["confidence"] for c in probs["confidences"]) - 1) < 1e-3 and len(clip_id) == 64
+        assert abs(float(info.split("·")[1].strip().split(" ")[0]) - 0.5) <= 0.01, (rate, channels, info)
