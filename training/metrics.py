@@ -1,34 +1,34 @@
-"""WA, UA, macro-F1 and confusion matrices, overall and per corpus."""
+"""WA, UA, macro-F1 and confusion matrices, overall and per corpus (computed by scikit-learn)."""
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 
 def confusion(y_true, y_pred, n_classes: int) -> np.ndarray:
     """Rows: true class; columns: predicted class."""
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)), 1)
-    return cm
+    return confusion_matrix(np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int), labels=list(range(n_classes)))
 
 
 def scores(y_true, y_pred, classes) -> dict:
-    """WA (accuracy), UA (mean recall over the classes present), macro-F1, per-class recall, confusion."""
+    """WA (accuracy), UA (mean recall over the classes present), macro-F1 (over the same classes),
+    per-class recall, confusion (rows: true class)."""
     y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
     n = len(classes)
-    cm = confusion(y_true, y_pred, n)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    present = support > 0
-    recall = np.divide(np.diag(cm), support, out=np.zeros(n), where=present)
-    precision = np.divide(np.diag(cm), predicted, out=np.zeros(n), where=predicted > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=(precision + recall) > 0)
+    cm = confusion(y_true, y_pred, n) if len(y_true) else np.zeros((n, n), dtype=np.int64)
+    present = [i for i in range(n) if cm[i].sum() > 0]
+    nan = float("nan")
+    if not present:
+        return {"n": 0, "wa": nan, "ua": nan, "macro_f1": nan, "recall": {}, "classes": list(classes),
+                "confusion": cm.tolist()}
+    recall = recall_score(y_true, y_pred, labels=present, average=None, zero_division=0)
     return {
         "n": int(len(y_true)),
-        "wa": float((y_true == y_pred).mean()) if len(y_true) else float("nan"),
-        "ua": float(recall[present].mean()) if present.any() else float("nan"),
-        "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
-        "recall": {c: float(r) for c, r, p in zip(classes, recall, present) if p},
+        "wa": float(accuracy_score(y_true, y_pred)),
+        "ua": float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "recall": {classes[i]: float(r) for i, r in zip(present, recall)},
         "classes": list(classes),
         "confusion": cm.tolist(),
     }
