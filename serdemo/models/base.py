@@ -30,7 +30,7 @@ class InputNorm(nn.Module):
 
     ``utterance``: mean and variance over each clip's real frames (robust to gain and microphone);
     ``global``: training-set statistics stored as buffers (set with :meth:`set_stats`), so they
-    travel inside the checkpoint; ``none``: pass through.
+    travel inside the checkpoint; ``none``: pass through (padding zeroed, as in every mode).
     """
 
     def __init__(self, n_mels: int, mode: str = "utterance"):
@@ -47,7 +47,7 @@ class InputNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.mode == "none":
-            return x
+            return x * mask[:, None, :].to(x.dtype)  # padding is zero in every mode: batch companions never leak in
         if self.mode == "global":
             out = (x - self.mean[None, :, None]) / self.std[None, :, None]
         else:
