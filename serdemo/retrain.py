@@ -1,23 +1,39 @@
 """Retraining from the app: one background ``python -m training.fit`` process at a time.
 
 The app exports the store as a manifest, fine-tunes the selected checkpoint on it plus the
-configured corpora with the checkpoint's own recipe, and reports progress by reading the
-process's log. Nothing here imports ``training``: it is run as a separate process, so a crash or
-a long run never blocks the app.
+configured corpora with the checkpoint's own recipe, and reports progress by reading the run's
+``OUT/progress.jsonl`` (one JSON object per line; the schema is documented in
+``training/progress.py``). Nothing here imports ``training``: it is run as a separate process, so a
+crash or a long run never blocks the app.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-EPOCH_LINE = re.compile(r"epoch (\d+) loss ([\d.nan]+) dev UA ([\d.]+)")
+PROGRESS_FILE = "progress.jsonl"  # written by training.fit into its output folder
+
+
+def read_progress(path) -> list[dict]:
+    """The complete JSON lines of a progress file (an unfinished last line is skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and "event" in event:
+            events.append(event)
+    return events
 
 
 class RetrainBusy(RuntimeError):
@@ -80,16 +96,23 @@ class Retrainer:
             return self.out
 
     def status(self) -> dict:
-        """``{"state": idle|running|done|failed, "epoch", "of", "dev_ua", "out", "tail"}``."""
+        """``{"state": idle|running|done|failed, "epoch", "of", "dev_ua", "out", "elapsed_s", "tail"}`` plus,
+        from the progress file, ``step``, ``total_steps``, ``loss``, ``eta_s`` and ``error``."""
         if self.proc is None:
             return {"state": "idle"}
         text = self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
-        epochs = EPOCH_LINE.findall(text)
+        events = read_progress(self.out / PROGRESS_FILE)
+        last = events[-1] if events else {}
+        epochs = [e for e in events if e.get("event") == "epoch"]
         code = self.proc.poll()
         state = "running" if code is None else ("done" if code == 0 and (self.out / "baseline.json").exists() else "failed")
-        last = epochs[-1] if epochs else None
-        return {"state": state, "epoch": int(last[0]) if last else 0, "of": self.total_epochs,
-                "dev_ua": float(last[2]) if last else None, "out": str(self.out), "elapsed_s": time.time() - self.started,
+        errors = [e.get("message") for e in events if e.get("event") == "error"]
+        return {"state": state, "epoch": int(epochs[-1]["epoch"]) if epochs else 0,
+                "of": int(last.get("epochs") or self.total_epochs),
+                "dev_ua": epochs[-1].get("dev_ua") if epochs else None,
+                "step": int(last.get("step") or 0), "total_steps": int(last.get("total_steps") or 0),
+                "loss": last.get("loss"), "eta_s": last.get("eta_s"), "error": errors[-1] if errors else None,
+                "out": str(self.out), "elapsed_s": time.time() - self.started,
                 "tail": "\n".join(text.strip().splitlines()[-4:])}
 
     def comparison(self) -> str:

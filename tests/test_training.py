@@ -1,20 +1,34 @@
-"""Training on real clips: each architecture for one short epoch, resume, DDP with 2 CPU processes,
-evaluation; the checkpoints load back through Predictor."""
+"""Training on real clips: each architecture for one short epoch, the generated command line, resume
+(identical continuation), DDP with 2 CPU processes against 1, VTLP on the training path, augmentation,
+normalisation, cross-validation reuse, evaluation; the checkpoints load back through Predictor."""
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
 
-from serdemo.checkpoint import load_checkpoint
-from serdemo.inference import Predictor
-from tests.conftest import EMODB, RAVDESS, ROOT
+from serdemo.checkpoint import load_checkpoint, save_checkpoint
+from serdemo.features import FeatureConfig, LogMel, pad_batch
+from serdemo.models import ARCHITECTURES, build_model
+from serdemo.models.base import NORM_MODES
+from serdemo.retrain import Retrainer, read_progress
+from tests.conftest import EMODB, RAVDESS, ROOT, harmonics, tone
+from training import augment as A
 from training import fit
+from training.config import ConfigError, FitConfig, build_parser, parse_cli
+from training.data import collate
 from training.metrics import scores
 
 pytestmark = pytest.mark.timeout(900)
+SMALL = '{"hidden": 16, "dense": 32}'
 
 
 def args(out, cache, *extra):
@@ -23,8 +37,20 @@ def args(out, cache, *extra):
             "--out", str(out), "--cache-dir", str(cache), *extra]
 
 
+def trace(path) -> list[dict]:
+    return [json.loads(line) for line in open(path)]
+
+
+@pytest.fixture(autouse=True)
+def _shared_corpora():
+    if not (EMODB.is_dir() and RAVDESS.is_dir()):
+        pytest.skip("the shared corpora are not available")
+
+
 @pytest.mark.parametrize("arch,heads", [("localatt", ""), ("cnnlstm", ""), ("multitask", "gender,naturalness")])
 def test_one_short_epoch_per_architecture(tmp_path, arch, heads, emodb_clip):
+    from serdemo.inference import Predictor
+
     out = tmp_path / arch
     metrics = fit.main(args(out, tmp_path / "cache", "--model", arch, "--aux-heads", heads, "--label-set", "ekman7",
                             "--hparams", '{"hidden": 32}'))
@@ -33,66 +59,276 @@ def test_one_short_epoch_per_architecture(tmp_path, arch, heads, emodb_clip):
     assert card["model"]["architecture"] == arch
     assert set(card["training"]["speakers"]["train"]).isdisjoint(card["training"]["speakers"]["test"])
     assert card["training"]["file_list_sha256"] and card["training"]["seed"] == 0
-    assert "CC BY-NC-SA 4.0" in card["license"]
+    assert "CC BY-NC-SA 4.0" in card["license"] and "CC0" in card["license"]
     if arch == "multitask":
         # the corpora are all acted: naturalness cannot be learnt and is left out, with the reason
         assert set(card["heads"]) == {"emotion", "gender"}
         assert "naturalness" in card["training"]["untrained_heads"]
     pred = Predictor.from_checkpoint(out, device="cpu").predict(emodb_clip)
     assert abs(sum(pred.probabilities["emotion"].values()) - 1) < 1e-5
+    # the progress file, as the app reads it
+    events = read_progress(out / "progress.jsonl")
+    assert [e["event"] for e in events] == ["start", "step", "step", "epoch", "done"]
+    keys = {"event", "epoch", "epochs", "step", "total_steps", "loss", "dev_ua", "eta_s", "elapsed_s", "time"}
+    assert all(keys <= set(e) for e in events)
+    assert events[-2]["dev_ua"] == card["training"]["history"][0]["dev_ua"] and events[-1]["step"] == 2
 
 
-def test_resume_continues_from_last(tmp_path):
-    out = tmp_path / "m"
-    common = args(out, tmp_path / "cache", "--model", "localatt", "--hparams", '{"hidden": 16, "dense": 32}')
-    fit.main(common)
-    first = json.loads((out / "last" / "trainer.json").read_text())
-    assert first["epoch"] == 0
-    fit.main([*common[:common.index("--epochs")], "--epochs", "2", *common[common.index("--epochs") + 2:], "--resume"])
-    second = json.loads((out / "last" / "trainer.json").read_text())
-    assert second["epoch"] == 1 and len(second["history"]) == 2
+# ---------------------------------------------------------------------- configuration
+def test_command_line_is_generated_from_the_config(tmp_path):
+    flags = {opt for a in build_parser()._actions for opt in a.option_strings}
+    import dataclasses
+
+    for f in dataclasses.fields(FitConfig):  # every field has a flag, with help text
+        assert f"--{f.name.replace('_', '-')}" in flags or f.name == "corpora"
+        assert f.metadata["help"]
+    assert {"--corpus", "--vtlp", "--no-vtlp", "--mixup", "--no-mixup", "--config", "--resume"} <= flags
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "r", "fold": 1, "augment": ["noise"], "vtlp": True, "lr": 0.01}))
+    cfg, run = parse_cli(["--config", str(recipe), "--fold", "none", "--no-vtlp", "--augment", "speed,shift",
+                          "--augment", "loudness", "--hparams", '{"hidden": 8}', "--lr", "2e-3", "--resume"])
+    assert cfg.fold is None  # 'none' is a value, not "not given"
+    assert cfg.vtlp is False and cfg.augment == ["speed", "shift", "loudness"] and cfg.hparams == {"hidden": 8}
+    assert cfg.lr == 0.002 and cfg.name == "r" and cfg.out == "checkpoints/r" and run.resume
+    cfg, run = parse_cli(["--config", str(recipe)])  # flags not given leave the recipe alone
+    assert cfg.fold == 1 and cfg.augment == ["noise"] and cfg.lr == 0.01 and not run.resume
+    assert parse_cli(["--aux-heads", ""])[0].aux_heads == []
+    assert FitConfig.from_yaml(ROOT / "training/configs/default.yaml").norm == "global"
+
+    recipe.write_text("name: r\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown settings.*learning_rate"):
+        FitConfig.from_yaml(recipe)
+    with pytest.raises(SystemExit):
+        parse_cli(["--config", str(recipe)])
+    with pytest.raises(ConfigError, match="augment"):
+        FitConfig(augment=["reverb"])
+    with pytest.raises(ConfigError, match="epochs"):
+        FitConfig(epochs="many")
+    with pytest.raises(SystemExit):
+        parse_cli(["--hparams", "[1, 2]"])
 
 
-def test_ddp_two_cpu_processes(tmp_path):
-    out = tmp_path / "ddp"
-    import socket
+def test_fold_none_trains_without_a_test_fold(tmp_path):
+    cfg = fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "localatt", "--fold", "none"))
+    trainer = fit.Trainer(cfg)
+    assert trainer.test == [] and trainer.dev and trainer.train
+    with_test = fit.Trainer(fit.parse_args(args(tmp_path / "y", tmp_path / "cache", "--model", "localatt")))
+    assert with_test.test and len(trainer.train) > len(with_test.train)
 
+
+# ---------------------------------------------------------------------- resume
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, monkeypatch):
+    """Interrupt after epoch 1, resume: epoch 2 sees the same batches, alphas, masks, mixup, noise and
+    dropout as the uninterrupted run, so the weights end up identical. Without the RNG state it differs."""
+    common = ["--model", "localatt", "--hparams", SMALL, "--epochs", "2", "--mixup", "--augment", "noise",
+              "--augment-p", "0.5", "--trace", "--aux-heads", ""]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    fit.main(args(whole, tmp_path / "cache", *common))
+
+    class Interrupted(Exception):
+        pass
+
+    original = fit.Trainer.save_last
+
+    def save_then_die(self, epoch, metrics):
+        original(self, epoch, metrics)
+        raise Interrupted
+
+    monkeypatch.setattr(fit.Trainer, "save_last", save_then_die)
+    with pytest.raises(Interrupted):
+        fit.main(args(cut, tmp_path / "cache", *common))
+    monkeypatch.setattr(fit.Trainer, "save_last", original)
+    assert json.loads((cut / "last" / "trainer.json").read_text())["epoch"] == 0
+    bare = tmp_path / "bare"  # the same interrupted run, resumed without its RNG state
+    shutil.copytree(cut, bare)
+    for p in (bare / "last").glob("rng-rank*"):
+        p.unlink()
+
+    fit.main(args(cut, tmp_path / "cache", *common, "--resume"))
+    a, b = load_file(str(whole / "last" / "model.safetensors")), load_file(str(cut / "last" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    ta, tb = trace(whole / "trace-rank0.jsonl"), trace(cut / "trace-rank0.jsonl")
+    assert len(ta) == len(tb) == 4
+    for x, y in zip(ta, tb):
+        assert x["paths"] == y["paths"] and x["lam"] == pytest.approx(y["lam"])
+        np.testing.assert_allclose(x["alphas"], y["alphas"], atol=1e-7)
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
+    assert ta[2]["alphas"] != ta[0]["alphas"]  # the generators move on between epochs
+    history = json.loads((cut / "last" / "trainer.json").read_text())["history"]
+    assert [h["loss"] for h in history] == [h["loss"] for h in json.loads((whole / "last" / "trainer.json").read_text())["history"]]
+    events = [e["event"] for e in read_progress(cut / "progress.jsonl")]
+    assert events == ["start", "step", "step", "error", "start", "step", "step", "epoch", "done"]  # died saving epoch 1
+
+    fit.main(args(bare, tmp_path / "cache", *common, "--resume"))
+    tc = trace(bare / "trace-rank0.jsonl")
+    assert tc[2]["paths"] == ta[2]["paths"]  # the data order is a function of the epoch
+    assert tc[2]["alphas"] != ta[2]["alphas"]  # ...but augmentation needs the saved generators
+
+
+# ---------------------------------------------------------------------- DDP
+def test_ddp_two_cpu_processes_split_batches_and_match_one(tmp_path):
+    """torchrun with 2 gloo processes: every step's batch is split disjointly between the ranks, the
+    union is exactly the 1-process batch, the ranks draw different VTLP alphas, the reported loss is
+    the all-reduced one, and the losses match the 1-process run within tolerance."""
+    common = ["--model", "localatt", "--hparams", '{"hidden": 16, "dense": 32, "dropout": 0.0}', "--epochs", "2",
+              "--trace", "--aux-heads", "", "--no-specaug"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    fit.main(args(one, tmp_path / "cache", *common))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}", "-m", "training.fit",
-           *args(out, tmp_path / "cache", "--model", "localatt", "--hparams", '{"hidden": 16, "dense": 32}')]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}",
+           "-m", "training.fit", *args(two, tmp_path / "cache", *common)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    model, card = load_checkpoint(out)
-    assert card["training"]["history"][0]["epoch"] == 1
+
+    t1, r0, r1 = trace(one / "trace-rank0.jsonl"), trace(two / "trace-rank0.jsonl"), trace(two / "trace-rank1.jsonl")
+    assert len(t1) == len(r0) == len(r1) == 4  # 2 epochs x 2 steps, the same steps everywhere
+    for s1, a, b in zip(t1, r0, r1):
+        assert set(a["paths"]).isdisjoint(b["paths"])
+        assert sorted(a["paths"] + b["paths"]) == sorted(s1["paths"])
+        assert a["alphas"] and b["alphas"] and a["alphas"] != b["alphas"][: len(a["alphas"])]
+        assert a["loss"] == b["loss"]  # the all-reduced batch loss, not each rank's own
+        assert a["loss"] == pytest.approx(s1["loss"], rel=0.01)  # same weights and batch; only the alphas differ
+    seen_two = sum(len(s["paths"]) for s in r0 + r1)
+    assert seen_two == sum(len(s["paths"]) for s in t1)
+    h1 = load_checkpoint(one)[1]["training"]["history"]
+    h2 = load_checkpoint(two)[1]["training"]["history"]
+    assert len(h1) == len(h2) == 2 and load_checkpoint(two)[1]["training"]["world_size"] == 2
+    assert h2[-1]["loss"] == pytest.approx(np.mean([s["loss"] for s in r0[2:]]), abs=1e-3)
+    assert h2[-1]["loss"] == pytest.approx(h1[-1]["loss"], rel=0.01)
+    assert (two / "last" / "rng-rank1.json").is_file()  # each rank keeps its own generators for resume
 
 
-def test_vtlp_on_the_training_device_changes_features(tmp_path):
-    cfg = fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "localatt"))
-    trainer = fit.Trainer(cfg)
-    import torch
-    from training.data import collate
+# ---------------------------------------------------------------------- features and augmentation
+def test_vtlp_on_the_training_path_moves_a_tone_and_leaves_dev_unwarped(tmp_path):
+    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "localatt",
+                                              "--aux-heads", "", "--hparams", SMALL)))
+    f_hz, alphas = 2000.0, torch.tensor([0.9, 1.0, 1.1])
+    x, lens = pad_batch([tone(f_hz, 0.5)] * 3)
+    feats, frames = trainer.featurize(x, lens, alphas)
+    fbank = trainer.frontend.fbank  # (n_bins, n_mels)
+    bin_hz = trainer.features.sample_rate / trainer.features.n_fft
+    for i, a in enumerate(alphas.tolist()):
+        peak_band = int(feats[i, :, : int(frames[i])].mean(1).argmax())
+        expected_band = int(fbank[round(a * f_hz / bin_hz)].argmax())  # the band that hears alpha * f loudest
+        assert peak_band == expected_band
+    assert len({int(feats[i].mean(1).argmax()) for i in range(3)}) == 3
+    plain, _ = trainer.featurize(x, lens)
+    torch.testing.assert_close(plain[1], feats[1], atol=1e-4, rtol=1e-4)  # alpha 1 is the identity
 
-    exs = trainer.train[:4]
+    seen = []
+    real = trainer.featurize
+
+    def spy(x, lengths, alpha=None):
+        seen.append(alpha)
+        return real(x, lengths, alpha)
+
+    trainer.featurize = spy
+    trainer.evaluate(trainer.dev)
+    assert seen and all(a is None for a in seen)  # dev (model selection) is scored on unwarped clips
+    seen.clear()
+    trainer.train_epoch(0, fit.Progress(tmp_path / "p.jsonl", enabled=False))
+    assert len(seen) == 2 and all(a is not None and ((a >= 0.9) & (a <= 1.1)).all() and a.unique().numel() > 1
+                                  for a in seen)
+
+
+def test_front_end_stays_fp32_under_autocast(tmp_path):
+    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "localatt",
+                                              "--aux-heads", "", "--hparams", SMALL)))
+    exs = trainer.train[:3]
     x, lens, _ = collate([trainer.cache.get(e.utt.path) for e in exs], exs, [])
-    plain, frames = trainer.featurize(x, lens, warp=False)
-    warped, frames2 = trainer.featurize(x, lens, warp=True, gen=torch.Generator().manual_seed(0))
-    assert torch.equal(frames, frames2) and plain.shape == warped.shape
-    assert not torch.allclose(plain, warped)
+    ref, _ = trainer.featurize(x, lens)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats, _ = trainer.featurize(x, lens, torch.tensor([0.95, 1.0, 1.05]))
+        plain, _ = trainer.featurize(x, lens)
+    assert feats.dtype == plain.dtype == torch.float32
+    torch.testing.assert_close(plain, ref)
 
 
+def test_spec_augment_fills_with_the_mean_of_real_frames():
+    feats = torch.randn(2, 16, 60)
+    frames = torch.tensor([30, 60])
+    feats[0, :, 30:] = 1e3  # padding that must not leak into the fill value
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        out = A.spec_augment(feats, frames, gen, max_bands=8, max_time_fraction=0.3)
+        changed = out != feats
+        assert not changed[0, :, 30:].any()  # masks stay inside the real frames
+        for i, n in enumerate(frames.tolist()):
+            if changed[i].any():
+                torch.testing.assert_close(out[i][changed[i]], feats[i, :, :n].mean().expand(int(changed[i].sum())))
+    assert (A.spec_augment(feats, frames, gen) != feats).any()
+
+
+def test_mixup_blends_features_and_targets():
+    feats, frames = torch.randn(4, 8, 20), torch.tensor([20, 10, 15, 5])
+    perm = torch.tensor([1, 0, 3, 2])
+    mixed, mframes = A.mixup(feats, frames, perm, 0.7)
+    torch.testing.assert_close(mixed, 0.7 * feats + 0.3 * feats[perm])
+    assert mframes.tolist() == [20, 20, 15, 15]
+    cfg = FitConfig(mixup=True, mixup_alpha=0.4, vtlp=False, specaug=False)
+    aug = A.Augmenter(cfg, 16000, seed=0)
+    f2, fr2, p2, lam = aug.mix(feats, frames)
+    assert p2 is not None and 0 < lam < 1 and sorted(p2.tolist()) == [0, 1, 2, 3]
+    assert aug.alphas(4) is None and aug.spec(feats, frames) is feats
+    assert A.Augmenter(FitConfig(), 16000, seed=0).mix(feats, frames)[2] is None  # off by default
+
+
+@pytest.mark.parametrize("norm", NORM_MODES)
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_prediction_does_not_depend_on_padding_in_every_norm_mode(arch, norm):
+    torch.manual_seed(0)
+    fc = FeatureConfig()
+    model = build_model(arch, fc.n_mels, {"emotion": 7}, input_frame_rate_hz=fc.frame_rate_hz, norm=norm).eval()
+    if norm == "global":
+        model.norm.set_stats(torch.randn(fc.n_mels) - 5, torch.rand(fc.n_mels) + 0.5)
+    fe = LogMel(fc)
+    waves = [harmonics(140, 0.7), harmonics(220, 2.3), tone(300, 1.1)]
+    x, lengths = pad_batch(waves)
+    with torch.no_grad():
+        feats, frames = fe(x, lengths)
+        batched = model(feats, frames).logits["emotion"]
+        for i, w in enumerate(waves):
+            f1, n1 = fe(torch.as_tensor(w)[None])
+            torch.testing.assert_close(batched[i], model(f1, n1).logits["emotion"][0], atol=1e-5, rtol=1e-5)
+
+
+def test_init_recomputes_global_norm_statistics(tmp_path):
+    base = args(tmp_path / "x", tmp_path / "cache", "--model", "localatt", "--aux-heads", "", "--hparams", SMALL,
+                "--norm", "global")
+    fresh = fit.Trainer(fit.parse_args(base))
+    old = fresh.model
+    old.norm.set_stats(torch.full((old.n_mels,), 100.0), torch.full((old.n_mels,), 50.0))
+    with torch.no_grad():
+        old.heads["emotion"].weight.fill_(0.25)
+    save_checkpoint(tmp_path / "old", old, fresh.card({}))
+    tuned = fit.Trainer(fit.parse_args([*base, "--init", str(tmp_path / "old")]))
+    assert torch.all(tuned.model.heads["emotion"].weight == 0.25)  # the weights come from the checkpoint
+    torch.testing.assert_close(tuned.model.norm.mean, fit.Trainer(fit.parse_args(base)).model.norm.mean)
+    assert tuned.model.norm.mean.abs().max() < 50  # not the old statistics
+
+
+# ---------------------------------------------------------------------- evaluation
 def test_metrics():
     s = scores([0, 0, 1, 1, 2, 2, 2, 2], [0, 1, 1, 1, 2, 2, 0, 0], ["a", "b", "c"])
     assert s["wa"] == pytest.approx(5 / 8)
     assert s["ua"] == pytest.approx((0.5 + 1 + 0.5) / 3)
     assert s["confusion"] == [[1, 1, 0], [0, 2, 0], [2, 0, 2]]
+    assert s["macro_f1"] == pytest.approx(np.mean([2 * 1 / 3 * 0.5 / (1 / 3 + 0.5), 2 * 2 / 3 / (1 + 2 / 3), 2 / 3]))
+    # a class absent from the truth counts for neither UA nor F1, as before
+    s = scores([0, 0, 1], [0, 2, 1], ["a", "b", "c"])
+    assert s["ua"] == pytest.approx(0.75) and set(s["recall"]) == {"a", "b"}
+    assert scores([], [], ["a"])["n"] == 0
 
 
 def test_evaluate_cli_on_held_out_speakers(tmp_path):
     out = tmp_path / "m"
-    fit.main(args(out, tmp_path / "cache", "--model", "localatt", "--hparams", '{"hidden": 16, "dense": 32}'))
+    fit.main(args(out, tmp_path / "cache", "--model", "localatt", "--hparams", SMALL))
     from training.evaluate import main as evaluate
 
     res = evaluate([str(out), "--data", f"emodb={EMODB}", "--speakers-from-card", "test", "--json", str(tmp_path / "r.json")])
@@ -104,35 +340,78 @@ def test_evaluate_cli_on_held_out_speakers(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["overall"]["ua"] == res["overall"]["ua"]
 
 
-def test_cross_validation_pools_every_speaker_once(tmp_path):
-    import yaml
-
-    from training.evaluate import cross_validate
+def test_cross_validation_pools_every_speaker_once_and_reuses_only_matching_folds(tmp_path, monkeypatch):
+    from training import evaluate as E
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({
         "name": "cv", "model": "localatt", "hparams": {"hidden": 16, "dense": 32},
         "corpora": [f"emodb={EMODB}"], "label_set": "emodb7", "aux_heads": [], "limit_per_corpus": 40,
         "epochs": 1, "max_steps": 1, "batch_size": 8, "cache_dir": str(tmp_path / "cache")}))
-    cv = cross_validate(str(recipe), 3, tmp_path / "work")
+    cv = E.cross_validate(str(recipe), 3, tmp_path / "work")
     tested = [s for f in cv["folds"] for s in f["test_speakers"]]
     assert len(tested) == len(set(tested)) == 8  # each of the 8 EMO-DB speakers is tested exactly once
     assert cv["pooled"]["overall"]["n"] == 40
 
+    # fold 1's checkpoint now claims another file list: it must be retrained, the others reused
+    card_path = tmp_path / "work" / "fold1" / "card.json"
+    card = json.loads(card_path.read_text())
+    card["training"]["file_list_sha256"] = "0" * 64
+    card_path.write_text(json.dumps(card))
+    fitted = []
+    original = fit.Trainer.fit
+    monkeypatch.setattr(fit.Trainer, "fit", lambda self: fitted.append(self.cfg.fold) or original(self))
+    again = E.cross_validate(str(recipe), 3, tmp_path / "work")
+    assert fitted == [1]
+    assert again["pooled"]["overall"]["n"] == 40
+    # ...and a different fold count never reuses a fold
+    fitted.clear()
+    E.cross_validate(str(recipe), 4, tmp_path / "work")
+    assert fitted == [0, 1, 2, 3]
+
+    trainer = fit.Trainer(fit.FitConfig.from_dict({**yaml.safe_load(recipe.read_text()), "n_folds": 4, "fold": 2}))
+    good = load_checkpoint(tmp_path / "work" / "fold2")[1]
+    assert E.reuse_problem(good, trainer) is None
+    bad = json.loads(json.dumps(good))
+    bad["training"]["speakers"]["test"] = ["emodb:03"]
+    assert "test speakers" in E.reuse_problem(bad, trainer)
+    bad = json.loads(json.dumps(good))
+    bad["training"]["config"]["seed"] = 1
+    assert "seed" in E.reuse_problem(bad, trainer)
+
+
+# ---------------------------------------------------------------------- the app's view of a run
+def test_retrainer_status_reads_the_progress_file(tmp_path):
+    r = Retrainer(tmp_path / "work", tmp_path / "out", [], epochs=3)
+    r.out = tmp_path / "out" / "run"
+    r.out.mkdir(parents=True)
+    r.log = tmp_path / "run.log"
+    r.log.write_text("some log text\n")
+    r.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert r.status()["state"] == "running" and r.status()["epoch"] == 0 and r.status()["dev_ua"] is None
+        lines = [{"event": "start", "epoch": 0, "epochs": 3, "step": 0, "total_steps": 6},
+                 {"event": "step", "epoch": 1, "epochs": 3, "step": 2, "total_steps": 6, "loss": 1.9, "eta_s": 8.0},
+                 {"event": "epoch", "epoch": 1, "epochs": 3, "step": 2, "total_steps": 6, "loss": 1.9, "dev_ua": 0.41},
+                 {"event": "step", "epoch": 2, "epochs": 3, "step": 3, "total_steps": 6, "loss": 1.7, "eta_s": 5.5}]
+        text = "".join(json.dumps(x) + "\n" for x in lines) + '{"event": "step", "epo'  # a line being written
+        (r.out / "progress.jsonl").write_text(text)
+        st = r.status()
+        assert (st["epoch"], st["of"], st["dev_ua"], st["step"], st["total_steps"], st["eta_s"]) == (1, 3, 0.41, 3, 6, 5.5)
+    finally:
+        r.proc.kill()
+        r.proc.wait()
+    assert r.status()["state"] == "failed"
+
 
 @pytest.mark.parametrize("name", ["noise", "speed", "loudness", "shift"])
 def test_nlpaug_waveform_augmenters(name):
-    import numpy as np
-
-    from tests.conftest import harmonics
-    from training.data import WaveAugment
-
     x = harmonics(150, 1.0)
-    aug = WaveAugment([name], 16000, p=1.0, seed=0)
+    aug = A.WaveAugment([name], 16000, p=1.0, seed=0)
     y = aug(x)
     assert y.dtype == np.float32 and np.isfinite(y).all()
     assert not (len(y) == len(x) and np.allclose(y, x))  # it changed the clip
     if name == "speed":
         assert 0.85 * len(x) < len(y) < 1.15 * len(x)
     with pytest.raises(ValueError, match="unknown augmenters"):
-        WaveAugment(["reverb"], 16000)
+        A.WaveAugment(["reverb"], 16000)

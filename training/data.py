@@ -1,4 +1,4 @@
-"""From corpora to tensors: label mapping, the decoded-audio cache, batches and augmentation."""
+"""From corpora to tensors: label mapping, the decoded-audio cache and batches (augmentation: training.augment)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from serdemo.audio import AudioError, load_audio
 from serdemo.features import pad_batch
 from serdemo.fsutil import atomic_write
 from serdemo.labels import AUX_HEADS, LabelSet
+from training import corpora as C
 from training.corpora import Utterance
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,38 @@ class WaveCache:
         return errors
 
 
+def load_corpora(specs: list[str], limit_per_corpus: int = 0):
+    """``KIND=PATH`` specs -> (utterances, one report per corpus). ``limit_per_corpus`` > 0 keeps that
+    many utterances of each corpus, dealt round-robin over its speakers (tests)."""
+    utts, reports = [], []
+    for spec in specs:
+        kind, path = C.parse_spec(spec)
+        scan = C.scan(kind, path)
+        reports.append({"corpus": scan.corpus, "root": scan.root, "utterances": len(scan.utterances),
+                        "not_understood": len(scan.problems), "excluded": len(scan.excluded)})
+        got = scan.utterances
+        if limit_per_corpus:
+            by_spk: dict[str, list] = {}
+            for u in got:
+                by_spk.setdefault(u.speaker, []).append(u)
+            got, i = [], 0
+            while len(got) < limit_per_corpus and any(by_spk.values()):
+                for s in sorted(by_spk):
+                    if by_spk[s] and len(got) < limit_per_corpus:
+                        got.append(by_spk[s].pop(i % len(by_spk[s])))
+                i += 7
+        utts += got
+    return utts, reports
+
+
+def file_list_hash(utts: list[Utterance]) -> str:
+    """SHA-256 over the sorted (path, emotion, speaker) of ``utts``; goes into every card."""
+    h = hashlib.sha256()
+    for u in sorted(utts, key=lambda u: u.path):
+        h.update(f"{u.path}|{u.emotion}|{u.speaker}\n".encode())
+    return h.hexdigest()
+
+
 @dataclass
 class Example:
     utt: Utterance
@@ -105,36 +138,6 @@ def class_weights(examples: list[Example], n_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-class WaveAugment:
-    """Optional waveform augmenters from nlpaug, each applied with probability ``p``."""
-
-    NAMES = ("noise", "speed", "loudness", "shift")
-
-    def __init__(self, names: list[str], sample_rate: int, p: float = 0.5, seed: int = 0):
-        unknown = set(names) - set(self.NAMES)
-        if unknown:
-            raise ValueError(f"unknown augmenters {sorted(unknown)}; choose from {self.NAMES}")
-        import nlpaug.augmenter.audio as naa
-
-        makers = {
-            "noise": lambda: naa.NoiseAug(zone=(0.0, 1.0), coverage=1.0),
-            "speed": lambda: naa.SpeedAug(zone=(0.0, 1.0), coverage=1.0, factor=(0.9, 1.1)),
-            "loudness": lambda: naa.LoudnessAug(zone=(0.0, 1.0), coverage=1.0, factor=(0.5, 2.0)),
-            "shift": lambda: naa.ShiftAug(sampling_rate=sample_rate, duration=0.2),
-        }
-        self.augmenters = [makers[n]() for n in names]
-        self.p = p
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, wave: np.ndarray) -> np.ndarray:
-        for aug in self.augmenters:
-            if self.rng.random() < self.p:
-                out = aug.augment(wave)
-                out = out[0] if isinstance(out, list) else out
-                wave = np.asarray(out, dtype=np.float32)
-        return wave
-
-
 def collate(waves: list[np.ndarray], examples: list[Example], heads: list[str]):
     """-> ``(batch, samples)`` waves, ``(batch,)`` lengths, head -> ``(batch,)`` targets."""
     x, lengths = pad_batch(waves)
@@ -151,3 +154,21 @@ def batches(order: list[int], batch_size: int, lengths: list[int] | None = None,
         order = [j for c in chunks for j in c]
     out = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     return out
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, max_steps: int = 0) -> list[list[int]]:
+    """One epoch's batches of indices into a training set with clip ``lengths``: shuffled, bucketed,
+    in shuffled order, a function of ``(seed, epoch)`` only, so every DDP rank (and a resumed run) gets
+    the same; ``max_steps`` > 0 keeps the first that many."""
+    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    bs = batches(order, batch_size, lengths)
+    bs = [bs[i] for i in torch.randperm(len(bs), generator=gen).tolist()]
+    return bs[:max_steps] if max_steps else bs
+
+
+def shard(batch: list[int], rank: int, world: int) -> tuple[list[int], float]:
+    """Rank ``rank``'s disjoint share of ``batch`` and its weight in the loss. A rank whose share is empty
+    (a batch smaller than the world) gets a stand-in example with weight 0: DDP needs every rank to run."""
+    mine = batch[rank::world]
+    return (mine, 1.0) if mine else (batch[:1], 0.0)

@@ -9,13 +9,14 @@ speakers the card lists as held out, so no training speaker is scored). The seco
 speaker-independent cross-validation with a recipe: every fold's test speakers are never seen in
 that fold's training, predictions are pooled so each speaker is scored exactly once, and
 ``--attach`` writes the result into a checkpoint's card. A fold whose checkpoint in ``--workdir`` is
-already finished is reused, so an interrupted run resumes where it stopped.
+already finished is reused, so an interrupted run resumes where it stopped; a checkpoint whose split
+settings, file list or speakers differ from the fold's is retrained instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 import logging
 import tempfile
@@ -66,26 +67,50 @@ def evaluate_checkpoint(path, specs: list[str], speakers: set[str] | None = None
     return scores_by_group(y, p, groups, classes)
 
 
-def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | None = None) -> dict:
-    from training.fit import FitConfig, Trainer
+def reuse_problem(card: dict, trainer) -> str | None:
+    """Why a finished fold checkpoint cannot stand for ``trainer``'s fold (None: it can).
 
-    base = FitConfig.from_yaml(config_path)
-    base.n_folds = n_folds
+    The checkpoint must have a test result, the same split settings (scheme, fold count, fold, seed),
+    the same training file list (hash) and the same train/dev/test speakers.
+    """
+    if "test" not in card.get("metrics", {}):
+        return "it has no test result"
+    training, cfg = card.get("training", {}), trainer.cfg
+    old = training.get("config", {})
+    for key in ("split", "n_folds", "fold", "seed", "label_set"):
+        if old.get(key) != getattr(cfg, key):
+            return f"its {key} is {old.get(key)!r}, this run's is {getattr(cfg, key)!r}"
+    if training.get("file_list_sha256") != trainer.file_list_sha256:
+        return "it was trained on a different file list"
+    speakers = training.get("speakers", {})
+    for name, part in (("train", trainer.train), ("dev", trainer.dev), ("test", trainer.test)):
+        if speakers.get(name) != sorted({e.utt.speaker for e in part}):
+            return f"its {name} speakers differ"
+    return None
+
+
+def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | None = None) -> dict:
+    from training.config import FitConfig
+    from training.fit import Trainer
+
+    base = dataclasses.replace(FitConfig.from_yaml(config_path), n_folds=n_folds)
     if epochs:
-        base.epochs = epochs
+        base = dataclasses.replace(base, epochs=epochs)
     y, p, groups, folds = [], [], [], []
     for k in range(n_folds):
-        cfg = copy.deepcopy(base)
-        cfg.fold, cfg.out, cfg.name = k, str(workdir / f"fold{k}"), f"{base.name}-fold{k}"
+        cfg = dataclasses.replace(base, fold=k, out=str(workdir / f"fold{k}"), name=f"{base.name}-fold{k}")
         trainer = Trainer(cfg)
         done = Path(cfg.out) / "card.json"
-        if done.is_file() and "test" in read_card(cfg.out).get("metrics", {}):
+        problem = reuse_problem(read_card(cfg.out), trainer) if done.is_file() else "there is none"
+        if problem is None:
             # a finished fold (an earlier, interrupted run, or the shipped fold-0 model): reuse it
             model, card = load_checkpoint(cfg.out)
             trainer.model.load_state_dict(model.state_dict())
             metrics = card["metrics"]
             log.info("fold %d: reusing the finished checkpoint in %s", k, cfg.out)
         else:
+            if done.is_file():
+                log.info("fold %d: retraining, the checkpoint in %s does not match: %s", k, cfg.out, problem)
             metrics = trainer.fit()
         preds = trainer.predict(trainer.test)
         y += [e.targets["emotion"] for e in trainer.test]
