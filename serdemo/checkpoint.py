@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -26,11 +28,18 @@ WEIGHTS = "model.safetensors"
 CARD = "card.json"
 FORMAT = "serdemo-checkpoint"
 FORMAT_VERSION = 1
-REQUIRED = ("format", "format_version", "model", "features", "heads")
+REQUIRED = ("format", "format_version", "model", "features", "heads", "weights")
+MAX_CARD_BYTES = 16 << 20
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# the feature settings every front end has: JSON type and a sane range (relations are checked after)
+FEATURE_RANGES = {"sample_rate": (1_000, 192_000), "win_length": (1, 65_536), "hop_length": (1, 65_536),
+                  "n_fft": (2, 65_536), "n_mels": (1, 1_024), "fmin_hz": (0, 96_000), "fmax_hz": (1, 96_000)}
+MAX_HPARAM_VALUE = 65_536  # layer sizes, counts and rates all sit far below this
+MAX_HPARAM_ITEMS = 64
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message names the file and the problem."""
+    """A checkpoint that cannot be used; the message names the checkpoint (never a path) and the problem."""
 
 
 def sha256_file(path: Path) -> str:
@@ -84,28 +93,163 @@ def save_checkpoint(directory, model: SERModel, card: dict) -> Path:
 
 
 def read_card(directory) -> dict:
-    """Parse and validate ``card.json``; raises :class:`CheckpointError`."""
+    """Parse and validate ``card.json`` (types, ranges, the weights entry); raises :class:`CheckpointError`."""
     directory = Path(directory)
+    card = _parse_card(directory)
+    for check in (_check_format, _check_model, _check_features, _check_heads, _check_weights, _check_extras):
+        problem = check(card)
+        if problem:
+            raise CheckpointError(f"checkpoint '{directory.name}': {CARD} {problem}; "
+                                  "fix the card or save the checkpoint again")
+    return card
+
+
+def _parse_card(directory: Path) -> dict:
     path = directory / CARD
     if not directory.is_dir():
-        raise CheckpointError(f"checkpoint folder {directory} does not exist")
+        raise CheckpointError(f"checkpoint folder '{directory.name}' does not exist")
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing: a checkpoint needs {CARD} beside {WEIGHTS}")
+        raise CheckpointError(f"checkpoint '{directory.name}': {CARD} is missing: a checkpoint needs {CARD} "
+                              f"beside {WEIGHTS}")
+    if path.stat().st_size > MAX_CARD_BYTES:
+        raise CheckpointError(f"checkpoint '{directory.name}': {CARD} is over {MAX_CARD_BYTES >> 20} MB; "
+                              "it is not a card")
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); the file is corrupt or truncated") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"checkpoint '{directory.name}': {CARD} is not valid JSON ({exc}); "
+                              "the file is corrupt or truncated") from None
     if not isinstance(card, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
+        raise CheckpointError(f"checkpoint '{directory.name}': {CARD} must hold a JSON object")
     missing = [k for k in REQUIRED if k not in card]
     if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}")
-    if card["format"] != FORMAT or card["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format {card['format']!r} v{card['format_version']} is not "
-                              f"{FORMAT!r} v<={FORMAT_VERSION}; upgrade serdemo")
-    if "emotion" not in card["heads"]:
-        raise CheckpointError(f"{path}: the card names no 'emotion' head")
+        raise CheckpointError(f"checkpoint '{directory.name}': {CARD} lacks {', '.join(missing)}")
     return card
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value) -> str:
+    """A short description of a bad value: its repr (cut) and JSON type."""
+    kind = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+    text = repr(value)
+    return f"{text[:40]}{'...' if len(text) > 40 else ''} (a {kind})"
+
+
+def _check_format(card: dict) -> str | None:
+    if card["format"] != FORMAT:
+        return f"says format {_shown(card['format'])}, not {FORMAT!r}"
+    version = card["format_version"]
+    if not _is_int(version) or version < 1:
+        return f"format_version must be a whole number from 1, not {_shown(version)}"
+    if version > FORMAT_VERSION:
+        return f"is format version {version}; this serdemo reads up to {FORMAT_VERSION}: upgrade serdemo"
+    return None
+
+
+def _check_model(card: dict) -> str | None:
+    model = card["model"]
+    if not isinstance(model, dict) or not isinstance(model.get("architecture"), str):
+        return f"'model' must be an object with an 'architecture' name, not {_shown(model)}"
+    hparams = model.get("hparams", {})
+    if not isinstance(hparams, dict):
+        return f"'model.hparams' must be an object, not {_shown(hparams)}"
+    bad = _bad_hparam(hparams)
+    return None if bad is None else f"'model.hparams' holds {bad}"
+
+
+def _bad_hparam(value, depth: int = 0) -> str | None:
+    """The first value in ``hparams`` that no architecture takes: nesting, sizes and numbers are bounded."""
+    if depth > 3:
+        return "objects nested too deep"
+    if isinstance(value, dict):
+        return next((b for v in value.values() if (b := _bad_hparam(v, depth + 1))), None)
+    if isinstance(value, list):
+        if len(value) > MAX_HPARAM_ITEMS:
+            return f"an array of {len(value)} items (at most {MAX_HPARAM_ITEMS})"
+        return next((b for v in value if (b := _bad_hparam(v, depth + 1))), None)
+    if isinstance(value, (str, bool)) or value is None:
+        return None
+    if not _is_number(value) or abs(value) > MAX_HPARAM_VALUE:
+        return f"{_shown(value)}: numbers must be finite and at most {MAX_HPARAM_VALUE} in size"
+    return None
+
+
+def _check_features(card: dict) -> str | None:
+    features = card["features"]
+    if not isinstance(features, dict):
+        return f"'features' must be an object, not {_shown(features)}"
+    for key, (low, high) in FEATURE_RANGES.items():
+        if key in features:
+            value = features[key]
+            whole = key not in ("fmin_hz", "fmax_hz")
+            if not (_is_int(value) if whole else _is_number(value)) or not low <= value <= high:
+                kind = "a whole number" if whole else "a number"
+                return f"'features.{key}' must be {kind} in {low}..{high}, not {_shown(value)}"
+    try:
+        config = FeatureConfig.from_dict(features)
+    except (TypeError, ValueError) as exc:
+        return f"'features' is not a feature configuration ({exc})"
+    if config.win_length > config.n_fft:
+        return f"'features.win_length' ({config.win_length}) is longer than 'features.n_fft' ({config.n_fft})"
+    if not config.fmin_hz < config.fmax_hz <= config.sample_rate / 2:
+        return (f"'features' needs fmin_hz < fmax_hz <= sample_rate / 2, not {config.fmin_hz}, "
+                f"{config.fmax_hz} at {config.sample_rate} Hz")
+    return None
+
+
+def _check_heads(card: dict) -> str | None:
+    heads = card["heads"]
+    if not isinstance(heads, dict):
+        return f"'heads' must be an object (head name -> label names), not {_shown(heads)}"
+    if "emotion" not in heads:
+        return "names no 'emotion' head"
+    for name, labels in heads.items():
+        named = isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x for x in labels)
+        if not named or len(set(labels)) != len(labels):
+            return f"head '{name}' must list at least two distinct label names, not {_shown(labels)}"
+    return None
+
+
+def _check_weights(card: dict) -> str | None:
+    weights = card.get("weights")
+    if not isinstance(weights, dict):
+        return f"needs a 'weights' object with file, sha256 and bytes, not {_shown(weights)}"
+    name = weights.get("file")
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        return f"'weights.file' must name a file inside the checkpoint folder, not {_shown(name)}"
+    sha = weights.get("sha256")
+    if not isinstance(sha, str) or not SHA256_HEX.fullmatch(sha):
+        return f"'weights.sha256' must be the 64 hex digits of the weights' SHA-256, not {_shown(sha)}"
+    if not _is_int(weights.get("bytes")) or weights["bytes"] <= 0:
+        return f"'weights.bytes' must be the weights' size in bytes, not {_shown(weights.get('bytes'))}"
+    return None
+
+
+def _check_extras(card: dict) -> str | None:
+    """Optional fields the app reads: right type when present."""
+    for key, kind in (("name", str), ("license", str), ("label_set", dict), ("metrics", dict), ("training", dict)):
+        if key in card and not isinstance(card[key], kind):
+            return f"'{key}' must be {'a string' if kind is str else 'an object'}, not {_shown(card[key])}"
+    return None
+
+
+def weights_path(directory, card: dict) -> Path:
+    """The weights file a validated card names, confined to ``directory`` (symbolic links included)."""
+    directory = Path(directory)
+    path = directory / card["weights"]["file"]
+    try:
+        path.resolve().relative_to(directory.resolve())
+    except ValueError:
+        raise CheckpointError(f"checkpoint '{directory.name}': its weights file points outside the "
+                              "checkpoint folder; refusing to read it") from None
+    return path
 
 
 def build_from_card(card: dict) -> SERModel:
@@ -115,7 +259,7 @@ def build_from_card(card: dict) -> SERModel:
         heads = {k: len(v) for k, v in card["heads"].items()}
         return build_model(card["model"]["architecture"], features.n_mels, heads,
                            input_frame_rate_hz=features.frame_rate_hz, **card["model"].get("hparams", {}))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, ZeroDivisionError) as exc:
         raise CheckpointError(f"the card does not describe a buildable model: {exc}") from None
 
 
@@ -123,22 +267,33 @@ def load_checkpoint(directory, device: str | torch.device = "cpu") -> tuple[SERM
     """Load a checkpoint folder into an eval-mode model on ``device``; returns ``(model, card)``."""
     directory = Path(directory)
     card = read_card(directory)
-    weights = directory / card.get("weights", {}).get("file", WEIGHTS)
-    if not weights.is_file():
-        raise CheckpointError(f"{weights} is missing")
-    expected = card.get("weights", {})
-    size = weights.stat().st_size
-    if "bytes" in expected and size != expected["bytes"]:
-        raise CheckpointError(f"{weights} has {size} bytes, the card says {expected['bytes']}: "
-                              "the file is truncated or was replaced")
-    if "sha256" in expected and sha256_file(weights) != expected["sha256"]:
-        raise CheckpointError(f"{weights} does not match the SHA-256 in its card: the file is corrupt")
-    try:
-        state = load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{weights} is not a valid safetensors file ({exc})") from None
+    state = _read_weights(directory, card)
     model = build_from_card(card)
-    own = model.state_dict()
+    _check_fit(model.state_dict(), state, f"checkpoint '{directory.name}': {card['weights']['file']}")
+    model.load_state_dict(state)
+    return model.to(device).eval(), card
+
+
+def _read_weights(directory: Path, card: dict) -> dict[str, torch.Tensor]:
+    """The weights, after their size and SHA-256 match the card."""
+    weights = weights_path(directory, card)
+    label = f"checkpoint '{directory.name}': {card['weights']['file']}"
+    if not weights.is_file():
+        raise CheckpointError(f"{label} is missing")
+    size, expected = weights.stat().st_size, card["weights"]
+    if size != expected["bytes"]:
+        raise CheckpointError(f"{label} has {size} bytes, the card says {expected['bytes']}: "
+                              "the file is truncated or was replaced")
+    if sha256_file(weights) != expected["sha256"]:
+        raise CheckpointError(f"{label} does not match the SHA-256 in its card: the file is corrupt")
+    try:
+        return load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{label} is not a valid safetensors file ({exc})") from None
+
+
+def _check_fit(own: dict, state: dict, label: str) -> None:
+    """Raise unless ``state`` has exactly the tensor names and shapes of ``own``."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -151,9 +306,7 @@ def load_checkpoint(directory, device: str | torch.device = "cpu") -> tuple[SERM
         if wrong:
             parts.append("shape mismatch " + ", ".join(
                 f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:5]))
-        raise CheckpointError(f"{weights} does not fit the model its card describes: " + "; ".join(parts))
-    model.load_state_dict(state)
-    return model.to(device).eval(), card
+        raise CheckpointError(f"{label} does not fit the model its card describes: " + "; ".join(parts))
 
 
 def list_checkpoints(*folders) -> list[Path]:

@@ -6,6 +6,7 @@ Named API endpoints (``gradio_client``): ``/analyze``, ``/warp``, ``/relabel``, 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -24,6 +25,7 @@ from serdemo.retrain import RetrainBusy, Retrainer
 from serdemo.store import Store, StoreError, as_stored
 
 ALPHA_MIN, ALPHA_MAX = 0.8, 1.2
+log = logging.getLogger(__name__)
 
 try:  # ZeroGPU on Hugging Face Spaces: GPU work runs inside spaces.GPU; elsewhere a no-op
     import spaces
@@ -88,23 +90,31 @@ class Workbench:
         self._predictors: dict[str, Predictor] = {}
         self._lock = threading.Lock()
         self.catalogue: dict[str, Path] = {}
+        self.cards: dict[str, dict] = {}
+        self.broken: dict[Path, str] = {}  # checkpoint folder -> why it is skipped
         self.reload()
 
     def reload(self) -> dict[str, Path]:
-        found = {}
+        """Rescan the checkpoint folders; a broken checkpoint is skipped with one warning (once per problem)."""
+        found, cards, broken = {}, {}, {}
         for path in list_checkpoints(*self.settings.checkpoint_dirs):
             try:
-                read_card(path)
-            except CheckpointError:
+                card = read_card(path)
+            except CheckpointError as exc:
+                broken[path] = str(exc)
                 continue
-            found.setdefault(path.name, path)
+            if path.name not in found:
+                found[path.name], cards[path.name] = path, card
+        for path, problem in broken.items():
+            if self.broken.get(path) != problem:
+                log.warning("skipping %s", problem)
         with self._lock:
-            self.catalogue = found
+            self.catalogue, self.cards, self.broken = found, cards, broken
             self._predictors = {k: v for k, v in self._predictors.items() if k in found}
         return found
 
     def choices(self) -> list[tuple[str, str]]:
-        return [(f"{name} — {headline(read_card(path))}", name) for name, path in self.catalogue.items()]
+        return [(f"{name} — {headline(self.cards[name])}", name) for name in self.catalogue]
 
     def default_choice(self) -> str | None:
         if self.settings.default_model in self.catalogue:
@@ -125,13 +135,16 @@ class Workbench:
 
 def headline(card: dict) -> str:
     """'UA 0.61 / WA 0.63 on unseen speakers' from the card's metrics, or what is known."""
-    m = card.get("metrics", {})
-    for key, where in (("cv", "cross-validated"), ("test", "unseen speakers"), ("dev", "dev speakers")):
-        block = m.get(key)
-        if block:
-            s = block.get("pooled", block).get("overall") if key == "cv" else block.get("overall")
-            if s:
-                return f"UA {s['ua']:.2f} / WA {s['wa']:.2f} ({where}, {card.get('label_set', {}).get('name', '')})"
+    try:
+        m = card.get("metrics", {})
+        for key, where in (("cv", "cross-validated"), ("test", "unseen speakers"), ("dev", "dev speakers")):
+            block = m.get(key)
+            if block:
+                s = block.get("pooled", block).get("overall") if key == "cv" else block.get("overall")
+                if s:
+                    return f"UA {s['ua']:.2f} / WA {s['wa']:.2f} ({where}, {card.get('label_set', {}).get('name', '')})"
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return "metrics unreadable"
     return "no held-out metrics"
 
 
@@ -266,13 +279,18 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         """A checkpoint's card and its confusion matrix on held-out speakers."""
         if not name or name not in bench.catalogue:
             return {}, None
-        card = read_card(bench.catalogue[name])
-        m = card.get("metrics", {})
-        block = (m.get("cv") or {}).get("pooled") or m.get("test") or (m.get("dev") or {})
-        fig = None
-        if block and "overall" in block:
+        try:
+            card = read_card(bench.catalogue[name])
+        except CheckpointError as exc:
+            gr.Warning(str(exc))
+            return {}, None
+        try:
+            m = card.get("metrics", {})
+            block = (m.get("cv") or {}).get("pooled") or m.get("test") or (m.get("dev") or {})
             fig = confusion_figure(block["overall"]["confusion"], block["overall"]["classes"],
                                    f"{name}: confusion on held-out speakers (rows: true)")
+        except (AttributeError, KeyError, TypeError, ValueError):
+            fig = None  # no (readable) held-out confusion in this card
         return card, fig
 
     def retrain(model_name):

@@ -41,6 +41,23 @@ def launch_app(env: dict, data: Path, url: str, wait_s: float = 120):
     pytest.fail(f"app did not come up in {wait_s:.0f} s")
 
 
+BROKEN = {  # checkpoint folders beside the good ones whose cards would crash start-up or escape their folder
+    "broken-version": lambda c: c.update(format_version="1"),
+    "broken-heads": lambda c: c.update(heads=["neutral", "happy"]),
+    "broken-hop": lambda c: c["features"].update(hop_length=0),
+    "broken-escape": lambda c: c["weights"].update(file="../../checkpoints/default/model.safetensors"),
+    "broken-unhashed": lambda c: c["weights"].pop("sha256"),
+}
+
+
+def broken_checkpoints(good: Path, folder: Path) -> None:
+    for name, change in BROKEN.items():
+        shutil.copytree(good, folder / name)
+        card = json.loads((folder / name / "card.json").read_text())
+        change(card)
+        (folder / name / "card.json").write_text(json.dumps(card))
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     ckpts = Path(os.environ.get("SERDEMO_CHECKPOINTS", ROOT / "checkpoints"))
@@ -48,6 +65,7 @@ def server(tmp_path_factory):
         pytest.fail(f"the shipped default checkpoint is missing from {ckpts}")
     data = tmp_path_factory.mktemp("data")
     extra = tmp_path_factory.mktemp("extra")
+    broken_checkpoints(ckpts / "default", extra)
     port = free_port()
     env = dict(os.environ, SERDEMO_CHECKPOINTS=str(ckpts), SERDEMO_DATA=str(data), SERDEMO_EXTRA_CHECKPOINTS=str(extra), GRADIO_SERVER_PORT=str(port),
                GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", SERDEMO_MAX_DURATION_S="30",
@@ -151,6 +169,23 @@ def test_bad_input_is_a_clear_error_and_the_app_keeps_serving(server, tmp_path):
     with pytest.raises(Exception, match="analyse a clip first|analyse it first"):
         client.predict("0" * 64, "sad", "tester", api_name="/relabel")
     probs, *_ = analyze(client, EMODB / "wav" / "03a01Fa.wav")  # still serving
+    assert probs["label"]
+
+
+def test_broken_checkpoints_are_skipped_with_one_warning_each(server):
+    """The app started beside five broken checkpoint folders: it serves the good ones and says once why
+    each broken one is skipped, in one log line without a traceback or a path."""
+    client = server["client"]
+    for _ in range(2):  # rescans do not repeat the warnings
+        model_update, _ = client.predict(api_name="/models")
+    names = [c[1] if isinstance(c, (list, tuple)) else c for c in model_update["choices"]]
+    assert "default" in names and not [n for n in names if n.startswith("broken-")]
+    log = (server["data"] / "server.log").read_text().splitlines()
+    for name in BROKEN:
+        lines = [line for line in log if f"'{name}'" in line]
+        assert len(lines) == 1 and lines[0].startswith(f"skipping checkpoint '{name}'"), lines
+        assert str(server["extra"]) not in lines[0]
+    probs, *_ = analyze(client, EMODB / "wav" / "03a01Fa.wav")  # and it serves
     assert probs["label"]
 
 

@@ -1,17 +1,26 @@
 import json
+import logging
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from serdemo.checkpoint import (CARD, WEIGHTS, CheckpointError, list_checkpoints, load_checkpoint,
-                                make_card, save_checkpoint)
+                                make_card, read_card, save_checkpoint, sha256_file)
 from serdemo.features import FeatureConfig
 from serdemo.inference import Predictor
 from serdemo.models import build_model
 
 FC = FeatureConfig()
 HEADS = {"emotion": ["neutral", "happy", "sad", "angry"], "gender": ["female", "male"]}
+
+
+def edit_card(path, change) -> dict:
+    card = json.loads((path / CARD).read_text())
+    change(card)
+    (path / CARD).write_text(json.dumps(card))
+    return card
 
 
 @pytest.fixture
@@ -80,12 +89,11 @@ def test_corrupt_weights_same_size(ckpt):
         load_checkpoint(path)
 
 
-def test_not_safetensors_even_without_hash(ckpt):
+def test_not_safetensors_is_refused_even_with_a_matching_hash(ckpt):
     path, _ = ckpt
-    card = json.loads((path / CARD).read_text())
-    del card["weights"]["sha256"], card["weights"]["bytes"]
-    (path / CARD).write_text(json.dumps(card))
     (path / WEIGHTS).write_bytes(b"\x80\x04pickle-looking bytes" * 10)
+    edit_card(path, lambda c: c["weights"].update(sha256=sha256_file(path / WEIGHTS),
+                                                  bytes=(path / WEIGHTS).stat().st_size))
     with pytest.raises(CheckpointError, match="not a valid safetensors"):
         load_checkpoint(path)
 
@@ -125,3 +133,101 @@ def test_batched_prediction_matches_single(ckpt, emodb_clip, ravdess_clip):
         np.testing.assert_allclose(b.attention, one.attention, atol=1e-5)
         np.testing.assert_allclose(b.logmel_warped, one.logmel_warped, atol=1e-4)
         assert b.logmel.shape[1] == len(b.frame_times_s)
+
+
+# ------------------------------------------------------------------ malformed cards: a clear CheckpointError, no path
+def _set(*keys_value):
+    *keys, last, value = keys_value
+
+    def change(card):
+        for k in keys:
+            card = card[k]
+        card[last] = value
+    return change
+
+
+def _drop(*keys):
+    def change(card):
+        for k in keys[:-1]:
+            card = card[k]
+        del card[keys[-1]]
+    return change
+
+
+MALFORMED = {
+    "format_version string": (_set("format_version", "1"), "format_version must be a whole number"),
+    "format_version boolean": (_set("format_version", True), "format_version must be a whole number"),
+    "format_version future": (_set("format_version", 2), "upgrade serdemo"),
+    "heads a list": (_set("heads", ["neutral", "happy"]), "'heads' must be an object"),
+    "head with one label": (_set("heads", "gender", ["female"]), "head 'gender' must list at least two"),
+    "head with repeated labels": (_set("heads", "emotion", ["sad", "sad", "angry", "happy"]), "distinct"),
+    "head labels not strings": (_set("heads", "emotion", [1, 2, 3, 4]), "head 'emotion' must list"),
+    "hop_length 0": (_set("features", "hop_length", 0), "'features.hop_length' must be a whole number"),
+    "hop_length float": (_set("features", "hop_length", 160.5), "'features.hop_length' must be a whole number"),
+    "n_mels string": (_set("features", "n_mels", "64"), "'features.n_mels'"),
+    "window longer than fft": (_set("features", "n_fft", 256), "longer than 'features.n_fft'"),
+    "fmax above nyquist": (_set("features", "fmax_hz", 9000.0), "fmax_hz <= sample_rate / 2"),
+    "unknown feature": (_set("features", "colour", "red"), "not a feature configuration"),
+    "features a list": (_set("features", [1, 2]), "'features' must be an object"),
+    "model a string": (_set("model", "localatt"), "'model' must be an object"),
+    "hparams a list": (_set("model", "hparams", [32, 64]), "'model.hparams' must be an object"),
+    "hparam huge": (_set("model", "hparams", "hidden", 10**9), "at most 65536"),
+    "hparam not finite": (_set("model", "hparams", "dense", float("inf")), "finite"),
+    "weights missing": (_drop("weights"), "lacks weights"),
+    "sha256 missing": (_drop("weights", "sha256"), "'weights.sha256' must be"),
+    "sha256 short": (_set("weights", "sha256", "abc123"), "'weights.sha256' must be"),
+    "bytes missing": (_drop("weights", "bytes"), "'weights.bytes' must be"),
+    "bytes string": (_set("weights", "bytes", "1000"), "'weights.bytes' must be"),
+    "weights file absolute": (_set("weights", "file", "/etc/passwd"), "inside the checkpoint folder"),
+    "weights file climbs out": (_set("weights", "file", "../tiny2/model.safetensors"), "inside the checkpoint folder"),
+    "weights file a number": (_set("weights", "file", 7), "inside the checkpoint folder"),
+    "metrics a list": (_set("metrics", []), "'metrics' must be an object"),
+    "name a number": (_set("name", 3), "'name' must be a string"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_card_is_a_clear_error(ckpt, tmp_path, case):
+    path, _ = ckpt
+    change, message = MALFORMED[case]
+    edit_card(path, change)
+    for reader in (read_card, load_checkpoint):
+        with pytest.raises(CheckpointError, match=message) as info:
+            reader(path)
+        assert "checkpoint 'tiny'" in str(info.value) and str(tmp_path) not in str(info.value)
+
+
+def test_weights_outside_the_folder_are_never_read(ckpt, tmp_path):
+    """A card cannot make the loader read a file outside its folder, even one with the right hash."""
+    path, _ = ckpt
+    outside = tmp_path / "outside.safetensors"
+    shutil.copy(path / WEIGHTS, outside)
+    for name in (str(outside), "../outside.safetensors"):
+        edit_card(path, _set("weights", "file", name))
+        with pytest.raises(CheckpointError, match="inside the checkpoint folder"):
+            load_checkpoint(path)
+    (path / "link.safetensors").symlink_to(outside)
+    edit_card(path, _set("weights", "file", "link.safetensors"))
+    with pytest.raises(CheckpointError, match="outside the checkpoint folder") as info:
+        load_checkpoint(path)
+    assert str(tmp_path) not in str(info.value)
+
+
+def test_the_app_catalogue_skips_a_broken_checkpoint_with_one_warning(ckpt, tmp_path, caplog):
+    from serdemo.ui import Settings, Workbench
+
+    path, _ = ckpt
+    for name, case in (("broken-version", "format_version string"), ("broken-heads", "heads a list"),
+                       ("broken-hop", "hop_length 0"), ("broken-path", "weights file climbs out")):
+        edit_card(shutil.copytree(path, tmp_path / name), MALFORMED[case][0])
+    caplog.set_level(logging.WARNING, logger="serdemo")
+    bench = Workbench(Settings(checkpoint_dirs=(tmp_path,), data_dir=tmp_path / "data"))
+    assert list(bench.catalogue) == ["tiny"] and bench.default_choice() == "tiny"
+    assert [name for _, name in bench.choices()] == ["tiny"]
+    lines = [r.getMessage() for r in caplog.records]
+    for name in ("broken-version", "broken-heads", "broken-hop", "broken-path"):
+        assert sum(f"checkpoint '{name}'" in line for line in lines) == 1, lines
+    assert all("\n" not in line and str(tmp_path) not in line for line in lines)
+    bench.reload()  # the same problems are not logged again on every rescan
+    assert len(caplog.records) == len(lines)
+    assert bench.predictor("tiny").predict((16000, np.sin(np.arange(16000) / 5).astype(np.float32)), alpha=None)
