@@ -107,11 +107,12 @@ class Retrainer:
         code = self.proc.poll()
         state = "running" if code is None else ("done" if code == 0 and (self.out / "baseline.json").exists() else "failed")
         errors = [e.get("message") for e in events if e.get("event") == "error"]
+        losses = [e["loss"] for e in events if e.get("loss") is not None]
         return {"state": state, "epoch": int(epochs[-1]["epoch"]) if epochs else 0,
                 "of": int(last.get("epochs") or self.total_epochs),
                 "dev_ua": epochs[-1].get("dev_ua") if epochs else None,
                 "step": int(last.get("step") or 0), "total_steps": int(last.get("total_steps") or 0),
-                "loss": last.get("loss"), "eta_s": last.get("eta_s"), "error": errors[-1] if errors else None,
+                "loss": losses[-1] if losses else None, "eta_s": last.get("eta_s"), "error": errors[-1] if errors else None,
                 "out": str(self.out), "elapsed_s": time.time() - self.started,
                 "tail": "\n".join(text.strip().splitlines()[-4:])}
 

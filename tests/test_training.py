@@ -398,6 +398,7 @@ def test_retrainer_status_reads_the_progress_file(tmp_path):
         (r.out / "progress.jsonl").write_text(text)
         st = r.status()
         assert (st["epoch"], st["of"], st["dev_ua"], st["step"], st["total_steps"], st["eta_s"]) == (1, 3, 0.41, 3, 6, 5.5)
+        assert st["loss"] == 1.7 and st["error"] is None
     finally:
         r.proc.kill()
         r.proc.wait()
