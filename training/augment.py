@@ -15,6 +15,7 @@ import torch
 
 from serdemo.features import length_mask
 from serdemo.vtlp import F_HI_HZ, sample_alpha, warp_power
+from training.config import WAVE_AUGMENTERS
 
 SPEC_MAX_BANDS = 8  # widest frequency mask, in mel bands
 SPEC_MAX_TIME_FRACTION = 0.1  # widest time mask, as a fraction of each clip's real frames
@@ -69,7 +70,7 @@ def mixup(feats: torch.Tensor, frames: torch.Tensor, perm: torch.Tensor, lam: fl
 class WaveAugment:
     """Optional waveform augmenters from nlpaug, each applied with probability ``p``."""
 
-    NAMES = ("noise", "speed", "loudness", "shift")
+    NAMES = WAVE_AUGMENTERS
 
     def __init__(self, names: list[str], sample_rate: int, p: float = 0.5, seed: int = 0):
         unknown = set(names) - set(self.NAMES)

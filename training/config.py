@@ -25,7 +25,7 @@ from serdemo.models import ARCHITECTURES
 from serdemo.models.base import NORM_MODES
 
 SPLITS = ("speakers", "loso", "session")
-WAVE_AUGMENTERS = ("noise", "speed", "loudness", "shift")  # training.augment.WaveAugment.NAMES
+WAVE_AUGMENTERS = ("noise", "speed", "loudness", "shift")  # nlpaug augmenters (training.augment.WaveAugment)
 
 
 class ConfigError(ValueError):
