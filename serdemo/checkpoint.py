@@ -137,7 +137,8 @@ def _is_number(value) -> bool:
 
 def _shown(value) -> str:
     """A short description of a bad value: its repr (cut) and JSON type."""
-    kind = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    kind = kinds.get(type(value), "number")
     text = repr(value)
     return f"{text[:40]}{'...' if len(text) > 40 else ''} (a {kind})"
 
