@@ -37,8 +37,40 @@ ROLLOFF = 0.99  # cutoff as a fraction of the lower Nyquist frequency (torchaudi
 AudioSource = Union[str, os.PathLike, bytes, bytearray, tuple, np.ndarray]
 
 
+MICROPHONE = "microphone"  # the source name for audio recorded in the browser (anything else: a file)
+
+
 class AudioError(ValueError):
-    """Audio that cannot be analysed; the message says why and what to do."""
+    """Audio that cannot be analysed; the message says why and what to do.
+
+    ``str()`` words it for a file (or whatever was given); :meth:`for_source` words the same problem
+    for a microphone recording, where the advice differs (check the microphone, record again).
+    """
+
+    def __init__(self, message: str, microphone: str | None = None):
+        super().__init__(message)
+        self.microphone = microphone or message
+
+    def for_source(self, source: str | None) -> str:
+        """The message for audio that came from ``source`` (:data:`MICROPHONE` or an upload)."""
+        return self.microphone if source == MICROPHONE else str(self)
+
+
+def _fail(problem: str, label: str, upload: str = "", record: str = "") -> AudioError:
+    """An :class:`AudioError` for ``problem``, where ``{what}`` names the audio: about ``label`` with the
+    ``upload`` advice, and about "the recording" with the ``record`` advice (default: the same)."""
+
+    def sentence(what: str, advice: str) -> str:
+        text = problem.replace("{what}", what)
+        return f"{text[:1].upper()}{text[1:]} {advice}".strip()
+
+    return AudioError(sentence(label, upload), sentence("the recording", record or upload))
+
+
+def _reason(exc: Exception) -> str:
+    """What the decoder said, as ' (reason)', without the file's path (soundfile puts it in str(exc))."""
+    text = str(getattr(exc, "error_string", "") or "").strip().rstrip(".")
+    return f" ({text})" if text else ""
 
 
 def _describe(source) -> str:
@@ -53,10 +85,18 @@ def _open_info(source, label: str):
     try:
         return sf.info(source)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise AudioError(
-            f"{label} is not a readable audio file ({exc}). "
-            "Upload wav, flac, ogg or mp3, or record again."
-        ) from None
+        raise _fail("{what} is not a readable audio file" + _reason(exc) + ".", label,
+                    "Upload wav, flac, ogg or mp3.", "Record again, or upload a wav, flac, ogg or mp3 file.") from None
+
+
+def _check_file(path: Path, label: str) -> None:
+    if not path.exists():
+        raise _fail("{what} does not exist.", label, "Upload it again.", "Record again.")
+    if path.is_dir():
+        raise AudioError(f"{label} is a folder, not an audio file.")
+    if path.stat().st_size == 0:
+        raise _fail("{what} is empty (0 bytes).", label, "The upload did not complete: upload it again.",
+                    "Nothing was recorded: record again.")
 
 
 def decode(source, max_duration_s: float = MAX_DURATION_S) -> tuple[np.ndarray, int]:
@@ -68,12 +108,7 @@ def decode(source, max_duration_s: float = MAX_DURATION_S) -> tuple[np.ndarray, 
     label = _describe(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.exists():
-            raise AudioError(f"{label} does not exist.")
-        if path.is_dir():
-            raise AudioError(f"{label} is a folder, not an audio file.")
-        if path.stat().st_size == 0:
-            raise AudioError(f"{label} is empty (0 bytes): the upload or recording did not complete.")
+        _check_file(path, label)
         opener = lambda: str(path)  # noqa: E731
     else:
         data = bytes(source)
@@ -82,31 +117,34 @@ def decode(source, max_duration_s: float = MAX_DURATION_S) -> tuple[np.ndarray, 
         opener = lambda: io.BytesIO(data)  # noqa: E731
     info = _open_info(opener(), label)
     if info.frames <= 0:
-        raise AudioError(f"{label} holds no audio samples: it is empty or its header is truncated.")
+        raise _fail("{what} holds no audio samples: it is empty or its header is truncated.", label,
+                    "Upload the complete file.", "Record again.")
     _check_rate_channels(info.samplerate, info.channels, label)
-    declared_s = info.frames / info.samplerate
-    if declared_s > max_duration_s * 1.01:
-        raise AudioError(
-            f"{label} lasts {declared_s:.1f} s; the limit is {max_duration_s:.0f} s. "
-            "Trim it to the part you want analysed."
-        )
+    _check_duration(info.frames / info.samplerate, label, max_duration_s)
     try:
         samples, rate = sf.read(opener(), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(f"{label} is damaged and could not be decoded ({exc}).") from None
+        raise _fail("{what} is damaged and could not be decoded" + _reason(exc) + ".", label,
+                    "Upload an intact copy.", "Record again.") from None
     if samples.shape[0] == 0:
-        raise AudioError(f"{label} is truncated: its header promises audio but no samples follow.")
+        raise _fail("{what} is truncated: its header promises audio but no samples follow.", label,
+                    "Upload the complete file.", "Record again.")
     return samples, int(rate)
 
 
 def _check_rate_channels(rate: int, channels: int, label: str) -> None:
     if not MIN_SOURCE_RATE <= rate <= MAX_SOURCE_RATE:
-        raise AudioError(
-            f"{label} has a sample rate of {rate} Hz; supported rates are "
-            f"{MIN_SOURCE_RATE}–{MAX_SOURCE_RATE} Hz."
-        )
+        raise _fail(f"{{what}} has a sample rate of {rate} Hz; supported rates are "
+                    f"{MIN_SOURCE_RATE}–{MAX_SOURCE_RATE} Hz.", label, "Convert it to a common rate such as 16 kHz.")
     if not 1 <= channels <= MAX_CHANNELS:
-        raise AudioError(f"{label} has {channels} channels; at most {MAX_CHANNELS} are supported.")
+        raise _fail(f"{{what}} has {channels} channels; at most {MAX_CHANNELS} are supported.", label,
+                    "Mix it down to mono or stereo.")
+
+
+def _check_duration(duration_s: float, label: str, max_duration_s: float) -> None:
+    if duration_s > max_duration_s * 1.01:
+        raise _fail(f"{{what}} lasts {duration_s:.1f} s; the limit is {max_duration_s:.0f} s.", label,
+                    "Trim it to the part you want analysed.", "Record a shorter clip.")
 
 
 def to_float(array: np.ndarray) -> np.ndarray:
@@ -186,23 +224,19 @@ def validate(wave: np.ndarray, rate: int, label: str = "the recording",
     """Raise :class:`AudioError` for a waveform no model should see."""
     duration_s = wave.shape[0] / rate
     if duration_s < min_duration_s:
-        raise AudioError(
-            f"{label} is {duration_s * 1000:.0f} ms long; at least {min_duration_s * 1000:.0f} ms of "
-            "speech is needed. Record a longer clip."
-        )
-    if duration_s > max_duration_s * 1.01:
-        raise AudioError(
-            f"{label} lasts {duration_s:.1f} s; the limit is {max_duration_s:.0f} s. "
-            "Trim it to the part you want analysed."
-        )
+        raise _fail(f"{{what}} is {duration_s * 1000:.0f} ms long; at least {min_duration_s * 1000:.0f} ms of "
+                    "speech is needed.", label, "Upload a longer clip.", "Record a longer clip.")
+    _check_duration(duration_s, label, max_duration_s)
     if not np.isfinite(wave).all():
         bad = int((~np.isfinite(wave)).sum())
-        raise AudioError(f"{label} contains {bad} NaN or infinite samples: the file is corrupt.")
+        raise _fail(f"{{what}} contains {bad} NaN or infinite samples: it is corrupt.", label,
+                    "Export it again from its source.", "Record again.")
     peak = float(np.abs(wave).max())
     if peak <= SILENCE_PEAK:
-        raise AudioError(
-            f"{label} is digital silence (peak {peak:.1e}): check that the microphone is on and unmuted."
-        )
+        raise _fail(f"{{what}} is digital silence (peak {peak:.1e}).", label,
+                    "It holds no sound at all: upload a clip of someone speaking.",
+                    "Check that the microphone is on and unmuted and that the browser may use it, "
+                    "then record again.")
 
 
 def load_audio(source: AudioSource, *, sample_rate: int | None = None,

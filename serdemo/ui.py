@@ -17,7 +17,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from serdemo.audio import MAX_DURATION_S, AudioError
+from serdemo.audio import MAX_DURATION_S, MICROPHONE, AudioError
 from serdemo.checkpoint import CheckpointError, list_checkpoints, read_card
 from serdemo.inference import Predictor
 from serdemo.plots import analysis_figure, confusion_figure, warp_figure
@@ -148,6 +148,16 @@ def headline(card: dict) -> str:
     return "no held-out metrics"
 
 
+def user_error(problem: Exception | str, source: str | None = None, duration: float | None = 10) -> gr.Error:
+    """A problem the user can fix, as a ``gr.Error`` to raise: one log line, no traceback, no path.
+
+    An :class:`AudioError` is worded for ``source`` (the microphone or an upload).
+    """
+    message = problem.for_source(source) if isinstance(problem, AudioError) else str(problem)
+    log.warning("refused: %s", " ".join(message.split()))
+    return gr.Error(message, duration=duration, print_exception=False)
+
+
 def _annotator(name: str, request: gr.Request | None) -> str:
     user = getattr(request, "username", None) if request is not None else None
     return (user or name or "").strip()
@@ -159,8 +169,11 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
 
     # ---------------------------------------------------------------- callbacks
     @gpu
-    def analyze(audio, model_name, alpha, progress=gr.Progress()):
-        """Analyse a clip: probabilities per head, spectrogram + VTLP + attention figure, clip id."""
+    def analyze(audio, model_name, alpha, source=None, progress=gr.Progress()):
+        """Analyse a clip: probabilities per head, spectrogram + VTLP + attention figure, clip id.
+
+        ``source``: where ``audio`` came from (the microphone or an upload), for the wording of errors.
+        """
         t0 = time.perf_counter()
         try:
             progress(0.1, desc="decoding")
@@ -170,11 +183,11 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             progress(0.4, desc="running the model")
             pred = pred_model.predict(wave, alpha=float(alpha))
             progress(0.8, desc="saving the clip")
-            source = Path(audio).name if isinstance(audio, (str, os.PathLike)) else "recording"
-            sha = bench.store.add_clip(wave, source_name=source, predicted=pred.label(),
+            name = Path(audio).name if isinstance(audio, (str, os.PathLike)) else "recording"
+            sha = bench.store.add_clip(wave, source_name=name, predicted=pred.label(),
                                        confidence=pred.confidence(), checkpoint=pred_model.name)
         except (AudioError, CheckpointError, StoreError) as exc:
-            raise gr.Error(str(exc), duration=None) from None
+            raise user_error(exc, source, duration=None) from None
         fig = analysis_figure(pred.frame_times_s, pred.logmel, pred.logmel_warped, pred.attention_times_s,
                               pred.attention, pred.alpha,
                               title=f"{pred.label()} ({pred.confidence():.0%}) — {pred_model.name}")
@@ -198,7 +211,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             logmel = pred_model.warped_logmel(wave, 1.0)
             warped = pred_model.warped_logmel(wave, float(alpha))
         except (AudioError, CheckpointError, StoreError) as exc:
-            raise gr.Error(str(exc)) from None
+            raise user_error(exc) from None
         times = pred_model.features.frame_times_s(logmel.shape[1])
         last = bench.last_attention.get(clip_id)
         if last is None:  # analysed before a restart: this once, run the model for its attention
@@ -219,7 +232,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                                   confidence=state.get("confidence") if predicted else None,
                                   checkpoint=state.get("model") if predicted else None)
         except StoreError as exc:
-            raise gr.Error(str(exc)) from None
+            raise user_error(exc) from None
         n = len(bench.store.history(clip_id))
         verdict = "confirmed" if predicted == label else f"corrected to **{label}**" if predicted else f"labelled **{label}**"
         return f"Saved: clip `{clip_id[:12]}` {verdict} by {who} (label #{n} for this clip).", counts_table()
@@ -227,7 +240,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
     def confirm(clip_id, annotator_name, state, request: gr.Request = None):
         state = state or {}
         if not state.get("predicted") or state.get("clip") != clip_id:
-            raise gr.Error("analyse a clip first: there is no prediction to confirm")
+            raise user_error("analyse a clip first: there is no prediction to confirm")
         return relabel(clip_id, state["predicted"], annotator_name, state, request)
 
     def history(clip_id):
@@ -266,7 +279,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             else:
                 path = bench.store.export_audiofolder(out / f"audiofolder-{stamp}") / "metadata.csv"
         except (OSError, StoreError) as exc:
-            raise gr.Error(f"export failed: {exc}") from None
+            raise user_error(f"export failed: {exc}") from None
         return str(path)
 
     def models():
@@ -296,20 +309,24 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
     def retrain(model_name):
         """Fine-tune the selected checkpoint on the stored annotations in a background process."""
         if not model_name or model_name not in bench.catalogue:
-            raise gr.Error("pick a checkpoint to fine-tune")
+            raise user_error("pick a checkpoint to fine-tune")
         if not bench.store.current_labels():
-            raise gr.Error("there are no labelled clips in the store yet: relabel some clips first")
+            raise user_error("there are no labelled clips in the store yet: relabel some clips first")
         base = bench.catalogue[model_name]
-        card = read_card(base)
+        try:
+            card = read_card(base)
+        except CheckpointError as exc:
+            raise user_error(exc) from None
         corpora = settings.retrain_corpora
         if corpora is None:
-            corpora = tuple(card.get("training", {}).get("config", {}).get("corpora", []))
+            config = card.get("training", {}).get("config")
+            corpora = tuple(config.get("corpora", [])) if isinstance(config, dict) else ()
         manifest = bench.store.export_manifest(bench.store.directory / "retrain" / "manifest.csv")
         bench.retrainer.corpora = list(corpora)
         try:
             out = bench.retrainer.start(base, card, manifest, list(settings.retrain_args))
         except RetrainBusy as exc:
-            raise gr.Error(str(exc)) from None
+            raise user_error(exc) from None
         return f"Started fine-tuning **{model_name}** on {len(bench.store.current_labels())} stored clips " \
                f"+ {len(corpora)} corpora → `{out.name}`"
 
@@ -331,8 +348,12 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
     # the last attention per clip (bounded), so the slider can redraw without running the model
     bench.last_attention = OrderedDict()
 
-    def analyze_and_remember(audio, model_name, alpha, progress=gr.Progress()):
-        out = analyze(audio, model_name, alpha, progress)
+    def clear_analysis():
+        """Empty the results of the last analysis, so that a failed one leaves no clip to label by mistake."""
+        return None, "", None, {}, "", "", gr.update(choices=[], value=None)
+
+    def analyze_and_remember(audio, model_name, alpha, source=None, progress=gr.Progress()):
+        out = analyze(audio, model_name, alpha, source, progress)
         att = out[2].data[-1]
         bench.last_attention[out[5]] = (np.asarray(att.x), np.asarray(att.y))
         bench.last_attention.move_to_end(out[5])
@@ -345,6 +366,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         gr.Markdown("# serdemo\nRecord or upload speech; see the log-mel spectrogram, its VTLP-warped "
                     "twin, where the model's attention falls, and what it predicts. Correct it when it is wrong.")
         state = gr.State({})
+        source = gr.State("upload")  # where the clip in `audio` came from: MICROPHONE or "upload"
         with gr.Tab("Analyse"):
             with gr.Row():
                 with gr.Column(scale=2):
@@ -399,14 +421,25 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             m_card = gr.JSON(label="Card")
 
         # ---------------------------------------------------------------- wiring
-        run.click(analyze_and_remember, [audio, model, alpha],
-                  [probs, aux, figure, warp_plot, state, clip_id, info, label_choice], api_name="analyze")
+        audio.stop_recording(lambda: MICROPHONE, None, source, queue=False, show_progress="hidden",
+                             api_visibility="private")
+        audio.upload(lambda: "upload", None, source, queue=False, show_progress="hidden", api_visibility="private")
+        # clear first: a failed analysis must leave no previous clip id, prediction or label choices behind;
+        # progress and a failure show on the emotion panel only (the message in a toast), not on every panel
+        run.click(clear_analysis, None, [probs, aux, figure, state, clip_id, info, label_choice], queue=False,
+                  show_progress="hidden", api_visibility="private").then(
+            analyze_and_remember, [audio, model, alpha, source],
+            [probs, aux, figure, warp_plot, state, clip_id, info, label_choice], api_name="analyze",
+            show_progress_on=probs)
         alpha.release(warp_view, [alpha, clip_id, model], [figure, warp_plot], api_name="warp")
-        save_btn.click(relabel, [clip_id, label_choice, annotator, state], [status, counts], api_name="relabel")
-        confirm_btn.click(confirm, [clip_id, annotator, state], [status, counts], api_name="confirm")
+        save_btn.click(relabel, [clip_id, label_choice, annotator, state], [status, counts], api_name="relabel",
+                       show_progress_on=status)
+        confirm_btn.click(confirm, [clip_id, annotator, state], [status, counts], api_name="confirm",
+                          show_progress_on=status)
         refresh.click(queue, [limit], [queue_df], api_name="queue")
         queue_df.select(pick_from_queue, [queue_df], [q_clip, q_audio, q_hist], api_visibility="private")
-        q_save.click(relabel, [q_clip, q_label, annotator, state], [q_status, counts], api_visibility="private")
+        q_save.click(relabel, [q_clip, q_label, annotator, state], [q_status, counts], api_visibility="private",
+                     show_progress_on=q_status)
         q_clip.submit(history, [q_clip], [q_hist], api_name="history")
         export_btn.click(export, [export_kind], [export_path], api_name="export")
         reload_btn.click(models, None, [model, m_pick], api_name="models")

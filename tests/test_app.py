@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -189,6 +190,30 @@ def test_broken_checkpoints_are_skipped_with_one_warning_each(server):
     assert probs["label"]
 
 
+def test_user_errors_name_no_path_fit_an_upload_and_log_one_line(server, tmp_path):
+    client = server["client"]
+    log = server["data"] / "server.log"
+    seen = len(log.read_text())
+    notaudio = tmp_path / "notaudio.wav"
+    notaudio.write_text("this is a text file, not audio\n" * 40)
+    quiet = write(tmp_path / "quiet.wav", np.zeros(SR, np.float32))
+    messages = []
+    for path, expected in ((notaudio, "'notaudio.wav' is not a readable audio file"),
+                           (quiet, "'quiet.wav' is digital silence")):
+        with pytest.raises(Exception) as info:
+            analyze(client, path)
+        message = str(info.value)
+        assert expected in message
+        assert not re.search(r"[/\\][\w.-]+[/\\]", message), message  # no server path (/tmp/gradio/.../notaudio.wav)
+        messages.append(message)
+    assert "microphone" not in messages[1] and "upload" in messages[1]  # a silent file is no microphone problem
+    time.sleep(0.5)
+    lines = log.read_text()[seen:].splitlines()
+    assert not [line for line in lines if "Traceback" in line], lines
+    for message in messages:  # one log line per refusal
+        assert sum(message in line for line in lines) == 1, lines
+
+
 def test_reload_picks_up_new_checkpoints(server):
     client = server["client"]
     shutil.copytree(server["ckpts"] / "default", server["extra"] / "copied-model")
@@ -241,3 +266,69 @@ def test_slider_redraws_the_warp_without_the_model(server):
     assert not np.allclose(arr(a[1]["z"]), arr(b[1]["z"]))  # the warped panel follows alpha
     np.testing.assert_allclose(arr(a[2]["y"]), arr(b[2]["y"]), atol=1e-6)  # same attention: no new model run
     assert "0.90" in json.dumps(b[1].get("name", "")) or "0.90" in json.dumps(fig09)
+
+
+# ------------------------------------------------------------------ in the browser (headless Chromium)
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+browser = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (setup.sh installs it)")
+OTHER_PANELS = ("#aux-heads", "#analysis-figure", "#clip-id", "#label-choice", "#relabel-status")
+
+
+def open_page(pw, url, extra_flags=()):
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", *extra_flags]
+    page = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags).new_page()
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#analyse", timeout=60_000)
+    return page
+
+
+def upload(page, clip):
+    page.get_by_role("button", name=re.compile("upload", re.I)).first.click()
+    page.locator("input[type=file]").first.set_input_files(str(clip))
+    page.wait_for_timeout(1500)
+
+
+@browser
+def test_a_failed_analysis_clears_the_last_result_and_badges_one_panel_only(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    clip_box = "#clip-id textarea, #clip-id input"
+    with sync_playwright() as pw:
+        page = open_page(pw, server["url"])
+        upload(page, EMODB / "wav" / "03a01Wa.wav")
+        page.click("#analyse")
+        page.wait_for_function("() => /%/.test(document.querySelector('#emotion-probs').innerText)", timeout=120_000)
+        page.wait_for_function(f"() => document.querySelector('{clip_box}').value.length == 64", timeout=30_000)
+        page.get_by_role("button", name=re.compile("clear", re.I)).first.click()
+        upload(page, write(tmp_path / "quiet.wav", np.zeros(SR, np.float32)))
+        page.click("#analyse")
+        page.wait_for_selector(".toast-body", timeout=60_000)
+        assert "digital silence" in page.inner_text(".toast-body")
+        # the previous clip is gone: nothing left to label by mistake
+        assert page.locator(clip_box).first.input_value() == ""
+        assert page.locator("#label-choice input[type=radio]").count() == 0
+        assert "%" not in page.inner_text("#emotion-probs")
+        # the failure is told in a toast and marked on the emotion panel, not with an error badge on every panel
+        badges = page.evaluate("(panels) => panels.map(p => document.querySelectorAll(p + ' .error').length)",
+                               ["#emotion-probs", *OTHER_PANELS])
+        assert badges == [1] + [0] * len(OTHER_PANELS), dict(zip(["#emotion-probs", *OTHER_PANELS], badges))
+        page.screenshot(path=str(tmp_path / "failed.png"), full_page=True)
+
+
+@browser
+def test_a_silent_microphone_recording_is_told_to_check_the_microphone(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    silent = write(tmp_path / "silent48k.wav", np.zeros(48000 * 4, np.int16), sr=48000)
+    fake_mic = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={silent}"]
+    with sync_playwright() as pw:
+        page = open_page(pw, server["url"], fake_mic)
+        page.get_by_role("button", name=re.compile("^Record$")).first.click()
+        page.wait_for_timeout(2500)
+        page.locator(".stop-button").first.click()
+        page.wait_for_timeout(2000)
+        page.click("#analyse")
+        page.wait_for_selector(".toast-body", timeout=60_000)
+        message = page.inner_text(".toast-body")
+        assert "The recording is digital silence" in message and "microphone" in message, message

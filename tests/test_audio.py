@@ -232,3 +232,27 @@ def test_awkward_rates_decode_fast_and_small():
         assert r["s"] < 1.0 and r["extra_mb"] < 100, r  # the bound is 0.5 s; margin for a loaded machine
         assert abs(r["samples"] - SR / 2) <= SR / 2 * 1e-3 + 2, r
         assert abs(r["peak_hz"] - 1000) < 4, r  # the tone keeps its pitch
+
+
+# ------------------------------------------------------------------ messages: no server path, worded for the source
+def test_decoder_messages_name_the_file_but_not_its_folder(tmp_path):
+    bad = tmp_path / "notaudio.wav"
+    bad.write_text("this is a text file pretending to be a wav\n" * 20)
+    with pytest.raises(AudioError) as info:
+        load_audio(bad)
+    for message in (str(info.value), info.value.for_source("microphone")):
+        assert str(tmp_path) not in message and "Error opening" not in message, message
+    assert str(info.value).startswith("'notaudio.wav' is not a readable audio file")
+
+
+def test_messages_fit_an_upload_or_a_microphone_recording(tmp_path):
+    cases = [(write(tmp_path / "quiet.wav", np.zeros(SR, np.float32)), "digital silence"),
+             (write(tmp_path / "blip.wav", tone(300, 0.1)), "ms long; at least 250 ms")]
+    for path, problem in cases:
+        with pytest.raises(AudioError, match=problem) as info:
+            load_audio(path)
+        upload, mic = str(info.value), info.value.for_source("microphone")
+        assert upload.startswith(f"'{path.name}'") and "microphone" not in upload and "record" not in upload.lower()
+        assert mic.startswith("The recording") and path.name not in mic and "record" in mic.lower()
+        if problem == "digital silence":
+            assert "microphone is on" in mic
