@@ -32,6 +32,14 @@ class FeatureConfig:
     n_mels: int = 64
     fmin_hz: float = 20.0
     fmax_hz: float = 8000.0
+    prosody: bool = False  # append pitch, voicing and energy rows (serdemo.prosody) to the model input
+    speech_only: bool = False  # model sees the speech span only; attention and statistics on speech frames
+    ge2e: bool = False  # append the frozen GE2E speaker encoder's 256 frame embeddings (serdemo.models.ge2e)
+
+    @property
+    def input_rows(self) -> int:
+        """Rows of the model input: log-mel bands, then prosody, then GE2E embeddings."""
+        return self.n_mels + (3 if self.prosody else 0) + (256 if self.ge2e else 0)
 
     @property
     def frame_rate_hz(self) -> float:
@@ -103,12 +111,57 @@ class LogMel(torch.nn.Module):
         floor = logmel.amax(dim=(1, 2), keepdim=True) - TOP_DB * math.log(10) / 10
         return torch.maximum(logmel, floor)
 
-    def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None):
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None, alpha=None, f_hi_hz: float | None = None):
+        """``alpha``: VTLP warp factor, a float or one per example ``(batch,)``; None or 1: no warp.
+
+        Always computed in float32 (under autocast too): fp16 power underflows to -inf in the log.
+        """
+        from serdemo.vtlp import F_HI_HZ, warp_power
+
         if wave.dim() == 1:
             wave = wave.unsqueeze(0)
         if lengths is None:
             lengths = torch.full((wave.shape[0],), wave.shape[1], dtype=torch.long, device=wave.device)
-        return self.mel(self.power(wave)), self.frame_lengths(lengths)
+        with torch.autocast(wave.device.type, enabled=False):
+            power = self.power(wave.float())
+            if alpha is not None and not (isinstance(alpha, (int, float)) and alpha == 1.0):
+                power = warp_power(power, alpha, self.config.sample_rate, F_HI_HZ if f_hi_hz is None else f_hi_hz)
+            return self.mel(power), self.frame_lengths(lengths)
+
+
+PROSODY_SCALE = (1 / 12.0, 1.0, 1 / 20.0)  # semitones -> octaves, voicing, dB -> 20 dB units
+
+
+def prosody_rows(prosody: torch.Tensor) -> torch.Tensor:
+    """``(batch, 3, frames)`` prosody -> rows on a scale comparable to log-mel (natural log units)."""
+    scale = torch.tensor(PROSODY_SCALE, dtype=prosody.dtype, device=prosody.device)
+    return prosody * scale[None, :, None]
+
+
+def crop_to_speech(feats: torch.Tensor, frames: torch.Tensor, speech: torch.Tensor):
+    """Keep each clip's span from its first to its last speech frame.
+
+    ``feats (batch, rows, T)``, ``frames (batch,)``, ``speech (batch, T)`` bool ->
+    ``(feats', frames', speech', offsets)``; a clip without speech keeps all its frames; frame ``j``
+    of a cropped clip is frame ``offsets[i] + j`` of the original.
+    """
+    b, t = speech.shape[0], feats.shape[2]
+    real = length_mask(frames, t)
+    sp = speech[:, :t] & real
+    has = sp.any(1)
+    idx = torch.arange(t, device=feats.device)[None, :].expand(b, t)
+    first = torch.where(sp, idx, torch.full_like(idx, t)).amin(1)
+    last = torch.where(sp, idx, torch.full_like(idx, -1)).amax(1)
+    start = torch.where(has, first, torch.zeros_like(first))
+    stop = torch.where(has, last + 1, frames)
+    new_len = (stop - start).clamp_min(1)
+    width = int(new_len.max())
+    gather = (start[:, None] + torch.arange(width, device=feats.device)[None, :]).clamp_max(t - 1)
+    keep = length_mask(new_len, width)
+    out = feats.gather(2, gather[:, None, :].expand(-1, feats.shape[1], -1)) * keep[:, None, :].to(feats.dtype)
+    out_speech = sp.gather(1, gather) & keep
+    out_speech = torch.where(has[:, None], out_speech, keep)
+    return out, new_len, out_speech, start
 
 
 def pad_batch(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

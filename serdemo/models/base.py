@@ -12,6 +12,7 @@ from serdemo.features import length_mask
 from serdemo.models.attention import AttentionPooling
 
 NORM_MODES = ("utterance", "global", "none")
+STD_FLOOR = 0.1  # in input units; log-mel bands vary by 1-3 natural-log units
 
 
 @dataclass
@@ -43,15 +44,18 @@ class InputNorm(nn.Module):
 
     def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.mean.copy_(mean)
-        self.std.copy_(std.clamp_min(1e-3))
+        # a floor: rows that are almost constant in training (ReLU embedding units, say) must not
+        # turn a rare non-zero value at test time into a huge input
+        self.std.copy_(std.clamp_min(STD_FLOOR))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, stats_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``stats_mask`` (default ``mask``): the frames per-utterance statistics come from (speech)."""
         if self.mode == "none":
             return x * mask[:, None, :].to(x.dtype)  # padding is zero in every mode: batch companions never leak in
         if self.mode == "global":
             out = (x - self.mean[None, :, None]) / self.std[None, :, None]
         else:
-            m = mask[:, None, :].to(x.dtype)
+            m = (mask if stats_mask is None else stats_mask)[:, None, :].to(x.dtype)
             count = m.sum(dim=2, keepdim=True).clamp_min(1.0)
             mean = (x * m).sum(dim=2, keepdim=True) / count
             var = ((x - mean).square() * m).sum(dim=2, keepdim=True) / count
@@ -104,11 +108,17 @@ class SERModel(nn.Module):
     time_stride = 1  # input frames per attention frame
 
     def __init__(self, n_mels: int, heads: dict[str, int], norm: str = "utterance",
-                 input_frame_rate_hz: float = 100.0, dropout: float = 0.3):
+                 input_frame_rate_hz: float = 100.0, dropout: float = 0.3, stats: bool = False,
+                 ge2e: bool = False):
         super().__init__()
+        if ge2e:  # frozen pretrained front end; its weights travel in the checkpoint
+            from serdemo.models.ge2e import GE2EEncoder
+
+            self.ge2e = GE2EEncoder()
         if "emotion" not in heads:
             raise ValueError("every model needs an 'emotion' head")
         self.n_mels = n_mels
+        self.use_stats = stats  # append mean/std of the normalised input over speech frames
         self.head_sizes = dict(heads)
         self.input_frame_rate_hz = input_frame_rate_hz
         self.norm = InputNorm(n_mels, norm)
@@ -116,17 +126,54 @@ class SERModel(nn.Module):
 
     def build_heads(self, dim: int) -> None:
         self.pool = AttentionPooling(dim)
+        self.stats_dim = 2 * self.n_mels if self.use_stats else 0
+        self.stats_proj = nn.Sequential(nn.Linear(self.stats_dim, dim), nn.ReLU()) if self.use_stats else None
         self.heads = nn.ModuleDict({name: nn.Linear(dim, n) for name, n in self.head_sizes.items()})
 
     def encode(self, x, mask, lengths):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> ModelOutput:
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor,
+                speech: torch.Tensor | None = None) -> ModelOutput:
+        """``speech`` ``(batch, frames)`` bool: the frames a voice-activity detector marked as speech.
+
+        Per-utterance statistics and attention use speech frames only (attention frame ``j`` counts
+        as speech when any input frame it covers is speech); a clip without any speech frame falls
+        back to all of its frames.
+        """
         mask = length_mask(lengths, features.shape[2])
-        x = self.norm(features, mask)
+        speech_mask = mask if speech is None else self._speech_or_all(speech[:, : mask.shape[1]] & mask, mask)
+        x = self.norm(features, mask, speech_mask)
         y, out_lengths = self.encode(x, mask, lengths)
         out_mask = length_mask(out_lengths, y.shape[1])
-        pooled, weights = self.pool(y, out_mask)
+        pool_mask = out_mask
+        if speech is not None:
+            pool_mask = self._speech_or_all(self._downsample_mask(speech_mask, y.shape[1]) & out_mask, out_mask)
+        pooled, weights = self.pool(y, pool_mask)
+        if self.stats_proj is not None:
+            mean, std = _masked_moments(x, speech_mask)
+            pooled = pooled + self.stats_proj(torch.cat([mean, std], dim=1).to(pooled.dtype))
         pooled = self.dropout(pooled)
         logits = {name: head(pooled) for name, head in self.heads.items()}
         return ModelOutput(logits, weights, out_lengths, self.input_frame_rate_hz / self.time_stride)
+
+    @staticmethod
+    def _speech_or_all(speech: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+        has = speech.any(dim=1, keepdim=True)
+        return torch.where(has, speech, fallback)
+
+    def _downsample_mask(self, mask: torch.Tensor, out_len: int) -> torch.Tensor:
+        """``(batch, frames)`` -> ``(batch, out_len)``: any True within each stride window."""
+        s = self.time_stride
+        pad = out_len * s - mask.shape[1]
+        m = torch.nn.functional.pad(mask, (0, max(0, pad)))[:, : out_len * s]
+        return m.reshape(mask.shape[0], out_len, s).any(dim=2)
+
+
+def _masked_moments(x: torch.Tensor, mask: torch.Tensor):
+    """``x (batch, feat, frames)`` -> mean, std ``(batch, feat)`` over ``mask``ed frames."""
+    m = mask[:, None, :].to(x.dtype)
+    n = m.sum(dim=2).clamp_min(1.0)
+    mean = (x * m).sum(dim=2) / n
+    var = ((x - mean[..., None]).square() * m).sum(dim=2) / n
+    return mean, (var + 1e-5).sqrt()

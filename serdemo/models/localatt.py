@@ -16,19 +16,22 @@ class LocalAttention(SERModel):
     architecture = "localatt"
 
     def __init__(self, n_mels: int, heads: dict[str, int], norm: str = "utterance",
-                 input_frame_rate_hz: float = 100.0, dropout: float = 0.3,
-                 stack: int = 8, dense: int = 256, hidden: int = 128):
-        super().__init__(n_mels, heads, norm, input_frame_rate_hz, dropout)
+                 input_frame_rate_hz: float = 100.0, dropout: float = 0.3, stats: bool = False, ge2e: bool = False,
+                 stack: int = 8, dense: int = 256, hidden: int = 128, rnn: bool = True):
+        super().__init__(n_mels, heads, norm, input_frame_rate_hz, dropout, stats, ge2e)
         self.time_stride = stack
         self.frontend = nn.Sequential(
             nn.Linear(n_mels * stack, dense), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(dense, dense), nn.ReLU(), nn.Dropout(dropout),
         )
-        self.rnn = MaskedBLSTM(dense, hidden)
-        self.build_heads(self.rnn.out_dim)
+        # without its own BLSTM the model relies on a recurrent front end (the GE2E encoder's LSTM)
+        self.rnn = MaskedBLSTM(dense, hidden) if rnn else None
+        self.build_heads(self.rnn.out_dim if rnn else dense)
 
     def encode(self, x, mask, lengths):
         frames = stack_frames(x.transpose(1, 2), self.time_stride)  # (batch, time', n_mels*stack)
         out_lengths = downsampled_lengths(lengths, self.time_stride)
-        y = self.rnn(self.frontend(frames), out_lengths)
+        y = self.frontend(frames)
+        if self.rnn is not None:
+            y = self.rnn(y, out_lengths)
         return y, out_lengths

@@ -20,9 +20,9 @@ class MultiTask(SERModel):
     architecture = "multitask"
 
     def __init__(self, n_mels: int, heads: dict[str, int], norm: str = "utterance",
-                 input_frame_rate_hz: float = 100.0, dropout: float = 0.3,
+                 input_frame_rate_hz: float = 100.0, dropout: float = 0.3, stats: bool = False, ge2e: bool = False,
                  encoder: str = "localatt", head_hidden: int = 64, **encoder_hparams):
-        super().__init__(n_mels, heads, norm, input_frame_rate_hz, dropout)
+        super().__init__(n_mels, heads, norm, input_frame_rate_hz, dropout, stats, ge2e)
         if encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {sorted(ENCODERS)}, got {encoder!r}")
         inner = ENCODERS[encoder](n_mels, {"emotion": 1}, norm="none",

@@ -1,0 +1,220 @@
+"""Which frames are speech: silero-vad's shipped 16 kHz weights, with an energy detector as fallback.
+
+The silero-vad wheel ships its model as ``silero_vad_16k.safetensors``; :class:`SileroNet` is a
+plain torch module with the same layout (STFT as a convolution, four 1-D convolutions, one LSTM
+cell, a sigmoid), so nothing is unpickled and no TorchScript is run. It scores 32 ms chunks
+(512 samples plus 64 samples of left context); :func:`frames_from_chunks` maps those scores onto
+the 10 ms feature frames and cleans them up (hysteresis, short gaps bridged, short bursts dropped,
+a little padding around speech).
+
+    vad = SpeechDetector()                     # silero when installed, else energy
+    mask = vad.frame_mask(wave, num_frames)    # (frames,) bool on the log-mel frame grid
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+CHUNK = 512  # samples per silero decision (32 ms)
+CONTEXT = 64  # samples of left context each chunk sees
+ONSET = 0.5  # probability that starts speech
+OFFSET = 0.35  # probability below which speech ends (hysteresis)
+MIN_SPEECH_S = 0.12  # shorter bursts are dropped
+MIN_GAP_S = 0.15  # shorter pauses are bridged
+PAD_S = 0.08  # kept on each side of a speech run
+MIN_TOTAL_SPEECH_S = 0.3  # less than this in a clip: "no speech found"
+
+
+class SileroNet(nn.Module):
+    """Silero VAD v5/v6 (16 kHz branch) as a batched torch module.
+
+    ``forward(wave (batch, samples)) -> (batch, chunks)`` speech probabilities, one per 512
+    samples; chunk ``j`` covers samples ``[512 j, 512 (j + 1))``. The LSTM runs over chunks in
+    order, so padding at the end of a clip never changes the scores of its real chunks.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stft_conv = nn.Conv1d(1, 258, kernel_size=256, stride=128, bias=False)
+        self.conv1 = nn.Conv1d(129, 128, 3, padding=1)
+        self.conv2 = nn.Conv1d(128, 64, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv1d(64, 64, 3, stride=2, padding=1)
+        self.conv4 = nn.Conv1d(64, 128, 3, padding=1)
+        self.lstm = nn.LSTM(128, 128, batch_first=True)
+        self.final_conv = nn.Conv1d(128, 1, 1)
+
+    def load_packaged(self) -> "SileroNet":
+        """Weights from the installed ``silero-vad`` wheel (safetensors; raises ImportError if absent)."""
+        from safetensors.torch import load_file
+
+        path = resources.files("silero_vad.data").joinpath("silero_vad_16k.safetensors")
+        with resources.as_file(path) as p:
+            sd = load_file(str(p))
+        renamed = {}
+        for k, v in sd.items():
+            if k.startswith("lstm_cell."):  # an LSTM cell's weights are a one-layer LSTM's
+                k = "lstm." + k[len("lstm_cell."):] + "_l0"
+            renamed[k] = v
+        self.load_state_dict(renamed)
+        return self.eval()
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        b, n = wave.shape
+        n_chunks = max(1, -(-n // CHUNK))
+        x = F.pad(wave, (CONTEXT, n_chunks * CHUNK - n))
+        windows = x.unfold(1, CHUNK + CONTEXT, CHUNK)  # (batch, chunks, 576)
+        w = windows.reshape(b * n_chunks, 1, CHUNK + CONTEXT)
+        w = F.pad(w, (0, CONTEXT), mode="reflect")
+        spec = self.stft_conv(w)
+        half = spec.shape[1] // 2
+        mag = (spec[:, :half].square() + spec[:, half:].square()).sqrt()
+        h = torch.relu(self.conv1(mag))
+        h = torch.relu(self.conv2(h))
+        h = torch.relu(self.conv3(h))
+        h = torch.relu(self.conv4(h))  # (batch*chunks, 128, 1)
+        h = h.reshape(b, n_chunks, 128)
+        h, _ = self.lstm(h)
+        out = torch.sigmoid(self.final_conv(torch.relu(h).transpose(1, 2)))  # (batch, 1, chunks)
+        return out[:, 0]
+
+
+def energy_chunk_scores(wave: torch.Tensor) -> torch.Tensor:
+    """Fallback detector: a pseudo-probability per 512-sample chunk from its level.
+
+    Level in dB relative to the clip's loudest chunk and above its quietest decile; a chunk 12 dB
+    above the floor and within 40 dB of the peak scores above 0.5.
+    """
+    b, n = wave.shape
+    n_chunks = max(1, -(-n // CHUNK))
+    x = F.pad(wave, (0, n_chunks * CHUNK - n)).reshape(b, n_chunks, CHUNK)
+    db = 10 * torch.log10(x.square().mean(-1) + 1e-10)
+    peak = db.amax(1, keepdim=True)
+    floor = torch.quantile(db, 0.1, dim=1, keepdim=True)
+    score = torch.minimum(db - floor - 12.0, db - peak + 40.0)
+    return torch.sigmoid(score / 3.0)
+
+
+def frames_from_chunks(scores: np.ndarray, num_frames: int, hop_length: int = 160,
+                       sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Chunk probabilities -> cleaned speech mask ``(num_frames,)`` on the feature frame grid.
+
+    Frame ``i`` (centred at ``i * hop_length`` samples) takes the decision of the chunk holding its
+    centre; runs are then cleaned with hysteresis, gap bridging, burst removal and padding.
+    """
+    scores = np.asarray(scores, dtype=np.float32)
+    centres = np.arange(num_frames) * hop_length
+    idx = np.minimum(centres // CHUNK, len(scores) - 1)
+    p = scores[idx]
+    # hysteresis: speech starts above ONSET and continues while above OFFSET
+    speech = np.zeros(num_frames, dtype=bool)
+    on = False
+    for i, v in enumerate(p):
+        on = v >= ONSET or (on and v >= OFFSET)
+        speech[i] = on
+    fps = sample_rate / hop_length
+    speech = _fill_short(speech, False, int(round(MIN_GAP_S * fps)))
+    speech = _fill_short(speech, True, int(round(MIN_SPEECH_S * fps)))
+    pad = int(round(PAD_S * fps))
+    if pad and speech.any():
+        kernel = np.ones(2 * pad + 1)
+        speech = np.convolve(speech.astype(float), kernel, mode="same") > 0
+    return speech
+
+
+def _fill_short(mask: np.ndarray, value: bool, min_len: int) -> np.ndarray:
+    """Flip interior runs equal to ``value`` shorter than ``min_len`` (gaps: only between speech)."""
+    out = mask.copy()
+    n = len(mask)
+    i = 0
+    while i < n:
+        j = i
+        while j < n and mask[j] == mask[i]:
+            j += 1
+        if mask[i] == value and j - i < min_len:
+            interior = i > 0 and j < n
+            if value or interior:  # bursts anywhere; gaps only between two speech runs
+                out[i:j] = not value
+        i = j
+    return out
+
+
+def segments(mask: np.ndarray, frame_rate_hz: float = 100.0) -> list[tuple[float, float]]:
+    """Speech runs of a frame mask as ``(start_s, end_s)`` pairs."""
+    m = np.concatenate([[False], np.asarray(mask, dtype=bool), [False]])
+    d = np.diff(m.astype(int))
+    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+    return [(s / frame_rate_hz, e / frame_rate_hz) for s, e in zip(starts, ends)]
+
+
+@dataclass
+class SpeechDetector:
+    """Speech/non-speech per feature frame; silero-vad when installed, else the energy detector."""
+
+    hop_length: int = 160
+    sample_rate: int = SAMPLE_RATE
+    backend: str = "auto"  # "auto" | "silero" | "energy"
+
+    def __post_init__(self):
+        if self.sample_rate != SAMPLE_RATE:
+            raise ValueError("the speech detector works on 16 kHz audio")
+        self.net = None
+        if self.backend in ("auto", "silero"):
+            try:
+                self.net = SileroNet().load_packaged()
+                self.backend = "silero"
+            except (ImportError, ModuleNotFoundError, FileNotFoundError) as exc:
+                if self.backend == "silero":
+                    raise
+                log.warning("silero-vad not available (%s); using the energy detector", exc)
+                self.backend = "energy"
+
+    @torch.inference_mode()
+    def chunk_scores(self, waves: torch.Tensor) -> torch.Tensor:
+        """``(batch, samples)`` on any device -> ``(batch, chunks)`` speech probabilities."""
+        waves = waves.float()
+        if self.net is None:
+            return energy_chunk_scores(waves)
+        self.net.to(waves.device)
+        return self.net(waves)
+
+    def frame_masks(self, waves: list[np.ndarray], num_frames: list[int]) -> list[np.ndarray]:
+        """Speech masks for several clips (batched through the network)."""
+        if not waves:
+            return []
+        lengths = [len(w) for w in waves]
+        x = torch.zeros(len(waves), max(lengths))
+        for i, w in enumerate(waves):
+            x[i, : len(w)] = torch.as_tensor(w)
+        scores = self.chunk_scores(x).cpu().numpy()
+        out = []
+        for i, (n, t) in enumerate(zip(lengths, num_frames)):
+            real = max(1, -(-n // CHUNK))
+            out.append(frames_from_chunks(scores[i, :real], t, self.hop_length, self.sample_rate))
+        return out
+
+    def frame_mask(self, wave: np.ndarray, num_frames: int) -> np.ndarray:
+        return self.frame_masks([wave], [num_frames])[0]
+
+    def speech_seconds(self, mask: np.ndarray) -> float:
+        return float(np.count_nonzero(mask)) * self.hop_length / self.sample_rate
+
+
+_DEFAULT: SpeechDetector | None = None
+
+
+def default_detector() -> SpeechDetector:
+    """A process-wide detector (the weights are loaded once)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = SpeechDetector()
+    return _DEFAULT

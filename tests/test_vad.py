@@ -1,0 +1,131 @@
+"""Speech detection, prosody and functionals on real and synthetic signals."""
+
+import numpy as np
+import pytest
+import torch
+
+from serdemo.audio import load_audio
+from serdemo.features import FeatureConfig, LogMel, crop_to_speech
+from serdemo.functionals import dim, functionals
+from serdemo.prosody import Prosody
+from serdemo.vad import SileroNet, SpeechDetector, energy_chunk_scores, segments
+
+from conftest import SR, harmonics, tone
+
+
+def pink_noise(seconds, seed=0):
+    rng = np.random.default_rng(seed)
+    spec = np.fft.rfft(rng.standard_normal(int(seconds * SR)))
+    spec /= np.sqrt(np.arange(1, len(spec) + 1))
+    x = np.fft.irfft(spec)
+    return (0.3 * x / np.abs(x).max()).astype(np.float32)
+
+
+def padded_speech(speech_wav, lead_s=1.0, tail_s=1.5):
+    """espeak-ng speech with digital silence before and after: the true speech span is known."""
+    w = load_audio(speech_wav, target_rate=SR)
+    return np.concatenate([np.zeros(int(lead_s * SR), np.float32), w, np.zeros(int(tail_s * SR), np.float32)]), len(w)
+
+
+def test_silero_weights_come_from_the_wheel_as_safetensors():
+    net = SileroNet().load_packaged()
+    assert sum(p.numel() for p in net.parameters()) > 300_000
+    x = torch.zeros(1, SR)
+    assert net(x).shape == (1, SR // 512 + (SR % 512 > 0))
+
+
+def test_speech_span_is_found_in_silence(speech_wav):
+    wave, n = padded_speech(speech_wav)
+    det = SpeechDetector()
+    assert det.backend == "silero"
+    mask = det.frame_mask(wave, 1 + len(wave) // 160)
+    segs = segments(mask)
+    assert segs, "no speech found in espeak-ng speech"
+    start, end = segs[0][0], segs[-1][1]
+    assert abs(start - 1.0) < 0.25 and abs(end - (1.0 + n / SR)) < 0.35
+    assert not mask[: int(0.7 * 100)].any() and not mask[-int(1.2 * 100):].any()  # the silences stay silent
+
+
+@pytest.mark.parametrize("make", [lambda: tone(440, 4.0), lambda: pink_noise(4.0),
+                                  lambda: (np.random.default_rng(1).standard_normal(4 * SR) * 0.1).astype(np.float32)])
+def test_non_speech_has_almost_no_speech(make):
+    wave = make()
+    det = SpeechDetector()
+    mask = det.frame_mask(wave, 1 + len(wave) // 160)
+    assert det.speech_seconds(mask) < 0.3
+
+
+def test_energy_fallback_separates_speech_from_silence(speech_wav):
+    wave, n = padded_speech(speech_wav)
+    det = SpeechDetector(backend="energy")
+    mask = det.frame_mask(wave, 1 + len(wave) // 160)
+    segs = segments(mask)
+    assert segs and abs(segs[0][0] - 1.0) < 0.3
+    scores = energy_chunk_scores(torch.as_tensor(wave)[None])[0]
+    assert scores[:20].max() < 0.5  # leading digital silence
+
+
+def test_scores_do_not_depend_on_batch_companions(speech_wav):
+    wave, _ = padded_speech(speech_wav)
+    net = SileroNet().load_packaged()
+    with torch.no_grad():
+        alone = net(torch.as_tensor(wave)[None])[0]
+        batch = torch.zeros(2, len(wave) + 8000)
+        batch[0, : len(wave)] = torch.as_tensor(wave)
+        batch[1] = torch.randn(len(wave) + 8000) * 0.1
+        together = net(batch)[0, : len(alone)]
+    assert torch.allclose(alone, together, atol=1e-5)
+
+
+@pytest.mark.parametrize("f0", [90.0, 150.0, 230.0, 380.0])
+def test_pitch_of_a_vowel(f0):
+    x = torch.as_tensor(harmonics(f0, 1.0))[None]
+    out = Prosody()(x)[0]
+    est = 100 * 2 ** (out[0, 10:-10] / 12)
+    assert torch.median(est).item() == pytest.approx(f0, rel=0.02)
+    assert out[1, 10:-10].mean() > 0.9
+
+
+def test_noise_is_unvoiced():
+    x = torch.as_tensor(pink_noise(1.0))[None]
+    assert (Prosody()(x)[0, 1] >= 0.5).float().mean() < 0.1
+
+
+def test_functionals_follow_pitch_and_ignore_non_speech():
+    lm = LogMel()
+    pr = Prosody()
+    low, high = harmonics(120, 1.0), harmonics(240, 1.0)
+    x = torch.as_tensor(np.stack([low, high]))
+    logmel, frames = lm(x)
+    speech = torch.ones(2, logmel.shape[2], dtype=torch.bool)
+    f = functionals(logmel, pr(x)[..., : logmel.shape[2]], speech)
+    assert f.shape == (2, dim())
+    f0_mean = 4 * 20 + 4 + 3  # after MFCC/delta mean+std, energy mean/std x2, energy quantiles
+    assert (f[1, f0_mean] - f[0, f0_mean]).item() == pytest.approx(12.0, abs=0.5)  # an octave
+    # appending loud noise outside the speech mask changes nothing
+    noisy = torch.cat([x, torch.as_tensor(pink_noise(0.5)).expand(2, -1)], 1)
+    logmel2, _ = lm(noisy)
+    sp2 = torch.zeros(2, logmel2.shape[2], dtype=torch.bool)
+    sp2[:, : logmel.shape[2] - 3] = True
+    g = functionals(logmel2, pr(noisy)[..., : logmel2.shape[2]], sp2)
+    h = functionals(logmel[..., :-3], pr(x)[..., : logmel.shape[2] - 3], speech[:, :-3])
+    assert torch.allclose(g[:, :40], h[:, :40], atol=1e-3)  # MFCC means/stds: the noise is not counted
+
+
+def test_crop_to_speech_keeps_the_span_and_maps_back():
+    feats = torch.arange(2 * 3 * 10, dtype=torch.float32).reshape(2, 3, 10)
+    frames = torch.tensor([10, 7])
+    speech = torch.zeros(2, 10, dtype=torch.bool)
+    speech[0, 2:5] = True
+    speech[0, 7] = True  # a gap inside the span stays, marked non-speech
+    out, n, sp, off = crop_to_speech(feats, frames, speech)
+    assert n.tolist() == [6, 7] and off.tolist() == [2, 0]
+    assert torch.equal(out[0, :, :6], feats[0, :, 2:8])
+    assert sp[0, :6].tolist() == [True, True, True, False, False, True]
+    assert sp[1, :7].all() and not sp[1, 7:].any()  # no speech: the whole clip, all counted
+    assert (out[1, :, 7:] == 0).all()
+
+
+def test_feature_config_rows():
+    assert FeatureConfig().input_rows == 64
+    assert FeatureConfig(prosody=True, ge2e=True).input_rows == 64 + 3 + 256
