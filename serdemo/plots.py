@@ -14,11 +14,12 @@ PALETTE = "Viridis"
 
 def analysis_figure(frame_times_s: np.ndarray, logmel: np.ndarray, logmel_warped: np.ndarray | None,
                     attention_times_s: np.ndarray, attention: np.ndarray, alpha: float,
-                    title: str = "") -> go.Figure:
+                    title: str = "", speech_segments_s: list[tuple[float, float]] | None = None) -> go.Figure:
     """Three panels on one time axis (seconds): log-mel, VTLP-warped log-mel, attention weights.
 
     ``logmel``/``logmel_warped``: ``(n_mels, frames)`` at ``frame_times_s``; ``attention``: ``(frames',)``
-    at ``attention_times_s``.
+    at ``attention_times_s``. ``speech_segments_s``: where speech was detected; the rest of the
+    clip's original timeline is shaded grey in every panel.
     """
     rows = 3 if logmel_warped is not None else 2
     titles = ["log-mel spectrogram"]
@@ -43,6 +44,10 @@ def analysis_figure(frame_times_s: np.ndarray, logmel: np.ndarray, logmel_warped
     for r in range(1, rows + 1):
         fig.update_xaxes(range=[0, end], row=r, col=1)
         fig.update_yaxes(title_text="mel band" if r < rows else "weight", row=r, col=1)
+    if speech_segments_s is not None:
+        for a, b in non_speech(speech_segments_s, end):
+            fig.add_vrect(x0=a, x1=b, fillcolor="grey", opacity=0.35, line_width=0, layer="above",
+                          row="all", col=1)
     fig.update_xaxes(title_text="time (s)", row=rows, col=1)
     fig.update_layout(height=FIGURE_HEIGHT, margin=dict(l=60, r=20, t=60, b=50), showlegend=False,
                       title=dict(text=title, x=0.01))
@@ -71,3 +76,15 @@ def confusion_figure(confusion: list[list[int]], classes: list[str], title: str 
     fig.update_layout(height=420, margin=dict(l=80, r=10, t=50, b=60), title=dict(text=title, x=0.01),
                       xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed")
     return fig
+
+
+def non_speech(segments_s: list[tuple[float, float]], end_s: float) -> list[tuple[float, float]]:
+    """The complement of speech segments within ``[0, end_s]``."""
+    out, t = [], 0.0
+    for a, b in sorted(segments_s):
+        if a > t:
+            out.append((t, float(a)))
+        t = max(t, float(b))
+    if t < end_s:
+        out.append((t, float(end_s)))
+    return out

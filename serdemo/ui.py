@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 
 from serdemo.audio import MAX_DURATION_S, MICROPHONE, AudioError
 from serdemo.checkpoint import CheckpointError, list_checkpoints, read_card
@@ -167,6 +166,16 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
     settings = settings or Settings.from_env()
     bench = Workbench(settings)
 
+    # the last attention per clip (bounded), so the slider can redraw without running the model
+    bench.last_attention = OrderedDict()
+
+    def remember_attention(clip_id: str, pred) -> None:
+        """Keep the prediction's own attention and speech segments (never read back from a figure)."""
+        bench.last_attention[clip_id] = (pred.attention_times_s, pred.attention, pred.speech_segments_s)
+        bench.last_attention.move_to_end(clip_id)
+        while len(bench.last_attention) > 512:
+            bench.last_attention.popitem(last=False)
+
     # ---------------------------------------------------------------- callbacks
     @gpu
     def analyze(audio, model_name, alpha, source=None, progress=gr.Progress()):
@@ -188,9 +197,11 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                                        confidence=pred.confidence(), checkpoint=pred_model.name)
         except (AudioError, CheckpointError, StoreError) as exc:
             raise user_error(exc, source, duration=None) from None
+        remember_attention(sha, pred)
         fig = analysis_figure(pred.frame_times_s, pred.logmel, pred.logmel_warped, pred.attention_times_s,
                               pred.attention, pred.alpha,
-                              title=f"{pred.label()} ({pred.confidence():.0%}) — {pred_model.name}")
+                              title=f"{pred.label()} ({pred.confidence():.0%}) — {pred_model.name}",
+                              speech_segments_s=pred.speech_segments_s)
         aux = {h: p for h, p in pred.probabilities.items() if h != "emotion"}
         aux_md = "\n".join(f"**{h}**: " + ", ".join(f"{k} {v:.0%}" for k, v in sorted(p.items(), key=lambda kv: -kv[1]))
                            for h, p in aux.items()) or "_this model has no auxiliary heads_"
@@ -215,10 +226,11 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         times = pred_model.features.frame_times_s(logmel.shape[1])
         last = bench.last_attention.get(clip_id)
         if last is None:  # analysed before a restart: this once, run the model for its attention
-            pred = pred_model.predict(wave, alpha=None)
-            last = bench.last_attention[clip_id] = (pred.attention_times_s, pred.attention)
-        att_t, att = last
-        return analysis_figure(times, logmel, warped, att_t, att, float(alpha)), warp_figure(float(alpha))
+            pred = pred_model.predict(wave, alpha=None, require_speech=False)
+            last = bench.last_attention[clip_id] = (pred.attention_times_s, pred.attention, pred.speech_segments_s)
+        att_t, att, segs = last
+        return (analysis_figure(times, logmel, warped, att_t, att, float(alpha), speech_segments_s=segs),
+                warp_figure(float(alpha)))
 
     def relabel(clip_id, label, annotator_name, state, request: gr.Request = None):
         """Save a label for a stored clip (append-only); returns a status line and the label counts."""
@@ -345,21 +357,12 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         return (f"Done: `{Path(st['out']).name}` is in the model picker (press Reload checkpoints). "
                 f"Held-out speakers of the new run:\n\n{bench.retrainer.comparison()}")
 
-    # the last attention per clip (bounded), so the slider can redraw without running the model
-    bench.last_attention = OrderedDict()
-
     def clear_analysis():
         """Empty the results of the last analysis, so that a failed one leaves no clip to label by mistake."""
         return None, "", None, {}, "", "", gr.update(choices=[], value=None)
 
     def analyze_and_remember(audio, model_name, alpha, source=None, progress=gr.Progress()):
-        out = analyze(audio, model_name, alpha, source, progress)
-        att = out[2].data[-1]
-        bench.last_attention[out[5]] = (np.asarray(att.x), np.asarray(att.y))
-        bench.last_attention.move_to_end(out[5])
-        while len(bench.last_attention) > 512:
-            bench.last_attention.popitem(last=False)
-        return out
+        return analyze(audio, model_name, alpha, source, progress)
 
     # ---------------------------------------------------------------- layout
     with gr.Blocks(title="serdemo — what the model hears") as app:
