@@ -210,7 +210,8 @@ def test_vtlp_on_the_training_path_moves_a_tone_and_leaves_dev_unwarped(tmp_path
                                               "--aux-heads", "", "--hparams", SMALL)))
     f_hz, alphas = 2000.0, torch.tensor([0.9, 1.0, 1.1])
     x, lens = pad_batch([tone(f_hz, 0.5)] * 3)
-    feats, frames = trainer.featurize(x, lens, alphas)
+    inp = trainer.featurize(x, lens, alphas)
+    feats, frames = inp.feats, inp.frames
     fbank = trainer.frontend.fbank  # (n_bins, n_mels)
     bin_hz = trainer.features.sample_rate / trainer.features.n_fft
     for i, a in enumerate(alphas.tolist()):
@@ -218,15 +219,15 @@ def test_vtlp_on_the_training_path_moves_a_tone_and_leaves_dev_unwarped(tmp_path
         expected_band = int(fbank[round(a * f_hz / bin_hz)].argmax())  # the band that hears alpha * f loudest
         assert peak_band == expected_band
     assert len({int(feats[i].mean(1).argmax()) for i in range(3)}) == 3
-    plain, _ = trainer.featurize(x, lens)
+    plain = trainer.featurize(x, lens).feats
     torch.testing.assert_close(plain[1], feats[1], atol=1e-4, rtol=1e-4)  # alpha 1 is the identity
 
     seen = []
     real = trainer.featurize
 
-    def spy(x, lengths, alpha=None):
+    def spy(x, lengths, alpha=None, paths=None):
         seen.append(alpha)
-        return real(x, lengths, alpha)
+        return real(x, lengths, alpha, paths)
 
     trainer.featurize = spy
     trainer.evaluate(trainer.dev)
@@ -242,10 +243,10 @@ def test_front_end_stays_fp32_under_autocast(tmp_path):
                                               "--aux-heads", "", "--hparams", SMALL)))
     exs = trainer.train[:3]
     x, lens, _ = collate([trainer.cache.get(e.utt.path) for e in exs], exs, [])
-    ref, _ = trainer.featurize(x, lens)
+    ref = trainer.featurize(x, lens).feats
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        feats, _ = trainer.featurize(x, lens, torch.tensor([0.95, 1.0, 1.05]))
-        plain, _ = trainer.featurize(x, lens)
+        feats = trainer.featurize(x, lens, torch.tensor([0.95, 1.0, 1.05])).feats
+        plain = trainer.featurize(x, lens).feats
     assert feats.dtype == plain.dtype == torch.float32
     torch.testing.assert_close(plain, ref)
 
@@ -352,9 +353,13 @@ def test_cross_validation_pools_every_speaker_once_and_reuses_only_matching_fold
     tested = [s for f in cv["folds"] for s in f["test_speakers"]]
     assert len(tested) == len(set(tested)) == 8  # each of the 8 EMO-DB speakers is tested exactly once
     assert cv["pooled"]["overall"]["n"] == 40
+    # the reference row is fitted and scored on the same folds
+    assert cv["reference"]["pooled"]["overall"]["n"] == 40
+    assert all(f["reference"]["test"]["overall"]["n"] == f["test"]["overall"]["n"] for f in cv["folds"])
+    assert "reference UA" in E.side_by_side(cv)
 
     # fold 1's checkpoint now claims another file list: it must be retrained, the others reused
-    card_path = tmp_path / "work" / "fold1" / "card.json"
+    card_path = tmp_path / "work" / "speakers-fold1" / "card.json"
     card = json.loads(card_path.read_text())
     card["training"]["file_list_sha256"] = "0" * 64
     card_path.write_text(json.dumps(card))
@@ -370,7 +375,7 @@ def test_cross_validation_pools_every_speaker_once_and_reuses_only_matching_fold
     assert fitted == [0, 1, 2, 3]
 
     trainer = fit.Trainer(fit.FitConfig.from_dict({**yaml.safe_load(recipe.read_text()), "n_folds": 4, "fold": 2}))
-    good = load_checkpoint(tmp_path / "work" / "fold2")[1]
+    good = load_checkpoint(tmp_path / "work" / "speakers-fold2")[1]
     assert E.reuse_problem(good, trainer) is None
     bad = json.loads(json.dumps(good))
     bad["training"]["speakers"]["test"] = ["emodb:03"]
@@ -378,6 +383,23 @@ def test_cross_validation_pools_every_speaker_once_and_reuses_only_matching_fold
     bad = json.loads(json.dumps(good))
     bad["training"]["config"]["seed"] = 1
     assert "seed" in E.reuse_problem(bad, trainer)
+
+
+def test_leave_one_corpus_out_tests_each_corpus_on_its_own(tmp_path):
+    from training import evaluate as E
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "loco", "model": "localatt", "hparams": {"hidden": 16, "dense": 32},
+        "corpora": [f"emodb={EMODB}", f"ravdess={RAVDESS}"], "label_set": "ekman7", "aux_heads": [],
+        "limit_per_corpus": 40, "epochs": 1, "max_steps": 1, "batch_size": 8, "cache_dir": str(tmp_path / "cache")}))
+    cv = E.cross_validate(str(recipe), 4, tmp_path / "work", split="corpus")
+    assert cv["scheme"] == "leave-one-corpus-out" and len(cv["folds"]) == 2
+    for f in cv["folds"]:
+        corpora = {s.split(":")[0] for s in f["test_speakers"]}
+        assert len(corpora) == 1 and set(f["test"]) == {"overall", *corpora}
+    assert {g for g in cv["pooled"] if g != "overall"} == {"emodb", "ravdess"}
+    assert set(cv["fold_spread"]["overall"]["ua"]) == {"mean", "std"}
 
 
 # ---------------------------------------------------------------------- the app's view of a run

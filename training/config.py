@@ -24,7 +24,7 @@ from serdemo.labels import AUX_HEADS, LABEL_SETS
 from serdemo.models import ARCHITECTURES
 from serdemo.models.base import NORM_MODES
 
-SPLITS = ("speakers", "loso", "session")
+SPLITS = ("speakers", "corpus", "loso", "session")
 WAVE_AUGMENTERS = ("noise", "speed", "loudness", "shift")  # nlpaug augmenters (training.augment.WaveAugment)
 
 

@@ -61,6 +61,32 @@ class WaveCache:
         self.memory[path] = wave
         return wave
 
+    def speech(self, path: str, hop_length: int = 160) -> np.ndarray:
+        """The clip's speech mask on the feature frame grid (serdemo.vad), cached beside its wave."""
+        key = ("speech", path, hop_length)
+        if key in self.memory:
+            return self.memory[key]
+        from serdemo.vad import default_detector
+
+        wave = self.get(path)
+        det = default_detector()
+        file = self.directory / f"{self.key(path)}-speech-{det.backend}-{hop_length}.npy"
+        try:
+            mask = np.load(file, allow_pickle=False)
+        except (OSError, ValueError):
+            mask = det.frame_mask(wave, 1 + len(wave) // hop_length)
+            atomic_write(file, lambda f: np.save(f, mask, allow_pickle=False))
+        self.memory[key] = mask
+        return mask
+
+    def speech_batch(self, paths: list[str], n_frames: int, hop_length: int = 160) -> torch.Tensor:
+        """``(batch, n_frames)`` bool speech masks for a padded batch."""
+        out = torch.zeros(len(paths), n_frames, dtype=torch.bool)
+        for i, p in enumerate(paths):
+            m = self.speech(p, hop_length)[:n_frames]
+            out[i, : len(m)] = torch.as_tensor(m)
+        return out
+
     def warm(self, paths: list[str], workers: int = 2) -> dict[str, str]:
         """Decode all ``paths`` in parallel; returns ``{path: error message}`` for those that fail."""
         errors: dict[str, str] = {}

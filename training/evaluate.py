@@ -22,6 +22,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from serdemo.checkpoint import read_card, save_checkpoint, load_checkpoint
@@ -36,6 +37,7 @@ log = logging.getLogger("training.evaluate")
 
 
 def evaluate_checkpoint(path, specs: list[str], speakers: set[str] | None = None, batch_size: int = 16) -> dict:
+    """Score a checkpoint through the app's own path (:meth:`Predictor.predict_batch`)."""
     pred = Predictor.from_checkpoint(path)
     card = pred.card
     label_set = get_label_set(card["label_set"]["name"]) if isinstance(card.get("label_set"), dict) else None
@@ -52,19 +54,67 @@ def evaluate_checkpoint(path, specs: list[str], speakers: set[str] | None = None
             target = label_set.map(u.emotion) if label_set else (u.emotion if u.emotion in classes else None)
             if target is not None:
                 keep.append((u, classes.index(target)))
+        keep.sort(key=lambda ut: len(cache.get(ut[0].path)))  # similar lengths batch together
         for i in range(0, len(keep), batch_size):
             chunk = keep[i:i + batch_size]
-            waves = [cache.get(u.path) for u, _ in chunk]
-            x, lengths = pad_batch(waves)
-            with torch.inference_mode():
-                feats, frames = pred.frontend(x.to(pred.device), lengths.to(pred.device))
-                out = pred.model(feats, frames)
-            p += out.logits["emotion"].argmax(-1).cpu().tolist()
+            results = pred.predict_batch([cache.get(u.path) for u, _ in chunk])
+            p += [classes.index(r.label()) for r in results]
             y += [t for _, t in chunk]
             groups += [u.corpus for u, _ in chunk]
     if not y:
         raise SystemExit("no utterances to evaluate (check --data and the speakers filter)")
     return scores_by_group(y, p, groups, classes)
+
+
+# ---------------------------------------------------------------- the classic reference row
+class Functionals:
+    """Utterance functionals (:func:`serdemo.functionals.functionals`) of cached clips, over speech."""
+
+    def __init__(self, cache: WaveCache, features=None):
+        from serdemo.features import FeatureConfig, LogMel
+        from serdemo.prosody import Prosody
+
+        self.cache = cache
+        cfg = features or FeatureConfig()
+        self.frontend, self.prosody, self.hop = LogMel(cfg), Prosody(cfg.sample_rate, cfg.hop_length), cfg.hop_length
+        self.memory: dict[str, np.ndarray] = {}
+
+    @torch.inference_mode()
+    def __call__(self, paths: list[str]) -> np.ndarray:
+        from serdemo.functionals import functionals
+
+        todo = [p for p in dict.fromkeys(paths) if p not in self.memory]
+        todo.sort(key=lambda p: len(self.cache.get(p)))
+        for i in range(0, len(todo), 32):
+            chunk = todo[i:i + 32]
+            x, lengths = pad_batch([self.cache.get(p) for p in chunk])
+            logmel, frames = self.frontend(x, lengths)
+            speech = self.cache.speech_batch(chunk, logmel.shape[2], self.hop)
+            real = torch.arange(logmel.shape[2])[None] < frames[:, None]
+            f = functionals(logmel, self.prosody(x)[..., : logmel.shape[2]], speech & real)
+            self.memory.update(zip(chunk, f.numpy()))
+        return np.stack([self.memory[p] for p in paths])
+
+
+def reference_predictions(func: Functionals, train, dev, test, c_grid=(0.01, 0.1, 1.0)) -> tuple[np.ndarray, dict]:
+    """The reference row: standardised functionals, class-balanced logistic regression (scikit-learn),
+    C chosen on the dev speakers' UA. -> (test predictions, {"C", "dev_ua"})."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    xs = {name: func([e.utt.path for e in part]) for name, part in (("train", train), ("dev", dev), ("test", test))}
+    ys = {name: np.array([e.targets["emotion"] for e in part]) for name, part in
+          (("train", train), ("dev", dev), ("test", test))}
+    best = None
+    for c in c_grid:
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=3000))
+        clf.fit(xs["train"], ys["train"])
+        ua = balanced_accuracy_score(ys["dev"], clf.predict(xs["dev"])) if len(dev) else 0.0
+        if best is None or ua > best[0]:
+            best = (ua, c, clf)
+    return best[2].predict(xs["test"]), {"C": best[1], "dev_ua": round(float(best[0]), 4)}
 
 
 def reuse_problem(card: dict, trainer) -> str | None:
@@ -89,17 +139,30 @@ def reuse_problem(card: dict, trainer) -> str | None:
     return None
 
 
-def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | None = None) -> dict:
+def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | None = None,
+                   split: str | None = None, reference: bool = True) -> dict:
+    """Train the recipe once per fold and pool the test predictions (every held-out speaker scored once).
+
+    ``split``: ``speakers`` (k-fold over the pooled corpora) or ``corpus`` (leave one corpus out:
+    one fold per corpus). With ``reference`` the functionals + logistic-regression row is fitted on
+    the same training speakers and scored on the same test speakers.
+    """
     from training.config import FitConfig
     from training.fit import Trainer
 
     base = dataclasses.replace(FitConfig.from_yaml(config_path), n_folds=n_folds)
+    if split:
+        base = dataclasses.replace(base, split=split)
     if epochs:
         base = dataclasses.replace(base, epochs=epochs)
-    y, p, groups, folds = [], [], [], []
-    for k in range(n_folds):
-        cfg = dataclasses.replace(base, fold=k, out=str(workdir / f"fold{k}"), name=f"{base.name}-fold{k}")
+    y, p, p_ref, groups, folds = [], [], [], [], []
+    func = None
+    k, n = 0, n_folds
+    while k < n:
+        cfg = dataclasses.replace(base, fold=k, out=str(workdir / f"{base.split}-fold{k}"), name=f"{base.name}-fold{k}")
         trainer = Trainer(cfg)
+        if base.split == "corpus":
+            n = len({e.utt.corpus for e in trainer.train + trainer.dev + trainer.test})
         done = Path(cfg.out) / "card.json"
         problem = reuse_problem(read_card(cfg.out), trainer) if done.is_file() else "there is none"
         if problem is None:
@@ -113,22 +176,68 @@ def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | 
                 log.info("fold %d: retraining, the checkpoint in %s does not match: %s", k, cfg.out, problem)
             metrics = trainer.fit()
         preds = trainer.predict(trainer.test)
+        fold = {"fold": k, "test_speakers": metrics.get("test_speakers"),
+                "test": {g: {m: s[m] for m in ("ua", "wa", "macro_f1", "n")} for g, s in metrics["test"].items()},
+                "best_epoch": metrics.get("best_epoch")}
         y += [e.targets["emotion"] for e in trainer.test]
         p += preds.tolist()
         groups += [e.utt.corpus for e in trainer.test]
-        folds.append({"fold": k, "test_speakers": metrics.get("test_speakers"),
-                      "test": {g: {m: s[m] for m in ("ua", "wa", "macro_f1", "n")} for g, s in metrics["test"].items()},
-                      "best_epoch": metrics.get("best_epoch")})
+        if reference:
+            func = func or Functionals(trainer.cache, trainer.features)
+            ref, info = reference_predictions(func, trainer.train, trainer.dev, trainer.test)
+            p_ref += ref.tolist()
+            ref_scores = scores_by_group([e.targets["emotion"] for e in trainer.test], ref,
+                                         [e.utt.corpus for e in trainer.test], list(trainer.label_set.classes))
+            fold["reference"] = {**info, "test": {g: {m: s[m] for m in ("ua", "wa", "macro_f1", "n")}
+                                                  for g, s in ref_scores.items()}}
+        folds.append(fold)
         log.info("fold %d done", k)
+        k += 1
     classes = list(get_label_set(base.label_set).classes)
-    pooled = scores_by_group(y, p, groups, classes)
-    return {"scheme": f"{n_folds}-fold speaker-independent ({base.split})", "recipe": config_path,
-            "pooled": pooled, "folds": folds}
+    scheme = (f"{n_folds}-fold speaker-independent" if base.split == "speakers"
+              else "leave-one-corpus-out" if base.split == "corpus" else base.split)
+    out = {"scheme": scheme, "split": base.split, "recipe": config_path,
+           "pooled": scores_by_group(y, p, groups, classes), "folds": folds,
+           "fold_spread": fold_spread(folds, "test")}
+    if reference:
+        out["reference"] = {"name": "functionals + logistic regression",
+                            "pooled": scores_by_group(y, p_ref, groups, classes),
+                            "fold_spread": fold_spread([f["reference"] for f in folds], "test")}
+    return out
+
+
+def fold_spread(folds: list[dict], key: str) -> dict:
+    """Mean and standard deviation over folds of UA, WA and macro-F1, overall and per corpus."""
+    groups = sorted({g for f in folds for g in f[key]})
+    out = {}
+    for g in groups:
+        vals = [f[key][g] for f in folds if g in f[key]]
+        out[g] = {m: {"mean": round(float(np.mean([v[m] for v in vals])), 4),
+                      "std": round(float(np.std([v[m] for v in vals])), 4)} for m in ("ua", "wa", "macro_f1")}
+    return out
+
+
+def side_by_side(result: dict) -> str:
+    """Model and reference, per corpus: pooled UA / WA / F1 and the fold mean ± std of UA."""
+    lines = [f"{result['scheme']} ({result['recipe']}): pooled test predictions, UA mean ± std over folds",
+             f"{'set':<10} {'model UA':>9} {'WA':>6} {'F1':>6} {'UA folds':>14}   {'reference UA':>12} {'WA':>6} "
+             f"{'F1':>6} {'UA folds':>14}"]
+    ref = result.get("reference")
+    for g, s in result["pooled"].items():
+        sp = result["fold_spread"].get(g, {}).get("ua", {"mean": float("nan"), "std": float("nan")})
+        row = f"{g:<10} {s['ua']:>9.3f} {s['wa']:>6.3f} {s['macro_f1']:>6.3f} {sp['mean']:>7.3f} ± {sp['std']:.3f}"
+        if ref:
+            r = ref["pooled"][g]
+            rs = ref["fold_spread"].get(g, {}).get("ua", {"mean": float("nan"), "std": float("nan")})
+            row += f"   {r['ua']:>12.3f} {r['wa']:>6.3f} {r['macro_f1']:>6.3f} {rs['mean']:>7.3f} ± {rs['std']:.3f}"
+        lines.append(row)
+    return "\n".join(lines)
 
 
 def attach(checkpoint: Path, cv: dict) -> None:
+    """Write a cross-validation result into the card: ``metrics.cv`` (k-fold) or ``metrics.loco``."""
     model, card = load_checkpoint(checkpoint)
-    card.setdefault("metrics", {})["cv"] = cv
+    card.setdefault("metrics", {})["loco" if cv.get("split") == "corpus" else "cv"] = cv
     save_checkpoint(checkpoint, model, card)
 
 
@@ -145,6 +254,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--folds", type=int, help="cross-validate the recipe given with --config")
     ap.add_argument("--config")
     ap.add_argument("--epochs", type=int, help="override the recipe's epochs (cross-validation)")
+    ap.add_argument("--protocol", choices=["kfold", "loco", "both"], default="both",
+                    help="k-fold over the pooled corpora, leave-one-corpus-out, or both (default)")
+    ap.add_argument("--no-reference", action="store_true", help="skip the functionals + LR reference row")
     ap.add_argument("--workdir", help="where fold checkpoints go (default: a temporary folder)")
     ap.add_argument("--attach", help="write the cross-validation result into this checkpoint's card")
     ap.add_argument("--json", help="also write the result to this file")
@@ -154,11 +266,15 @@ def main(argv=None) -> dict:
         if not args.config:
             ap.error("--folds needs --config RECIPE")
         work = Path(args.workdir or tempfile.mkdtemp(prefix="serdemo-cv-"))
-        result = cross_validate(args.config, args.folds, work, args.epochs)
-        print(table(result["pooled"], f"{result['scheme']}: pooled test predictions"))
-        print(confusion_text(result["pooled"]["overall"]))
-        if args.attach:
-            attach(Path(args.attach), result)
+        result = {}
+        for proto in (["kfold", "loco"] if args.protocol == "both" else [args.protocol]):
+            r = cross_validate(args.config, args.folds, work, args.epochs, "speakers" if proto == "kfold" else "corpus",
+                               reference=not args.no_reference)
+            print(side_by_side(r))
+            print(confusion_text(r["pooled"]["overall"]))
+            if args.attach:
+                attach(Path(args.attach), r)
+            result[proto] = r
     else:
         if not args.checkpoint or not args.data:
             ap.error("give CHECKPOINT and at least one --data KIND=PATH (or --folds N --config RECIPE)")

@@ -30,17 +30,20 @@ import yaml
 
 from serdemo.checkpoint import load_checkpoint, make_card, save_checkpoint
 from serdemo.features import FeatureConfig, LogMel
+from serdemo.inference import ModelInput, model_inputs
+from serdemo.prosody import Prosody
 from serdemo.labels import AUX_HEADS, get_label_set
 from serdemo.models import build_model
 from serdemo.vtlp import sample_alpha
 from training import corpora as C
 from training import data as D
 from training import state as S
-from training.augment import RANK_SEED_STRIDE, Augmenter, vtlp
+from training.augment import RANK_SEED_STRIDE, Augmenter
 from training.config import FitConfig, parse_cli
 from training.metrics import scores_by_group, table
 from training.progress import FILE as PROGRESS_FILE
 from training.progress import Progress, append_jsonl
+from training.pretrained import init_pretrained
 from training.splits import train_dev_test
 
 log = logging.getLogger("training.fit")
@@ -79,13 +82,16 @@ class Trainer:
         S.seed_everything(cfg.seed)  # the split and the initial weights: the same on every rank
         self.features = FeatureConfig(**cfg.features)
         self.frontend = LogMel(self.features).to(self.device)
+        self.prosody = Prosody(self.features.sample_rate, self.features.hop_length).to(self.device) \
+            if self.features.prosody else None
         self.label_set = get_label_set(cfg.label_set)
         self._load_data()
 
         head_sizes = {h: (len(self.label_set) if h == "emotion" else len(AUX_HEADS[h])) for h in self.heads}
         self.hparams = dict(cfg.hparams, norm=cfg.norm)
-        self.model = build_model(cfg.model, self.features.n_mels, head_sizes,
+        self.model = build_model(cfg.model, self.features.input_rows, head_sizes,
                                  input_frame_rate_hz=self.features.frame_rate_hz, **self.hparams).to(self.device)
+        self.pretrained = init_pretrained(self.model)  # frozen front ends (GE2E), before any --init
         if cfg.init:
             self._init_from(cfg.init)
         if cfg.norm == "global":  # also after --init: the statistics belong to this training set
@@ -148,30 +154,37 @@ class Trainer:
 
     @torch.no_grad()
     def _set_global_stats(self) -> None:
-        """Per-band mean and std of the (unwarped) training log-mels, into the model's InputNorm."""
+        """Per-row mean and std of the (unwarped) training inputs, as the model sees them (speech
+        span, prosody and GE2E rows included), into the model's InputNorm."""
         total, sq, n = 0.0, 0.0, 0
-        for e in self.train:
-            x = torch.as_tensor(self.cache.get(e.utt.path))[None]
-            feats, _ = self.featurize(x, torch.tensor([x.shape[1]]))
-            m = feats[0].double()
-            total, sq, n = total + m.sum(1), sq + m.square().sum(1), n + m.shape[1]
+        for i in range(0, len(self.train), 32):
+            exs = self.train[i:i + 32]
+            x, lens, _ = D.collate([self.cache.get(e.utt.path) for e in exs], exs, [])
+            inp = self.featurize(x, lens, paths=[e.utt.path for e in exs])
+            real = (torch.arange(inp.feats.shape[2], device=self.device)[None] < inp.frames[:, None])
+            f = inp.feats.double().transpose(1, 2)[real]  # (real frames, rows)
+            total, sq, n = total + f.sum(0), sq + f.square().sum(0), n + f.shape[0]
         mean = total / n
         self.model.norm.set_stats(mean.float(), (sq / n - mean.square()).clamp_min(1e-6).sqrt().float())
 
     # -------------------------------------------------------------- batches -> model inputs
-    def featurize(self, x: torch.Tensor, lengths: torch.Tensor, alpha: torch.Tensor | None = None):
-        """Waves ``(batch, samples)`` + lengths ``(batch,)`` -> log-mel ``(batch, n_mels, frames)`` and
-        frame lengths ``(batch,)``, on the training device, always in fp32 (outside any autocast).
+    def featurize(self, x: torch.Tensor, lengths: torch.Tensor, alpha: torch.Tensor | None = None,
+                  paths: list[str] | None = None) -> ModelInput:
+        """Waves ``(batch, samples)`` + lengths ``(batch,)`` -> :class:`serdemo.inference.ModelInput`
+        on the training device, the front end always in fp32 (outside any autocast).
 
-        ``alpha`` ``(batch,)``: warp each example's power spectrum by VTLP; None: no warp. This is the
-        one place where waves become model inputs (training, evaluation and the norm statistics).
+        ``alpha`` ``(batch,)``: warp each example's power spectrum by VTLP; None: no warp. ``paths``:
+        the clips, whose cached speech masks the model gets when its features say ``speech_only``.
+        This is :func:`serdemo.inference.model_inputs`, the path the Predictor takes too.
         """
-        with torch.autocast(self.device.type, enabled=False):
-            x = x.to(self.device, torch.float32, non_blocking=True)
-            power = self.frontend.power(x)
-            if alpha is not None:
-                power = vtlp(power, alpha.to(self.device), self.features.sample_rate)
-            return self.frontend.mel(power), self.frontend.frame_lengths(lengths.to(self.device))
+        x, lengths = x.to(self.device, torch.float32, non_blocking=True), lengths.to(self.device)
+        speech = None
+        if paths is not None and self.features.speech_only:
+            n_frames = 1 + x.shape[1] // self.features.hop_length
+            speech = self.cache.speech_batch(paths, n_frames, self.features.hop_length).to(self.device)
+        if alpha is not None:
+            alpha = alpha.to(self.device)
+        return model_inputs(self.model, self.frontend, x, lengths, speech, alpha, self.prosody)
 
     def autocast(self):
         """Mixed precision for the model only (CUDA with ``amp``)."""
@@ -226,11 +239,15 @@ class Trainer:
             waves = self.aug.waves([self.cache.get(e.utt.path) for e in exs])
             x, lens, targets = D.collate(waves, exs, self.heads)
             alpha = self.aug.alphas(len(exs))
-            feats, frames = self.featurize(x, lens, alpha)
-            feats = self.aug.spec(feats, frames)
-            feats, frames, perm, lam = self.aug.mix(feats, frames)
+            inp = self.featurize(x, lens, alpha, paths=[e.utt.path for e in exs])
+            feats = self.aug.spec(inp.feats, inp.frames)
+            feats, frames, perm, lam = self.aug.mix(feats, inp.frames)
+            speech = inp.speech
+            if speech is not None and perm is not None:  # a blend is speech where either clip is
+                speech = _pad_or_cut(speech, feats.shape[2])
+                speech = speech | speech[perm.to(speech.device)]
             with self.autocast():
-                out = self.net(feats, frames)
+                out = self.net(feats, frames, speech=speech)
             loss = self.loss(out, targets, self.normalisers(batch), weight, perm, lam)
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -266,9 +283,9 @@ class Trainer:
             exs = [examples[j] for j in idx]
             x, lens, _ = D.collate([self.cache.get(e.utt.path) for e in exs], exs, [])
             alpha = sample_alpha(len(exs), self.cfg.vtlp_low, self.cfg.vtlp_high, gen) if warp else None
-            feats, frames = self.featurize(x, lens, alpha)
+            inp = self.featurize(x, lens, alpha, paths=[e.utt.path for e in exs])
             with self.autocast():
-                out = self.model(feats, frames)
+                out = self.model(inp.feats, inp.frames, speech=inp.speech)
             preds[idx] = out.logits["emotion"].argmax(-1).cpu().numpy()
         return preds
 
@@ -417,6 +434,12 @@ class Trainer:
             log.info("\n%s", table(metrics["test"], f"test fold {self.cfg.fold} (speakers never seen in training)"))
         save_checkpoint(self.cfg.out, self.model, self.card(metrics))
         return metrics
+
+
+def _pad_or_cut(mask: torch.Tensor, width: int) -> torch.Tensor:
+    if mask.shape[1] >= width:
+        return mask[:, :width]
+    return F.pad(mask, (0, width - mask.shape[1]))
 
 
 # ------------------------------------------------------------------ entry point

@@ -58,10 +58,23 @@ def leave_one_session_out(utts: Sequence[Utterance]) -> list[list[str]]:
     return [sorted(v) for _, v in sorted(sessions.items())]
 
 
+def corpus_folds(utts: Sequence[Utterance]) -> list[list[str]]:
+    """Leave one corpus out: fold k holds every speaker of the k-th corpus (sorted by name)."""
+    by: dict[str, set[str]] = defaultdict(set)
+    for u in utts:
+        by[u.corpus].add(u.speaker)
+    if len(by) < 2:
+        raise ValueError(f"leave-one-corpus-out needs two corpora or more, got {sorted(by)}")
+    return [sorted(v) for _, v in sorted(by.items())]
+
+
 def make_folds(utts: Sequence[Utterance], scheme: str, n_folds: int = 5, seed: int = 0) -> list[list[str]]:
-    """``scheme``: ``speakers`` (k groups), ``loso`` (one speaker each), ``session`` (IEMOCAP)."""
+    """``scheme``: ``speakers`` (k groups), ``corpus`` (one corpus each), ``loso`` (one speaker
+    each), ``session`` (IEMOCAP)."""
     if scheme == "speakers":
         return speaker_folds(utts, n_folds, seed)
+    if scheme == "corpus":
+        return corpus_folds(utts)
     if scheme == "loso":
         return leave_one_speaker_out(utts)
     if scheme == "session":
@@ -78,6 +91,12 @@ def train_dev_test(utts: Sequence[Utterance], scheme: str = "speakers", n_folds:
     """
     folds = make_folds(utts, scheme, n_folds, seed)
     n = len(folds)
+    if scheme == "corpus":  # the held-out corpus tests; dev is a quarter of the other corpora's speakers
+        test_spk = set(folds[fold]) if fold is not None else set()
+        rest, test = split_by_speakers(utts, test_spk)
+        dev_spk = speaker_folds(rest, min(4, len(speakers_of(rest))), seed)[0]
+        train, dev = split_by_speakers(rest, dev_spk)
+        return train, dev, test
     if fold is None:
         test_spk: set[str] = set()
         dev_spk = set(folds[0])
