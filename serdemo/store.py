@@ -87,6 +87,21 @@ def as_stored(wave: np.ndarray) -> np.ndarray:
     return to_pcm16(wave).astype(np.float32) / 32768
 
 
+def _checked(label: str | None, annotator: str | None) -> tuple[str, str]:
+    label, annotator = (label or "").strip(), (annotator or "").strip()
+    if not label:
+        raise StoreError("choose a label before saving")
+    if not annotator:
+        raise StoreError("enter your name (annotator) before saving a label")
+    return label, annotator
+
+
+def _insert_label(con, sha, label, annotator, predicted, confidence, checkpoint) -> int:
+    cur = con.execute("INSERT INTO labels (clip,label,annotator,created_utc,predicted,confidence,checkpoint)"
+                      " VALUES (?,?,?,?,?,?,?)", (sha, label, annotator, _now(), predicted, confidence, checkpoint))
+    return int(cur.lastrowid)
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("SERDEMO_DATA", "data"))
 
@@ -163,19 +178,32 @@ class Store:
     def add_label(self, sha: str, label: str, annotator: str, predicted: str | None = None,
                   confidence: float | None = None, checkpoint: str | None = None) -> int:
         """Append a label for a stored clip; returns the event id."""
-        label, annotator = (label or "").strip(), (annotator or "").strip()
-        if not label:
-            raise StoreError("choose a label before saving")
-        if not annotator:
-            raise StoreError("enter your name (annotator) before saving a label")
+        label, annotator = _checked(label, annotator)
         with self._write() as con:
             if con.execute("SELECT 1 FROM clips WHERE sha256=?", (sha,)).fetchone() is None:
                 raise StoreError(f"no clip {sha[:12]} in the store: analyse it first")
-            cur = con.execute(
-                "INSERT INTO labels (clip,label,annotator,created_utc,predicted,confidence,checkpoint)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (sha, label, annotator, _now(), predicted, confidence, checkpoint))
-            return int(cur.lastrowid)
+            return _insert_label(con, sha, label, annotator, predicted, confidence, checkpoint)
+
+    def label_clip(self, sha: str, label: str | None, annotator: str) -> LabelEvent:
+        """Append a label that records the clip's latest analysis (the model's prediction, its
+        confidence and the checkpoint, as :meth:`add_clip` stored them), whoever the caller is.
+
+        ``label=None`` confirms the model's prediction. Read and write are one transaction.
+        """
+        annotator = (annotator or "").strip()
+        with self._write() as con:
+            row = con.execute("SELECT predicted, confidence, checkpoint FROM clips WHERE sha256=?",
+                              (sha,)).fetchone()
+            if row is None:
+                raise StoreError(f"no clip {(sha or '')[:12]} in the store: analyse it first")
+            predicted, confidence, checkpoint = row
+            if label is None:
+                if predicted is None:
+                    raise StoreError(f"clip {sha[:12]} has no model prediction to confirm: analyse it first")
+                label = predicted
+            label, annotator = _checked(label, annotator)
+            event_id = _insert_label(con, sha, label, annotator, predicted, confidence, checkpoint)
+            return LabelEvent(*con.execute("SELECT * FROM labels WHERE id=?", (event_id,)).fetchone())
 
     def history(self, sha: str) -> list[LabelEvent]:
         with self._connect() as con:

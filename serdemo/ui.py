@@ -205,12 +205,10 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         aux = {h: p for h, p in pred.probabilities.items() if h != "emotion"}
         aux_md = "\n".join(f"**{h}**: " + ", ".join(f"{k} {v:.0%}" for k, v in sorted(p.items(), key=lambda kv: -kv[1]))
                            for h, p in aux.items()) or "_this model has no auxiliary heads_"
-        state = {"clip": sha, "model": pred_model.name, "predicted": pred.label(), "confidence": pred.confidence(),
-                 "labels": list(pred.probabilities["emotion"])}
         info = (f"clip `{sha[:12]}` · {pred.duration_s:.2f} s · analysed in "
                 f"{(time.perf_counter() - t0) * 1000:.0f} ms on {pred_model.device}")
-        return (pred.probabilities["emotion"], aux_md, fig, warp_figure(float(alpha)), state, sha, info,
-                gr.update(choices=state["labels"], value=pred.label()))
+        return (pred.probabilities["emotion"], aux_md, fig, warp_figure(float(alpha)), sha, info,
+                gr.update(choices=list(pred.probabilities["emotion"]), value=pred.label()))
 
     def warp_view(alpha, clip_id, model_name):
         """Re-draw the VTLP view for a new alpha without running the model."""
@@ -232,28 +230,34 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         return (analysis_figure(times, logmel, warped, att_t, att, float(alpha), speech_segments_s=segs),
                 warp_figure(float(alpha)))
 
-    def relabel(clip_id, label, annotator_name, state, request: gr.Request = None):
-        """Save a label for a stored clip (append-only); returns a status line and the label counts."""
+    def relabel(clip_id: str, label: str, annotator_name: str = "",
+                request: gr.Request = None) -> tuple[str, list[list]]:
+        """Save a label for the stored clip ``clip_id`` (append-only). The model's prediction, confidence
+        and checkpoint are recorded from the store (the clip's latest analysis), whoever calls.
+        Returns a status line and the counts (rows of by, name, count)."""
+        return save_label(clip_id, label, annotator_name, request)
+
+    def confirm(clip_id: str, annotator_name: str = "", request: gr.Request = None) -> tuple[str, list[list]]:
+        """Confirm the model's prediction for the stored clip ``clip_id`` (its latest analysis).
+        Returns a status line and the counts (rows of by, name, count)."""
+        return save_label(clip_id, None, annotator_name, request)
+
+    def save_label(clip_id, label, annotator_name, request):
         who = _annotator(annotator_name, request)
-        state = state or {}
         try:
             if not clip_id:
                 raise StoreError("analyse a clip first, then label it")
-            predicted = state.get("predicted") if state.get("clip") == clip_id else None
-            bench.store.add_label(clip_id, label, who, predicted=predicted,
-                                  confidence=state.get("confidence") if predicted else None,
-                                  checkpoint=state.get("model") if predicted else None)
+            event = bench.store.label_clip(clip_id, label, who)
         except StoreError as exc:
             raise user_error(exc) from None
         n = len(bench.store.history(clip_id))
-        verdict = "confirmed" if predicted == label else f"corrected to **{label}**" if predicted else f"labelled **{label}**"
+        if event.predicted == event.label:
+            verdict = f"confirmed as **{event.label}**"
+        elif event.predicted:
+            verdict = f"corrected to **{event.label}** (the model said {event.predicted})"
+        else:
+            verdict = f"labelled **{event.label}**"
         return f"Saved: clip `{clip_id[:12]}` {verdict} by {who} (label #{n} for this clip).", counts_table()
-
-    def confirm(clip_id, annotator_name, state, request: gr.Request = None):
-        state = state or {}
-        if not state.get("predicted") or state.get("clip") != clip_id:
-            raise user_error("analyse a clip first: there is no prediction to confirm")
-        return relabel(clip_id, state["predicted"], annotator_name, state, request)
 
     def history(clip_id):
         """A clip's label history, oldest first."""
@@ -359,7 +363,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
 
     def clear_analysis():
         """Empty the results of the last analysis, so that a failed one leaves no clip to label by mistake."""
-        return None, "", None, {}, "", "", gr.update(choices=[], value=None)
+        return None, "", None, "", "", gr.update(choices=[], value=None)
 
     def analyze_and_remember(audio, model_name, alpha, source=None, progress=gr.Progress()):
         return analyze(audio, model_name, alpha, source, progress)
@@ -368,7 +372,6 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
     with gr.Blocks(title="serdemo — what the model hears") as app:
         gr.Markdown("# serdemo\nRecord or upload speech; see the log-mel spectrogram, its VTLP-warped "
                     "twin, where the model's attention falls, and what it predicts. Correct it when it is wrong.")
-        state = gr.State({})
         source = gr.State("upload")  # where the clip in `audio` came from: MICROPHONE or "upload"
         with gr.Tab("Analyse"):
             with gr.Row():
@@ -429,19 +432,23 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         audio.upload(lambda: "upload", None, source, queue=False, show_progress="hidden", api_visibility="private")
         # clear first: a failed analysis must leave no previous clip id, prediction or label choices behind;
         # progress and a failure show on the emotion panel only (the message in a toast), not on every panel
-        run.click(clear_analysis, None, [probs, aux, figure, state, clip_id, info, label_choice], queue=False,
+        run.click(clear_analysis, None, [probs, aux, figure, clip_id, info, label_choice], queue=False,
                   show_progress="hidden", api_visibility="private").then(
             analyze_and_remember, [audio, model, alpha, source],
-            [probs, aux, figure, warp_plot, state, clip_id, info, label_choice], api_name="analyze",
+            [probs, aux, figure, warp_plot, clip_id, info, label_choice], api_name="analyze",
             show_progress_on=probs)
         alpha.release(warp_view, [alpha, clip_id, model], [figure, warp_plot], api_name="warp")
-        save_btn.click(relabel, [clip_id, label_choice, annotator, state], [status, counts], api_name="relabel",
-                       show_progress_on=status)
-        confirm_btn.click(confirm, [clip_id, annotator, state], [status, counts], api_name="confirm",
-                          show_progress_on=status)
+        # the write endpoints take the clip id and plain strings: an API caller needs no session state
+        gr.api(relabel, api_name="relabel")
+        gr.api(confirm, api_name="confirm")
+        save_btn.click(relabel, [clip_id, label_choice, annotator], [status, counts], api_name="relabel_button",
+                       api_visibility="private", show_progress_on=status)
+        confirm_btn.click(confirm, [clip_id, annotator], [status, counts], api_name="confirm_button",
+                          api_visibility="private", show_progress_on=status)
         refresh.click(queue, [limit], [queue_df], api_name="queue")
         queue_df.select(pick_from_queue, [queue_df], [q_clip, q_audio, q_hist], api_visibility="private")
-        q_save.click(relabel, [q_clip, q_label, annotator, state], [q_status, counts], api_visibility="private",
+        q_save.click(relabel, [q_clip, q_label, annotator], [q_status, counts], api_name="relabel_queued",
+                     api_visibility="private",
                      show_progress_on=q_status)
         q_clip.submit(history, [q_clip], [q_hist], api_name="history")
         export_btn.click(export, [export_kind], [export_path], api_name="export")

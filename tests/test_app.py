@@ -141,7 +141,7 @@ def test_relabel_lands_in_the_store_with_history(server):
     hist = store.history(clip_id)
     assert [(h.label, h.annotator) for h in hist] == [("sad", "tester"), ("neutral", "second")]
     assert store.current_labels()[clip_id].label == "neutral"
-    rows = {(r[0], r[1]): r[2] for r in counts["data"]}
+    rows = {(r[0], r[1]): r[2] for r in counts}
     assert rows[("label", "neutral")] >= 1 and rows[("annotator", "second")] >= 1
     history = client.predict(clip_id, api_name="/history")
     assert [r[1] for r in history["data"]] == ["sad", "neutral"]
@@ -149,6 +149,34 @@ def test_relabel_lands_in_the_store_with_history(server):
     assert clip_id in [r[0] for r in queue["data"]]
     path = client.predict("manifest", api_name="/export")
     assert Path(path).read_text().count("\n") >= 2
+
+
+def test_write_endpoints_take_the_clip_id_and_record_the_models_prediction(server):
+    """An API caller that did not analyse the clip in its own session (an annotation script working
+    from /queue) can confirm and relabel it; both record the model's prediction, confidence and
+    checkpoint of the clip's analysis, as a save in the browser does."""
+    from gradio_client import Client
+
+    from serdemo.store import Store
+
+    probs, _, _, _, clip_id, _, _ = analyze(server["client"], EMODB / "wav" / "03a04Ad.wav")
+    client = Client(server["url"], verbose=False)  # a new session: no state from the analysis
+    said = probs["label"]
+    confidence = max(c["confidence"] for c in probs["confidences"])
+    status, _ = client.predict(clip_id, "api-confirmer", api_name="/confirm")
+    assert "confirmed" in status and said in status and "api-confirmer" in status
+    other = next(c["label"] for c in probs["confidences"] if c["label"] != said)
+    status, _ = client.predict(clip_id, other, "api-relabeller", api_name="/relabel")
+    assert f"corrected to **{other}**" in status
+    hist = Store(server["data"]).history(clip_id)
+    assert [(h.label, h.annotator) for h in hist] == [(said, "api-confirmer"), (other, "api-relabeller")]
+    for h in hist:
+        assert (h.predicted, h.checkpoint) == (said, "default") and h.confidence == pytest.approx(confidence, abs=1e-4)
+    params = {e: [p["parameter_name"] for p in client.view_api(return_format="dict", print_info=False)
+                  ["named_endpoints"][e]["parameters"]] for e in ("/confirm", "/relabel")}
+    assert params == {"/confirm": ["clip_id", "annotator_name"], "/relabel": ["clip_id", "label", "annotator_name"]}
+    with pytest.raises(Exception, match="analyse it first"):
+        client.predict("0" * 64, "api-confirmer", api_name="/confirm")
 
 
 def test_bad_input_is_a_clear_error_and_the_app_keeps_serving(server, tmp_path):

@@ -42,6 +42,22 @@ def test_bad_relabels_are_refused(tmp_path):
     assert store.history(sha) == []
 
 
+def test_label_clip_records_the_clips_latest_analysis(tmp_path):
+    store = Store(tmp_path)
+    sha = store.add_clip(tone(220, 0.5), predicted="happy", confidence=0.4, checkpoint="old")
+    store.add_clip(tone(220, 0.5), predicted="sad", confidence=0.7, checkpoint="new")  # analysed again
+    confirmed = store.label_clip(sha, None, "ann")
+    corrected = store.label_clip(sha, "angry", "bob")
+    assert (confirmed.label, confirmed.predicted, confirmed.confidence, confirmed.checkpoint) == ("sad", "sad", 0.7, "new")
+    assert (corrected.label, corrected.predicted, corrected.checkpoint) == ("angry", "sad", "new")
+    assert [(h.label, h.predicted) for h in store.history(sha)] == [("sad", "sad"), ("angry", "sad")]
+    unanalysed = store.add_clip(tone(330, 0.5))
+    with pytest.raises(StoreError, match="no model prediction to confirm"):
+        store.label_clip(unanalysed, None, "ann")
+    with pytest.raises(StoreError, match="analyse it first"):
+        store.label_clip("f" * 64, None, "ann")
+
+
 def test_queue_orders_least_confident_first(tmp_path):
     store = Store(tmp_path)
     ids = [store.add_clip(tone(200 + 50 * i, 0.5), predicted="happy", confidence=c) for i, c in enumerate([0.9, 0.2, 0.5])]
