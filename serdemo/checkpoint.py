@@ -258,7 +258,7 @@ def build_from_card(card: dict) -> SERModel:
     try:
         features = FeatureConfig.from_dict(card["features"])
         heads = {k: len(v) for k, v in card["heads"].items()}
-        return build_model(card["model"]["architecture"], features.n_mels, heads,
+        return build_model(card["model"]["architecture"], features.input_rows, heads,
                            input_frame_rate_hz=features.frame_rate_hz, **card["model"].get("hparams", {}))
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, ZeroDivisionError) as exc:
         raise CheckpointError(f"the card does not describe a buildable model: {exc}") from None

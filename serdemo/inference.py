@@ -68,18 +68,38 @@ def model_inputs(model, frontend: LogMel, waves: torch.Tensor, lengths: torch.Te
         with torch.autocast(waves.device.type, enabled=False):
             rows = prosody_rows(prosody(waves.float()))[..., : logmel.shape[2]]
         feats = torch.cat([logmel, rows], dim=1)
-    if cfg.ge2e:
-        encoder = getattr(model, "ge2e", None) or getattr(getattr(model, "model", None), "ge2e", None)
-        if encoder is None:
-            raise ValueError("this feature configuration needs a model with a GE2E encoder (hparam ge2e)")
-        # unit-norm 256-d embeddings: scaled so a typical element is of order 1, like the other rows
-        emb = encoder(waves, lengths, alpha=alpha).transpose(1, 2)[..., : feats.shape[2]] * GE2E_SCALE
-        feats = torch.cat([feats, emb.to(feats.dtype)], dim=1)
     clip_speech = torch.ones_like(feats[:, 0], dtype=torch.bool) if speech is None else speech[:, : feats.shape[2]]
     if speech is None or not cfg.speech_only:
+        if cfg.ge2e:
+            feats = torch.cat([feats, _ge2e_rows(model, waves, lengths, alpha, feats.shape[2])], dim=1)
         return ModelInput(feats, frames, None, torch.zeros_like(frames), logmel, frames, clip_speech)
     cropped, crop_frames, crop_speech, offsets = crop_to_speech(feats, frames, clip_speech)
+    if cfg.ge2e:  # the encoder hears the speech span only: what the model sees, at a fraction of the cost
+        span, span_lengths = crop_waves(waves, lengths, offsets * cfg.hop_length, crop_frames * cfg.hop_length)
+        rows = _ge2e_rows(model, span, span_lengths, alpha, cropped.shape[2])
+        rows = rows * (torch.arange(cropped.shape[2], device=rows.device)[None] < crop_frames[:, None])[:, None]
+        cropped = torch.cat([cropped, rows], dim=1)
     return ModelInput(cropped, crop_frames, crop_speech, offsets, logmel, frames, clip_speech)
+
+
+def _ge2e_rows(model, waves, lengths, alpha, width: int) -> torch.Tensor:
+    """``(batch, 256, width)`` GE2E frame embeddings, scaled so a typical element is of order 1."""
+    encoder = getattr(model, "ge2e", None) or getattr(getattr(model, "model", None), "ge2e", None)
+    if encoder is None:
+        raise ValueError("this feature configuration needs a model with a GE2E encoder (hparam ge2e)")
+    emb = encoder(waves, lengths, alpha=alpha).transpose(1, 2)[..., :width] * GE2E_SCALE
+    if emb.shape[2] < width:
+        emb = torch.nn.functional.pad(emb, (0, width - emb.shape[2]))
+    return emb
+
+
+def crop_waves(waves: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor, spans: torch.Tensor):
+    """Samples ``[starts[i], starts[i] + spans[i])`` of each clip (within its length) -> padded batch, lengths."""
+    new_len = torch.minimum(spans, lengths - starts).clamp_min(1)
+    width = int(new_len.max())
+    idx = (starts[:, None] + torch.arange(width, device=waves.device)[None]).clamp_max(waves.shape[1] - 1)
+    keep = torch.arange(width, device=waves.device)[None] < new_len[:, None]
+    return waves.gather(1, idx) * keep.to(waves.dtype), new_len
 
 
 def run_model(model, frontend: LogMel, waves: torch.Tensor, lengths: torch.Tensor,

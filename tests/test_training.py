@@ -438,3 +438,28 @@ def test_nlpaug_waveform_augmenters(name):
         assert 0.85 * len(x) < len(y) < 1.15 * len(x)
     with pytest.raises(ValueError, match="unknown augmenters"):
         A.WaveAugment(["reverb"], 16000)
+
+
+# ---------------------------------------------------------------------- one forward path
+@pytest.mark.parametrize("features, hparams", [
+    ('{"speech_only": true, "ge2e": true}', '{"stack": 4, "rnn": false, "dense": 32}'),
+    ('{"speech_only": true, "prosody": true}', SMALL),
+])
+def test_predictor_and_training_evaluation_give_the_same_probabilities(tmp_path, features, hparams):
+    """The app's Predictor and the trainer's evaluation run the same front end (speech span, speech
+    mask, prosody/GE2E rows) on the same clip, so their probabilities agree."""
+    from serdemo.inference import Predictor
+
+    out = tmp_path / "m"
+    trainer = fit.Trainer(fit.parse_args(args(out, tmp_path / "cache", "--model", "localatt", "--aux-heads", "",
+                                              "--hparams", hparams, "--features", features, "--norm", "global")))
+    trainer.fit()
+    exs = trainer.test[:6]
+    ours = trainer.probabilities(exs)
+    pred = Predictor.from_checkpoint(out, device="cpu")
+    theirs = [pred.predict(trainer.cache.get(e.utt.path), alpha=None, require_speech=False) for e in exs]
+    classes = list(trainer.label_set.classes)
+    got = np.array([[r.probabilities["emotion"][c] for c in classes] for r in theirs])
+    np.testing.assert_allclose(got, ours, atol=1e-4)
+    # and attention lands on speech only
+    assert all(r.attention_on_speech() > 0.95 for r in theirs)

@@ -36,14 +36,19 @@ from training.metrics import confusion_text, scores_by_group, table
 log = logging.getLogger("training.evaluate")
 
 
-def evaluate_checkpoint(path, specs: list[str], speakers: set[str] | None = None, batch_size: int = 16) -> dict:
-    """Score a checkpoint through the app's own path (:meth:`Predictor.predict_batch`)."""
+def evaluate_checkpoint(path, specs: list[str], speakers: set[str] | None = None, batch_size: int = 16,
+                        extras: dict | None = None) -> dict:
+    """Score a checkpoint through the app's own path (:meth:`Predictor.predict_batch`).
+
+    ``extras`` (a dict, filled in): ``attention_on_speech``, the mean over clips of the attention
+    mass on frames the speech detector marked as speech, and ``attention_on_speech_min``.
+    """
     pred = Predictor.from_checkpoint(path)
     card = pred.card
     label_set = get_label_set(card["label_set"]["name"]) if isinstance(card.get("label_set"), dict) else None
     classes = card["heads"]["emotion"]
     cache = WaveCache(sample_rate=pred.features.sample_rate)
-    y, p, groups = [], [], []
+    y, p, groups, on_speech = [], [], [], []
     for spec in specs:
         kind, root = C.parse_spec(spec)
         utts = C.scan(kind, root).utterances
@@ -59,10 +64,15 @@ def evaluate_checkpoint(path, specs: list[str], speakers: set[str] | None = None
             chunk = keep[i:i + batch_size]
             results = pred.predict_batch([cache.get(u.path) for u, _ in chunk])
             p += [classes.index(r.label()) for r in results]
+            on_speech += [r.attention_on_speech() for r in results]
             y += [t for _, t in chunk]
             groups += [u.corpus for u, _ in chunk]
     if not y:
         raise SystemExit("no utterances to evaluate (check --data and the speakers filter)")
+    if extras is not None:
+        extras["attention_on_speech"] = round(float(np.nanmean(on_speech)), 4)
+        extras["attention_on_speech_min"] = round(float(np.nanmin(on_speech)), 4)
+        extras["n"] = len(on_speech)
     return scores_by_group(y, p, groups, classes)
 
 
@@ -284,9 +294,13 @@ def main(argv=None) -> dict:
             speakers = set(card.get("training", {}).get("speakers", {}).get(args.speakers_from_card, []))
             if not speakers:
                 raise SystemExit(f"the card lists no {args.speakers_from_card} speakers")
-        result = evaluate_checkpoint(args.checkpoint, args.data, speakers)
+        extras: dict = {}
+        result = evaluate_checkpoint(args.checkpoint, args.data, speakers, extras=extras)
         print(table(result, f"{args.checkpoint}"))
         print(confusion_text(result["overall"]))
+        print(f"attention mass on speech frames: mean {extras['attention_on_speech']:.3f}, "
+              f"lowest clip {extras['attention_on_speech_min']:.3f} ({extras['n']} clips)")
+        result = {**result, "attention": extras}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result

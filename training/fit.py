@@ -89,6 +89,8 @@ class Trainer:
 
         head_sizes = {h: (len(self.label_set) if h == "emotion" else len(AUX_HEADS[h])) for h in self.heads}
         self.hparams = dict(cfg.hparams, norm=cfg.norm)
+        if self.features.ge2e:  # the model carries the frozen encoder whose rows its input has
+            self.hparams["ge2e"] = True
         self.model = build_model(cfg.model, self.features.input_rows, head_sizes,
                                  input_frame_rate_hz=self.features.frame_rate_hz, **self.hparams).to(self.device)
         self.pretrained = init_pretrained(self.model)  # frozen front ends (GE2E), before any --init
@@ -274,9 +276,14 @@ class Trainer:
     @torch.no_grad()
     def predict(self, examples, warp: bool = False, batch_size: int = 32) -> np.ndarray:
         """-> predicted emotion indices, in the order of ``examples``; ``warp``: VTLP with fixed alphas."""
+        return self.probabilities(examples, warp, batch_size).argmax(1)
+
+    @torch.no_grad()
+    def probabilities(self, examples, warp: bool = False, batch_size: int = 32) -> np.ndarray:
+        """-> ``(len(examples), classes)`` emotion probabilities, in the order of ``examples``."""
         self.model.eval()
         order = sorted(range(len(examples)), key=lambda i: len(self.cache.get(examples[i].utt.path)))
-        preds = np.zeros(len(examples), dtype=int)
+        preds = np.zeros((len(examples), len(self.label_set)), dtype=np.float32)
         gen = torch.Generator().manual_seed(EVAL_SEED)
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
@@ -286,7 +293,7 @@ class Trainer:
             inp = self.featurize(x, lens, alpha, paths=[e.utt.path for e in exs])
             with self.autocast():
                 out = self.model(inp.feats, inp.frames, speech=inp.speech)
-            preds[idx] = out.logits["emotion"].argmax(-1).cpu().numpy()
+            preds[idx] = torch.softmax(out.logits["emotion"].float(), -1).cpu().numpy()
         return preds
 
     def evaluate(self, examples, warp: bool = False) -> dict:

@@ -56,7 +56,8 @@ class CNNLSTM(SERModel):
         self.proj = nn.Sequential(nn.Linear(cin * freq, hidden * 2), nn.ReLU(), nn.Dropout(dropout))
         self.rnn = MaskedBLSTM(hidden * 2, hidden)
         self.rnn_norm = nn.LayerNorm(self.rnn.out_dim)
-        self.build_heads(self.rnn.out_dim)
+        self.out_dim = self.rnn.out_dim
+        self.build_heads(self.out_dim)
 
     def encode(self, x, mask, lengths):
         h = x.unsqueeze(1)  # (batch, 1, n_mels, frames)

@@ -26,7 +26,8 @@ class LocalAttention(SERModel):
         )
         # without its own BLSTM the model relies on a recurrent front end (the GE2E encoder's LSTM)
         self.rnn = MaskedBLSTM(dense, hidden) if rnn else None
-        self.build_heads(self.rnn.out_dim if rnn else dense)
+        self.out_dim = self.rnn.out_dim if rnn else dense
+        self.build_heads(self.out_dim)
 
     def encode(self, x, mask, lengths):
         frames = stack_frames(x.transpose(1, 2), self.time_stride)  # (batch, time', n_mels*stack)

@@ -31,7 +31,7 @@ class MultiTask(SERModel):
         del inner.pool, inner.heads, inner.norm  # only its encoder is shared
         self.encoder = inner
         self.time_stride = inner.time_stride
-        dim = inner.rnn.out_dim
+        dim = inner.out_dim
         self.build_heads(dim)
         self.heads = nn.ModuleDict({
             name: nn.Sequential(nn.Linear(dim, head_hidden), nn.ReLU(), nn.Dropout(dropout),
