@@ -6,6 +6,7 @@ Named API endpoints (``gradio_client``): ``/analyze``, ``/warp``, ``/relabel``, 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -34,19 +35,54 @@ except ImportError:
     def gpu(fn=None, **_kwargs):
         return fn if fn is not None else (lambda f: f)
 
-# keys 1..9 pick a label, Enter-free: "s" saves, "c" confirms the model's answer (not while typing)
+# Keyboard shortcuts act on the visible tab only, on that tab's own clip: keys 1-9 pick a label, "s"
+# saves it, "c" confirms the model's prediction. Each key says what it did in a hint at the bottom of
+# the page (the save itself answers in the tab's status line); on a tab without shortcuts it says so.
+# Keys typed into a text field are left alone.
+SHORTCUT_SCOPES = {  # tab elem_id -> its clip id box, label radio, save and confirm buttons
+    "tab-analyse": {"clip": "#clip-id", "labels": "#label-choice", "save": "#save-label", "confirm": "#confirm-label"},
+    "tab-annotate": {"clip": "#q-clip", "labels": "#q-label-choice", "save": "#q-save", "confirm": "#q-confirm"},
+}
 SHORTCUTS_JS = """
 <script>
+(() => {
+const SCOPES = %s;
+const visible = (el) => !!el && (el.checkVisibility ? el.checkVisibility() : el.offsetParent !== null);
+function hint(text) {
+  let box = document.getElementById('shortcut-hint');
+  if (!box) {
+    box = document.createElement('div'); box.id = 'shortcut-hint'; box.setAttribute('role', 'status');
+    box.style.cssText = 'position:fixed;bottom:16px;right:16px;z-index:1000;pointer-events:none;padding:8px 12px;'
+      + 'border-radius:6px;background:#222;color:#fff;font:14px sans-serif;box-shadow:0 2px 8px rgba(0,0,0,.3)';
+    document.body.appendChild(box);
+  }
+  box.textContent = text; box.style.display = 'block';
+  clearTimeout(box._timer); box._timer = setTimeout(() => { box.style.display = 'none'; }, 4000);
+}
 document.addEventListener('keydown', (e) => {
-  const t = e.target; if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable)) return;
-  if (e.ctrlKey || e.metaKey || e.altKey) return;
-  const radios = document.querySelectorAll('#label-choice input[type=radio]');
-  if (/^[1-9]$/.test(e.key) && radios.length >= +e.key) { radios[+e.key - 1].click(); e.preventDefault(); }
-  else if (e.key === 's') { document.querySelector('#save-label')?.click(); }
-  else if (e.key === 'c') { document.querySelector('#confirm-label')?.click(); }
+  const t = e.target;
+  const typing = t && (t.tagName === 'TEXTAREA' || t.isContentEditable || t.tagName === 'SELECT' ||
+    (t.tagName === 'INPUT' && !['radio', 'checkbox', 'button', 'range'].includes(t.type)));
+  if (typing || e.ctrlKey || e.metaKey || e.altKey || !/^([1-9]|s|c)$/.test(e.key)) return;
+  const tab = Object.keys(SCOPES).find((id) => visible(document.getElementById(id)));
+  if (!tab) { hint('Shortcuts (1-9, s, c) work on the Analyse and Annotate tabs only'); return; }
+  const s = SCOPES[tab], box = document.querySelector(`${s.clip} textarea, ${s.clip} input`);
+  const clip = box && box.value ? `clip ${box.value.slice(0, 12)}` : 'no clip yet';
+  const radios = document.querySelectorAll(`${s.labels} input[type=radio]`);
+  const chosen = [...radios].find((r) => r.checked);
+  e.preventDefault();
+  if (/^[1-9]$/.test(e.key)) {
+    if (radios.length < +e.key) { hint(`No label ${e.key} here (${radios.length} labels)`); return; }
+    radios[+e.key - 1].click(); hint(`${e.key}: label ${radios[+e.key - 1].value} for ${clip}`);
+  } else if (e.key === 's') {
+    hint(`s: saving ${chosen ? chosen.value : 'no label'} for ${clip}`); document.querySelector(s.save)?.click();
+  } else {
+    hint(`c: confirming the model's prediction for ${clip}`); document.querySelector(s.confirm)?.click();
+  }
 });
+})();
 </script>
-"""
+""" % json.dumps(SHORTCUT_SCOPES)
 
 
 @dataclass
@@ -246,7 +282,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         who = _annotator(annotator_name, request)
         try:
             if not clip_id:
-                raise StoreError("analyse a clip first, then label it")
+                raise StoreError("analyse a clip (or pick one from the queue) first, then label it")
             event = bench.store.label_clip(clip_id, label, who)
         except StoreError as exc:
             raise user_error(exc) from None
@@ -373,7 +409,8 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         gr.Markdown("# serdemo\nRecord or upload speech; see the log-mel spectrogram, its VTLP-warped "
                     "twin, where the model's attention falls, and what it predicts. Correct it when it is wrong.")
         source = gr.State("upload")  # where the clip in `audio` came from: MICROPHONE or "upload"
-        with gr.Tab("Analyse"):
+        annotator = gr.Textbox(label="Your name (annotator)", placeholder="used when no login is set", max_lines=1)
+        with gr.Tab("Analyse", elem_id="tab-analyse"):
             with gr.Row():
                 with gr.Column(scale=2):
                     audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speech")
@@ -386,27 +423,27 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                     aux = gr.Markdown(label="Auxiliary heads", elem_id="aux-heads")
                     warp_plot = gr.Plot(warp_figure(1.1), label="Warp function")
             figure = gr.Plot(label="What the model hears", elem_id="analysis-figure")
-            with gr.Row():
-                clip_id = gr.Textbox(label="Clip id", interactive=False, elem_id="clip-id")
-                annotator = gr.Textbox(label="Your name (annotator)", placeholder="used when no login is set")
+            clip_id = gr.Textbox(label="Clip id", interactive=False, elem_id="clip-id")
             label_choice = gr.Radio([], label="True label (keys 1-9)", elem_id="label-choice")
             with gr.Row():
                 confirm_btn = gr.Button("Model is right (c)", elem_id="confirm-label")
                 save_btn = gr.Button("Save label (s)", variant="primary", elem_id="save-label")
             status = gr.Markdown(elem_id="relabel-status")
-        with gr.Tab("Annotate"):
+        with gr.Tab("Annotate", elem_id="tab-annotate"):
             with gr.Row():
                 refresh = gr.Button("Refresh queue")
                 limit = gr.Number(50, label="Show", precision=0)
             queue_df = gr.Dataframe(headers=["clip", "source", "seconds", "predicted", "confidence", "label"],
                                     interactive=False, label="Queue: least confident first")
             with gr.Row():
-                q_clip = gr.Textbox(label="Clip id")
+                q_clip = gr.Textbox(label="Clip id", elem_id="q-clip")
                 q_audio = gr.Audio(label="Playback", interactive=False, type="filepath")
-            q_label = gr.Dropdown(["neutral", "happy", "sad", "angry", "fear", "disgust", "surprise", "calm", "boredom"],
-                                  label="Label", allow_custom_value=False)
-            q_save = gr.Button("Save label", variant="primary")
-            q_status = gr.Markdown()
+            q_label = gr.Radio(["neutral", "happy", "sad", "angry", "fear", "disgust", "surprise", "calm", "boredom"],
+                               label="Label (keys 1-9)", elem_id="q-label-choice")
+            with gr.Row():
+                q_confirm = gr.Button("Model is right (c)", elem_id="q-confirm")
+                q_save = gr.Button("Save label (s)", variant="primary", elem_id="q-save")
+            q_status = gr.Markdown(elem_id="q-status")
             q_hist = gr.Dataframe(headers=["when (UTC)", "label", "annotator", "model said", "confidence", "checkpoint"],
                                   label="History of this clip", interactive=False)
             counts = gr.Dataframe(headers=["by", "name", "count"], value=counts_table, label="Counts",
@@ -447,9 +484,13 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                           api_visibility="private", show_progress_on=status)
         refresh.click(queue, [limit], [queue_df], api_name="queue")
         queue_df.select(pick_from_queue, [queue_df], [q_clip, q_audio, q_hist], api_visibility="private")
+        # the Annotate tab labels its own clip; the clip's history then shows the new label
         q_save.click(relabel, [q_clip, q_label, annotator], [q_status, counts], api_name="relabel_queued",
-                     api_visibility="private",
-                     show_progress_on=q_status)
+                     api_visibility="private", show_progress_on=q_status).success(
+            history, [q_clip], [q_hist], api_name="history_after_save", api_visibility="private")
+        q_confirm.click(confirm, [q_clip, annotator], [q_status, counts], api_name="confirm_queued",
+                        api_visibility="private", show_progress_on=q_status).success(
+            history, [q_clip], [q_hist], api_name="history_after_confirm", api_visibility="private")
         q_clip.submit(history, [q_clip], [q_hist], api_name="history")
         export_btn.click(export, [export_kind], [export_path], api_name="export")
         reload_btn.click(models, None, [model, m_pick], api_name="models")

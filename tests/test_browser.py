@@ -107,3 +107,52 @@ def test_relabel_changes_the_counts(server, browser_factory):  # noqa: F811
     text = page.inner_text("#counts")
     assert re.search(r"browser-tester\s+1", text)
     page.screenshot(path=str(ARTIFACTS / "relabel.png"), full_page=True)
+
+
+def test_shortcuts_act_on_the_visible_tab_and_its_own_clip(server, browser_factory):  # noqa: F811
+    """Models tab: keys do nothing but say where they work. Annotate tab: 2 then s label the clip picked
+    there, not the Analyse tab's clip. Analyse tab: c confirms the Analyse clip. Each key shows a hint."""
+    from serdemo.store import Store
+    from tests.test_app import analyze
+
+    store = Store(server["data"])
+    queued = analyze(server["client"], EMODB / "wav" / "03a04Fd.wav")[4]  # analysed earlier, elsewhere
+    page = browser_factory()
+    open_and_upload(page, server["url"], EMODB / "wav" / "03a04Lc.wav")
+    page.click("#analyse")
+    wait_for_result(page)
+    clip_box = "#clip-id textarea, #clip-id input"
+    page.wait_for_function(f"() => document.querySelector('{clip_box}').value.length == 64", timeout=30_000)
+    analysed = page.locator(clip_box).first.input_value()
+    page.get_by_label("Your name (annotator)").fill("keys")
+    page.locator("#label-choice label", has_text="sad").first.click()  # a label chosen on the Analyse tab
+
+    def press(key):
+        page.locator("h1").first.click()  # focus off any text field
+        page.keyboard.press(key)
+        page.wait_for_timeout(1500)
+        return page.inner_text("#shortcut-hint") if page.locator("#shortcut-hint").count() else ""
+
+    page.get_by_role("tab", name="Models").click()
+    hints = [press(key) for key in ("c", "s", "3")]
+    assert store.history(analysed) == [] and store.history(queued) == []  # nothing saved from the Models tab
+    assert all("Analyse and Annotate" in h for h in hints), hints
+
+    page.get_by_role("tab", name="Annotate").click()
+    page.locator("#q-clip textarea, #q-clip input").first.fill(queued)
+    page.locator("#q-clip textarea, #q-clip input").first.press("Enter")
+    hint = press("2")
+    assert "happy" in hint and queued[:12] in hint
+    assert queued[:12] in press("s")
+    page.wait_for_function("() => /keys/.test(document.querySelector('#q-status').innerText)", timeout=60_000)
+    assert [(h.label, h.annotator) for h in store.history(queued)] == [("happy", "keys")]
+    assert store.history(analysed) == []  # the Analyse clip and its chosen label were left alone
+
+    page.get_by_role("tab", name="Analyse").click()
+    assert analysed[:12] in press("c")
+    page.wait_for_function("() => /confirmed/.test(document.querySelector('#relabel-status').innerText)",
+                           timeout=60_000)
+    hist = store.history(analysed)
+    assert len(hist) == 1 and hist[0].label == hist[0].predicted and hist[0].annotator == "keys"
+    assert len(store.history(queued)) == 1
+    page.screenshot(path=str(ARTIFACTS / "shortcuts.png"), full_page=True)
