@@ -1,7 +1,8 @@
 """The Gradio app: layout and thin callbacks. No model math and no SQL live here.
 
 Named API endpoints (``gradio_client``): ``/analyze``, ``/warp``, ``/relabel``, ``/history``,
-``/confirm``, ``/queue``, ``/export``, ``/models``, ``/model_card``, ``/retrain``, ``/retrain_status``.
+``/confirm``, ``/queue``, ``/export``, ``/models``, ``/model_card``, ``/model_metrics``, ``/retrain``,
+``/retrain_status``.
 """
 
 from __future__ import annotations
@@ -169,18 +170,46 @@ class Workbench:
 
 
 def headline(card: dict) -> str:
-    """'UA 0.61 / WA 0.63 on unseen speakers' from the card's metrics, or what is known."""
+    """The picker's figure, the same kind for every model: UA / WA on the card's own test speakers
+    (``metrics.test.overall``). Cross-validation and leave-one-corpus-out stay in the card view."""
     try:
-        m = card.get("metrics", {})
-        for key, where in (("cv", "cross-validated"), ("test", "unseen speakers"), ("dev", "dev speakers")):
-            block = m.get(key)
-            if block:
-                s = block.get("pooled", block).get("overall") if key == "cv" else block.get("overall")
-                if s:
-                    return f"UA {s['ua']:.2f} / WA {s['wa']:.2f} ({where}, {card.get('label_set', {}).get('name', '')})"
+        overall = card.get("metrics", {}).get("test", {}).get("overall")
+        if not overall:
+            return "no test-speaker metrics"
+        speakers = card.get("metrics", {}).get("test_speakers") or card.get("training", {}).get("speakers", {}).get("test")
+        held_out = f"{len(speakers)} " if speakers else ""
+        return f"UA {overall['ua']:.2f} / WA {overall['wa']:.2f} on its {held_out}test speakers"
     except (AttributeError, KeyError, TypeError, ValueError):
         return "metrics unreadable"
-    return "no held-out metrics"
+
+
+EVALUATIONS = (  # card metrics key -> what the figure is, in the card view
+    ("test", "its test speakers (never seen in training)"),
+    ("dev", "its dev speakers (used to pick the epoch)"),
+    ("cv", "cross-validated (pooled over speaker-independent folds)"),
+    ("loco", "leave-one-corpus-out (pooled over corpora)"),
+)
+
+
+def metrics_markdown(card: dict) -> str:
+    """Every held-out evaluation of a card, one labelled row each (overall and per corpus)."""
+    rows = ["| evaluation | set | UA | WA | macro-F1 | n |", "|---|---|---|---|---|---|"]
+    for key, what in EVALUATIONS:
+        block = card.get("metrics", {}).get(key)
+        if not isinstance(block, dict):
+            continue
+        if key in ("cv", "loco"):
+            what = f"{block.get('scheme', what)}: {what}"
+            block = block.get("pooled") or {}
+        for group, sc in block.items():
+            if isinstance(sc, dict) and "ua" in sc:
+                f1 = f"{sc['macro_f1']:.3f}" if sc.get("macro_f1") is not None else ""
+                rows.append(f"| {what} | {group} | {sc['ua']:.3f} | {sc['wa']:.3f} | {f1} | {sc.get('n', '')} |")
+    if len(rows) == 2:
+        return "_this card holds no held-out metrics_"
+    speakers = card.get("metrics", {}).get("test_speakers")
+    note = f"\n\nTest speakers: {', '.join(speakers)}." if speakers else ""
+    return "\n".join(rows) + note
 
 
 def user_error(problem: Exception | str, source: str | None = None, duration: float | None = 10) -> gr.Error:
@@ -341,7 +370,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         return gr.update(choices=choices, value=bench.default_choice()), gr.update(choices=choices, value=bench.default_choice())
 
     def model_card(name):
-        """A checkpoint's card and its confusion matrix on held-out speakers."""
+        """A checkpoint's card and its confusion matrix on its test speakers (the picker's figure)."""
         if not name or name not in bench.catalogue:
             return {}, None
         try:
@@ -351,12 +380,16 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             return {}, None
         try:
             m = card.get("metrics", {})
-            block = (m.get("cv") or {}).get("pooled") or m.get("test") or (m.get("dev") or {})
-            fig = confusion_figure(block["overall"]["confusion"], block["overall"]["classes"],
-                                   f"{name}: confusion on held-out speakers (rows: true)")
+            fig = confusion_figure(m["test"]["overall"]["confusion"], m["test"]["overall"]["classes"],
+                                   f"{name}: confusion on its test speakers (rows: true)")
         except (AttributeError, KeyError, TypeError, ValueError):
             fig = None  # no (readable) held-out confusion in this card
         return card, fig
+
+    def model_metrics(name: str) -> str:
+        """A checkpoint's held-out evaluations as a Markdown table (test, dev, cross-validation, leave-one-corpus-out)."""
+        card = bench.cards.get(name)
+        return metrics_markdown(card) if card else ""
 
     def retrain(model_name):
         """Fine-tune the selected checkpoint on the stored annotations in a background process."""
@@ -460,6 +493,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                 retrain_btn = gr.Button("Fine-tune the selected model on the stored annotations")
                 retrain_refresh = gr.Button("Refresh status", size="sm")
                 retrain_md = gr.Markdown(elem_id="retrain-status")
+            m_metrics = gr.Markdown(elem_id="model-metrics")
             m_conf = gr.Plot(label="Confusion matrix")
             m_card = gr.JSON(label="Card")
 
@@ -495,6 +529,8 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         export_btn.click(export, [export_kind], [export_path], api_name="export")
         reload_btn.click(models, None, [model, m_pick], api_name="models")
         m_pick.change(model_card, [m_pick], [m_card, m_conf], api_name="model_card")
+        m_pick.change(model_metrics, [m_pick], [m_metrics], api_name="model_metrics")
+        app.load(model_metrics, [m_pick], [m_metrics], api_name="model_metrics_load", api_visibility="private")
         retrain_btn.click(retrain, [m_pick], [retrain_md], api_name="retrain", concurrency_limit=1)
         gr.Timer(3.0).tick(retrain_status, None, [retrain_md], api_name="retrain_poll", api_visibility="private")
         retrain_refresh.click(retrain_status, None, [retrain_md], api_name="retrain_status")

@@ -254,6 +254,30 @@ def test_reload_picks_up_new_checkpoints(server):
     assert card["heads"]["emotion"]
 
 
+def test_the_picker_shows_the_same_figure_for_every_model(server):
+    """Every picker label shows UA / WA on that card's test speakers; cross-validated and
+    leave-one-corpus-out figures are in the card view, labelled, never in the picker."""
+    client = server["client"]
+    model_update, _ = client.predict(api_name="/models")
+    labels = {c[1]: c[0] for c in model_update["choices"]}
+    shipped = [n for n in labels if (server["ckpts"] / n / "card.json").is_file()]
+    assert "default" in shipped
+    for name in shipped:
+        metrics = json.loads((server["ckpts"] / name / "card.json").read_text())["metrics"]
+        test = metrics["test"]["overall"]
+        assert labels[name] == (f"{name} — UA {test['ua']:.2f} / WA {test['wa']:.2f} on its "
+                                f"{len(metrics['test_speakers'])} test speakers"), labels[name]
+    metrics = json.loads((server["ckpts"] / "default" / "card.json").read_text())["metrics"]
+    assert "cv" in metrics  # the shipped default is cross-validated: that figure goes to the card view
+    table = client.predict("default", api_name="/model_metrics")
+    rows = [r for r in table.splitlines() if r.startswith("| ") and "overall" in r]
+    assert [r.split(" | ")[2] for r in rows[:2]] == [f"{metrics['test']['overall']['ua']:.3f}",
+                                                     f"{metrics['dev']['overall']['ua']:.3f}"]
+    cv_row = [r for r in rows if "cross-validated" in r]
+    assert len(cv_row) == 1 and f"| {metrics['cv']['pooled']['overall']['ua']:.3f} |" in cv_row[0]
+    assert "test speakers" in rows[0]
+
+
 def test_retrain_from_the_app_serves_the_new_checkpoint(server):
     client = server["client"]
     for clip, label in ((EMODB / "wav" / "03a02Fc.wav", "happy"), (EMODB / "wav" / "03a02Nc.wav", "neutral")):
