@@ -176,7 +176,8 @@ def headline(card: dict) -> str:
         overall = card.get("metrics", {}).get("test", {}).get("overall")
         if not overall:
             return "no test-speaker metrics"
-        speakers = card.get("metrics", {}).get("test_speakers") or card.get("training", {}).get("speakers", {}).get("test")
+        speakers = (card.get("metrics", {}).get("test_speakers")
+                    or card.get("training", {}).get("speakers", {}).get("test"))
         held_out = f"{len(speakers)} " if speakers else ""
         return f"UA {overall['ua']:.2f} / WA {overall['wa']:.2f} on its {held_out}test speakers"
     except (AttributeError, KeyError, TypeError, ValueError):
@@ -387,7 +388,8 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         return card, fig
 
     def model_metrics(name: str) -> str:
-        """A checkpoint's held-out evaluations as a Markdown table (test, dev, cross-validation, leave-one-corpus-out)."""
+        """A checkpoint's held-out evaluations as a Markdown table (test, dev, cross-validation,
+        leave-one-corpus-out)."""
         card = bench.cards.get(name)
         return metrics_markdown(card) if card else ""
 

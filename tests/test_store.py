@@ -48,7 +48,8 @@ def test_label_clip_records_the_clips_latest_analysis(tmp_path):
     store.add_clip(tone(220, 0.5), predicted="sad", confidence=0.7, checkpoint="new")  # analysed again
     confirmed = store.label_clip(sha, None, "ann")
     corrected = store.label_clip(sha, "angry", "bob")
-    assert (confirmed.label, confirmed.predicted, confirmed.confidence, confirmed.checkpoint) == ("sad", "sad", 0.7, "new")
+    assert (confirmed.label, confirmed.predicted, confirmed.confidence, confirmed.checkpoint) == \
+        ("sad", "sad", 0.7, "new")
     assert (corrected.label, corrected.predicted, corrected.checkpoint) == ("angry", "sad", "new")
     assert [(h.label, h.predicted) for h in store.history(sha)] == [("sad", "sad"), ("angry", "sad")]
     unanalysed = store.add_clip(tone(330, 0.5))
