@@ -3,8 +3,9 @@
 The app exports the store as a manifest, fine-tunes the selected checkpoint on it plus the
 configured corpora with the checkpoint's own recipe, and reports progress by reading the run's
 ``OUT/progress.jsonl`` (one JSON object per line; the schema is documented in
-``training/progress.py``). Nothing here imports ``training``: it is run as a separate process, so a
-crash or a long run never blocks the app.
+``training/progress.py``). When the run is done, ``python -m training.compare`` scores the previous and
+the new checkpoint on the same clips of speakers neither trained on (``OUT/comparison.json``). Nothing
+here imports ``training``: it is run as a separate process, so a crash or a long run never blocks the app.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 PROGRESS_FILE = "progress.jsonl"  # written by training.fit into its output folder
+COMPARISON_FILE = "comparison.json"  # written by training.compare: old and new model on the same clips
 
 
 def read_progress(path) -> list[dict]:
@@ -84,11 +86,10 @@ class Retrainer:
             env = dict(os.environ, TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
             root = Path(__file__).resolve().parents[1]
             fit = [sys.executable, "-m", "training.fit", "--config", str(config), *extra_args]
-            # the previous model, scored on the new run's held-out speakers: a like-for-like comparison
-            baseline = [sys.executable, "-m", "training.evaluate", str(base_checkpoint),
-                        *[a for c in recipe["corpora"] for a in ("--data", c)], "--speakers-from-card", "test",
-                        "--speakers-card", str(self.out), "--json", str(self.out / "baseline.json")]
-            script = " ".join(map(_quote, fit)) + " && " + " ".join(map(_quote, baseline))
+            # both models scored on the same clips, of speakers neither trained on: like for like
+            compare = [sys.executable, "-m", "training.compare", str(base_checkpoint), str(self.out),
+                       "--json", str(self.out / COMPARISON_FILE)]
+            script = " ".join(map(_quote, fit)) + " && " + " ".join(map(_quote, compare))
             with open(self.log, "w") as logf:
                 self.proc = subprocess.Popen(["bash", "-c", script], cwd=root, env=env, stdout=logf,
                                              stderr=subprocess.STDOUT)
@@ -105,7 +106,8 @@ class Retrainer:
         last = events[-1] if events else {}
         epochs = [e for e in events if e.get("event") == "epoch"]
         code = self.proc.poll()
-        state = "running" if code is None else ("done" if code == 0 and (self.out / "baseline.json").exists() else "failed")
+        finished = code == 0 and (self.out / COMPARISON_FILE).exists()
+        state = "running" if code is None else ("done" if finished else "failed")
         errors = [e.get("message") for e in events if e.get("event") == "error"]
         losses = [e["loss"] for e in events if e.get("loss") is not None]
         return {"state": state, "epoch": int(epochs[-1]["epoch"]) if epochs else 0,
@@ -117,19 +119,34 @@ class Retrainer:
                 "tail": "\n".join(text.strip().splitlines()[-4:])}
 
     def comparison(self) -> str:
-        """Markdown: the new checkpoint against the previous one on the same held-out speakers."""
-        if self.out is None or not (self.out / "baseline.json").exists():
+        """Markdown: the new checkpoint against the previous one, both scored on the same clips of speakers
+        neither of them trained on (``training.compare``)."""
+        path = self.out / COMPARISON_FILE if self.out is not None else None
+        if path is None or not path.exists():
             return ""
-        new = json.loads((self.out / "card.json").read_text())["metrics"].get("test", {})
-        old = json.loads((self.out / "baseline.json").read_text())
-        rows = ["| set | previous UA | new UA | previous WA | new WA | n |", "|---|---|---|---|---|---|"]
-        for k in new:
-            if k in old:
-                rows.append(f"| {k} | {old[k]['ua']:.3f} | {new[k]['ua']:.3f} | {old[k]['wa']:.3f} | "
-                            f"{new[k]['wa']:.3f} | {new[k]['n']} |")
-        return "\n".join(rows)
+        return comparison_markdown(json.loads(path.read_text()))
 
     def wait(self, timeout: float | None = None) -> dict:
         if self.proc is not None:
             self.proc.wait(timeout)
         return self.status()
+
+
+def comparison_markdown(result: dict) -> str:
+    """A ``training.compare`` result as Markdown: one row per set, both models on the same clips."""
+    speakers, left = result.get("speakers", []), result.get("left_out_speakers", {})
+    lines = [f"Both models scored on the same {result.get('n', 0)} clips of {len(speakers)} speakers that "
+             f"neither trained on ({', '.join(speakers) or 'none'})."]
+    if left:
+        lines.append("Left out: " + ", ".join(f"{s} ({why})" for s, why in sorted(left.items())) + ".")
+    if result.get("note"):
+        lines.append(f"Note: {result['note']}.")
+    scores = result.get("scores")
+    if scores:
+        old, new = scores["previous"], scores["new"]
+        lines += ["", "| set | previous UA | new UA | previous WA | new WA | n |", "|---|---|---|---|---|---|"]
+        for k in new:
+            if k in old:
+                lines.append(f"| {k} | {old[k]['ua']:.3f} | {new[k]['ua']:.3f} | {old[k]['wa']:.3f} | "
+                             f"{new[k]['wa']:.3f} | {new[k]['n']} |")
+    return "\n".join(lines)

@@ -297,7 +297,11 @@ def test_retrain_from_the_app_serves_the_new_checkpoint(server):
             break
         time.sleep(3)
     assert status.startswith("Done"), status
-    assert "previous UA" in status
+    assert "previous UA" in status and "Both models scored on the same" in status
+    run = next((server["data"] / "checkpoints").glob("default-ft-*"))
+    speakers = json.loads((run / "card.json").read_text())["training"]["speakers"]
+    assert [s for s in speakers["train"] if s.startswith("store:")]  # the stored clips trained...
+    assert not [s for s in speakers["dev"] + speakers["test"] if s.startswith("store:")]  # ...and only trained
     model_update, _ = client.predict(api_name="/models")
     names = [c[1] if isinstance(c, (list, tuple)) else c for c in model_update["choices"]]
     new = [n for n in names if n.startswith("default-ft-")]

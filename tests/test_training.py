@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -400,6 +401,71 @@ def test_leave_one_corpus_out_tests_each_corpus_on_its_own(tmp_path):
         assert len(corpora) == 1 and set(f["test"]) == {"overall", *corpora}
     assert {g for g in cv["pooled"] if g != "overall"} == {"emodb", "ravdess"}
     assert set(cv["fold_spread"]["overall"]["ua"]) == {"mean", "std"}
+
+
+# ---------------------------------------------------------------------- clips from the app's store
+def test_store_clips_always_train_and_a_stored_corpus_clip_never_does(tmp_path):
+    """Stored clips are one person's recordings, not one speaker each: in every fold they train, the
+    corpus speakers' folds are unchanged, and a stored copy of a corpus clip (here a test or dev
+    speaker's) never trains."""
+    from serdemo.audio import load_audio
+    from serdemo.store import Store, as_stored
+    from training.corpora import scan_emodb, scan_store
+    from training.splits import train_dev_test
+
+    store = Store(tmp_path / "data")
+    copies = {}  # a corpus clip analysed in the app: stored under its content hash, relabelled
+    for name in ("03a01Fa.wav", "13a01Ea.wav", "08a01Ab.wav", "10a01Ac.wav"):
+        sha = store.add_clip(as_stored(load_audio(str(EMODB / "wav" / name))), name, predicted="sad")
+        store.add_label(sha, "happy", "me")
+        copies[sha] = name
+    own = []  # the user's own recordings (clips of another corpus, so no corpus copy exists)
+    for i, path in enumerate(sorted((RAVDESS / "Actor_01").glob("*"))[:6]):
+        sha = store.add_clip(as_stored(load_audio(str(path))), f"mine-{i}.wav")
+        store.add_label(sha, "angry" if i % 2 else "neutral", "me")
+        own.append(sha)
+    corpus = scan_emodb(EMODB).utterances
+    stored = scan_store(tmp_path / "data").utterances
+    assert len(stored) == 10
+    sha_of = {u.path: Path(u.path).stem for u in stored}
+    for fold in (0, 1, 2, 3, None):
+        train, dev, test = train_dev_test(corpus + stored, "speakers", 4, fold, 0)
+        alone = train_dev_test(corpus, "speakers", 4, fold, 0)
+        assert [sorted(u.path for u in part) for part in (dev, test)] == \
+            [sorted(u.path for u in part) for part in alone[1:]]  # the corpus folds are the same
+        assert not [u for u in dev + test if u.corpus == "store"]
+        trained = sorted(sha_of[u.path] for u in train if u.corpus == "store")
+        assert trained == sorted(own), fold  # every own recording trains; no stored corpus clip does
+        assert len(train) == len(alone[0]) + len(own)
+
+
+def test_retrain_comparison_scores_both_models_on_the_same_unheard_clips(tmp_path):
+    """The previous model is never scored on a speaker it trained on, and both models on one clip list:
+    the new run's test clips (its corpora and per-corpus limit), not every clip of those speakers."""
+    from training import compare as K
+    from training.data import load_corpora
+
+    old = ROOT / "checkpoints" / "default"
+    new = tmp_path / "out" / "default-ft"
+    shutil.copytree(old, new)
+    card = json.loads((new / "card.json").read_text())
+    card["training"]["config"].update(corpora=[f"emodb={EMODB}"], limit_per_corpus=60)
+    card["training"]["speakers"]["test"] = ["emodb:03", "emodb:13", "emodb:08"]  # 08 was the old one's dev
+    (new / "card.json").write_text(json.dumps(card))
+    result = K.main([str(old), str(new), "--json", str(new / "comparison.json")])
+    assert result["speakers"] == ["emodb:03", "emodb:13"]
+    assert result["left_out_speakers"] == {"emodb:08": "the previous model's dev speaker"}
+    utts, _ = load_corpora([f"emodb={EMODB}"], 60)
+    expected = [u for u in utts if u.speaker in ("emodb:03", "emodb:13") and u.emotion != "boredom"]
+    assert result["n"] == len(expected) > 0
+    scores = result["scores"]
+    assert scores["previous"]["overall"]["n"] == scores["new"]["overall"]["n"] == len(expected)
+    assert scores["previous"]["overall"]["ua"] == pytest.approx(scores["new"]["overall"]["ua"])  # same weights
+    r = Retrainer(tmp_path / "work", tmp_path / "out", [])
+    r.out = new
+    text = r.comparison()
+    assert f"same {len(expected)} clips of 2 speakers" in text and "emodb:08 (the previous model's dev speaker)" in text
+    assert "| overall |" in text and "previous UA" in text
 
 
 # ---------------------------------------------------------------------- the app's view of a run

@@ -1,12 +1,23 @@
-"""Speaker-independent splits: no speaker is ever on both sides."""
+"""Speaker-independent splits: no speaker is ever on both sides.
+
+Clips from the app's annotation store (corpus ``store``) are always training data: their speakers are
+unknown (one person's recordings would spread over train, dev and test as "one speaker per clip"), and
+a person's corrections are there to be learnt. A stored clip whose audio equals a corpus clip (a corpus
+file analysed in the app) is dropped, so a held-out clip never trains under another name.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 from collections import Counter, defaultdict
-from typing import Sequence
+from typing import Callable, Sequence
 
 from training.corpora import Utterance
+
+STORE_CORPUS = "store"  # training.corpora.scan_store and the app's retraining manifest
+log = logging.getLogger(__name__)
 
 
 def speakers_of(utts: Sequence[Utterance]) -> list[str]:
@@ -87,8 +98,21 @@ def train_dev_test(utts: Sequence[Utterance], scheme: str = "speakers", n_folds:
     """Speaker-independent train/dev/test.
 
     Fold ``fold`` is the test set (``None``: no test set, everything trains); dev is the next fold
-    (used for early stopping and model selection only). Returns three lists of utterances.
+    (used for early stopping and model selection only). Folds are dealt over the corpus speakers
+    only; clips of the annotation store (corpus ``store``) all go to train, except those whose audio
+    equals a corpus clip (:func:`drop_stored_duplicates`). Returns three lists of utterances.
     """
+    stored = [u for u in utts if u.corpus == STORE_CORPUS]
+    utts = [u for u in utts if u.corpus != STORE_CORPUS]
+    if stored and not utts:
+        raise ValueError("stored clips only train: add a corpus to hold out dev and test speakers")
+    train, dev, test = _corpus_split(utts, scheme, n_folds, fold, seed)
+    if stored:
+        stored = drop_stored_duplicates(stored, train, dev + test)
+    return train + stored, dev, test
+
+
+def _corpus_split(utts, scheme, n_folds, fold, seed):
     folds = make_folds(utts, scheme, n_folds, seed)
     n = len(folds)
     if scheme == "corpus":  # the held-out corpus tests; dev is a quarter of the other corpora's speakers
@@ -108,6 +132,63 @@ def train_dev_test(utts: Sequence[Utterance], scheme: str = "speakers", n_folds:
     rest, test = split_by_speakers(utts, test_spk)
     train, dev = split_by_speakers(rest, dev_spk)
     return train, dev, test
+
+
+# ---------------------------------------------------------------- stored clips that are corpus clips
+def content_hash(path: str) -> str | None:
+    """The store's content hash of a file (SHA-256 of its 16-bit samples at 16 kHz, as the app stores
+    an upload: :func:`serdemo.store.clip_hash`); None when the file cannot be read as a clip."""
+    from serdemo.audio import SAMPLE_RATE, AudioError, load_audio
+    from serdemo.store import clip_hash
+
+    try:
+        return clip_hash(load_audio(path, target_rate=SAMPLE_RATE, max_duration_s=math.inf))
+    except (AudioError, OSError, ValueError):
+        return None
+
+
+def stored_length(path: str) -> int | None:
+    """Samples the file has at 16 kHz once loaded (from its header, no decoding); None if unknown."""
+    import soundfile as sf
+
+    from serdemo.audio import SAMPLE_RATE, resample_ratio
+
+    try:
+        info = sf.info(path)
+    except (RuntimeError, OSError, ValueError):
+        return None
+    if info.samplerate == SAMPLE_RATE:
+        return int(info.frames)
+    return math.ceil(info.frames * resample_ratio(info.samplerate, SAMPLE_RATE))
+
+
+def drop_stored_duplicates(stored: Sequence[Utterance], train: Sequence[Utterance], held_out: Sequence[Utterance],
+                           hash_of: Callable[[str], str | None] = content_hash,
+                           length_of: Callable[[str], int | None] = stored_length,
+                           tolerance: int = 160) -> list[Utterance]:
+    """``stored`` without the clips whose audio equals a corpus clip of ``train`` or ``held_out``.
+
+    The corpus copy keeps its place (a held-out one never trains under the store's name). Only
+    corpus clips within ``tolerance`` samples of a stored clip's length are decoded and hashed.
+    """
+    if not stored:
+        return []
+    own = {u.path: (hash_of(u.path), length_of(u.path)) for u in stored}
+    lengths = sorted(n for _, n in own.values() if n is not None)
+    hashes = {h for h, _ in own.values() if h}
+    found: dict[str, str] = {}  # content hash -> "train" | "held out"
+    for part, utts in (("held out", held_out), ("train", train)):
+        for u in utts:
+            n = length_of(u.path)
+            near = n is None or any(abs(n - m) <= tolerance for m in lengths)
+            if near and (h := hash_of(u.path)) in hashes:
+                found.setdefault(h, part)
+    kept = [u for u in stored if own[u.path][0] not in found]
+    dropped = Counter(found[own[u.path][0]] for u in stored if own[u.path][0] in found)
+    if dropped:
+        log.warning("dropping %d stored clip(s) that are corpus clips (%s); the corpus copies keep their place",
+                    sum(dropped.values()), ", ".join(f"{v} {k}" for k, v in sorted(dropped.items())))
+    return kept
 
 
 def label_counts(utts: Sequence[Utterance]) -> dict[str, int]:
