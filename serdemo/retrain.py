@@ -98,7 +98,9 @@ class Retrainer:
 
     def status(self) -> dict:
         """``{"state": idle|running|done|failed, "epoch", "of", "dev_ua", "out", "elapsed_s", "tail"}`` plus,
-        from the progress file, ``step``, ``total_steps``, ``loss``, ``eta_s`` and ``error``."""
+        from the progress file, ``step``, ``total_steps``, ``loss``, ``eta_s``, ``error`` and, while running,
+        ``phase``: ``preparing`` (no step yet), ``training`` or ``comparing`` (training is done, the
+        comparison with the previous model runs); ``current_epoch`` is the epoch the last step belongs to."""
         if self.proc is None:
             return {"state": "idle"}
         text = self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
@@ -110,11 +112,18 @@ class Retrainer:
         state = "running" if code is None else ("done" if finished else "failed")
         errors = [e.get("message") for e in events if e.get("event") == "error"]
         losses = [e["loss"] for e in events if e.get("loss") is not None]
+        if state != "running":
+            phase = state
+        elif any(e.get("event") == "done" for e in events):
+            phase = "comparing"
+        else:
+            phase = "training" if last.get("step") else "preparing"
         return {"state": state, "epoch": int(epochs[-1]["epoch"]) if epochs else 0,
                 "of": int(last.get("epochs") or self.total_epochs),
                 "dev_ua": epochs[-1].get("dev_ua") if epochs else None,
                 "step": int(last.get("step") or 0), "total_steps": int(last.get("total_steps") or 0),
                 "loss": losses[-1] if losses else None, "eta_s": last.get("eta_s"), "error": errors[-1] if errors else None,
+                "phase": phase, "current_epoch": int(last.get("epoch") or 0),
                 "out": str(self.out), "elapsed_s": time.time() - self.started,
                 "tail": "\n".join(text.strip().splitlines()[-4:])}
 

@@ -2,11 +2,12 @@
 
 Named API endpoints (``gradio_client``): ``/analyze``, ``/warp``, ``/relabel``, ``/history``,
 ``/confirm``, ``/queue``, ``/export``, ``/models``, ``/model_card``, ``/model_metrics``, ``/retrain``,
-``/retrain_status``.
+``/retrain_status`` (Markdown), ``/retrain_progress`` (the run's status as a dict).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
@@ -213,6 +214,43 @@ def metrics_markdown(card: dict) -> str:
     return "\n".join(rows) + note
 
 
+def duration_text(seconds: float | None) -> str:
+    """``42 s``, ``3 min 05 s``, ``1 h 02 min``; ``unknown`` for None."""
+    if seconds is None:
+        return "unknown"
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def retrain_progress_html(st: dict) -> str:
+    """A retraining run (:meth:`Retrainer.status`) as a progress bar with its step count and ETA."""
+    if st.get("state", "idle") == "idle":
+        return ""
+    step, total, phase = st.get("step", 0), st.get("total_steps", 0), st.get("phase", st["state"])
+    if phase == "done":
+        value, text = (1, 1), "done: the new model is in the pickers"
+    elif phase == "failed":
+        value, text = (step, total or 1), "failed (see below)"
+    elif phase == "comparing":
+        value, text = (1, 1), "trained; scoring the previous and the new model on the same held-out clips"
+    elif phase == "preparing" or not total:
+        value, text = None, "reading the corpora and the stored clips"
+    else:
+        loss = f" · loss {st['loss']:.3f}" if st.get("loss") is not None else ""
+        value = (step, total)
+        text = (f"{step / total:.0%} · step {step}/{total} · epoch {st.get('current_epoch', 0)}/{st.get('of', 0)}"
+                f"{loss} · ETA {duration_text(st.get('eta_s'))}")
+    bar = (f'<progress value="{value[0]}" max="{value[1]}"' if value else "<progress") + \
+        ' style="width:100%;height:16px"></progress>'
+    name = html.escape(Path(st.get("out", "")).name)
+    return (f'<div class="retrain-progress" data-phase="{phase}"><div><b>{name}</b>: {html.escape(text)}</div>'
+            f"{bar}</div>")
+
+
 def user_error(problem: Exception | str, source: str | None = None, duration: float | None = 10) -> gr.Error:
     """A problem the user can fix, as a ``gr.Error`` to raise: one log line, no traceback, no path.
 
@@ -417,20 +455,39 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         return f"Started fine-tuning **{model_name}** on {len(bench.store.current_labels())} stored clips " \
                f"+ {len(corpora)} corpora → `{out.name}`"
 
-    def retrain_status():
-        """Progress of the background run; when done, the new checkpoint is in the picker."""
-        st = bench.retrainer.status()
+    def retrain_markdown(st: dict) -> str:
         if st["state"] == "idle":
             return "No retraining run yet."
         if st["state"] == "running":
-            return (f"Training `{Path(st['out']).name}`: epoch {st['epoch']}/{st['of']}"
-                    + (f", dev UA {st['dev_ua']:.3f}" if st["dev_ua"] is not None else "")
-                    + f" ({st['elapsed_s']:.0f} s)")
+            return (f"Training `{Path(st['out']).name}` ({duration_text(st['elapsed_s'])} so far)"
+                    + (f"; dev UA after epoch {st['epoch']}: {st['dev_ua']:.3f}" if st["dev_ua"] is not None else ""))
         if st["state"] == "failed":
             return f"Retraining failed:\n```\n{st['tail']}\n```"
-        bench.reload()
-        return (f"Done: `{Path(st['out']).name}` is in the model picker (press Reload checkpoints). "
-                f"Held-out speakers of the new run:\n\n{bench.retrainer.comparison()}")
+        return f"Done: `{Path(st['out']).name}` is in the model pickers.\n\n{bench.retrainer.comparison()}"
+
+    def finished_run(st: dict) -> bool:
+        """A done run's checkpoint joins the catalogue (one rescan, whichever page or caller asks first)."""
+        if st["state"] == "done" and Path(st["out"]).name not in bench.catalogue:
+            bench.reload()
+        return st["state"] == "done"
+
+    def retrain_status() -> str:
+        """Progress of the background run as Markdown; when done, the two models' comparison."""
+        st = bench.retrainer.status()
+        finished_run(st)
+        return retrain_markdown(st)
+
+    def retrain_progress() -> dict:
+        """The background run's status: state, phase, step, total_steps, epoch, loss, eta_s, dev_ua, out, ..."""
+        return bench.retrainer.status()
+
+    def retrain_view(seen: str):
+        """The page's view of the run (polled, and on load, so a reload shows it): the progress bar, the
+        status, and once per finished run the pickers' choices with the new checkpoint in them."""
+        st = bench.retrainer.status()
+        fresh = finished_run(st) and st["out"] != seen
+        pickers = gr.update(choices=bench.choices()) if fresh else gr.skip()
+        return retrain_progress_html(st), retrain_markdown(st), pickers, pickers, st["out"] if fresh else seen
 
     def clear_analysis():
         """Empty the results of the last analysis, so that a failed one leaves no clip to label by mistake."""
@@ -449,7 +506,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             with gr.Row():
                 with gr.Column(scale=2):
                     audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speech")
-                    model = gr.Dropdown(bench.choices(), value=bench.default_choice(), label="Model")
+                    model = gr.Dropdown(bench.choices(), value=bench.default_choice(), label="Model", elem_id="model")
                     alpha = gr.Slider(ALPHA_MIN, ALPHA_MAX, value=1.1, step=0.01, label="VTLP alpha (warp factor)")
                     run = gr.Button("Analyse", variant="primary", elem_id="analyse")
                     info = gr.Markdown()
@@ -489,12 +546,13 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                 export_path = gr.Textbox(label="Written to", interactive=False)
         with gr.Tab("Models"):
             with gr.Row():
-                m_pick = gr.Dropdown(bench.choices(), value=bench.default_choice(), label="Checkpoint")
+                m_pick = gr.Dropdown(bench.choices(), value=bench.default_choice(), label="Checkpoint",
+                                     elem_id="model-pick")
                 reload_btn = gr.Button("Reload checkpoints")
-            with gr.Row():
-                retrain_btn = gr.Button("Fine-tune the selected model on the stored annotations")
-                retrain_refresh = gr.Button("Refresh status", size="sm")
-                retrain_md = gr.Markdown(elem_id="retrain-status")
+            retrain_btn = gr.Button("Fine-tune the selected model on the stored annotations")
+            retrain_bar = gr.HTML(elem_id="retrain-progress")
+            retrain_md = gr.Markdown(elem_id="retrain-status")
+            seen_run = gr.State("")  # the finished run whose checkpoint this page's pickers already list
             m_metrics = gr.Markdown(elem_id="model-metrics")
             m_conf = gr.Plot(label="Confusion matrix")
             m_card = gr.JSON(label="Card")
@@ -533,10 +591,15 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         m_pick.change(model_card, [m_pick], [m_card, m_conf], api_name="model_card")
         m_pick.change(model_metrics, [m_pick], [m_metrics], api_name="model_metrics")
         app.load(model_metrics, [m_pick], [m_metrics], api_name="model_metrics_load", api_visibility="private")
-        retrain_btn.click(retrain, [m_pick], [retrain_md], api_name="retrain", concurrency_limit=1)
-        gr.Timer(3.0).tick(retrain_status, None, [retrain_md], api_name="retrain_poll", api_visibility="private")
-        retrain_refresh.click(retrain_status, None, [retrain_md], api_name="retrain_status")
-        app.load(retrain_status, None, [retrain_md], api_name="retrain_load", api_visibility="private")
+        # the run's progress comes from the retrainer, polled by every page (and read on load: a reload shows it)
+        view = dict(fn=retrain_view, inputs=[seen_run], outputs=[retrain_bar, retrain_md, model, m_pick, seen_run],
+                    api_visibility="private", show_progress="hidden")
+        retrain_btn.click(retrain, [m_pick], [retrain_md], api_name="retrain", concurrency_limit=1).success(
+            api_name="retrain_started", **view)
+        gr.Timer(2.0).tick(api_name="retrain_poll", queue=False, **view)
+        app.load(api_name="retrain_load", **view)
+        gr.api(retrain_status, api_name="retrain_status")
+        gr.api(retrain_progress, api_name="retrain_progress")
         app.load(model_card, [m_pick], [m_card, m_conf], api_visibility="private")
         app.load(counts_table, None, [counts], api_visibility="private")
         app.load(queue, [limit], [queue_df], api_name="queue_load", api_visibility="private")

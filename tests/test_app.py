@@ -310,6 +310,38 @@ def test_retrain_from_the_app_serves_the_new_checkpoint(server):
     assert probs["label"]
 
 
+def test_retrain_progress_bar_shows_the_step_count_and_eta(tmp_path):
+    """The bar is drawn from the retrainer's reading of the run's progress.jsonl (not from the page)."""
+    from serdemo.retrain import Retrainer
+    from serdemo.ui import retrain_progress_html
+
+    r = Retrainer(tmp_path / "work", tmp_path / "out", [], epochs=3)
+    assert retrain_progress_html(r.status()) == ""  # no run: no bar
+    r.out, r.log = tmp_path / "out" / "default-ft-1", tmp_path / "run.log"
+    r.out.mkdir(parents=True)
+    r.log.write_text("")
+    r.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    progress = r.out / "progress.jsonl"
+
+    def write(*events):
+        progress.write_text("".join(json.dumps({"epochs": 3, "total_steps": 60, **e}) + "\n" for e in events))
+        return retrain_progress_html(r.status())
+
+    try:
+        start = {"event": "start", "epoch": 0, "step": 0}
+        bar = write(start)
+        assert "<progress style" in bar and "reading the corpora" in bar  # running, no step yet: indeterminate
+        bar = write(start, {"event": "step", "epoch": 2, "step": 27, "loss": 1.234, "eta_s": 65.4})
+        assert '<progress value="27" max="60"' in bar and "default-ft-1" in bar
+        assert "45% · step 27/60 · epoch 2/3 · loss 1.234 · ETA 1 min 05 s" in bar
+        bar = write(start, {"event": "done", "epoch": 3, "step": 60, "eta_s": 0.0})
+        assert '<progress value="1" max="1"' in bar and "scoring the previous and the new model" in bar
+    finally:
+        r.proc.kill()
+        r.proc.wait()
+    assert 'data-phase="failed"' in retrain_progress_html(r.status())
+
+
 def test_slider_redraws_the_warp_without_the_model(server):
     client = server["client"]
     out = analyze(client, EMODB / "wav" / "03a01Wa.wav", alpha=1.1)

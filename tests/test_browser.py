@@ -156,3 +156,39 @@ def test_shortcuts_act_on_the_visible_tab_and_its_own_clip(server, browser_facto
     assert len(hist) == 1 and hist[0].label == hist[0].predicted and hist[0].annotator == "keys"
     assert len(store.history(queued)) == 1
     page.screenshot(path=str(ARTIFACTS / "shortcuts.png"), full_page=True)
+
+
+def test_retrain_progress_survives_a_reload_and_the_new_model_joins_the_pickers(server, browser_factory):  # noqa: F811
+    """A run started elsewhere (the API) shows as a progress bar on the Models tab, still after a page
+    reload; when it is done the new checkpoint is in both pickers without pressing Reload."""
+    from tests.test_app import analyze
+
+    client = server["client"]
+    for clip, label in ((EMODB / "wav" / "03a05Aa.wav", "angry"), (EMODB / "wav" / "03a05Nd.wav", "neutral")):
+        client.predict(analyze(client, clip)[4], label, "trainer", api_name="/relabel")
+    page = browser_factory()
+    page.goto(server["url"], wait_until="load")
+    page.wait_for_selector("#analyse", timeout=60_000)
+    assert "Started fine-tuning" in client.predict("default", api_name="/retrain")
+    phases = []
+    for _ in range(2):  # the page as first opened, then reloaded: the bar comes from the server's run
+        page.get_by_role("tab", name="Models").click()
+        page.wait_for_selector("#retrain-progress progress", timeout=30_000)
+        phases.append(page.get_attribute("#retrain-progress .retrain-progress", "data-phase"))
+        page.screenshot(path=str(ARTIFACTS / f"retrain-progress-{len(phases)}.png"), full_page=True)
+        if len(phases) == 1:
+            page.reload(wait_until="load")
+            page.wait_for_selector("#analyse", timeout=60_000)
+    assert phases[0] in ("preparing", "training", "comparing", "done"), phases
+    page.wait_for_function("() => /^Done/.test(document.querySelector('#retrain-status').innerText.trim())",
+                           timeout=400_000)
+    assert page.get_attribute("#retrain-progress .retrain-progress", "data-phase") == "done"
+    assert "previous UA" in page.inner_text("#retrain-status")
+    for picker, tab in (("#model-pick", "Models"), ("#model", "Analyse")):
+        page.get_by_role("tab", name=tab).click()
+        page.locator(f"{picker} input").first.click()  # opens its option list (drawn outside the picker)
+        page.wait_for_selector("[role=listbox] [role=option]", timeout=10_000)
+        options = page.locator("[role=listbox] [role=option]").all_inner_texts()
+        assert [o for o in options if "default-ft-" in o], (picker, options)
+        page.keyboard.press("Escape")
+        page.wait_for_selector("[role=listbox]", state="detached", timeout=10_000)
