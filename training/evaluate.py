@@ -31,6 +31,7 @@ from serdemo.inference import Predictor
 from serdemo.labels import get_label_set
 from training import corpora as C
 from training.data import WaveCache
+from training.splits import STORE_CORPUS
 from training.metrics import confusion_text, scores_by_group, table
 
 log = logging.getLogger("training.evaluate")
@@ -172,7 +173,8 @@ def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | 
         cfg = dataclasses.replace(base, fold=k, out=str(workdir / f"{base.split}-fold{k}"), name=f"{base.name}-fold{k}")
         trainer = Trainer(cfg)
         if base.split == "corpus":
-            n = len({e.utt.corpus for e in trainer.train + trainer.dev + trainer.test})
+            # one fold per corpus; the app's store only ever trains, so it is never held out
+            n = len({e.utt.corpus for e in trainer.train + trainer.dev + trainer.test} - {STORE_CORPUS})
         done = Path(cfg.out) / "card.json"
         problem = reuse_problem(read_card(cfg.out), trainer) if done.is_file() else "there is none"
         if problem is None:
