@@ -120,7 +120,10 @@ def test_analyze_real_clips(server):
         assert abs(att.sum() - 1) < 1e-3
         # one time axis: both panels span the clip, in seconds
         dur = float(info.split("·")[1].strip().split(" ")[0])
-        assert abs(mel_t[-1] - dur) < 0.02 and 0 <= att_t[0] < 0.1 and abs(att_t[-1] - dur) < 0.1
+        # the spectrogram spans the clip; attention lies on the speech span inside it (RAVDESS clips
+        # open with over a second of silence, which gets no weight)
+        assert abs(mel_t[-1] - dur) < 0.02 and 0 <= att_t[0] < att_t[-1] <= dur + 0.05
+        assert att_t[-1] - att_t[0] > 0.5
         axes = figure["layout"]
         assert axes["xaxis"].get("matches") == "x3" or axes["xaxis2"].get("matches") == "x3"
         # the warped panel differs from the original, but has the same shape
@@ -268,13 +271,15 @@ def test_the_picker_shows_the_same_figure_for_every_model(server):
         assert labels[name] == (f"{name} — UA {test['ua']:.2f} / WA {test['wa']:.2f} on its "
                                 f"{len(metrics['test_speakers'])} test speakers"), labels[name]
     metrics = json.loads((server["ckpts"] / "default" / "card.json").read_text())["metrics"]
-    assert "cv" in metrics  # the shipped default is cross-validated: that figure goes to the card view
     table = client.predict("default", api_name="/model_metrics")
     rows = [r for r in table.splitlines() if r.startswith("| ") and "overall" in r]
     assert [r.split(" | ")[2] for r in rows[:2]] == [f"{metrics['test']['overall']['ua']:.3f}",
                                                      f"{metrics['dev']['overall']['ua']:.3f}"]
     cv_row = [r for r in rows if "cross-validated" in r]
-    assert len(cv_row) == 1 and f"| {metrics['cv']['pooled']['overall']['ua']:.3f} |" in cv_row[0]
+    if "cv" in metrics:  # a cross-validated card: that figure goes to the card view, labelled
+        assert len(cv_row) == 1 and f"| {metrics['cv']['pooled']['overall']['ua']:.3f} |" in cv_row[0]
+    else:
+        assert not cv_row
     assert "test speakers" in rows[0]
 
 
