@@ -81,17 +81,3 @@ def append_jsonl(path, record: dict) -> None:
 def _finite(value) -> float | None:
     """JSON has no NaN: a missing or non-finite loss is written as null."""
     return round(float(value), 5) if value is not None and math.isfinite(value) else None
-
-
-def read_progress(path) -> list[dict]:
-    """Every complete event in ``path`` (an unfinished last line is skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    events = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return events
