@@ -12,6 +12,7 @@ from serdemo.audio import MAX_DURATION_S, AudioError, load_audio
 from serdemo.checkpoint import load_checkpoint
 from serdemo.features import FeatureConfig, LogMel, crop_to_speech, pad_batch, prosody_rows
 from serdemo.models.base import ModelOutput
+from serdemo.models.ge2e import cpu_has_native_bf16
 from serdemo.prosody import Prosody
 from serdemo.vad import MIN_TOTAL_SPEECH_S, default_detector
 from serdemo.vtlp import F_HI_HZ
@@ -167,6 +168,9 @@ class Predictor:
     def __init__(self, model, card: dict, device=None, name: str = ""):
         self.device = torch.device(device) if device is not None else best_device()
         self.model = model.to(self.device).eval()
+        encoder = getattr(self.model, "ge2e", None) or getattr(getattr(self.model, "model", None), "ge2e", None)
+        if encoder is not None and self.device.type == "cpu" and cpu_has_native_bf16():
+            encoder.use_bfloat16()
         self.card = card
         self.name = name or card.get("name", "")
         self.features = FeatureConfig.from_dict(card["features"])

@@ -91,3 +91,30 @@ def test_logmel_frames_and_times():
                                  mel_scale="slaney").argmax(0) * SR / FC.n_fft
     band = int(feats[0].mean(1).argmax())
     assert abs(float(centres[band]) - 1000) < 80
+
+
+def test_ge2e_bfloat16_inference_matches_float32_on_real_speech(monkeypatch):
+    """The bfloat16 GE2E path (used on CPUs with native bf16) gives the same answers as float32 on
+    real speech of three corpora: same label, probabilities within 0.05."""
+    from pathlib import Path
+
+    from serdemo.inference import Predictor
+    from serdemo.models.ge2e import cpu_has_native_bf16
+    from tests.conftest import EMODB, RAVDESS, SHARED, shared_clip
+
+    clips = [shared_clip(EMODB / "wav" / name) for name in ("03a01Fa.wav", "08a02Ab.wav", "11a01Ld.wav")]
+    clips += [shared_clip(RAVDESS / "Actor_01" / "03-01-05-01-01-01-01.flac")]
+    clips += sorted((SHARED / "nemo" / "samples").glob("*.flac"))[:2]
+    ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / "default"
+    results = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("SERDEMO_GE2E_BF16", flag)
+        cpu_has_native_bf16.cache_clear()
+        pred = Predictor.from_checkpoint(ckpt, device="cpu")
+        assert bool(pred.model.ge2e._fast_lstm) == (flag == "1")
+        results[flag] = pred.predict_batch([str(c) for c in clips])
+    cpu_has_native_bf16.cache_clear()
+    for a, b in zip(results["0"], results["1"]):
+        assert a.label() == b.label()
+        for c, p in a.probabilities["emotion"].items():
+            assert abs(p - b.probabilities["emotion"][c]) < 0.05

@@ -511,10 +511,15 @@ def test_nlpaug_waveform_augmenters(name):
     ('{"speech_only": true, "ge2e": true}', '{"stack": 4, "rnn": false, "dense": 32}'),
     ('{"speech_only": true, "prosody": true}', SMALL),
 ])
-def test_predictor_and_training_evaluation_give_the_same_probabilities(tmp_path, features, hparams):
+def test_predictor_and_training_evaluation_give_the_same_probabilities(tmp_path, monkeypatch, features, hparams):
     """The app's Predictor and the trainer's evaluation run the same front end (speech span, speech
-    mask, prosody/GE2E rows) on the same clip, so their probabilities agree."""
+    mask, prosody/GE2E rows) on the same clip, so their probabilities agree (GE2E in float32 here:
+    the bfloat16 inference option has its own test)."""
     from serdemo.inference import Predictor
+    from serdemo.models.ge2e import cpu_has_native_bf16
+
+    monkeypatch.setenv("SERDEMO_GE2E_BF16", "0")
+    cpu_has_native_bf16.cache_clear()
 
     out = tmp_path / "m"
     trainer = fit.Trainer(fit.parse_args(args(out, tmp_path / "cache", "--model", "localatt", "--aux-heads", "",
@@ -529,3 +534,23 @@ def test_predictor_and_training_evaluation_give_the_same_probabilities(tmp_path,
     np.testing.assert_allclose(got, ours, atol=1e-4)
     # and attention lands on speech only
     assert all(r.attention_on_speech() > 0.95 for r in theirs)
+
+
+def test_late_fusion_weight_is_chosen_on_dev_never_on_test(tmp_path):
+    """``fusion_row`` picks each fold's weight by dev UA: here only a mix of model and reference gets
+    every dev clip right, while the test speakers would favour the reference alone."""
+    from training.evaluate import fusion_row
+
+    y = np.array([0, 1, 2] * 10)
+    rows = lambda table: np.array([table[t] for t in y], dtype=np.float32)
+    dev_model = rows({0: [.9, .05, .05], 1: [.05, .9, .05], 2: [.46, .1, .44]})  # misses class 2, narrowly
+    dev_ref = rows({0: [.3, .4, .3], 1: [.3, .3, .4], 2: [.1, .1, .8]})  # only gets class 2
+    test_model = rows({0: [.05, .9, .05], 1: [.05, .05, .9], 2: [.9, .05, .05]})  # all wrong
+    test_ref = rows({0: [.6, .2, .2], 1: [.2, .6, .2], 2: [.2, .2, .6]})  # all right
+    np.savez(tmp_path / "f0.npz", dev_y=y, dev_model=dev_model, dev_ref=dev_ref, test_y=y,
+             test_model=test_model, test_ref=test_ref, test_corpus=np.array(["emodb"] * 30))
+    row = fusion_row([tmp_path / "f0.npz"], ["a", "b", "c"])
+    fold = row["folds"][0]
+    assert 0 < fold["weight"] < 1 and fold["dev_ua"] == 1.0
+    # a test-chosen weight (0: the reference alone) would score 1.0 here; the dev-chosen mix does not
+    assert row["pooled"]["overall"]["ua"] < 0.5

