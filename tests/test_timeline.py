@@ -1,0 +1,285 @@
+"""Emotion over time (serdemo.timeline): long recordings built from real corpus clips of known emotions
+with pauses between, bounded-memory decoding, exports, the CLI, the live stream and bad input."""
+
+import csv
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from serdemo.audio import AudioError, load_audio, resample
+from serdemo.inference import NoSpeechError, Predictor
+from serdemo import timeline as T
+from tests.conftest import EMODB, RAVDESS, ROOT, SHARED, SR, shared_clip, tone
+
+pytestmark = pytest.mark.timeout(300)
+NEMO = SHARED / "nemo" / "samples"
+# real clips of known emotions from all three corpora (EMO-DB at 22.05 kHz, RAVDESS and nEMO at 16 kHz)
+CLIPS = [EMODB / "wav" / "03a01Wa.wav", EMODB / "wav" / "03a01Fa.wav", EMODB / "wav" / "08a01Ab.wav",
+         RAVDESS / "Actor_01" / "03-01-05-01-01-01-01.flac", RAVDESS / "Actor_02" / "03-01-04-02-01-01-02.flac",
+         NEMO / "EB0_anger_1.flac", NEMO / "KS0_sadness_3.flac", NEMO / "MP0_happiness_2.flac"]
+JOIN_TOLERANCE_S = 0.3
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor.from_checkpoint(ROOT / "checkpoints" / "default", "cpu")
+
+
+def trim(wave: np.ndarray, top_db: float = 35.0, hop: int = 160) -> np.ndarray:
+    """The clip from its first to its last 10 ms frame within ``top_db`` of its loudest (an energy
+    rule independent of the speech detector): where the speech of a corpus clip starts and ends."""
+    n = len(wave) // hop
+    db = 10 * np.log10((wave[: n * hop].reshape(n, hop) ** 2).mean(1) + 1e-12)
+    loud = np.flatnonzero(db > db.max() - top_db)
+    return wave[loud[0] * hop:(loud[-1] + 1) * hop]
+
+
+def pause(seconds: float, rng) -> np.ndarray:
+    return (rng.standard_normal(int(seconds * SR)) * 1e-4).astype(np.float32)  # a quiet room, not zeros
+
+
+@pytest.fixture(scope="module")
+def recording():
+    """Eight trimmed corpus clips with pauses of 1.0-1.5 s between: (wave, [(start_s, end_s)], clips)."""
+    rng = np.random.default_rng(0)
+    parts, joins, clips, t = [], [], [], 0.0
+    for i, path in enumerate(CLIPS):
+        gap = pause(1.0 + 0.25 * (i % 3), rng)
+        clip = trim(load_audio(shared_clip(path)))
+        parts += [gap, clip]
+        joins.append((t + len(gap) / SR, t + (len(gap) + len(clip)) / SR))
+        clips.append(clip)
+        t += (len(gap) + len(clip)) / SR
+    parts.append(pause(1.0, rng))
+    return np.concatenate(parts), joins, clips
+
+
+def probs(p: dict, classes) -> np.ndarray:
+    return np.array([p["emotion"][c] for c in classes])
+
+
+def test_block_resampling_equals_the_whole_file(tmp_path):
+    """44.1 kHz stereo read in 1.3 s blocks, resampled per block: the same samples as resampling the
+    whole decoded file (and a seeked span equals the same slice)."""
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((44100 * 7, 2)) * 0.1).astype(np.float32)
+    path = tmp_path / "x.wav"
+    sf.write(path, x, 44100, subtype="FLOAT")
+    whole = resample(x.mean(axis=1, dtype=np.float64).astype(np.float32), 44100)
+    src = T.Source(path, block_s=1.3)
+    blocks = list(src.blocks())
+    assert len(blocks) >= 5 and max(len(b) for b in blocks) <= 1.3 * SR + 1
+    joined = np.concatenate(blocks)
+    assert len(joined) == len(whole) == src.samples_16k
+    assert np.abs(joined - whole).max() < 1e-6
+    a, b = int(2.345 * SR), int(4.5 * SR)
+    assert np.abs(src.span(2.345, 4.5) - whole[a:b]).max() < 1e-6
+
+
+def test_segments_fall_on_the_joins_and_agree_with_per_clip_analysis(recording, predictor, tmp_path):
+    wave, joins, clips = recording
+    path = tmp_path / "long.wav"
+    sf.write(path, wave, SR, subtype="FLOAT")
+    tl = T.analyze(path, predictor, block_s=5.0)  # several blocks: windows straddle block edges
+    assert len(tl.segments) == len(joins), [(s.start_s, s.end_s) for s in tl.segments]
+    assert abs(tl.duration_s - len(wave) / SR) < 1e-3
+    agree_clip = 0
+    for seg, (a, b), clip in zip(tl.segments, joins, clips):
+        assert abs(seg.start_s - a) <= JOIN_TOLERANCE_S and abs(seg.end_s - b) <= JOIN_TOLERANCE_S, (seg, a, b)
+        # the same piece analysed on its own, as the Analyse tab would
+        piece = wave[int(round(seg.start_s * SR)):int(round(seg.end_s * SR))]
+        alone = predictor.predict(piece, alpha=None)
+        assert seg.label() == alone.label()
+        assert np.abs(probs(seg.probabilities, tl.classes) - probs(alone.probabilities, tl.classes)).max() < 0.02
+        # and the original clip analysed on its own (the segment adds a little pause around it)
+        clip_pred = predictor.predict(clip, alpha=None)
+        agree_clip += seg.label() == clip_pred.label()
+        assert np.abs(probs(seg.probabilities, tl.classes) - probs(clip_pred.probabilities, tl.classes)).max() < 0.15
+        w = tl.windows[seg.windows[0]]
+        assert len(w.attention) and abs(float(w.attention.sum()) - 1) < 1e-3
+        assert seg.start_s - 0.01 <= w.attention_times_s.min() and w.attention_times_s.max() <= seg.end_s + 0.01
+    assert agree_clip >= len(joins) - 1
+
+
+def test_a_long_segment_is_covered_by_overlapping_windows(recording, predictor):
+    """Three clips 0.2 s apart form one segment of ~5-6 s; stretched to > 6 s it is cut into overlapping
+    4 s windows, each classified as that piece alone, and the segment is their mean."""
+    _, _, clips = recording
+    rng = np.random.default_rng(2)
+    speech = np.concatenate([clips[3], pause(0.2, rng), clips[4], pause(0.2, rng), clips[0], pause(0.2, rng),
+                             clips[5]])
+    wave = np.concatenate([pause(1.0, rng), speech, pause(1.0, rng)])
+    tl = T.analyze((SR, wave), predictor)
+    assert len(tl.segments) == 1
+    seg = tl.segments[0]
+    assert seg.duration_s > T.SINGLE_WINDOW_S and len(seg.windows) >= 2
+    ws = [tl.windows[i] for i in seg.windows]
+    assert all(abs(w.end_s - w.start_s - T.WINDOW_S) < 1e-6 for w in ws)
+    assert all(0 < b.start_s - a.start_s <= T.HOP_S + 1e-6 for a, b in zip(ws, ws[1:]))  # overlap
+    assert abs(ws[0].start_s - seg.start_s) < 1e-6 and abs(ws[-1].end_s - seg.end_s) < 1e-6
+    for w in ws:
+        alone = predictor.predict(wave[int(round(w.start_s * SR)):int(round(w.end_s * SR))], alpha=None)
+        assert np.abs(probs(w.probabilities, tl.classes) - probs(alone.probabilities, tl.classes)).max() < 0.02
+    mean = np.mean([probs(w.probabilities, tl.classes) for w in ws], axis=0)
+    assert np.allclose(probs(seg.probabilities, tl.classes), mean, atol=1e-6)
+    assert seg.label() == tl.classes[int(np.argmax(mean))]
+
+
+def test_plans():
+    segs = T.plan_segments([(0.0, 1.0), (1.3, 2.0), (3.0, 3.2), (5.0, 50.0)], 60.0, min_gap_s=0.5,
+                           min_segment_s=0.4, max_segment_s=20.0)
+    spans = [(round(s.start_s, 2), round(s.end_s, 2)) for s in segs]
+    assert spans == [(0.0, 2.0), (5.0, 20.0), (20.0, 35.0), (35.0, 50.0)]  # joined, dropped, split in 3
+    wins = T.plan_windows(T.Segment(0, 10.0, 20.0))
+    assert wins[0] == (10.0, 14.0) and wins[-1] == (16.0, 20.0) and len(wins) == 3
+    assert T.plan_windows(T.Segment(0, 1.0, 6.5 - 0.6)) == [(1.0, 5.9)]
+
+
+def test_exports(recording, predictor, tmp_path):
+    wave, joins, _ = recording
+    tl = T.analyze((SR, wave), predictor, name="interview.wav")
+    paths = tl.export(tmp_path, "interview")
+    assert sorted(p.name for p in paths.values()) == ["interview.csv", "interview.json", "interview.labels.txt"]
+    rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
+    assert len(rows) == len(joins)
+    assert list(rows[0])[:5] == ["segment", "start", "end", "label", "confidence"]
+    assert list(rows[0])[5:] == tl.classes
+    for row, seg in zip(rows, tl.segments):
+        assert float(row["start"]) < float(row["end"]) and row["label"] == seg.label() in tl.classes
+        assert abs(sum(float(row[c]) for c in tl.classes) - 1) < 0.01
+        assert row["label"] == max(tl.classes, key=lambda c: float(row[c]))
+    data = json.loads(paths["json"].read_text())
+    assert data["classes"] == tl.classes and len(data["segments"]) == len(joins)
+    assert data["segments"][0]["label"] == rows[0]["label"] and len(data["windows"]) == len(tl.windows)
+    assert len(data["source_sha256"]) == 64
+    lines = paths["labels"].read_text().splitlines()
+    assert len(lines) == len(joins)
+    for line, seg in zip(lines, tl.segments):  # Audacity's label track: start<TAB>end<TAB>label
+        m = re.fullmatch(r"(\d+\.\d{3})\t(\d+\.\d{3})\t(\w+)", line)
+        assert m, line
+        assert abs(float(m[1]) - seg.start_s) < 1e-3 and abs(float(m[2]) - seg.end_s) < 1e-3
+        assert m[3] == seg.label()
+    t, grid = tl.probability_grid(0.25)
+    assert grid.shape == (len(tl.classes), len(t))
+    assert np.isnan(grid[:, 0]).all() and np.allclose(np.nansum(grid, axis=0)[~np.isnan(grid[0])], 1, atol=0.01)
+
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import resource, sys
+    from serdemo.inference import Predictor
+    from serdemo import timeline as T
+    p = Predictor.from_checkpoint(sys.argv[1], "cpu")
+    T.analyze(sys.argv[2], p)
+    small = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tl = T.analyze(sys.argv[3], p)
+    big = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(small // 1024, big // 1024, len(tl.segments), round(tl.duration_s, 1))
+""")
+
+
+def write_long(path: Path, minutes: float, speech: np.ndarray, rate: int = 44100) -> None:
+    """Tones, silence and a real speech clip each 20 s, written 10 s at a time (44.1 kHz stereo)."""
+    with sf.SoundFile(path, "w", rate, 2, subtype="PCM_16") as f:
+        for k in range(int(minutes * 6)):
+            block = np.zeros(rate * 10, np.float32)
+            t = np.arange(rate * 4) / rate
+            block[rate: rate * 5] = 0.3 * np.sin(2 * np.pi * (220 + 40 * k) * t)
+            if k % 2 == 0:
+                s = resample(speech, SR, rate)
+                block[rate * 6: rate * 6 + len(s)] = s
+            f.write(np.stack([block, block * 0.5], axis=1))
+
+
+def test_memory_stays_bounded_on_a_long_file(recording, tmp_path):
+    """An 8-minute 44.1 kHz stereo file (170 MB as float32 if decoded whole) costs the process hardly more
+    peak memory than a 2-minute one: decoding, detection and windows stream in blocks."""
+    clip = recording[2][0]
+    short, long = tmp_path / "short.wav", tmp_path / "long.wav"
+    write_long(short, 2, clip)
+    write_long(long, 8, clip)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(ROOT / "checkpoints" / "default"), str(short),
+                          str(long)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    small_mb, big_mb, n_segments, duration_s = out.stdout.split()
+    assert float(duration_s) == pytest.approx(480, abs=0.1)
+    assert int(n_segments) >= 24  # one speech clip every 20 s
+    assert int(big_mb) - int(small_mb) < 40, out.stdout  # decoding it whole: > 170 MB more
+
+
+def test_bad_input_gives_clear_errors(tmp_path, predictor, monkeypatch, recording):
+    notaudio = tmp_path / "secret-folder" / "notes.wav"
+    notaudio.parent.mkdir()
+    notaudio.write_text("this is not audio\n" * 100)
+    with pytest.raises(AudioError) as e:
+        T.analyze(notaudio, predictor)
+    assert "not a readable audio file" in str(e.value) and "secret-folder" not in str(e.value)
+
+    monkeypatch.setenv("SERDEMO_MAX_TIMELINE_S", "10")
+    long = tmp_path / "long.wav"
+    sf.write(long, np.tile(recording[2][0], 8), SR)
+    with pytest.raises(AudioError, match=r"lasts .*limit is 10 s") as e:
+        T.analyze(long, predictor)
+    assert str(tmp_path) not in str(e.value)
+    monkeypatch.delenv("SERDEMO_MAX_TIMELINE_S")
+
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(SR * 3, np.float32), SR)
+    with pytest.raises(AudioError, match="digital silence"):
+        T.analyze(silent, predictor)
+    tones = tmp_path / "tones.wav"
+    sf.write(tones, np.concatenate([tone(440, 2.0), np.zeros(SR), tone(660, 2.0)]), SR)
+    with pytest.raises(NoSpeechError, match="No speech found"):
+        T.analyze(tones, predictor)
+    with pytest.raises(AudioError, match="NaN"):
+        T.analyze((SR, np.full(SR, np.nan, np.float32)), predictor)
+
+
+def test_cli_writes_exports_and_reports_bad_files_without_traceback(recording, tmp_path):
+    wave = recording[0]
+    good = tmp_path / "in" / "talk.flac"
+    bad = tmp_path / "in" / "broken.wav"
+    good.parent.mkdir()
+    sf.write(good, resample(wave, SR, 22050), 22050)  # another rate, and flac
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    env["PYTHONPATH"] = str(ROOT)
+    r = subprocess.run([sys.executable, "-m", "serdemo.timeline", str(good), str(bad), "--out", str(out),
+                        "--checkpoint", str(ROOT / "checkpoints" / "default")],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
+    assert r.returncode == 1, r.stderr  # one file failed
+    assert "Traceback" not in r.stderr + r.stdout
+    assert "broken.wav: skipped" in r.stderr and str(tmp_path) not in r.stderr
+    assert "talk.flac: 8 segments" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["talk.csv", "talk.json", "talk.labels.txt"]
+    assert len((out / "talk.labels.txt").read_text().splitlines()) == 8
+
+
+def test_live_stream_grows_a_timeline(recording, predictor):
+    """Microphone chunks (48 kHz int16, 0.5 s each, as Gradio streams them): a prediction about every
+    second, on the latest 3 s; the recording is kept whole."""
+    wave = recording[0][: 12 * SR]
+    at48 = (np.clip(resample(wave, SR, 48000), -1, 1) * 32767).astype(np.int16)
+    live = T.LiveTimeline(predictor)
+    new = []
+    for i in range(0, len(at48), 24000):
+        w = live.feed(48000, at48[i:i + 24000])
+        new.append(w)
+    wins = [w for w in new if w is not None]
+    assert 10 <= len(wins) <= 12 and len(live.windows) == len(wins)
+    assert all(w.end_s - w.start_s <= T.LIVE_WINDOW_S + 1e-6 for w in wins)
+    assert [round(w.end_s) for w in wins] == list(range(1, len(wins) + 1))
+    assert abs(live.duration_s - 12.0) < 0.01 and len(live.recording()) == live.samples
+    assert any(live.has_speech(w) for w in wins) and not live.has_speech(wins[0])  # the first second is a pause
+    last = predictor.predict(live.recording()[-3 * SR:], alpha=None, require_speech=False)
+    assert wins[-1].label() == last.label()
