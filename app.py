@@ -5,7 +5,7 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from serdemo.ui import SHORTCUTS_JS, Settings, build_app  # noqa: E402
+from serdemo.ui import CSS, SHORTCUTS_JS, Settings, build_app  # noqa: E402
 
 
 def main() -> None:
@@ -17,6 +17,7 @@ def main() -> None:
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", os.environ.get("PORT", "7860"))),
         max_file_size=os.environ.get("SERDEMO_MAX_UPLOAD", "50mb"),
         head=SHORTCUTS_JS,
+        css=CSS,
         footer_links=["api"],
     )
 

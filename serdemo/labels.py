@@ -90,3 +90,8 @@ def get_label_set(name: str) -> LabelSet:
     if name not in LABEL_SETS:
         raise KeyError(f"unknown label set {name!r}; known: {sorted(LABEL_SETS)}")
     return LABEL_SETS[name]
+
+# The one label set annotators choose from, on every tab of the app and through its API: the classes
+# the shipped models predict and retraining trains on (nothing offered here is dropped by training).
+ANNOTATION_LABEL_SET = "ekman7"
+ANNOTATION_LABELS = LABEL_SETS[ANNOTATION_LABEL_SET].classes

@@ -51,6 +51,11 @@ CREATE TABLE IF NOT EXISTS labels (
 );
 CREATE INDEX IF NOT EXISTS labels_clip ON labels(clip, id);
 """
+# columns added after the first release; an older database gains them when opened (ALTER TABLE)
+ADDED_COLUMNS = (
+    ("clips", "source_clip", "TEXT"),  # a segment of a longer recording: that recording's content hash
+    ("clips", "offset_s", "REAL"),  # and where in it the segment starts
+)
 
 
 class StoreError(RuntimeError):
@@ -118,6 +123,15 @@ class Store:
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns an older database lacks (one transaction, so two processes cannot race)."""
+        with self._write() as con:
+            for table, column, kind in ADDED_COLUMNS:
+                have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @contextmanager
     def _connect(self):
@@ -144,10 +158,13 @@ class Store:
     # ------------------------------------------------------------------ clips
     def add_clip(self, wave: np.ndarray, source_name: str | None = None, speaker: str | None = None,
                  predicted: str | None = None, confidence: float | None = None,
-                 checkpoint: str | None = None) -> str:
+                 checkpoint: str | None = None, source_clip: str | None = None,
+                 offset_s: float | None = None) -> str:
         """Store 16 kHz mono float audio once; returns its content hash (idempotent).
 
         ``predicted``/``confidence``/``checkpoint`` record the latest analysis (they order the queue).
+        ``source_clip``/``offset_s``: the clip is a segment of a longer recording (its content hash, as
+        :func:`clip_hash` names 16 kHz audio) starting ``offset_s`` seconds into it.
         """
         wave = np.asarray(wave, dtype=np.float32)
         if wave.ndim != 1 or wave.size == 0:
@@ -159,13 +176,32 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda f: sf.write(f, to_pcm16(wave), SAMPLE_RATE, format="WAV", subtype="PCM_16"))
         with self._write() as con:
-            con.execute("INSERT OR IGNORE INTO clips VALUES (?,?,?,?,?,?,?,?,?)",
+            con.execute("INSERT OR IGNORE INTO clips (sha256, path, duration_s, source_name, speaker, created_utc,"
+                        " predicted, confidence, checkpoint, source_clip, offset_s) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                         (sha, rel.as_posix(), len(wave) / SAMPLE_RATE, source_name, speaker, _now(),
-                         predicted, confidence, checkpoint))
+                         predicted, confidence, checkpoint, source_clip, offset_s))
             if predicted is not None:
                 con.execute("UPDATE clips SET predicted=?, confidence=?, checkpoint=? WHERE sha256=?",
                             (predicted, confidence, checkpoint, sha))
         return sha
+
+    def clip_info(self, sha: str) -> dict:
+        """A stored clip's row (read-only): duration_s, source_name, speaker, created_utc and its latest
+        analysis (predicted, confidence, checkpoint)."""
+        with self._connect() as con:
+            con.row_factory = sqlite3.Row
+            row = con.execute("SELECT * FROM clips WHERE sha256=?", (sha or "",)).fetchone()
+        if row is None:
+            raise StoreError(f"no clip {(sha or '')[:12]} in the store: analyse it first")
+        return dict(row)
+
+    def clip_source(self, sha: str) -> tuple[str | None, float | None]:
+        """``(source clip hash, offset_s)`` of a stored segment of a longer recording; (None, None) otherwise."""
+        with self._connect() as con:
+            row = con.execute("SELECT source_clip, offset_s FROM clips WHERE sha256=?", (sha,)).fetchone()
+        if row is None:
+            raise StoreError(f"no clip {(sha or '')[:12]} in the store")
+        return row[0], row[1]
 
     def clip_path(self, sha: str) -> Path:
         with self._connect() as con:
@@ -228,16 +264,27 @@ class Store:
             per_annotator = dict(con.execute("SELECT annotator, COUNT(*) FROM labels GROUP BY annotator"))
         return {"label": dict(sorted(per_label.items())), "annotator": per_annotator}
 
-    def queue(self, limit: int = 50) -> list[dict]:
-        """Stored clips ordered by the model's confidence in its latest prediction, least first."""
+    def queue(self, limit: int = 50, unlabelled_only: bool = False) -> list[dict]:
+        """Stored clips ordered by the model's confidence in its latest prediction, least first
+        (``unlabelled_only``: clips nobody has labelled yet)."""
+        where = " WHERE l.id IS NULL" if unlabelled_only else ""
         with self._connect() as con:
             rows = con.execute(
                 "SELECT c.sha256, c.path, c.duration_s, c.source_name, l.label, c.predicted, c.confidence,"
                 " l.annotator, l.created_utc FROM clips c LEFT JOIN labels l ON l.id ="
-                " (SELECT MAX(id) FROM labels WHERE clip = c.sha256)"
+                " (SELECT MAX(id) FROM labels WHERE clip = c.sha256)" + where +
                 " ORDER BY COALESCE(c.confidence, 0) ASC, c.created_utc ASC LIMIT ?", (limit,)).fetchall()
         keys = ("clip", "path", "duration_s", "source_name", "label", "predicted", "confidence", "annotator", "when")
         return [dict(zip(keys, r)) for r in rows]
+
+    def annotator_labels(self) -> list[LabelEvent]:
+        """Each annotator's latest label of each clip (read-only; what agreement is computed on),
+        ordered by clip, then annotator."""
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT l.* FROM labels l JOIN (SELECT clip, annotator, MAX(id) AS id FROM labels"
+                " GROUP BY clip, annotator) m ON l.id = m.id ORDER BY l.clip, l.annotator").fetchall()
+        return [LabelEvent(*r) for r in rows]
 
     # ------------------------------------------------------------------ export
     def labelled(self) -> list:
@@ -282,4 +329,19 @@ class Store:
             w.writerow(["file_name", "label", "speaker", "annotator", "labelled_utc"])
             w.writerows(rows)
         os.replace(tmp, folder / "metadata.csv")
+        return folder
+
+    def export_training_folder(self, folder) -> Path:
+        """``folder/manifest.csv`` (paths relative to it, as ``--corpus manifest=FILE`` reads them) +
+        ``folder/audio/<sha>.wav``: the training manifest with its audio, movable as one folder."""
+        folder = self.export_audiofolder(folder)
+        (folder / "metadata.csv").unlink()
+        tmp = folder / ".manifest.csv.tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "emotion", "speaker", "gender", "corpus", "naturalness", "annotator"])
+            for ev, (sha, _rel, speaker) in self.labelled():
+                w.writerow([f"audio/{sha}.wav", ev.label, speaker or f"clip-{sha[:12]}", "", "store", "natural",
+                            ev.annotator])
+        os.replace(tmp, folder / "manifest.csv")
         return folder

@@ -1,8 +1,9 @@
-"""The Gradio app: layout and thin callbacks. No model math and no SQL live here.
+"""The Gradio app: layout and wiring in :func:`build_app`; every callback is a :class:`Workbench` method
+with a named result, so the app's behaviour can be tested without a browser. No model math, no SQL here.
 
-Named API endpoints (``gradio_client``): ``/analyze``, ``/warp``, ``/relabel``, ``/history``,
-``/confirm``, ``/queue``, ``/export``, ``/models``, ``/model_card``, ``/model_metrics``, ``/retrain``,
-``/retrain_status`` (Markdown), ``/retrain_progress`` (the run's status as a dict).
+Named API endpoints (``gradio_client``): ``/analyze``, ``/warp``, ``/relabel``, ``/confirm``,
+``/history``, ``/queue``, ``/labels``, ``/agreement``, ``/export``, ``/models``, ``/model_card``,
+``/model_metrics``, ``/retrain``, ``/retrain_status`` (Markdown), ``/retrain_progress`` (a dict).
 """
 
 from __future__ import annotations
@@ -11,20 +12,29 @@ import html
 import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
+import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
+import plotly.graph_objects as go
+import torch
 
+from serdemo import agreement as agreement_mod
 from serdemo.audio import MAX_DURATION_S, MICROPHONE, AudioError
 from serdemo.checkpoint import CheckpointError, list_checkpoints, read_card
 from serdemo.inference import Predictor
-from serdemo.plots import analysis_figure, confusion_figure, warp_figure
-from serdemo.retrain import RetrainBusy, Retrainer
+from serdemo.labels import ANNOTATION_LABELS
+from serdemo.plots import VTLP_VIEWS, analysis_figure, confusion_figure, warp_figure
+from serdemo.retrain import COMPARISON_FILE, RetrainBusy, Retrainer
 from serdemo.store import Store, StoreError, as_stored
+from serdemo.vtlp import F_HI_HZ, warp_power
 
 ALPHA_MIN, ALPHA_MAX = 0.8, 1.2
 log = logging.getLogger(__name__)
@@ -113,8 +123,88 @@ class Settings:
                    tuple(os.environ.get("SERDEMO_RETRAIN_ARGS", "").split()))
 
 
+HISTORY_HEADERS = ["when (UTC)", "label", "annotator", "model said", "confidence", "checkpoint"]
+AGREEMENT_HEADERS = ["annotator", "clips", "shared", "agreement", "mean kappa", "Cohen's kappa with each other"]
+
+
+# ---------------------------------------------------------------- named results of the callbacks
+@dataclass
+class Analysis:
+    """What :meth:`Workbench.analyse` shows for one clip."""
+
+    probabilities: dict[str, float]  # emotion -> probability
+    aux_markdown: str
+    figure: go.Figure
+    warp: go.Figure
+    clip_id: str
+    info: str
+    predicted: str
+
+
+@dataclass
+class Redraw:
+    figure: go.Figure | None  # None: no clip to redraw yet
+    warp: go.Figure
+    seconds: float  # time the redraw took on the server
+
+
+@dataclass
+class Saved:
+    status: str
+    counts: list[list]
+    history: list[list]
+
+
+@dataclass
+class QueueView:
+    rows: list[list]  # short id, source, seconds, model guess, confidence, label
+    clip_ids: list[str]  # the full id of each row
+
+
+@dataclass
+class AgreementView:
+    summary: str  # Markdown
+    clips: list[list]  # short id, then one label per annotator (blank: not labelled), agree
+    clip_headers: list[str]
+    annotators: list[list]  # name, clips labelled, shared, agreement, mean Cohen's kappa, kappa per other
+
+
+@dataclass
+class ModelView:
+    summary: str  # Markdown: data, speakers held out, recipe, licence
+    metrics: str  # Markdown table: every held-out evaluation, per corpus, reference rows
+    confusion: go.Figure | None
+
+
+@dataclass
+class RetrainView:
+    bar: str  # HTML progress bar
+    status: str  # Markdown
+    comparison: str  # HTML table: the previous and the new model on the same held-out clips
+    choices: list | None  # the pickers' new choices once a run is done (None: unchanged)
+    seen: str  # the finished run this page's pickers list
+
+
+@dataclass
+class ClipView:
+    """What a redraw of one clip's figure needs, kept per (clip, model) so a slider move costs only
+    the warp and the mel projection: the power spectrum ``(1, n_bins, frames)``, the original log-mel,
+    the prediction's own attention and speech segments, and its title."""
+
+    power: torch.Tensor
+    logmel: np.ndarray
+    frame_times_s: np.ndarray
+    attention_times_s: np.ndarray
+    attention: np.ndarray
+    speech_segments_s: list = field(default_factory=list)
+    title: str = ""
+
+
 class Workbench:
-    """App state shared by all sessions: the checkpoint catalogue, loaded predictors, the store."""
+    """App state shared by all sessions (the checkpoint catalogue, loaded predictors, the store, the
+    redraw cache) and every callback of the page, each returning a named result."""
+
+    CACHE_CLIPS = 8  # power spectra kept for redraws (a 60 s clip's is ~6 MB)
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -126,11 +216,13 @@ class Workbench:
         self.retrainer = Retrainer(settings.data_dir / "retrain", self.trained_dir, [], settings.retrain_epochs)
         self._predictors: dict[str, Predictor] = {}
         self._lock = threading.Lock()
+        self._views: OrderedDict[tuple[str, str], ClipView] = OrderedDict()
         self.catalogue: dict[str, Path] = {}
         self.cards: dict[str, dict] = {}
         self.broken: dict[Path, str] = {}  # checkpoint folder -> why it is skipped
         self.reload()
 
+    # ------------------------------------------------------------ checkpoints
     def reload(self) -> dict[str, Path]:
         """Rescan the checkpoint folders; a broken checkpoint is skipped with one warning (once per problem)."""
         found, cards, broken = {}, {}, {}
@@ -169,6 +261,265 @@ class Workbench:
                 self._predictors[name] = Predictor.from_checkpoint(self.catalogue[name], self.settings.device)
             return self._predictors[name]
 
+    # ------------------------------------------------------------ analyse and redraw
+    def _remember(self, clip_id: str, model: str, view: ClipView) -> None:
+        with self._lock:
+            self._views[(clip_id, model)] = view
+            self._views.move_to_end((clip_id, model))
+            while len(self._views) > self.CACHE_CLIPS:
+                self._views.popitem(last=False)
+
+    def _clip_view(self, pred_model: Predictor, wave: np.ndarray, pred) -> ClipView:
+        with torch.inference_mode():
+            power = pred_model.frontend.power(torch.as_tensor(wave, device=pred_model.device)[None].float())
+        return ClipView(power, pred.logmel, pred.frame_times_s, pred.attention_times_s, pred.attention,
+                        pred.speech_segments_s, f"{pred.label()} ({pred.confidence():.0%}) — {pred_model.name}")
+
+    def analyse(self, audio, model_name: str | None, alpha: float, view: str = "difference",
+                source: str | None = None, progress=None) -> Analysis:
+        """Analyse a clip: probabilities per head, the spectrogram + VTLP + attention figure, its clip id.
+
+        ``source``: where ``audio`` came from (the microphone or an upload), for the wording of errors.
+        """
+        step = progress or (lambda *a, **k: None)
+        t0 = time.perf_counter()
+        try:
+            step(0.1, desc="decoding")
+            pred_model = self.predictor(model_name)
+            # analyse exactly what the store keeps, so later views and retraining see the same clip
+            wave = as_stored(pred_model.load(audio, max_duration_s=self.settings.max_duration_s))
+            step(0.4, desc="running the model")
+            pred = pred_model.predict(wave, alpha=None)
+            step(0.8, desc="saving the clip")
+            name = Path(audio).name if isinstance(audio, (str, os.PathLike)) else "recording"
+            sha = self.store.add_clip(wave, source_name=name, predicted=pred.label(),
+                                      confidence=pred.confidence(), checkpoint=pred_model.name)
+        except (AudioError, CheckpointError, StoreError) as exc:
+            raise user_error(exc, source, duration=None) from None
+        clip = self._clip_view(pred_model, wave, pred)
+        self._remember(sha, pred_model.name, clip)
+        figure = self._figure(pred_model, clip, float(alpha), view)
+        aux = {h: p for h, p in pred.probabilities.items() if h != "emotion"}
+        aux_md = "\n".join(f"**{h}**: " + ", ".join(f"{k} {v:.0%}" for k, v in sorted(p.items(), key=lambda kv: -kv[1]))
+                           for h, p in aux.items()) or "_this model has no auxiliary heads_"
+        info = (f"clip `{sha[:12]}` · {pred.duration_s:.2f} s · analysed in "
+                f"{(time.perf_counter() - t0) * 1000:.0f} ms on {pred_model.device}")
+        return Analysis(pred.probabilities["emotion"], aux_md, figure, warp_figure(float(alpha)), sha, info,
+                        pred.label())
+
+    def _figure(self, pred_model: Predictor, clip: ClipView, alpha: float, view: str) -> go.Figure:
+        """The analysis figure at ``alpha`` from the cached power spectrum: only the warp and the mel run."""
+        cfg = pred_model.features
+        with torch.inference_mode():
+            warped = warp_power(clip.power, alpha, cfg.sample_rate, F_HI_HZ) if alpha != 1.0 else clip.power
+            logmel_warped = pred_model.frontend.mel(warped)[0].float().cpu().numpy()
+        return analysis_figure(clip.frame_times_s, clip.logmel, logmel_warped, clip.attention_times_s,
+                               clip.attention, alpha, title=clip.title, speech_segments_s=clip.speech_segments_s,
+                               band_hz=mel_band_hz(cfg), view=view if view in VTLP_VIEWS else "difference")
+
+    def redraw(self, alpha: float, clip_id: str | None, model_name: str | None,
+               view: str = "difference") -> Redraw:
+        """Re-draw the VTLP view for a new alpha without running the model (once after a restart)."""
+        t0 = time.perf_counter()
+        alpha = float(alpha)
+        if not (ALPHA_MIN <= alpha <= ALPHA_MAX):
+            raise user_error(f"VTLP alpha must be between {ALPHA_MIN} and {ALPHA_MAX}, not {alpha:g}")
+        if not clip_id:
+            return Redraw(None, warp_figure(alpha), time.perf_counter() - t0)
+        try:
+            pred_model = self.predictor(model_name)
+            clip = self._views.get((clip_id, pred_model.name))
+            if clip is None:  # analysed before a restart or with another model: this once, run the model
+                wave = pred_model.load(str(self.store.clip_path(clip_id)), max_duration_s=self.settings.max_duration_s)
+                pred = pred_model.predict(wave, alpha=None, require_speech=False)
+                clip = self._clip_view(pred_model, wave, pred)
+                self._remember(clip_id, pred_model.name, clip)
+        except (AudioError, CheckpointError, StoreError) as exc:
+            raise user_error(exc) from None
+        figure = self._figure(pred_model, clip, alpha, view)
+        return Redraw(figure, warp_figure(alpha), time.perf_counter() - t0)
+
+    # ------------------------------------------------------------ labels
+    def save_label(self, clip_id: str | None, label: str | None, annotator: str) -> Saved:
+        """Append a label (``None``: confirm the model's prediction) for a stored clip; the model's
+        prediction, confidence and checkpoint are recorded from the store, whoever calls."""
+        who = (annotator or "").strip()
+        try:
+            if not clip_id:
+                raise StoreError("analyse a clip (or pick one from the queue) first, then label it")
+            if label is not None and label not in ANNOTATION_LABELS:
+                raise StoreError(f"'{label}' is not one of the labels ({', '.join(ANNOTATION_LABELS)})")
+            if label is None:
+                predicted = self.store.clip_info(clip_id).get("predicted")
+                if predicted and predicted not in ANNOTATION_LABELS:
+                    raise StoreError(f"the model said '{predicted}', which is not one of the labels "
+                                     f"({', '.join(ANNOTATION_LABELS)}): pick the right one and save it")
+            event = self.store.label_clip(clip_id, label, who)
+        except StoreError as exc:
+            raise user_error(exc) from None
+        n = len(self.store.history(clip_id))
+        if event.predicted == event.label:
+            verdict = f"confirmed as **{event.label}**"
+        elif event.predicted:
+            verdict = f"corrected to **{event.label}** (the model said {event.predicted})"
+        else:
+            verdict = f"labelled **{event.label}**"
+        return Saved(f"Saved: clip `{clip_id[:12]}` {verdict} by {who} (label #{n} for this clip).",
+                     self.counts(), self.history(clip_id))
+
+    def history(self, clip_id: str | None) -> list[list]:
+        """A clip's label history, oldest first."""
+        if not clip_id:
+            return []
+        return [[e.created_utc.replace("T", " ").rstrip("Z"), e.label, e.annotator, e.predicted or "",
+                 "" if e.confidence is None else f"{e.confidence:.0%}", e.checkpoint or ""]
+                for e in self.store.history(clip_id)]
+
+    def queue(self, limit: int = 50, show: str = "unlabelled") -> QueueView:
+        """Stored clips, least confident model prediction first; ``show``: "unlabelled" or "all"."""
+        entries = self.store.queue(max(1, int(limit or 50)), unlabelled_only=show == "unlabelled")
+        rows = [[q["clip"][:8], (q["source_name"] or "")[:28], f"{q['duration_s']:.1f}", q["predicted"] or "",
+                 "" if q["confidence"] is None else f"{q['confidence']:.0%}", q["label"] or ""] for q in entries]
+        return QueueView(rows, [q["clip"] for q in entries])
+
+    def counts(self) -> list[list]:
+        c = self.store.counts()
+        return [["label", k, v] for k, v in c["label"].items()] + [["annotator", k, v] for k, v in c["annotator"].items()]
+
+    def agreement(self) -> AgreementView:
+        """Per clip every annotator's label and whether they agree; per annotator counts and kappas."""
+        result = agreement_mod.compute(self.store)
+        names = [a.annotator for a in result.annotators]
+        multi = [c for c in result.clips if len(c.labels) > 1]
+        clips = [[c.clip[:8], *[c.labels.get(n, "") for n in names],
+                  {True: "yes", False: "no", None: "—"}[c.agree]] for c in sorted(multi, key=lambda c: c.agree is not False)]
+        annotators = []
+        for a in result.annotators:
+            kappas = [k for k in a.kappa.values() if k is not None]
+            annotators.append([a.annotator, a.n_labelled, a.n_shared,
+                               "—" if a.agreement is None else f"{a.agreement:.0%}",
+                               "—" if not kappas else f"{np.mean(kappas):.2f}",
+                               ", ".join(f"{o} {k:.2f}" for o, k in a.kappa.items() if k is not None) or "—"])
+        if result.fleiss_kappa is not None:
+            fleiss = (f"Fleiss' kappa **{result.fleiss_kappa:.2f}** over {result.fleiss_clips} clips labelled by "
+                      f"{result.fleiss_raters} annotators each")
+        else:
+            fleiss = "Fleiss' kappa needs at least two clips labelled by the same number (≥ 2) of annotators"
+        agreed = sum(c.agree is True for c in multi)
+        summary = (f"{len(result.clips)} labelled clips, {len(multi)} labelled by more than one annotator"
+                   + (f", all agree on {agreed} ({agreed / len(multi):.0%})" if multi else "")
+                   + f". {fleiss}. Kappas: scikit-learn (Cohen, per pair of annotators on their shared clips) "
+                     "and statsmodels (Fleiss); 1 is perfect agreement, 0 is chance.")
+        return AgreementView(summary, clips, ["clip", *names, "agree"], annotators)
+
+    def export(self, kind: str) -> Path:
+        """A zip of the labelled clips: "audiofolder" (``metadata.csv`` + ``audio/``, for the ``datasets``
+        audiofolder builder) or "manifest" (the training manifest ``manifest.csv`` + ``audio/``)."""
+        if not self.store.current_labels():
+            raise user_error("nothing to export yet: label some clips first")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = f"serdemo-{'training-manifest' if kind == 'manifest' else 'audiofolder'}-{stamp}"
+        work = Path(tempfile.mkdtemp(prefix="serdemo-export-"))
+        try:
+            folder = work / name
+            if kind == "manifest":
+                self.store.export_training_folder(folder)
+            else:
+                self.store.export_audiofolder(folder)
+            archive = work / f"{name}.zip"
+            with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+                for path in sorted(folder.rglob("*")):
+                    if path.is_file():
+                        z.write(path, f"{name}/{path.relative_to(folder).as_posix()}")
+            shutil.rmtree(folder)
+        except (OSError, StoreError) as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            raise user_error(f"export failed: {getattr(exc, 'strerror', None) or exc.__class__.__name__}") from None
+        return archive
+
+    # ------------------------------------------------------------ models and retraining
+    def model_view(self, name: str | None) -> ModelView:
+        """A checkpoint's card as a readable summary, its held-out metrics and its test confusion."""
+        if not name or name not in self.catalogue:
+            return ModelView("_pick a checkpoint_", "", None)
+        try:
+            card = read_card(self.catalogue[name])
+        except CheckpointError as exc:
+            gr.Warning(str(exc))
+            return ModelView(f"_{html.escape(str(exc))}_", "", None)
+        try:
+            m = card.get("metrics", {})
+            fig = confusion_figure(m["test"]["overall"]["confusion"], m["test"]["overall"]["classes"],
+                                   f"{name}: confusion on its test speakers (rows: true class)")
+        except (AttributeError, KeyError, TypeError, ValueError):
+            fig = None  # no (readable) held-out confusion in this card
+        return ModelView(card_summary_markdown(name, card), metrics_markdown(card), fig)
+
+    def retrain(self, model_name: str | None) -> str:
+        """Fine-tune the selected checkpoint on the stored annotations in a background process."""
+        settings = self.settings
+        if not model_name or model_name not in self.catalogue:
+            raise user_error("pick a checkpoint to fine-tune")
+        if not self.store.current_labels():
+            raise user_error("there are no labelled clips in the store yet: relabel some clips first")
+        base = self.catalogue[model_name]
+        try:
+            card = read_card(base)
+        except CheckpointError as exc:
+            raise user_error(exc) from None
+        corpora = settings.retrain_corpora
+        if corpora is None:
+            config = card.get("training", {}).get("config")
+            corpora = tuple(config.get("corpora", [])) if isinstance(config, dict) else ()
+        manifest = self.store.export_manifest(self.store.directory / "retrain" / "manifest.csv")
+        self.retrainer.corpora = list(corpora)
+        try:
+            out = self.retrainer.start(base, card, manifest, list(settings.retrain_args))
+        except RetrainBusy as exc:
+            raise user_error(exc) from None
+        return f"Started fine-tuning **{model_name}** on {len(self.store.current_labels())} stored clips " \
+               f"+ {len(corpora)} corpora → `{out.name}`"
+
+    def _finished(self, st: dict) -> bool:
+        """A done run's checkpoint joins the catalogue (one rescan, whichever page or caller asks first)."""
+        if st["state"] == "done" and Path(st["out"]).name not in self.catalogue:
+            self.reload()
+        return st["state"] == "done"
+
+    def _retrain_markdown(self, st: dict) -> str:
+        if st["state"] == "idle":
+            return "No retraining run yet."
+        if st["state"] == "running":
+            return (f"Training `{Path(st['out']).name}` ({duration_text(st['elapsed_s'])} so far)"
+                    + (f"; dev UA after epoch {st['epoch']}: {st['dev_ua']:.3f}" if st["dev_ua"] is not None else ""))
+        if st["state"] == "failed":
+            return f"Retraining failed:\n```\n{st['tail']}\n```"
+        return f"Done: `{Path(st['out']).name}` is in the model pickers.\n\n{self.retrainer.comparison()}"
+
+    def retrain_status(self) -> str:
+        """Progress of the background run as Markdown; when done, the two models' comparison."""
+        st = self.retrainer.status()
+        self._finished(st)
+        return self._retrain_markdown(st)
+
+    def retrain_view(self, seen: str = "") -> RetrainView:
+        """The page's view of the run (polled, and on load, so a reload shows it)."""
+        st = self.retrainer.status()
+        fresh = self._finished(st) and st["out"] != seen
+        table = ""
+        if st["state"] == "done":
+            path = Path(st["out"]) / COMPARISON_FILE
+            if path.is_file():
+                try:
+                    table = comparison_html(json.loads(path.read_text()))
+                except (OSError, ValueError):
+                    table = ""
+        status = self._retrain_markdown(st)
+        if table:  # the table shows the comparison; the status keeps its first lines
+            status = status.split("\n\n| set |")[0]
+        return RetrainView(retrain_progress_html(st), status, table, self.choices() if fresh else None,
+                           st["out"] if fresh else seen)
+
 
 def headline(card: dict) -> str:
     """The picker's figure, the same kind for every model: UA / WA on the card's own test speakers
@@ -200,13 +551,19 @@ def metrics_markdown(card: dict) -> str:
         block = card.get("metrics", {}).get(key)
         if not isinstance(block, dict):
             continue
+        blocks = [(what, block)]
         if key in ("cv", "loco"):
             what = f"{block.get('scheme', what)}: {what}"
-            block = block.get("pooled") or {}
-        for group, sc in block.items():
-            if isinstance(sc, dict) and "ua" in sc:
-                f1 = f"{sc['macro_f1']:.3f}" if sc.get("macro_f1") is not None else ""
-                rows.append(f"| {what} | {group} | {sc['ua']:.3f} | {sc['wa']:.3f} | {f1} | {sc.get('n', '')} |")
+            blocks = [(what, block.get("pooled") or {})]
+            ref = block.get("reference")
+            if isinstance(ref, dict) and isinstance(ref.get("pooled"), dict):
+                blocks.append((f"reference row ({ref.get('name', 'functionals + logistic regression')}), "
+                               f"same folds", ref["pooled"]))
+        for label, scores in blocks:
+            for group, sc in scores.items():
+                if isinstance(sc, dict) and "ua" in sc:
+                    f1 = f"{sc['macro_f1']:.3f}" if sc.get("macro_f1") is not None else ""
+                    rows.append(f"| {label} | {group} | {sc['ua']:.3f} | {sc['wa']:.3f} | {f1} | {sc.get('n', '')} |")
     if len(rows) == 2:
         return "_this card holds no held-out metrics_"
     speakers = card.get("metrics", {}).get("test_speakers")
@@ -261,146 +618,177 @@ def user_error(problem: Exception | str, source: str | None = None, duration: fl
     return gr.Error(message, duration=duration, print_exception=False)
 
 
+def mel_band_hz(cfg) -> np.ndarray:
+    """Centre frequency (Hz) of each mel band of the front end (Slaney mel scale, as ``LogMel``'s filters)."""
+    import librosa
+
+    fmax = min(cfg.fmax_hz, cfg.sample_rate / 2)
+    return librosa.mel_frequencies(cfg.n_mels + 2, fmin=cfg.fmin_hz, fmax=fmax, htk=False)[1:-1]
+
+
+def _speakers(names) -> str:
+    """``["emodb:03", "emodb:13", "nemo:EB0"]`` -> ``emodb 03, 13; nemo EB0``."""
+    by_corpus: dict[str, list[str]] = {}
+    for s in names or []:
+        corpus, _, spk = str(s).partition(":")
+        by_corpus.setdefault(corpus if spk else "", []).append(spk or corpus)
+    return "; ".join(f"{c} {', '.join(v)}".strip() for c, v in by_corpus.items()) or "none recorded"
+
+
+def card_summary_markdown(name: str, card: dict) -> str:
+    """A checkpoint card as a short readable summary: model, data, speakers held out, recipe, licence."""
+    t = card.get("training", {}) if isinstance(card.get("training"), dict) else {}
+    cfg = t.get("config", {}) if isinstance(t.get("config"), dict) else {}
+    model = card.get("model", {})
+    label_set = card.get("label_set", {}) if isinstance(card.get("label_set"), dict) else {}
+    lines = [f"### {name}",
+             f"**Model**: `{model.get('architecture', '?')}`, "
+             f"{card.get('weights', {}).get('parameters', 0):,} parameters, heads: "
+             f"{', '.join(card.get('heads', {}))}; created {card.get('created_utc', '?')}."]
+    corpora = [c for c in t.get("corpora", []) if isinstance(c, dict)]
+    if corpora:
+        data = ", ".join(f"{c.get('corpus')} ({c.get('utterances', '?')} clips)" for c in corpora)
+        dropped = t.get("dropped_labels") or {}
+        drop = f"; dropped: {', '.join(f'{k} ({v})' for k, v in dropped.items())}" if dropped else ""
+        lines.append(f"**Data**: {data}; {t.get('n_train', '?')} train / {t.get('n_dev', '?')} dev / "
+                     f"{t.get('n_test', '?')} test clips{drop}.")
+    if label_set:
+        lines.append(f"**Classes** ({label_set.get('name', '?')}): {', '.join(label_set.get('classes', []))}"
+                     + (f" — {label_set['description']}" if label_set.get("description") else "") + ".")
+    speakers = t.get("speakers", {}) if isinstance(t.get("speakers"), dict) else {}
+    if speakers:
+        lines.append(f"**Speakers held out** (never trained on): test {_speakers(speakers.get('test'))}; "
+                     f"dev (picks the epoch) {_speakers(speakers.get('dev'))}.")
+    if cfg:
+        aug = [a for a, on in (("VTLP " + "–".join(str(cfg.get(k)) for k in ("vtlp_low", "vtlp_high")), cfg.get("vtlp")),
+                               ("SpecAugment", cfg.get("specaug")), ("mixup", cfg.get("mixup"))) if on]
+        aug += list(cfg.get("augment") or [])
+        feats = cfg.get("features") or {}
+        lines.append(f"**Recipe**: {cfg.get('epochs', '?')} epochs (best: {card.get('metrics', {}).get('best_epoch', '?')}), "
+                     f"batch {cfg.get('batch_size', '?')}, lr {cfg.get('lr', '?')}, {cfg.get('norm', '?')} normalisation, "
+                     f"split {cfg.get('split', '?')} fold {cfg.get('fold', '?')} of {cfg.get('n_folds', '?')}, "
+                     f"seed {cfg.get('seed', '?')}; augmentation: {', '.join(aug) or 'none'}"
+                     + (f"; features: {', '.join(k for k, v in feats.items() if v is True)}" if feats else "") + ".")
+    if card.get("license"):
+        lines.append(f"**Licence**: {card['license']}")
+    return "\n\n".join(lines)
+
+
+def comparison_html(result: dict) -> str:
+    """A ``training.compare`` result as a full-width HTML table: both models on the same held-out clips."""
+    scores = result.get("scores") or {}
+    old, new = scores.get("previous", {}), scores.get("new", {})
+    speakers = result.get("speakers", [])
+    caption = (f"Previous vs new model on the same {result.get('n', 0)} clips of {len(speakers)} speakers "
+               f"that neither trained on ({html.escape(', '.join(speakers)) or 'none'})")
+    head = "".join(f"<th>{h}</th>" for h in ("set", "clips", "previous UA", "new UA", "Δ UA",
+                                             "previous WA", "new WA", "Δ WA"))
+    body = []
+    for k in new:
+        if k in old:
+            o, n = old[k], new[k]
+            body.append(f"<tr><td>{html.escape(str(k))}</td><td>{n.get('n', '')}</td>"
+                        f"<td>{o['ua']:.3f}</td><td>{n['ua']:.3f}</td><td>{n['ua'] - o['ua']:+.3f}</td>"
+                        f"<td>{o['wa']:.3f}</td><td>{n['wa']:.3f}</td><td>{n['wa'] - o['wa']:+.3f}</td></tr>")
+    if not body:
+        return f"<p>{caption}: no scores.</p>"
+    note = f"<p>Note: {html.escape(str(result['note']))}.</p>" if result.get("note") else ""
+    return (f'<table class="comparison" style="width:100%"><caption style="text-align:left">{caption}</caption>'
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}")
+
+
 def _annotator(name: str, request: gr.Request | None) -> str:
+    """The login name where the app has one, else the name typed on the page."""
     user = getattr(request, "username", None) if request is not None else None
     return (user or name or "").strip()
 
 
+CSS = """
+#clip-id input, #q-clip input { font-family: monospace; text-overflow: ellipsis; }
+#queue table td, #agreement-clips table td { white-space: nowrap; }
+.comparison th, .comparison td { padding: 4px 10px; text-align: right; }
+.comparison th:first-child, .comparison td:first-child { text-align: left; }
+.comparison thead th { border-bottom: 2px solid var(--border-color-primary); }
+#analysis-figure .modebar-container, #model-confusion .modebar-container { top: auto !important; bottom: 0; }
+"""
+
+
 def build_app(settings: Settings | None = None) -> gr.Blocks:
-    settings = settings or Settings.from_env()
-    bench = Workbench(settings)
+    """The page: layout, then wiring of each event to a :class:`Workbench` method."""
+    bench = Workbench(settings or Settings.from_env())
 
-    # the last attention per clip (bounded), so the slider can redraw without running the model
-    bench.last_attention = OrderedDict()
-
-    def remember_attention(clip_id: str, pred) -> None:
-        """Keep the prediction's own attention and speech segments (never read back from a figure)."""
-        bench.last_attention[clip_id] = (pred.attention_times_s, pred.attention, pred.speech_segments_s)
-        bench.last_attention.move_to_end(clip_id)
-        while len(bench.last_attention) > 512:
-            bench.last_attention.popitem(last=False)
-
-    # ---------------------------------------------------------------- callbacks
+    # ---------------------------------------------------------------- adapters: named result -> outputs
     @gpu
-    def analyze(audio, model_name, alpha, source=None, progress=gr.Progress()):
-        """Analyse a clip: probabilities per head, spectrogram + VTLP + attention figure, clip id.
+    def analyze(audio, model_name, alpha, view="difference", source=None, progress=gr.Progress()):
+        a = bench.analyse(audio, model_name, alpha, view, source, progress)
+        return (a.probabilities, a.aux_markdown, a.figure, a.warp, a.clip_id, a.info,
+                gr.update(choices=list(ANNOTATION_LABELS), value=a.predicted if a.predicted in ANNOTATION_LABELS else None))
 
-        ``source``: where ``audio`` came from (the microphone or an upload), for the wording of errors.
-        """
-        t0 = time.perf_counter()
-        try:
-            progress(0.1, desc="decoding")
-            pred_model = bench.predictor(model_name)
-            # analyse exactly what the store keeps, so later views and retraining see the same clip
-            wave = as_stored(pred_model.load(audio, max_duration_s=settings.max_duration_s))
-            progress(0.4, desc="running the model")
-            pred = pred_model.predict(wave, alpha=float(alpha))
-            progress(0.8, desc="saving the clip")
-            name = Path(audio).name if isinstance(audio, (str, os.PathLike)) else "recording"
-            sha = bench.store.add_clip(wave, source_name=name, predicted=pred.label(),
-                                       confidence=pred.confidence(), checkpoint=pred_model.name)
-        except (AudioError, CheckpointError, StoreError) as exc:
-            raise user_error(exc, source, duration=None) from None
-        remember_attention(sha, pred)
-        fig = analysis_figure(pred.frame_times_s, pred.logmel, pred.logmel_warped, pred.attention_times_s,
-                              pred.attention, pred.alpha,
-                              title=f"{pred.label()} ({pred.confidence():.0%}) — {pred_model.name}",
-                              speech_segments_s=pred.speech_segments_s)
-        aux = {h: p for h, p in pred.probabilities.items() if h != "emotion"}
-        aux_md = "\n".join(f"**{h}**: " + ", ".join(f"{k} {v:.0%}" for k, v in sorted(p.items(), key=lambda kv: -kv[1]))
-                           for h, p in aux.items()) or "_this model has no auxiliary heads_"
-        info = (f"clip `{sha[:12]}` · {pred.duration_s:.2f} s · analysed in "
-                f"{(time.perf_counter() - t0) * 1000:.0f} ms on {pred_model.device}")
-        return (pred.probabilities["emotion"], aux_md, fig, warp_figure(float(alpha)), sha, info,
-                gr.update(choices=list(pred.probabilities["emotion"]), value=pred.label()))
-
-    def warp_view(alpha, clip_id, model_name):
-        """Re-draw the VTLP view for a new alpha without running the model."""
-        if not clip_id:
-            return gr.skip(), warp_figure(float(alpha))
-        try:
-            pred_model = bench.predictor(model_name)
-            wave = pred_model.load(str(bench.store.clip_path(clip_id)), max_duration_s=settings.max_duration_s)
-            logmel = pred_model.warped_logmel(wave, 1.0)
-            warped = pred_model.warped_logmel(wave, float(alpha))
-        except (AudioError, CheckpointError, StoreError) as exc:
-            raise user_error(exc) from None
-        times = pred_model.features.frame_times_s(logmel.shape[1])
-        last = bench.last_attention.get(clip_id)
-        if last is None:  # analysed before a restart: this once, run the model for its attention
-            pred = pred_model.predict(wave, alpha=None, require_speech=False)
-            last = bench.last_attention[clip_id] = (pred.attention_times_s, pred.attention, pred.speech_segments_s)
-        att_t, att, segs = last
-        return (analysis_figure(times, logmel, warped, att_t, att, float(alpha), speech_segments_s=segs),
-                warp_figure(float(alpha)))
+    def warp(alpha, clip_id, model_name, view="difference"):
+        """Re-draw the VTLP view for a new alpha (or panel view) without running the model."""
+        r = bench.redraw(alpha, clip_id, model_name, view)
+        return (gr.skip() if r.figure is None else r.figure), r.warp
 
     def relabel(clip_id: str, label: str, annotator_name: str = "",
                 request: gr.Request = None) -> tuple[str, list[list]]:
-        """Save a label for the stored clip ``clip_id`` (append-only). The model's prediction, confidence
-        and checkpoint are recorded from the store (the clip's latest analysis), whoever calls.
-        Returns a status line and the counts (rows of by, name, count)."""
-        return save_label(clip_id, label, annotator_name, request)
+        """Save a label for the stored clip ``clip_id`` (append-only; one of ``/labels``). The model's
+        prediction, confidence and checkpoint are recorded from the store (the clip's latest analysis),
+        whoever calls. Returns a status line and the counts (rows of by, name, count)."""
+        s = bench.save_label(clip_id, label, _annotator(annotator_name, request))
+        return s.status, s.counts
 
     def confirm(clip_id: str, annotator_name: str = "", request: gr.Request = None) -> tuple[str, list[list]]:
         """Confirm the model's prediction for the stored clip ``clip_id`` (its latest analysis).
         Returns a status line and the counts (rows of by, name, count)."""
-        return save_label(clip_id, None, annotator_name, request)
+        s = bench.save_label(clip_id, None, _annotator(annotator_name, request))
+        return s.status, s.counts
 
-    def save_label(clip_id, label, annotator_name, request):
-        who = _annotator(annotator_name, request)
+    def save_on_tab(clip_id, label, annotator_name, request: gr.Request):
+        s = bench.save_label(clip_id, label, _annotator(annotator_name, request))
+        return s.status, s.counts, s.history
+
+    def confirm_on_tab(clip_id, annotator_name, request: gr.Request):
+        return save_on_tab(clip_id, None, annotator_name, request)
+
+    def labels() -> list[str]:
+        """The labels a clip can be given, the same on every tab and through /relabel."""
+        return list(ANNOTATION_LABELS)
+
+    def queue(limit: int = 50, show: str = "all") -> list[dict]:
+        """Stored clips, least confident model prediction first (``show``: "all" or "unlabelled"); each a
+        dict with the full clip id, source_name, duration_s, predicted, confidence, label, annotator."""
+        entries = bench.store.queue(max(1, int(limit or 50)), unlabelled_only=show == "unlabelled")
+        return [{k: q[k] for k in ("clip", "source_name", "duration_s", "predicted", "confidence", "label",
+                                   "annotator")} for q in entries]
+
+    def queue_view(limit, show):
+        q = bench.queue(limit, show)
+        return q.rows, q.clip_ids
+
+    def pick(evt: gr.SelectData, ids):
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        if not isinstance(row, int) or not 0 <= row < len(ids or []):
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        clip = ids[row]
         try:
-            if not clip_id:
-                raise StoreError("analyse a clip (or pick one from the queue) first, then label it")
-            event = bench.store.label_clip(clip_id, label, who)
+            path = str(bench.store.clip_path(clip))
         except StoreError as exc:
             raise user_error(exc) from None
-        n = len(bench.store.history(clip_id))
-        if event.predicted == event.label:
-            verdict = f"confirmed as **{event.label}**"
-        elif event.predicted:
-            verdict = f"corrected to **{event.label}** (the model said {event.predicted})"
-        else:
-            verdict = f"labelled **{event.label}**"
-        return f"Saved: clip `{clip_id[:12]}` {verdict} by {who} (label #{n} for this clip).", counts_table()
+        return clip, path, bench.history(clip), gr.update(value=None)
 
-    def history(clip_id):
-        """A clip's label history, oldest first."""
-        if not clip_id:
-            return []
-        return [[e.created_utc, e.label, e.annotator, e.predicted or "", "" if e.confidence is None else round(e.confidence, 3),
-                 e.checkpoint or ""] for e in bench.store.history(clip_id)]
+    def agreement_view():
+        a = bench.agreement()
+        return a.summary, gr.update(value=a.clips, headers=a.clip_headers), a.annotators
 
-    def queue(limit=50):
-        """Stored clips, least confident model prediction first."""
-        return [[q["clip"], q["source_name"] or "", round(q["duration_s"], 2), q["predicted"] or "",
-                 "" if q["confidence"] is None else round(q["confidence"], 3), q["label"] or ""]
-                for q in bench.store.queue(int(limit))]
-
-    def counts_table():
-        c = bench.store.counts()
-        rows = [["label", k, v] for k, v in c["label"].items()] + [["annotator", k, v] for k, v in c["annotator"].items()]
-        return rows
-
-    def pick_from_queue(evt: gr.SelectData, rows):
-        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        try:
-            clip = rows.iloc[row, 0] if hasattr(rows, "iloc") else rows[row][0]
-        except (IndexError, KeyError):
-            return gr.skip(), gr.skip(), gr.skip()
-        return clip, str(bench.store.clip_path(clip)), history(clip)
+    def agreement() -> dict:
+        """Agreement between annotators: per clip (labels by annotator, agree) and per annotator."""
+        a = bench.agreement()
+        return {"summary": a.summary, "clips": [dict(zip(a.clip_headers, r)) for r in a.clips],
+                "annotators": [dict(zip(AGREEMENT_HEADERS, r)) for r in a.annotators]}
 
     def export(kind):
-        """Export the labelled clips: 'audiofolder' or 'manifest'. Returns the written path."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = bench.store.directory / "exports"
-        try:
-            if kind == "manifest":
-                path = bench.store.export_manifest(out / f"manifest-{stamp}.csv")
-            else:
-                path = bench.store.export_audiofolder(out / f"audiofolder-{stamp}") / "metadata.csv"
-        except (OSError, StoreError) as exc:
-            raise user_error(f"export failed: {exc}") from None
-        return str(path)
+        """A zip of the labelled clips ("audiofolder" or "manifest"), as a file to download."""
+        return str(bench.export(kind))
 
     def models():
         """Reload the checkpoint folders; returns the model names with their headline metrics."""
@@ -409,200 +797,181 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         return gr.update(choices=choices, value=bench.default_choice()), gr.update(choices=choices, value=bench.default_choice())
 
     def model_card(name):
-        """A checkpoint's card and its confusion matrix on its test speakers (the picker's figure)."""
-        if not name or name not in bench.catalogue:
-            return {}, None
-        try:
-            card = read_card(bench.catalogue[name])
-        except CheckpointError as exc:
-            gr.Warning(str(exc))
-            return {}, None
-        try:
-            m = card.get("metrics", {})
-            fig = confusion_figure(m["test"]["overall"]["confusion"], m["test"]["overall"]["classes"],
-                                   f"{name}: confusion on its test speakers (rows: true)")
-        except (AttributeError, KeyError, TypeError, ValueError):
-            fig = None  # no (readable) held-out confusion in this card
-        return card, fig
+        """A checkpoint's summary, held-out metrics, confusion on its test speakers and its raw card."""
+        v = bench.model_view(name)
+        return v.summary, v.metrics, v.confusion, bench.cards.get(name, {})
 
     def model_metrics(name: str) -> str:
         """A checkpoint's held-out evaluations as a Markdown table (test, dev, cross-validation,
-        leave-one-corpus-out)."""
+        leave-one-corpus-out, with the reference row where the card has one)."""
         card = bench.cards.get(name)
         return metrics_markdown(card) if card else ""
 
-    def retrain(model_name):
-        """Fine-tune the selected checkpoint on the stored annotations in a background process."""
-        if not model_name or model_name not in bench.catalogue:
-            raise user_error("pick a checkpoint to fine-tune")
-        if not bench.store.current_labels():
-            raise user_error("there are no labelled clips in the store yet: relabel some clips first")
-        base = bench.catalogue[model_name]
-        try:
-            card = read_card(base)
-        except CheckpointError as exc:
-            raise user_error(exc) from None
-        corpora = settings.retrain_corpora
-        if corpora is None:
-            config = card.get("training", {}).get("config")
-            corpora = tuple(config.get("corpora", [])) if isinstance(config, dict) else ()
-        manifest = bench.store.export_manifest(bench.store.directory / "retrain" / "manifest.csv")
-        bench.retrainer.corpora = list(corpora)
-        try:
-            out = bench.retrainer.start(base, card, manifest, list(settings.retrain_args))
-        except RetrainBusy as exc:
-            raise user_error(exc) from None
-        return f"Started fine-tuning **{model_name}** on {len(bench.store.current_labels())} stored clips " \
-               f"+ {len(corpora)} corpora → `{out.name}`"
-
-    def retrain_markdown(st: dict) -> str:
-        if st["state"] == "idle":
-            return "No retraining run yet."
-        if st["state"] == "running":
-            return (f"Training `{Path(st['out']).name}` ({duration_text(st['elapsed_s'])} so far)"
-                    + (f"; dev UA after epoch {st['epoch']}: {st['dev_ua']:.3f}" if st["dev_ua"] is not None else ""))
-        if st["state"] == "failed":
-            return f"Retraining failed:\n```\n{st['tail']}\n```"
-        return f"Done: `{Path(st['out']).name}` is in the model pickers.\n\n{bench.retrainer.comparison()}"
-
-    def finished_run(st: dict) -> bool:
-        """A done run's checkpoint joins the catalogue (one rescan, whichever page or caller asks first)."""
-        if st["state"] == "done" and Path(st["out"]).name not in bench.catalogue:
-            bench.reload()
-        return st["state"] == "done"
-
-    def retrain_status() -> str:
-        """Progress of the background run as Markdown; when done, the two models' comparison."""
-        st = bench.retrainer.status()
-        finished_run(st)
-        return retrain_markdown(st)
+    def retrain_view(seen):
+        v = bench.retrain_view(seen)
+        pickers = gr.skip() if v.choices is None else gr.update(choices=v.choices)
+        return v.bar, v.status, v.comparison, pickers, pickers, v.seen
 
     def retrain_progress() -> dict:
         """The background run's status: state, phase, step, total_steps, epoch, loss, eta_s, dev_ua, out, ..."""
         return bench.retrainer.status()
 
-    def retrain_view(seen: str):
-        """The page's view of the run (polled, and on load, so a reload shows it): the progress bar, the
-        status, and once per finished run the pickers' choices with the new checkpoint in them."""
-        st = bench.retrainer.status()
-        fresh = finished_run(st) and st["out"] != seen
-        pickers = gr.update(choices=bench.choices()) if fresh else gr.skip()
-        return retrain_progress_html(st), retrain_markdown(st), pickers, pickers, st["out"] if fresh else seen
-
     def clear_analysis():
         """Empty the results of the last analysis, so that a failed one leaves no clip to label by mistake."""
         return None, "", None, "", "", gr.update(choices=[], value=None)
 
-    def analyze_and_remember(audio, model_name, alpha, source=None, progress=gr.Progress()):
-        return analyze(audio, model_name, alpha, source, progress)
+    def who(request: gr.Request):
+        """A logged-in user annotates under the login name (fixed); otherwise the name is typed once."""
+        user = getattr(request, "username", None)
+        if user:
+            return gr.update(value=user, interactive=False, info="your login name")
+        return gr.skip()
 
     # ---------------------------------------------------------------- layout
     with gr.Blocks(title="serdemo — what the model hears") as app:
-        gr.Markdown("# serdemo\nRecord or upload speech; see the log-mel spectrogram, its VTLP-warped "
-                    "twin, where the model's attention falls, and what it predicts. Correct it when it is wrong.")
+        with gr.Row(equal_height=True):
+            gr.Markdown("# serdemo\nRecord or upload speech; see its spectrogram, what VTLP changes, where the "
+                        "model's attention falls and what it predicts. Correct it when it is wrong.")
+            annotator = gr.Textbox(label="Annotator (you)", placeholder="your name, set once for this session",
+                                   max_lines=1, elem_id="annotator", scale=0, min_width=260)
         source = gr.State("upload")  # where the clip in `audio` came from: MICROPHONE or "upload"
-        annotator = gr.Textbox(label="Your name (annotator)", placeholder="used when no login is set", max_lines=1)
         with gr.Tab("Analyse", elem_id="tab-analyse"):
             with gr.Row():
-                with gr.Column(scale=2):
+                with gr.Column(scale=3):
                     audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speech")
                     model = gr.Dropdown(bench.choices(), value=bench.default_choice(), label="Model", elem_id="model")
-                    alpha = gr.Slider(ALPHA_MIN, ALPHA_MAX, value=1.1, step=0.01, label="VTLP alpha (warp factor)")
                     run = gr.Button("Analyse", variant="primary", elem_id="analyse")
-                    info = gr.Markdown()
-                with gr.Column(scale=1):
+                    info = gr.Markdown(elem_id="analysis-info")
+                with gr.Column(scale=2):
                     probs = gr.Label(label="Emotion", num_top_classes=8, elem_id="emotion-probs")
                     aux = gr.Markdown(label="Auxiliary heads", elem_id="aux-heads")
-                    warp_plot = gr.Plot(warp_figure(1.1), label="Warp function")
             figure = gr.Plot(label="What the model hears", elem_id="analysis-figure")
-            clip_id = gr.Textbox(label="Clip id", interactive=False, elem_id="clip-id")
-            label_choice = gr.Radio([], label="True label (keys 1-9)", elem_id="label-choice")
             with gr.Row():
-                confirm_btn = gr.Button("Model is right (c)", elem_id="confirm-label")
-                save_btn = gr.Button("Save label (s)", variant="primary", elem_id="save-label")
-            status = gr.Markdown(elem_id="relabel-status")
+                with gr.Column(scale=3):
+                    with gr.Row():
+                        alpha = gr.Slider(ALPHA_MIN, ALPHA_MAX, value=1.1, step=0.01, elem_id="alpha",
+                                          label="VTLP alpha (warp factor): drag, type or use the arrow keys")
+                        vtlp_view = gr.Radio([("warped − original", "difference"), ("warped", "warped")],
+                                             value="difference", label="VTLP panel shows", elem_id="vtlp-view")
+                    warp_plot = gr.Plot(warp_figure(1.1), label="Warp function", elem_id="warp-plot")
+                with gr.Column(scale=2):
+                    clip_id = gr.Textbox(label="Clip id", interactive=False, max_lines=1, elem_id="clip-id")
+                    label_choice = gr.Radio([], label="True label (keys 1-9)", elem_id="label-choice")
+                    with gr.Row():
+                        confirm_btn = gr.Button("Model is right (c)", elem_id="confirm-label")
+                        save_btn = gr.Button("Save label (s)", variant="primary", elem_id="save-label")
+                    status = gr.Markdown(elem_id="relabel-status")
         with gr.Tab("Annotate", elem_id="tab-annotate"):
             with gr.Row():
-                refresh = gr.Button("Refresh queue")
-                limit = gr.Number(50, label="Show", precision=0)
-            queue_df = gr.Dataframe(headers=["clip", "source", "seconds", "predicted", "confidence", "label"],
-                                    interactive=False, label="Queue: least confident first")
-            with gr.Row():
-                q_clip = gr.Textbox(label="Clip id", elem_id="q-clip")
-                q_audio = gr.Audio(label="Playback", interactive=False, type="filepath")
-            q_label = gr.Radio(["neutral", "happy", "sad", "angry", "fear", "disgust", "surprise", "calm", "boredom"],
-                               label="Label (keys 1-9)", elem_id="q-label-choice")
-            with gr.Row():
-                q_confirm = gr.Button("Model is right (c)", elem_id="q-confirm")
-                q_save = gr.Button("Save label (s)", variant="primary", elem_id="q-save")
-            q_status = gr.Markdown(elem_id="q-status")
-            q_hist = gr.Dataframe(headers=["when (UTC)", "label", "annotator", "model said", "confidence", "checkpoint"],
-                                  label="History of this clip", interactive=False)
-            counts = gr.Dataframe(headers=["by", "name", "count"], value=counts_table, label="Counts",
+                with gr.Column(scale=3):
+                    with gr.Row():
+                        show = gr.Radio([("unlabelled only", "unlabelled"), ("all clips", "all")], value="unlabelled",
+                                        label="Queue shows", elem_id="queue-show")
+                        limit = gr.Number(50, label="At most", precision=0, minimum=1, maximum=1000, min_width=90)
+                        refresh = gr.Button("Refresh queue", elem_id="queue-refresh", min_width=120)
+                    queue_df = gr.Dataframe(headers=["clip", "source", "s", "model", "conf.", "label"],
+                                            interactive=False, elem_id="queue", wrap=False,
+                                            label="Queue: least confident model guess first (click a row)")
+                    queue_ids = gr.State([])  # the full clip id of each queue row
+                with gr.Column(scale=2):
+                    q_clip = gr.Textbox(label="Clip id", max_lines=1, elem_id="q-clip",
+                                        placeholder="click a queue row, or paste an id and press Enter")
+                    q_audio = gr.Audio(label="Playback", interactive=False, type="filepath", elem_id="q-audio")
+                    q_label = gr.Radio(list(ANNOTATION_LABELS), label="Label (keys 1-9)", elem_id="q-label-choice")
+                    with gr.Row():
+                        q_confirm = gr.Button("Model is right (c)", elem_id="q-confirm")
+                        q_save = gr.Button("Save label (s)", variant="primary", elem_id="q-save")
+                    q_status = gr.Markdown(elem_id="q-status")
+            q_hist = gr.Dataframe(headers=HISTORY_HEADERS, label="History of this clip", interactive=False,
+                                  elem_id="q-history")
+            counts = gr.Dataframe(headers=["by", "name", "count"], value=bench.counts, label="Counts",
                                   interactive=False, elem_id="counts")
-            with gr.Row():
-                export_kind = gr.Radio(["audiofolder", "manifest"], value="manifest", label="Export as")
-                export_btn = gr.Button("Export")
-                export_path = gr.Textbox(label="Written to", interactive=False)
-        with gr.Tab("Models"):
-            with gr.Row():
+        with gr.Tab("Agreement & export", elem_id="tab-agreement"):
+            agree_md = gr.Markdown(elem_id="agreement-summary")
+            agree_btn = gr.Button("Refresh agreement", elem_id="agreement-refresh")
+            agree_annotators = gr.Dataframe(headers=AGREEMENT_HEADERS, interactive=False, elem_id="agreement-annotators",
+                                            label="Per annotator: agreement with the others on shared clips")
+            agree_clips = gr.Dataframe(headers=["clip", "agree"], interactive=False, elem_id="agreement-clips",
+                                       label="Clips labelled by more than one annotator (disagreements first)")
+            with gr.Row(equal_height=True):
+                export_kind = gr.Radio([("audiofolder (metadata.csv + audio, for 🤗 datasets)", "audiofolder"),
+                                        ("training manifest + audio (python -m training.fit)", "manifest")],
+                                       value="audiofolder", label="Export the labelled clips as", elem_id="export-kind")
+                export_btn = gr.Button("Export as zip", elem_id="export", scale=0, min_width=160)
+            export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
+        with gr.Tab("Models", elem_id="tab-models"):
+            with gr.Row(equal_height=True):
                 m_pick = gr.Dropdown(bench.choices(), value=bench.default_choice(), label="Checkpoint",
-                                     elem_id="model-pick")
-                reload_btn = gr.Button("Reload checkpoints")
-            retrain_btn = gr.Button("Fine-tune the selected model on the stored annotations")
+                                     elem_id="model-pick", scale=4)
+                reload_btn = gr.Button("Reload checkpoints", scale=1, min_width=160)
+            with gr.Row():
+                m_summary = gr.Markdown(elem_id="model-summary")
+                m_conf = gr.Plot(label="Confusion matrix (test speakers)", elem_id="model-confusion")
+            m_metrics = gr.Markdown(elem_id="model-metrics")
+            with gr.Accordion("Raw card (JSON)", open=False):
+                m_card = gr.JSON(label="Card")
+            retrain_btn = gr.Button("Fine-tune the selected model on the stored annotations", elem_id="retrain")
             retrain_bar = gr.HTML(elem_id="retrain-progress")
             retrain_md = gr.Markdown(elem_id="retrain-status")
+            retrain_table = gr.HTML(elem_id="retrain-comparison")
             seen_run = gr.State("")  # the finished run whose checkpoint this page's pickers already list
-            m_metrics = gr.Markdown(elem_id="model-metrics")
-            m_conf = gr.Plot(label="Confusion matrix")
-            m_card = gr.JSON(label="Card")
+        # further tabs (the timeline) are added here
 
         # ---------------------------------------------------------------- wiring
-        audio.stop_recording(lambda: MICROPHONE, None, source, queue=False, show_progress="hidden",
-                             api_visibility="private")
-        audio.upload(lambda: "upload", None, source, queue=False, show_progress="hidden", api_visibility="private")
+        hidden = dict(api_visibility="private", show_progress="hidden")
+        app.load(who, None, annotator, **hidden)
+        audio.stop_recording(lambda: MICROPHONE, None, source, queue=False, **hidden)
+        audio.upload(lambda: "upload", None, source, queue=False, **hidden)
         # clear first: a failed analysis must leave no previous clip id, prediction or label choices behind;
         # progress and a failure show on the emotion panel only (the message in a toast), not on every panel
-        run.click(clear_analysis, None, [probs, aux, figure, clip_id, info, label_choice], queue=False,
-                  show_progress="hidden", api_visibility="private").then(
-            analyze_and_remember, [audio, model, alpha, source],
+        run.click(clear_analysis, None, [probs, aux, figure, clip_id, info, label_choice], queue=False, **hidden).then(
+            analyze, [audio, model, alpha, vtlp_view, source],
             [probs, aux, figure, warp_plot, clip_id, info, label_choice], api_name="analyze",
             show_progress_on=probs)
-        alpha.release(warp_view, [alpha, clip_id, model], [figure, warp_plot], api_name="warp")
+        # every change of the slider (drag, arrow keys, a typed value) redraws; the latest value wins
+        redraw = dict(fn=warp, inputs=[alpha, clip_id, model, vtlp_view], outputs=[figure, warp_plot],
+                      trigger_mode="always_last", show_progress="hidden")
+        alpha.input(api_name="warp", **redraw)
+        vtlp_view.input(api_visibility="private", **redraw)
         # the write endpoints take the clip id and plain strings: an API caller needs no session state
         gr.api(relabel, api_name="relabel")
         gr.api(confirm, api_name="confirm")
-        save_btn.click(relabel, [clip_id, label_choice, annotator], [status, counts], api_name="relabel_button",
-                       api_visibility="private", show_progress_on=status)
-        confirm_btn.click(confirm, [clip_id, annotator], [status, counts], api_name="confirm_button",
-                          api_visibility="private", show_progress_on=status)
-        refresh.click(queue, [limit], [queue_df], api_name="queue")
-        queue_df.select(pick_from_queue, [queue_df], [q_clip, q_audio, q_hist], api_visibility="private")
-        # the Annotate tab labels its own clip; the clip's history then shows the new label
-        q_save.click(relabel, [q_clip, q_label, annotator], [q_status, counts], api_name="relabel_queued",
-                     api_visibility="private", show_progress_on=q_status).success(
-            history, [q_clip], [q_hist], api_name="history_after_save", api_visibility="private")
-        q_confirm.click(confirm, [q_clip, annotator], [q_status, counts], api_name="confirm_queued",
-                        api_visibility="private", show_progress_on=q_status).success(
-            history, [q_clip], [q_hist], api_name="history_after_confirm", api_visibility="private")
-        q_clip.submit(history, [q_clip], [q_hist], api_name="history")
-        export_btn.click(export, [export_kind], [export_path], api_name="export")
+        gr.api(labels, api_name="labels")
+        gr.api(queue, api_name="queue")
+        gr.api(agreement, api_name="agreement")
+        queue_refresh = dict(fn=queue_view, inputs=[limit, show], outputs=[queue_df, queue_ids], **hidden)
+        agree_refresh = dict(fn=agreement_view, inputs=None, outputs=[agree_md, agree_clips, agree_annotators],
+                             **hidden)
+        save_btn.click(save_on_tab, [clip_id, label_choice, annotator], [status, counts, q_hist],
+                       show_progress_on=status, api_visibility="private").success(**queue_refresh)
+        confirm_btn.click(confirm_on_tab, [clip_id, annotator], [status, counts, q_hist],
+                          show_progress_on=status, api_visibility="private").success(**queue_refresh)
+        # the Annotate tab labels its own clip; its history, the queue and the agreement then follow
+        q_save.click(save_on_tab, [q_clip, q_label, annotator], [q_status, counts, q_hist],
+                     show_progress_on=q_status, api_visibility="private").success(
+            **queue_refresh).success(**agree_refresh)
+        q_confirm.click(confirm_on_tab, [q_clip, annotator], [q_status, counts, q_hist],
+                        show_progress_on=q_status, api_visibility="private").success(
+            **queue_refresh).success(**agree_refresh)
+        for trigger in (refresh.click, show.input, limit.submit, app.load):
+            trigger(**queue_refresh)
+        queue_df.select(pick, [queue_ids], [q_clip, q_audio, q_hist, q_label], api_visibility="private")
+        q_clip.submit(bench.history, [q_clip], [q_hist], api_name="history")
+        agree_btn.click(**agree_refresh)
+        app.load(**agree_refresh)
+        app.load(bench.counts, None, [counts], **hidden)
+        export_btn.click(export, [export_kind], [export_file], api_name="export")
         reload_btn.click(models, None, [model, m_pick], api_name="models")
-        m_pick.change(model_card, [m_pick], [m_card, m_conf], api_name="model_card")
-        m_pick.change(model_metrics, [m_pick], [m_metrics], api_name="model_metrics")
-        app.load(model_metrics, [m_pick], [m_metrics], api_name="model_metrics_load", api_visibility="private")
+        m_pick.change(model_card, [m_pick], [m_summary, m_metrics, m_conf, m_card], api_name="model_card")
+        app.load(model_card, [m_pick], [m_summary, m_metrics, m_conf, m_card], **hidden)
+        gr.api(model_metrics, api_name="model_metrics")
         # the run's progress comes from the retrainer, polled by every page (and read on load: a reload shows it)
-        view = dict(fn=retrain_view, inputs=[seen_run], outputs=[retrain_bar, retrain_md, model, m_pick, seen_run],
-                    api_visibility="private", show_progress="hidden")
-        retrain_btn.click(retrain, [m_pick], [retrain_md], api_name="retrain", concurrency_limit=1).success(
-            api_name="retrain_started", **view)
-        gr.Timer(2.0).tick(api_name="retrain_poll", queue=False, **view)
-        app.load(api_name="retrain_load", **view)
-        gr.api(retrain_status, api_name="retrain_status")
+        view = dict(fn=retrain_view, inputs=[seen_run],
+                    outputs=[retrain_bar, retrain_md, retrain_table, model, m_pick, seen_run], **hidden)
+        retrain_btn.click(bench.retrain, [m_pick], [retrain_md], api_name="retrain", concurrency_limit=1).success(**view)
+        gr.Timer(2.0).tick(queue=False, **view)
+        app.load(**view)
+        gr.api(bench.retrain_status, api_name="retrain_status")
         gr.api(retrain_progress, api_name="retrain_progress")
-        app.load(model_card, [m_pick], [m_card, m_conf], api_visibility="private")
-        app.load(counts_table, None, [counts], api_visibility="private")
-        app.load(queue, [limit], [queue_df], api_name="queue_load", api_visibility="private")
-        save_btn.click(queue, [limit], [queue_df], api_name="queue_after_relabel", api_visibility="private")
     app.workbench = bench
     return app

@@ -24,12 +24,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_app(env: dict, data: Path, url: str, wait_s: float = 120):
+def launch_app(env: dict, data: Path, url: str, wait_s: float = 120, cwd: Path = ROOT):
     """Start ``python app.py`` with ``env`` (log in ``data/server.log``); return it and a connected client."""
     from gradio_client import Client
 
     log = open(data / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + wait_s
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -148,10 +148,17 @@ def test_relabel_lands_in_the_store_with_history(server):
     assert rows[("label", "neutral")] >= 1 and rows[("annotator", "second")] >= 1
     history = client.predict(clip_id, api_name="/history")
     assert [r[1] for r in history["data"]] == ["sad", "neutral"]
-    queue = client.predict(10, api_name="/queue")
-    assert clip_id in [r[0] for r in queue["data"]]
-    path = client.predict("manifest", api_name="/export")
-    assert Path(path).read_text().count("\n") >= 2
+    queue = client.predict(10, "all", api_name="/queue")
+    assert clip_id in [r["clip"] for r in queue]
+    assert clip_id not in [r["clip"] for r in client.predict(1000, "unlabelled", api_name="/queue")]
+    import zipfile
+
+    path = client.predict("manifest", api_name="/export")  # a zip the client downloaded, not a server path
+    assert path.endswith(".zip") and not path.startswith(str(server["data"]))
+    with zipfile.ZipFile(path) as z:
+        manifest = next(n for n in z.namelist() if n.endswith("/manifest.csv"))
+        assert z.read(manifest).decode().count("\n") >= 2
+        assert [n for n in z.namelist() if n.endswith(f"/audio/{clip_id}.wav")]
 
 
 def test_write_endpoints_take_the_clip_id_and_record_the_models_prediction(server):
@@ -253,8 +260,8 @@ def test_reload_picks_up_new_checkpoints(server):
     assert "copied-model" in names
     probs, *_ = analyze(client, EMODB / "wav" / "03a01Fa.wav", model="copied-model")
     assert probs["label"]
-    card, fig = client.predict("copied-model", api_name="/model_card")
-    assert card["heads"]["emotion"]
+    summary, metrics, fig, card = client.predict("copied-model", api_name="/model_card")
+    assert card["heads"]["emotion"] and summary.startswith("### copied-model")
 
 
 def test_the_picker_shows_the_same_figure_for_every_model(server):
@@ -358,7 +365,9 @@ def test_slider_redraws_the_warp_without_the_model(server):
     np.testing.assert_allclose(arr(a[0]["z"]), arr(b[0]["z"]), atol=1e-4)
     assert not np.allclose(arr(a[1]["z"]), arr(b[1]["z"]))  # the warped panel follows alpha
     np.testing.assert_allclose(arr(a[2]["y"]), arr(b[2]["y"]), atol=1e-6)  # same attention: no new model run
-    assert "0.90" in json.dumps(b[1].get("name", "")) or "0.90" in json.dumps(fig09)
+    layout = (fig09["layout"] if "layout" in fig09 else json.loads(fig09["plot"])["layout"])
+    assert "alpha = 0.90" in json.dumps(layout["annotations"])  # the panel title follows alpha
+    assert layout["title"]["text"].endswith("— default")  # ...and the prediction title stays
 
 
 # ------------------------------------------------------------------ in the browser (headless Chromium)
@@ -425,3 +434,130 @@ def test_a_silent_microphone_recording_is_told_to_check_the_microphone(server, t
         page.wait_for_selector(".toast-body", timeout=60_000)
         message = page.inner_text(".toast-body")
         assert "The recording is digital silence" in message and "microphone" in message, message
+
+
+# ------------------------------------------------------------------ issue 10: figures, labels, agreement, models
+def plot_json(fig) -> dict:
+    return json.loads(fig["plot"]) if isinstance(fig, dict) and "plot" in fig else fig
+
+
+def test_the_figure_reads_in_db_and_hz_with_a_difference_view_and_the_warp_breakpoint(server):
+    """Spectrograms: dB colour bar, bands at their centre frequencies in Hz, hover with time, frequency and
+    level; the VTLP panel shows warped − original on a diverging scale with the breakpoint marked."""
+    from serdemo.vtlp import F_HI_HZ
+
+    figure = plot_json(analyze(server["client"], RAVDESS / "Actor_01" / "03-01-05-02-01-01-01.flac", alpha=1.1)[2])
+    spec, diff, att = figure["data"]
+    band_hz = arr(spec["y"])
+    assert 20 < band_hz[0] < 100 and 7000 < band_hz[-1] < 8000 and np.all(np.diff(band_hz) > 0)
+    assert spec["colorbar"]["title"]["text"] == "dB" and spec["zmax"] == 0 and spec["zmin"] >= -80
+    assert all(k in spec["hovertemplate"] for k in ("s", "Hz", "dB"))
+    assert "Hz" in figure["layout"]["yaxis"]["title"]["text"]
+    assert diff["zmid"] == 0 and diff["zmin"] == -diff["zmax"] and "dB" in diff["colorbar"]["title"]["text"]
+    assert diff["colorscale"][0][1] != diff["colorscale"][-1][1]  # two colours for two signs
+    z = arr(diff["z"])
+    assert z.min() < 0 < z.max()
+    texts = " ".join(a.get("text", "") for a in figure["layout"]["annotations"])
+    assert f"warp breakpoint {F_HI_HZ / 1000:.2f} kHz" in texts and "warped − original" in texts
+    assert any(sh.get("y0") == F_HI_HZ for sh in figure["layout"]["shapes"])  # the breakpoint line
+    assert [sh for sh in figure["layout"]["shapes"] if sh.get("fillcolor") == "grey"]  # non-speech shaded
+    assert figure["layout"]["height"] > 0
+    warped = plot_json(server["client"].predict(1.1, analyze(server["client"], EMODB / "wav" / "03a01Wa.wav")[4],
+                                                "default", "warped", api_name="/warp")[0])
+    assert warped["data"][1]["colorscale"] == spec["colorscale"]  # the warped view is a spectrogram again
+
+
+def test_one_label_set_on_every_tab_and_through_the_api(server):
+    """Annotate offered calm and boredom, which Analyse and /relabel refused and retraining dropped: now
+    the labels are the same everywhere, and a label outside them is refused with the list."""
+    from serdemo.labels import ANNOTATION_LABELS, LABEL_SETS
+
+    client = server["client"]
+    assert client.predict(api_name="/labels") == list(ANNOTATION_LABELS)
+    probs, _, _, _, clip_id, _, choice = analyze(client, EMODB / "wav" / "03a02Wb.wav")
+    assert [c[0] if isinstance(c, (list, tuple)) else c for c in choice["choices"]] == list(ANNOTATION_LABELS)
+    config = json.loads(Path(ROOT / "checkpoints/default/card.json").read_text())["label_set"]["name"]
+    assert all(LABEL_SETS[config].map(label) == label for label in ANNOTATION_LABELS)  # retraining keeps each
+    for bad in ("calm", "boredom"):
+        with pytest.raises(Exception, match=f"'{bad}' is not one of the labels \\(neutral, happy"):
+            client.predict(clip_id, bad, "tester", api_name="/relabel")
+    page = client.view_api(return_format="dict", print_info=False)
+    assert "/labels" in page["named_endpoints"]
+
+
+def test_agreement_per_clip_and_per_annotator(server):
+    client = server["client"]
+    ids = [analyze(client, EMODB / "wav" / name)[4] for name in ("03a04Wc.wav", "03a04Nc.wav", "03a05Wa.wav")]
+    for who, labels in {"ag-one": ["angry", "neutral", "angry"], "ag-two": ["angry", "sad", "angry"]}.items():
+        for clip, label in zip(ids, labels):
+            client.predict(clip, label, who, api_name="/relabel")
+    result = client.predict(api_name="/agreement")
+    rows = {r["clip"]: r for r in result["clips"]}
+    assert rows[ids[0][:8]]["agree"] == "yes" and rows[ids[1][:8]]["agree"] == "no"
+    assert (rows[ids[1][:8]]["ag-one"], rows[ids[1][:8]]["ag-two"]) == ("neutral", "sad")
+    one = next(a for a in result["annotators"] if a["annotator"] == "ag-one")
+    assert one["clips"] == 3 and "ag-two" in one["Cohen's kappa with each other"]
+    assert "Fleiss' kappa" in result["summary"]
+
+
+def test_model_card_is_a_readable_summary(server):
+    summary, metrics, fig, card = server["client"].predict("default", api_name="/model_card")
+    for part in ("**Model**", "**Data**", "emodb", "**Speakers held out**", "emodb 03, 13", "**Recipe**",
+                 "VTLP 0.9–1.1", "**Licence**"):
+        assert part in summary, (part, summary)
+    assert "{" not in summary  # no raw JSON
+    assert "| its test speakers (never seen in training) | emodb |" in metrics
+    title = plot_json(fig)["layout"]["title"]["text"]
+    assert "row-normalised" in title and "counts" in title
+
+
+def test_metrics_table_shows_the_reference_row_and_the_comparison_is_a_full_table():
+    from serdemo.ui import comparison_html, metrics_markdown
+
+    sc = {"ua": 0.5, "wa": 0.55, "macro_f1": 0.5, "n": 10}
+    card = {"metrics": {"cv": {"scheme": "4-fold speaker-independent", "pooled": {"overall": sc, "emodb": sc},
+                               "reference": {"name": "functionals + logistic regression",
+                                             "pooled": {"overall": {**sc, "ua": 0.4}}}}}}
+    md = metrics_markdown(card)
+    assert "| 4-fold speaker-independent: cross-validated" in md
+    assert "| reference row (functionals + logistic regression), same folds | overall | 0.400 |" in md
+    table = comparison_html({"n": 12, "speakers": ["emodb:03"], "scores": {
+        "previous": {"overall": {"ua": 0.4, "wa": 0.5, "n": 12}}, "new": {"overall": {"ua": 0.5, "wa": 0.45, "n": 12}}}})
+    assert "<thead><tr><th>set</th><th>clips</th><th>previous UA</th><th>new UA</th><th>Δ UA</th>" in table
+    assert "<td>+0.100</td>" in table and "<td>-0.050</td>" in table and 'style="width:100%"' in table
+
+
+def test_workbench_redraw_reuses_the_power_spectrum_and_keeps_the_title(tmp_path):
+    """Without a browser or server: a redraw neither decodes the clip nor runs the STFT or the model."""
+    from serdemo.ui import Analysis, Redraw, Settings, Workbench
+
+    bench = Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data"))
+    a = bench.analyse(str(EMODB / "wav" / "03a01Wa.wav"), "default", 1.1)
+    assert isinstance(a, Analysis) and a.figure.layout.title.text.startswith(a.predicted)
+    p = bench.predictor("default")
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a redraw must not decode, transform or run the model again")
+
+    p.load, p.predict, p.frontend.power = refuse, refuse, refuse
+    r = bench.redraw(0.9, a.clip_id, "default")
+    assert isinstance(r, Redraw) and r.figure.layout.title.text == a.figure.layout.title.text
+    assert "alpha = 0.90" in r.figure.layout.annotations[1].text
+    assert not np.allclose(np.asarray(r.figure.data[1].z), np.asarray(a.figure.data[1].z))
+    np.testing.assert_allclose(np.asarray(r.figure.data[0].z), np.asarray(a.figure.data[0].z))
+    with pytest.raises(Exception, match="between 0.8 and 1.2"):
+        bench.redraw(1.5, a.clip_id, "default")
+
+
+def test_workbench_saves_and_queues_with_named_results(tmp_path):
+    from serdemo.ui import QueueView, Saved, Settings, Workbench
+
+    bench = Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data"))
+    a = bench.analyse(str(EMODB / "wav" / "03a01Nc.wav"), "default", 1.0)
+    q = bench.queue(10, "unlabelled")
+    assert isinstance(q, QueueView) and q.clip_ids == [a.clip_id]
+    assert q.rows[0][0] == a.clip_id[:8] and q.rows[0][3] == a.predicted and q.rows[0][4].endswith("%")
+    saved = bench.save_label(a.clip_id, "sad", "wb")
+    assert isinstance(saved, Saved) and "wb" in saved.status and saved.history[-1][1:3] == ["sad", "wb"]
+    assert saved.history[-1][3] == a.predicted and saved.history[-1][5] == "default"
+    assert bench.queue(10, "unlabelled").clip_ids == [] and bench.queue(10, "all").clip_ids == [a.clip_id]
