@@ -185,7 +185,7 @@ class Timeline:
         acc = np.zeros((len(self.classes), n))
         cnt = np.zeros(n)
         for w in self.windows:
-            a, b = int(w.start_s / step_s), int(math.ceil(w.end_s / step_s))
+            a, b = int(round(w.start_s / step_s)), max(int(round(w.end_s / step_s)), int(round(w.start_s / step_s)) + 1)
             p = np.array([w.probabilities["emotion"][c] for c in self.classes])
             acc[:, a:b] += p[:, None]
             cnt[a:b] += 1
@@ -589,10 +589,9 @@ def _minutes(seconds: float) -> str:
 def _analyze_one(args) -> tuple[str, dict | str]:
     """Worker: one file -> (file name, written paths or the error message)."""
     path, out, checkpoint, device, threads, opts = args
-    if threads:
-        torch.set_num_threads(threads)
     predictor = _PREDICTORS.get((checkpoint, device)) or Predictor.from_checkpoint(checkpoint, device)
     _PREDICTORS[(checkpoint, device)] = predictor
+    torch.set_num_threads(threads)  # after loading: importing silero-vad sets torch to one thread
     try:
         tl = analyze(path, predictor, **opts)
     except AudioError as exc:
@@ -634,7 +633,6 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     jobs = max(1, min(args.jobs, len(args.files)))
     threads = max(1, cores // jobs)
-    torch.set_num_threads(threads)
     total = 0.0
     for f in args.files:
         try:

@@ -34,6 +34,7 @@ from serdemo.labels import ANNOTATION_LABELS
 from serdemo.plots import VTLP_VIEWS, analysis_figure, confusion_figure, warp_figure
 from serdemo.retrain import COMPARISON_FILE, RetrainBusy, Retrainer
 from serdemo.store import Store, StoreError, as_stored
+from serdemo.timeline_ui import timeline_tab
 from serdemo.vtlp import F_HI_HZ, warp_power
 
 ALPHA_MIN, ALPHA_MAX = 0.8, 1.2
@@ -916,6 +917,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             retrain_table = gr.HTML(elem_id="retrain-comparison")
             seen_run = gr.State("")  # the finished run whose checkpoint this page's pickers already list
         # further tabs (the timeline) are added here
+        timeline_tab(bench, annotator)
 
         # ---------------------------------------------------------------- wiring
         hidden = dict(api_visibility="private", show_progress="hidden")

@@ -283,3 +283,40 @@ def test_live_stream_grows_a_timeline(recording, predictor):
     assert any(live.has_speech(w) for w in wins) and not live.has_speech(wins[0])  # the first second is a pause
     last = predictor.predict(live.recording()[-3 * SR:], alpha=None, require_speech=False)
     assert wins[-1].label() == last.label()
+
+
+OLD_SCHEMA = """
+CREATE TABLE clips (sha256 TEXT PRIMARY KEY, path TEXT NOT NULL, duration_s REAL NOT NULL, source_name TEXT,
+    speaker TEXT, created_utc TEXT NOT NULL, predicted TEXT, confidence REAL, checkpoint TEXT);
+CREATE TABLE labels (id INTEGER PRIMARY KEY AUTOINCREMENT, clip TEXT NOT NULL REFERENCES clips(sha256),
+    label TEXT NOT NULL, annotator TEXT NOT NULL, created_utc TEXT NOT NULL, predicted TEXT, confidence REAL,
+    checkpoint TEXT);
+INSERT INTO clips VALUES ('aa', 'audio/aa/aa.wav', 2.0, 'old.wav', NULL, '2025-01-01T00:00:00Z', 'sad', 0.5, 'm');
+INSERT INTO labels (clip, label, annotator, created_utc) VALUES ('aa', 'happy', 'ann', '2025-01-01T00:00:01Z');
+"""
+
+
+def test_store_links_a_segment_to_its_recording_and_opens_older_databases(tmp_path, recording, predictor):
+    """A database written before segments existed opens (its clips and labels intact) and gains the
+    link columns; a segment stored from a timeline names its recording's content hash and offset."""
+    import sqlite3
+
+    from serdemo.store import Store, clip_hash
+
+    con = sqlite3.connect(tmp_path / "store.sqlite3")
+    con.executescript(OLD_SCHEMA)
+    con.close()
+    store = Store(tmp_path)
+    Store(tmp_path)  # a second open (another process) finds the columns there already
+    assert store.clip_source("aa") == (None, None)
+    assert [e.label for e in store.history("aa")] == ["happy"]
+    wave = recording[0]
+    seg = wave[SR * 3: SR * 5]
+    sha = store.add_clip(seg, source_name="long.wav @ 3.00 s", predicted="sad", confidence=0.6, checkpoint="default",
+                         source_clip=clip_hash(wave), offset_s=3.0)
+    assert store.clip_source(sha) == (clip_hash(wave), 3.0)
+    assert store.label_clip(sha, "angry", "ann").predicted == "sad"
+    cols = {r[1] for r in sqlite3.connect(tmp_path / "store.sqlite3").execute("PRAGMA table_info(clips)")}
+    assert {"source_clip", "offset_s"} <= cols
+    # the timeline's source hash is the store's name for the same 16 kHz audio
+    assert T.analyze((SR, wave), predictor).source_sha == clip_hash(wave)

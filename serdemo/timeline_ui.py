@@ -1,0 +1,333 @@
+"""The Timeline tab: emotion over time for a long upload or a live microphone, and relabelling of segments.
+
+``timeline_tab(bench, annotator)`` builds the tab inside ``build_app``'s Blocks (one call) and wires
+it; ``bench`` is the app's Workbench (``predictor``, ``store``, ``choices``, ``settings``).
+Named API endpoint: ``/timeline`` (audio file, model) -> figure, segments table, summary, CSV, JSON,
+label track.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import plotly.graph_objects as go
+import soundfile as sf
+from plotly.subplots import make_subplots
+
+from serdemo.audio import MICROPHONE, SAMPLE_RATE, AudioError
+from serdemo.checkpoint import CheckpointError
+from serdemo.plots import analysis_figure
+from serdemo.store import StoreError, as_stored
+from serdemo.timeline import LiveTimeline, Source, Timeline, Window, analyze, max_timeline_s
+
+log = logging.getLogger(__name__)
+TIMELINE_HEIGHT = 560
+LIVE_HEIGHT = 300
+GRID_POINTS = 2400  # at most this many time steps in the probability area
+ENVELOPE_POINTS = 3000
+SEGMENT_ALPHA = 1.1  # the VTLP view of a selected segment (as the Analyse tab's default)
+COLOURS = {"neutral": "#9e9e9e", "happy": "#f2b701", "sad": "#3969ac", "angry": "#e73f74", "fear": "#7f3c8d",
+           "disgust": "#11a579", "surprise": "#f97b2f", "calm": "#80ba5a", "boredom": "#a5aa99"}
+OTHER = ["#008695", "#cf1c90", "#4b4b8f", "#e68310"]
+
+
+def colour(label: str, classes: list[str]) -> str:
+    return COLOURS.get(label) or OTHER[classes.index(label) % len(OTHER) if label in classes else 0]
+
+
+# ------------------------------------------------------------------------------------- figures
+def _envelope(tl: Timeline) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t, lo, hi = tl.envelope_times_s, tl.envelope_min, tl.envelope_max
+    step = max(1, int(np.ceil(len(t) / ENVELOPE_POINTS)))
+    n = len(t) // step * step
+    if step > 1 and n:
+        t = t[:n].reshape(-1, step).mean(1)
+        lo, hi = lo[:n].reshape(-1, step).min(1), hi[:n].reshape(-1, step).max(1)
+    return t, lo, hi
+
+
+def timeline_figure(tl: Timeline, selected: int | None = None) -> go.Figure:
+    """Three rows on one time axis: the dominant emotion per segment (labelled where it fits), class
+    probabilities over time (stacked; empty in pauses), the waveform overview; segments outlined."""
+    step = max(0.02, tl.duration_s / GRID_POINTS)
+    t, grid = tl.probability_grid(step)
+    grid = np.nan_to_num(grid, nan=0.0)
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.1, 0.56, 0.34],
+                        subplot_titles=["dominant emotion per segment",
+                                        "class probabilities over time (mean of the windows; blank: no speech)",
+                                        "waveform"])
+    for c, row in zip(tl.classes, grid):
+        fig.add_trace(go.Scatter(x=t, y=row, mode="lines", stackgroup="p", line=dict(width=0.4, shape="hv",
+                                 color=colour(c, tl.classes)), name=c, legendgroup=c,
+                                 hovertemplate=f"{c} %{{y:.0%}} at %{{x:.1f}} s<extra></extra>"), row=2, col=1)
+    segs = tl.segments
+    fig.add_trace(go.Bar(base=[s.start_s for s in segs], x=[s.duration_s for s in segs], y=[""] * len(segs),
+                         orientation="h", marker=dict(color=[colour(s.label(), tl.classes) for s in segs],
+                                                      line=dict(width=[3 if s.index == selected else 0 for s in segs],
+                                                                color="black")),
+                         text=[s.label() for s in segs], textposition="inside", insidetextanchor="middle",
+                         textfont=dict(color="white", size=12), showlegend=False, width=0.9,
+                         customdata=[[s.index + 1, s.confidence()] for s in segs],
+                         hovertemplate="segment %{customdata[0]}: %{text} %{customdata[1]:.0%}<br>"
+                                       "%{base:.2f} s + %{x:.2f} s<extra></extra>"), row=1, col=1)
+    et, lo, hi = _envelope(tl)
+    fig.add_trace(go.Scatter(x=et, y=hi, mode="lines", line=dict(width=0.5, color="#555"), showlegend=False,
+                             hoverinfo="skip"), row=3, col=1)
+    fig.add_trace(go.Scatter(x=et, y=lo, mode="lines", line=dict(width=0.5, color="#555"), fill="tonexty",
+                             fillcolor="rgba(80,80,80,0.5)", showlegend=False, hoverinfo="skip"), row=3, col=1)
+    shapes = []
+    for s in segs:  # outline each segment over the probability and waveform rows
+        sel = s.index == selected
+        for yref in ("y2 domain", "y3 domain"):
+            shapes.append(dict(type="rect", xref="x2" if yref.startswith("y2") else "x3", yref=yref, x0=s.start_s,
+                               x1=s.end_s, y0=0, y1=1, line=dict(color="black" if sel else "rgba(0,0,0,0.45)",
+                                                                width=2.5 if sel else 0.8),
+                               fillcolor="rgba(0,0,0,0)", layer="above"))
+    fig.update_layout(shapes=shapes)
+    fig.update_xaxes(range=[0, tl.duration_s])
+    fig.update_xaxes(title_text="time (s)", row=3, col=1)
+    fig.update_yaxes(showticklabels=False, fixedrange=True, row=1, col=1)
+    fig.update_yaxes(range=[0, 1], tickformat=".0%", title_text="probability", fixedrange=True, row=2, col=1)
+    peak = float(max(np.abs(lo).max() if len(lo) else 0, np.abs(hi).max() if len(hi) else 0, 1e-3))
+    fig.update_yaxes(range=[-peak, peak], showticklabels=False, fixedrange=True, row=3, col=1)
+    fig.update_layout(height=TIMELINE_HEIGHT, margin=dict(l=60, r=10, t=70, b=45), bargap=0,
+                      uniformtext=dict(minsize=10, mode="hide"), hovermode="closest",
+                      legend=dict(orientation="h", x=0, y=-0.13, yanchor="top"),
+                      title=dict(text=f"{tl.name}: {len(segs)} segment{'s' if len(segs) != 1 else ''} in {tl.duration_s:.0f} s — {tl.checkpoint}",
+                                 x=0.01, y=0.99, yanchor="top"))
+    return fig
+
+
+def live_figure(windows: list[Window], classes: list[str], duration_s: float, min_speech_s: float) -> go.Figure:
+    """The rolling predictions so far: each class's probability at the end of its window; windows with
+    too little speech leave a gap."""
+    fig = go.Figure()
+    x = [w.end_s for w in windows]
+    for c in classes:
+        y = [w.probabilities["emotion"][c] if w.speech_s >= min_speech_s else None for w in windows]
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=c, line=dict(color=colour(c, classes), width=2),
+                                 marker=dict(size=4), connectgaps=False,
+                                 hovertemplate=f"{c} %{{y:.0%}} at %{{x:.1f}} s<extra></extra>"))
+    fig.update_layout(height=LIVE_HEIGHT, margin=dict(l=55, r=10, t=40, b=40),
+                      title=dict(text="live: the latest 3 s, every second (gaps: no speech)", x=0.01),
+                      xaxis=dict(title="time (s)", range=[0, max(10.0, duration_s)]),
+                      yaxis=dict(title="probability", range=[0, 1], tickformat=".0%"),
+                      legend=dict(orientation="h", x=0, y=-0.25, yanchor="top"))
+    return fig
+
+
+# ------------------------------------------------------------------------------------- state
+@dataclass
+class Loaded:
+    """A session's current timeline and the audio it came from (a file: read spans from it)."""
+
+    timeline: Timeline
+    path: str
+
+
+@dataclass
+class Picked:
+    """The selected segment: its 16 kHz samples (as the store keeps them) and the model's view of it."""
+
+    index: int
+    wave: np.ndarray
+    offset_s: float
+    predicted: str
+    confidence: float
+    checkpoint: str
+
+
+def segment_rows(tl: Timeline) -> list[list]:
+    return [[s.index + 1, round(s.start_s, 2), round(s.end_s, 2), s.label(), round(s.confidence(), 3)]
+            for s in tl.segments]
+
+
+def summary(tl: Timeline) -> str:
+    counts: dict[str, float] = {}
+    for s in tl.segments:
+        counts[s.label()] = counts.get(s.label(), 0.0) + s.duration_s
+    speech = sum(counts.values())
+    mix = ", ".join(f"{k} {v / speech:.0%}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+    n = len(tl.segments)
+    return (f"**{n} segment{'s' if n != 1 else ''}**, {speech:.0f} s of speech in {tl.duration_s:.0f} s · {mix} · "
+            f"analysed in {tl.elapsed_s:.1f} s ({tl.duration_s / max(tl.elapsed_s, 1e-6):.0f}× real time). "
+            "Pick a segment in the table to see what the model heard and to relabel it.")
+
+
+def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
+    """The Timeline tab; call inside ``gr.Blocks`` next to the other tabs."""
+    from serdemo.ui import _annotator, user_error  # at call time: serdemo.ui imports this module
+
+    def fail(exc, source=None):
+        return user_error(exc, source, duration=None)
+
+    def exports(tl: Timeline) -> tuple[str, str, str]:
+        folder = Path(tempfile.mkdtemp(prefix="serdemo-timeline-"))
+        paths = tl.export(folder, Path(tl.name).stem or "timeline")
+        return str(paths["csv"]), str(paths["json"]), str(paths["labels"])
+
+    def run(audio, model_name, source=None, progress=gr.Progress()):
+        """Emotion over time for a long recording: figure, segments table, summary, CSV, JSON, label track."""
+        if not audio:
+            raise fail("No audio was given: upload a recording (or speak into the microphone) first.")
+        try:
+            predictor = bench.predictor(model_name)
+            name = "recording.wav" if source == MICROPHONE else Path(audio).name
+            tl = analyze(audio, predictor, progress=lambda f, d: progress(f, desc=d), name=name)
+        except (AudioError, CheckpointError) as exc:
+            raise fail(exc, source) from None
+        csv_path, json_path, labels_path = exports(tl)
+        return (gr.update(value=timeline_figure(tl), visible=True), segment_rows(tl), summary(tl), csv_path,
+                json_path, labels_path, Loaded(tl, str(audio)), None)
+
+    def pick(evt: gr.SelectData, loaded: Loaded | None, model_name):
+        """A segment picked in the table: its three-panel view, probabilities and the relabel choices."""
+        if loaded is None:
+            return (gr.skip(),) * 7
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        if not 0 <= row < len(loaded.timeline.segments):
+            return (gr.skip(),) * 7
+        seg = loaded.timeline.segments[row]
+        try:
+            predictor = bench.predictor(model_name or loaded.timeline.checkpoint)
+            wave = as_stored(Source(loaded.path).span(seg.start_s, seg.end_s))
+            pred = predictor.predict(wave, alpha=SEGMENT_ALPHA, require_speech=False)
+        except (AudioError, CheckpointError) as exc:
+            raise fail(exc) from None
+        fig = analysis_figure(pred.frame_times_s + seg.start_s, pred.logmel, pred.logmel_warped,
+                              pred.attention_times_s + seg.start_s, pred.attention, pred.alpha,
+                              title=f"segment {row + 1}: {seg.start_s:.2f}–{seg.end_s:.2f} s · "
+                                    f"{pred.label()} ({pred.confidence():.0%}) as one clip",
+                              speech_segments_s=[(a + seg.start_s, b + seg.start_s)
+                                                 for a, b in pred.speech_segments_s])
+        fig.update_xaxes(range=[seg.start_s, seg.end_s])
+        classes = list(pred.probabilities["emotion"])
+        picked = Picked(row, wave, seg.start_s, pred.label(), pred.confidence(), predictor.name)
+        return (timeline_figure(loaded.timeline, selected=row), fig, gr.update(visible=True),
+                pred.probabilities["emotion"],
+                gr.update(choices=classes, value=seg.label()), picked,
+                f"Segment {row + 1} ({seg.start_s:.2f}–{seg.end_s:.2f} s): the timeline says **{seg.label()}** "
+                f"({seg.confidence():.0%}); the segment as one clip: {pred.label()} ({pred.confidence():.0%}).")
+
+    def save(picked: Picked | None, loaded: Loaded | None, label, annotator_name="", request: gr.Request = None):
+        """Store the picked segment as its own clip (linked to its recording and offset) with the label."""
+        who = _annotator(annotator_name or "", request)
+        try:
+            if picked is None or loaded is None:
+                raise StoreError("pick a segment in the table first, then label it")
+            tl = loaded.timeline
+            sha = bench.store.add_clip(picked.wave, source_name=f"{tl.name} @ {picked.offset_s:.2f} s",
+                                       predicted=picked.predicted, confidence=picked.confidence,
+                                       checkpoint=picked.checkpoint, source_clip=tl.source_sha,
+                                       offset_s=round(picked.offset_s, 3))
+            event = bench.store.label_clip(sha, label, who)
+        except StoreError as exc:
+            raise fail(exc) from None
+        return (f"Saved segment {picked.index + 1} as clip `{sha[:12]}`: **{event.label}** by {event.annotator} "
+                f"(the model said {event.predicted}); from `{tl.name}` at {picked.offset_s:.2f} s.")
+
+    # ---------------------------------------------------------------- live microphone
+    def live_start():
+        return None, None, "Listening… the first prediction comes after a second of sound.", gr.update(visible=True)
+
+    def live_chunk(chunk, live: LiveTimeline | None, model_name):
+        """One streamed chunk: extend the recording; every second, classify the latest 3 s."""
+        if chunk is None:
+            return gr.skip(), gr.skip(), live, gr.skip()
+        try:
+            if live is None:
+                live = LiveTimeline(bench.predictor(model_name))
+            rate, data = chunk
+            win = live.feed(rate, data)
+        except (AudioError, CheckpointError) as exc:
+            raise fail(exc, MICROPHONE) from None
+        if win is None:
+            return gr.skip(), gr.skip(), live, gr.skip()
+        from serdemo.vad import MIN_TOTAL_SPEECH_S
+
+        classes = list(live.predictor.heads["emotion"])
+        fig = live_figure(live.windows, classes, live.duration_s, MIN_TOTAL_SPEECH_S)
+        if live.has_speech(win):
+            probs = win.probabilities["emotion"]
+            text = (f"{live.duration_s:.0f} s recorded · now: **{win.label()}** "
+                    f"({max(probs.values()):.0%}) over {win.start_s:.0f}–{win.end_s:.0f} s")
+        else:
+            probs = {"no speech": 1.0}
+            text = f"{live.duration_s:.0f} s recorded · no speech in the latest {win.end_s - win.start_s:.0f} s"
+        if live.truncated:
+            text += f" · the limit of {max_timeline_s():.0f} s is reached: stop to analyse"
+        return probs, fig, live, text
+
+    def live_stop(live: LiveTimeline | None, model_name, progress=gr.Progress()):
+        """Recording stopped: keep it (a wav for playback) and analyse it as a timeline for relabelling."""
+        if live is None or not live.samples:
+            raise fail("Nothing was recorded: allow the microphone and speak, then stop.", MICROPHONE)
+        folder = Path(tempfile.mkdtemp(prefix="serdemo-live-"))
+        path = folder / f"recording-{time.strftime('%Y%m%d-%H%M%S')}.wav"
+        sf.write(path, live.recording(), SAMPLE_RATE, subtype="PCM_16")
+        figure, rows, info, csv_path, json_path, labels_path, loaded, picked = run(
+            str(path), model_name, MICROPHONE, progress)
+        loaded.timeline.name = path.name
+        return (str(path), figure, rows, info, csv_path, json_path, labels_path, loaded, picked,
+                f"Stopped after {live.duration_s:.0f} s: the recording is below as a timeline; pick a segment to "
+                "relabel it.")
+
+    # ---------------------------------------------------------------- layout
+    with gr.Tab("Timeline", elem_id="tab-timeline"):
+        gr.Markdown(f"Emotion over time for a long recording (up to {max_timeline_s() / 60:.0f} min): speech is "
+                    "cut into segments, long ones into overlapping 4 s windows, and each is classified.")
+        loaded_state = gr.State(None)
+        picked_state = gr.State(None)
+        live_state = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=3):
+                t_audio = gr.Audio(sources=["upload"], type="filepath", label="Long recording",
+                                   elem_id="timeline-audio")
+                with gr.Row(equal_height=True):
+                    t_model = gr.Dropdown(bench.choices(), value=bench.default_choice(), label="Model",
+                                          elem_id="timeline-model", scale=3)
+                    t_run = gr.Button("Analyse over time", variant="primary", elem_id="timeline-run", scale=1)
+            with gr.Column(scale=2):
+                live_mic = gr.Audio(sources=["microphone"], streaming=True, type="numpy",
+                                    label="Or speak: live prediction every second", elem_id="live-mic")
+                live_info = gr.Markdown(elem_id="live-info")
+                live_probs = gr.Label(label="Now", num_top_classes=3, elem_id="live-probs")
+        live_plot = gr.Plot(show_label=False, elem_id="live-figure", visible=False)
+        t_info = gr.Markdown(elem_id="timeline-info")
+        t_plot = gr.Plot(show_label=False, elem_id="timeline-figure", visible=False)
+        with gr.Row():
+            t_csv = gr.DownloadButton("CSV", elem_id="timeline-csv", size="sm")
+            t_json = gr.DownloadButton("JSON", elem_id="timeline-json", size="sm")
+            t_labels = gr.DownloadButton("Label track (Audacity / ELAN)", elem_id="timeline-labels", size="sm")
+        t_table = gr.Dataframe(headers=["segment", "start (s)", "end (s)", "label", "confidence"],
+                               interactive=False, label="Segments (pick one to see it and relabel it)",
+                               elem_id="timeline-segments", max_height=300)
+        with gr.Row(visible=False) as seg_row:  # shown once a segment is picked
+            with gr.Column(scale=3):
+                s_plot = gr.Plot(show_label=False, elem_id="timeline-segment-figure")
+            with gr.Column(scale=1):
+                s_probs = gr.Label(label="Segment as one clip", num_top_classes=7, elem_id="timeline-segment-probs")
+                s_label = gr.Radio([], label="True label of this segment", elem_id="timeline-label-choice")
+                s_save = gr.Button("Save label for this segment", variant="primary", elem_id="timeline-save")
+                s_status = gr.Markdown(elem_id="timeline-status")
+
+    # ---------------------------------------------------------------- wiring
+    hidden = dict(api_visibility="private", show_progress="hidden")
+    t_run.click(run, [t_audio, t_model], [t_plot, t_table, t_info, t_csv, t_json, t_labels, loaded_state, picked_state],
+                api_name="timeline", show_progress_on=t_info, concurrency_limit=1)
+    t_table.select(pick, [loaded_state, t_model], [t_plot, s_plot, seg_row, s_probs, s_label, picked_state, s_status],
+                   api_visibility="private", show_progress_on=s_plot)
+    s_save.click(save, [picked_state, loaded_state, s_label] + ([annotator] if annotator is not None else []),
+                 [s_status], api_visibility="private", show_progress_on=s_status)
+    live_mic.start_recording(live_start, None, [live_state, live_probs, live_info, live_plot], queue=False, **hidden)
+    live_mic.stream(live_chunk, [live_mic, live_state, t_model], [live_probs, live_plot, live_state, live_info],
+                    stream_every=0.5, time_limit=max_timeline_s(), concurrency_limit=None, **hidden)
+    live_mic.stop_recording(live_stop, [live_state, t_model],
+                            [t_audio, t_plot, t_table, t_info, t_csv, t_json, t_labels, loaded_state, picked_state,
+                             live_info], api_visibility="private", show_progress_on=t_info)

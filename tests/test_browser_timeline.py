@@ -1,0 +1,142 @@
+"""The Timeline tab in headless Chromium: a long upload becomes a timeline whose segment can be relabelled
+into the store; the live microphone (Chromium's fake capture fed with real corpus speech) updates its
+prediction while recording. Also the /timeline API endpoint. Screenshots go to artifacts/screenshots/."""
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from serdemo.audio import load_audio, resample
+from tests.conftest import EMODB, RAVDESS, ROOT, SR, shared_clip
+from tests.test_app import server  # noqa: F401  (the launched app fixture)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "artifacts" / "screenshots"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+pytestmark = [pytest.mark.timeout(600),
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (setup.sh installs it as root)")]
+CLIPS = [EMODB / "wav" / "03a01Wa.wav", RAVDESS / "Actor_01" / "03-01-04-01-01-01-01.flac",
+         EMODB / "wav" / "08a01Ab.wav", RAVDESS / "Actor_02" / "03-01-03-02-01-01-02.flac",
+         EMODB / "wav" / "03a01Fa.wav", RAVDESS / "Actor_01" / "03-01-05-01-01-01-01.flac"]
+
+
+# data rows of the segments table (Gradio's virtual table says how many rows it holds, header included)
+ROWS = "(+document.querySelector('#timeline-segments [role=grid]')?.getAttribute('aria-rowcount') || 1) - 1"
+
+
+def long_recording(path: Path, rate: int = SR, repeat: int = 1) -> int:
+    """Corpus clips with 1.2 s pauses, written at ``rate``; returns the number of clips."""
+    rng = np.random.default_rng(0)
+    parts = []
+    for _ in range(repeat):
+        for clip in CLIPS:
+            parts += [(rng.standard_normal(int(1.2 * SR)) * 3e-4).astype(np.float32), load_audio(shared_clip(clip))]
+    parts.append(np.zeros(SR, np.float32))
+    wave = np.concatenate(parts)
+    sf.write(path, wave if rate == SR else resample(wave, SR, rate), rate, subtype="PCM_16")
+    return len(CLIPS) * repeat
+
+
+@pytest.fixture
+def browser_factory():
+    """``make(extra_flags)`` -> a new page in headless Chromium (Debian's, driven by Playwright)."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        opened = []
+
+        def make(extra_flags=()):
+            b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[*FLAGS, *extra_flags])
+            opened.append(b)
+            return b.new_context(viewport={"width": 1400, "height": 1800}).new_page()
+
+        yield make
+        for b in opened:
+            b.close()
+
+
+def test_timeline_api(server, tmp_path):  # noqa: F811
+    from gradio_client import handle_file
+
+    wav = tmp_path / "talk.wav"
+    long_recording(wav)
+    figure, table, info, csv_file, json_file, labels_file = server["client"].predict(
+        handle_file(str(wav)), "default", api_name="/timeline")
+    rows = table["data"] if isinstance(table, dict) else table
+    assert len(rows) == len(CLIPS) and "segments" in info
+    assert Path(csv_file).read_text().startswith("segment,start,end,label,confidence,")
+    assert len(Path(labels_file).read_text().splitlines()) == len(CLIPS)
+    assert str(server["data"]) not in info
+
+
+def test_upload_timeline_and_relabel_a_segment(server, browser_factory, tmp_path):  # noqa: F811
+    from serdemo.store import Store
+
+    wav = tmp_path / "interview.wav"
+    n = long_recording(wav, rate=44100, repeat=2)
+    page = browser_factory()
+    page.goto(server["url"], wait_until="load")
+    page.get_by_role("tab", name="Timeline").click()
+    page.locator("#timeline-audio input[type=file]").set_input_files(str(wav))
+    page.wait_for_timeout(1500)
+    page.click("#timeline-run")
+    page.wait_for_function(f"() => {ROWS} == {n}", timeout=120_000)
+    page.wait_for_selector("#timeline-figure .js-plotly-plot", timeout=60_000)
+    assert re.search(rf"{n} segments", page.inner_text("#timeline-info"))
+    assert page.locator("#timeline-figure .barlayer .point").count() == n  # one labelled bar per segment
+    page.screenshot(path=str(ARTIFACTS / "timeline.png"), full_page=True)
+
+    page.locator('#timeline-segments [data-testid="cell-2-3"]').click()  # segment 3's label
+    page.wait_for_selector("#timeline-segment-figure .js-plotly-plot", timeout=60_000)
+    page.wait_for_function("() => /Segment 3/.test(document.querySelector('#timeline-status').innerText)",
+                           timeout=60_000)
+    page.get_by_label(re.compile("Annotator|Your name", re.I)).first.fill("timeline-tester")
+    page.locator("#timeline-label-choice label", has_text="sad").first.click()
+    page.click("#timeline-save")
+    page.wait_for_function("() => /Saved segment 3/.test(document.querySelector('#timeline-status').innerText)",
+                           timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "timeline-segment.png"), full_page=True)
+    sha = re.search(r"clip ([0-9a-f]{12})", page.inner_text("#timeline-status")).group(1)
+    store = Store(server["data"])
+    full = next(q["clip"] for q in store.queue(1000) if q["clip"].startswith(sha))
+    source, offset = store.clip_source(full)
+    assert len(source) == 64 and 2 * (1.2 + 1.5) < offset < 3 * (1.2 + 4.5)
+    assert [(h.label, h.annotator) for h in store.history(full)] == [("sad", "timeline-tester")]
+    assert "interview.wav @" in next(q["source_name"] for q in store.queue(1000) if q["clip"] == full)
+
+
+def test_live_microphone_updates_while_recording(server, browser_factory, tmp_path):  # noqa: F811
+    wav = tmp_path / "speech.wav"
+    long_recording(wav, rate=48000)
+    page = browser_factory(["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                            f"--use-file-for-fake-audio-capture={wav}"])
+    page.goto(server["url"], wait_until="load")
+    page.get_by_role("tab", name="Timeline").click()
+    page.locator("#live-mic").get_by_role("button", name=re.compile("^Record$")).first.click()
+    seen = []
+    deadline = time.time() + 90
+    while time.time() < deadline:  # about 10 s of recording, read every 0.7 s
+        page.wait_for_timeout(700)
+        seen.append(page.inner_text("#live-info"))
+        m = re.search(r"(\d+) s recorded", seen[-1])
+        if m and int(m.group(1)) >= 10:
+            break
+    recorded = [int(m.group(1)) for s in seen if (m := re.search(r"(\d+) s recorded", s))]
+    assert len(set(recorded)) >= 6 and recorded == sorted(recorded), seen  # it grows while recording
+    nows = {m.group(0) for s in seen if (m := re.search(r"now: \w+ \(\d+%\) over [\d–]+ s", s))}
+    assert len(nows) >= 3, seen  # the rolling prediction updates while recording (a new window each second)
+    assert re.search(r"neutral|happy|sad|angry|fear|disgust|surprise", page.inner_text("#live-probs"))
+    page.wait_for_selector("#live-figure .js-plotly-plot", timeout=10_000)
+    assert page.locator("#live-figure .scatterlayer .trace").count() == 7  # one line per class
+    page.screenshot(path=str(ARTIFACTS / "live.png"), full_page=True)
+    page.locator("#live-mic .stop-button").first.click()
+    page.wait_for_function(f"() => {ROWS} >= 1", timeout=120_000)
+    assert "Stopped after" in page.inner_text("#live-info")
+    page.screenshot(path=str(ARTIFACTS / "live-stopped.png"), full_page=True)
