@@ -63,11 +63,11 @@ def analysis_figure(frame_times_s: np.ndarray, logmel: np.ndarray, logmel_warped
     ref = float(np.max(logmel))
     frame_times_s, logmel, logmel_warped = decimate(frame_times_s, logmel, logmel_warped)
     original = to_db(logmel, ref)
-    titles = ["log-mel spectrogram (dB below the clip's peak)"]
+    titles = ["log-mel spectrogram"]
     if logmel_warped is not None:
-        titles.append(f"VTLP alpha = {alpha:.2f}: warped − original (dB)" if view == "difference"
-                      else f"after VTLP, alpha = {alpha:.2f} (dB)")
-    titles.append("attention weight over time")
+        titles.append(f"VTLP alpha = {alpha:.2f}: warped − original" if view == "difference"
+                      else f"after VTLP, alpha = {alpha:.2f}")
+    titles.append("attention weight")
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.09, subplot_titles=titles,
                         row_heights=[0.37, 0.37, 0.26] if rows == 3 else [0.6, 0.4])
     y = np.asarray(band_hz, dtype=float) if band_hz is not None else np.arange(logmel.shape[0])
@@ -75,7 +75,7 @@ def analysis_figure(frame_times_s: np.ndarray, logmel: np.ndarray, logmel_warped
     hover = SPEC_HOVER if band_hz is not None else "%{x:.2f} s · band %{y} · %{z:.1f} dB<extra></extra>"
     zmin = max(float(original.min()), -80.0)
     fig.add_trace(go.Heatmap(x=frame_times_s, y=y, z=original, colorscale=PALETTE, zmin=zmin, zmax=0.0,
-                             colorbar=_colorbar(fig, 1, "dB"), name="log-mel", hovertemplate=hover),
+                             colorbar=_colorbar(fig, 1, "dB re peak"), name="log-mel", hovertemplate=hover),
                   row=1, col=1)
     if logmel_warped is not None:
         warped = to_db(logmel_warped, ref)
@@ -113,8 +113,8 @@ def analysis_figure(frame_times_s: np.ndarray, logmel: np.ndarray, logmel_warped
             for r in range(1, rows + 1) for a, b in grey]
         fig.update_layout(shapes=shapes)
     fig.update_xaxes(title_text="time (s) · grey: no speech detected", row=rows, col=1)
-    fig.update_layout(height=FIGURE_HEIGHT, margin=dict(l=60, r=10, t=70, b=50), showlegend=False,
-                      title=dict(text=title, x=0.01, y=0.99, yanchor="top"))
+    fig.update_layout(height=FIGURE_HEIGHT, margin=dict(l=60, r=10, t=64, b=50), showlegend=False,
+                      title=dict(text=title, x=0.01, xanchor="left", y=0.995, yanchor="top", font=dict(size=16)))
     return fig
 
 

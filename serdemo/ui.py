@@ -38,6 +38,7 @@ from serdemo.timeline_ui import timeline_tab
 from serdemo.vtlp import F_HI_HZ, warp_power
 
 ALPHA_MIN, ALPHA_MAX = 0.8, 1.2
+SPACES_STORAGE = Path("/data")  # a Hugging Face Space's persistent storage, when the Space has it
 log = logging.getLogger(__name__)
 
 try:  # ZeroGPU on Hugging Face Spaces: GPU work runs inside spaces.GPU; elsewhere a no-op
@@ -116,7 +117,7 @@ class Settings:
             dirs.append(Path(os.environ["SERDEMO_EXTRA_CHECKPOINTS"]))
         corpora = os.environ.get("SERDEMO_RETRAIN_CORPORA")
         return cls(tuple(dirs), os.environ.get("SERDEMO_DEFAULT_MODEL", "default"),
-                   Path(os.environ.get("SERDEMO_DATA", "data")),
+                   default_data_dir(),
                    float(os.environ.get("SERDEMO_MAX_DURATION_S", MAX_DURATION_S)),
                    os.environ.get("SERDEMO_DEVICE") or None,
                    tuple(c for c in corpora.split(",") if c) if corpora is not None else None,
@@ -124,6 +125,7 @@ class Settings:
                    tuple(os.environ.get("SERDEMO_RETRAIN_ARGS", "").split()))
 
 
+PICKER_INFO = "UA · WA: each model on its own test speakers (never trained on); more on the Models tab"
 HISTORY_HEADERS = ["when (UTC)", "label", "annotator", "model said", "confidence", "checkpoint"]
 AGREEMENT_HEADERS = ["annotator", "clips", "shared", "agreement", "mean kappa", "Cohen's kappa with each other"]
 
@@ -201,6 +203,15 @@ class ClipView:
     title: str = ""
 
 
+def default_data_dir() -> Path:
+    """``SERDEMO_DATA``; else ``/data/serdemo`` on a Space with persistent storage; else ``./data``."""
+    if os.environ.get("SERDEMO_DATA"):
+        return Path(os.environ["SERDEMO_DATA"])
+    if SPACES_STORAGE.is_dir() and os.access(SPACES_STORAGE, os.W_OK):
+        return SPACES_STORAGE / "serdemo"
+    return Path("data")
+
+
 class Workbench:
     """App state shared by all sessions (the checkpoint catalogue, loaded predictors, the store, the
     redraw cache) and every callback of the page, each returning a named result."""
@@ -244,7 +255,7 @@ class Workbench:
         return found
 
     def choices(self) -> list[tuple[str, str]]:
-        return [(f"{name} — {headline(self.cards[name])}", name) for name in self.catalogue]
+        return [(f"{name} · {headline(self.cards[name])}", name) for name in self.catalogue]
 
     def default_choice(self) -> str | None:
         if self.settings.default_model in self.catalogue:
@@ -531,17 +542,17 @@ def headline(card: dict) -> str:
             return "no test-speaker metrics"
         speakers = (card.get("metrics", {}).get("test_speakers")
                     or card.get("training", {}).get("speakers", {}).get("test"))
-        held_out = f"{len(speakers)} " if speakers else ""
-        return f"UA {overall['ua']:.2f} / WA {overall['wa']:.2f} on its {held_out}test speakers"
+        held_out = f" ({len(speakers)} spk)" if speakers else ""
+        return f"UA {overall['ua']:.2f} · WA {overall['wa']:.2f}{held_out}"
     except (AttributeError, KeyError, TypeError, ValueError):
         return "metrics unreadable"
 
 
 EVALUATIONS = (  # card metrics key -> what the figure is, in the card view
-    ("test", "its test speakers (never seen in training)"),
-    ("dev", "its dev speakers (used to pick the epoch)"),
-    ("cv", "cross-validated (pooled over speaker-independent folds)"),
-    ("loco", "leave-one-corpus-out (pooled over corpora)"),
+    ("test", "test speakers (never trained on)"),
+    ("dev", "dev speakers (picked the epoch)"),
+    ("cv", "cross-validated, pooled folds"),
+    ("loco", "leave-one-corpus-out, pooled"),
 )
 
 
@@ -698,15 +709,37 @@ def comparison_html(result: dict) -> str:
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}")
 
 
+def login_name(request: gr.Request | None) -> str | None:
+    """Who is logged in: Gradio auth (``SERDEMO_AUTH``) or a Space's Hugging Face login; None otherwise."""
+    if request is None:
+        return None
+    if getattr(request, "username", None):
+        return request.username
+    try:
+        info = request.session.get("oauth_info") or {}
+    except (AttributeError, AssertionError, KeyError):  # no session middleware: no Space login
+        return None
+    return (info.get("userinfo") or {}).get("preferred_username") or None
+
+
 def _annotator(name: str, request: gr.Request | None) -> str:
     """The login name where the app has one, else the name typed on the page."""
-    user = getattr(request, "username", None) if request is not None else None
-    return (user or name or "").strip()
+    return (login_name(request) or name or "").strip()
+
+
+def annotator_field(request: gr.Request | None):
+    """On load: a logged-in user annotates under the login name (fixed); otherwise the name is typed once."""
+    user = login_name(request)
+    if user:
+        return gr.update(value=user, interactive=False, info="your login name")
+    return gr.skip()
 
 
 CSS = """
 #clip-id input, #q-clip input { font-family: monospace; text-overflow: ellipsis; }
 #queue table td, #agreement-clips table td { white-space: nowrap; }
+#model-metrics table { display: block; overflow-x: auto; }
+#model-metrics td:first-child { min-width: 12em; }
 .comparison th, .comparison td { padding: 4px 10px; text-align: right; }
 .comparison th:first-child, .comparison td:first-child { text-align: left; }
 .comparison thead th { border-bottom: 2px solid var(--border-color-primary); }
@@ -821,32 +854,28 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         """Empty the results of the last analysis, so that a failed one leaves no clip to label by mistake."""
         return None, "", None, "", "", gr.update(choices=[], value=None)
 
-    def who(request: gr.Request):
-        """A logged-in user annotates under the login name (fixed); otherwise the name is typed once."""
-        user = getattr(request, "username", None)
-        if user:
-            return gr.update(value=user, interactive=False, info="your login name")
-        return gr.skip()
-
     # ---------------------------------------------------------------- layout
     with gr.Blocks(title="serdemo — what the model hears") as app:
         with gr.Row(equal_height=True):
-            gr.Markdown("# serdemo\nRecord or upload speech; see its spectrogram, what VTLP changes, where the "
-                        "model's attention falls and what it predicts. Correct it when it is wrong.")
-            annotator = gr.Textbox(label="Annotator (you)", placeholder="your name, set once for this session",
-                                   max_lines=1, elem_id="annotator", scale=0, min_width=260)
+            with gr.Column(scale=3, min_width=320):
+                gr.Markdown("# serdemo\nRecord or upload speech; see its spectrogram, what VTLP changes, where "
+                            "the model's attention falls and what it predicts. Correct it when it is wrong.")
+            with gr.Column(scale=1, min_width=260):
+                annotator = gr.Textbox(label="Annotator (you, for every tab)", max_lines=1, elem_id="annotator",
+                                       placeholder="your name, set once for this session")
         source = gr.State("upload")  # where the clip in `audio` came from: MICROPHONE or "upload"
         with gr.Tab("Analyse", elem_id="tab-analyse"):
             with gr.Row():
                 with gr.Column(scale=3):
                     audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speech")
-                    model = gr.Dropdown(bench.choices(), value=bench.default_choice(), label="Model", elem_id="model")
+                    model = gr.Dropdown(bench.choices(), value=bench.default_choice(), label="Model", elem_id="model",
+                                        info=PICKER_INFO)
                     run = gr.Button("Analyse", variant="primary", elem_id="analyse")
                     info = gr.Markdown(elem_id="analysis-info")
                 with gr.Column(scale=2):
                     probs = gr.Label(label="Emotion", num_top_classes=8, elem_id="emotion-probs")
                     aux = gr.Markdown(label="Auxiliary heads", elem_id="aux-heads")
-            figure = gr.Plot(label="What the model hears", elem_id="analysis-figure")
+            figure = gr.Plot(label="What the model hears", show_label=False, elem_id="analysis-figure")
             with gr.Row():
                 with gr.Column(scale=3):
                     with gr.Row():
@@ -862,15 +891,15 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                         confirm_btn = gr.Button("Model is right (c)", elem_id="confirm-label")
                         save_btn = gr.Button("Save label (s)", variant="primary", elem_id="save-label")
                     status = gr.Markdown(elem_id="relabel-status")
-        with gr.Tab("Annotate", elem_id="tab-annotate"):
+        with gr.Tab("Annotate", elem_id="tab-annotate") as annotate_tab:
             with gr.Row():
                 with gr.Column(scale=3):
                     with gr.Row():
                         show = gr.Radio([("unlabelled only", "unlabelled"), ("all clips", "all")], value="unlabelled",
                                         label="Queue shows", elem_id="queue-show")
                         limit = gr.Number(50, label="At most", precision=0, minimum=1, maximum=1000, min_width=90)
-                        refresh = gr.Button("Refresh queue", elem_id="queue-refresh", min_width=120)
-                    queue_df = gr.Dataframe(headers=["clip", "source", "s", "model", "conf.", "label"],
+                        refresh = gr.Button("Refresh queue", elem_id="queue-refresh", min_width=120, size="sm")
+                    queue_df = gr.Dataframe(headers=["clip", "source", "sec", "model guess", "conf.", "label"],
                                             interactive=False, elem_id="queue", wrap=False,
                                             label="Queue: least confident model guess first (click a row)")
                     queue_ids = gr.State([])  # the full clip id of each queue row
@@ -887,27 +916,30 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                                   elem_id="q-history")
             counts = gr.Dataframe(headers=["by", "name", "count"], value=bench.counts, label="Counts",
                                   interactive=False, elem_id="counts")
-        with gr.Tab("Agreement & export", elem_id="tab-agreement"):
+        with gr.Tab("Agreement & export", elem_id="tab-agreement") as agreement_tab:
             agree_md = gr.Markdown(elem_id="agreement-summary")
-            agree_btn = gr.Button("Refresh agreement", elem_id="agreement-refresh")
+            agree_btn = gr.Button("Refresh agreement", elem_id="agreement-refresh", size="sm")
             agree_annotators = gr.Dataframe(headers=AGREEMENT_HEADERS, interactive=False, elem_id="agreement-annotators",
                                             label="Per annotator: agreement with the others on shared clips")
             agree_clips = gr.Dataframe(headers=["clip", "agree"], interactive=False, elem_id="agreement-clips",
                                        label="Clips labelled by more than one annotator (disagreements first)")
             with gr.Row(equal_height=True):
-                export_kind = gr.Radio([("audiofolder (metadata.csv + audio, for 🤗 datasets)", "audiofolder"),
+                export_kind = gr.Radio([("audiofolder: metadata.csv + audio (Hugging Face datasets)", "audiofolder"),
                                         ("training manifest + audio (python -m training.fit)", "manifest")],
                                        value="audiofolder", label="Export the labelled clips as", elem_id="export-kind")
-                export_btn = gr.Button("Export as zip", elem_id="export", scale=0, min_width=160)
-            export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
+                export_btn = gr.Button("Export as zip", elem_id="export", scale=0, min_width=160, variant="primary")
+            export_file = gr.File(label="Download the export", interactive=False, elem_id="export-file", height=90)
         with gr.Tab("Models", elem_id="tab-models"):
             with gr.Row(equal_height=True):
                 m_pick = gr.Dropdown(bench.choices(), value=bench.default_choice(), label="Checkpoint",
-                                     elem_id="model-pick", scale=4)
-                reload_btn = gr.Button("Reload checkpoints", scale=1, min_width=160)
+                                     elem_id="model-pick", scale=4, info="UA · WA: each model on its own test speakers (never trained on)")
+                reload_btn = gr.Button("Reload checkpoints", scale=1, min_width=160, size="sm")
             with gr.Row():
-                m_summary = gr.Markdown(elem_id="model-summary")
-                m_conf = gr.Plot(label="Confusion matrix (test speakers)", elem_id="model-confusion")
+                with gr.Column(scale=1, min_width=340):
+                    m_summary = gr.Markdown(elem_id="model-summary")
+                with gr.Column(scale=1, min_width=340):
+                    m_conf = gr.Plot(label="Confusion matrix (test speakers)", elem_id="model-confusion")
+            gr.Markdown("#### Held-out evaluations, per corpus")
             m_metrics = gr.Markdown(elem_id="model-metrics")
             with gr.Accordion("Raw card (JSON)", open=False):
                 m_card = gr.JSON(label="Card")
@@ -921,7 +953,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
 
         # ---------------------------------------------------------------- wiring
         hidden = dict(api_visibility="private", show_progress="hidden")
-        app.load(who, None, annotator, **hidden)
+        app.load(annotator_field, None, annotator, **hidden)
         audio.stop_recording(lambda: MICROPHONE, None, source, queue=False, **hidden)
         audio.upload(lambda: "upload", None, source, queue=False, **hidden)
         # clear first: a failed analysis must leave no previous clip id, prediction or label choices behind;
@@ -955,11 +987,12 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         q_confirm.click(confirm_on_tab, [q_clip, annotator], [q_status, counts, q_hist],
                         show_progress_on=q_status, api_visibility="private").success(
             **queue_refresh).success(**agree_refresh)
-        for trigger in (refresh.click, show.input, limit.submit, app.load):
+        for trigger in (refresh.click, show.input, limit.submit, app.load, annotate_tab.select):
             trigger(**queue_refresh)
         queue_df.select(pick, [queue_ids], [q_clip, q_audio, q_hist, q_label], api_visibility="private")
         q_clip.submit(bench.history, [q_clip], [q_hist], api_name="history")
         agree_btn.click(**agree_refresh)
+        agreement_tab.select(**agree_refresh)
         app.load(**agree_refresh)
         app.load(bench.counts, None, [counts], **hidden)
         export_btn.click(export, [export_kind], [export_file], api_name="export")

@@ -18,23 +18,38 @@ BASE_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run
               "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
 
-@pytest.fixture
-def browser_factory():
+@pytest.fixture(scope="module")
+def chromium():
+    """One Playwright and one plain Chromium for the module; tests open their own contexts in it."""
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
-        opened = []
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=BASE_FLAGS)
+        yield pw, browser
+        browser.close()
 
-        def make(extra_flags=()):
+
+@pytest.fixture
+def browser_factory(chromium):
+    """A new page (own context) in the shared browser; with extra flags (a fake microphone) its own browser."""
+    pw, shared = chromium
+    opened, contexts = [], []
+
+    def make(extra_flags=(), viewport=None):
+        b = shared
+        if extra_flags:
             b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[*BASE_FLAGS, *extra_flags])
             opened.append(b)
-            ctx = b.new_context(viewport={"width": 1400, "height": 1800})
-            return ctx.new_page()
+        ctx = b.new_context(viewport=viewport or {"width": 1400, "height": 1800}, accept_downloads=True)
+        contexts.append(ctx)
+        return ctx.new_page()
 
-        yield make
-        for b in opened:
-            b.close()
+    yield make
+    for ctx in contexts:
+        ctx.close()
+    for b in opened:
+        b.close()
 
 
 def open_and_upload(page, url, clip):
@@ -97,7 +112,7 @@ def test_relabel_changes_the_counts(server, browser_factory):  # noqa: F811
     open_and_upload(page, server["url"], EMODB / "wav" / "08a01Ab.wav")
     page.click("#analyse")
     wait_for_result(page)
-    page.get_by_label("Your name (annotator)").fill("browser-tester")
+    page.locator("#annotator input, #annotator textarea").first.fill("browser-tester")
     page.locator("#label-choice label", has_text="fear").first.click()
     page.click("#save-label")
     page.wait_for_function("() => /browser-tester/.test(document.querySelector('#relabel-status').innerText)",
@@ -124,7 +139,7 @@ def test_shortcuts_act_on_the_visible_tab_and_its_own_clip(server, browser_facto
     clip_box = "#clip-id textarea, #clip-id input"
     page.wait_for_function(f"() => document.querySelector('{clip_box}').value.length == 64", timeout=30_000)
     analysed = page.locator(clip_box).first.input_value()
-    page.get_by_label("Your name (annotator)").fill("keys")
+    page.locator("#annotator input, #annotator textarea").first.fill("keys")
     page.locator("#label-choice label", has_text="sad").first.click()  # a label chosen on the Analyse tab
 
     def press(key):
@@ -192,3 +207,211 @@ def test_retrain_progress_survives_a_reload_and_the_new_model_joins_the_pickers(
         assert [o for o in options if "default-ft-" in o], (picker, options)
         page.keyboard.press("Escape")
         page.wait_for_selector("[role=listbox]", state="detached", timeout=10_000)
+
+
+# ------------------------------------------------------------------ issue 10: what an annotator sees
+DESKTOP, MOBILE = {"width": 1400, "height": 1000}, {"width": 390, "height": 844}
+TABS = (("Analyse", "analyse"), ("Annotate", "annotate"), ("Agreement & export", "agreement"), ("Models", "models"))
+
+
+def analysed_page(browser_factory, url, clip, viewport=DESKTOP):
+    page = browser_factory(viewport=viewport)
+    open_and_upload(page, url, clip)
+    page.click("#analyse")
+    wait_for_result(page)
+    page.wait_for_function("() => /alpha = /.test(document.querySelector('#analysis-figure').innerText)",
+                           timeout=30_000)
+    return page
+
+
+def open_tab(page, name: str) -> None:
+    """Click a tab; on a narrow screen Gradio folds some tabs into its overflow menu."""
+    tab = page.get_by_role("tab", name=name)
+    if tab.count() and tab.first.is_visible():
+        tab.first.click()
+        return
+    page.locator(".overflow-menu").first.click()
+    page.locator(".overflow-dropdown button", has_text=name).first.click()
+
+
+def figure_text(page) -> str:
+    return page.inner_text("#analysis-figure")
+
+
+def boxes_overlap(a, b) -> bool:
+    return not (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"] or
+                a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
+
+
+def test_figure_has_db_hz_hover_and_the_slider_redraws_on_keys_and_typed_values(server, browser_factory):  # noqa: F811
+    """Points 1-3: colour bars in dB, a frequency axis in Hz, hover with time, frequency and level; the
+    difference view; arrow keys and a typed alpha redraw the figure, which keeps the prediction title."""
+    page = analysed_page(browser_factory, server["url"], EMODB / "wav" / "03a02Ta.wav")
+    text = figure_text(page)
+    assert "dB" in text and "frequency (Hz)" in text and "warped − original" in text
+    assert "warp breakpoint 4.80 kHz" in text
+    assert page.locator("#analysis-figure .colorbar").count() == 2  # level and difference scales
+    title = page.locator("#analysis-figure .gtitle").first.text_content()
+    assert re.search(r"\((\d+)%\) — default", title), title
+    # hover over the middle of the spectrogram: time, frequency and level
+    box = page.locator("#analysis-figure .nsewdrag").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    page.wait_for_selector("#analysis-figure .hoverlayer .hovertext", timeout=10_000)
+    hover = page.locator("#analysis-figure .hoverlayer").first.text_content()
+    assert re.search(r"[\d.]+ s · \d+ Hz · -?[\d.]+ dB", hover), hover
+    # arrow keys on the slider: 1.10 -> 1.12, the figure follows (before, only a mouse release redrew)
+    slider = page.locator("#alpha input[type=range]")
+    slider.focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("() => /alpha = 1.12/.test(document.querySelector('#analysis-figure').innerText)",
+                           timeout=30_000)
+    number = page.locator("#alpha input[type=number]")
+    number.fill("0.93")
+    number.press("Enter")
+    page.wait_for_function("() => /alpha = 0.93/.test(document.querySelector('#analysis-figure').innerText)",
+                           timeout=30_000)
+    assert "breakpoint 4.46 kHz" in figure_text(page)  # 4.8 kHz * 0.93
+    assert page.locator("#analysis-figure .gtitle").first.text_content() == title  # the prediction title stays
+    page.locator("#vtlp-view label", has_text=re.compile(r"^\s*warped\s*$")).click()
+    page.wait_for_function("() => /after VTLP, alpha = 0.93/.test(document.querySelector('#analysis-figure').innerText)",
+                           timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "figure-warped-view.png"))
+
+
+def test_one_annotation_flow_on_the_annotate_tab(server, browser_factory):  # noqa: F811
+    """Points 5-7: the annotator name is typed once, at the top, and shown on every tab; the Annotate tab
+    lists unlabelled clips with short ids, duration, model guess and confidence, saves on its own tab, and
+    then refreshes the clip's history and the queue. The labels offered are the same as on Analyse."""
+    from serdemo.labels import ANNOTATION_LABELS
+    from serdemo.store import Store
+    from tests.test_app import analyze
+
+    clip = analyze(server["client"], EMODB / "wav" / "03a05Tc.wav")[4]  # analysed elsewhere, unlabelled
+    page = analysed_page(browser_factory, server["url"], EMODB / "wav" / "03a02Nc.wav")
+    analyse_labels = page.locator("#label-choice input[type=radio]").evaluate_all("els => els.map(e => e.value)")
+    assert analyse_labels == list(ANNOTATION_LABELS)
+    name = page.locator("#annotator input, #annotator textarea").first
+    name.fill("flow-tester")
+    for tab, _ in TABS:
+        open_tab(page, tab)
+        assert name.is_visible() and name.input_value() == "flow-tester", tab
+    page.get_by_role("tab", name="Annotate").click()
+    page.click("#queue-refresh")
+    page.wait_for_function(f"() => document.querySelector('#queue').innerText.includes('{clip[:8]}')", timeout=30_000)
+    assert page.locator("#q-label-choice input[type=radio]").evaluate_all("els => els.map(e => e.value)") == analyse_labels
+    row = page.locator("#queue [role=row]").filter(has_text=clip[:8]).first  # Gradio's grid, not a <table>
+    cells = row.locator("[role=gridcell]").all_inner_texts()
+    assert cells[0].strip() == clip[:8] and re.fullmatch(r"\d+\.\d", cells[2].strip()), cells
+    assert cells[3].strip() in ANNOTATION_LABELS and re.fullmatch(r"\d+%", cells[4].strip()), cells
+    assert row.bounding_box()["height"] < 60  # one line per clip
+    row.locator("[role=gridcell]").first.click()
+    page.wait_for_function(f"() => document.querySelector('#q-clip input, #q-clip textarea').value === '{clip}'",
+                           timeout=30_000)
+    page.locator("#q-label-choice label", has_text="fear").first.click()
+    page.click("#q-save")
+    page.wait_for_function("() => /flow-tester/.test(document.querySelector('#q-status').innerText)", timeout=30_000)
+    page.wait_for_function("() => /flow-tester/.test(document.querySelector('#q-history').innerText)", timeout=30_000)
+    page.wait_for_function(f"() => !document.querySelector('#queue').innerText.includes('{clip[:8]}')",
+                           timeout=30_000)  # the queue shows unlabelled clips: this one has left it
+    hist = Store(server["data"]).history(clip)
+    assert [(h.label, h.annotator) for h in hist] == [("fear", "flow-tester")]
+    assert hist[0].predicted and hist[0].confidence is not None and hist[0].checkpoint == "default"
+    page.locator("#queue-show label", has_text="all clips").click()
+    page.wait_for_function(f"() => document.querySelector('#queue').innerText.includes('{clip[:8]}')", timeout=30_000)
+
+
+def test_agreement_and_a_downloadable_export(server, browser_factory, tmp_path):  # noqa: F811
+    """Points 8-9: agreement per clip and per annotator on the page; the export is a zip the browser
+    downloads (no server path shown), which holds metadata.csv and the audio."""
+    import zipfile
+
+    from tests.test_app import analyze
+
+    client = server["client"]
+    ids = [analyze(client, EMODB / "wav" / n)[4] for n in ("03a07Fa.wav", "03a07La.wav")]
+    for who, labels in {"rater-a": ["happy", "sad"], "rater-b": ["happy", "neutral"]}.items():
+        for clip, label in zip(ids, labels):
+            client.predict(clip, label, who, api_name="/relabel")
+    page = browser_factory(viewport=DESKTOP)
+    page.goto(server["url"], wait_until="load")
+    page.wait_for_selector("#analyse", timeout=60_000)
+    page.get_by_role("tab", name="Agreement & export").click()
+    page.click("#agreement-refresh")
+    page.wait_for_function("() => /rater-b/.test(document.querySelector('#agreement-clips').innerText)", timeout=30_000)
+    clips = page.inner_text("#agreement-clips")
+    assert re.search(ids[1][:8] + r".*\bno\b", clips.replace("\n", " ").replace("\t", " ")), clips
+    assert "Fleiss' kappa" in page.inner_text("#agreement-summary")
+    assert "rater-a" in page.inner_text("#agreement-annotators")
+    page.click("#export")
+    link = page.locator("#export-file a").first
+    link.wait_for(timeout=60_000)
+    assert "/data" not in page.inner_text("#export-file") and ".zip" in page.inner_text("#export-file")
+    with page.expect_download(timeout=30_000) as info:
+        link.click()
+    saved = tmp_path / "export.zip"
+    info.value.save_as(saved)
+    with zipfile.ZipFile(saved) as z:
+        names = z.namelist()
+    assert [n for n in names if n.endswith("/metadata.csv")] and [n for n in names if n.endswith(f"{ids[0]}.wav")]
+
+
+def test_models_tab_reads_as_a_summary(server, browser_factory):  # noqa: F811
+    """Point 4: the card as a readable summary, metrics per corpus, a confusion matrix that says its
+    colours are row-normalised beside the counts; the raw JSON is folded away."""
+    page = browser_factory(viewport=DESKTOP)
+    page.goto(server["url"], wait_until="load")
+    page.wait_for_selector("#analyse", timeout=60_000)
+    page.get_by_role("tab", name="Models").click()
+    page.wait_for_function("() => /Speakers held out/.test(document.querySelector('#model-summary').innerText)",
+                           timeout=30_000)
+    summary = page.inner_text("#model-summary")
+    for part in ("Data", "Recipe", "Licence", "emodb 03, 13"):
+        assert part in summary
+    page.wait_for_selector("#model-confusion .js-plotly-plot", timeout=30_000)
+    assert "row-normalised" in page.inner_text("#model-confusion")
+    assert page.locator("#model-metrics table th").count() >= 6
+    assert not page.get_by_text('"format_version"').is_visible()
+
+
+@pytest.mark.parametrize("viewport,kind", [(DESKTOP, "desktop"), (MOBILE, "mobile")])
+def test_every_tab_lays_out_and_is_photographed(server, browser_factory, viewport, kind):  # noqa: F811
+    """Point 11 (and the screenshots of each tab): at 390 px the model picker fits and shows its text,
+    the plot toolbar covers no panel title, ids stay on one line; no large empty gap on desktop."""
+    from tests.test_app import analyze
+
+    for clip, label in ((EMODB / "wav" / "03b02Aa.wav", "fear"), (EMODB / "wav" / "03b02Na.wav", "neutral")):
+        server["client"].predict(analyze(server["client"], clip)[4], label, "shots", api_name="/relabel")
+    page = analysed_page(browser_factory, server["url"], EMODB / "wav" / "03a01Wa.wav", viewport)
+    width = viewport["width"]
+    picker = page.locator("#model").bounding_box()
+    assert picker["x"] >= 0 and picker["x"] + picker["width"] <= width, picker
+    fits = page.locator("#model input").first.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+    assert fits, "the model picker's text is cut off"
+    clip_box = page.locator("#clip-id input, #clip-id textarea").first.bounding_box()
+    assert clip_box["height"] < 60, clip_box  # one line, not an id wrapped over four
+    page.locator("#analysis-figure .js-plotly-plot").first.hover()
+    page.wait_for_timeout(300)
+    bar = page.locator("#analysis-figure .modebar").first
+    if bar.count() and bar.is_visible():
+        for title in page.locator("#analysis-figure .annotation-text, #analysis-figure .gtitle").all():
+            assert not boxes_overlap(bar.bounding_box(), title.bounding_box()), title.text_content()
+    if kind == "desktop":  # the two columns above the figure end close together: no large empty gap
+        cols = page.evaluate("""() => [...document.querySelector('#analyse').closest('.row, [class*=row]')
+            .children].map(c => c.getBoundingClientRect().bottom)""")
+        assert max(cols) - min(cols) < 200, cols
+    for tab, slug in TABS:
+        open_tab(page, tab)
+        page.wait_for_timeout(1200)
+        if slug == "annotate":
+            page.wait_for_function("() => /\\d+%/.test(document.querySelector('#queue').innerText)", timeout=30_000)
+        if slug == "agreement":
+            page.wait_for_function("() => /labelled clips/.test(document.querySelector('#agreement-summary').innerText)",
+                                   timeout=30_000)
+        if slug == "models":
+            page.wait_for_selector("#model-confusion .js-plotly-plot", timeout=30_000)
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, (tab, kind, overflow)  # nothing wider than the screen
+        path = ARTIFACTS / f"{slug}-{kind}.png"
+        page.screenshot(path=str(path), full_page=True, type="png")
+        assert path.stat().st_size > 10_000

@@ -2,8 +2,11 @@
 under a short concurrent load, and check the upload size limit."""
 
 import os
+import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,3 +60,113 @@ def test_short_mixed_load_has_no_errors(space):
     for l in lines:
         assert float(l[1]) > 0 and int(l[6]) == 0, res.stdout  # requests served, no errors
     print(res.stdout)
+
+
+# ------------------------------------------------------------------ deployable as pushed (issue 10, point 13)
+SHIPPED = ("app.py", "serdemo", "checkpoints", "requirements.txt", "packages.txt", "README.md", "Spaces.md")
+
+
+def tree(root: Path) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def readonly_space(tmp_path_factory):
+    """The repository as a Space checks it out (read-only), started with no settings but the store's
+    volume: the port from $PORT, listening on 0.0.0.0."""
+    checkout = tmp_path_factory.mktemp("checkout")
+    for name in SHIPPED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, checkout / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, checkout / name)
+    for p in [checkout, *checkout.rglob("*")]:
+        p.chmod(p.stat().st_mode & ~0o222)
+    volume = tmp_path_factory.mktemp("volume")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADIO_", "SERDEMO_"))}
+    env.update(GRADIO_SERVER_NAME="0.0.0.0", PORT=str(port), SERDEMO_DATA=str(volume), PYTHONDONTWRITEBYTECODE="1",
+               GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    before = tree(checkout)
+    proc, client = launch_app(env, volume, f"http://127.0.0.1:{port}/", cwd=checkout)
+    yield client, checkout, volume, before
+    proc.terminate()
+    proc.wait(10)
+    for p in [checkout, *checkout.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o200)
+
+
+def test_a_read_only_checkout_serves_with_the_store_on_its_volume(readonly_space):
+    client, checkout, volume, before = readonly_space
+    probs, _, _, _, clip_id, _, _ = analyze(client, EMODB / "wav" / "03a01Wa.wav")
+    status, _ = client.predict(clip_id, "angry", "space-user", api_name="/relabel")
+    assert "space-user" in status
+    archive = client.predict("audiofolder", api_name="/export")
+    assert archive.endswith(".zip")
+    assert (volume / "store.sqlite3").is_file() and list((volume / "audio").rglob(f"{clip_id}.wav"))
+    assert tree(checkout) == before  # nothing written into the checkout
+
+
+def test_readme_front_matter_configures_the_space():
+    text = (ROOT / "README.md").read_text()
+    assert text.startswith("---\n")
+    front = dict(line.split(": ", 1) for line in text.split("---\n")[1].strip().splitlines()
+                 if ": " in line and not line.startswith("#"))
+    front = {k.strip(): v.split("#")[0].strip().strip('"') for k, v in front.items()}
+    gradio_pin = next(r.split("==")[1] for r in (ROOT / "requirements.txt").read_text().split() if r.startswith("gradio=="))
+    assert (front["sdk"], front["sdk_version"], front["app_file"], front["python_version"]) == \
+        ("gradio", gradio_pin, "app.py", "3.11")
+    assert front["title"] and front["license"]
+    assert "\n# serdemo" in text.split("---\n", 2)[2][:200]  # the README's own title follows at once
+    spaces = (ROOT / "Spaces.md").read_text()
+    for part in ("/data", "SERDEMO_DATA", "SERDEMO_AUTH", "ZeroGPU", "spaces.GPU", "hardware"):
+        assert part in spaces, part
+
+
+def test_the_store_goes_to_persistent_storage_on_a_space(tmp_path, monkeypatch):
+    from serdemo import ui
+
+    monkeypatch.delenv("SERDEMO_DATA", raising=False)
+    monkeypatch.setattr(ui, "SPACES_STORAGE", tmp_path / "data")
+    assert ui.Settings.from_env().data_dir == Path("data")  # no persistent storage: the checkout's ./data
+    (tmp_path / "data").mkdir()
+    assert ui.Settings.from_env().data_dir == tmp_path / "data" / "serdemo"
+    monkeypatch.setenv("SERDEMO_DATA", str(tmp_path / "mine"))
+    assert ui.Settings.from_env().data_dir == tmp_path / "mine"
+
+
+def test_a_login_name_is_the_annotator(tmp_path):
+    """With SERDEMO_AUTH the page asks for a login, and labels are saved under the login name whatever
+    the name field says."""
+    from gradio_client import Client
+
+    from serdemo.store import Store
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADIO_", "SERDEMO_"))}
+    env.update(GRADIO_SERVER_PORT=str(port), SERDEMO_DATA=str(tmp_path), SERDEMO_AUTH="alice:pw1,bob:pw2",
+               GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    url = f"http://127.0.0.1:{port}/"
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        client = None
+        for _ in range(120):
+            try:
+                client = Client(url, auth=("alice", "pw1"), verbose=False)
+                break
+            except Exception:
+                if proc.poll() is not None:
+                    pytest.fail((tmp_path / "server.log").read_text()[-2000:])
+                time.sleep(1)
+        assert client is not None
+        clip_id = analyze(client, EMODB / "wav" / "03a01Fa.wav")[4]
+        status, _ = client.predict(clip_id, "happy", "someone-else", api_name="/relabel")
+        assert "by alice" in status
+        assert [h.annotator for h in Store(tmp_path).history(clip_id)] == ["alice"]
+        with pytest.raises(Exception):
+            Client(url, auth=("alice", "wrong"), verbose=False)
+    finally:
+        proc.terminate()
+        proc.wait(10)
