@@ -21,7 +21,7 @@ DIVERGING = "RdBu_r"  # warped - original: red where VTLP adds energy, blue wher
 DB_PER_NEPER = 10.0 / math.log(10.0)  # natural-log power -> dB
 VTLP_VIEWS = ("difference", "warped")  # what the VTLP panel shows
 SPEC_HOVER = "%{x:.2f} s · %{y:.0f} Hz · %{z:.1f} dB<extra></extra>"
-DIFF_HOVER = "%{x:.2f} s · %{y:.0f} Hz · %{z:+.1f} dB (warped − original)<extra></extra>"
+DIFF_HOVER = "%{x:.2f} s · %{y:.0f} Hz · Δ %{z:.1f} dB<extra></extra>"
 
 
 def to_db(logmel: np.ndarray, reference: float | None = None) -> np.ndarray:
@@ -94,9 +94,9 @@ def analysis_figure(frame_times_s: np.ndarray, logmel: np.ndarray, logmel_warped
             knee = warp_breakpoint_hz(alpha, f_hi_hz)
             fig.add_hline(y=knee, line=dict(color="white" if view == "warped" else "black", dash="dash", width=1),
                           row=2, col=1)
-            fig.add_annotation(x=0, xref="x2 domain", xanchor="left", y=knee, yref="y2", yanchor="bottom",
+            fig.add_annotation(x=1, xref="x2 domain", xanchor="right", y=knee, yref="y2", yanchor="bottom",
                                text=f"warp breakpoint {knee / 1000:.2f} kHz", showarrow=False,
-                               font=dict(size=11, color="white" if view == "warped" else "black"))
+                               font=dict(size=11, color="black"), bgcolor="rgba(255,255,255,0.8)")
     fig.add_trace(go.Scatter(x=attention_times_s, y=attention, mode="lines", line=dict(width=2, color="#d62728"),
                              fill="tozeroy", name="attention",
                              hovertemplate="%{x:.2f} s · weight %{y:.3f}<extra></extra>"),
@@ -130,7 +130,7 @@ def warp_figure(alpha: float, sample_rate: int = 16000, f_hi_hz: float = F_HI_HZ
                              name=f"alpha = {alpha:.2f}"))
     fig.add_trace(go.Scatter(x=[knee_in / 1000], y=[knee_out / 1000], mode="markers+text",
                              marker=dict(size=9, color="black"), text=[f"breakpoint {knee_out / 1000:.2f} kHz"],
-                             textposition="middle right", name="breakpoint"))
+                             textposition="top left", name="breakpoint"))
     fig.update_layout(height=260, margin=dict(l=50, r=10, t=40, b=40), title=dict(text="VTLP warp", x=0.01),
                       xaxis_title="f (kHz)", yaxis_title="f' (kHz)", showlegend=False)
     return fig
@@ -145,9 +145,9 @@ def confusion_figure(confusion: list[list[int]], classes: list[str], title: str 
                                colorbar=dict(title=dict(text="share of row", side="right"), thickness=10),
                                hovertemplate="true %{y}, predicted %{x}: %{text} clips, %{z:.0%} of the row"
                                              "<extra></extra>"))
-    fig.update_layout(height=460, margin=dict(l=80, r=10, t=70, b=60),
-                      title=dict(text=f"{title}<br><sup>colour: share of each true class's clips (row-normalised); "
-                                      "numbers: clip counts</sup>", x=0.01),
+    fig.update_layout(height=480, margin=dict(l=80, r=10, t=90, b=60),
+                      title=dict(text=f"{title}<br><sup>colour: share of the true class's clips (row-normalised)"
+                                      "<br>numbers: clip counts · rows: true class</sup>", x=0.01),
                       xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed")
     return fig
 

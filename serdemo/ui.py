@@ -462,7 +462,7 @@ class Workbench:
         try:
             m = card.get("metrics", {})
             fig = confusion_figure(m["test"]["overall"]["confusion"], m["test"]["overall"]["classes"],
-                                   f"{name}: confusion on its test speakers (rows: true class)")
+                                   f"{name}: its test speakers")
         except (AttributeError, KeyError, TypeError, ValueError):
             fig = None  # no (readable) held-out confusion in this card
         return ModelView(card_summary_markdown(name, card), metrics_markdown(card), fig)
@@ -738,8 +738,8 @@ def annotator_field(request: gr.Request | None):
 CSS = """
 #clip-id input, #q-clip input { font-family: monospace; text-overflow: ellipsis; }
 #queue table td, #agreement-clips table td { white-space: nowrap; }
-#model-metrics table { display: block; overflow-x: auto; }
-#model-metrics td:first-child { min-width: 12em; }
+#model-metrics table { display: block; overflow-x: auto; white-space: nowrap; }
+#model-metrics td:first-child { white-space: normal; min-width: 10em; }
 .comparison th, .comparison td { padding: 4px 10px; text-align: right; }
 .comparison th:first-child, .comparison td:first-child { text-align: left; }
 .comparison thead th { border-bottom: 2px solid var(--border-color-primary); }
@@ -822,7 +822,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
 
     def export(kind):
         """A zip of the labelled clips ("audiofolder" or "manifest"), as a file to download."""
-        return str(bench.export(kind))
+        return gr.update(value=str(bench.export(kind)), visible=True)
 
     def models():
         """Reload the checkpoint folders; returns the model names with their headline metrics."""
@@ -928,7 +928,8 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                                         ("training manifest + audio (python -m training.fit)", "manifest")],
                                        value="audiofolder", label="Export the labelled clips as", elem_id="export-kind")
                 export_btn = gr.Button("Export as zip", elem_id="export", scale=0, min_width=160, variant="primary")
-            export_file = gr.File(label="Download the export", interactive=False, elem_id="export-file", height=90)
+            export_file = gr.File(label="Download the export", interactive=False, elem_id="export-file",
+                                  visible=False)  # shown once there is a zip
         with gr.Tab("Models", elem_id="tab-models"):
             with gr.Row(equal_height=True):
                 m_pick = gr.Dropdown(bench.choices(), value=bench.default_choice(), label="Checkpoint",
