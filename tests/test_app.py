@@ -561,3 +561,29 @@ def test_workbench_saves_and_queues_with_named_results(tmp_path):
     assert isinstance(saved, Saved) and "wb" in saved.status and saved.history[-1][1:3] == ["sad", "wb"]
     assert saved.history[-1][3] == a.predicted and saved.history[-1][5] == "default"
     assert bench.queue(10, "unlabelled").clip_ids == [] and bench.queue(10, "all").clip_ids == [a.clip_id]
+
+
+def test_a_finished_retraining_shows_a_full_comparison_table_and_joins_the_pickers_once(tmp_path):
+    """Without training: a finished run (exit 0, progress 'done', comparison.json) as the retrainer reads it."""
+    from serdemo.ui import RetrainView, Settings, Workbench
+
+    bench = Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data"))
+    out = bench.trained_dir / "default-ft-test"
+    shutil.copytree(ROOT / "checkpoints" / "default", out)
+    (out / "progress.jsonl").write_text(json.dumps({"event": "done", "epoch": 1, "epochs": 1, "step": 2,
+                                                    "total_steps": 2}) + "\n")
+    scores = {"overall": {"ua": 0.41, "wa": 0.45, "n": 40}, "emodb": {"ua": 0.6, "wa": 0.62, "n": 10}}
+    (out / "comparison.json").write_text(json.dumps({"n": 40, "speakers": ["emodb:03", "nemo:EB0"], "scores": {
+        "previous": scores, "new": {k: {**v, "ua": v["ua"] + 0.05} for k, v in scores.items()}}}))
+    r = bench.retrainer
+    r.out, r.log, r.started = out, tmp_path / "run.log", time.time()
+    r.log.write_text("done\n")
+    r.proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    r.proc.wait()
+    view = bench.retrain_view("")
+    assert isinstance(view, RetrainView) and 'data-phase="done"' in view.bar
+    assert view.status.startswith("Done: `default-ft-test` is in the model pickers") and "| set |" not in view.status
+    assert view.comparison.count("<th>") == 8 and "<td>emodb</td><td>10</td><td>0.600</td><td>0.650</td><td>+0.050</td>" \
+        in view.comparison and "emodb:03, nemo:EB0" in view.comparison
+    assert "default-ft-test" in [name for _, name in view.choices]
+    assert bench.retrain_view(view.seen).choices is None  # the pickers are updated once per finished run

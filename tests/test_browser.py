@@ -198,7 +198,10 @@ def test_retrain_progress_survives_a_reload_and_the_new_model_joins_the_pickers(
     page.wait_for_function("() => /^Done/.test(document.querySelector('#retrain-status').innerText.trim())",
                            timeout=400_000)
     assert page.get_attribute("#retrain-progress .retrain-progress", "data-phase") == "done"
-    assert "previous UA" in page.inner_text("#retrain-status")
+    assert "previous UA" in page.inner_text("#retrain-comparison")  # a full-width table with a header row
+    assert page.locator("#retrain-comparison thead th").count() == 8
+    table, tab = (page.locator(sel).first.bounding_box() for sel in ("#retrain-comparison table", "#retrain-status"))
+    assert table["width"] >= 0.9 * tab["width"], (table, tab)
     for picker, tab in (("#model-pick", "Models"), ("#model", "Analyse")):
         page.get_by_role("tab", name=tab).click()
         page.locator(f"{picker} input").first.click()  # opens its option list (drawn outside the picker)
