@@ -1,11 +1,12 @@
 """Real-time factor and peak memory of the timeline (serdemo.timeline.analyze) on long recordings.
 
     .venv/bin/python benchmarks/timeline.py                 # 1, 10 and 30 minutes
-    .venv/bin/python benchmarks/timeline.py --minutes 1 10
+    .venv/bin/python benchmarks/timeline.py --minutes 1 10 --threads 1 2
 
 Each recording is real corpus speech (EMO-DB, RAVDESS and nEMO clips of every emotion, in a fixed
 shuffled order) with pauses of 0.6-2.0 s between clips, written as a 16 kHz 16-bit wav; each is
-analysed in a fresh process (every core, the best device), so its peak RSS is its own. The time is the
+analysed in a fresh process (the best device; one torch thread unless --threads says otherwise, as
+``python -m serdemo.timeline`` runs one worker per core), so its peak RSS is its own. The time is the
 whole of ``analyze``: decoding, resampling, speech detection, windows and the model.
 """
 
@@ -31,7 +32,8 @@ import torch
 from serdemo.inference import Predictor
 from serdemo import timeline as T
 p = Predictor.from_checkpoint(sys.argv[1], os.environ.get("SERDEMO_DEVICE") or None)
-torch.set_num_threads(int(sys.argv[4]) or os.cpu_count() or 1)  # after loading: importing silero-vad sets torch to one thread
+# after loading: importing silero-vad sets torch to one thread
+torch.set_num_threads(int(sys.argv[4]) or os.cpu_count() or 1)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t0 = time.perf_counter()
 tl = T.analyze(sys.argv[2], p, max_duration_s=float(sys.argv[3]))
@@ -71,7 +73,7 @@ def write_recording(path: Path, minutes: float, clips: list[Path]) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 30])
-    ap.add_argument("--threads", type=int, nargs="+", default=[0], help="torch threads (0: every core)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1], help="torch threads, one run each (0: every core)")
     ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "default"))
     ap.add_argument("--shared", default=os.environ.get("SERDEMO_SHARED_DATA", str(ROOT.parent / "shared" / "data")))
     args = ap.parse_args()
@@ -95,7 +97,8 @@ def main() -> None:
                     sys.exit(out.stderr[-3000:])
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 rtf = r["elapsed_s"] / r["duration_s"]
-                print(f"{minutes:>6g} m {r['threads']:>7} {used:>6} {r['segments']:>8} {r['windows']:>7} {r['elapsed_s']:>9.1f} s "
+                print(f"{minutes:>6g} m {r['threads']:>7} {used:>6} {r['segments']:>8} {r['windows']:>7} "
+                      f"{r['elapsed_s']:>9.1f} s "
                       f"{rtf:>7.4f} {1 / rtf:>10.0f}x {r['peak_mb']:>11.0f} {r['base_mb']:>13.0f}", flush=True)
             path.unlink()
     print(f"device {r['device']}")
