@@ -387,6 +387,12 @@ class Workbench:
                  "" if e.confidence is None else f"{e.confidence:.0%}", e.checkpoint or ""]
                 for e in self.store.history(clip_id)]
 
+    def queue_entries(self, limit: int = 50, show: str = "all") -> list[dict]:
+        """The queue for API callers: full clip ids, numbers unrounded."""
+        entries = self.store.queue(max(1, int(limit or 50)), unlabelled_only=show == "unlabelled")
+        return [{k: q[k] for k in ("clip", "source_name", "duration_s", "predicted", "confidence", "label",
+                                   "annotator")} for q in entries]
+
     def queue(self, limit: int = 50, show: str = "unlabelled") -> QueueView:
         """Stored clips, least confident model prediction first; ``show``: "unlabelled" or "all"."""
         entries = self.store.queue(max(1, int(limit or 50)), unlabelled_only=show == "unlabelled")
@@ -727,12 +733,13 @@ def _annotator(name: str, request: gr.Request | None) -> str:
     return (login_name(request) or name or "").strip()
 
 
-def annotator_field(request: gr.Request | None):
-    """On load: a logged-in user annotates under the login name (fixed); otherwise the name is typed once."""
+def annotator_field(remembered: str | None, request: gr.Request | None):
+    """On load: a logged-in user annotates under the login name (fixed); otherwise the name typed once,
+    which this browser remembers across reloads."""
     user = login_name(request)
     if user:
         return gr.update(value=user, interactive=False, info="your login name")
-    return gr.skip()
+    return gr.update(value=remembered) if remembered else gr.skip()
 
 
 CSS = """
@@ -791,9 +798,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
     def queue(limit: int = 50, show: str = "all") -> list[dict]:
         """Stored clips, least confident model prediction first (``show``: "all" or "unlabelled"); each a
         dict with the full clip id, source_name, duration_s, predicted, confidence, label, annotator."""
-        entries = bench.store.queue(max(1, int(limit or 50)), unlabelled_only=show == "unlabelled")
-        return [{k: q[k] for k in ("clip", "source_name", "duration_s", "predicted", "confidence", "label",
-                                   "annotator")} for q in entries]
+        return bench.queue_entries(limit, show)
 
     def queue_view(limit, show):
         q = bench.queue(limit, show)
@@ -822,7 +827,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
 
     def export(kind):
         """A zip of the labelled clips ("audiofolder" or "manifest"), as a file to download."""
-        return gr.update(value=str(bench.export(kind)), visible=True)
+        return str(bench.export(kind))
 
     def models():
         """Reload the checkpoint folders; returns the model names with their headline metrics."""
@@ -863,6 +868,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             with gr.Column(scale=1, min_width=260):
                 annotator = gr.Textbox(label="Annotator (you, for every tab)", max_lines=1, elem_id="annotator",
                                        placeholder="your name, set once for this session")
+        remembered = gr.BrowserState("", storage_key="serdemo-annotator")  # the name, in this browser
         source = gr.State("upload")  # where the clip in `audio` came from: MICROPHONE or "upload"
         with gr.Tab("Analyse", elem_id="tab-analyse"):
             with gr.Row():
@@ -954,7 +960,9 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
 
         # ---------------------------------------------------------------- wiring
         hidden = dict(api_visibility="private", show_progress="hidden")
-        app.load(annotator_field, None, annotator, **hidden)
+        app.load(annotator_field, [remembered], annotator, **hidden)
+        for typed in (annotator.blur, annotator.submit):
+            typed(lambda name: (name or "").strip(), annotator, remembered, queue=False, **hidden)
         audio.stop_recording(lambda: MICROPHONE, None, source, queue=False, **hidden)
         audio.upload(lambda: "upload", None, source, queue=False, **hidden)
         # clear first: a failed analysis must leave no previous clip id, prediction or label choices behind;
@@ -996,7 +1004,8 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         agreement_tab.select(**agree_refresh)
         app.load(**agree_refresh)
         app.load(bench.counts, None, [counts], **hidden)
-        export_btn.click(export, [export_kind], [export_file], api_name="export")
+        export_btn.click(export, [export_kind], [export_file], api_name="export").success(
+            lambda: gr.update(visible=True), None, export_file, queue=False, **hidden)
         reload_btn.click(models, None, [model, m_pick], api_name="models")
         m_pick.change(model_card, [m_pick], [m_summary, m_metrics, m_conf, m_card], api_name="model_card")
         app.load(model_card, [m_pick], [m_summary, m_metrics, m_conf, m_card], **hidden)

@@ -587,3 +587,18 @@ def test_a_finished_retraining_shows_a_full_comparison_table_and_joins_the_picke
         in view.comparison and "emodb:03, nemo:EB0" in view.comparison
     assert "default-ft-test" in [name for _, name in view.choices]
     assert bench.retrain_view(view.seen).choices is None  # the pickers are updated once per finished run
+
+
+def test_the_login_name_wins_over_the_typed_name():
+    from types import SimpleNamespace
+
+    from serdemo.ui import _annotator, annotator_field, login_name
+
+    assert login_name(None) is None and _annotator(" typed ", None) == "typed"
+    assert _annotator("typed", SimpleNamespace(username="alice")) == "alice"
+    space = SimpleNamespace(username=None, session={"oauth_info": {"userinfo": {"preferred_username": "hf-user"}}})
+    assert login_name(space) == "hf-user"
+    assert login_name(SimpleNamespace(username=None, session={})) is None
+    fixed = annotator_field("remembered", SimpleNamespace(username="alice"))
+    assert fixed["value"] == "alice" and fixed["interactive"] is False
+    assert annotator_field("remembered", SimpleNamespace(username=None, session={}))["value"] == "remembered"

@@ -304,6 +304,13 @@ def test_one_annotation_flow_on_the_annotate_tab(server, browser_factory):  # no
     assert analyse_labels == list(ANNOTATION_LABELS)
     name = page.locator("#annotator input, #annotator textarea").first
     name.fill("flow-tester")
+    name.press("Tab")
+    page.wait_for_timeout(500)
+    page.reload(wait_until="load")  # set once: this browser remembers the name
+    page.wait_for_selector("#analyse", timeout=60_000)
+    name = page.locator("#annotator input, #annotator textarea").first
+    page.wait_for_function("() => document.querySelector('#annotator input, #annotator textarea').value === 'flow-tester'",
+                           timeout=30_000)
     for tab, _ in TABS:
         open_tab(page, tab)
         assert name.is_visible() and name.input_value() == "flow-tester", tab
