@@ -554,3 +554,54 @@ def test_late_fusion_weight_is_chosen_on_dev_never_on_test(tmp_path):
     assert 0 < fold["weight"] < 1 and fold["dev_ua"] == 1.0
     # a test-chosen weight (0: the reference alone) would score 1.0 here; the dev-chosen mix does not
     assert row["pooled"]["overall"]["ua"] < 0.5
+
+
+def test_corpus_classes_keep_a_corpus_from_teaching_that_a_class_it_lacks_is_wrong(tmp_path):
+    """EMO-DB has no surprise: with --corpus-classes its clips put no gradient on the surprise logit
+    (so 'surprise' is never learnt as 'not German'), RAVDESS clips still do; without the flag both do."""
+    grads = {}
+    for flag in ([], ["--corpus-classes"]):
+        trainer = fit.Trainer(fit.parse_args(args(tmp_path / "m", tmp_path / "cache", "--model", "localatt",
+                                                  "--aux-heads", "", "--hparams", SMALL, "--limit-per-corpus", "160", *flag)))
+        surprise = list(trainer.label_set.classes).index("surprise")
+        assert not trainer.corpus_classes["emodb"][surprise] and trainer.corpus_classes["ravdess"][surprise]
+        exs = [e for e in trainer.train if e.utt.corpus == "emodb"][:3] + \
+              [e for e in trainer.train if e.utt.corpus == "ravdess"][:3]
+        logits = torch.zeros(len(exs), len(trainer.label_set), requires_grad=True)
+        out = type("Out", (), {"logits": {"emotion": logits}})()
+        targets = {"emotion": torch.tensor([e.targets["emotion"] for e in exs])}
+        trainer.loss(out, targets, {"emotion": 1.0}, class_mask=trainer.class_mask(exs)).backward()
+        grads[bool(flag)] = logits.grad[:, surprise]
+    assert (grads[False][:3].abs() > 0).all() and (grads[False][3:].abs() > 0).all()
+    assert (grads[True][:3] == 0).all() and (grads[True][3:].abs() > 0).all()
+
+
+def test_ensemble_of_seeds_averages_its_members_and_refuses_strangers(tmp_path, emodb_clip):
+    """Two members of one recipe differing only in --model-seed merge into one checkpoint whose
+    probabilities are the mean of the members' (GE2E computed once); a member of another split is refused."""
+    from serdemo.inference import Predictor
+    from training import ensemble
+
+    common = ("--model", "localatt", "--aux-heads", "", "--hparams", '{"stack": 2, "rnn": false, "dense": 16}',
+              "--features", '{"speech_only": true, "ge2e": true}', "--norm", "global")
+    members = []
+    for seed in (1, 2):
+        out = tmp_path / f"s{seed}"
+        fit.main(args(out, tmp_path / "cache", *common, "--model-seed", str(seed)))
+        members.append(out)
+    a, b = (Predictor.from_checkpoint(m, device="cpu") for m in members)
+    assert not torch.equal(a.model.heads["emotion"].weight, b.model.heads["emotion"].weight)
+    metrics = ensemble.merge(members, tmp_path / "ens", name="ens")
+    assert "test" in metrics and "dev" in metrics
+    ens = Predictor.from_checkpoint(tmp_path / "ens", device="cpu")
+    assert ens.card["model"]["architecture"] == "ensemble" and len(ens.card["training"]["ensemble"]) == 2
+    assert sum(k.startswith("ge2e.") for k in ens.model.state_dict()) == \
+        sum(k.startswith("ge2e.") for k in a.model.state_dict())  # one shared encoder
+    pa, pb, pe = (p.predict(str(emodb_clip)) for p in (a, b, ens))
+    for c, v in pe.probabilities["emotion"].items():
+        assert abs(v - (pa.probabilities["emotion"][c] + pb.probabilities["emotion"][c]) / 2) < 1e-4
+    assert abs(pe.attention.sum() - 1) < 1e-4
+    other = tmp_path / "other"
+    fit.main(args(other, tmp_path / "cache", *common, "--model-seed", "3", "--fold", "1"))
+    with pytest.raises(SystemExit, match="speakers differ|recipes differ|different files"):
+        ensemble.merge([members[0], other], tmp_path / "bad")

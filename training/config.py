@@ -61,6 +61,9 @@ class FitConfig:
                                             "test fold; the next fold is always the dev set", metavar="K|none")
     seed: int = setting(0, "seed of the split, the initial weights and the data order (augmentation and "
                            "dropout add the DDP rank)")
+    model_seed: int | None = setting(None, "seed of the initial weights, data order, augmentation and dropout "
+                                           "alone, keeping the split of --seed ('none': the same as --seed); "
+                                           "ensemble members differ only in it", metavar="N|none")
     epochs: int = setting(40, "epochs")
     batch_size: int = setting(32, "examples per optimiser step, over all DDP ranks together")
     lr: float = setting(2e-3, "peak learning rate (AdamW; one epoch of warm-up, then cosine)")
@@ -71,6 +74,9 @@ class FitConfig:
     vtlp_high: float = setting(1.1, "highest VTLP alpha")
     vtlp_dev: bool = setting(False, "warp the dev clips too when selecting the best epoch")
     specaug: bool = setting(True, "SpecAugment: one frequency and one time mask per example")
+    corpus_classes: bool = setting(False, "each training clip's emotion softmax covers only the classes its "
+                                          "corpus has, so a class one corpus lacks is never learnt as 'not this "
+                                          "corpus' (aggregated corpora with different label sets)")
     mixup: bool = setting(False, "mixup: blend each example with another of its batch (Zhang et al. 2018)")
     mixup_alpha: float = setting(0.2, "mixup weight ~ Beta(alpha, alpha)")
     augment: list = setting([], "nlpaug waveform augmenters", choices=WAVE_AUGMENTERS)

@@ -186,7 +186,7 @@ def reuse_problem(card: dict, trainer) -> str | None:
         return "it has no test result"
     training, cfg = card.get("training", {}), trainer.cfg
     old = training.get("config", {})
-    for key in ("split", "n_folds", "fold", "seed", "label_set"):
+    for key in ("split", "n_folds", "fold", "seed", "model_seed", "label_set"):
         if old.get(key) != getattr(cfg, key):
             return f"its {key} is {old.get(key)!r}, this run's is {getattr(cfg, key)!r}"
     if training.get("file_list_sha256") != trainer.file_list_sha256:

@@ -87,6 +87,9 @@ class Trainer:
         self.label_set = get_label_set(cfg.label_set)
         self._load_data()
 
+        self.init_seed = init_seed = cfg.seed if cfg.model_seed is None else cfg.model_seed
+        if cfg.model_seed is not None:  # the split stays that of cfg.seed; weights and order follow model_seed
+            S.seed_everything(init_seed)
         head_sizes = {h: (len(self.label_set) if h == "emotion" else len(AUX_HEADS[h])) for h in self.heads}
         self.hparams = dict(cfg.hparams, norm=cfg.norm)
         if self.features.ge2e:  # the model carries the frozen encoder whose rows its input has
@@ -109,7 +112,7 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         # from here on each rank draws its own augmentation and dropout
-        rank_seed = cfg.seed + RANK_SEED_STRIDE * rank
+        rank_seed = init_seed + RANK_SEED_STRIDE * rank
         S.seed_everything(rank_seed)
         self.aug = Augmenter(cfg, self.features.sample_rate, rank_seed)
         self.start_epoch, self.best_ua, self.best_epoch, self.bad_epochs = 0, -1.0, -1, 0
@@ -134,6 +137,13 @@ class Trainer:
                                            for part in (train_u, dev_u, test_u))
         self.lengths = [len(self.cache.get(e.utt.path)) for e in self.train]
         self.file_list_sha256 = D.file_list_hash([e.utt for e in self.train + self.dev])
+        # per corpus, the emotion classes its training clips have (cfg.corpus_classes masks the rest)
+        n_classes = len(self.label_set)
+        self.corpus_classes: dict[str, torch.Tensor] = {}
+        for e in self.train:
+            m = self.corpus_classes.setdefault(e.utt.corpus, torch.zeros(n_classes, dtype=torch.bool))
+            if e.targets["emotion"] != D.IGNORE:
+                m[e.targets["emotion"]] = True
         # auxiliary heads need two classes in the training data to learn anything
         self.heads, self.untrained_heads = ["emotion"], {}
         for h in cfg.aux_heads:
@@ -192,9 +202,15 @@ class Trainer:
         """Mixed precision for the model only (CUDA with ``amp``)."""
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
 
+    def class_mask(self, exs) -> torch.Tensor | None:
+        """``(batch, classes)``: the classes each example's corpus has (None: no masking)."""
+        if not self.cfg.corpus_classes:
+            return None
+        return torch.stack([self.corpus_classes[e.utt.corpus] for e in exs]).to(self.device)
+
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """The epoch's batches of ``self.train`` indices, the same on every rank."""
-        return D.epoch_batches(self.lengths, self.cfg.batch_size, self.cfg.seed, epoch, self.cfg.max_steps)
+        return D.epoch_batches(self.lengths, self.cfg.batch_size, self.init_seed, epoch, self.cfg.max_steps)
 
     def normalisers(self, batch: list[int]) -> dict[str, float]:
         """Per head, the denominator of the whole batch's mean loss (class-weighted for emotion)."""
@@ -204,12 +220,18 @@ class Trainer:
             out[h] = float(sum(e.targets[h] != D.IGNORE for e in exs))
         return out
 
-    def loss(self, out, targets: dict, norms: dict[str, float], weight: float = 1.0, perm=None, lam: float = 1.0):
+    def loss(self, out, targets: dict, norms: dict[str, float], weight: float = 1.0, perm=None, lam: float = 1.0,
+             class_mask: torch.Tensor | None = None):
         """This rank's part of the batch loss, scaled so that DDP's mean over ranks of the gradients is
-        the gradient of the whole batch's (class-weighted) mean loss."""
+        the gradient of the whole batch's (class-weighted) mean loss. ``class_mask (batch, classes)``:
+        the emotion classes each example competes among (a mixup blend: those of either clip)."""
         total = 0.0
         for h in self.heads:
             logits = out.logits[h].float()
+            if h == "emotion" and class_mask is not None:
+                if perm is not None:
+                    class_mask = class_mask | class_mask[perm.to(class_mask.device)]
+                logits = logits.masked_fill(~class_mask, -1e4)
             t = targets[h].to(self.device)
             w = self.class_w if h == "emotion" else None
 
@@ -250,7 +272,7 @@ class Trainer:
                 speech = speech | speech[perm.to(speech.device)]
             with self.autocast():
                 out = self.net(feats, frames, speech=speech)
-            loss = self.loss(out, targets, self.normalisers(batch), weight, perm, lam)
+            loss = self.loss(out, targets, self.normalisers(batch), weight, perm, lam, self.class_mask(exs))
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.opt)

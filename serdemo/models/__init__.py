@@ -5,6 +5,7 @@ from __future__ import annotations
 from serdemo.models.attention import AttentionPooling
 from serdemo.models.base import ModelOutput, SERModel
 from serdemo.models.cnnlstm import CNNLSTM
+from serdemo.models.ensemble import Ensemble
 from serdemo.models.localatt import LocalAttention
 from serdemo.models.multitask import MultiTask
 
@@ -12,6 +13,7 @@ ARCHITECTURES: dict[str, type[SERModel]] = {
     "localatt": LocalAttention,
     "cnnlstm": CNNLSTM,
     "multitask": MultiTask,
+    "ensemble": Ensemble,
 }
 
 
@@ -22,5 +24,5 @@ def build_model(architecture: str, n_mels: int, heads: dict[str, int], **hparams
     return ARCHITECTURES[architecture](n_mels, heads, **hparams)
 
 
-__all__ = ["ARCHITECTURES", "AttentionPooling", "CNNLSTM", "LocalAttention", "ModelOutput",
+__all__ = ["ARCHITECTURES", "AttentionPooling", "CNNLSTM", "Ensemble", "LocalAttention", "ModelOutput",
            "MultiTask", "SERModel", "build_model"]
