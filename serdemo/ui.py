@@ -754,110 +754,120 @@ CSS = """
 """
 
 
-def build_app(settings: Settings | None = None) -> gr.Blocks:
-    """The page: layout, then wiring of each event to a :class:`Workbench` method."""
-    bench = Workbench(settings or Settings.from_env())
+class Endpoints:
+    """What the page's events call: each adapts a :class:`Workbench` result to the components' outputs
+    (or is a plain API endpoint). No logic of its own beyond that translation."""
 
-    # ---------------------------------------------------------------- adapters: named result -> outputs
-    @gpu
-    def analyze(audio, model_name, alpha, view="difference", source=None, progress=gr.Progress()):
-        a = bench.analyse(audio, model_name, alpha, view, source, progress)
-        return (a.probabilities, a.aux_markdown, a.figure, a.warp, a.clip_id, a.info,
-                gr.update(choices=list(ANNOTATION_LABELS), value=a.predicted if a.predicted in ANNOTATION_LABELS else None))
+    def __init__(self, bench: Workbench):
+        self.bench = bench
 
-    def warp(alpha, clip_id, model_name, view="difference"):
+    def warp(self, alpha, clip_id, model_name, view="difference"):
         """Re-draw the VTLP view for a new alpha (or panel view) without running the model."""
-        r = bench.redraw(alpha, clip_id, model_name, view)
+        r = self.bench.redraw(alpha, clip_id, model_name, view)
         return (gr.skip() if r.figure is None else r.figure), r.warp
 
-    def relabel(clip_id: str, label: str, annotator_name: str = "",
+    def relabel(self, clip_id: str, label: str, annotator_name: str = "",
                 request: gr.Request = None) -> tuple[str, list[list]]:
         """Save a label for the stored clip ``clip_id`` (append-only; one of ``/labels``). The model's
         prediction, confidence and checkpoint are recorded from the store (the clip's latest analysis),
         whoever calls. Returns a status line and the counts (rows of by, name, count)."""
-        s = bench.save_label(clip_id, label, _annotator(annotator_name, request))
+        s = self.bench.save_label(clip_id, label, _annotator(annotator_name, request))
         return s.status, s.counts
 
-    def confirm(clip_id: str, annotator_name: str = "", request: gr.Request = None) -> tuple[str, list[list]]:
+    def confirm(self, clip_id: str, annotator_name: str = "", request: gr.Request = None) -> tuple[str, list[list]]:
         """Confirm the model's prediction for the stored clip ``clip_id`` (its latest analysis).
         Returns a status line and the counts (rows of by, name, count)."""
-        s = bench.save_label(clip_id, None, _annotator(annotator_name, request))
+        s = self.bench.save_label(clip_id, None, _annotator(annotator_name, request))
         return s.status, s.counts
 
-    def save_on_tab(clip_id, label, annotator_name, request: gr.Request):
-        s = bench.save_label(clip_id, label, _annotator(annotator_name, request))
+    def save_on_tab(self, clip_id, label, annotator_name, request: gr.Request):
+        s = self.bench.save_label(clip_id, label, _annotator(annotator_name, request))
         return s.status, s.counts, s.history
 
-    def confirm_on_tab(clip_id, annotator_name, request: gr.Request):
-        return save_on_tab(clip_id, None, annotator_name, request)
+    def confirm_on_tab(self, clip_id, annotator_name, request: gr.Request):
+        return self.save_on_tab(clip_id, None, annotator_name, request)
 
-    def labels() -> list[str]:
+    def labels(self) -> list[str]:
         """The labels a clip can be given, the same on every tab and through /relabel."""
         return list(ANNOTATION_LABELS)
 
-    def queue(limit: int = 50, show: str = "all") -> list[dict]:
+    def queue(self, limit: int = 50, show: str = "all") -> list[dict]:
         """Stored clips, least confident model prediction first (``show``: "all" or "unlabelled"); each a
         dict with the full clip id, source_name, duration_s, predicted, confidence, label, annotator."""
-        return bench.queue_entries(limit, show)
+        return self.bench.queue_entries(limit, show)
 
-    def queue_view(limit, show):
-        q = bench.queue(limit, show)
+    def queue_view(self, limit, show):
+        q = self.bench.queue(limit, show)
         return q.rows, q.clip_ids
 
-    def pick(evt: gr.SelectData, ids):
+    def pick(self, evt: gr.SelectData, ids):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         if not isinstance(row, int) or not 0 <= row < len(ids or []):
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         clip = ids[row]
         try:
-            path = str(bench.store.clip_path(clip))
+            path = str(self.bench.store.clip_path(clip))
         except StoreError as exc:
             raise user_error(exc) from None
-        return clip, path, bench.history(clip), gr.update(value=None)
+        return clip, path, self.bench.history(clip), gr.update(value=None)
 
-    def agreement_view():
-        a = bench.agreement()
+    def agreement_view(self):
+        a = self.bench.agreement()
         return a.summary, gr.update(value=a.clips, headers=a.clip_headers), a.annotators
 
-    def agreement() -> dict:
+    def agreement(self) -> dict:
         """Agreement between annotators: per clip (labels by annotator, agree) and per annotator."""
-        a = bench.agreement()
+        a = self.bench.agreement()
         return {"summary": a.summary, "clips": [dict(zip(a.clip_headers, r)) for r in a.clips],
                 "annotators": [dict(zip(AGREEMENT_HEADERS, r)) for r in a.annotators]}
 
-    def export(kind):
+    def export(self, kind):
         """A zip of the labelled clips ("audiofolder" or "manifest"), as a file to download."""
-        return str(bench.export(kind))
+        return str(self.bench.export(kind))
 
-    def models():
+    def models(self):
         """Reload the checkpoint folders; returns the model names with their headline metrics."""
-        bench.reload()
-        choices = bench.choices()
-        return gr.update(choices=choices, value=bench.default_choice()), gr.update(choices=choices, value=bench.default_choice())
+        self.bench.reload()
+        choices = self.bench.choices()
+        return gr.update(choices=choices, value=self.bench.default_choice()), gr.update(choices=choices, value=self.bench.default_choice())
 
-    def model_card(name):
+    def model_card(self, name):
         """A checkpoint's summary, held-out metrics, confusion on its test speakers and its raw card."""
-        v = bench.model_view(name)
-        return v.summary, v.metrics, v.confusion, bench.cards.get(name, {})
+        v = self.bench.model_view(name)
+        return v.summary, v.metrics, v.confusion, self.bench.cards.get(name, {})
 
-    def model_metrics(name: str) -> str:
+    def model_metrics(self, name: str) -> str:
         """A checkpoint's held-out evaluations as a Markdown table (test, dev, cross-validation,
         leave-one-corpus-out, with the reference row where the card has one)."""
-        card = bench.cards.get(name)
+        card = self.bench.cards.get(name)
         return metrics_markdown(card) if card else ""
 
-    def retrain_view(seen):
-        v = bench.retrain_view(seen)
+    def retrain_view(self, seen):
+        v = self.bench.retrain_view(seen)
         pickers = gr.skip() if v.choices is None else gr.update(choices=v.choices)
         return v.bar, v.status, v.comparison, pickers, pickers, v.seen
 
-    def retrain_progress() -> dict:
+    def retrain_progress(self) -> dict:
         """The background run's status: state, phase, step, total_steps, epoch, loss, eta_s, dev_ua, out, ..."""
-        return bench.retrainer.status()
+        return self.bench.retrainer.status()
 
-    def clear_analysis():
+    def clear_analysis(self):
         """Empty the results of the last analysis, so that a failed one leaves no clip to label by mistake."""
         return None, "", None, "", "", gr.update(choices=[], value=None)
+
+
+def build_app(settings: Settings | None = None) -> gr.Blocks:
+    """The page: layout, then wiring of each event to a :class:`Workbench` method."""
+    bench = Workbench(settings or Settings.from_env())
+    ep = Endpoints(bench)
+
+    # the one GPU callback stays a plain function, decorated for ZeroGPU (spaces.GPU) as before
+    @gpu
+    def analyze(audio, model_name, alpha, view="difference", source=None, progress=gr.Progress()):
+        """Analyse a clip: probabilities, auxiliary heads, the figure, the warp, its clip id and label choices."""
+        a = bench.analyse(audio, model_name, alpha, view, source, progress)
+        return (a.probabilities, a.aux_markdown, a.figure, a.warp, a.clip_id, a.info,
+                gr.update(choices=list(ANNOTATION_LABELS), value=a.predicted if a.predicted in ANNOTATION_LABELS else None))
 
     # ---------------------------------------------------------------- layout
     with gr.Blocks(title="serdemo — what the model hears") as app:
@@ -967,56 +977,56 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         audio.upload(lambda: "upload", None, source, queue=False, **hidden)
         # clear first: a failed analysis must leave no previous clip id, prediction or label choices behind;
         # progress and a failure show on the emotion panel only (the message in a toast), not on every panel
-        run.click(clear_analysis, None, [probs, aux, figure, clip_id, info, label_choice], queue=False, **hidden).then(
+        run.click(ep.clear_analysis, None, [probs, aux, figure, clip_id, info, label_choice], queue=False, **hidden).then(
             analyze, [audio, model, alpha, vtlp_view, source],
             [probs, aux, figure, warp_plot, clip_id, info, label_choice], api_name="analyze",
             show_progress_on=probs)
         # every change of the slider (drag, arrow keys, a typed value) redraws; the latest value wins
-        redraw = dict(fn=warp, inputs=[alpha, clip_id, model, vtlp_view], outputs=[figure, warp_plot],
+        redraw = dict(fn=ep.warp, inputs=[alpha, clip_id, model, vtlp_view], outputs=[figure, warp_plot],
                       trigger_mode="always_last", show_progress="hidden")
         alpha.input(api_name="warp", **redraw)
         vtlp_view.input(api_visibility="private", **redraw)
         # the write endpoints take the clip id and plain strings: an API caller needs no session state
-        gr.api(relabel, api_name="relabel")
-        gr.api(confirm, api_name="confirm")
-        gr.api(labels, api_name="labels")
-        gr.api(queue, api_name="queue")
-        gr.api(agreement, api_name="agreement")
-        queue_refresh = dict(fn=queue_view, inputs=[limit, show], outputs=[queue_df, queue_ids], **hidden)
-        agree_refresh = dict(fn=agreement_view, inputs=None, outputs=[agree_md, agree_clips, agree_annotators],
+        gr.api(ep.relabel, api_name="relabel")
+        gr.api(ep.confirm, api_name="confirm")
+        gr.api(ep.labels, api_name="labels")
+        gr.api(ep.queue, api_name="queue")
+        gr.api(ep.agreement, api_name="agreement")
+        queue_refresh = dict(fn=ep.queue_view, inputs=[limit, show], outputs=[queue_df, queue_ids], **hidden)
+        agree_refresh = dict(fn=ep.agreement_view, inputs=None, outputs=[agree_md, agree_clips, agree_annotators],
                              **hidden)
-        save_btn.click(save_on_tab, [clip_id, label_choice, annotator], [status, counts, q_hist],
+        save_btn.click(ep.save_on_tab, [clip_id, label_choice, annotator], [status, counts, q_hist],
                        show_progress_on=status, api_visibility="private").success(**queue_refresh)
-        confirm_btn.click(confirm_on_tab, [clip_id, annotator], [status, counts, q_hist],
+        confirm_btn.click(ep.confirm_on_tab, [clip_id, annotator], [status, counts, q_hist],
                           show_progress_on=status, api_visibility="private").success(**queue_refresh)
         # the Annotate tab labels its own clip; its history, the queue and the agreement then follow
-        q_save.click(save_on_tab, [q_clip, q_label, annotator], [q_status, counts, q_hist],
+        q_save.click(ep.save_on_tab, [q_clip, q_label, annotator], [q_status, counts, q_hist],
                      show_progress_on=q_status, api_visibility="private").success(
             **queue_refresh).success(**agree_refresh)
-        q_confirm.click(confirm_on_tab, [q_clip, annotator], [q_status, counts, q_hist],
+        q_confirm.click(ep.confirm_on_tab, [q_clip, annotator], [q_status, counts, q_hist],
                         show_progress_on=q_status, api_visibility="private").success(
             **queue_refresh).success(**agree_refresh)
         for trigger in (refresh.click, show.input, limit.submit, app.load, annotate_tab.select):
             trigger(**queue_refresh)
-        queue_df.select(pick, [queue_ids], [q_clip, q_audio, q_hist, q_label], api_visibility="private")
+        queue_df.select(ep.pick, [queue_ids], [q_clip, q_audio, q_hist, q_label], api_visibility="private")
         q_clip.submit(bench.history, [q_clip], [q_hist], api_name="history")
         agree_btn.click(**agree_refresh)
         agreement_tab.select(**agree_refresh)
         app.load(**agree_refresh)
         app.load(bench.counts, None, [counts], **hidden)
-        export_btn.click(export, [export_kind], [export_file], api_name="export").success(
+        export_btn.click(ep.export, [export_kind], [export_file], api_name="export").success(
             lambda: gr.update(visible=True), None, export_file, queue=False, **hidden)
-        reload_btn.click(models, None, [model, m_pick], api_name="models")
-        m_pick.change(model_card, [m_pick], [m_summary, m_metrics, m_conf, m_card], api_name="model_card")
-        app.load(model_card, [m_pick], [m_summary, m_metrics, m_conf, m_card], **hidden)
-        gr.api(model_metrics, api_name="model_metrics")
+        reload_btn.click(ep.models, None, [model, m_pick], api_name="models")
+        m_pick.change(ep.model_card, [m_pick], [m_summary, m_metrics, m_conf, m_card], api_name="model_card")
+        app.load(ep.model_card, [m_pick], [m_summary, m_metrics, m_conf, m_card], **hidden)
+        gr.api(ep.model_metrics, api_name="model_metrics")
         # the run's progress comes from the retrainer, polled by every page (and read on load: a reload shows it)
-        view = dict(fn=retrain_view, inputs=[seen_run],
+        view = dict(fn=ep.retrain_view, inputs=[seen_run],
                     outputs=[retrain_bar, retrain_md, retrain_table, model, m_pick, seen_run], **hidden)
         retrain_btn.click(bench.retrain, [m_pick], [retrain_md], api_name="retrain", concurrency_limit=1).success(**view)
         gr.Timer(2.0).tick(queue=False, **view)
         app.load(**view)
         gr.api(bench.retrain_status, api_name="retrain_status")
-        gr.api(retrain_progress, api_name="retrain_progress")
+        gr.api(ep.retrain_progress, api_name="retrain_progress")
     app.workbench = bench
     return app
