@@ -57,14 +57,17 @@ def timeline_figure(tl: Timeline, selected: int | None = None) -> go.Figure:
     probabilities over time (stacked; empty in pauses), the waveform overview; segments outlined."""
     step = max(0.02, tl.duration_s / GRID_POINTS)
     t, grid = tl.probability_grid(step)
-    grid = np.nan_to_num(grid, nan=0.0)
+    # steps: each value holds from its cell's left edge to the next (and the last to the end)
+    t = np.append(t - step / 2, tl.duration_s)
+    grid = np.nan_to_num(np.concatenate([grid, grid[:, -1:]], axis=1), nan=0.0)
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.1, 0.56, 0.34],
                         subplot_titles=["dominant emotion per segment",
                                         "class probabilities over time (mean of the windows; blank: no speech)",
                                         "waveform"])
     for c, row in zip(tl.classes, grid):
-        fig.add_trace(go.Scatter(x=t, y=row, mode="lines", stackgroup="p", line=dict(width=0.4, shape="hv",
-                                 color=colour(c, tl.classes)), name=c, legendgroup=c,
+        fig.add_trace(go.Scatter(x=t, y=row, mode="lines", stackgroup="p", line=dict(width=0, shape="hv",
+                                 color=colour(c, tl.classes)), fillcolor=colour(c, tl.classes), name=c,
+                                 opacity=0.85, legendgroup=c,
                                  hovertemplate=f"{c} %{{y:.0%}} at %{{x:.1f}} s<extra></extra>"), row=2, col=1)
     segs = tl.segments
     fig.add_trace(go.Bar(base=[s.start_s for s in segs], x=[s.duration_s for s in segs], y=[""] * len(segs),
@@ -99,7 +102,8 @@ def timeline_figure(tl: Timeline, selected: int | None = None) -> go.Figure:
     fig.update_layout(height=TIMELINE_HEIGHT, margin=dict(l=60, r=10, t=70, b=45), bargap=0,
                       uniformtext=dict(minsize=10, mode="hide"), hovermode="closest",
                       legend=dict(orientation="h", x=0, y=-0.13, yanchor="top"),
-                      title=dict(text=f"{tl.name}: {len(segs)} segment{'s' if len(segs) != 1 else ''} in {tl.duration_s:.0f} s — {tl.checkpoint}",
+                      title=dict(text=f"{tl.name}: {len(segs)} segment{'s' if len(segs) != 1 else ''} in "
+                                      f"{tl.duration_s:.0f} s — {tl.checkpoint}",
                                  x=0.01, y=0.99, yanchor="top"))
     return fig
 
@@ -162,7 +166,7 @@ def summary(tl: Timeline) -> str:
 
 def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
     """The Timeline tab; call inside ``gr.Blocks`` next to the other tabs."""
-    from serdemo.ui import _annotator, user_error  # at call time: serdemo.ui imports this module
+    from serdemo.ui import _annotator, mel_band_hz, user_error  # at call time: serdemo.ui imports this module
 
     def fail(exc, source=None):
         return user_error(exc, source, duration=None)
@@ -205,7 +209,8 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
                               title=f"segment {row + 1}: {seg.start_s:.2f}–{seg.end_s:.2f} s · "
                                     f"{pred.label()} ({pred.confidence():.0%}) as one clip",
                               speech_segments_s=[(a + seg.start_s, b + seg.start_s)
-                                                 for a, b in pred.speech_segments_s])
+                                                 for a, b in pred.speech_segments_s],
+                              band_hz=mel_band_hz(predictor.features))
         fig.update_xaxes(range=[seg.start_s, seg.end_s])
         classes = list(pred.probabilities["emotion"])
         picked = Picked(row, wave, seg.start_s, pred.label(), pred.confidence(), predictor.name)

@@ -20,7 +20,8 @@ ARTIFACTS = ROOT / "artifacts" / "screenshots"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 pytestmark = [pytest.mark.timeout(600),
-              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (setup.sh installs it as root)")]
+              pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                 reason="chromium is not installed (setup.sh installs it as root)")]
 CLIPS = [EMODB / "wav" / "03a01Wa.wav", RAVDESS / "Actor_01" / "03-01-04-01-01-01-01.flac",
          EMODB / "wav" / "08a01Ab.wav", RAVDESS / "Actor_02" / "03-01-03-02-01-01-02.flac",
          EMODB / "wav" / "03a01Fa.wav", RAVDESS / "Actor_01" / "03-01-05-01-01-01-01.flac"]
@@ -74,6 +75,17 @@ def test_timeline_api(server, tmp_path):  # noqa: F811
     assert Path(csv_file).read_text().startswith("segment,start,end,label,confidence,")
     assert len(Path(labels_file).read_text().splitlines()) == len(CLIPS)
     assert str(server["data"]) not in info
+    # bad input: a clear message, no server path, no traceback; the app keeps serving
+    from gradio_client.exceptions import AppError
+
+    notaudio = tmp_path / "private-dir" / "notes.wav"
+    notaudio.parent.mkdir()
+    notaudio.write_text("not audio at all\n" * 50)
+    with pytest.raises(AppError) as e:
+        server["client"].predict(handle_file(str(notaudio)), "default", api_name="/timeline")
+    message = str(e.value)
+    assert "not a readable audio file" in message and "private-dir" not in message and "Traceback" not in message
+    assert "/tmp" not in message and str(server["data"]) not in message
 
 
 def test_upload_timeline_and_relabel_a_segment(server, browser_factory, tmp_path):  # noqa: F811
