@@ -126,6 +126,7 @@ class Settings:
 
 
 PICKER_INFO = "UA · WA: each model on its own test speakers (never trained on); more on the Models tab"
+QUEUE_HEADERS = ["clip", "model guess", "conf.", "sec", "label", "source"]  # what matters first on a phone
 HISTORY_HEADERS = ["when (UTC)", "label", "annotator", "model said", "confidence", "checkpoint"]
 AGREEMENT_HEADERS = ["annotator", "clips", "shared", "agreement", "mean kappa", "Cohen's kappa with each other"]
 
@@ -160,7 +161,7 @@ class Saved:
 
 @dataclass
 class QueueView:
-    rows: list[list]  # short id, source, seconds, model guess, confidence, label
+    rows: list[list]  # QUEUE_HEADERS: short id, model guess, confidence, seconds, label, source
     clip_ids: list[str]  # the full id of each row
 
 
@@ -396,8 +397,8 @@ class Workbench:
     def queue(self, limit: int = 50, show: str = "unlabelled") -> QueueView:
         """Stored clips, least confident model prediction first; ``show``: "unlabelled" or "all"."""
         entries = self.store.queue(max(1, int(limit or 50)), unlabelled_only=show == "unlabelled")
-        rows = [[q["clip"][:8], (q["source_name"] or "")[:28], f"{q['duration_s']:.1f}", q["predicted"] or "",
-                 "" if q["confidence"] is None else f"{q['confidence']:.0%}", q["label"] or ""] for q in entries]
+        rows = [[q["clip"][:8], q["predicted"] or "", "" if q["confidence"] is None else f"{q['confidence']:.0%}",
+                 f"{q['duration_s']:.1f}", q["label"] or "", (q["source_name"] or "")[:28]] for q in entries]
         return QueueView(rows, [q["clip"] for q in entries])
 
     def counts(self) -> list[list]:
@@ -915,7 +916,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                                         label="Queue shows", elem_id="queue-show")
                         limit = gr.Number(50, label="At most", precision=0, minimum=1, maximum=1000, min_width=90)
                         refresh = gr.Button("Refresh queue", elem_id="queue-refresh", min_width=120, size="sm")
-                    queue_df = gr.Dataframe(headers=["clip", "source", "sec", "model guess", "conf.", "label"],
+                    queue_df = gr.Dataframe(headers=QUEUE_HEADERS,
                                             interactive=False, elem_id="queue", wrap=False,
                                             label="Queue: least confident model guess first (click a row)")
                     queue_ids = gr.State([])  # the full clip id of each queue row

@@ -556,7 +556,8 @@ def test_workbench_saves_and_queues_with_named_results(tmp_path):
     a = bench.analyse(str(EMODB / "wav" / "03a01Nc.wav"), "default", 1.0)
     q = bench.queue(10, "unlabelled")
     assert isinstance(q, QueueView) and q.clip_ids == [a.clip_id]
-    assert q.rows[0][0] == a.clip_id[:8] and q.rows[0][3] == a.predicted and q.rows[0][4].endswith("%")
+    assert q.rows[0][0] == a.clip_id[:8] and q.rows[0][1] == a.predicted and q.rows[0][2].endswith("%")
+    assert q.rows[0][3] == "2.0" or float(q.rows[0][3]) > 0
     saved = bench.save_label(a.clip_id, "sad", "wb")
     assert isinstance(saved, Saved) and "wb" in saved.status and saved.history[-1][1:3] == ["sad", "wb"]
     assert saved.history[-1][3] == a.predicted and saved.history[-1][5] == "default"

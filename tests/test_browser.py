@@ -320,8 +320,8 @@ def test_one_annotation_flow_on_the_annotate_tab(server, browser_factory):  # no
     assert page.locator("#q-label-choice input[type=radio]").evaluate_all("els => els.map(e => e.value)") == analyse_labels
     row = page.locator("#queue [role=row]").filter(has_text=clip[:8]).first  # Gradio's grid, not a <table>
     cells = row.locator("[role=gridcell]").all_inner_texts()
-    assert cells[0].strip() == clip[:8] and re.fullmatch(r"\d+\.\d", cells[2].strip()), cells
-    assert cells[3].strip() in ANNOTATION_LABELS and re.fullmatch(r"\d+%", cells[4].strip()), cells
+    assert cells[0].strip() == clip[:8] and re.fullmatch(r"\d+\.\d", cells[3].strip()), cells
+    assert cells[1].strip() in ANNOTATION_LABELS and re.fullmatch(r"\d+%", cells[2].strip()), cells
     assert row.bounding_box()["height"] < 60  # one line per clip
     row.locator("[role=gridcell]").first.click()
     page.wait_for_function(f"() => document.querySelector('#q-clip input, #q-clip textarea').value === '{clip}'",
@@ -426,6 +426,8 @@ def test_every_tab_lays_out_and_is_photographed(server, browser_factory, viewpor
         page.wait_for_timeout(1200)
         if slug == "annotate":
             page.wait_for_function("() => /\\d+%/.test(document.querySelector('#queue').innerText)", timeout=30_000)
+            conf = page.locator("#queue [role=columnheader]", has_text="conf.").first.bounding_box()
+            assert conf["x"] + conf["width"] <= width, conf  # model guess and confidence show without scrolling
         if slug == "agreement":
             page.wait_for_function("() => /labelled clips/.test(document.querySelector('#agreement-summary').innerText)",
                                    timeout=30_000)
