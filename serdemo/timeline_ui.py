@@ -166,7 +166,7 @@ def summary(tl: Timeline) -> str:
 
 def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
     """The Timeline tab; call inside ``gr.Blocks`` next to the other tabs."""
-    from serdemo.ui import _annotator, mel_band_hz, user_error  # at call time: serdemo.ui imports this module
+    from serdemo.ui import _annotator, gpu, mel_band_hz, user_error  # at call time: serdemo.ui imports this module
 
     def fail(exc, source=None):
         return user_error(exc, source, duration=None)
@@ -176,13 +176,14 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
         paths = tl.export(folder, Path(tl.name).stem or "timeline")
         return str(paths["csv"]), str(paths["json"]), str(paths["labels"])
 
+    @gpu
     def run(audio, model_name, source=None, progress=gr.Progress()):
         """Emotion over time for a long recording: figure, segments table, summary, CSV, JSON, label track."""
         if not audio:
             raise fail("No audio was given: upload a recording (or speak into the microphone) first.")
         try:
             predictor = bench.predictor(model_name)
-            name = "recording.wav" if source == MICROPHONE else Path(audio).name
+            name = Path(audio).name
             tl = analyze(audio, predictor, progress=lambda f, d: progress(f, desc=d), name=name)
         except (AudioError, CheckpointError) as exc:
             raise fail(exc, source) from None
@@ -190,6 +191,7 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
         return (gr.update(value=timeline_figure(tl), visible=True), segment_rows(tl), summary(tl), csv_path,
                 json_path, labels_path, Loaded(tl, str(audio)), None)
 
+    @gpu
     def pick(evt: gr.SelectData, loaded: Loaded | None, model_name):
         """A segment picked in the table: its three-panel view, probabilities and the relabel choices."""
         if loaded is None:
@@ -241,6 +243,7 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
     def live_start():
         return None, None, "Listening… the first prediction comes after a second of sound.", gr.update(visible=True)
 
+    @gpu
     def live_chunk(chunk, live: LiveTimeline | None, model_name):
         """One streamed chunk: extend the recording; every second, classify the latest 3 s."""
         if chunk is None:
@@ -278,7 +281,6 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
         sf.write(path, live.recording(), SAMPLE_RATE, subtype="PCM_16")
         figure, rows, info, csv_path, json_path, labels_path, loaded, picked = run(
             str(path), model_name, MICROPHONE, progress)
-        loaded.timeline.name = path.name
         return (str(path), figure, rows, info, csv_path, json_path, labels_path, loaded, picked,
                 f"Stopped after {live.duration_s:.0f} s: the recording is below as a timeline; pick a segment to "
                 "relabel it.")
