@@ -434,8 +434,7 @@ def analyze(source, predictor: Predictor, *, max_duration_s: float | None = None
     t0 = time.perf_counter()
     progress = progress or (lambda f, d: None)
     src = Source(source, max_duration_s, block_s)
-    detector = predictor.detector
-    device = predictor.device
+    detector = predictor.detector  # on the CPU, as Predictor runs it (its net follows its input's device)
     block = BLOCK_CHUNKS * CHUNK
     lead = LEAD_CHUNKS * CHUNK
 
@@ -448,7 +447,7 @@ def analyze(source, predictor: Predictor, *, max_duration_s: float | None = None
     prev = np.zeros(0, np.float32)
     for blk in regroup(src.blocks(), block):
         x = np.concatenate([prev, blk])
-        s = detector.chunk_scores(torch.from_numpy(x).to(device)[None])[0].cpu().numpy()
+        s = detector.chunk_scores(torch.from_numpy(x)[None])[0].numpy()
         scores.append(s[len(prev) // CHUNK:])
         prev = blk[-lead:] if len(blk) >= lead else np.zeros(0, np.float32)
         m = len(blk) // ENVELOPE_HOP * ENVELOPE_HOP
