@@ -782,6 +782,7 @@ class Endpoints:
         return s.status, s.counts
 
     def save_on_tab(self, clip_id, label, annotator_name, request: gr.Request):
+        """The Annotate tab's save: its status, the counts and the clip's history."""
         s = self.bench.save_label(clip_id, label, _annotator(annotator_name, request))
         return s.status, s.counts, s.history
 
@@ -996,9 +997,10 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         queue_refresh = dict(fn=ep.queue_view, inputs=[limit, show], outputs=[queue_df, queue_ids], **hidden)
         agree_refresh = dict(fn=ep.agreement_view, inputs=None, outputs=[agree_md, agree_clips, agree_annotators],
                              **hidden)
-        save_btn.click(ep.save_on_tab, [clip_id, label_choice, annotator], [status, counts, q_hist],
+        # the Analyse tab's save leaves the Annotate tab's clip and its history alone
+        save_btn.click(ep.relabel, [clip_id, label_choice, annotator], [status, counts],
                        show_progress_on=status, api_visibility="private").success(**queue_refresh)
-        confirm_btn.click(ep.confirm_on_tab, [clip_id, annotator], [status, counts, q_hist],
+        confirm_btn.click(ep.confirm, [clip_id, annotator], [status, counts],
                           show_progress_on=status, api_visibility="private").success(**queue_refresh)
         # the Annotate tab labels its own clip; its history, the queue and the agreement then follow
         q_save.click(ep.save_on_tab, [q_clip, q_label, annotator], [q_status, counts, q_hist],

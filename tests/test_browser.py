@@ -337,6 +337,20 @@ def test_one_annotation_flow_on_the_annotate_tab(server, browser_factory):  # no
     assert hist[0].predicted and hist[0].confidence is not None and hist[0].checkpoint == "default"
     page.locator("#queue-show label", has_text="all clips").click()
     page.wait_for_function(f"() => document.querySelector('#queue').innerText.includes('{clip[:8]}')", timeout=30_000)
+    # a save on the Analyse tab (its own clip) leaves the Annotate tab's clip and its history alone
+    open_tab(page, "Analyse")  # the page was reloaded above: analyse a clip here again
+    page.get_by_role("button", name=re.compile("upload", re.I)).first.click()
+    page.locator("input[type=file]").first.set_input_files(str(EMODB / "wav" / "03a02Nc.wav"))
+    page.wait_for_timeout(1500)
+    page.click("#analyse")
+    wait_for_result(page)
+    page.locator("#label-choice label", has_text="surprise").first.click()
+    page.click("#save-label")
+    page.wait_for_function("() => /surprise/.test(document.querySelector('#relabel-status').innerText)", timeout=30_000)
+    open_tab(page, "Annotate")
+    page.wait_for_timeout(1000)
+    history = page.inner_text("#q-history")
+    assert "fear" in history and "surprise" not in history, history
 
 
 def test_agreement_and_a_downloadable_export(server, browser_factory, tmp_path):  # noqa: F811

@@ -48,7 +48,7 @@ def test_audiofolder_zip_loads_with_the_datasets_audiofolder_builder(bench, tmp_
     assert archive.suffix == ".zip" and archive.stat().st_size > 0
     assert not str(archive).startswith(str(bench.store.directory))  # served from a temp dir, not the store
     folder = unzip(archive, tmp_path / "unzipped")
-    ds = datasets.load_dataset("audiofolder", data_dir=str(folder), split="train")
+    ds = datasets.load_dataset("audiofolder", data_dir=str(folder), split="train", cache_dir=str(tmp_path / "cache"))
     ds = ds.cast_column("audio", datasets.Audio(decode=False))  # decoding needs torchcodec; bytes suffice
     assert len(ds) == len(LABELS)
     expected = {sha: (wave, label) for sha, wave, label in bench.clips}
