@@ -613,7 +613,7 @@ def _minutes(seconds: float) -> str:
 
 def _analyze_one(args, progress: Progress | None = None) -> tuple[str, dict | str]:
     """Worker: one file -> (file name, written paths or the error message a person can act on)."""
-    path, out, checkpoint, device, threads, opts = args
+    path, stem, out, checkpoint, device, threads, opts = args
     predictor = _PREDICTORS.get((checkpoint, device)) or Predictor.from_checkpoint(checkpoint, device)
     _PREDICTORS[(checkpoint, device)] = predictor
     torch.set_num_threads(threads)  # after loading: importing silero-vad sets torch to one thread
@@ -621,7 +621,7 @@ def _analyze_one(args, progress: Progress | None = None) -> tuple[str, dict | st
         tl = analyze(path, predictor, progress=progress, **opts)
     except AudioError as exc:
         return Path(path).name, str(exc)
-    paths = tl.export(out, Path(path).stem)
+    paths = tl.export(out, stem)
     return Path(path).name, {"paths": {k: str(v) for k, v in paths.items()}, "segments": len(tl.segments),
                              "duration_s": tl.duration_s, "elapsed_s": tl.elapsed_s}
 
@@ -684,7 +684,8 @@ def main(argv: list[str] | None = None) -> int:
                                             "track per file.")
     p.add_argument("files", nargs="+", help="audio files (wav, flac, ogg, mp3)")
     p.add_argument("--out", required=True, help="folder for FILE.csv, FILE.json and FILE.labels.txt")
-    p.add_argument("--checkpoint", default=os.environ.get("SERDEMO_CHECKPOINT", "checkpoints/default"))
+    p.add_argument("--checkpoint", default=os.environ.get("SERDEMO_CHECKPOINT", "checkpoints/default"),
+                   help="checkpoint folder (default checkpoints/default, or SERDEMO_CHECKPOINT)")
     p.add_argument("--device", default=os.environ.get("SERDEMO_DEVICE") or None, help="cpu or cuda (default: best)")
     p.add_argument("--jobs", type=int, default=0,
                    help="files analysed at once, each in its own worker process (default: one per core, at most "
@@ -704,7 +705,13 @@ def main(argv: list[str] | None = None) -> int:
     jobs = max(1, min(args.jobs or cores, len(args.files)))
     threads = max(1, args.threads)
     seconds = {f: _seconds(f) for f in args.files}
-    work = [(f, args.out, args.checkpoint, args.device, threads, opts) for f in args.files]
+    stems: dict[str, int] = {}
+    work = []
+    for f in args.files:  # two inputs with the same name (in different folders) get -2, -3... outputs
+        stem = Path(f).stem
+        stems[stem] = stems.get(stem, 0) + 1
+        work.append((f, stem if stems[stem] == 1 else f"{stem}-{stems[stem]}", args.out, args.checkpoint,
+                     args.device, threads, opts))
     bar = _Bar(sum(seconds.values()))
     failed = 0
     try:
