@@ -51,14 +51,13 @@ def test_upload_size_limit(space, tmp_path):
 
 
 def test_short_mixed_load_has_no_errors(space):
-    url, _, _ = space
-    res = subprocess.run([sys.executable, "benchmarks/load.py", "--url", url, "--users", "1", "4", "--seconds", "8"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    lines = [l.split() for l in res.stdout.splitlines()[1:] if l.strip()]
-    assert [int(l[0]) for l in lines] == [1, 4]
-    for l in lines:
-        assert float(l[1]) > 0 and int(l[6]) == 0, res.stdout  # requests served, no errors
+    """benchmarks/load.py against the Space-like server: analyses, relabels and hostile uploads from four
+    users; no server error, and every saved label is in the store on its clip."""
+    url, _, data = space
+    res = subprocess.run([sys.executable, "benchmarks/load.py", "--url", url, "--data-dir", str(data), "--users", "4",
+                          "--seconds", "8"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "server errors 0" in res.stdout and "lost 0, unexpected 0, on the wrong clip 0" in res.stdout, res.stdout
     print(res.stdout)
 
 
