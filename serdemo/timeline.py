@@ -196,6 +196,62 @@ class Timeline:
 
 
 # ------------------------------------------------------------------------------ bounded decoding
+class StreamResampler:
+    """Resampling to 16 kHz of a stream that arrives in pieces of any size (file blocks, microphone
+    chunks): the concatenated output equals :func:`serdemo.audio.resample` of the whole stream.
+
+    Each piece is resampled with ``context`` input samples of look-back and look-ahead, starting on a
+    whole phase of the polyphase filter (a multiple of ``down`` input samples), so no piece edge is
+    audible; the last ``context`` samples wait for the next :meth:`push` or for :meth:`flush`.
+    """
+
+    def __init__(self, rate: int):
+        self.rate = int(rate)
+        ratio = resample_ratio(self.rate, SAMPLE_RATE)
+        self.up, self.down = ratio.numerator, ratio.denominator
+        width = math.ceil(LOWPASS_WIDTH * self.down / (ROLLOFF * min(self.up, self.down)))
+        self.context = -(-(width + self.down) // self.down) * self.down  # input samples, phase-aligned
+        self.buf = np.zeros(0, np.float32)
+        self.buf_start = 0  # input index of buf[0]
+        self.done = 0  # input samples already turned into output
+
+    def output_length(self, n_in: int) -> int:
+        return -(-n_in * self.up // self.down)
+
+    def push(self, raw: np.ndarray) -> np.ndarray:
+        """Mono float32 input -> the output it completes (possibly empty)."""
+        if self.rate == SAMPLE_RATE:
+            return raw
+        self.buf = np.concatenate([self.buf, raw])
+        stop = (self.buf_start + len(self.buf) - self.context) // self.down * self.down
+        if stop <= self.done:
+            return np.zeros(0, np.float32)
+        out = self.span(self.buf, self.buf_start, self.done, stop, final=False)
+        self.done = stop
+        keep = max(0, (stop - self.context) // self.down * self.down)
+        self.buf, self.buf_start = self.buf[keep - self.buf_start:], keep
+        return out
+
+    def flush(self) -> np.ndarray:
+        """The output still held back at the end of the stream."""
+        end = self.buf_start + len(self.buf)
+        if self.rate == SAMPLE_RATE or self.done >= end:
+            return np.zeros(0, np.float32)
+        out = self.span(self.buf, self.buf_start, self.done, end, final=True)
+        self.done = end
+        return out
+
+    def span(self, buf: np.ndarray, buf_start: int, a: int, b: int, final: bool) -> np.ndarray:
+        """Output for input samples ``[a, b)`` (``a`` a multiple of ``down``) from ``buf``, which starts at
+        input index ``buf_start`` and holds ``context`` samples around the span (``final``: ``buf`` ends
+        where the stream ends)."""
+        ext_start = max(buf_start, (a - self.context) // self.down * self.down)
+        ext_stop = buf_start + len(buf) if final else min(buf_start + len(buf), b + self.context)
+        out = resample(np.ascontiguousarray(buf[ext_start - buf_start: ext_stop - buf_start]), self.rate)
+        first = (a - ext_start) * self.up // self.down
+        return out[first: first + self.output_length(b) - a * self.up // self.down]
+
+
 class Source:
     """A recording read as 16 kHz mono float32 blocks, whatever its rate, channels and length.
 
@@ -247,11 +303,8 @@ class Source:
             raise _audio._fail(f"{{what}} lasts {_minutes(self.duration_s)}; the timeline's limit is {limit}.",
                                self.label, "Trim it, or split it into parts of at most " + limit + ".",
                                "Record a shorter stretch.")
-        ratio = resample_ratio(self.rate, SAMPLE_RATE)
-        self.up, self.down = ratio.numerator, ratio.denominator
-        width = math.ceil(LOWPASS_WIDTH * self.down / (ROLLOFF * min(self.up, self.down)))
-        self.context = -(-(width + self.down) // self.down) * self.down  # input samples, phase-aligned
-        self.samples_16k = -(-self.frames * self.up // self.down)
+        self.resampler = StreamResampler(self.rate)  # its phase arithmetic (each pass makes its own)
+        self.samples_16k = self.resampler.output_length(self.frames)
 
     def _raw_blocks(self, size: int) -> Iterator[np.ndarray]:
         if self.array is not None:
@@ -274,11 +327,8 @@ class Source:
 
         Raises :class:`AudioError` for NaN or infinite samples, and for digital silence (at the end).
         """
-        size = max(self.down, int(self.block_s * self.rate) // self.down * self.down)
-        same = self.rate == SAMPLE_RATE
-        buf = np.zeros(0, np.float32)
-        buf_start = 0  # source index of buf[0]
-        done = 0  # source samples already turned into output
+        rs = StreamResampler(self.rate)
+        size = max(rs.down, int(self.block_s * self.rate) // rs.down * rs.down)
         peak = 0.0
         for raw in self._raw_blocks(size):
             if not np.isfinite(raw).all():
@@ -286,36 +336,16 @@ class Source:
                 raise _audio._fail(f"{{what}} contains {bad} NaN or infinite samples: it is corrupt.", self.label,
                                    "Export it again from its source.", "Record again.")
             peak = max(peak, float(np.abs(raw).max()) if len(raw) else 0.0)
-            if same:
-                yield raw
-                continue
-            buf = np.concatenate([buf, raw])
-            end = buf_start + len(buf)
-            # emit [done, stop) where stop leaves `context` samples of look-ahead, in whole phases
-            stop = (end - self.context) // self.down * self.down
-            if stop > done:
-                out = self._resample_span(buf, buf_start, done, stop, final=False)
+            out = rs.push(raw)
+            if len(out):
                 yield out
-                done = stop
-                keep_from = max(0, (done - self.context) // self.down * self.down)
-                buf, buf_start = buf[keep_from - buf_start:], keep_from
-        end = buf_start + len(buf)  # what was decoded (a compressed file's header may be a little off)
-        if not same and done < end:
-            out = self._resample_span(buf, buf_start, done, end, final=True)
+        out = rs.flush()  # ends where the decoder ended (a compressed file's header may be a little off)
+        if len(out):
             yield out
         if peak <= SILENCE_PEAK:
             raise _audio._fail(f"{{what}} is digital silence (peak {peak:.1e}).", self.label,
                                "It holds no sound at all: upload a recording of someone speaking.",
                                "Check that the microphone is on and unmuted, then record again.")
-
-    def _resample_span(self, buf: np.ndarray, buf_start: int, a: int, b: int, final: bool) -> np.ndarray:
-        """Output samples for source samples ``[a, b)`` (``a`` a multiple of ``down``) from ``buf``."""
-        ext_start = max(buf_start, (a - self.context) // self.down * self.down)
-        ext_stop = buf_start + len(buf) if final else min(buf_start + len(buf), b + self.context)
-        out = resample(np.ascontiguousarray(buf[ext_start - buf_start: ext_stop - buf_start]), self.rate)
-        first = (a - ext_start) * self.up // self.down
-        count = (-(-b * self.up // self.down)) - a * self.up // self.down
-        return out[first: first + count]
 
     def span(self, start_s: float, end_s: float) -> np.ndarray:
         """16 kHz samples of ``[start_s, end_s)``, read with seeking (only that part is decoded)."""
@@ -323,18 +353,18 @@ class Source:
         b = min(self.samples_16k, int(round(end_s * SAMPLE_RATE)))
         if self.array is not None and self.rate == SAMPLE_RATE:
             return self.array[a:b].copy()
-        sa = a * self.down // self.up // self.down * self.down  # phase-aligned source start
-        sb = min(self.frames, -(-b * self.down // self.up) + 1)
-        lo = max(0, sa - self.context)
-        hi = min(self.frames, sb + self.context)
+        rs = self.resampler
+        sa = a // rs.up * rs.down  # the phase-aligned input sample at or before output sample a
+        sb = min(self.frames, -(-b * rs.down // rs.up) + 1)
+        lo, hi = max(0, sa - rs.context), min(self.frames, sb + rs.context)
         if self.array is not None:
             raw = self.array[lo:hi]
         else:
             with sf.SoundFile(str(self.path)) as f:
                 f.seek(lo)
                 raw = downmix(f.read(hi - lo, dtype="float32", always_2d=True))
-        out = self._resample_span(raw, lo, sa, sb, final=hi == self.frames)
-        first = a - sa * self.up // self.down
+        out = rs.span(raw, lo, sa, sb, final=hi == self.frames)
+        first = a - sa * rs.up // rs.down
         return np.ascontiguousarray(out[first: first + (b - a)])
 
 
@@ -540,8 +570,9 @@ class LiveTimeline:
     ``window_s`` are classified (one :meth:`Predictor.predict_batch` call) and join the timeline.
 
     ``feed(rate, chunk)`` takes what Gradio's streaming audio delivers (int16 or float, any rate,
-    mono or multichannel) and returns the new :class:`Window` or None. The recording stays in memory
-    (at 16 kHz, float32: 3.8 MB a minute) up to ``max_duration_s``, so it can be saved when stopped.
+    mono or multichannel) and returns the new :class:`Window` or None; chunks are resampled as one
+    stream (:class:`StreamResampler`), so their joins leave no clicks. The recording stays in memory
+    (at 16 kHz, float32: 3.8 MB a minute) up to ``max_duration_s``; :meth:`finish` returns it whole.
     """
 
     def __init__(self, predictor: Predictor, window_s: float = LIVE_WINDOW_S, every_s: float = 1.0,
@@ -552,12 +583,29 @@ class LiveTimeline:
         self.parts: list[np.ndarray] = []
         self.samples = 0
         self.windows: list[Window] = []
-        self.last_at = 0
+        self.heard_s = 0.0  # seconds of input so far (the cadence), and when the last window was taken
+        self.last_at_s = 0.0
+        self.resampler: StreamResampler | None = None
         self.truncated = False
 
     @property
     def duration_s(self) -> float:
         return self.samples / SAMPLE_RATE
+
+    def finish(self) -> np.ndarray:
+        """The whole recording at 16 kHz, with what the resampler still held back (the stream ended)."""
+        if self.resampler is not None:
+            self._append(self.resampler.flush())
+        return self.recording()
+
+    def _append(self, wave: np.ndarray) -> None:
+        room = int(self.max_duration_s * SAMPLE_RATE) - self.samples
+        if len(wave) > room:
+            self.truncated = True
+            wave = wave[:max(0, room)]
+        if len(wave):
+            self.parts.append(wave.astype(np.float32, copy=False))
+            self.samples += len(wave)
 
     def recording(self) -> np.ndarray:
         if len(self.parts) > 1:
@@ -580,18 +628,19 @@ class LiveTimeline:
             return None
         rate = int(rate)
         _audio._check_rate_channels(rate, 1 if chunk.ndim == 1 else min(chunk.shape), "the recording")
-        wave = resample(downmix(to_float(chunk)), rate)
-        wave = np.nan_to_num(wave, nan=0.0, posinf=0.0, neginf=0.0)
-        room = int(self.max_duration_s * SAMPLE_RATE) - self.samples
-        if room <= 0:
-            self.truncated = True
+        if self.resampler is None:
+            self.resampler = StreamResampler(rate)
+        elif rate != self.resampler.rate:
+            raise AudioError(f"The microphone switched from {self.resampler.rate} Hz to {rate} Hz mid-recording: "
+                             "stop and record again.")
+        if self.truncated:
             return None
-        wave = wave[:room]
-        self.parts.append(wave.astype(np.float32, copy=False))
-        self.samples += len(wave)
-        if self.samples - self.last_at < self.every_s * SAMPLE_RATE or self.samples < MIN_DURATION_S * SAMPLE_RATE:
+        raw = np.nan_to_num(downmix(to_float(chunk)), nan=0.0, posinf=0.0, neginf=0.0)
+        self.heard_s += len(raw) / rate
+        self._append(self.resampler.push(raw))
+        if self.heard_s - self.last_at_s < self.every_s - 1e-6 or self.samples < MIN_DURATION_S * SAMPLE_RATE:
             return None
-        self.last_at = self.samples
+        self.last_at_s = self.heard_s
         start = max(0, self.samples - int(self.window_s * SAMPLE_RATE))
         piece = self._tail(self.samples - start)
         if float(np.abs(piece).max()) <= SILENCE_PEAK:

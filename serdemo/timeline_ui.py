@@ -278,7 +278,7 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
             raise fail("Nothing was recorded: allow the microphone and speak, then stop.", MICROPHONE)
         folder = Path(tempfile.mkdtemp(prefix="serdemo-live-"))
         path = folder / f"recording-{time.strftime('%Y%m%d-%H%M%S')}.wav"
-        sf.write(path, live.recording(), SAMPLE_RATE, subtype="PCM_16")
+        sf.write(path, live.finish(), SAMPLE_RATE, subtype="PCM_16")
         figure, rows, info, csv_path, json_path, labels_path, loaded, picked = run(
             str(path), model_name, MICROPHONE, progress)
         return (str(path), figure, rows, info, csv_path, json_path, labels_path, loaded, picked,

@@ -266,8 +266,8 @@ def test_cli_writes_exports_and_reports_bad_files_without_traceback(recording, t
 
 
 def test_live_stream_grows_a_timeline(recording, predictor):
-    """Microphone chunks (48 kHz int16, 0.5 s each, as Gradio streams them): a prediction about every
-    second, on the latest 3 s; the recording is kept whole."""
+    """Microphone chunks (48 kHz int16, 0.5 s each, as Gradio streams them): a prediction every second,
+    on the latest 3 s; the recording is kept whole, resampled as one stream (no clicks at the joins)."""
     wave = recording[0][: 12 * SR]
     at48 = (np.clip(resample(wave, SR, 48000), -1, 1) * 32767).astype(np.int16)
     live = T.LiveTimeline(predictor)
@@ -283,6 +283,9 @@ def test_live_stream_grows_a_timeline(recording, predictor):
     assert any(live.has_speech(w) for w in wins) and not live.has_speech(wins[0])  # the first second is a pause
     last = predictor.predict(live.recording()[-3 * SR:], alpha=None, require_speech=False)
     assert wins[-1].label() == last.label()
+    whole = resample(at48.astype(np.float32) / 32768, 48000)
+    rec = live.finish()
+    assert len(rec) == len(whole) and np.abs(rec - whole).max() < 1e-5
 
 
 OLD_SCHEMA = """
