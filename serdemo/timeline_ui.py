@@ -240,8 +240,14 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
                 f"(the model said {event.predicted}); from `{tl.name}` at {picked.offset_s:.2f} s.")
 
     # ---------------------------------------------------------------- live microphone
-    def live_start():
-        return None, None, "Listening… the first prediction comes after a second of sound.", gr.update(visible=True)
+    def live_start(model_name):
+        """Recording started: the model is loaded now rather than on the first chunk. (The live state is
+        not touched here: a chunk may already have started it; stopping resets it.)"""
+        try:
+            bench.predictor(model_name)
+        except CheckpointError as exc:
+            raise fail(exc, MICROPHONE) from None
+        return None, "Listening… the first prediction comes after a second of sound.", gr.update(visible=True)
 
     @gpu
     def live_chunk(chunk, live: LiveTimeline | None, model_name):
@@ -275,15 +281,20 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
     def live_stop(live: LiveTimeline | None, model_name, progress=gr.Progress()):
         """Recording stopped: keep it (a wav for playback) and analyse it as a timeline for relabelling."""
         if live is None or not live.samples:
-            raise fail("Nothing was recorded: allow the microphone and speak, then stop.", MICROPHONE)
+            raise fail("Nothing reached the server yet: allow the microphone, speak for a few seconds, then stop.",
+                       MICROPHONE)
         folder = Path(tempfile.mkdtemp(prefix="serdemo-live-"))
         path = folder / f"recording-{time.strftime('%Y%m%d-%H%M%S')}.wav"
         sf.write(path, live.finish(), SAMPLE_RATE, subtype="PCM_16")
-        figure, rows, info, csv_path, json_path, labels_path, loaded, picked = run(
-            str(path), model_name, MICROPHONE, progress)
+        try:
+            figure, rows, info, csv_path, json_path, labels_path, loaded, picked = run(
+                str(path), model_name, MICROPHONE, progress)
+        except gr.Error as exc:  # e.g. no speech: the recording is still kept for playback
+            return (str(path), *(gr.skip(),) * 8,
+                    f"Stopped after {live.duration_s:.0f} s. {exc.message} The recording is in the upload box.", None)
         return (str(path), figure, rows, info, csv_path, json_path, labels_path, loaded, picked,
                 f"Stopped after {live.duration_s:.0f} s: the recording is below as a timeline; pick a segment to "
-                "relabel it.")
+                "relabel it.", None)
 
     # ---------------------------------------------------------------- layout
     with gr.Tab("Timeline", elem_id="tab-timeline"):
@@ -332,9 +343,9 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
                    api_visibility="private", show_progress_on=s_plot)
     s_save.click(save, [picked_state, loaded_state, s_label] + ([annotator] if annotator is not None else []),
                  [s_status], api_visibility="private", show_progress_on=s_status)
-    live_mic.start_recording(live_start, None, [live_state, live_probs, live_info, live_plot], queue=False, **hidden)
+    live_mic.start_recording(live_start, [t_model], [live_probs, live_info, live_plot], **hidden)
     live_mic.stream(live_chunk, [live_mic, live_state, t_model], [live_probs, live_plot, live_state, live_info],
                     stream_every=0.5, time_limit=max_timeline_s(), concurrency_limit=None, **hidden)
     live_mic.stop_recording(live_stop, [live_state, t_model],
                             [t_audio, t_plot, t_table, t_info, t_csv, t_json, t_labels, loaded_state, picked_state,
-                             live_info], api_visibility="private", show_progress_on=t_info)
+                             live_info, live_state], api_visibility="private", show_progress_on=t_info)

@@ -323,3 +323,23 @@ def test_store_links_a_segment_to_its_recording_and_opens_older_databases(tmp_pa
     assert {"source_clip", "offset_s"} <= cols
     # the timeline's source hash is the store's name for the same 16 kHz audio
     assert T.analyze((SR, wave), predictor).source_sha == clip_hash(wave)
+
+
+def test_stopping_a_live_recording_without_speech_keeps_it(tmp_path, predictor):
+    """The Timeline tab's stop handler: a recording with no speech is still written and offered for
+    playback, with the reason in the live status line (not only an error toast)."""
+    import dataclasses
+
+    from serdemo.ui import Settings, build_app
+
+    settings = dataclasses.replace(Settings.from_env(), data_dir=tmp_path / "data",
+                                   checkpoint_dirs=(ROOT / "checkpoints",))
+    app = build_app(settings)
+    stop = next(f.fn for f in app.fns.values() if f.name == "live_stop")
+    live = T.LiveTimeline(predictor)
+    beep = (tone(440, 4.0, sr=48000, amp=0.3) * 32767).astype(np.int16)
+    for i in range(0, len(beep), 24000):
+        live.feed(48000, beep[i:i + 24000])
+    out = stop(live, "default", progress=lambda *a, **k: None)
+    assert sf.info(out[0]).duration == pytest.approx(4.0, abs=0.01)
+    assert "No speech found" in out[-2] and "upload box" in out[-2] and out[-1] is None
