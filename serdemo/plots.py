@@ -16,6 +16,8 @@ from serdemo.vtlp import F_HI_HZ, warp_frequency
 
 FIGURE_HEIGHT = 680
 PALETTE = "Viridis"
+# a short toolbar (zoom, pan, reset, save as PNG) that fits beside the figure's title on a phone
+MODEBAR = dict(remove=["select2d", "lasso2d", "zoomIn2d", "zoomOut2d", "autoScale2d"], bgcolor="rgba(255,255,255,0.8)")
 MAX_COLUMNS = 2000  # time columns drawn per panel (see decimate)
 DIVERGING = "RdBu_r"  # warped - original: red where VTLP adds energy, blue where it removes it
 DB_PER_NEPER = 10.0 / math.log(10.0)  # natural-log power -> dB
@@ -113,8 +115,10 @@ def analysis_figure(frame_times_s: np.ndarray, logmel: np.ndarray, logmel_warped
             for r in range(1, rows + 1) for a, b in grey]
         fig.update_layout(shapes=shapes)
     fig.update_xaxes(title_text="time (s) · grey: no speech detected", row=rows, col=1)
-    fig.update_layout(height=FIGURE_HEIGHT, margin=dict(l=60, r=10, t=64, b=50), showlegend=False,
-                      title=dict(text=title, x=0.01, xanchor="left", y=0.995, yanchor="top", font=dict(size=16)))
+    # the title sits under the toolbar's row (which shows on hover at the top right), so neither covers the other
+    fig.update_layout(height=FIGURE_HEIGHT, margin=dict(l=60, r=10, t=88, b=50), showlegend=False, modebar=MODEBAR,
+                      title=dict(text=title, x=0.01, xanchor="left", y=1 - 36 / FIGURE_HEIGHT, yanchor="top",
+                                 font=dict(size=16)))
     return fig
 
 
@@ -143,11 +147,12 @@ def confusion_figure(confusion: list[list[int]], classes: list[str], title: str 
     fig = go.Figure(go.Heatmap(z=rates, x=classes, y=classes, colorscale="Blues", zmin=0, zmax=1,
                                text=cm.astype(int), texttemplate="%{text}",
                                colorbar=dict(title=dict(text="share of row", side="right"), thickness=10),
-                               hovertemplate="true %{y}, predicted %{x}: %{text} clips, %{z:.0%} of the row"
+                               hovertemplate="true %{y}, predicted %{x}: %{text} clip(s), %{z:.0%} of the row"
                                              "<extra></extra>"))
-    fig.update_layout(height=480, margin=dict(l=80, r=10, t=90, b=60),
-                      title=dict(text=f"{title}<br><sup>colour: share of the true class's clips (row-normalised)"
-                                      "<br>numbers: clip counts · rows: true class</sup>", x=0.01),
+    fig.update_layout(height=520, margin=dict(l=80, r=10, t=128, b=60), modebar=MODEBAR,
+                      title=dict(text=f"{title}<br><sup>colour: row-normalised share of the true class"
+                                      "<br>numbers: clip counts · rows: true class</sup>", x=0.01, xanchor="left",
+                                 y=1 - 54 / 520, yanchor="top", font=dict(size=15)),
                       xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed")
     return fig
 

@@ -469,7 +469,7 @@ class Workbench:
         try:
             m = card.get("metrics", {})
             fig = confusion_figure(m["test"]["overall"]["confusion"], m["test"]["overall"]["classes"],
-                                   f"{name}: its test speakers")
+                                   f"{name}: confusion, test speakers")
         except (AttributeError, KeyError, TypeError, ValueError):
             fig = None  # no (readable) held-out confusion in this card
         return ModelView(card_summary_markdown(name, card), metrics_markdown(card), fig)
@@ -746,12 +746,11 @@ def annotator_field(remembered: str | None, request: gr.Request | None):
 CSS = """
 #clip-id input, #q-clip input { font-family: monospace; text-overflow: ellipsis; }
 #queue table td, #agreement-clips table td { white-space: nowrap; }
-#model-metrics table { display: block; overflow-x: auto; white-space: nowrap; }
+#model-metrics table { display: block; width: max-content; max-width: 100%; overflow-x: auto; white-space: nowrap; }
 #model-metrics td:first-child { white-space: normal; min-width: 10em; }
 .comparison th, .comparison td { padding: 4px 10px; text-align: right; }
 .comparison th:first-child, .comparison td:first-child { text-align: left; }
 .comparison thead th { border-bottom: 2px solid var(--border-color-primary); }
-#analysis-figure .modebar-container, #model-confusion .modebar-container { top: auto !important; bottom: 0; }
 """
 
 
@@ -957,7 +956,8 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                 with gr.Column(scale=1, min_width=340):
                     m_summary = gr.Markdown(elem_id="model-summary")
                 with gr.Column(scale=1, min_width=340):
-                    m_conf = gr.Plot(label="Confusion matrix (test speakers)", elem_id="model-confusion")
+                    m_conf = gr.Plot(label="Confusion matrix (test speakers)", show_label=False,
+                                     elem_id="model-confusion")
             gr.Markdown("#### Held-out evaluations, per corpus")
             m_metrics = gr.Markdown(elem_id="model-metrics")
             with gr.Accordion("Raw card (JSON)", open=False):

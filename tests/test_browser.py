@@ -254,6 +254,18 @@ def boxes_overlap(a, b) -> bool:
                 a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
 
 
+def toolbar_clear_of_titles(page, figure: str) -> None:
+    """Hover a plot so its toolbar shows; the toolbar must cover none of the figure's titles."""
+    page.locator(f"{figure} .js-plotly-plot").first.hover()
+    page.wait_for_timeout(500)
+    bar = page.locator(f"{figure} .modebar").first
+    assert bar.is_visible()
+    titles = page.locator(f"{figure} .annotation-text, {figure} .gtitle").all()
+    assert titles
+    for title in titles:
+        assert not boxes_overlap(bar.bounding_box(), title.bounding_box()), title.text_content()
+
+
 def test_figure_has_db_hz_hover_and_the_slider_redraws_on_keys_and_typed_values(server, browser_factory):  # noqa: F811
     """Points 1-3: colour bars in dB, a frequency axis in Hz, hover with time, frequency and level; the
     difference view; arrow keys and a typed alpha redraw the figure, which keeps the prediction title."""
@@ -425,12 +437,7 @@ def test_every_tab_lays_out_and_is_photographed(server, browser_factory, viewpor
     assert fits, "the model picker's text is cut off"
     clip_box = page.locator("#clip-id input, #clip-id textarea").first.bounding_box()
     assert clip_box["height"] < 60, clip_box  # one line, not an id wrapped over four
-    page.locator("#analysis-figure .js-plotly-plot").first.hover()
-    page.wait_for_timeout(300)
-    bar = page.locator("#analysis-figure .modebar").first
-    if bar.count() and bar.is_visible():
-        for title in page.locator("#analysis-figure .annotation-text, #analysis-figure .gtitle").all():
-            assert not boxes_overlap(bar.bounding_box(), title.bounding_box()), title.text_content()
+    toolbar_clear_of_titles(page, "#analysis-figure")
     if kind == "desktop":  # the two columns above the figure end close together: no large empty gap
         cols = page.evaluate("""() => [...document.querySelector('#analyse').closest('.row, [class*=row]')
             .children].map(c => c.getBoundingClientRect().bottom)""")
@@ -447,6 +454,9 @@ def test_every_tab_lays_out_and_is_photographed(server, browser_factory, viewpor
                                    timeout=30_000)
         if slug == "models":
             page.wait_for_selector("#model-confusion .js-plotly-plot", timeout=30_000)
+            toolbar_clear_of_titles(page, "#model-confusion")
+        page.mouse.move(0, 0)  # no tooltip left over in the screenshot
+        page.wait_for_timeout(300)
         overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 1, (tab, kind, overflow)  # nothing wider than the screen
         path = ARTIFACTS / f"{slug}-{kind}.png"
