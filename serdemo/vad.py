@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from importlib import resources
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,9 +58,15 @@ class SileroNet(nn.Module):
         """Weights from the installed ``silero-vad`` wheel (safetensors; raises ImportError if absent)."""
         from safetensors.torch import load_file
 
-        path = resources.files("silero_vad.data").joinpath("silero_vad_16k.safetensors")
-        with resources.as_file(path) as p:
-            sd = load_file(str(p))
+        # locate the file without importing the package: its __init__ calls torch.set_num_threads(1)
+        # for the whole process, which would halve the app's and the trainer's speed on two cores
+        spec = importlib.util.find_spec("silero_vad")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("the silero-vad package is not installed")
+        path = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad_16k.safetensors"
+        if not path.is_file():
+            raise ImportError(f"the silero-vad package has no {path.name}")
+        sd = load_file(str(path))
         renamed = {}
         for k, v in sd.items():
             if k.startswith("lstm_cell."):  # an LSTM cell's weights are a one-layer LSTM's

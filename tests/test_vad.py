@@ -129,3 +129,16 @@ def test_crop_to_speech_keeps_the_span_and_maps_back():
 def test_feature_config_rows():
     assert FeatureConfig().input_rows == 64
     assert FeatureConfig(prosody=True, ge2e=True).input_rows == 64 + 3 + 256
+
+
+def test_loading_the_speech_detector_keeps_torch_threads():
+    """Importing the silero_vad package sets torch to one thread for the whole process; the detector
+    reads the packaged weights without importing it, so the app and the trainer keep every core."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(2); from serdemo.vad import SileroNet; "
+            "SileroNet().load_packaged(); print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert out.stdout.strip() == "2"
