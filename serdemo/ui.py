@@ -802,10 +802,16 @@ class Endpoints:
         return q.rows, q.clip_ids
 
     def pick(self, evt: gr.SelectData, ids):
-        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        if not isinstance(row, int) or not 0 <= row < len(ids or []):
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        clip = ids[row]
+        """A queue row clicked: its clip (found by the row's short id, so a table sorted on the page still
+        picks the right clip), its playback, history, and a fresh label choice."""
+        ids = ids or []
+        short = str((getattr(evt, "row_value", None) or [""])[0])
+        clip = next((c for c in ids if short and c.startswith(short)), None)
+        if clip is None:
+            row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+            if not isinstance(row, int) or not 0 <= row < len(ids):
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            clip = ids[row]
         try:
             path = str(self.bench.store.clip_path(clip))
         except StoreError as exc:

@@ -603,3 +603,22 @@ def test_the_login_name_wins_over_the_typed_name():
     fixed = annotator_field("remembered", SimpleNamespace(username="alice"))
     assert fixed["value"] == "alice" and fixed["interactive"] is False
     assert annotator_field("remembered", SimpleNamespace(username=None, session={}))["value"] == "remembered"
+
+
+def test_a_queue_row_picks_its_own_clip_when_the_table_is_sorted(tmp_path):
+    """Sorting the queue on the page changes the row order but not the ids held for it: a click picks the
+    clip whose short id the row shows."""
+    from types import SimpleNamespace
+
+    from serdemo.store import as_stored
+    from serdemo.ui import Endpoints, Settings, Workbench
+    from tests.conftest import harmonics
+
+    bench = Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data"))
+    ids = [bench.store.add_clip(as_stored(harmonics(100 + 50 * i, 0.4)), predicted="sad", confidence=0.1 * i)
+           for i in range(1, 4)]
+    q = bench.queue(10, "all")
+    sorted_rows = sorted(q.rows, key=lambda r: r[0])  # what the page shows after sorting by clip id
+    clicked = SimpleNamespace(index=[0, 0], row_value=sorted_rows[0])
+    clip, path, history, _ = Endpoints(bench).pick(clicked, q.clip_ids)
+    assert clip.startswith(sorted_rows[0][0]) and clip in ids and path.endswith(f"{clip}.wav") and history == []
