@@ -605,3 +605,10 @@ def test_ensemble_of_seeds_averages_its_members_and_refuses_strangers(tmp_path, 
     fit.main(args(other, tmp_path / "cache", *common, "--model-seed", "3", "--fold", "1"))
     with pytest.raises(SystemExit, match="speakers differ|recipes differ|different files"):
         ensemble.merge([members[0], other], tmp_path / "bad")
+
+
+def test_an_ensemble_is_merged_not_trained_as_one_model():
+    from training.config import ConfigError, FitConfig
+
+    with pytest.raises(ConfigError, match="python -m training.ensemble"):
+        FitConfig(model="ensemble")
