@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+import copy
 import importlib.util
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +177,8 @@ class SpeechDetector:
         if self.sample_rate != SAMPLE_RATE:
             raise ValueError("the speech detector works on 16 kHz audio")
         self.net = None
+        self._on_device: dict[str, SileroNet] = {}  # one copy per device, never moved once in use
+        self._lock = threading.Lock()
         if self.backend in ("auto", "silero"):
             try:
                 self.net = SileroNet().load_packaged()
@@ -191,8 +195,21 @@ class SpeechDetector:
         waves = waves.float()
         if self.net is None:
             return energy_chunk_scores(waves)
-        self.net.to(waves.device)
-        return self.net(waves)
+        return self._net_on(waves.device)(waves)
+
+    def _net_on(self, device: torch.device) -> "SileroNet":
+        """The network on ``device``. The app's worker threads share one detector: moving a module
+        re-initialises its LSTM's flat weights, which races with a forward pass in another thread, so
+        each device gets its own copy, made once under a lock."""
+        key = str(device)
+        net = self._on_device.get(key)
+        if net is None:
+            with self._lock:
+                net = self._on_device.get(key)
+                if net is None:
+                    net = self.net if device.type == "cpu" else copy.deepcopy(self.net).to(device)
+                    self._on_device[key] = net
+        return net
 
     def frame_masks(self, waves: list[np.ndarray], num_frames: list[int]) -> list[np.ndarray]:
         """Speech masks for several clips (batched through the network)."""
@@ -219,9 +236,14 @@ class SpeechDetector:
 _DEFAULT: SpeechDetector | None = None
 
 
+_DEFAULT_LOCK = threading.Lock()
+
+
 def default_detector() -> SpeechDetector:
     """A process-wide detector (the weights are loaded once)."""
     global _DEFAULT
     if _DEFAULT is None:
-        _DEFAULT = SpeechDetector()
+        with _DEFAULT_LOCK:
+            if _DEFAULT is None:
+                _DEFAULT = SpeechDetector()
     return _DEFAULT

@@ -142,3 +142,33 @@ def test_loading_the_speech_detector_keeps_torch_threads():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     assert out.stdout.strip() == "2"
+
+
+def test_one_detector_serves_concurrent_threads():
+    """The app shares one detector between its worker threads; concurrent calls must not race on the
+    LSTM's weights (moving the network to a device on every call re-initialised them mid-forward)."""
+    import threading
+
+    from serdemo.vad import SpeechDetector
+
+    det = SpeechDetector()
+    if det.net is None:
+        pytest.skip("silero-vad is not installed")
+    rng = np.random.default_rng(0)
+    waves = [harmonics(130 + 10 * i, 1.0 + 0.1 * i) + 0.01 * rng.standard_normal(16000 + 1600 * i).astype(np.float32)
+             for i in range(4)]
+    errors = []
+
+    def work():
+        try:
+            for _ in range(40):
+                det.frame_masks(waves, [1 + len(w) // 160 for w in waves])
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
