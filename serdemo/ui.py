@@ -683,7 +683,11 @@ def card_summary_markdown(name: str, card: dict) -> str:
                                ("SpecAugment", cfg.get("specaug")), ("mixup", cfg.get("mixup"))) if on]
         aug += list(cfg.get("augment") or [])
         feats = cfg.get("features") or {}
-        lines.append(f"**Recipe**: {cfg.get('epochs', '?')} epochs (best: {card.get('metrics', {}).get('best_epoch', '?')}), "
+        members = t.get("ensemble") if isinstance(t.get("ensemble"), list) else None
+        best = (f"an ensemble of {len(members)} seeds, best epochs "
+                + ", ".join(str(m.get("best_epoch", "?")) for m in members if isinstance(m, dict))) if members \
+            else f"best: {card.get('metrics', {}).get('best_epoch', '?')}"
+        lines.append(f"**Recipe**: {cfg.get('epochs', '?')} epochs ({best}), "
                      f"batch {cfg.get('batch_size', '?')}, lr {cfg.get('lr', '?')}, {cfg.get('norm', '?')} normalisation, "
                      f"split {cfg.get('split', '?')} fold {cfg.get('fold', '?')} of {cfg.get('n_folds', '?')}, "
                      f"seed {cfg.get('seed', '?')}; augmentation: {', '.join(aug) or 'none'}"

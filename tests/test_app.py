@@ -622,3 +622,12 @@ def test_a_queue_row_picks_its_own_clip_when_the_table_is_sorted(tmp_path):
     clicked = SimpleNamespace(index=[0, 0], row_value=sorted_rows[0])
     clip, path, history, _ = Endpoints(bench).pick(clicked, q.clip_ids)
     assert clip.startswith(sorted_rows[0][0]) and clip in ids and path.endswith(f"{clip}.wav") and history == []
+
+
+def test_the_summary_of_an_ensemble_names_its_members():
+    """The shipped default is a seed ensemble: its card summary says so instead of 'best: ?'."""
+    from serdemo.checkpoint import read_card
+    from serdemo.ui import card_summary_markdown
+
+    text = card_summary_markdown("default", read_card(ROOT / "checkpoints" / "default"))
+    assert "an ensemble of 3 seeds, best epochs" in text and "best: ?" not in text
