@@ -612,3 +612,17 @@ def test_an_ensemble_is_merged_not_trained_as_one_model():
 
     with pytest.raises(ConfigError, match="python -m training.ensemble"):
         FitConfig(model="ensemble")
+
+
+def test_ensemble_members_compare_recipes_with_defaults_filled_in():
+    """A member trained before a setting existed (its card lacks the key) matches one trained with the
+    setting at its default; a real difference in the recipe is named."""
+    from training.config import FitConfig
+    from training.ensemble import _mismatch
+
+    new = FitConfig(model="localatt", model_seed=1).to_dict()
+    old = {k: v for k, v in new.items() if k not in ("model_seed", "corpus_classes")}
+    card = lambda cfg: {"features": {}, "heads": {}, "label_set": {}, "model": {"architecture": "localatt"},
+                        "training": {"config": cfg, "file_list_sha256": "x", "speakers": {}}}
+    assert _mismatch(card(old), card(new)) is None
+    assert "corpus_classes" in _mismatch(card(old), card({**new, "corpus_classes": True}))

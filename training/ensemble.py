@@ -26,6 +26,16 @@ log = logging.getLogger("training.ensemble")
 SAME = ("features", "heads", "label_set")
 
 
+def _recipe(config: dict) -> dict:
+    """A card's training config with every setting filled in (older cards lack newer settings, which
+    then had their defaults), less what may differ between members."""
+    from training.config import FitConfig
+
+    known = {f.name for f in dataclasses.fields(FitConfig)}
+    full = FitConfig(**{k: v for k, v in config.items() if k in known}).to_dict()
+    return {k: v for k, v in full.items() if k not in ("model_seed", "out", "name")}
+
+
 def _mismatch(a: dict, b: dict) -> str | None:
     for key in SAME:
         if a.get(key) != b.get(key):
@@ -37,8 +47,7 @@ def _mismatch(a: dict, b: dict) -> str | None:
         return "they were trained on different files"
     if ta.get("speakers") != tb.get("speakers"):
         return "their train/dev/test speakers differ"
-    ca = {k: v for k, v in ta.get("config", {}).items() if k not in ("model_seed", "out", "name")}
-    cb = {k: v for k, v in tb.get("config", {}).items() if k not in ("model_seed", "out", "name")}
+    ca, cb = (_recipe(t.get("config", {})) for t in (ta, tb))
     if ca != cb:
         diff = sorted(k for k in set(ca) | set(cb) if ca.get(k) != cb.get(k))
         return f"their recipes differ in {', '.join(diff)}"
