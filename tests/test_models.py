@@ -118,3 +118,22 @@ def test_ge2e_bfloat16_inference_matches_float32_on_real_speech(monkeypatch):
         assert a.label() == b.label()
         for c, p in a.probabilities["emotion"].items():
             assert abs(p - b.probabilities["emotion"][c]) < 0.05
+
+
+def test_ge2e_runs_long_spans_in_float32_even_with_the_bfloat16_path_on():
+    """bf16 error accumulates in the LSTM state over long spans, so spans over BF16_MAX_FRAMES run in
+    float32: identical to the float32 encoder; a short span takes the bf16 path (close, not identical)."""
+    from serdemo.models.ge2e import BF16_MAX_FRAMES, GE2EEncoder
+
+    torch.manual_seed(0)
+    enc = GE2EEncoder()
+    fast = GE2EEncoder()
+    fast.load_state_dict(enc.state_dict())
+    fast.use_bfloat16()
+    long_wave = torch.as_tensor(harmonics(150, (BF16_MAX_FRAMES + 200) / 100))[None]
+    short_wave = long_wave[:, :32000]
+    for wave, exact in ((long_wave, True), (short_wave, False)):
+        n = torch.tensor([wave.shape[1]])
+        a, b = enc(wave, n), fast(wave, n)
+        assert torch.equal(a, b) == exact
+        assert torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.99

@@ -605,6 +605,8 @@ def test_ensemble_of_seeds_averages_its_members_and_refuses_strangers(tmp_path, 
     fit.main(args(other, tmp_path / "cache", *common, "--model-seed", "3", "--fold", "1"))
     with pytest.raises(SystemExit, match="speakers differ|recipes differ|different files"):
         ensemble.merge([members[0], other], tmp_path / "bad")
+    with pytest.raises(SystemExit, match="listed twice"):
+        ensemble.merge([members[0], members[0]], tmp_path / "bad")
 
 
 def test_an_ensemble_is_merged_not_trained_as_one_model():
@@ -626,3 +628,14 @@ def test_ensemble_members_compare_recipes_with_defaults_filled_in():
                         "training": {"config": cfg, "file_list_sha256": "x", "speakers": {}}}
     assert _mismatch(card(old), card(new)) is None
     assert "corpus_classes" in _mismatch(card(old), card({**new, "corpus_classes": True}))
+
+
+def test_fusion_row_survives_a_fold_without_dev_speakers(tmp_path):
+    from training.evaluate import fusion_row
+
+    y = np.array([0, 1, 2])
+    eye = np.eye(3, dtype=np.float32) * 0.8 + 0.0667
+    np.savez(tmp_path / "f.npz", dev_y=np.array([], dtype=int), dev_model=np.zeros((0, 3)), dev_ref=np.zeros((0, 3)),
+             test_y=y, test_model=eye, test_ref=eye, test_corpus=np.array(["emodb"] * 3))
+    row = fusion_row([tmp_path / "f.npz"], ["a", "b", "c"])
+    assert row["folds"][0]["dev_ua"] == 0.0 and row["pooled"]["overall"]["ua"] == 1.0

@@ -61,12 +61,19 @@ def merge(members: list[Path], out: Path, name: str | None = None) -> dict:
 
     if len(members) < 2:
         raise SystemExit("an ensemble needs at least two members")
+    resolved = [Path(m).resolve() for m in members]
+    if len(set(resolved)) < len(resolved):
+        raise SystemExit("the same checkpoint is listed twice; an ensemble needs distinct members")
     loaded = [load_checkpoint(m) for m in members]
     cards = [c for _, c in loaded]
     for path, card in zip(members[1:], cards[1:]):
         problem = _mismatch(cards[0], card)
         if problem:
             raise SystemExit(f"{path} cannot join {members[0]}: {problem}")
+    seeds = [c["training"]["config"].get("model_seed") for c in cards]
+    seeds = [c["training"]["config"].get("seed") if s is None else s for s, c in zip(seeds, cards)]
+    if len(set(seeds)) < len(seeds):
+        raise SystemExit(f"members share a model seed ({seeds}); they would be the same model")
     first = cards[0]
     member_hparams = dict(first["model"]["hparams"])
     ge2e = bool(member_hparams.pop("ge2e", False))
@@ -78,6 +85,12 @@ def merge(members: list[Path], out: Path, name: str | None = None) -> dict:
     # members already carry
     trainer = Trainer(dataclasses.replace(cfg, norm="none"))
     trainer.cfg = cfg
+    # the data on disk must still be what the members trained on, or the card would describe other data
+    if trainer.file_list_sha256 != first["training"].get("file_list_sha256"):
+        raise SystemExit("the corpora on disk differ from the members' training files; cannot rescore them")
+    for part, exs in (("train", trainer.train), ("dev", trainer.dev), ("test", trainer.test)):
+        if sorted({e.utt.speaker for e in exs}) != first["training"].get("speakers", {}).get(part):
+            raise SystemExit(f"the {part} speakers on disk differ from the members'; cannot rescore them")
     ens = Ensemble(trainer.features.input_rows, {h: len(v) for h, v in first["heads"].items()}, members=len(loaded),
                    member=arch, ge2e=ge2e, input_frame_rate_hz=trainer.features.frame_rate_hz, **member_hparams)
     for target, (model, _) in zip(ens.members, loaded):

@@ -163,7 +163,8 @@ def fusion_row(fold_files: list[Path], classes: list[str]) -> dict:
         z = np.load(f)
         best = max(FUSION_WEIGHTS, key=lambda w: (balanced_accuracy_score(
             z["dev_y"], fuse(z["dev_model"], z["dev_ref"], w).argmax(1)) if len(z["dev_y"]) else 0.0, w))
-        dev_ua = balanced_accuracy_score(z["dev_y"], fuse(z["dev_model"], z["dev_ref"], best).argmax(1))
+        dev_ua = (balanced_accuracy_score(z["dev_y"], fuse(z["dev_model"], z["dev_ref"], best).argmax(1))
+                  if len(z["dev_y"]) else 0.0)
         pred = fuse(z["test_model"], z["test_ref"], best).argmax(1)
         scores = scores_by_group(z["test_y"], pred, list(z["test_corpus"]), classes)
         folds.append({"fold": k, "weight": best, "dev_ua": round(float(dev_ua), 4),
@@ -186,7 +187,7 @@ def reuse_problem(card: dict, trainer) -> str | None:
         return "it has no test result"
     training, cfg = card.get("training", {}), trainer.cfg
     old = training.get("config", {})
-    for key in ("split", "n_folds", "fold", "seed", "model_seed", "label_set"):
+    for key in ("split", "n_folds", "fold", "seed", "model_seed", "label_set", "corpus_classes"):
         if old.get(key) != getattr(cfg, key):
             return f"its {key} is {old.get(key)!r}, this run's is {getattr(cfg, key)!r}"
     if training.get("file_list_sha256") != trainer.file_list_sha256:
