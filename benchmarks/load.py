@@ -261,7 +261,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=300)
     ap.add_argument("--model", default="default")
-    ap.add_argument("--clips", default=str(ROOT.parent / "shared" / "data" / "emodb" / "wav"))
+    shared = Path(os.environ.get("SERDEMO_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    ap.add_argument("--clips", default=str(shared / "emodb" / "wav"), help="real speech clips (wav) to upload")
     ap.add_argument("--max-duration", type=float, default=60.0, help="the server's SERDEMO_MAX_DURATION_S")
     args = ap.parse_args()
     clips = sorted(Path(args.clips).glob("*.wav"))[:60]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import resource
 import statistics
 import time
@@ -75,7 +76,8 @@ def main(argv=None) -> None:
     p.add_argument("--duration", type=float, default=4.0, help="clip length in seconds")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--checkpoints", default="checkpoints", help="also time the shipped checkpoints here")
-    p.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+    p.add_argument("--shared", default=os.environ.get("SERDEMO_SHARED_DATA",
+                                                       str(Path(__file__).resolve().parents[2] / "shared" / "data")),
                    help="corpora folder the speech clip is taken from")
     args = p.parse_args(argv)
     clip, what = speech_clip(args.duration, Path(args.shared))
