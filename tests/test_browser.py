@@ -214,7 +214,8 @@ def test_retrain_progress_survives_a_reload_and_the_new_model_joins_the_pickers(
 
 # ------------------------------------------------------------------ issue 10: what an annotator sees
 DESKTOP, MOBILE = {"width": 1400, "height": 1000}, {"width": 390, "height": 844}
-TABS = (("Analyse", "analyse"), ("Annotate", "annotate"), ("Agreement & export", "agreement"), ("Models", "models"))
+TABS = (("Analyse", "analyse"), ("Annotate", "annotate"), ("Agreement & export", "agreement"), ("Models", "models"),
+        ("Timeline", "timeline-tab"))
 
 
 def analysed_page(browser_factory, url, clip, viewport=DESKTOP):
