@@ -83,9 +83,14 @@ def model_inputs(model, frontend: LogMel, waves: torch.Tensor, lengths: torch.Te
     return ModelInput(cropped, crop_frames, crop_speech, offsets, logmel, frames, clip_speech)
 
 
+def ge2e_encoder(model):
+    """The frozen GE2E front end a model carries (directly, or inside a wrapper's ``model``), or None."""
+    return getattr(model, "ge2e", None) or getattr(getattr(model, "model", None), "ge2e", None)
+
+
 def _ge2e_rows(model, waves, lengths, alpha, width: int) -> torch.Tensor:
     """``(batch, 256, width)`` GE2E frame embeddings, scaled so a typical element is of order 1."""
-    encoder = getattr(model, "ge2e", None) or getattr(getattr(model, "model", None), "ge2e", None)
+    encoder = ge2e_encoder(model)
     if encoder is None:
         raise ValueError("this feature configuration needs a model with a GE2E encoder (hparam ge2e)")
     emb = encoder(waves, lengths, alpha=alpha).transpose(1, 2)[..., :width] * GE2E_SCALE
@@ -168,7 +173,7 @@ class Predictor:
     def __init__(self, model, card: dict, device=None, name: str = ""):
         self.device = torch.device(device) if device is not None else best_device()
         self.model = model.to(self.device).eval()
-        encoder = getattr(self.model, "ge2e", None) or getattr(getattr(self.model, "model", None), "ge2e", None)
+        encoder = ge2e_encoder(self.model)
         if encoder is not None and self.device.type == "cpu" and cpu_has_native_bf16():
             encoder.use_bfloat16()
         self.card = card

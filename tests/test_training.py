@@ -639,3 +639,20 @@ def test_fusion_row_survives_a_fold_without_dev_speakers(tmp_path):
              test_y=y, test_model=eye, test_ref=eye, test_corpus=np.array(["emodb"] * 3))
     row = fusion_row([tmp_path / "f.npz"], ["a", "b", "c"])
     assert row["folds"][0]["dev_ua"] == 0.0 and row["pooled"]["overall"]["ua"] == 1.0
+
+
+def test_a_fold_from_before_a_setting_existed_is_reused_with_its_default(tmp_path):
+    """Cross-validation reuses a finished fold whose card predates a setting (it trained with the
+    default); a card that really differs in that setting is still retrained."""
+    from training.evaluate import reuse_problem
+
+    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "m", tmp_path / "cache", "--model", "localatt",
+                                              "--aux-heads", "", "--hparams", SMALL)))
+    card = trainer.card({"test": {}})
+    config = card["training"]["config"]
+    assert reuse_problem(card, trainer) is None
+    for key in ("model_seed", "corpus_classes"):
+        del config[key]
+    assert reuse_problem(card, trainer) is None
+    config["corpus_classes"] = True
+    assert "corpus_classes" in reuse_problem(card, trainer)

@@ -128,6 +128,13 @@ class FitConfig:
         return cls(**data)
 
     @classmethod
+    def from_card(cls, config: dict) -> "FitConfig":
+        """The config a checkpoint card records, with every setting filled in: a card written before a
+        setting existed was trained with that setting's default."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in known})
+
+    @classmethod
     def from_yaml(cls, path) -> "FitConfig":
         return cls.from_dict(load_recipe(path), str(path))
 

@@ -31,8 +31,7 @@ def _recipe(config: dict) -> dict:
     then had their defaults), less what may differ between members."""
     from training.config import FitConfig
 
-    known = {f.name for f in dataclasses.fields(FitConfig)}
-    full = FitConfig(**{k: v for k, v in config.items() if k in known}).to_dict()
+    full = FitConfig.from_card(config).to_dict()
     return {k: v for k, v in full.items() if k not in ("model_seed", "out", "name")}
 
 
@@ -78,19 +77,17 @@ def merge(members: list[Path], out: Path, name: str | None = None) -> dict:
     member_hparams = dict(first["model"]["hparams"])
     ge2e = bool(member_hparams.pop("ge2e", False))
     arch = first["model"]["architecture"]
-    cfg_dict = dict(first["training"]["config"])
-    cfg = FitConfig(**{**cfg_dict, "out": str(out), "name": name or cfg_dict.get("name", "ensemble"),
-                       "model_seed": None})
+    cfg = dataclasses.replace(FitConfig.from_card(first["training"]["config"]), out=str(out), model_seed=None,
+                              name=name or first["training"]["config"].get("name", "ensemble"))
     # a trainer for the data and the scoring path; norm 'none' skips recomputing statistics the
     # members already carry
     trainer = Trainer(dataclasses.replace(cfg, norm="none"))
     trainer.cfg = cfg
     # the data on disk must still be what the members trained on, or the card would describe other data
-    if trainer.file_list_sha256 != first["training"].get("file_list_sha256"):
-        raise SystemExit("the corpora on disk differ from the members' training files; cannot rescore them")
-    for part, exs in (("train", trainer.train), ("dev", trainer.dev), ("test", trainer.test)):
-        if sorted({e.utt.speaker for e in exs}) != first["training"].get("speakers", {}).get(part):
-            raise SystemExit(f"the {part} speakers on disk differ from the members'; cannot rescore them")
+    problem = trainer.data_mismatch(first["training"])
+    if problem:
+        raise SystemExit(f"the corpora on disk are not what {members[0]} trained on ({problem}); "
+                         "cannot rescore the members")
     ens = Ensemble(trainer.features.input_rows, {h: len(v) for h, v in first["heads"].items()}, members=len(loaded),
                    member=arch, ge2e=ge2e, input_frame_rate_hz=trainer.features.frame_rate_hz, **member_hparams)
     for target, (model, _) in zip(ens.members, loaded):

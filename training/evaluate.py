@@ -161,10 +161,10 @@ def fusion_row(fold_files: list[Path], classes: list[str]) -> dict:
     y, p, groups, folds = [], [], [], []
     for k, f in enumerate(fold_files):
         z = np.load(f)
-        best = max(FUSION_WEIGHTS, key=lambda w: (balanced_accuracy_score(
-            z["dev_y"], fuse(z["dev_model"], z["dev_ref"], w).argmax(1)) if len(z["dev_y"]) else 0.0, w))
-        dev_ua = (balanced_accuracy_score(z["dev_y"], fuse(z["dev_model"], z["dev_ref"], best).argmax(1))
-                  if len(z["dev_y"]) else 0.0)
+        dev_uas = {w: (balanced_accuracy_score(z["dev_y"], fuse(z["dev_model"], z["dev_ref"], w).argmax(1))
+                       if len(z["dev_y"]) else 0.0) for w in FUSION_WEIGHTS}
+        best = max(FUSION_WEIGHTS, key=lambda w: (dev_uas[w], w))  # ties: more weight on the model
+        dev_ua = dev_uas[best]
         pred = fuse(z["test_model"], z["test_ref"], best).argmax(1)
         scores = scores_by_group(z["test_y"], pred, list(z["test_corpus"]), classes)
         folds.append({"fold": k, "weight": best, "dev_ua": round(float(dev_ua), 4),
@@ -183,20 +183,19 @@ def reuse_problem(card: dict, trainer) -> str | None:
     The checkpoint must have a test result, the same split settings (scheme, fold count, fold, seed),
     the same training file list (hash) and the same train/dev/test speakers.
     """
+    from training.config import ConfigError, FitConfig
+
     if "test" not in card.get("metrics", {}):
         return "it has no test result"
     training, cfg = card.get("training", {}), trainer.cfg
-    old = training.get("config", {})
+    try:
+        old = FitConfig.from_card(training.get("config", {}))
+    except (ConfigError, TypeError, ValueError) as exc:
+        return f"its config is not readable ({exc})"
     for key in ("split", "n_folds", "fold", "seed", "model_seed", "label_set", "corpus_classes"):
-        if old.get(key) != getattr(cfg, key):
-            return f"its {key} is {old.get(key)!r}, this run's is {getattr(cfg, key)!r}"
-    if training.get("file_list_sha256") != trainer.file_list_sha256:
-        return "it was trained on a different file list"
-    speakers = training.get("speakers", {})
-    for name, part in (("train", trainer.train), ("dev", trainer.dev), ("test", trainer.test)):
-        if speakers.get(name) != sorted({e.utt.speaker for e in part}):
-            return f"its {name} speakers differ"
-    return None
+        if getattr(old, key) != getattr(cfg, key):
+            return f"its {key} is {getattr(old, key)!r}, this run's is {getattr(cfg, key)!r}"
+    return trainer.data_mismatch(training)
 
 
 def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | None = None,

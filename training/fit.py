@@ -202,6 +202,17 @@ class Trainer:
         """Mixed precision for the model only (CUDA with ``amp``)."""
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
 
+    def data_mismatch(self, training: dict) -> str | None:
+        """Why a card's ``training`` block describes other data than this trainer's (None: the same
+        training file list and the same train/dev/test speakers)."""
+        if training.get("file_list_sha256") != self.file_list_sha256:
+            return "it was trained on a different file list"
+        speakers = training.get("speakers", {})
+        for name, part in (("train", self.train), ("dev", self.dev), ("test", self.test)):
+            if speakers.get(name) != sorted({e.utt.speaker for e in part}):
+                return f"its {name} speakers differ"
+        return None
+
     def class_mask(self, exs) -> torch.Tensor | None:
         """``(batch, classes)``: the classes each example's corpus has (None: no masking)."""
         if not self.cfg.corpus_classes:
