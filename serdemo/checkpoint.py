@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 import serdemo
 from serdemo.features import FeatureConfig
 from serdemo.fsutil import atomic_write
-from serdemo.models import SERModel, build_model
+from serdemo.models import ARCHITECTURES, SERModel, build_model, uses_encoder
+from serdemo.whisper import N_LAYERS, PROVENANCE
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
@@ -57,6 +58,8 @@ def make_card(model: SERModel, features: FeatureConfig, heads: dict[str, list[st
         if model.head_sizes.get(name) != len(labels):
             raise ValueError(f"head {name!r}: model has {model.head_sizes.get(name)} outputs, "
                              f"{len(labels)} labels given")
+    if uses_encoder(model) and "encoder" not in extra:
+        raise ValueError("a model on the pretrained encoder needs encoder=encoder_block(encoder) in its card")
     card = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -68,6 +71,12 @@ def make_card(model: SERModel, features: FeatureConfig, heads: dict[str, list[st
     }
     card.update(extra)
     return card
+
+
+def encoder_block(encoder) -> dict:
+    """What a card says about the pretrained encoder under its model: identity (digest of its tensors),
+    where the weights come from, and the licence. The weights themselves are never copied into a checkpoint."""
+    return {"digest": encoder.digest, **PROVENANCE}
 
 
 def save_checkpoint(directory, model: SERModel, card: dict) -> Path:
@@ -96,7 +105,8 @@ def read_card(directory) -> dict:
     """Parse and validate ``card.json`` (types, ranges, the weights entry); raises :class:`CheckpointError`."""
     directory = Path(directory)
     card = _parse_card(directory)
-    for check in (_check_format, _check_model, _check_features, _check_heads, _check_weights, _check_extras):
+    for check in (_check_format, _check_model, _check_features, _check_heads, _check_weights, _check_extras,
+                  _check_encoder):
         problem = check(card)
         if problem:
             raise CheckpointError(f"checkpoint '{directory.name}': {CARD} {problem}; "
@@ -238,6 +248,25 @@ def _check_extras(card: dict) -> str | None:
     for key, kind in (("name", str), ("license", str), ("label_set", dict), ("metrics", dict), ("training", dict)):
         if key in card and not isinstance(card[key], kind):
             return f"'{key}' must be {'a string' if kind is str else 'an object'}, not {_shown(card[key])}"
+    return None
+
+
+def _check_encoder(card: dict) -> str | None:
+    """A model on the pretrained encoder names it (digest, layers run) and uses exactly its front end."""
+    arch = ARCHITECTURES.get(card["model"]["architecture"])
+    if arch is None:
+        return f"names architecture {_shown(card['model']['architecture'])}; known: {', '.join(sorted(ARCHITECTURES))}"
+    if getattr(arch, "input_kind", "logmel") != "encoder":
+        return None
+    enc = card.get("encoder")
+    if not isinstance(enc, dict) or not isinstance(enc.get("digest"), str) or not SHA256_HEX.fullmatch(enc["digest"]):
+        return "needs an 'encoder' object with the 64-hex 'digest' of the pretrained encoder the model stands on"
+    layers = card["model"].get("hparams", {}).get("n_layers", N_LAYERS)
+    if not _is_int(layers) or not 1 <= layers <= N_LAYERS:
+        return f"'model.hparams.n_layers' must be a whole number in 1..{N_LAYERS}, not {_shown(layers)}"
+    if FeatureConfig.from_dict(card["features"]) != FeatureConfig():
+        return ("'features' differ from the encoder's front end (Whisper: 16 kHz, n_fft 400, hop 160, 80 mels); "
+                "a model on the encoder must use exactly those")
     return None
 
 

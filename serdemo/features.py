@@ -1,13 +1,16 @@
-"""The log-mel front end, as a torch module that runs on whatever device the model is on.
+"""Whisper's log-mel front end, as a torch module that runs on whatever device the model is on.
 
-Frames are centred at ``i * hop_length`` samples with zero padding of ``n_fft // 2`` on both sides,
-so a clip's frames are identical whether it is alone or zero-padded inside a batch: a clip of
-``n`` samples has ``1 + n // hop_length`` frames.
+This is the one front end of the project: the spectrogram the app shows is exactly what the pretrained
+encoder (:mod:`serdemo.whisper`) hears, and VTLP warps its power spectrum before the mel filters.
+Whisper's recipe: 16 kHz, Hann window of 400 samples, hop 160 (10 ms), ``|STFT|^2`` with reflect
+padding of 200 samples at each end of the clip (its own end: padding a clip inside a batch does not
+change its frames) and the last frame dropped, so a clip of ``n`` samples has ``n // 160`` frames;
+80 Slaney mel filters up to 8 kHz; ``log10`` clamped at 1e-10, floored 8 decades (80 dB) below the
+clip's maximum, then ``(x + 4) / 4``. One unit of that scale is 40 dB (:data:`DB_PER_UNIT`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -17,29 +20,26 @@ import torchaudio.functional as AF
 
 from serdemo.audio import SAMPLE_RATE
 
-LOG_FLOOR = 1e-10  # power floor before the log (-100 dB)
-TOP_DB = 80.0  # dynamic range kept below each clip's loudest mel bin
+LOG_FLOOR = 1e-10  # power floor before the log10 (-100 dB)
+TOP_DECADES = 8.0  # dynamic range kept below each clip's loudest mel bin (80 dB)
+DB_PER_UNIT = 40.0  # one unit of (log10(power) + 4) / 4 is 40 dB
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Front-end parameters; travels inside every checkpoint card."""
+    """Front-end parameters; travels inside every checkpoint card. The defaults are Whisper's."""
 
     sample_rate: int = SAMPLE_RATE  # Hz
     win_length: int = 400  # samples (25 ms)
     hop_length: int = 160  # samples (10 ms)
-    n_fft: int = 512
-    n_mels: int = 64
-    fmin_hz: float = 20.0
+    n_fft: int = 400
+    n_mels: int = 80
+    fmin_hz: float = 0.0
     fmax_hz: float = 8000.0
-    prosody: bool = False  # append pitch, voicing and energy rows (serdemo.prosody) to the model input
-    speech_only: bool = False  # model sees the speech span only; attention and statistics on speech frames
-    ge2e: bool = False  # append the frozen GE2E speaker encoder's 256 frame embeddings (serdemo.models.ge2e)
 
     @property
     def input_rows(self) -> int:
-        """Rows of the model input: log-mel bands, then prosody, then GE2E embeddings."""
-        return self.n_mels + (3 if self.prosody else 0) + (256 if self.ge2e else 0)
+        return self.n_mels
 
     @property
     def frame_rate_hz(self) -> float:
@@ -61,8 +61,8 @@ class FeatureConfig:
         return cls(**data)
 
     def num_frames(self, num_samples):
-        """Frames for a clip of ``num_samples`` (int, array or tensor)."""
-        return 1 + num_samples // self.hop_length
+        """Frames for a clip of ``num_samples`` (int, array or tensor): ``n // hop`` (Whisper drops the last)."""
+        return num_samples // self.hop_length
 
     def frame_times_s(self, num_frames: int) -> np.ndarray:
         """Centre time in seconds of each of ``num_frames`` frames."""
@@ -70,7 +70,7 @@ class FeatureConfig:
 
 
 class LogMel(torch.nn.Module):
-    """Waveform -> power spectrum -> (optional warp) -> mel -> log.
+    """Waveform -> power spectrum -> (optional VTLP warp) -> mel -> Whisper's log scale.
 
     ``forward(wave (batch, samples), lengths (batch,))`` returns ``(batch, n_mels, frames)`` and
     frame lengths ``(batch,)``. :meth:`power` and :meth:`mel` expose the two halves so a VTLP
@@ -91,30 +91,51 @@ class LogMel(torch.nn.Module):
         self.register_buffer("fbank", fbank, persistent=False)
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return self.config.num_frames(lengths)
+        return self.config.num_frames(lengths).clamp_min(1)
 
-    def power(self, wave: torch.Tensor) -> torch.Tensor:
-        """``(batch, samples)`` -> power spectrum ``(batch, n_bins, frames)``."""
+    def power(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, samples)`` (zero-padded, ``lengths`` real samples each) -> power ``(batch, n_bins, frames)``.
+
+        Each clip is reflect-padded by ``n_fft // 2`` at its own start and end, as ``torch.stft(center=True)``
+        does for a clip alone; ``frames = max(lengths) // hop``.
+        """
         cfg = self.config
+        b, n = wave.shape
+        if lengths is None:
+            lengths = torch.full((b,), n, dtype=torch.long, device=wave.device)
         half = cfg.n_fft // 2
-        wave = F.pad(wave, (half, half))
-        spec = torch.stft(wave, cfg.n_fft, cfg.hop_length, cfg.n_fft, self.window,
+        pos = torch.arange(-half, n + half, device=wave.device)[None, :].expand(b, -1)
+        last = (lengths - 1).clamp_min(1)[:, None]
+        idx = pos.abs()  # reflect at the start
+        idx = torch.where(idx > last, 2 * last - idx, idx)  # reflect at each clip's own end
+        inside = idx >= 0
+        idx = idx.clamp(0, n - 1)
+        padded = wave.gather(1, idx) * inside.to(wave.dtype)
+        padded = padded * (pos < lengths[:, None] + half).to(wave.dtype)
+        spec = torch.stft(padded, cfg.n_fft, cfg.hop_length, cfg.n_fft, self.window,
                           center=False, return_complex=True)
+        frames = max(1, n // cfg.hop_length)
+        spec = spec[..., :frames]
         return spec.real.square() + spec.imag.square()
 
-    def mel(self, power: torch.Tensor) -> torch.Tensor:
-        """Power ``(batch, n_bins, frames)`` -> log-mel ``(batch, n_mels, frames)``."""
+    def mel(self, power: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Power ``(batch, n_bins, T)`` -> log-mel ``(batch, n_mels, T)`` on Whisper's scale.
+
+        The 80-dB floor is set by each clip's loudest bin within its ``frames`` real frames.
+        """
         mel = torch.matmul(self.fbank.transpose(0, 1), power)
-        logmel = torch.log(mel.clamp_min(LOG_FLOOR))
-        # keep TOP_DB below the clip's peak, so digital silence and zero padding do not dominate
-        # the statistics; the peak lies in real frames, so padding does not change it
-        floor = logmel.amax(dim=(1, 2), keepdim=True) - TOP_DB * math.log(10) / 10
-        return torch.maximum(logmel, floor)
+        logmel = torch.log10(mel.clamp_min(LOG_FLOOR))
+        if frames is None:
+            peak = logmel.amax(dim=(1, 2), keepdim=True)
+        else:
+            real = torch.arange(logmel.shape[2], device=logmel.device)[None, :] < frames[:, None]
+            peak = logmel.masked_fill(~real[:, None, :], -torch.inf).amax(dim=(1, 2), keepdim=True)
+        return (torch.maximum(logmel, peak - TOP_DECADES) + 4.0) / 4.0
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None, alpha=None, f_hi_hz: float | None = None):
         """``alpha``: VTLP warp factor, a float or one per example ``(batch,)``; None or 1: no warp.
 
-        Always computed in float32 (under autocast too): fp16 power underflows to -inf in the log.
+        Always computed in float32 (under autocast too): fp16 power underflows in the log.
         """
         from serdemo.vtlp import F_HI_HZ, warp_power
 
@@ -122,11 +143,12 @@ class LogMel(torch.nn.Module):
             wave = wave.unsqueeze(0)
         if lengths is None:
             lengths = torch.full((wave.shape[0],), wave.shape[1], dtype=torch.long, device=wave.device)
+        frames = self.frame_lengths(lengths)
         with torch.autocast(wave.device.type, enabled=False):
-            power = self.power(wave.float())
+            power = self.power(wave.float(), lengths)
             if alpha is not None and not (isinstance(alpha, (int, float)) and alpha == 1.0):
                 power = warp_power(power, alpha, self.config.sample_rate, F_HI_HZ if f_hi_hz is None else f_hi_hz)
-            return self.mel(power), self.frame_lengths(lengths)
+            return self.mel(power, frames), frames
 
 
 PROSODY_SCALE = (1 / 12.0, 1.0, 1 / 20.0)  # semitones -> octaves, voicing, dB -> 20 dB units

@@ -1,7 +1,14 @@
-"""``Predictor``: one checkpoint on the best device; audio in, :class:`Prediction` out."""
+"""``Predictor``: one checkpoint on the best device; audio in, :class:`Prediction` out.
+
+The one forward path is :func:`run_model`: waves -> :class:`serdemo.encoding.FrontEnd` (log-mel,
+then the shared pretrained encoder for models on it) -> the model's head. The Predictor, the timeline
+(:meth:`Predictor.predict_spans`) and the retrain comparison go through it; training and evaluation
+call the same model on the same encoder states, read from the feature cache that this path filled.
+"""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,16 +16,14 @@ import numpy as np
 import torch
 
 from serdemo.audio import MAX_DURATION_S, AudioError, load_audio
-from serdemo.checkpoint import load_checkpoint
-from serdemo.features import FeatureConfig, LogMel, crop_to_speech, pad_batch, prosody_rows
+from serdemo.checkpoint import CheckpointError, load_checkpoint
+from serdemo.encoding import FRAMES_PER_MODEL_FRAME, Encoded, FrontEnd, speech_on_grid
+from serdemo.features import DB_PER_UNIT, FeatureConfig, pad_batch
+from serdemo.models import uses_encoder
 from serdemo.models.base import ModelOutput
-from serdemo.models.ge2e import cpu_has_native_bf16
-from serdemo.prosody import Prosody
 from serdemo.vad import MIN_TOTAL_SPEECH_S, default_detector
-from serdemo.vtlp import F_HI_HZ
-
-
-GE2E_SCALE = 16.0  # sqrt(256)
+from serdemo.vtlp import F_HI_HZ, warp_power
+from serdemo.whisper import MAX_FRAMES, EncoderError, cpu_bf16_default, shared_encoder
 
 
 class NoSpeechError(AudioError):
@@ -27,96 +32,31 @@ class NoSpeechError(AudioError):
 
 @dataclass
 class Forward:
-    """One batched forward pass. ``logmel (batch, n_mels, frames)`` is the whole clip (warped when
-    an alpha was given), ``speech (batch, frames)`` its speech mask; the model saw frames
-    ``offsets[i]`` onwards (``out.attention`` is on that cropped grid)."""
+    """One batched forward pass: ``out`` (attention on the model's grid), the front end's ``enc``
+    (log-mel ``(batch, 80, frames)``, warped when an alpha was given) and ``speech (batch, frames)``."""
 
     out: ModelOutput
-    logmel: torch.Tensor
-    frames: torch.Tensor
+    enc: Encoded
     speech: torch.Tensor
-    offsets: torch.Tensor
 
 
-@dataclass
-class ModelInput:
-    """What the model receives: ``feats (batch, rows, frames')`` with ``frames (batch,)`` and
-    ``speech (batch, frames')`` (None: no mask); ``offsets`` map frame ``j`` to frame
-    ``offsets[i] + j`` of the whole clip, whose log-mel is ``logmel`` with ``clip_frames``."""
-
-    feats: torch.Tensor
-    frames: torch.Tensor
-    speech: torch.Tensor | None
-    offsets: torch.Tensor
-    logmel: torch.Tensor
-    clip_frames: torch.Tensor
-    clip_speech: torch.Tensor
+def model_input(model, enc: Encoded, speech: torch.Tensor | None):
+    """What ``model`` reads from the front end's output: ``(x, lengths, speech on the model's grid)``."""
+    if uses_encoder(model):
+        width = enc.states.shape[2]
+        return enc.states, enc.lengths, None if speech is None else speech_on_grid(speech, width)
+    return enc.logmel, enc.frames, speech
 
 
-def model_inputs(model, frontend: LogMel, waves: torch.Tensor, lengths: torch.Tensor,
-                 speech: torch.Tensor | None = None, alpha=None, prosody: Prosody | None = None) -> ModelInput:
-    """Waves ``(batch, samples)`` zero-padded with ``lengths`` -> :class:`ModelInput`.
-
-    The front end (log-mel, prosody rows, GE2E rows) runs in float32 whatever the autocast; with
-    ``config.speech_only`` the model sees each clip's speech span and its speech mask.
-    """
-    cfg = frontend.config
-    logmel, frames = frontend(waves, lengths, alpha=alpha)
-    feats = logmel
-    if cfg.prosody:
-        if prosody is None:
-            raise ValueError("this model needs prosody rows: pass a serdemo.prosody.Prosody")
-        with torch.autocast(waves.device.type, enabled=False):
-            rows = prosody_rows(prosody(waves.float()))[..., : logmel.shape[2]]
-        feats = torch.cat([logmel, rows], dim=1)
-    clip_speech = torch.ones_like(feats[:, 0], dtype=torch.bool) if speech is None else speech[:, : feats.shape[2]]
-    if speech is None or not cfg.speech_only:
-        if cfg.ge2e:
-            feats = torch.cat([feats, _ge2e_rows(model, waves, lengths, alpha, feats.shape[2])], dim=1)
-        return ModelInput(feats, frames, None, torch.zeros_like(frames), logmel, frames, clip_speech)
-    cropped, crop_frames, crop_speech, offsets = crop_to_speech(feats, frames, clip_speech)
-    if cfg.ge2e:  # the encoder hears the speech span only: what the model sees, at a fraction of the cost
-        span, span_lengths = crop_waves(waves, lengths, offsets * cfg.hop_length, crop_frames * cfg.hop_length)
-        rows = _ge2e_rows(model, span, span_lengths, alpha, cropped.shape[2])
-        rows = rows * (torch.arange(cropped.shape[2], device=rows.device)[None] < crop_frames[:, None])[:, None]
-        cropped = torch.cat([cropped, rows], dim=1)
-    return ModelInput(cropped, crop_frames, crop_speech, offsets, logmel, frames, clip_speech)
-
-
-def ge2e_encoder(model):
-    """The frozen GE2E front end a model carries (directly, or inside a wrapper's ``model``), or None."""
-    return getattr(model, "ge2e", None) or getattr(getattr(model, "model", None), "ge2e", None)
-
-
-def _ge2e_rows(model, waves, lengths, alpha, width: int) -> torch.Tensor:
-    """``(batch, 256, width)`` GE2E frame embeddings, scaled so a typical element is of order 1."""
-    encoder = ge2e_encoder(model)
-    if encoder is None:
-        raise ValueError("this feature configuration needs a model with a GE2E encoder (hparam ge2e)")
-    emb = encoder(waves, lengths, alpha=alpha).transpose(1, 2)[..., :width] * GE2E_SCALE
-    if emb.shape[2] < width:
-        emb = torch.nn.functional.pad(emb, (0, width - emb.shape[2]))
-    return emb
-
-
-def crop_waves(waves: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor, spans: torch.Tensor):
-    """Samples ``[starts[i], starts[i] + spans[i])`` of each clip (within its length) -> padded batch, lengths."""
-    new_len = torch.minimum(spans, lengths - starts).clamp_min(1)
-    width = int(new_len.max())
-    idx = (starts[:, None] + torch.arange(width, device=waves.device)[None]).clamp_max(waves.shape[1] - 1)
-    keep = torch.arange(width, device=waves.device)[None] < new_len[:, None]
-    return waves.gather(1, idx) * keep.to(waves.dtype), new_len
-
-
-def run_model(model, frontend: LogMel, waves: torch.Tensor, lengths: torch.Tensor,
-              speech: torch.Tensor | None = None, alpha=None, prosody: Prosody | None = None) -> Forward:
-    """The one forward path: Predictor, training, evaluation and the benchmark all call it.
-
-    ``speech (batch, frames)``: bool speech masks on the log-mel frame grid (None: all frames).
-    """
-    inp = model_inputs(model, frontend, waves, lengths, speech, alpha, prosody)
-    out = model(inp.feats, inp.frames, speech=inp.speech)
-    return Forward(out, inp.logmel, inp.clip_frames, inp.clip_speech, inp.offsets)
+def run_model(model, frontend: FrontEnd, waves: torch.Tensor, lengths: torch.Tensor,
+              speech: torch.Tensor | None = None, alpha=None) -> Forward:
+    """The one forward path. ``speech (batch, frames)``: bool masks on the log-mel grid (None: all)."""
+    enc = frontend(waves, lengths, alpha=alpha)
+    if speech is None:
+        speech = torch.ones(enc.logmel.shape[0], enc.logmel.shape[2], dtype=torch.bool, device=waves.device)
+    x, x_lengths, x_speech = model_input(model, enc, speech)
+    out = model(x, x_lengths, speech=x_speech)
+    return Forward(out, enc, speech)
 
 
 def best_device() -> torch.device:
@@ -128,8 +68,11 @@ class Prediction:
     """What the model heard in one clip.
 
     ``probabilities``: head -> {label: probability}; ``attention``: ``(frames',)`` summing to 1, with
-    ``attention_times_s`` the centre of each attention frame; ``logmel``: ``(n_mels, frames)`` with
-    ``frame_times_s``; ``logmel_warped``: the same after VTLP with ``alpha`` (None unless asked).
+    ``attention_times_s`` the centre of each attention frame; ``logmel``: ``(n_mels, frames)`` on
+    Whisper's scale, ``(log10(power) + 4) / 4`` (one unit = :data:`db_per_unit` dB), with
+    ``frame_times_s``; ``logmel_warped``: the same after VTLP with ``alpha`` (None unless asked);
+    ``power``: the clip's power spectrum ``(1, n_bins, frames)`` when asked (``keep_power``), so a
+    redraw at another alpha runs only the warp and the mel (:meth:`Predictor.logmel_from_power`).
     """
 
     probabilities: dict[str, dict[str, float]]
@@ -143,6 +86,9 @@ class Prediction:
     checkpoint: str = ""
     extra: dict = field(default_factory=dict)
     speech: np.ndarray | None = None  # (frames,) bool: the frames the speech detector marked
+    power: torch.Tensor | None = None
+    start_s: float = 0.0  # where this clip starts within the recording it was cut from (predict_spans)
+    db_per_unit: float = DB_PER_UNIT
 
     @property
     def speech_segments_s(self) -> list[tuple[float, float]]:
@@ -155,9 +101,22 @@ class Prediction:
         """Share of attention mass on attention frames whose centre frame is speech."""
         if self.speech is None or not len(self.attention):
             return float("nan")
-        rate = 1.0 / (self.frame_times_s[1] - self.frame_times_s[0]) if len(self.frame_times_s) > 1 else 100.0
-        idx = np.clip(np.round(self.attention_times_s * rate).astype(int), 0, len(self.speech) - 1)
+        idx = self._attention_frame_index()
         return float(self.attention[self.speech[idx]].sum())
+
+    def attention_in_last_quarter(self) -> float:
+        """Share of attention mass on the last quarter of the speech (first to last speech frame)."""
+        if self.speech is None or not self.speech.any() or not len(self.attention):
+            return float("nan")
+        where = np.flatnonzero(self.speech)
+        first, last = where[0], where[-1]
+        cut = first + 0.75 * (last + 1 - first)
+        return float(self.attention[self._attention_frame_index() >= cut].sum())
+
+    def _attention_frame_index(self) -> np.ndarray:
+        rate = 1.0 / (self.frame_times_s[1] - self.frame_times_s[0]) if len(self.frame_times_s) > 1 else 100.0
+        return np.clip(np.round((self.attention_times_s - self.start_s) * rate).astype(int), 0,
+                       len(self.speech) - 1)
 
     def label(self, head: str = "emotion") -> str:
         probs = self.probabilities[head]
@@ -170,20 +129,28 @@ class Prediction:
 class Predictor:
     """Runs one model. ``predict`` and ``predict_batch`` accept anything :func:`load_audio` does."""
 
-    def __init__(self, model, card: dict, device=None, name: str = ""):
+    def __init__(self, model, card: dict, device=None, name: str = "", encoder=None):
         self.device = torch.device(device) if device is not None else best_device()
         self.model = model.to(self.device).eval()
-        encoder = ge2e_encoder(self.model)
-        if encoder is not None and self.device.type == "cpu" and cpu_has_native_bf16():
-            encoder.use_bfloat16()
         self.card = card
         self.name = name or card.get("name", "")
         self.features = FeatureConfig.from_dict(card["features"])
-        self.frontend = LogMel(self.features).to(self.device)
         self.heads = card["heads"]
+        if uses_encoder(model):
+            if encoder is None:
+                try:
+                    encoder = shared_encoder()
+                except EncoderError as exc:
+                    raise CheckpointError(f"checkpoint '{self.name}': {exc}") from None
+            want = card.get("encoder", {}).get("digest")
+            if want != encoder.digest:
+                raise CheckpointError(f"checkpoint '{self.name}' was trained on another pretrained encoder "
+                                      f"(digest {str(want)[:12]}…, installed {encoder.digest[:12]}…); retrain it")
+            if self.device.type != "cpu":  # the shared CPU copy stays where other predictors use it
+                encoder = _device_copy(encoder, self.device)
+        self.frontend = FrontEnd(self.features, encoder, getattr(model, "n_layers", 0),
+                                 bf16=cpu_bf16_default()).to(self.device)
         self.detector = default_detector()
-        self.prosody = Prosody(self.features.sample_rate, self.features.hop_length).to(self.device) \
-            if self.features.prosody else None
 
     @classmethod
     def from_checkpoint(cls, path, device=None) -> "Predictor":
@@ -197,23 +164,31 @@ class Predictor:
                           max_duration_s=max_duration_s)
 
     @torch.inference_mode()
-    def warped_logmel(self, wave: np.ndarray, alpha: float, f_hi_hz: float = F_HI_HZ) -> np.ndarray:
-        """Log-mel ``(n_mels, frames)`` of ``wave`` after VTLP with ``alpha`` (no model run)."""
-        x = torch.as_tensor(wave, device=self.device)[None]
-        return self.frontend(x, alpha=alpha, f_hi_hz=f_hi_hz)[0][0].float().cpu().numpy()
+    def logmel_from_power(self, power: torch.Tensor, alpha: float = 1.0, f_hi_hz: float = F_HI_HZ) -> np.ndarray:
+        """Log-mel ``(n_mels, frames)`` from a kept power spectrum ``(1, n_bins, frames)`` after VTLP with ``alpha``."""
+        power = power.to(self.device)
+        if alpha != 1.0:
+            power = warp_power(power, alpha, self.features.sample_rate, f_hi_hz)
+        return self.frontend.logmel.mel(power)[0].float().cpu().numpy()
+
+    def speech_masks(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        """Each wave's speech mask on the log-mel grid (``len // hop`` frames)."""
+        n_frames = [max(1, int(self.features.num_frames(len(w)))) for w in waves]
+        return self.detector.frame_masks(waves, n_frames)
 
     @torch.inference_mode()
-    def predict_batch(self, audios: list, alpha: float | None = None, require_speech: bool = False) -> list[Prediction]:
+    def predict_batch(self, audios: list, alpha: float | None = None, require_speech: bool = False,
+                      speech: list[np.ndarray] | None = None, keep_power: bool = False,
+                      max_duration_s: float = MAX_DURATION_S) -> list[Prediction]:
         """Analyse several clips in one padded batch; each result is as if analysed alone.
 
-        With ``alpha`` each result also carries the VTLP-warped log-mel. With ``require_speech`` a
-        clip with less than :data:`MIN_TOTAL_SPEECH_S` of detected speech raises :class:`NoSpeechError`.
+        ``speech``: each clip's speech mask on the log-mel grid, when the caller already has it (the
+        detector then does not run again). With ``alpha`` each result also carries the VTLP-warped
+        log-mel; with ``keep_power`` its power spectrum. With ``require_speech`` a clip with less than
+        :data:`MIN_TOTAL_SPEECH_S` of detected speech raises :class:`NoSpeechError`.
         """
-        waves = [self.load(a) for a in audios]
-        batch, lengths = pad_batch(waves)
-        batch, lengths = batch.to(self.device), lengths.to(self.device)
-        n_frames_all = self.frontend.frame_lengths(lengths).tolist()
-        masks = self.detector.frame_masks(waves, n_frames_all)
+        waves = [self.load(a, max_duration_s) for a in audios]
+        masks = self.speech_masks(waves) if speech is None else [np.asarray(m, dtype=bool) for m in speech]
         if require_speech:
             for m in masks:
                 if self.detector.speech_seconds(m) < MIN_TOTAL_SPEECH_S:
@@ -221,46 +196,149 @@ class Predictor:
                         "No speech found: this recording holds less than "
                         f"{MIN_TOTAL_SPEECH_S:.1f} s of speech (noise, music or tones?), so the model "
                         "cannot judge an emotion. Try a recording of someone speaking.")
-        speech = torch.zeros(len(waves), max(n_frames_all), dtype=torch.bool)
+        batch, lengths = pad_batch(waves)
+        batch, lengths = batch.to(self.device), lengths.to(self.device)
+        n_frames_all = [max(1, int(self.features.num_frames(len(w)))) for w in waves]
+        sp = torch.zeros(len(waves), max(n_frames_all), dtype=torch.bool)
         for i, m in enumerate(masks):
-            speech[i, : len(m)] = torch.as_tensor(m)
-        fwd = run_model(self.model, self.frontend, batch, lengths, speech.to(self.device), prosody=self.prosody)
-        out, logmel, frames = fwd.out, fwd.logmel, fwd.frames
+            m = torch.as_tensor(m[: n_frames_all[i]])
+            sp[i, : len(m)] = m
+        power = self.frontend.logmel.power(batch.float(), lengths) if (keep_power or alpha is not None) else None
+        fwd = run_model(self.model, self.frontend, batch, lengths, sp.to(self.device))
         warped = None
         if alpha is not None:
-            warped, _ = self.frontend(batch, lengths, alpha=alpha)
-        results = []
-        for i, wave in enumerate(waves):
-            probs = {}
-            for head, logits in out.logits.items():
-                p = torch.softmax(logits[i].float(), dim=-1).cpu().numpy()
-                probs[head] = {label: float(v) for label, v in zip(self.heads[head], p)}
-            n_att = int(out.attention_lengths[i])
-            n_frames = int(frames[i])
-            offset = int(fwd.offsets[i])
-            # attention frame j covers input frames [offset + j*stride, offset + (j+1)*stride)
-            # clipped to the real frames: it is drawn at the centre time of the frames it covers
-            stride = max(1, round(self.features.frame_rate_hz / out.frame_rate_hz))
-            first = offset + np.arange(n_att) * stride
-            last = np.minimum(first + stride, n_frames) - 1
-            att_times = (first + last) / 2 / self.features.frame_rate_hz
-            results.append(Prediction(
-                probabilities=probs,
-                attention=out.attention[i, :n_att].float().cpu().numpy(),
-                attention_times_s=att_times,
-                logmel=logmel[i, :, :n_frames].float().cpu().numpy(),
-                frame_times_s=self.features.frame_times_s(n_frames),
-                duration_s=len(wave) / self.features.sample_rate,
-                alpha=1.0 if alpha is None else float(alpha),
-                logmel_warped=None if warped is None else warped[i, :, :n_frames].float().cpu().numpy(),
-                checkpoint=self.name,
-                speech=masks[i][:n_frames],
-            ))
-        return results
+            frames = self.frontend.logmel.frame_lengths(lengths)
+            warped_power = power if alpha == 1.0 else warp_power(power, alpha, self.features.sample_rate, F_HI_HZ)
+            warped = self.frontend.logmel.mel(warped_power, frames)
+        return [self._result(fwd, i, waves[i], masks[i], alpha, warped, power if keep_power else None)
+                for i in range(len(waves))]
 
-    def predict(self, audio, alpha: float | None = 1.0, require_speech: bool = True) -> Prediction:
+    def _result(self, fwd: Forward, i: int, wave, mask, alpha, warped, power, start_s: float = 0.0,
+                first_frame: int = 0, n_frames: int | None = None, att_slice=None) -> Prediction:
+        out = fwd.out
+        probs = {}
+        for head, logits in out.logits.items():
+            p = torch.softmax(logits[i].float(), dim=-1).cpu().numpy()
+            probs[head] = {label: float(v) for label, v in zip(self.heads[head], p)}
+        n_frames = int(fwd.enc.frames[i]) if n_frames is None else n_frames
+        n_att = int(out.attention_lengths[i])
+        att = out.attention[i, :n_att].float().cpu().numpy()
+        stride = max(1, round(self.features.frame_rate_hz / out.frame_rate_hz))
+        # attention frame j covers log-mel frames [j*stride, (j+1)*stride) clipped to the real frames,
+        # drawn at the centre time of the frames it covers
+        first = np.arange(n_att) * stride
+        last = np.minimum(first + stride, max(n_frames + first_frame, 1)) - 1
+        att_times = (first + last) / 2 / self.features.frame_rate_hz
+        logmel = fwd.enc.logmel[i, :, first_frame:first_frame + n_frames].float().cpu().numpy()
+        return Prediction(
+            probabilities=probs, attention=att, attention_times_s=att_times + start_s - 0.0,
+            logmel=logmel, frame_times_s=self.features.frame_times_s(n_frames) + start_s,
+            duration_s=len(wave) / self.features.sample_rate,
+            alpha=1.0 if alpha is None else float(alpha),
+            logmel_warped=None if warped is None else warped[i, :, :n_frames].float().cpu().numpy(),
+            checkpoint=self.name, speech=np.asarray(mask[:n_frames], dtype=bool),
+            power=None if power is None else power[i:i + 1, :, :n_frames].cpu(), start_s=start_s)
+
+    def predict(self, audio, alpha: float | None = 1.0, require_speech: bool = True, keep_power: bool = False,
+                max_duration_s: float = MAX_DURATION_S) -> Prediction:
         """Analyse one clip; with ``alpha`` also return the VTLP-warped log-mel.
 
         Raises :class:`NoSpeechError` when the clip holds (almost) no speech.
         """
-        return self.predict_batch([audio], alpha=alpha, require_speech=require_speech)[0]
+        return self.predict_batch([audio], alpha=alpha, require_speech=require_speech, keep_power=keep_power,
+                                  max_duration_s=max_duration_s)[0]
+
+    @torch.inference_mode()
+    def predict_spans(self, wave: np.ndarray, spans_s: list[tuple[float, float]],
+                      speech: np.ndarray | None = None) -> list[Prediction]:
+        """Segments ``(start_s, end_s)`` of one 16 kHz recording ``wave``, each pooled from one encoding.
+
+        The recording is encoded once per 30-s window (the encoder's context) and every segment's
+        head reads its frames of that encoding, so a timeline costs one encoder pass per window
+        however many segments it has. ``speech``: the recording's speech mask on the log-mel grid
+        (computed when None). Models without the encoder run each segment on its own.
+        """
+        wave = np.asarray(wave, dtype=np.float32)
+        if speech is None:
+            speech = self.speech_masks([wave])[0]
+        speech = np.asarray(speech, dtype=bool)
+        rate = self.features.frame_rate_hz
+        sr = self.features.sample_rate
+        if not uses_encoder(self.model):
+            clips = [wave[int(a * sr):int(b * sr)] for a, b in spans_s]
+            masks = [speech[int(round(a * rate)):int(round(a * rate)) + max(1, int(self.features.num_frames(len(c))))]
+                     for (a, _), c in zip(spans_s, clips)]
+            preds = self.predict_batch(clips, speech=masks)
+            for p, (a, _) in zip(preds, spans_s):
+                _shift(p, a)
+            return preds
+        x = torch.as_tensor(wave, device=self.device)[None]
+        lengths = torch.tensor([len(wave)], device=self.device)
+        enc = self.frontend(x, lengths)  # windows of 30 s inside the encoder
+        sp_full = torch.zeros(1, enc.logmel.shape[2], dtype=torch.bool)
+        m = torch.as_tensor(speech[: enc.logmel.shape[2]])
+        sp_full[0, : len(m)] = m
+        grid = speech_on_grid(sp_full, enc.states.shape[2])[0]
+        results = []
+        step = FRAMES_PER_MODEL_FRAME
+        starts, stops = [], []
+        for a, b in spans_s:
+            f0 = max(0, int(round(a * rate)) // step)
+            f1 = min(int(enc.lengths[0]), max(f0 + 1, -(-int(round(b * rate)) // step)))
+            starts.append(f0)
+            stops.append(f1)
+        width = max(s1 - s0 for s0, s1 in zip(starts, stops)) if spans_s else 0
+        for chunk in range(0, len(spans_s), 64):
+            idx = list(range(chunk, min(chunk + 64, len(spans_s))))
+            states = torch.zeros(len(idx), enc.states.shape[1], width, enc.states.shape[3], device=self.device)
+            seg_speech = torch.zeros(len(idx), width, dtype=torch.bool, device=self.device)
+            seg_len = torch.zeros(len(idx), dtype=torch.long, device=self.device)
+            for j, k in enumerate(idx):
+                n = stops[k] - starts[k]
+                states[j, :, :n] = enc.states[0, :, starts[k]:stops[k]]
+                seg_speech[j, :n] = grid[starts[k]:stops[k]].to(self.device)
+                seg_len[j] = n
+            out = self.model(states, seg_len, speech=seg_speech)
+            for j, k in enumerate(idx):
+                a, b = spans_s[k]
+                f_start = starts[k] * step
+                f_stop = min(int(enc.frames[0]), stops[k] * step)
+                seg_enc = Encoded(enc.logmel[:, :, f_start:f_stop], torch.tensor([f_stop - f_start]))
+                fwd = Forward(_row(out, j), seg_enc, sp_full)
+                pred = self._result(fwd, 0, wave[int(a * sr):int(b * sr)], speech[f_start:f_stop], None, None, None)
+                _shift(pred, f_start / rate)
+                results.append(pred)
+        return results
+
+
+def _row(out: ModelOutput, j: int) -> ModelOutput:
+    return ModelOutput({h: v[j:j + 1] for h, v in out.logits.items()}, out.attention[j:j + 1],
+                       out.attention_lengths[j:j + 1], out.frame_rate_hz)
+
+
+def _shift(pred: Prediction, start_s: float) -> None:
+    """Put a segment's times on its recording's clock."""
+    pred.attention_times_s = pred.attention_times_s + start_s
+    pred.frame_times_s = pred.frame_times_s + start_s
+    pred.start_s = start_s
+
+
+_COPIES: dict[str, object] = {}
+_COPY_LOCK = threading.Lock()
+
+
+def _device_copy(encoder, device: torch.device):
+    """One copy of the shared encoder per accelerator device."""
+    import copy
+
+    with _COPY_LOCK:
+        key = str(device)
+        if key not in _COPIES:
+            enc = copy.deepcopy(encoder).to(device)
+            enc.digest = encoder.digest
+            _COPIES[key] = enc
+        return _COPIES[key]
+
+
+__all__ = ["Forward", "MAX_FRAMES", "NoSpeechError", "Prediction", "Predictor", "best_device", "model_input",
+           "run_model"]

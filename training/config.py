@@ -112,9 +112,6 @@ class FitConfig:
         for name in ("epochs", "batch_size", "n_folds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        if self.model == "ensemble":
-            raise ConfigError("model: an ensemble is not trained as one model; train its members with "
-                              "--model-seed N and merge them with python -m training.ensemble")
         if self.mixup and self.mixup_alpha <= 0:
             raise ConfigError(f"mixup_alpha: must be positive, got {self.mixup_alpha}")
 

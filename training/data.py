@@ -62,7 +62,8 @@ class WaveCache:
         return wave
 
     def speech(self, path: str, hop_length: int = 160) -> np.ndarray:
-        """The clip's speech mask on the feature frame grid (serdemo.vad), cached beside its wave."""
+        """The clip's speech mask on the log-mel frame grid (``len // hop`` frames; serdemo.vad), cached
+        beside its wave."""
         key = ("speech", path, hop_length)
         if key in self.memory:
             return self.memory[key]
@@ -70,11 +71,11 @@ class WaveCache:
 
         wave = self.get(path)
         det = default_detector()
-        file = self.directory / f"{self.key(path)}-speech-{det.backend}-{hop_length}.npy"
+        file = self.directory / f"{self.key(path)}-speech-{det.backend}-{hop_length}-w.npy"
         try:
             mask = np.load(file, allow_pickle=False)
         except (OSError, ValueError):
-            mask = det.frame_mask(wave, 1 + len(wave) // hop_length)
+            mask = det.frame_mask(wave, max(1, len(wave) // hop_length))
             atomic_write(file, lambda f: np.save(f, mask, allow_pickle=False))
         self.memory[key] = mask
         return mask
@@ -198,3 +199,66 @@ def shard(batch: list[int], rank: int, world: int) -> tuple[list[int], float]:
     (a batch smaller than the world) gets a stand-in example with weight 0: DDP needs every rank to run."""
     mine = batch[rank::world]
     return (mine, 1.0) if mine else (batch[:1], 0.0)
+
+
+class Data:
+    """The corpora of one run, split speaker-independently, with their decoded waves, speech masks and
+    (for models on the encoder) cached encoder states. Cross-validation, screening, retrain comparison
+    and the trainer all take their data from here; nothing in it builds a model or an optimiser.
+
+    ``train``/``dev``/``test``: lists of :class:`Example`; ``heads``: the heads with at least two
+    classes in the training data (``untrained_heads`` says why the others were dropped).
+    """
+
+    def __init__(self, cfg, label_set, utts: list[Utterance] | None = None, corpus_reports=None):
+        self.cfg, self.label_set = cfg, label_set
+        if utts is None:
+            utts, corpus_reports = load_corpora(cfg.corpora, cfg.limit_per_corpus)
+        if not utts:
+            raise SystemExit("no utterances found: check --corpus KIND=PATH")
+        self.all_utts, self.corpus_reports = utts, corpus_reports or []
+        examples, self.dropped = build_examples(utts, label_set, cfg.aux_heads)
+        from training.splits import train_dev_test
+
+        train_u, dev_u, test_u = train_dev_test([e.utt for e in examples], cfg.split, cfg.n_folds, cfg.fold, cfg.seed)
+        by_path = {e.utt.path: e for e in examples}
+        self.cache = WaveCache(cfg.cache_dir or None, 16000, cfg.max_duration_s)
+        self.skipped_audio = self.cache.warm([u.path for u in train_u + dev_u + test_u], cfg.workers)
+        for p, msg in self.skipped_audio.items():
+            log.warning("skipping %s: %s", p, msg)
+        self.train, self.dev, self.test = ([by_path[u.path] for u in part if u.path not in self.skipped_audio]
+                                           for part in (train_u, dev_u, test_u))
+        self.file_list_sha256 = file_list_hash([e.utt for e in self.train + self.dev])
+        self.heads, self.untrained_heads = ["emotion"], {}
+        for h in cfg.aux_heads:
+            seen = {e.targets[h] for e in self.train} - {IGNORE}
+            if len(seen) >= 2:
+                self.heads.append(h)
+            else:
+                self.untrained_heads[h] = f"training data has {len(seen)} class(es) of {h}"
+        self._encoded = None
+
+    def wave(self, e: Example) -> np.ndarray:
+        return self.cache.get(e.utt.path)
+
+    def speech(self, e: Example) -> np.ndarray:
+        return self.cache.speech(e.utt.path)
+
+    @property
+    def encoded_cache(self):
+        if self._encoded is None:
+            from training.encoded import EncodedCache
+
+            self._encoded = EncodedCache()
+        return self._encoded
+
+    def encoded(self, examples: list[Example], alpha: float = 1.0) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each example's ``(states float16 (7, time, 512), speech (time,))``; encodes what is missing."""
+        cache = self.encoded_cache
+        waves = [self.wave(e) for e in examples]
+        digests = cache.fill(waves, [self.speech(e) for e in examples], alpha)
+        return [cache.lookup(d, alpha) for d in digests]
+
+    def speakers(self) -> dict[str, list[str]]:
+        return {name: sorted({e.utt.speaker for e in part})
+                for name, part in (("train", self.train), ("dev", self.dev), ("test", self.test))}

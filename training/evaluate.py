@@ -141,6 +141,31 @@ def reference_predictions(func: Functionals, train, dev, test, c_grid=(0.01, 0.1
     return clf.predict(xs["test"]), {"C": best[1], "dev_ua": round(float(best[0]), 4)}
 
 
+PROBE_LAYERS = (0, 1, 2, 3, 4, 5, 6)  # the reference probe reads every layer (the issue's measurement)
+
+
+def probe_predictions(data, train, dev, test, layers=PROBE_LAYERS) -> tuple[np.ndarray, dict, dict]:
+    """The strong reference row: the linear probe on the encoder (per-layer mean + std over speech,
+    logistic regression, C on dev UA), fitted on the fold's training speakers.
+    -> (test predictions, {"C", "dev_ua", "layers"}, {"dev": probs, "test": probs})."""
+    from training.probe import fit_probe, statistics
+
+    layers = list(layers)
+    xs = {name: statistics(data.encoded(part), layers) if part else np.zeros((0, len(layers) * 1024), np.float32)
+          for name, part in (("train", train), ("dev", dev), ("test", test))}
+    ys = {name: np.array([e.targets["emotion"] for e in part], dtype=int)
+          for name, part in (("train", train), ("dev", dev), ("test", test))}
+    n_classes = len(data.label_set)
+    clf, mean, std, c, dev_ua = fit_probe(xs["train"], ys["train"], xs["dev"], ys["dev"], n_classes)
+    probs = {}
+    for name in ("dev", "test"):
+        full = np.zeros((len(xs[name]), n_classes), dtype=np.float32)
+        if len(xs[name]):
+            full[:, clf.classes_] = clf.predict_proba((xs[name] - mean) / std)
+        probs[name] = full
+    return probs["test"].argmax(1), {"C": c, "dev_ua": round(float(dev_ua), 4), "layers": layers}, probs
+
+
 def fuse(model: np.ndarray, reference: np.ndarray, weight: float) -> np.ndarray:
     """Late fusion: weighted mean of the two classifiers' log-probabilities (``weight`` on the model)."""
     eps = 1e-6
@@ -214,12 +239,13 @@ def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | 
         base = dataclasses.replace(base, split=split)
     if epochs:
         base = dataclasses.replace(base, epochs=epochs)
-    y, p, p_ref, groups, folds = [], [], [], [], []
+    y, p, p_ref, p_probe, groups, folds = [], [], [], [], [], []
     func = None
     k, n = 0, n_folds
     while k < n:
         cfg = dataclasses.replace(base, fold=k, out=str(workdir / f"{base.split}-fold{k}"), name=f"{base.name}-fold{k}")
         trainer = Trainer(cfg)
+        data = trainer.data
         if base.split == "corpus":
             # one fold per corpus; the app's store only ever trains, so it is never held out
             n = len({e.utt.corpus for e in trainer.train + trainer.dev + trainer.test} - {STORE_CORPUS})
@@ -260,6 +286,13 @@ def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | 
                                          [e.utt.corpus for e in trainer.test], list(trainer.label_set.classes))
             fold["reference"] = {**info, "test": {g: {m: s[m] for m in ("ua", "wa", "macro_f1", "n")}
                                                   for g, s in ref_scores.items()}}
+            probe, probe_info, _ = probe_predictions(data, trainer.train, trainer.dev, trainer.test)
+            p_probe += probe.tolist()
+            probe_scores = scores_by_group([e.targets["emotion"] for e in trainer.test], probe,
+                                           [e.utt.corpus for e in trainer.test], list(trainer.label_set.classes))
+            fold["probe"] = {**probe_info, "test": {g: {m: s[m] for m in ("ua", "wa", "macro_f1", "n")}
+                                                    for g, s in probe_scores.items()}}
+            fold["dev"] = {"ua": round(float(trainer.evaluate(trainer.dev)["overall"]["ua"]), 4)} if trainer.dev else {}
         folds.append(fold)
         log.info("fold %d done", k)
         k += 1
@@ -270,7 +303,10 @@ def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | 
            "pooled": scores_by_group(y, p, groups, classes), "folds": folds,
            "fold_spread": fold_spread(folds, "test")}
     if reference:
-        out["reference"] = {"name": "functionals + logistic regression",
+        out["probe"] = {"name": "encoder probe: per-layer mean + std, logistic regression",
+                        "pooled": scores_by_group(y, p_probe, groups, classes),
+                        "fold_spread": fold_spread([f["probe"] for f in folds], "test")}
+        out["reference"] = {"name": "classic: log-mel + prosody functionals, logistic regression",
                             "pooled": scores_by_group(y, p_ref, groups, classes),
                             "fold_spread": fold_spread([f["reference"] for f in folds], "test")}
         out["fusion"] = fusion_row([workdir / f"{base.split}-fold{k}-probs.npz" for k in range(n)], classes)
@@ -302,6 +338,13 @@ def side_by_side(result: dict) -> str:
             rs = ref["fold_spread"].get(g, {}).get("ua", {"mean": float("nan"), "std": float("nan")})
             row += f"   {r['ua']:>12.3f} {r['wa']:>6.3f} {r['macro_f1']:>6.3f} {rs['mean']:>7.3f} ± {rs['std']:.3f}"
         lines.append(row)
+    probe = result.get("probe")
+    if probe:
+        lines.append(f"{probe['name']}:")
+        for g, s in probe["pooled"].items():
+            sp = probe["fold_spread"].get(g, {}).get("ua", {"mean": float("nan"), "std": float("nan")})
+            lines.append(f"{g:<10} {s['ua']:>9.3f} {s['wa']:>6.3f} {s['macro_f1']:>6.3f} "
+                         f"{sp['mean']:>7.3f} ± {sp['std']:.3f}")
     fusion = result.get("fusion")
     if fusion:
         lines.append(f"{fusion['name']}, weights per fold "

@@ -28,12 +28,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 
-from serdemo.checkpoint import load_checkpoint, make_card, save_checkpoint
-from serdemo.features import FeatureConfig, LogMel
-from serdemo.inference import ModelInput, model_inputs
-from serdemo.prosody import Prosody
+from serdemo.checkpoint import CheckpointError, encoder_block, load_checkpoint, make_card, save_checkpoint
+from serdemo.encoding import FrontEnd
+from serdemo.features import FeatureConfig, pad_batch
 from serdemo.labels import AUX_HEADS, get_label_set
-from serdemo.models import build_model
+from serdemo.models import build_model, uses_encoder
+from serdemo.whisper import shared_encoder
 from serdemo.vtlp import sample_alpha
 from training import corpora as C
 from training import data as D
@@ -43,7 +43,6 @@ from training.config import FitConfig, parse_cli
 from training.metrics import scores_by_group, table
 from training.progress import FILE as PROGRESS_FILE
 from training.progress import Progress, append_jsonl
-from training.pretrained import init_pretrained
 from training.splits import train_dev_test
 
 log = logging.getLogger("training.fit")
@@ -75,35 +74,40 @@ class Trainer:
     ``train``/``dev``/``test``: lists of :class:`training.data.Example`, speaker-disjoint.
     """
 
-    def __init__(self, cfg: FitConfig, rank: int = 0, world: int = 1, device=None):
+    def __init__(self, cfg: FitConfig, rank: int = 0, world: int = 1, device=None, data: D.Data | None = None):
         self.cfg, self.rank, self.world = cfg, rank, world
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.is_main = rank == 0
         S.seed_everything(cfg.seed)  # the split and the initial weights: the same on every rank
         self.features = FeatureConfig(**cfg.features)
-        self.frontend = LogMel(self.features).to(self.device)
-        self.prosody = Prosody(self.features.sample_rate, self.features.hop_length).to(self.device) \
-            if self.features.prosody else None
         self.label_set = get_label_set(cfg.label_set)
-        self._load_data()
+        self.data = data if data is not None else D.Data(cfg, self.label_set)
+        self._take_data()
 
         self.init_seed = init_seed = cfg.seed if cfg.model_seed is None else cfg.model_seed
         if cfg.model_seed is not None:  # the split stays that of cfg.seed; weights and order follow model_seed
             S.seed_everything(init_seed)
         head_sizes = {h: (len(self.label_set) if h == "emotion" else len(AUX_HEADS[h])) for h in self.heads}
-        self.hparams = dict(cfg.hparams, norm=cfg.norm)
-        if self.features.ge2e:  # the model carries the frozen encoder whose rows its input has
-            self.hparams["ge2e"] = True
+        self.hparams = dict(cfg.hparams)
         self.model = build_model(cfg.model, self.features.input_rows, head_sizes,
-                                 input_frame_rate_hz=self.features.frame_rate_hz, **self.hparams).to(self.device)
-        self.pretrained = init_pretrained(self.model)  # frozen front ends (GE2E), before any --init
+                                 input_frame_rate_hz=self.features.frame_rate_hz,
+                                 **dict(self.hparams, norm=cfg.norm) if not self._on_encoder(cfg.model) else self.hparams
+                                 ).to(self.device)
+        if not uses_encoder(self.model):
+            self.hparams["norm"] = cfg.norm
+        self.encoder = shared_encoder() if uses_encoder(self.model) else None
+        if self.encoder is not None and self.features != FeatureConfig():
+            raise SystemExit("models on the pretrained encoder use its front end: drop 'features' from the recipe")
+        self.frontend = FrontEnd(self.features, None).to(self.device)  # log-mel models; the encoder's come cached
+        self.n_states = getattr(self.model, "n_layers", 0) + 1
         if cfg.init:
             self._init_from(cfg.init)
-        if cfg.norm == "global":  # also after --init: the statistics belong to this training set
+        if cfg.norm == "global" and not uses_encoder(self.model):  # after --init: this training set's statistics
             self._set_global_stats()
         class_w = D.class_weights(self.train, len(self.label_set))
         self.class_w, self.class_w_list = class_w.to(self.device), class_w.tolist()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay)
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
@@ -119,84 +123,93 @@ class Trainer:
         self.history: list[dict] = []
         self.resumed = False
 
-    def _load_data(self) -> None:
-        cfg = self.cfg
-        utts, self.corpus_reports = D.load_corpora(cfg.corpora, cfg.limit_per_corpus)
-        if not utts:
-            raise SystemExit("no utterances found: check --corpus KIND=PATH")
-        examples, self.dropped = D.build_examples(utts, self.label_set, cfg.aux_heads)
-        train_u, dev_u, test_u = train_dev_test([e.utt for e in examples], cfg.split, cfg.n_folds, cfg.fold, cfg.seed)
-        by_path = {e.utt.path: e for e in examples}
-        self.cache = D.WaveCache(cfg.cache_dir or None, self.features.sample_rate, cfg.max_duration_s)
-        t0 = time.time()
-        self.skipped_audio = self.cache.warm([u.path for u in train_u + dev_u + test_u], cfg.workers)
-        self.decode_s = time.time() - t0
-        for p, msg in self.skipped_audio.items():
-            log.warning("skipping %s: %s", p, msg)
-        self.train, self.dev, self.test = ([by_path[u.path] for u in part if u.path not in self.skipped_audio]
-                                           for part in (train_u, dev_u, test_u))
-        self.lengths = [len(self.cache.get(e.utt.path)) for e in self.train]
-        self.file_list_sha256 = D.file_list_hash([e.utt for e in self.train + self.dev])
-        # per corpus, the emotion classes its training clips have (cfg.corpus_classes masks the rest)
+    @staticmethod
+    def _on_encoder(architecture: str) -> bool:
+        from serdemo.models import ARCHITECTURES
+
+        return getattr(ARCHITECTURES[architecture], "input_kind", "logmel") == "encoder"
+
+    def _take_data(self) -> None:
+        d = self.data
+        self.train, self.dev, self.test = d.train, d.dev, d.test
+        self.corpus_reports, self.dropped = d.corpus_reports, d.dropped
+        self.heads, self.untrained_heads = d.heads, d.untrained_heads
+        self.file_list_sha256 = d.file_list_sha256
+        self.cache = d.cache
+        self.lengths = [len(d.wave(e)) for e in self.train]
         n_classes = len(self.label_set)
+        # per corpus, the emotion classes its training clips have (cfg.corpus_classes masks the rest)
         self.corpus_classes: dict[str, torch.Tensor] = {}
         for e in self.train:
             m = self.corpus_classes.setdefault(e.utt.corpus, torch.zeros(n_classes, dtype=torch.bool))
             if e.targets["emotion"] != D.IGNORE:
                 m[e.targets["emotion"]] = True
-        # auxiliary heads need two classes in the training data to learn anything
-        self.heads, self.untrained_heads = ["emotion"], {}
-        for h in cfg.aux_heads:
-            seen = {e.targets[h] for e in self.train} - {D.IGNORE}
-            if len(seen) >= 2:
-                self.heads.append(h)
-            else:
-                self.untrained_heads[h] = f"training data has {len(seen)} class(es) of {h}"
-                if self.is_main:
-                    log.warning("dropping head %s: %s", h, self.untrained_heads[h])
+        for h, why in self.untrained_heads.items():
+            if self.is_main:
+                log.warning("dropping head %s: %s", h, why)
 
     def _init_from(self, path: str) -> None:
-        """Copy every tensor whose name and shape match."""
-        source, _ = load_checkpoint(path, "cpu")
+        """Fine-tune: copy every tensor of the checkpoint; a checkpoint of another architecture, other
+        heads or other sizes is refused (it would silently train from scratch)."""
+        try:
+            source, card = load_checkpoint(path, "cpu")
+        except CheckpointError as exc:
+            raise SystemExit(f"--init: {exc}") from None
         own = self.model.state_dict()
-        taken = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
-        self.model.load_state_dict(taken, strict=False)
+        theirs = source.state_dict()
+        if card["model"]["architecture"] != self.cfg.model:
+            raise SystemExit(f"--init: {path} is a {card['model']['architecture']} model, this run trains "
+                             f"{self.cfg.model}; fine-tune with the checkpoint's own recipe")
+        bad = sorted(k for k in own if k not in theirs or theirs[k].shape != own[k].shape)
+        if bad:
+            raise SystemExit(f"--init: {len(bad)} of {len(own)} tensors of {path} do not fit this model "
+                             f"(e.g. {bad[0]}); fine-tune with the checkpoint's own recipe and heads")
+        self.model.load_state_dict(theirs)
         if self.is_main:
-            log.info("initialised %d of %d tensors from %s", len(taken), len(own), path)
+            log.info("initialised all %d tensors from %s", len(own), path)
 
     @torch.no_grad()
     def _set_global_stats(self) -> None:
-        """Per-row mean and std of the (unwarped) training inputs, as the model sees them (speech
-        span, prosody and GE2E rows included), into the model's InputNorm."""
+        """Per-row mean and std of the (unwarped) training log-mel into the model's InputNorm."""
         total, sq, n = 0.0, 0.0, 0
         for i in range(0, len(self.train), 32):
             exs = self.train[i:i + 32]
-            x, lens, _ = D.collate([self.cache.get(e.utt.path) for e in exs], exs, [])
-            inp = self.featurize(x, lens, paths=[e.utt.path for e in exs])
-            real = (torch.arange(inp.feats.shape[2], device=self.device)[None] < inp.frames[:, None])
-            f = inp.feats.double().transpose(1, 2)[real]  # (real frames, rows)
+            x, lens, _ = self.inputs(exs)
+            real = (torch.arange(x.shape[2], device=self.device)[None] < lens[:, None])
+            f = x.double().transpose(1, 2)[real]  # (real frames, rows)
             total, sq, n = total + f.sum(0), sq + f.square().sum(0), n + f.shape[0]
         mean = total / n
         self.model.norm.set_stats(mean.float(), (sq / n - mean.square()).clamp_min(1e-6).sqrt().float())
 
     # -------------------------------------------------------------- batches -> model inputs
-    def featurize(self, x: torch.Tensor, lengths: torch.Tensor, alpha: torch.Tensor | None = None,
-                  paths: list[str] | None = None) -> ModelInput:
-        """Waves ``(batch, samples)`` + lengths ``(batch,)`` -> :class:`serdemo.inference.ModelInput`
-        on the training device, the front end always in fp32 (outside any autocast).
+    def inputs(self, exs, alpha: torch.Tensor | None = None, waves: list[np.ndarray] | None = None):
+        """Examples -> what the model reads: ``(x, lengths, speech)`` on the model's own grid.
 
-        ``alpha`` ``(batch,)``: warp each example's power spectrum by VTLP; None: no warp. ``paths``:
-        the clips, whose cached speech masks the model gets when its features say ``speech_only``.
-        This is :func:`serdemo.inference.model_inputs`, the path the Predictor takes too.
+        Models on the encoder read the cached encoder states (:meth:`training.data.Data.encoded`, the
+        path :class:`serdemo.inference.Predictor` computes them by); log-mel models get the log-mel of
+        ``waves`` (default: the clips as decoded), warped by ``alpha`` ``(batch,)``, and speech masks
+        computed on those very waves when they were augmented (so masks follow speed and shift).
         """
-        x, lengths = x.to(self.device, torch.float32, non_blocking=True), lengths.to(self.device)
-        speech = None
-        if paths is not None and self.features.speech_only:
-            n_frames = 1 + x.shape[1] // self.features.hop_length
-            speech = self.cache.speech_batch(paths, n_frames, self.features.hop_length).to(self.device)
-        if alpha is not None:
-            alpha = alpha.to(self.device)
-        return model_inputs(self.model, self.frontend, x, lengths, speech, alpha, self.prosody)
+        if uses_encoder(self.model):
+            items = self.data.encoded(exs)
+            return collate_states(items, self.n_states, self.device)
+        augmented = waves is not None
+        waves = waves if augmented else [self.data.wave(e) for e in exs]
+        x, lengths = pad_batch(waves)
+        x, lengths = x.to(self.device), lengths.to(self.device)
+        enc = self.frontend(x, lengths, alpha=None if alpha is None else alpha.to(self.device))
+        width = enc.logmel.shape[2]
+        if augmented:
+            from serdemo.vad import default_detector
+
+            masks = default_detector().frame_masks(waves, [max(1, len(w) // self.features.hop_length) for w in waves])
+        else:
+            masks = [self.data.speech(e) for e in exs]
+        speech = torch.zeros(len(exs), width, dtype=torch.bool)
+        for i, m in enumerate(masks):
+            m = torch.as_tensor(np.asarray(m, dtype=bool)[:width])
+            speech[i, : len(m)] = m
+        return enc.logmel, enc.frames, speech.to(self.device)
 
     def autocast(self):
         """Mixed precision for the model only (CUDA with ``amp``)."""
@@ -271,13 +284,18 @@ class Trainer:
                 g["lr"] = lr * min(1.0, (done + 1) / len(batches))  # one epoch of linear warm-up
             mine, weight = D.shard(batch, self.rank, self.world)
             exs = [self.train[i] for i in mine]
-            waves = self.aug.waves([self.cache.get(e.utt.path) for e in exs])
-            x, lens, targets = D.collate(waves, exs, self.heads)
-            alpha = self.aug.alphas(len(exs))
-            inp = self.featurize(x, lens, alpha, paths=[e.utt.path for e in exs])
-            feats = self.aug.spec(inp.feats, inp.frames)
-            feats, frames, perm, lam = self.aug.mix(feats, inp.frames)
-            speech = inp.speech
+            targets = {h: torch.tensor([e.targets.get(h, D.IGNORE) for e in exs], dtype=torch.long) for h in self.heads}
+            alpha = None
+            if uses_encoder(self.model):
+                x, lens, speech = self.inputs(exs)
+                feats = time_masks(x, lens, self.aug.gen) if cfg.specaug else x
+            else:
+                waves = [self.data.wave(e) for e in exs]
+                augmented = self.aug.waves(waves) if cfg.augment else None
+                alpha = self.aug.alphas(len(exs))
+                x, lens, speech = self.inputs(exs, alpha, augmented)
+                feats = self.aug.spec(x, lens)
+            feats, frames, perm, lam = self.aug.mix(feats, lens)
             if speech is not None and perm is not None:  # a blend is speech where either clip is
                 speech = _pad_or_cut(speech, feats.shape[2])
                 speech = speech | speech[perm.to(speech.device)]
@@ -315,17 +333,17 @@ class Trainer:
     def probabilities(self, examples, warp: bool = False, batch_size: int = 32) -> np.ndarray:
         """-> ``(len(examples), classes)`` emotion probabilities, in the order of ``examples``."""
         self.model.eval()
-        order = sorted(range(len(examples)), key=lambda i: len(self.cache.get(examples[i].utt.path)))
+        order = sorted(range(len(examples)), key=lambda i: len(self.data.wave(examples[i])))
         preds = np.zeros((len(examples), len(self.label_set)), dtype=np.float32)
         gen = torch.Generator().manual_seed(EVAL_SEED)
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             exs = [examples[j] for j in idx]
-            x, lens, _ = D.collate([self.cache.get(e.utt.path) for e in exs], exs, [])
-            alpha = sample_alpha(len(exs), self.cfg.vtlp_low, self.cfg.vtlp_high, gen) if warp else None
-            inp = self.featurize(x, lens, alpha, paths=[e.utt.path for e in exs])
+            alpha = sample_alpha(len(exs), self.cfg.vtlp_low, self.cfg.vtlp_high, gen) \
+                if warp and not uses_encoder(self.model) else None
+            x, lens, speech = self.inputs(exs, alpha)
             with self.autocast():
-                out = self.model(inp.feats, inp.frames, speech=inp.speech)
+                out = self.model(x, lens, speech=speech)
             preds[idx] = torch.softmax(out.logits["emotion"].float(), -1).cpu().numpy()
         return preds
 
@@ -342,8 +360,9 @@ class Trainer:
         heads = {h: list(self.label_set.classes) if h == "emotion" else list(AUX_HEADS[h]) for h in self.heads}
         speakers = {name: sorted({e.utt.speaker for e in part})
                     for name, part in (("train", self.train), ("dev", self.dev), ("test", self.test))}
+        extra = {"encoder": encoder_block(self.encoder)} if self.encoder is not None else {}
         return make_card(
-            self.model, self.features, heads, self.hparams,
+            self.model, self.features, heads, self.hparams, **extra,
             name=cfg.name, label_set=self.label_set.to_dict(),
             training={
                 "config": cfg.to_dict(),
@@ -401,6 +420,8 @@ class Trainer:
     # -------------------------------------------------------------- the loop
     def fit(self) -> dict:
         """Train, keep the best epoch by dev UA in ``OUT``, score it on the test fold; -> metrics (main rank)."""
+        if self.cfg.model == "probe":
+            return self.fit_probe()
         cfg, out = self.cfg, Path(self.cfg.out)
         steps = len(self.epoch_batches(0))
         progress = Progress(out / PROGRESS_FILE, self.is_main, append=self.resumed, epochs=cfg.epochs,
@@ -435,6 +456,34 @@ class Trainer:
             raise
         if self.world > 1:
             dist.barrier()
+        return result
+
+    def fit_probe(self) -> dict:
+        """The linear probe: no gradient steps; a logistic regression whose C is chosen on dev UA."""
+        from training.probe import C_GRID, fit_probe, statistics, to_model
+
+        out = Path(self.cfg.out)
+        progress = Progress(out / PROGRESS_FILE, self.is_main, epochs=1, total_steps=len(C_GRID))
+        progress.write("start", resumed=False, n_train=len(self.train), n_dev=len(self.dev), n_test=len(self.test),
+                       world_size=1)
+        t0 = time.time()
+        layers = self.model.layers
+        x_tr = statistics(self.data.encoded(self.train), layers)
+        x_dv = statistics(self.data.encoded(self.dev), layers) if self.dev else x_tr[:0]
+        y_tr = np.array([e.targets["emotion"] for e in self.train])
+        y_dv = np.array([e.targets["emotion"] for e in self.dev])
+        clf, mean, std, c, dev_ua = fit_probe(x_tr, y_tr, x_dv, y_dv, len(self.label_set),
+                                              c_grid=self.cfg.hparams.get("c_grid", C_GRID), seed=self.init_seed)
+        self.model = to_model(clf, mean, std, list(self.label_set.classes), self.model.n_layers, layers).to(self.device)
+        self.hparams = dict(self.hparams, C=c)
+        self.best_epoch = 0
+        self.history = [{"epoch": 1, "dev_ua": round(dev_ua, 4), "C": c, "seconds": round(time.time() - t0, 1)}]
+        metrics = {"dev": self.evaluate(self.dev), "best_epoch": 1}
+        save_checkpoint(out, self.model, self.card(metrics))
+        progress.step = progress.total_steps
+        progress.write("epoch", float("nan"), best_epoch=1, improved=True)
+        result = self.finish()
+        progress.write("done", test_ua=result.get("test", {}).get("overall", {}).get("ua"))
         return result
 
     def end_epoch(self, epoch: int, loss: float, seconds: float, progress: Progress) -> bool:
@@ -474,6 +523,33 @@ class Trainer:
             log.info("\n%s", table(metrics["test"], f"test fold {self.cfg.fold} (speakers never seen in training)"))
         save_checkpoint(self.cfg.out, self.model, self.card(metrics))
         return metrics
+
+
+def collate_states(items, n_states: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``[(states float16 (7, T, 512), speech (T,))]`` -> ``(batch, n_states, T_max, 512)`` float32,
+    lengths ``(batch,)``, speech ``(batch, T_max)``."""
+    lengths = torch.tensor([s.shape[1] for s, _ in items], dtype=torch.long)
+    width = int(lengths.max())
+    x = torch.zeros(len(items), n_states, width, items[0][0].shape[2])
+    speech = torch.zeros(len(items), width, dtype=torch.bool)
+    for i, (s, m) in enumerate(items):
+        x[i, :, : s.shape[1]] = torch.from_numpy(s[:n_states].astype(np.float32))
+        speech[i, : len(m)] = torch.from_numpy(np.asarray(m, dtype=bool))
+    return x.to(device), lengths.to(device), speech.to(device)
+
+
+def time_masks(x: torch.Tensor, lengths: torch.Tensor, gen: torch.Generator, max_fraction: float = 0.1,
+               n_masks: int = 2) -> torch.Tensor:
+    """SpecAugment's time masks on encoder states ``(batch, layers, time, dim)``: ``n_masks`` spans of up
+    to ``max_fraction`` of each clip's real frames set to zero."""
+    x = x.clone()
+    for i, n in enumerate(lengths.tolist()):
+        width = max(1, int(n * max_fraction))
+        for _ in range(n_masks):
+            w = int(torch.randint(0, width + 1, (1,), generator=gen))
+            t0 = int(torch.randint(0, max(1, n - w + 1), (1,), generator=gen))
+            x[i, :, t0:t0 + w] = 0
+    return x
 
 
 def _pad_or_cut(mask: torch.Tensor, width: int) -> torch.Tensor:

@@ -1,28 +1,34 @@
-"""Model registry: every architecture shares one forward signature (see :class:`SERModel`)."""
+"""Model registry: every architecture shares one forward signature,
+``model(x, lengths, speech=None) -> ModelOutput``, where ``x`` is the encoder's states for models
+with ``input_kind == "encoder"`` and the log-mel for ``"logmel"`` (cnnlstm, trained from scratch)."""
 
 from __future__ import annotations
 
 from serdemo.models.attention import AttentionPooling
 from serdemo.models.base import ModelOutput, SERModel
 from serdemo.models.cnnlstm import CNNLSTM
-from serdemo.models.ensemble import Ensemble
 from serdemo.models.localatt import LocalAttention
 from serdemo.models.multitask import MultiTask
+from serdemo.models.probe import LinearProbe
 
-ARCHITECTURES: dict[str, type[SERModel]] = {
+ARCHITECTURES = {
+    "probe": LinearProbe,
     "localatt": LocalAttention,
-    "cnnlstm": CNNLSTM,
     "multitask": MultiTask,
-    "ensemble": Ensemble,
+    "cnnlstm": CNNLSTM,
 }
 
 
-def build_model(architecture: str, n_mels: int, heads: dict[str, int], **hparams) -> SERModel:
+def build_model(architecture: str, n_mels: int, heads: dict[str, int], **hparams):
     """Instantiate ``architecture`` with ``heads`` (name -> number of classes)."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[architecture](n_mels, heads, **hparams)
 
 
-__all__ = ["ARCHITECTURES", "AttentionPooling", "CNNLSTM", "Ensemble", "LocalAttention", "ModelOutput",
-           "MultiTask", "SERModel", "build_model"]
+def uses_encoder(model) -> bool:
+    return getattr(model, "input_kind", "logmel") == "encoder"
+
+
+__all__ = ["ARCHITECTURES", "AttentionPooling", "CNNLSTM", "LinearProbe", "LocalAttention", "ModelOutput",
+           "MultiTask", "SERModel", "build_model", "uses_encoder"]

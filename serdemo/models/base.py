@@ -99,22 +99,19 @@ def stack_frames(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 class SERModel(nn.Module):
-    """Base: subclasses define ``encode(x, mask, lengths) -> (y (batch, time', dim), lengths')``.
+    """Base of the models that read the log-mel itself (``input_kind = "logmel"``): subclasses define
+    ``encode(x, mask, lengths) -> (y (batch, time', dim), lengths')``.
 
-    ``forward(features (batch, n_mels, frames), lengths (batch,)) -> ModelOutput``.
+    ``forward(features (batch, n_mels, frames), lengths (batch,), speech) -> ModelOutput``.
     """
 
     architecture = "base"
+    input_kind = "logmel"
     time_stride = 1  # input frames per attention frame
 
     def __init__(self, n_mels: int, heads: dict[str, int], norm: str = "utterance",
-                 input_frame_rate_hz: float = 100.0, dropout: float = 0.3, stats: bool = False,
-                 ge2e: bool = False):
+                 input_frame_rate_hz: float = 100.0, dropout: float = 0.3, stats: bool = False):
         super().__init__()
-        if ge2e:  # frozen pretrained front end; its weights travel in the checkpoint
-            from serdemo.models.ge2e import GE2EEncoder
-
-            self.ge2e = GE2EEncoder()
         if "emotion" not in heads:
             raise ValueError("every model needs an 'emotion' head")
         self.n_mels = n_mels

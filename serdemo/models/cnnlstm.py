@@ -41,9 +41,9 @@ class CNNLSTM(SERModel):
     architecture = "cnnlstm"
 
     def __init__(self, n_mels: int, heads: dict[str, int], norm: str = "utterance",
-                 input_frame_rate_hz: float = 100.0, dropout: float = 0.3, stats: bool = False, ge2e: bool = False,
+                 input_frame_rate_hz: float = 100.0, dropout: float = 0.3, stats: bool = False,
                  channels: tuple[int, ...] = (8, 16, 24), hidden: int = 128):
-        super().__init__(n_mels, heads, norm, input_frame_rate_hz, dropout, stats, ge2e)
+        super().__init__(n_mels, heads, norm, input_frame_rate_hz, dropout, stats)
         pools = [(2, 2), (2, 2), (2, 1)] + [(2, 1)] * max(0, len(channels) - 3)
         blocks, cin, freq = [], 1, n_mels
         for cout, pool in zip(channels, pools):

@@ -1,0 +1,103 @@
+"""Waveforms -> what every model reads: the log-mel and the pretrained encoder's hidden states.
+
+This is the one front end of the app, the timeline, training, evaluation and the feature cache:
+
+    waves (batch, samples) 16 kHz -> LogMel [VTLP warp] -> log-mel (batch, 80, frames) at 100 frames/s
+        -> WhisperEncoder (first ``n_layers`` blocks) -> states (batch, n_layers + 1, time, 512) at 50/s
+        -> mean of each pair of frames (masked)       -> states (batch, n_layers + 1, time', 512) at 25/s
+
+Models read the states at :data:`MODEL_FRAME_RATE_HZ` (40 ms per frame: fine enough to see where in a
+sentence the attention sits, and a quarter of the recurrent steps of the log-mel grid). Speech masks
+come on the log-mel grid and are brought onto the model grid by :func:`speech_on_grid`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from serdemo.features import FeatureConfig, LogMel
+from serdemo.whisper import N_LAYERS, WhisperEncoder
+
+POOL = 2  # encoder frames (50/s) averaged into one model frame
+FRAMES_PER_MODEL_FRAME = 4  # log-mel frames (100/s) under one model frame (25/s)
+MODEL_FRAME_RATE_HZ = 25.0
+
+
+@dataclass
+class Encoded:
+    """``logmel (batch, 80, frames)`` with ``frames (batch,)``; ``states (batch, layers + 1, time, 512)``
+    on the model grid with ``lengths (batch,)`` (None when no encoder ran)."""
+
+    logmel: torch.Tensor
+    frames: torch.Tensor
+    states: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None
+
+
+def pool_time(x: torch.Tensor, lengths: torch.Tensor, factor: int = POOL):
+    """``x (batch, ..., time, dim)`` -> mean of each ``factor`` consecutive real frames; a clip's last
+    group may be partial (its mean is over its real frames only), so padding never leaks in."""
+    t = x.shape[-2]
+    pad = (-t) % factor
+    real = (torch.arange(t + pad, device=x.device)[None] < lengths[:, None]).to(x.dtype)  # (batch, T)
+    if pad:
+        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+    shape = real.shape[:1] + (1,) * (x.dim() - 3) + (real.shape[1],)
+    real = real.reshape(shape)[..., None]
+    sums = (x * real).unflatten(-2, (-1, factor)).sum(-2)
+    counts = real.unflatten(-2, (-1, factor)).sum(-2).clamp_min(1.0)
+    new_lengths = torch.div(lengths + factor - 1, factor, rounding_mode="floor").clamp_min(1)
+    return sums / counts, new_lengths
+
+
+def model_lengths(frames: torch.Tensor) -> torch.Tensor:
+    """Model frames for clips of ``frames`` log-mel frames (encoder halves, then :data:`POOL`)."""
+    enc = WhisperEncoder.out_lengths(frames)
+    return torch.div(enc + POOL - 1, POOL, rounding_mode="floor").clamp_min(1)
+
+
+def speech_on_grid(speech: torch.Tensor, width: int, factor: int = FRAMES_PER_MODEL_FRAME) -> torch.Tensor:
+    """``(batch, frames)`` bool on the log-mel grid -> ``(batch, width)``: a model frame is speech when
+    any log-mel frame under it is."""
+    need = width * factor
+    s = speech[:, :need]
+    if s.shape[1] < need:
+        s = torch.nn.functional.pad(s, (0, need - s.shape[1]))
+    return s.reshape(s.shape[0], width, factor).any(dim=2)
+
+
+class FrontEnd(torch.nn.Module):
+    """Log-mel (always) and, when the model stands on it, the frozen encoder's states.
+
+    The encoder is shared (one copy per process, :func:`serdemo.whisper.shared_encoder`) and is not
+    a submodule of any model: a checkpoint holds only its head and names the encoder by digest.
+    """
+
+    def __init__(self, features: FeatureConfig, encoder: WhisperEncoder | None = None, n_layers: int = N_LAYERS,
+                 bf16: bool = False):
+        super().__init__()
+        self.features = features
+        self.logmel = LogMel(features)
+        self.encoder = encoder
+        self.n_layers = n_layers
+        self.bf16 = bf16
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor, alpha=None) -> Encoded:
+        logmel, frames = self.logmel(waves, lengths, alpha=alpha)
+        if self.encoder is None:
+            return Encoded(logmel, frames)
+        return self.encode_logmel(logmel, frames)
+
+    def encode_logmel(self, logmel: torch.Tensor, frames: torch.Tensor) -> Encoded:
+        enc = self.encoder
+        dev = logmel.device
+        if next(enc.parameters()).device != dev:
+            raise RuntimeError("the encoder and the log-mel are on different devices")
+        use_bf16 = (self.bf16 and dev.type == "cpu") or dev.type == "cuda"
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+            states, lengths = enc(logmel, frames, self.n_layers)
+        stacked = torch.stack([s.float() for s in states], dim=1)  # (batch, layers + 1, time, 512)
+        pooled, model_len = pool_time(stacked, lengths)
+        return Encoded(logmel, frames, pooled, model_len)

@@ -1,0 +1,98 @@
+"""What every model on the pretrained encoder shares: the layer mix, masks, pooling and heads.
+
+Input: the encoder's hidden states ``(batch, layers + 1, time, 512)`` on the 25-frames/s model grid
+(:mod:`serdemo.encoding`), real lengths ``(batch,)`` and a speech mask ``(batch, time)``. A learned
+softmax-weighted sum mixes the layers (each layer normalised first, so no layer wins by its scale);
+attention and statistics use speech frames only (a clip without speech falls back to all frames).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from serdemo.encoding import MODEL_FRAME_RATE_HZ
+from serdemo.features import length_mask
+from serdemo.models.attention import AttentionPooling
+from serdemo.models.base import ModelOutput
+from serdemo.whisper import D_MODEL, N_LAYERS
+
+
+class LayerMix(nn.Module):
+    """``(batch, layers, time, dim)`` -> ``(batch, time, dim)``: softmax(w) · LayerNorm(layer)."""
+
+    def __init__(self, n_states: int):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(n_states))
+
+    def weights(self) -> torch.Tensor:
+        return torch.softmax(self.logits, dim=0)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(states, states.shape[-1:])
+        return torch.einsum("l,bltd->btd", self.weights().to(x.dtype), x)
+
+
+def speech_or_all(speech: torch.Tensor | None, real: torch.Tensor) -> torch.Tensor:
+    """Speech frames within the real ones; all real frames for a clip without any speech."""
+    if speech is None:
+        return real
+    sp = speech[:, : real.shape[1]] & real
+    return torch.where(sp.any(dim=1, keepdim=True), sp, real)
+
+
+class EncoderModel(nn.Module):
+    """Base of the models on the encoder (``input_kind = "encoder"``). ``n_layers``: encoder blocks run
+    (the model reads ``n_layers + 1`` states: the embedding and each block's output)."""
+
+    architecture = "encoder"
+    input_kind = "encoder"
+
+    def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int = N_LAYERS, dropout: float = 0.2,
+                 **_ignored):
+        super().__init__()
+        if "emotion" not in heads:
+            raise ValueError("every model needs an 'emotion' head")
+        if not 1 <= n_layers <= N_LAYERS:
+            raise ValueError(f"n_layers must be within 1..{N_LAYERS}, got {n_layers}")
+        self.head_sizes = dict(heads)
+        self.n_layers = n_layers
+        self.mix = LayerMix(n_layers + 1)
+        self.dropout = nn.Dropout(dropout)
+        self.input_frame_rate_hz = MODEL_FRAME_RATE_HZ
+
+    def trunk(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, states: torch.Tensor, lengths: torch.Tensor, speech: torch.Tensor | None = None) -> ModelOutput:
+        states = states[:, : self.n_layers + 1]
+        real = length_mask(lengths, states.shape[2])
+        x = self.mix(states) * real[..., None].to(states.dtype)
+        y = self.trunk(x, lengths)
+        pooled, weights = self.pool(y, speech_or_all(speech, real))
+        pooled = self.dropout(pooled)
+        logits = {name: head(pooled) for name, head in self.heads.items()}
+        return ModelOutput(logits, weights, lengths, MODEL_FRAME_RATE_HZ)
+
+
+class Dense(nn.Sequential):
+    def __init__(self, dims: list[int], dropout: float):
+        layers = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(dropout)]
+        super().__init__(*layers)
+
+
+def attention_heads(model: EncoderModel, dim: int, head_hidden: int = 0, dropout: float = 0.2) -> None:
+    """Attention pooling and one head per task (a linear layer, or a small MLP with ``head_hidden``)."""
+    model.pool = AttentionPooling(dim)
+    if head_hidden:
+        model.heads = nn.ModuleDict({name: nn.Sequential(nn.Linear(dim, head_hidden), nn.ReLU(), nn.Dropout(dropout),
+                                                         nn.Linear(head_hidden, n))
+                                     for name, n in model.head_sizes.items()})
+    else:
+        model.heads = nn.ModuleDict({name: nn.Linear(dim, n) for name, n in model.head_sizes.items()})
+
+
+INPUT_DIM = D_MODEL

@@ -1,0 +1,60 @@
+"""The linear probe: per-layer mean and standard deviation of the encoder's states over the speech
+frames, standardised with training-set statistics, then one linear layer (a logistic regression,
+fitted by scikit-learn in :mod:`training.probe` and stored as ordinary weights).
+
+It has no attention of its own: every speech frame counts the same, so the weights it reports are
+uniform over speech (and exactly that is what the app shows for it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from serdemo.encoding import MODEL_FRAME_RATE_HZ
+from serdemo.features import length_mask
+from serdemo.models.base import ModelOutput
+from serdemo.models.encoder import speech_or_all
+from serdemo.whisper import D_MODEL, N_LAYERS
+
+
+def layer_statistics(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``states (batch, layers, time, dim)``, ``mask (batch, time)`` -> ``(batch, layers * 2 * dim)``:
+    each layer's mean then standard deviation over the masked frames."""
+    m = mask[:, None, :, None].to(states.dtype)
+    n = m.sum(dim=2).clamp_min(1.0)
+    mean = (states * m).sum(dim=2) / n
+    var = ((states - mean[:, :, None]).square() * m).sum(dim=2) / n
+    return torch.cat([mean, var.clamp_min(0).sqrt()], dim=2).flatten(1)
+
+
+class LinearProbe(nn.Module):
+    architecture = "probe"
+    input_kind = "encoder"
+
+    def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int = N_LAYERS, layers: list | None = None,
+                 **_ignored):
+        super().__init__()
+        self.head_sizes = dict(heads)
+        self.n_layers = n_layers
+        self.layers = list(layers) if layers else list(range(n_layers + 1))
+        if max(self.layers) > n_layers or min(self.layers) < 0:
+            raise ValueError(f"layers {self.layers} must lie within 0..{n_layers}")
+        dim = len(self.layers) * 2 * D_MODEL
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.heads = nn.ModuleDict({name: nn.Linear(dim, n) for name, n in heads.items()})
+
+    def features(self, states: torch.Tensor, lengths: torch.Tensor, speech: torch.Tensor | None) -> torch.Tensor:
+        """The standardised statistics the linear heads read ``(batch, dim)``."""
+        real = length_mask(lengths, states.shape[2])
+        stats = layer_statistics(states[:, self.layers].float(), speech_or_all(speech, real))
+        return (stats - self.mean) / self.std
+
+    def forward(self, states, lengths, speech=None) -> ModelOutput:
+        real = length_mask(lengths, states.shape[2])
+        mask = speech_or_all(speech, real)
+        z = self.features(states, lengths, speech)
+        logits = {name: head(z) for name, head in self.heads.items()}
+        weights = mask.float() / mask.float().sum(dim=1, keepdim=True).clamp_min(1.0)
+        return ModelOutput(logits, weights, lengths, MODEL_FRAME_RATE_HZ)

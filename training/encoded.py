@@ -1,0 +1,127 @@
+"""The encoder-feature cache: each clip's encoder states, computed once, reused by every head.
+
+Key: the SHA-256 of the decoded 16 kHz waveform (content, not path: a copy in the annotation store
+hits the same entry), the encoder's tensor digest, and the VTLP alpha. Value: one ``.npz`` (read with
+``allow_pickle=False``) holding ``states`` float16 ``(7, time, 512)`` on the 25-frames/s model grid
+(all six layers and the embedding, so any layer choice reuses it) and ``speech`` bool ``(time,)``.
+
+``python -m training.encoded --corpus emodb=../shared/data/emodb ...`` fills the cache (resumable:
+each finished clip is a file; a killed run redoes only what is missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from serdemo.encoding import FrontEnd, speech_on_grid
+from serdemo.features import FeatureConfig, pad_batch
+from serdemo.fsutil import atomic_write
+from serdemo.whisper import N_LAYERS, shared_encoder
+
+log = logging.getLogger(__name__)
+
+
+def default_dir() -> Path:
+    return Path(os.environ.get("SERDEMO_CACHE", Path.home() / ".cache" / "serdemo")) / "encoded"
+
+
+def wave_digest(wave: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(wave, dtype=np.float32).tobytes()).hexdigest()
+
+
+class EncodedCache:
+    """Encoder states per (clip content, encoder, alpha), in memory and on disk."""
+
+    def __init__(self, directory: Path | None = None, frontend: FrontEnd | None = None):
+        self.frontend = frontend or FrontEnd(FeatureConfig(), shared_encoder(), N_LAYERS)
+        enc = self.frontend.encoder
+        self.directory = Path(directory or default_dir()) / enc.digest[:16]
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.memory: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]] = {}
+        self.hits = self.misses = 0
+
+    def file(self, digest: str, alpha: float) -> Path:
+        return self.directory / f"{digest[:40]}-a{alpha:.3f}.npz"
+
+    def lookup(self, digest: str, alpha: float = 1.0):
+        """``(states float16 (7, time, 512), speech bool (time,))`` or None when not cached."""
+        key = (digest, round(alpha, 3))
+        if key in self.memory:
+            self.hits += 1
+            return self.memory[key]
+        try:
+            with np.load(self.file(digest, alpha), allow_pickle=False) as z:
+                item = (z["states"], z["speech"])
+        except (OSError, ValueError, KeyError):
+            return None
+        self.hits += 1
+        self.memory[key] = item
+        return item
+
+    @torch.inference_mode()
+    def fill(self, waves: list[np.ndarray], speech: list[np.ndarray], alpha: float = 1.0, batch_size: int = 8,
+             progress=None) -> list[str]:
+        """Encode every wave not yet cached; ``speech``: masks on the log-mel grid. Returns the digests."""
+        digests = [wave_digest(w) for w in waves]
+        todo = [i for i, d in enumerate(digests) if self.lookup(d, alpha) is None]
+        todo.sort(key=lambda i: len(waves[i]))
+        done = 0
+        for start in range(0, len(todo), batch_size):
+            idx = todo[start:start + batch_size]
+            x, lengths = pad_batch([waves[i] for i in idx])
+            enc = self.frontend(x, lengths, alpha=None if alpha == 1.0 else alpha)
+            width = enc.states.shape[2]
+            sp = torch.zeros(len(idx), int(enc.frames.max()), dtype=torch.bool)
+            for j, i in enumerate(idx):
+                m = torch.as_tensor(np.asarray(speech[i], dtype=bool))[: sp.shape[1]]
+                sp[j, : len(m)] = m
+            grid = speech_on_grid(sp, width)
+            for j, i in enumerate(idx):
+                n = int(enc.lengths[j])
+                states = enc.states[j, :, :n].to(torch.float16).numpy()
+                mask = grid[j, :n].numpy()
+                atomic_write(self.file(digests[i], alpha),
+                             lambda f, s=states, m=mask: np.savez(f, states=s, speech=m))
+                self.memory[(digests[i], round(alpha, 3))] = (states, mask)
+                self.misses += 1
+            done += len(idx)
+            if progress:
+                progress(done, len(todo))
+        return digests
+
+
+def main(argv=None) -> None:
+    from training.data import WaveCache, load_corpora
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", action="append", required=True, metavar="KIND=PATH")
+    ap.add_argument("--alpha", type=float, action="append", default=None, help="VTLP alphas to cache (default 1)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    utts, _ = load_corpora(args.corpus)
+    waves_cache = WaveCache()
+    waves = [waves_cache.get(u.path) for u in utts]
+    speech = [waves_cache.speech(u.path) for u in utts]
+    cache = EncodedCache()
+    t0 = time.time()
+    for alpha in args.alpha or [1.0]:
+        cache.fill(waves, speech, alpha, progress=lambda d, n: print(f"\ralpha {alpha}: {d}/{n} "
+                                                                     f"({time.time() - t0:.0f} s)", end="",
+                                                                     file=sys.stderr))
+        print(file=sys.stderr)
+    print(f"{len(utts)} clips cached in {cache.directory} ({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
