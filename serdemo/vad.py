@@ -97,18 +97,25 @@ class SileroNet(nn.Module):
         return out[:, 0]
 
 
-def energy_chunk_scores(wave: torch.Tensor) -> torch.Tensor:
+def energy_chunk_scores(wave: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Fallback detector: a pseudo-probability per 512-sample chunk from its level.
 
     Level in dB relative to the clip's loudest chunk and above its quietest decile; a chunk 12 dB
-    above the floor and within 40 dB of the peak scores above 0.5.
+    above the floor and within 40 dB of the peak scores above 0.5. ``lengths (batch,)``: each clip's
+    samples in a zero-padded batch (None: all real); the peak and the floor come from a clip's own
+    chunks only, so its scores do not depend on its batch companions or its padding.
     """
     b, n = wave.shape
     n_chunks = max(1, -(-n // CHUNK))
     x = F.pad(wave, (0, n_chunks * CHUNK - n)).reshape(b, n_chunks, CHUNK)
     db = 10 * torch.log10(x.square().mean(-1) + 1e-10)
-    peak = db.amax(1, keepdim=True)
-    floor = torch.quantile(db, 0.1, dim=1, keepdim=True)
+    if lengths is None:
+        real = torch.ones_like(db, dtype=torch.bool)
+    else:
+        own = (torch.as_tensor(lengths, device=db.device).clamp_min(1) + CHUNK - 1) // CHUNK  # chunks per clip
+        real = torch.arange(n_chunks, device=db.device)[None] < own[:, None]
+    peak = db.masked_fill(~real, float("-inf")).amax(1, keepdim=True)
+    floor = torch.nanquantile(db.masked_fill(~real, float("nan")), 0.1, dim=1, keepdim=True)
     score = torch.minimum(db - floor - 12.0, db - peak + 40.0)
     return torch.sigmoid(score / 3.0)
 
@@ -190,12 +197,13 @@ class SpeechDetector:
                 self.backend = "energy"
 
     @torch.inference_mode()
-    def chunk_scores(self, waves: torch.Tensor) -> torch.Tensor:
-        """``(batch, samples)`` on any device -> ``(batch, chunks)`` speech probabilities."""
+    def chunk_scores(self, waves: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, samples)`` on any device, zero-padded to ``lengths (batch,)`` (None: all real) ->
+        ``(batch, chunks)`` speech probabilities; a clip's real chunks never depend on its companions."""
         waves = waves.float()
         if self.net is None:
-            return energy_chunk_scores(waves)
-        return self._net_on(waves.device)(waves)
+            return energy_chunk_scores(waves, lengths)
+        return self._net_on(waves.device)(waves)  # the LSTM runs forward in time: padding comes after
 
     def _net_on(self, device: torch.device) -> "SileroNet":
         """The network on ``device``. The app's worker threads share one detector: moving a module
@@ -219,7 +227,7 @@ class SpeechDetector:
         x = torch.zeros(len(waves), max(lengths))
         for i, w in enumerate(waves):
             x[i, : len(w)] = torch.as_tensor(w)
-        scores = self.chunk_scores(x).cpu().numpy()
+        scores = self.chunk_scores(x, torch.tensor(lengths)).cpu().numpy()
         out = []
         for i, (n, t) in enumerate(zip(lengths, num_frames)):
             real = max(1, -(-n // CHUNK))
