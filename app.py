@@ -5,7 +5,9 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from serdemo.ui import CSS, SHORTCUTS_JS, Settings, build_app  # noqa: E402
+from serdemo.ui import build_app  # noqa: E402
+from serdemo.uikit import CSS, SHORTCUTS_JS  # noqa: E402
+from serdemo.workbench import Settings  # noqa: E402
 
 
 def main() -> None:

@@ -22,7 +22,8 @@ import soundfile as sf  # noqa: E402
 
 from serdemo.audio import load_audio  # noqa: E402
 from serdemo.plots import analysis_figure  # noqa: E402
-from serdemo.ui import Settings, Workbench, mel_band_hz  # noqa: E402
+from serdemo.plots import mel_band_hz  # noqa: E402
+from serdemo.workbench import Settings, Workbench  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EMODB = Path(os.environ.get("SERDEMO_SHARED_DATA", ROOT.parent / "shared" / "data")) / "emodb" / "wav"

@@ -7,6 +7,7 @@ colour bar), with each mel band placed at its centre frequency in Hz, so the axi
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import plotly.graph_objects as go
@@ -26,11 +27,12 @@ SPEC_HOVER = "%{x:.2f} s · %{y:.0f} Hz · %{z:.1f} dB<extra></extra>"
 DIFF_HOVER = "%{x:.2f} s · %{y:.0f} Hz · Δ %{z:.1f} dB<extra></extra>"
 
 
-def to_db(logmel: np.ndarray, reference: float | None = None) -> np.ndarray:
-    """Natural-log mel power -> dB below ``reference`` (the clip's peak when None)."""
+def to_db(logmel: np.ndarray, reference: float | None = None, db_per_unit: float = DB_PER_NEPER) -> np.ndarray:
+    """Log mel power -> dB below ``reference`` (the clip's peak when None). ``db_per_unit``: dB per unit
+    of the log scale (natural log: 4.34; Whisper's (log10 + 4) / 4: 40)."""
     logmel = np.asarray(logmel, dtype=np.float32)
     ref = float(np.max(logmel)) if reference is None else reference
-    return (logmel - ref) * DB_PER_NEPER
+    return (logmel - ref) * db_per_unit
 
 
 def warp_breakpoint_hz(alpha: float, f_hi_hz: float = F_HI_HZ) -> float:
@@ -50,10 +52,11 @@ def analysis_figure(frame_times_s: np.ndarray, logmel: np.ndarray, logmel_warped
                     attention_times_s: np.ndarray, attention: np.ndarray, alpha: float,
                     title: str = "", speech_segments_s: list[tuple[float, float]] | None = None,
                     band_hz: np.ndarray | None = None, view: str = "difference",
-                    f_hi_hz: float = F_HI_HZ) -> go.Figure:
+                    f_hi_hz: float = F_HI_HZ, db_per_unit: float = DB_PER_NEPER) -> go.Figure:
     """Three panels on one time axis (seconds): log-mel, the VTLP panel, attention weights.
 
-    ``logmel``/``logmel_warped``: ``(n_mels, frames)`` natural-log mel power at ``frame_times_s``;
+    ``logmel``/``logmel_warped``: ``(n_mels, frames)`` log mel power at ``frame_times_s`` (``db_per_unit``
+    dB per unit: natural log by default);
     ``band_hz (n_mels,)``: each band's centre frequency (None: band numbers). ``view``: the VTLP panel
     shows the ``"difference"`` warped − original (diverging scale, dB) or the ``"warped"`` spectrogram.
     ``attention``: ``(frames',)`` at ``attention_times_s``. ``speech_segments_s``: where speech was
@@ -64,7 +67,7 @@ def analysis_figure(frame_times_s: np.ndarray, logmel: np.ndarray, logmel_warped
     rows = 3 if logmel_warped is not None else 2
     ref = float(np.max(logmel))
     frame_times_s, logmel, logmel_warped = decimate(frame_times_s, logmel, logmel_warped)
-    original = to_db(logmel, ref)
+    original = to_db(logmel, ref, db_per_unit)
     titles = ["log-mel spectrogram"]
     if logmel_warped is not None:
         titles.append(f"VTLP alpha = {alpha:.2f}: warped − original" if view == "difference"
@@ -80,7 +83,7 @@ def analysis_figure(frame_times_s: np.ndarray, logmel: np.ndarray, logmel_warped
                              colorbar=_colorbar(fig, 1, "dB re peak"), name="log-mel", hovertemplate=hover),
                   row=1, col=1)
     if logmel_warped is not None:
-        warped = to_db(logmel_warped, ref)
+        warped = to_db(logmel_warped, ref, db_per_unit)
         if view == "difference":
             diff = warped - original
             span = float(np.percentile(np.abs(diff), 99)) or 1.0
@@ -180,3 +183,120 @@ def non_speech(segments_s: list[tuple[float, float]], end_s: float) -> list[tupl
     if t < end_s:
         out.append((t, float(end_s)))
     return out
+
+
+def db_per_unit(cfg) -> float:
+    """dB per unit of a front end's log-mel: its config's ``db_per_unit``, else the ``DB_PER_UNIT`` of the
+    module that defines the config (Whisper's scale: 40), else natural log."""
+    value = getattr(cfg, "db_per_unit", None)
+    if value is None:
+        value = getattr(sys.modules.get(type(cfg).__module__), "DB_PER_UNIT", DB_PER_NEPER)
+    return float(value)
+
+
+def mel_band_hz(cfg) -> np.ndarray:
+    """Centre frequency (Hz) of each mel band of a front end's config (``n_mels``, ``fmin_hz``, ``fmax_hz``,
+    ``sample_rate``; Slaney mel scale, as its filters)."""
+    import librosa
+
+    fmax = min(getattr(cfg, "fmax_hz", None) or cfg.sample_rate / 2, cfg.sample_rate / 2)
+    return librosa.mel_frequencies(cfg.n_mels + 2, fmin=getattr(cfg, "fmin_hz", 0.0), fmax=fmax, htk=False)[1:-1]
+
+
+# ------------------------------------------------------------------------------ emotion over time
+TIMELINE_HEIGHT = 560
+LIVE_HEIGHT = 300
+GRID_POINTS = 2400  # at most this many time steps in the probability area
+ENVELOPE_POINTS = 3000
+COLOURS = {"neutral": "#9e9e9e", "happy": "#f2b701", "sad": "#3969ac", "angry": "#e73f74", "fear": "#7f3c8d",
+           "disgust": "#11a579", "surprise": "#f97b2f", "calm": "#80ba5a", "boredom": "#a5aa99"}
+OTHER = ["#008695", "#cf1c90", "#4b4b8f", "#e68310"]
+
+
+def colour(label: str, classes: list[str]) -> str:
+    return COLOURS.get(label) or OTHER[classes.index(label) % len(OTHER) if label in classes else 0]
+
+
+# ------------------------------------------------------------------------------------- figures
+def _envelope(tl) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t, lo, hi = tl.envelope_times_s, tl.envelope_min, tl.envelope_max
+    step = max(1, int(np.ceil(len(t) / ENVELOPE_POINTS)))
+    n = len(t) // step * step
+    if step > 1 and n:
+        t = t[:n].reshape(-1, step).mean(1)
+        lo, hi = lo[:n].reshape(-1, step).min(1), hi[:n].reshape(-1, step).max(1)
+    return t, lo, hi
+
+
+def timeline_figure(tl, selected: int | None = None) -> go.Figure:
+    """Three rows on one time axis: the dominant emotion per segment (labelled where it fits), class
+    probabilities over time (stacked; empty in pauses), the waveform overview; segments outlined."""
+    step = max(0.02, tl.duration_s / GRID_POINTS)
+    t, grid = tl.probability_grid(step)
+    # steps: each value holds from its cell's left edge to the next (and the last to the end)
+    t = np.append(t - step / 2, tl.duration_s)
+    grid = np.nan_to_num(np.concatenate([grid, grid[:, -1:]], axis=1), nan=0.0)
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.1, 0.56, 0.34],
+                        subplot_titles=["dominant emotion per segment",
+                                        "class probabilities over time (mean of the windows; blank: no speech)",
+                                        "waveform"])
+    for c, row in zip(tl.classes, grid):
+        fig.add_trace(go.Scatter(x=t, y=row, mode="lines", stackgroup="p", line=dict(width=0, shape="hv",
+                                 color=colour(c, tl.classes)), fillcolor=colour(c, tl.classes), name=c,
+                                 opacity=0.85, legendgroup=c,
+                                 hovertemplate=f"{c} %{{y:.0%}} at %{{x:.1f}} s<extra></extra>"), row=2, col=1)
+    segs = tl.segments
+    fig.add_trace(go.Bar(base=[s.start_s for s in segs], x=[s.duration_s for s in segs], y=[""] * len(segs),
+                         orientation="h", marker=dict(color=[colour(s.label(), tl.classes) for s in segs],
+                                                      line=dict(width=[3 if s.index == selected else 0 for s in segs],
+                                                                color="black")),
+                         text=[s.label() for s in segs], textposition="inside", insidetextanchor="middle",
+                         textfont=dict(color="white", size=12), showlegend=False, width=0.9,
+                         customdata=[[s.index + 1, s.confidence()] for s in segs],
+                         hovertemplate="segment %{customdata[0]}: %{text} %{customdata[1]:.0%}<br>"
+                                       "%{base:.2f} s + %{x:.2f} s<extra></extra>"), row=1, col=1)
+    et, lo, hi = _envelope(tl)
+    fig.add_trace(go.Scatter(x=et, y=hi, mode="lines", line=dict(width=0.5, color="#555"), showlegend=False,
+                             hoverinfo="skip"), row=3, col=1)
+    fig.add_trace(go.Scatter(x=et, y=lo, mode="lines", line=dict(width=0.5, color="#555"), fill="tonexty",
+                             fillcolor="rgba(80,80,80,0.5)", showlegend=False, hoverinfo="skip"), row=3, col=1)
+    shapes = []
+    for s in segs:  # outline each segment over the probability and waveform rows
+        sel = s.index == selected
+        for yref in ("y2 domain", "y3 domain"):
+            shapes.append(dict(type="rect", xref="x2" if yref.startswith("y2") else "x3", yref=yref, x0=s.start_s,
+                               x1=s.end_s, y0=0, y1=1, line=dict(color="black" if sel else "rgba(0,0,0,0.45)",
+                                                                width=2.5 if sel else 0.8),
+                               fillcolor="rgba(0,0,0,0)", layer="above"))
+    fig.update_layout(shapes=shapes)
+    fig.update_xaxes(range=[0, tl.duration_s])
+    fig.update_xaxes(title_text="time (s)", row=3, col=1)
+    fig.update_yaxes(showticklabels=False, fixedrange=True, row=1, col=1)
+    fig.update_yaxes(range=[0, 1], tickformat=".0%", title_text="probability", fixedrange=True, row=2, col=1)
+    peak = float(max(np.abs(lo).max() if len(lo) else 0, np.abs(hi).max() if len(hi) else 0, 1e-3))
+    fig.update_yaxes(range=[-peak, peak], showticklabels=False, fixedrange=True, row=3, col=1)
+    fig.update_layout(height=TIMELINE_HEIGHT, margin=dict(l=60, r=10, t=70, b=45), bargap=0,
+                      uniformtext=dict(minsize=10, mode="hide"), hovermode="closest",
+                      legend=dict(orientation="h", x=0, y=-0.13, yanchor="top"),
+                      title=dict(text=f"{tl.name}: {len(segs)} segment{'s' if len(segs) != 1 else ''} in "
+                                      f"{tl.duration_s:.0f} s — {tl.checkpoint}",
+                                 x=0.01, y=0.99, yanchor="top"))
+    return fig
+
+
+def live_figure(windows: list, classes: list[str], duration_s: float, min_speech_s: float) -> go.Figure:
+    """The rolling predictions so far: each class's probability at the end of its window; windows with
+    too little speech leave a gap."""
+    fig = go.Figure()
+    x = [w.end_s for w in windows]
+    for c in classes:
+        y = [w.probabilities["emotion"][c] if w.speech_s >= min_speech_s else None for w in windows]
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=c, line=dict(color=colour(c, classes), width=2),
+                                 marker=dict(size=4), connectgaps=False,
+                                 hovertemplate=f"{c} %{{y:.0%}} at %{{x:.1f}} s<extra></extra>"))
+    fig.update_layout(height=LIVE_HEIGHT, margin=dict(l=55, r=10, t=40, b=40),
+                      title=dict(text="live: the latest 3 s, every second (gaps: no speech)", x=0.01),
+                      xaxis=dict(title="time (s)", range=[0, max(10.0, duration_s)]),
+                      yaxis=dict(title="probability", range=[0, 1], tickformat=".0%"),
+                      legend=dict(orientation="h", x=0, y=-0.25, yanchor="top"))
+    return fig

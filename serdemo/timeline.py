@@ -1,50 +1,46 @@
-"""Emotion over time: long recordings (and live streams) as a timeline of segments.
+"""Emotion over time for a long recording: segments of speech, each classified, as a :class:`Timeline`.
 
-A file is read twice in bounded blocks, never whole (memory stays flat whatever its length):
+The recording is read twice through :class:`serdemo.audio.AudioStream` (decoded, downmixed and resampled
+in bounded blocks, never whole, so memory stays flat whatever its length):
 
-1. decode -> downmix -> resample (per block, with enough context that the result equals a
-   whole-file resample) -> speech detector scores per 32 ms chunk, a min/max waveform envelope and
-   the content hash of the 16 kHz samples;
+1. speech detector scores per 32 ms chunk, a min/max waveform envelope and the content hash of the
+   16 kHz samples;
 2. the speech mask is cleaned and cut into segments (pauses under ``min_gap_s`` joined, pieces
    over ``max_segment_s`` split); a long segment is covered by overlapping windows of ``window_s``;
-   the file is decoded again and each window, as soon as its samples have arrived, joins a batch
-   for :meth:`Predictor.predict_batch` (the one forward path).
+   the recording is read again and each window, as soon as its samples have arrived, joins a batch
+   for :meth:`Predictor.predict_batch` (the one forward path), with its slice of the speech mask of
+   pass 1 where the predictor takes one (the detector runs once per recording, not once per window).
 
     tl = analyze("call.flac", predictor)       # Timeline: segments, windows, envelope
     tl.export("out/", "call")                   # call.csv, call.json, call.labels.txt
 
-``python -m serdemo.timeline FILE... --out DIR`` does that for a batch of files with a progress bar, one
-worker process per core (and the GPU when there is one).
 Exports: CSV and JSON (start, end, label, confidence, one probability per class) and a label track
 (``start<TAB>end<TAB>label``, seconds) that Audacity imports as labels and ELAN as a tier.
+The live microphone is :mod:`serdemo.live`; the command line (``python -m serdemo.timeline FILE... --out
+DIR``) is :mod:`serdemo.timeline_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
-import ctypes
 import hashlib
+import inspect
 import io
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import soundfile as sf
 import torch
 
-from serdemo import audio as _audio
-from serdemo.audio import (LOWPASS_WIDTH, MIN_DURATION_S, ROLLOFF, SAMPLE_RATE, SILENCE_PEAK, AudioError,
-                           downmix, resample, resample_ratio, to_float)
+from serdemo.audio import SAMPLE_RATE, MIN_DURATION_S, AudioStream, release_memory
 from serdemo.inference import NoSpeechError, Prediction, Predictor
 from serdemo.store import to_pcm16
-from serdemo.vad import CHUNK, MIN_TOTAL_SPEECH_S, frames_from_chunks, segments as speech_runs
+from serdemo.vad import CHUNK, frames_from_chunks, segments as speech_runs
 
 MAX_TIMELINE_S = 1800.0  # default upper bound (30 min); SERDEMO_MAX_TIMELINE_S overrides it
 BLOCK_CHUNKS = 960  # speech-detector chunks per block: 960 x 512 samples = 30.72 s at 16 kHz
@@ -57,8 +53,7 @@ MIN_GAP_S = 0.5  # pauses shorter than this stay inside a segment
 MIN_SEGMENT_S = 0.4  # shorter speech bursts are left out of the timeline
 MAX_SEGMENT_S = 20.0  # longer stretches of speech are split into equal segments
 BATCH_SIZE = 16  # windows per forward pass
-LIVE_WINDOW_S = 3.0  # the live view classifies the latest this-many seconds
-FRAME_RATE_HZ = SAMPLE_RATE / 160  # the speech mask's frame grid (10 ms)
+MASK_HOP = 160  # samples per frame of the detector's mask over the whole recording (10 ms)
 
 Progress = Callable[[float, str], None]  # (fraction done, what is happening)
 
@@ -70,6 +65,12 @@ def max_timeline_s() -> float:
     except ValueError:
         return MAX_TIMELINE_S
 
+
+def open_recording(source, max_duration_s: float | None = None) -> AudioStream:
+    """A recording (path, ``(rate, array)`` or a bare 16 kHz array) as a 16 kHz :class:`AudioStream`,
+    its header checked against the timeline's limit."""
+    limit = max_timeline_s() if max_duration_s is None else float(max_duration_s)
+    return AudioStream(source, sample_rate=SAMPLE_RATE, max_duration_s=limit, what_limit="the timeline's limit")
 
 # ---------------------------------------------------------------------------------------- results
 @dataclass
@@ -195,178 +196,6 @@ class Timeline:
         return t, grid
 
 
-# ------------------------------------------------------------------------------ bounded decoding
-class StreamResampler:
-    """Resampling to 16 kHz of a stream that arrives in pieces of any size (file blocks, microphone
-    chunks): the concatenated output equals :func:`serdemo.audio.resample` of the whole stream.
-
-    Each piece is resampled with ``context`` input samples of look-back and look-ahead, starting on a
-    whole phase of the polyphase filter (a multiple of ``down`` input samples), so no piece edge is
-    audible; the last ``context`` samples wait for the next :meth:`push` or for :meth:`flush`.
-    """
-
-    def __init__(self, rate: int):
-        self.rate = int(rate)
-        ratio = resample_ratio(self.rate, SAMPLE_RATE)
-        self.up, self.down = ratio.numerator, ratio.denominator
-        width = math.ceil(LOWPASS_WIDTH * self.down / (ROLLOFF * min(self.up, self.down)))
-        self.context = -(-(width + self.down) // self.down) * self.down  # input samples, phase-aligned
-        self.buf = np.zeros(0, np.float32)
-        self.buf_start = 0  # input index of buf[0]
-        self.done = 0  # input samples already turned into output
-
-    def output_length(self, n_in: int) -> int:
-        return -(-n_in * self.up // self.down)
-
-    def push(self, raw: np.ndarray) -> np.ndarray:
-        """Mono float32 input -> the output it completes (possibly empty)."""
-        if self.rate == SAMPLE_RATE:
-            return raw
-        self.buf = np.concatenate([self.buf, raw])
-        stop = (self.buf_start + len(self.buf) - self.context) // self.down * self.down
-        if stop <= self.done:
-            return np.zeros(0, np.float32)
-        out = self.span(self.buf, self.buf_start, self.done, stop, final=False)
-        self.done = stop
-        keep = max(0, (stop - self.context) // self.down * self.down)
-        self.buf, self.buf_start = self.buf[keep - self.buf_start:], keep
-        return out
-
-    def flush(self) -> np.ndarray:
-        """The output still held back at the end of the stream."""
-        end = self.buf_start + len(self.buf)
-        if self.rate == SAMPLE_RATE or self.done >= end:
-            return np.zeros(0, np.float32)
-        out = self.span(self.buf, self.buf_start, self.done, end, final=True)
-        self.done = end
-        return out
-
-    def span(self, buf: np.ndarray, buf_start: int, a: int, b: int, final: bool) -> np.ndarray:
-        """Output for input samples ``[a, b)`` (``a`` a multiple of ``down``) from ``buf``, which starts at
-        input index ``buf_start`` and holds ``context`` samples around the span (``final``: ``buf`` ends
-        where the stream ends)."""
-        ext_start = max(buf_start, (a - self.context) // self.down * self.down)
-        ext_stop = buf_start + len(buf) if final else min(buf_start + len(buf), b + self.context)
-        out = resample(np.ascontiguousarray(buf[ext_start - buf_start: ext_stop - buf_start]), self.rate)
-        first = (a - ext_start) * self.up // self.down
-        return out[first: first + self.output_length(b) - a * self.up // self.down]
-
-
-class Source:
-    """A recording read as 16 kHz mono float32 blocks, whatever its rate, channels and length.
-
-    ``source``: a path, a ``(sample_rate, array)`` pair (as Gradio delivers microphone audio) or a
-    bare array at 16 kHz. A file is never decoded whole: :meth:`blocks` reads ``block`` source frames
-    at a time and resamples each with enough context on both sides (aligned to the resampler's
-    phase) that the result equals resampling the whole file.
-    """
-
-    def __init__(self, source, max_duration_s: float | None = None, block_s: float = 30.0):
-        self.max_duration_s = max_timeline_s() if max_duration_s is None else float(max_duration_s)
-        self.block_s = block_s
-        self.path: Path | None = None
-        self.array: np.ndarray | None = None
-        if isinstance(source, (str, os.PathLike)):
-            self.path = Path(source)
-            self.label = _audio._describe(self.path)
-            self.name = self.path.name
-            _audio._check_file(self.path, self.label)
-            info = _audio._open_info(str(self.path), self.label)
-            if info.frames <= 0:
-                raise AudioError(f"{self.label} holds no audio samples: it is empty or its header is truncated.")
-            _audio._check_rate_channels(info.samplerate, info.channels, self.label)
-            self.rate, self.frames = int(info.samplerate), int(info.frames)
-        else:
-            if isinstance(source, tuple) and len(source) == 2:
-                rate, array = source
-            elif isinstance(source, np.ndarray):
-                rate, array = SAMPLE_RATE, source
-            elif source is None:
-                raise AudioError("No audio was given: upload a file or record first.")
-            else:
-                raise AudioError(f"Cannot read audio from a {type(source).__name__}.")
-            self.label, self.name = "the recording", "recording"
-            array = np.asarray(array)
-            if array.size == 0:
-                raise AudioError("The recording holds no samples.", "Nothing was recorded: record again.")
-            channels = 1 if array.ndim == 1 else min(array.shape)
-            _audio._check_rate_channels(int(rate), channels, self.label)
-            self.array, self.rate = downmix(to_float(array)), int(rate)
-            self.frames = len(self.array)
-        self.duration_s = self.frames / self.rate
-        if self.duration_s < MIN_DURATION_S:
-            raise _audio._fail(f"{{what}} is {self.duration_s * 1000:.0f} ms long; at least "
-                               f"{MIN_DURATION_S * 1000:.0f} ms of speech is needed.", self.label,
-                               "Upload a longer recording.", "Record a longer clip.")
-        if self.duration_s > self.max_duration_s * 1.01:
-            limit = _minutes(self.max_duration_s)
-            raise _audio._fail(f"{{what}} lasts {_minutes(self.duration_s)}; the timeline's limit is {limit}.",
-                               self.label, "Trim it, or split it into parts of at most " + limit + ".",
-                               "Record a shorter stretch.")
-        self.resampler = StreamResampler(self.rate)  # its phase arithmetic (each pass makes its own)
-        self.samples_16k = self.resampler.output_length(self.frames)
-
-    def _raw_blocks(self, size: int) -> Iterator[np.ndarray]:
-        if self.array is not None:
-            for i in range(0, self.frames, size):
-                yield self.array[i:i + size]
-            return
-        try:
-            with sf.SoundFile(str(self.path)) as f:
-                while True:
-                    data = f.read(size, dtype="float32", always_2d=True)
-                    if not len(data):
-                        return
-                    yield downmix(data)
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            raise _audio._fail("{what} is damaged and could not be decoded" + _audio._reason(exc) + ".",
-                               self.label, "Upload an intact copy.", "Record again.") from None
-
-    def blocks(self) -> Iterator[np.ndarray]:
-        """16 kHz blocks in order; their concatenation equals resampling the whole recording.
-
-        Raises :class:`AudioError` for NaN or infinite samples, and for digital silence (at the end).
-        """
-        rs = StreamResampler(self.rate)
-        size = max(rs.down, int(self.block_s * self.rate) // rs.down * rs.down)
-        peak = 0.0
-        for raw in self._raw_blocks(size):
-            if not np.isfinite(raw).all():
-                bad = int((~np.isfinite(raw)).sum())
-                raise _audio._fail(f"{{what}} contains {bad} NaN or infinite samples: it is corrupt.", self.label,
-                                   "Export it again from its source.", "Record again.")
-            peak = max(peak, float(np.abs(raw).max()) if len(raw) else 0.0)
-            out = rs.push(raw)
-            if len(out):
-                yield out
-        out = rs.flush()  # ends where the decoder ended (a compressed file's header may be a little off)
-        if len(out):
-            yield out
-        if peak <= SILENCE_PEAK:
-            raise _audio._fail(f"{{what}} is digital silence (peak {peak:.1e}).", self.label,
-                               "It holds no sound at all: upload a recording of someone speaking.",
-                               "Check that the microphone is on and unmuted, then record again.")
-
-    def span(self, start_s: float, end_s: float) -> np.ndarray:
-        """16 kHz samples of ``[start_s, end_s)``, read with seeking (only that part is decoded)."""
-        a = max(0, int(round(start_s * SAMPLE_RATE)))
-        b = min(self.samples_16k, int(round(end_s * SAMPLE_RATE)))
-        if self.array is not None and self.rate == SAMPLE_RATE:
-            return self.array[a:b].copy()
-        rs = self.resampler
-        sa = a // rs.up * rs.down  # the phase-aligned input sample at or before output sample a
-        sb = min(self.frames, -(-b * rs.down // rs.up) + 1)
-        lo, hi = max(0, sa - rs.context), min(self.frames, sb + rs.context)
-        if self.array is not None:
-            raw = self.array[lo:hi]
-        else:
-            with sf.SoundFile(str(self.path)) as f:
-                f.seek(lo)
-                raw = downmix(f.read(hi - lo, dtype="float32", always_2d=True))
-        out = rs.span(raw, lo, sa, sb, final=hi == self.frames)
-        first = a - sa * rs.up // rs.down
-        return np.ascontiguousarray(out[first: first + (b - a)])
-
 
 def regroup(blocks: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
     """Blocks of any sizes -> blocks of exactly ``size`` samples (the last may be shorter)."""
@@ -419,32 +248,42 @@ def plan_windows(seg: Segment, window_s: float = WINDOW_S, hop_s: float = HOP_S,
 
 
 # ------------------------------------------------------------------------------ analysis
-def _window(pred: Prediction, start_s: float, end_s: float, segment: int) -> Window:
-    speech = float(np.count_nonzero(pred.speech)) / FRAME_RATE_HZ if pred.speech is not None else 0.0
+def window_from(pred: Prediction, start_s: float, end_s: float, segment: int) -> Window:
+    """A prediction for the window ``[start_s, end_s)`` as a :class:`Window` on the recording's timeline."""
+    rate = 1.0 / (pred.frame_times_s[1] - pred.frame_times_s[0]) if len(pred.frame_times_s) > 1 else 100.0
+    speech = float(np.count_nonzero(pred.speech)) / rate if pred.speech is not None else 0.0
     return Window(start_s, end_s, pred.probabilities, pred.attention.astype(np.float32),
                   (pred.attention_times_s + start_s).astype(np.float32), speech, segment)
 
 
-def classify(predictor: Predictor, waves: list[np.ndarray]) -> list[Prediction]:
-    """Windows -> predictions through :meth:`Predictor.predict_batch` (no VTLP view, no speech demand)."""
-    return predictor.predict_batch(waves, alpha=None, require_speech=False) if waves else []
+def _accepts(fn, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
-def _release_memory() -> None:
-    """Hand freed heap back to the OS (glibc): batches of differently sized windows otherwise leave the
-    heap fragmented, and a 30-minute recording peaked ~75 MB higher than with this after each batch."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim  # noqa: B018 - glibc only
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
+def classify(predictor: Predictor, waves: list[np.ndarray], speech: list[np.ndarray] | None = None) -> list[Prediction]:
+    """Windows -> predictions through :meth:`Predictor.predict_batch` (no VTLP view, no speech demand).
+
+    ``speech``: each window's speech mask on the predictor's frame grid, already known from the
+    recording's detector pass, handed over when the predictor takes it (so the detector does not run again).
+    """
+    if not waves:
+        return []
+    if speech is not None and _accepts(predictor.predict_batch, "speech"):
+        return predictor.predict_batch(waves, alpha=None, require_speech=False, speech=speech)
+    return predictor.predict_batch(waves, alpha=None, require_speech=False)
 
 
-_LIBC = None
+def window_speech(mask: np.ndarray, start: int, n: int, predictor: Predictor) -> np.ndarray:
+    """The slice of the recording's speech mask (:data:`MASK_HOP` samples per frame) under the window of
+    ``n`` samples from sample ``start``, on the predictor's frame grid (its own frame count and hop)."""
+    feats = predictor.features
+    n_frames = int(feats.num_frames(n))
+    hop = int(getattr(feats, "hop_length", MASK_HOP))
+    idx = (start + np.arange(n_frames) * hop + MASK_HOP // 2) // MASK_HOP  # the nearest mask frame
+    return np.where(idx < len(mask), mask[np.minimum(idx, len(mask) - 1)], False)
 
 
 def _mean_probabilities(windows: list[Window]) -> dict[str, dict[str, float]]:
@@ -463,7 +302,7 @@ def analyze(source, predictor: Predictor, *, max_duration_s: float | None = None
     """
     t0 = time.perf_counter()
     progress = progress or (lambda f, d: None)
-    src = Source(source, max_duration_s, block_s)
+    src = open_recording(source, max_duration_s)
     detector = predictor.detector  # on the CPU, as Predictor runs it (its net follows its input's device)
     block = BLOCK_CHUNKS * CHUNK
     lead = LEAD_CHUNKS * CHUNK
@@ -475,7 +314,7 @@ def analyze(source, predictor: Predictor, *, max_duration_s: float | None = None
     sha = hashlib.sha256()
     n = 0
     prev = np.zeros(0, np.float32)
-    for blk in regroup(src.blocks(), block):
+    for blk in regroup(src.blocks(block_s), block):
         x = np.concatenate([prev, blk])
         s = detector.chunk_scores(torch.from_numpy(x)[None])[0].numpy()
         scores.append(s[len(prev) // CHUNK:])
@@ -489,11 +328,12 @@ def analyze(source, predictor: Predictor, *, max_duration_s: float | None = None
             env_max.append(blk[m:].max(keepdims=True))
         sha.update(to_pcm16(blk).tobytes())
         n += len(blk)
-        progress(0.5 * n / max(1, src.samples_16k), "finding speech")
+        progress(0.5 * n / max(1, src.samples_out), "finding speech")
     duration_s = n / SAMPLE_RATE
-    n_frames = 1 + n // 160
-    mask = frames_from_chunks(np.concatenate(scores), n_frames)
-    runs = speech_runs(mask, FRAME_RATE_HZ)
+    n_frames = 1 + n // MASK_HOP
+    mask = frames_from_chunks(np.concatenate(scores), n_frames, MASK_HOP, SAMPLE_RATE)
+    runs = speech_runs(mask, SAMPLE_RATE / MASK_HOP)
+    del scores
     segs = plan_segments(runs, duration_s, min_gap_s, min_segment_s, max_segment_s)
     if not segs:
         raise NoSpeechError("No speech found in this recording (noise, music or tones?): the timeline needs "
@@ -506,10 +346,11 @@ def analyze(source, predictor: Predictor, *, max_duration_s: float | None = None
     pending: list[tuple[np.ndarray, float, float, int]] = []
 
     def flush():
-        preds = classify(predictor, [p[0] for p in pending])
-        windows.extend(_window(pr, a, b, si) for pr, (_, a, b, si) in zip(preds, pending))
+        speech = [window_speech(mask, int(round(a * SAMPLE_RATE)), len(w), predictor) for w, a, _, _ in pending]
+        preds = classify(predictor, [p[0] for p in pending], speech)
+        windows.extend(window_from(pr, a, b, si) for pr, (_, a, b, si) in zip(preds, pending))
         pending.clear()
-        _release_memory()
+        release_memory()
 
     if src.array is not None and src.rate == SAMPLE_RATE:
         for a, b, si in plan:
@@ -521,7 +362,7 @@ def analyze(source, predictor: Predictor, *, max_duration_s: float | None = None
         buf = np.zeros(0, np.float32)
         buf_start = 0
         k = 0
-        for blk in src.blocks():
+        for blk in src.blocks(block_s):
             buf = np.concatenate([buf, blk])
             end = buf_start + len(buf)
             while k < len(plan) and int(round(plan[k][1] * SAMPLE_RATE)) <= end:
@@ -564,228 +405,10 @@ def analyze(source, predictor: Predictor, *, max_duration_s: float | None = None
                     source_sha=sha.hexdigest(), source_rate=src.rate, elapsed_s=time.perf_counter() - t0)
 
 
-# ------------------------------------------------------------------------------ live streams
-class LiveTimeline:
-    """A growing recording from a microphone stream: every ``every_s`` of new audio the latest
-    ``window_s`` are classified (one :meth:`Predictor.predict_batch` call) and join the timeline.
 
-    ``feed(rate, chunk)`` takes what Gradio's streaming audio delivers (int16 or float, any rate,
-    mono or multichannel) and returns the new :class:`Window` or None; chunks are resampled as one
-    stream (:class:`StreamResampler`), so their joins leave no clicks. The recording stays in memory
-    (at 16 kHz, float32: 3.8 MB a minute) up to ``max_duration_s``; :meth:`finish` returns it whole.
-    """
+if __name__ == "__main__":  # python -m serdemo.timeline: the command line lives in serdemo.timeline_cli
+    import sys
 
-    def __init__(self, predictor: Predictor, window_s: float = LIVE_WINDOW_S, every_s: float = 1.0,
-                 max_duration_s: float | None = None):
-        self.predictor = predictor
-        self.window_s, self.every_s = window_s, every_s
-        self.max_duration_s = max_timeline_s() if max_duration_s is None else max_duration_s
-        self.parts: list[np.ndarray] = []
-        self.samples = 0
-        self.windows: list[Window] = []
-        self.heard_s = 0.0  # seconds of input so far (the cadence), and when the last window was taken
-        self.last_at_s = 0.0
-        self.resampler: StreamResampler | None = None
-        self.truncated = False
+    from serdemo.timeline_cli import main
 
-    @property
-    def duration_s(self) -> float:
-        return self.samples / SAMPLE_RATE
-
-    def finish(self) -> np.ndarray:
-        """The whole recording at 16 kHz, with what the resampler still held back (the stream ended)."""
-        if self.resampler is not None:
-            self._append(self.resampler.flush())
-        return self.recording()
-
-    def _append(self, wave: np.ndarray) -> None:
-        room = int(self.max_duration_s * SAMPLE_RATE) - self.samples
-        if len(wave) > room:
-            self.truncated = True
-            wave = wave[:max(0, room)]
-        if len(wave):
-            self.parts.append(wave.astype(np.float32, copy=False))
-            self.samples += len(wave)
-
-    def recording(self) -> np.ndarray:
-        if len(self.parts) > 1:
-            self.parts = [np.concatenate(self.parts)]
-        return self.parts[0] if self.parts else np.zeros(0, np.float32)
-
-    def _tail(self, n: int) -> np.ndarray:
-        """The latest ``n`` samples, joining only the chunks they span (not the whole recording)."""
-        picked, have = [], 0
-        for part in reversed(self.parts):
-            picked.append(part)
-            have += len(part)
-            if have >= n:
-                break
-        return np.concatenate(picked[::-1])[-n:]
-
-    def feed(self, rate: int, chunk: np.ndarray) -> Window | None:
-        chunk = np.asarray(chunk)
-        if chunk.size == 0:
-            return None
-        rate = int(rate)
-        _audio._check_rate_channels(rate, 1 if chunk.ndim == 1 else min(chunk.shape), "the recording")
-        if self.resampler is None:
-            self.resampler = StreamResampler(rate)
-        elif rate != self.resampler.rate:
-            raise AudioError(f"The microphone switched from {self.resampler.rate} Hz to {rate} Hz mid-recording: "
-                             "stop and record again.")
-        if self.truncated:
-            return None
-        raw = np.nan_to_num(downmix(to_float(chunk)), nan=0.0, posinf=0.0, neginf=0.0)
-        self.heard_s += len(raw) / rate
-        self._append(self.resampler.push(raw))
-        if self.heard_s - self.last_at_s < self.every_s - 1e-6 or self.samples < MIN_DURATION_S * SAMPLE_RATE:
-            return None
-        self.last_at_s = self.heard_s
-        start = max(0, self.samples - int(self.window_s * SAMPLE_RATE))
-        piece = self._tail(self.samples - start)
-        if float(np.abs(piece).max()) <= SILENCE_PEAK:
-            return None
-        pred = classify(self.predictor, [piece])[0]
-        win = _window(pred, start / SAMPLE_RATE, self.samples / SAMPLE_RATE, -1)
-        self.windows.append(win)
-        return win
-
-    def has_speech(self, win: Window) -> bool:
-        return win.speech_s >= MIN_TOTAL_SPEECH_S
-
-
-# ------------------------------------------------------------------------------ CLI
-def _minutes(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s} s" if s < 120 else f"{s // 60} min {s % 60:02d} s"
-
-
-def _analyze_one(args, progress: Progress | None = None) -> tuple[str, dict | str]:
-    """Worker: one file -> (file name, written paths or the error message a person can act on)."""
-    path, stem, out, checkpoint, device, threads, opts = args
-    predictor = _PREDICTORS.get((checkpoint, device)) or Predictor.from_checkpoint(checkpoint, device)
-    _PREDICTORS[(checkpoint, device)] = predictor
-    torch.set_num_threads(threads)  # after loading: importing silero-vad sets torch to one thread
-    try:
-        tl = analyze(path, predictor, progress=progress, **opts)
-    except AudioError as exc:
-        return Path(path).name, str(exc)
-    paths = tl.export(out, stem)
-    return Path(path).name, {"paths": {k: str(v) for k, v in paths.items()}, "segments": len(tl.segments),
-                             "duration_s": tl.duration_s, "elapsed_s": tl.elapsed_s}
-
-
-_PREDICTORS: dict = {}  # per worker process: (checkpoint, device) -> Predictor
-
-
-def _seconds(path) -> float:
-    try:
-        info = sf.info(str(path))
-        return info.frames / info.samplerate
-    except Exception:  # noqa: BLE001 - an unreadable file is reported by its worker, worded there
-        return 0.0
-
-
-class _Bar:
-    """tqdm over seconds of audio (tqdm is in requirements.txt); a plain line per file without it."""
-
-    def __init__(self, total_s: float):
-        try:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=round(total_s, 1), desc="timeline", unit="s audio", dynamic_ncols=True,
-                            file=sys.stderr)
-        except ImportError:  # pragma: no cover
-            self.bar = None
-        self.base = 0.0
-
-    def partial(self, seconds: float, fraction: float) -> None:
-        if self.bar is not None:
-            self.bar.n = round(self.base + fraction * seconds, 1)
-            self.bar.refresh()
-
-    def done(self, seconds: float, message: str) -> None:
-        self.base += seconds
-        if self.bar is None:
-            print(message, file=sys.stderr)
-            return
-        self.bar.write(message, file=sys.stderr)
-        self.bar.n = round(self.base, 1)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _message(name: str, result: dict | str) -> str:
-    if isinstance(result, str):
-        return f"{name}: skipped: {result}"
-    p = result["paths"]
-    return (f"{name}: {result['segments']} segments in {result['duration_s']:.1f} s of audio "
-            f"({result['elapsed_s']:.1f} s) -> {Path(p['csv']).name}, {Path(p['json']).name}, "
-            f"{Path(p['labels']).name}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serdemo.timeline",
-                                description="Emotion over time for long recordings: CSV, JSON and a label "
-                                            "track per file.")
-    p.add_argument("files", nargs="+", help="audio files (wav, flac, ogg, mp3)")
-    p.add_argument("--out", required=True, help="folder for FILE.csv, FILE.json and FILE.labels.txt")
-    p.add_argument("--checkpoint", default=os.environ.get("SERDEMO_CHECKPOINT", "checkpoints/default"),
-                   help="checkpoint folder (default checkpoints/default, or SERDEMO_CHECKPOINT)")
-    p.add_argument("--device", default=os.environ.get("SERDEMO_DEVICE") or None, help="cpu or cuda (default: best)")
-    p.add_argument("--jobs", type=int, default=0,
-                   help="files analysed at once, each in its own worker process (default: one per core, at most "
-                        "one per file)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per worker (default 1: the windows are small, so one process per core "
-                        "beats threads; on this 2-core machine, beside another busy process, 2 threads were "
-                        "6x slower than 1)")
-    p.add_argument("--max-duration", type=float, default=None, help=f"seconds (default {MAX_TIMELINE_S:.0f}, "
-                   "or SERDEMO_MAX_TIMELINE_S)")
-    p.add_argument("--window", type=float, default=WINDOW_S, help="window length in seconds")
-    p.add_argument("--hop", type=float, default=HOP_S, help="step between windows in seconds")
-    p.add_argument("--min-gap", type=float, default=MIN_GAP_S, help="shorter pauses stay inside a segment")
-    args = p.parse_args(argv)
-    opts = dict(max_duration_s=args.max_duration, window_s=args.window, hop_s=args.hop, min_gap_s=args.min_gap)
-    cores = os.cpu_count() or 1
-    jobs = max(1, min(args.jobs or cores, len(args.files)))
-    threads = max(1, args.threads)
-    seconds = {f: _seconds(f) for f in args.files}
-    stems: dict[str, int] = {}
-    work = []
-    for f in args.files:  # two inputs with the same name (in different folders) get -2, -3... outputs
-        stem = Path(f).stem
-        stems[stem] = stems.get(stem, 0) + 1
-        work.append((f, stem if stems[stem] == 1 else f"{stem}-{stems[stem]}", args.out, args.checkpoint,
-                     args.device, threads, opts))
-    bar = _Bar(sum(seconds.values()))
-    failed = 0
-    try:
-        if jobs == 1:
-            for w in work:
-                name, result = _analyze_one(w, lambda f, _d, s=seconds[w[0]]: bar.partial(s, f))
-                failed += isinstance(result, str)
-                bar.done(seconds[w[0]], _message(name, result))
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(_analyze_one, w): w[0] for w in work}
-                for fut in as_completed(futures):
-                    name, result = fut.result()
-                    failed += isinstance(result, str)
-                    bar.done(seconds[futures[fut]], _message(name, result))
-    except (OSError, RuntimeError, ValueError) as exc:  # e.g. the checkpoint cannot be read
-        bar.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    bar.close()
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -16,114 +16,19 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
-import plotly.graph_objects as go
 import soundfile as sf
-from plotly.subplots import make_subplots
 
 from serdemo.audio import MICROPHONE, SAMPLE_RATE, AudioError
 from serdemo.checkpoint import CheckpointError
-from serdemo.plots import analysis_figure
+from serdemo.live import LiveTimeline
+from serdemo.plots import analysis_figure, db_per_unit, live_figure, mel_band_hz, timeline_figure
 from serdemo.store import StoreError, as_stored
-from serdemo.timeline import LiveTimeline, Source, Timeline, Window, analyze, max_timeline_s
+from serdemo.timeline import Timeline, analyze, max_timeline_s, open_recording
+from serdemo.uikit import gpu, resolve_annotator, user_error
+from serdemo.vad import MIN_TOTAL_SPEECH_S
 
 log = logging.getLogger(__name__)
-TIMELINE_HEIGHT = 560
-LIVE_HEIGHT = 300
-GRID_POINTS = 2400  # at most this many time steps in the probability area
-ENVELOPE_POINTS = 3000
 SEGMENT_ALPHA = 1.1  # the VTLP view of a selected segment (as the Analyse tab's default)
-COLOURS = {"neutral": "#9e9e9e", "happy": "#f2b701", "sad": "#3969ac", "angry": "#e73f74", "fear": "#7f3c8d",
-           "disgust": "#11a579", "surprise": "#f97b2f", "calm": "#80ba5a", "boredom": "#a5aa99"}
-OTHER = ["#008695", "#cf1c90", "#4b4b8f", "#e68310"]
-
-
-def colour(label: str, classes: list[str]) -> str:
-    return COLOURS.get(label) or OTHER[classes.index(label) % len(OTHER) if label in classes else 0]
-
-
-# ------------------------------------------------------------------------------------- figures
-def _envelope(tl: Timeline) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    t, lo, hi = tl.envelope_times_s, tl.envelope_min, tl.envelope_max
-    step = max(1, int(np.ceil(len(t) / ENVELOPE_POINTS)))
-    n = len(t) // step * step
-    if step > 1 and n:
-        t = t[:n].reshape(-1, step).mean(1)
-        lo, hi = lo[:n].reshape(-1, step).min(1), hi[:n].reshape(-1, step).max(1)
-    return t, lo, hi
-
-
-def timeline_figure(tl: Timeline, selected: int | None = None) -> go.Figure:
-    """Three rows on one time axis: the dominant emotion per segment (labelled where it fits), class
-    probabilities over time (stacked; empty in pauses), the waveform overview; segments outlined."""
-    step = max(0.02, tl.duration_s / GRID_POINTS)
-    t, grid = tl.probability_grid(step)
-    # steps: each value holds from its cell's left edge to the next (and the last to the end)
-    t = np.append(t - step / 2, tl.duration_s)
-    grid = np.nan_to_num(np.concatenate([grid, grid[:, -1:]], axis=1), nan=0.0)
-    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.1, 0.56, 0.34],
-                        subplot_titles=["dominant emotion per segment",
-                                        "class probabilities over time (mean of the windows; blank: no speech)",
-                                        "waveform"])
-    for c, row in zip(tl.classes, grid):
-        fig.add_trace(go.Scatter(x=t, y=row, mode="lines", stackgroup="p", line=dict(width=0, shape="hv",
-                                 color=colour(c, tl.classes)), fillcolor=colour(c, tl.classes), name=c,
-                                 opacity=0.85, legendgroup=c,
-                                 hovertemplate=f"{c} %{{y:.0%}} at %{{x:.1f}} s<extra></extra>"), row=2, col=1)
-    segs = tl.segments
-    fig.add_trace(go.Bar(base=[s.start_s for s in segs], x=[s.duration_s for s in segs], y=[""] * len(segs),
-                         orientation="h", marker=dict(color=[colour(s.label(), tl.classes) for s in segs],
-                                                      line=dict(width=[3 if s.index == selected else 0 for s in segs],
-                                                                color="black")),
-                         text=[s.label() for s in segs], textposition="inside", insidetextanchor="middle",
-                         textfont=dict(color="white", size=12), showlegend=False, width=0.9,
-                         customdata=[[s.index + 1, s.confidence()] for s in segs],
-                         hovertemplate="segment %{customdata[0]}: %{text} %{customdata[1]:.0%}<br>"
-                                       "%{base:.2f} s + %{x:.2f} s<extra></extra>"), row=1, col=1)
-    et, lo, hi = _envelope(tl)
-    fig.add_trace(go.Scatter(x=et, y=hi, mode="lines", line=dict(width=0.5, color="#555"), showlegend=False,
-                             hoverinfo="skip"), row=3, col=1)
-    fig.add_trace(go.Scatter(x=et, y=lo, mode="lines", line=dict(width=0.5, color="#555"), fill="tonexty",
-                             fillcolor="rgba(80,80,80,0.5)", showlegend=False, hoverinfo="skip"), row=3, col=1)
-    shapes = []
-    for s in segs:  # outline each segment over the probability and waveform rows
-        sel = s.index == selected
-        for yref in ("y2 domain", "y3 domain"):
-            shapes.append(dict(type="rect", xref="x2" if yref.startswith("y2") else "x3", yref=yref, x0=s.start_s,
-                               x1=s.end_s, y0=0, y1=1, line=dict(color="black" if sel else "rgba(0,0,0,0.45)",
-                                                                width=2.5 if sel else 0.8),
-                               fillcolor="rgba(0,0,0,0)", layer="above"))
-    fig.update_layout(shapes=shapes)
-    fig.update_xaxes(range=[0, tl.duration_s])
-    fig.update_xaxes(title_text="time (s)", row=3, col=1)
-    fig.update_yaxes(showticklabels=False, fixedrange=True, row=1, col=1)
-    fig.update_yaxes(range=[0, 1], tickformat=".0%", title_text="probability", fixedrange=True, row=2, col=1)
-    peak = float(max(np.abs(lo).max() if len(lo) else 0, np.abs(hi).max() if len(hi) else 0, 1e-3))
-    fig.update_yaxes(range=[-peak, peak], showticklabels=False, fixedrange=True, row=3, col=1)
-    fig.update_layout(height=TIMELINE_HEIGHT, margin=dict(l=60, r=10, t=70, b=45), bargap=0,
-                      uniformtext=dict(minsize=10, mode="hide"), hovermode="closest",
-                      legend=dict(orientation="h", x=0, y=-0.13, yanchor="top"),
-                      title=dict(text=f"{tl.name}: {len(segs)} segment{'s' if len(segs) != 1 else ''} in "
-                                      f"{tl.duration_s:.0f} s — {tl.checkpoint}",
-                                 x=0.01, y=0.99, yanchor="top"))
-    return fig
-
-
-def live_figure(windows: list[Window], classes: list[str], duration_s: float, min_speech_s: float) -> go.Figure:
-    """The rolling predictions so far: each class's probability at the end of its window; windows with
-    too little speech leave a gap."""
-    fig = go.Figure()
-    x = [w.end_s for w in windows]
-    for c in classes:
-        y = [w.probabilities["emotion"][c] if w.speech_s >= min_speech_s else None for w in windows]
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=c, line=dict(color=colour(c, classes), width=2),
-                                 marker=dict(size=4), connectgaps=False,
-                                 hovertemplate=f"{c} %{{y:.0%}} at %{{x:.1f}} s<extra></extra>"))
-    fig.update_layout(height=LIVE_HEIGHT, margin=dict(l=55, r=10, t=40, b=40),
-                      title=dict(text="live: the latest 3 s, every second (gaps: no speech)", x=0.01),
-                      xaxis=dict(title="time (s)", range=[0, max(10.0, duration_s)]),
-                      yaxis=dict(title="probability", range=[0, 1], tickformat=".0%"),
-                      legend=dict(orientation="h", x=0, y=-0.25, yanchor="top"))
-    return fig
 
 
 # ------------------------------------------------------------------------------------- state
@@ -166,8 +71,6 @@ def summary(tl: Timeline) -> str:
 
 def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
     """The Timeline tab; call inside ``gr.Blocks`` next to the other tabs."""
-    from serdemo.ui import _annotator, gpu, mel_band_hz, user_error  # at call time: serdemo.ui imports this module
-
     def fail(exc, source=None):
         return user_error(exc, source, duration=None)
 
@@ -202,7 +105,7 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
         seg = loaded.timeline.segments[row]
         try:
             predictor = bench.predictor(model_name or loaded.timeline.checkpoint)
-            wave = as_stored(Source(loaded.path).span(seg.start_s, seg.end_s))
+            wave = as_stored(open_recording(loaded.path).span(seg.start_s, seg.end_s))
             pred = predictor.predict(wave, alpha=SEGMENT_ALPHA, require_speech=False)
         except (AudioError, CheckpointError) as exc:
             raise fail(exc) from None
@@ -212,7 +115,7 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
                                     f"{pred.label()} ({pred.confidence():.0%}) as one clip",
                               speech_segments_s=[(a + seg.start_s, b + seg.start_s)
                                                  for a, b in pred.speech_segments_s],
-                              band_hz=mel_band_hz(predictor.features))
+                              band_hz=mel_band_hz(predictor.features), db_per_unit=db_per_unit(predictor.features))
         fig.update_xaxes(range=[seg.start_s, seg.end_s])
         classes = list(pred.probabilities["emotion"])
         picked = Picked(row, wave, seg.start_s, pred.label(), pred.confidence(), predictor.name)
@@ -222,9 +125,9 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
                 f"Segment {row + 1} ({seg.start_s:.2f}–{seg.end_s:.2f} s): the timeline says **{seg.label()}** "
                 f"({seg.confidence():.0%}); the segment as one clip: {pred.label()} ({pred.confidence():.0%}).")
 
-    def save(picked: Picked | None, loaded: Loaded | None, label, annotator_name="", request: gr.Request = None):
+    def save(picked: Picked | None, loaded: Loaded | None, label, typed_name="", request: gr.Request = None):
         """Store the picked segment as its own clip (linked to its recording and offset) with the label."""
-        who = _annotator(annotator_name or "", request)
+        who = resolve_annotator(typed_name or "", request)
         try:
             if picked is None or loaded is None:
                 raise StoreError("pick a segment in the table first, then label it")
@@ -263,8 +166,6 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
             raise fail(exc, MICROPHONE) from None
         if win is None:
             return gr.skip(), gr.skip(), live, gr.skip()
-        from serdemo.vad import MIN_TOTAL_SPEECH_S
-
         classes = list(live.predictor.heads["emotion"])
         fig = live_figure(live.windows, classes, live.duration_s, MIN_TOTAL_SPEECH_S)
         if live.has_speech(win):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from tests.conftest import EMODB, RAVDESS, ROOT, SR, tone, write
 
@@ -325,7 +326,7 @@ def test_retrain_from_the_app_serves_the_new_checkpoint(server):
 def test_retrain_progress_bar_shows_the_step_count_and_eta(tmp_path):
     """The bar is drawn from the retrainer's reading of the run's progress.jsonl (not from the page)."""
     from serdemo.retrain import Retrainer
-    from serdemo.ui import retrain_progress_html
+    from serdemo.workbench import retrain_progress_html
 
     r = Retrainer(tmp_path / "work", tmp_path / "out", [], epochs=3)
     assert retrain_progress_html(r.status()) == ""  # no run: no bar
@@ -512,7 +513,7 @@ def test_model_card_is_a_readable_summary(server):
 
 
 def test_metrics_table_shows_the_reference_row_and_the_comparison_is_a_full_table():
-    from serdemo.ui import comparison_html, metrics_markdown
+    from serdemo.cards import comparison_html, metrics_markdown
 
     sc = {"ua": 0.5, "wa": 0.55, "macro_f1": 0.5, "n": 10}
     card = {"metrics": {"cv": {"scheme": "4-fold speaker-independent", "pooled": {"overall": sc, "emodb": sc},
@@ -529,7 +530,7 @@ def test_metrics_table_shows_the_reference_row_and_the_comparison_is_a_full_tabl
 
 def test_workbench_redraw_reuses_the_power_spectrum_and_keeps_the_title(tmp_path):
     """Without a browser or server: a redraw neither decodes the clip nor runs the STFT or the model."""
-    from serdemo.ui import Analysis, Redraw, Settings, Workbench
+    from serdemo.workbench import Analysis, Redraw, Settings, Workbench
 
     bench = Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data"))
     a = bench.analyse(str(EMODB / "wav" / "03a01Wa.wav"), "default", 1.1)
@@ -550,14 +551,16 @@ def test_workbench_redraw_reuses_the_power_spectrum_and_keeps_the_title(tmp_path
 
 
 def test_workbench_saves_and_queues_with_named_results(tmp_path):
-    from serdemo.ui import QueueView, Saved, Settings, Workbench
+    from serdemo.workbench import QueueView, Saved, Settings, Workbench
 
     bench = Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data"))
-    a = bench.analyse(str(EMODB / "wav" / "03a01Nc.wav"), "default", 1.0)
+    clip = EMODB / "wav" / "03a01Nc.wav"
+    a = bench.analyse(str(clip), "default", 1.0)
     q = bench.queue(10, "unlabelled")
     assert isinstance(q, QueueView) and q.clip_ids == [a.clip_id]
     assert q.rows[0][0] == a.clip_id[:8] and q.rows[0][1] == a.predicted and q.rows[0][2].endswith("%")
-    assert q.rows[0][3] == "2.0" or float(q.rows[0][3]) > 0
+    assert re.fullmatch(r"\d+\.\d", q.rows[0][3])  # seconds, one decimal
+    assert float(q.rows[0][3]) == pytest.approx(sf.info(str(clip)).duration, abs=0.051)
     saved = bench.save_label(a.clip_id, "sad", "wb")
     assert isinstance(saved, Saved) and "wb" in saved.status and saved.history[-1][1:3] == ["sad", "wb"]
     assert saved.history[-1][3] == a.predicted and saved.history[-1][5] == "default"
@@ -566,7 +569,7 @@ def test_workbench_saves_and_queues_with_named_results(tmp_path):
 
 def test_a_finished_retraining_shows_a_full_comparison_table_and_joins_the_pickers_once(tmp_path):
     """Without training: a finished run (exit 0, progress 'done', comparison.json) as the retrainer reads it."""
-    from serdemo.ui import RetrainView, Settings, Workbench
+    from serdemo.workbench import RetrainView, Settings, Workbench
 
     bench = Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data"))
     out = bench.trained_dir / "default-ft-test"
@@ -593,10 +596,10 @@ def test_a_finished_retraining_shows_a_full_comparison_table_and_joins_the_picke
 def test_the_login_name_wins_over_the_typed_name():
     from types import SimpleNamespace
 
-    from serdemo.ui import _annotator, annotator_field, login_name
+    from serdemo.uikit import annotator_field, login_name, resolve_annotator
 
-    assert login_name(None) is None and _annotator(" typed ", None) == "typed"
-    assert _annotator("typed", SimpleNamespace(username="alice")) == "alice"
+    assert login_name(None) is None and resolve_annotator(" typed ", None) == "typed"
+    assert resolve_annotator("typed", SimpleNamespace(username="alice")) == "alice"
     space = SimpleNamespace(username=None, session={"oauth_info": {"userinfo": {"preferred_username": "hf-user"}}})
     assert login_name(space) == "hf-user"
     assert login_name(SimpleNamespace(username=None, session={})) is None
@@ -611,7 +614,8 @@ def test_a_queue_row_picks_its_own_clip_when_the_table_is_sorted(tmp_path):
     from types import SimpleNamespace
 
     from serdemo.store import as_stored
-    from serdemo.ui import Endpoints, Settings, Workbench
+    from serdemo.ui import Endpoints
+    from serdemo.workbench import Settings, Workbench
     from tests.conftest import harmonics
 
     bench = Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data"))
@@ -627,7 +631,7 @@ def test_a_queue_row_picks_its_own_clip_when_the_table_is_sorted(tmp_path):
 def test_the_summary_of_an_ensemble_names_its_members():
     """The shipped default is a seed ensemble: its card summary says so instead of 'best: ?'."""
     from serdemo.checkpoint import read_card
-    from serdemo.ui import card_summary_markdown
+    from serdemo.cards import card_summary_markdown
 
     text = card_summary_markdown("default", read_card(ROOT / "checkpoints" / "default"))
     assert "an ensemble of 3 seeds, best epochs" in text and "best: ?" not in text

@@ -256,3 +256,92 @@ def test_messages_fit_an_upload_or_a_microphone_recording(tmp_path):
         assert mic.startswith("The recording") and path.name not in mic and "record" in mic.lower()
         if problem == "digital silence":
             assert "microphone is on" in mic
+
+
+# ------------------------------------------------------------------ hostile files: channels x rate x duration multiply
+def hostile_ogg(rate=192_000, channels=64, seconds=2.0) -> bytes:
+    """A small Ogg Vorbis file whose decode multiplies: 64 channels x 192 kHz x 2 s is 18 KB encoded and
+    98 MB as float32 (the issue's 60 s version: 417 KB -> 2.9 GB). One channel carries a 440 Hz tone."""
+    import io
+
+    n = int(rate * seconds)
+    x = np.zeros((n, channels), np.float32)
+    x[:, 0] = 0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / rate)
+    buf = io.BytesIO()
+    sf.write(buf, x, rate, format="OGG", subtype="VORBIS")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    return hostile_ogg()
+
+
+def test_a_many_channel_high_rate_file_is_decoded_in_blocks_within_the_budget(hostile):
+    """The whole decode of this file is 98 MB of float32; reading it in blocks and downmixing as it goes
+    keeps the Python-side peak (numpy buffers, tracemalloc) under the stated per-request budget."""
+    import tracemalloc
+
+    from serdemo import audio
+
+    budget = getattr(audio, "REQUEST_BUDGET_BYTES", 32 * 2**20)  # the module states it (32 MiB)
+
+    whole = 192_000 * 64 * 2.0 * 4  # float32
+    assert len(hostile) < 100_000 and whole > 2 * budget
+    load_audio(hostile)  # warm up: kernels and imports are not what is measured
+    tracemalloc.start()
+    try:
+        wave = load_audio(hostile)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < budget / 2, f"peak {peak / 2**20:.1f} MB"
+    assert len(wave) == 2 * SR
+    # the downmix is the mean of 64 channels: the tone at 0.3 / 64, still at 440 Hz
+    assert np.abs(wave[SR // 2: -SR // 2]).max() == pytest.approx(0.3 / 64, rel=0.1)
+    assert abs(np.argmax(np.abs(np.fft.rfft(wave))) * SR / len(wave) - 440) < 2
+
+
+def test_what_a_file_would_decode_to_is_refused_from_its_header(hostile, monkeypatch):
+    """Over MAX_DECODED_BYTES (channels x rate x duration x 4) the file is refused before any sample is read."""
+    from serdemo import audio
+
+    monkeypatch.setattr(audio, "MAX_DECODED_BYTES", 50 * 2**20)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a refused file must not be decoded")
+
+    monkeypatch.setattr(sf.SoundFile, "read", no_decoding)
+    with pytest.raises(AudioError) as info:
+        load_audio(hostile)
+    message = str(info.value)
+    assert "would decode to 0.1 GB" in message and "64 channels" in message and "192000 Hz" in message
+    assert "Mix it down" in message
+
+
+def test_eight_channel_384k_flac_streams_and_equals_its_mono_mix(tmp_path):
+    """An 8-channel 384 kHz FLAC: the blocked read gives what the mono mix resampled whole gives."""
+    from serdemo.audio import resample
+
+    rate, n = 384_000, 384_000 * 2
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((n, 8)) * 0.05).astype(np.float32)
+    path = tmp_path / "wide.flac"
+    sf.write(path, x, rate, subtype="PCM_24")
+    decoded = sf.read(str(path), dtype="float32")[0]
+    expected = resample(decoded.mean(axis=1, dtype=np.float64).astype(np.float32), rate)
+    got = load_audio(path)
+    assert len(got) == len(expected) == 2 * SR
+    assert np.abs(got - expected).max() < 1e-5
+
+
+def test_streamed_blocks_of_a_file_equal_reading_it_whole(tmp_path):
+    """load_audio is the stream read whole: the blocks of AudioStream joined are the same samples."""
+    from serdemo.audio import AudioStream
+
+    x = harmonics(140, 7.0, 44100)
+    path = write(tmp_path / "v.wav", np.stack([x, 0.5 * x], 1), sr=44100, subtype="FLOAT")
+    stream = AudioStream(path, max_duration_s=60)
+    blocks = list(stream.blocks(block_s=0.7))
+    assert len(blocks) >= 9
+    np.testing.assert_array_equal(np.concatenate(blocks), load_audio(path))

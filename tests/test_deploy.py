@@ -124,15 +124,15 @@ def test_readme_front_matter_configures_the_space():
 
 
 def test_the_store_goes_to_persistent_storage_on_a_space(tmp_path, monkeypatch):
-    from serdemo import ui
+    from serdemo import workbench
 
     monkeypatch.delenv("SERDEMO_DATA", raising=False)
-    monkeypatch.setattr(ui, "SPACES_STORAGE", tmp_path / "data")
-    assert ui.Settings.from_env().data_dir == Path("data")  # no persistent storage: the checkout's ./data
+    monkeypatch.setattr(workbench, "SPACES_STORAGE", tmp_path / "data")
+    assert workbench.Settings.from_env().data_dir == Path("data")  # no persistent storage: the checkout's ./data
     (tmp_path / "data").mkdir()
-    assert ui.Settings.from_env().data_dir == tmp_path / "data" / "serdemo"
+    assert workbench.Settings.from_env().data_dir == tmp_path / "data" / "serdemo"
     monkeypatch.setenv("SERDEMO_DATA", str(tmp_path / "mine"))
-    assert ui.Settings.from_env().data_dir == tmp_path / "mine"
+    assert workbench.Settings.from_env().data_dir == tmp_path / "mine"
 
 
 def test_a_login_name_is_the_annotator(tmp_path):

@@ -17,6 +17,7 @@ import soundfile as sf
 
 from serdemo.audio import AudioError, load_audio, resample
 from serdemo.inference import NoSpeechError, Predictor
+from serdemo import live as LV
 from serdemo import timeline as T
 from tests.conftest import EMODB, RAVDESS, ROOT, SHARED, SR, shared_clip, tone
 
@@ -75,11 +76,11 @@ def test_block_resampling_equals_the_whole_file(tmp_path):
     path = tmp_path / "x.wav"
     sf.write(path, x, 44100, subtype="FLOAT")
     whole = resample(x.mean(axis=1, dtype=np.float64).astype(np.float32), 44100)
-    src = T.Source(path, block_s=1.3)
-    blocks = list(src.blocks())
+    src = T.open_recording(path)
+    blocks = list(src.blocks(1.3))
     assert len(blocks) >= 5 and max(len(b) for b in blocks) <= 1.3 * SR + 1
     joined = np.concatenate(blocks)
-    assert len(joined) == len(whole) == src.samples_16k
+    assert len(joined) == len(whole) == src.samples_out
     assert np.abs(joined - whole).max() < 1e-6
     a, b = int(2.345 * SR), int(4.5 * SR)
     assert np.abs(src.span(2.345, 4.5) - whole[a:b]).max() < 1e-6
@@ -270,14 +271,14 @@ def test_live_stream_grows_a_timeline(recording, predictor):
     on the latest 3 s; the recording is kept whole, resampled as one stream (no clicks at the joins)."""
     wave = recording[0][: 12 * SR]
     at48 = (np.clip(resample(wave, SR, 48000), -1, 1) * 32767).astype(np.int16)
-    live = T.LiveTimeline(predictor)
+    live = LV.LiveTimeline(predictor)
     new = []
     for i in range(0, len(at48), 24000):
         w = live.feed(48000, at48[i:i + 24000])
         new.append(w)
     wins = [w for w in new if w is not None]
     assert 10 <= len(wins) <= 12 and len(live.windows) == len(wins)
-    assert all(w.end_s - w.start_s <= T.LIVE_WINDOW_S + 1e-6 for w in wins)
+    assert all(w.end_s - w.start_s <= LV.LIVE_WINDOW_S + 1e-6 for w in wins)
     assert [round(w.end_s) for w in wins] == list(range(1, len(wins) + 1))
     assert abs(live.duration_s - 12.0) < 0.01 and len(live.recording()) == live.samples
     assert any(live.has_speech(w) for w in wins) and not live.has_speech(wins[0])  # the first second is a pause
@@ -336,7 +337,7 @@ def test_stopping_a_live_recording_without_speech_keeps_it(tmp_path, predictor):
                                    checkpoint_dirs=(ROOT / "checkpoints",))
     app = build_app(settings)
     stop = next(f.fn for f in app.fns.values() if f.name == "live_stop")
-    live = T.LiveTimeline(predictor)
+    live = LV.LiveTimeline(predictor)
     beep = (tone(440, 4.0, sr=48000, amp=0.3) * 32767).astype(np.int16)
     for i in range(0, len(beep), 24000):
         live.feed(48000, beep[i:i + 24000])

@@ -1,0 +1,236 @@
+"""Checkpoint cards as text: the one renderer of a card's summary, held-out metrics and a retrain comparison.
+
+Plain Python (no Gradio, no torch), so the app, ``training/report.py``, ``training/evaluate.py`` and
+retraining can all use it. Data first, then formats of the same data:
+
+    rows = metric_rows(card)            # [MetricRow(evaluation, group, ua, wa, macro_f1, n), ...]
+    metrics_markdown(card)              # those rows as a Markdown table (+ the test speakers)
+    card_summary_markdown(name, card)   # model, data, classes, speakers held out, recipe, licence
+    headline(card)                      # "UA 0.51 · WA 0.50 (8 spk)": the model pickers' figure
+    comparison_rows(result)             # training.compare's JSON -> [ComparisonRow(...)]
+    comparison_html(result)             # ... as a table; comparison_markdown(result) the same in Markdown
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+EVALUATIONS = (  # card metrics key -> what the figure is, in the card view
+    ("test", "test speakers (never trained on)"),
+    ("dev", "dev speakers (picked the epoch)"),
+    ("cv", "cross-validated, pooled folds"),
+    ("loco", "leave-one-corpus-out, pooled"),
+)
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One held-out score of a card: ``evaluation`` (what was held out, how), ``group`` ("overall" or a corpus)."""
+
+    evaluation: str
+    group: str
+    ua: float
+    wa: float
+    macro_f1: float | None
+    n: int | None
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """The previous and the new model on the same held-out clips of one set."""
+
+    set: str
+    n: int | None
+    previous_ua: float
+    new_ua: float
+    previous_wa: float
+    new_wa: float
+
+    @property
+    def delta_ua(self) -> float:
+        return self.new_ua - self.previous_ua
+
+    @property
+    def delta_wa(self) -> float:
+        return self.new_wa - self.previous_wa
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def headline(card: dict) -> str:
+    """The picker's figure, the same kind for every model: UA / WA on the card's own test speakers
+    (``metrics.test.overall``). Cross-validation and leave-one-corpus-out stay in the card view."""
+    try:
+        overall = _dict(_dict(card.get("metrics")).get("test")).get("overall")
+        if not overall:
+            return "no test-speaker metrics"
+        speakers = (_dict(card.get("metrics")).get("test_speakers")
+                    or _dict(_dict(card.get("training")).get("speakers")).get("test"))
+        held_out = f" ({len(speakers)} spk)" if speakers else ""
+        return f"UA {overall['ua']:.2f} · WA {overall['wa']:.2f}{held_out}"
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return "metrics unreadable"
+
+
+def metric_rows(card: dict) -> list[MetricRow]:
+    """Every held-out evaluation of a card (test, dev, cross-validation, leave-one-corpus-out with its
+    reference row), overall and per corpus, in that order. Unreadable entries are left out."""
+    metrics = _dict(card.get("metrics"))
+    rows: list[MetricRow] = []
+    for key, what in EVALUATIONS:
+        block = metrics.get(key)
+        if not isinstance(block, dict):
+            continue
+        blocks = [(what, block)]
+        if key in ("cv", "loco"):
+            what = f"{block.get('scheme', what)}: {what}"
+            blocks = [(what, _dict(block.get("pooled")))]
+            ref = block.get("reference")
+            if isinstance(ref, dict) and isinstance(ref.get("pooled"), dict):
+                blocks.append((f"reference row ({ref.get('name', 'functionals + logistic regression')}), "
+                               "same folds", ref["pooled"]))
+        for label, scores in blocks:
+            for group, sc in scores.items():
+                if not (isinstance(sc, dict) and "ua" in sc):
+                    continue
+                try:
+                    f1 = sc.get("macro_f1")
+                    rows.append(MetricRow(label, str(group), float(sc["ua"]), float(sc["wa"]),
+                                          None if f1 is None else float(f1),
+                                          None if sc.get("n") is None else int(sc["n"])))
+                except (KeyError, TypeError, ValueError):
+                    continue
+    return rows
+
+
+def metrics_markdown(card: dict) -> str:
+    """:func:`metric_rows` as a Markdown table, with the test speakers below it."""
+    rows = metric_rows(card)
+    if not rows:
+        return "_this card holds no held-out metrics_"
+    lines = ["| evaluation | set | UA | WA | macro-F1 | n |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        f1 = "" if r.macro_f1 is None else f"{r.macro_f1:.3f}"
+        lines.append(f"| {r.evaluation} | {r.group} | {r.ua:.3f} | {r.wa:.3f} | {f1} | {'' if r.n is None else r.n} |")
+    speakers = _dict(card.get("metrics")).get("test_speakers")
+    note = f"\n\nTest speakers: {', '.join(map(str, speakers))}." if speakers else ""
+    return "\n".join(lines) + note
+
+
+def speakers_text(names) -> str:
+    """``["emodb:03", "emodb:13", "nemo:EB0"]`` -> ``emodb 03, 13; nemo EB0``."""
+    by_corpus: dict[str, list[str]] = {}
+    for s in names or []:
+        corpus, _, spk = str(s).partition(":")
+        by_corpus.setdefault(corpus if spk else "", []).append(spk or corpus)
+    return "; ".join(f"{c} {', '.join(v)}".strip() for c, v in by_corpus.items()) or "none recorded"
+
+
+def card_summary_markdown(name: str, card: dict) -> str:
+    """A checkpoint card as a short readable summary: model, data, speakers held out, recipe, licence."""
+    t = _dict(card.get("training"))
+    cfg = _dict(t.get("config"))
+    model = _dict(card.get("model"))
+    label_set = _dict(card.get("label_set"))
+    lines = [f"### {name}",
+             f"**Model**: `{model.get('architecture', '?')}`, "
+             f"{_dict(card.get('weights')).get('parameters', 0):,} parameters, heads: "
+             f"{', '.join(_dict(card.get('heads')))}; created {card.get('created_utc', '?')}."]
+    corpora = [c for c in t.get("corpora", []) if isinstance(c, dict)]
+    if corpora:
+        data = ", ".join(f"{c.get('corpus')} ({c.get('utterances', '?')} clips)" for c in corpora)
+        dropped = _dict(t.get("dropped_labels"))
+        drop = f"; dropped: {', '.join(f'{k} ({v})' for k, v in dropped.items())}" if dropped else ""
+        lines.append(f"**Data**: {data}; {t.get('n_train', '?')} train / {t.get('n_dev', '?')} dev / "
+                     f"{t.get('n_test', '?')} test clips{drop}.")
+    if label_set:
+        lines.append(f"**Classes** ({label_set.get('name', '?')}): {', '.join(label_set.get('classes', []))}"
+                     + (f" — {label_set['description']}" if label_set.get("description") else "") + ".")
+    speakers = _dict(t.get("speakers"))
+    if speakers:
+        lines.append(f"**Speakers held out** (never trained on): test {speakers_text(speakers.get('test'))}; "
+                     f"dev (picks the epoch) {speakers_text(speakers.get('dev'))}.")
+    if cfg:
+        aug = [a for a, on in (("VTLP " + "–".join(str(cfg.get(k)) for k in ("vtlp_low", "vtlp_high")), cfg.get("vtlp")),
+                               ("SpecAugment", cfg.get("specaug")), ("mixup", cfg.get("mixup"))) if on]
+        aug += list(cfg.get("augment") or [])
+        feats = _dict(cfg.get("features"))
+        members = t.get("ensemble") if isinstance(t.get("ensemble"), list) else None
+        best = (f"an ensemble of {len(members)} seeds, best epochs "
+                + ", ".join(str(m.get("best_epoch", "?")) for m in members if isinstance(m, dict))) if members \
+            else f"best: {_dict(card.get('metrics')).get('best_epoch', '?')}"
+        lines.append(f"**Recipe**: {cfg.get('epochs', '?')} epochs ({best}), "
+                     f"batch {cfg.get('batch_size', '?')}, lr {cfg.get('lr', '?')}, {cfg.get('norm', '?')} normalisation, "
+                     f"split {cfg.get('split', '?')} fold {cfg.get('fold', '?')} of {cfg.get('n_folds', '?')}, "
+                     f"seed {cfg.get('seed', '?')}; augmentation: {', '.join(aug) or 'none'}"
+                     + (f"; features: {', '.join(k for k, v in feats.items() if v is True)}" if feats else "") + ".")
+    if card.get("license"):
+        lines.append(f"**Licence**: {card['license']}")
+    return "\n\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ retrain comparison
+def comparison_rows(result: dict) -> list[ComparisonRow]:
+    """A ``training.compare`` result -> one row per set both models were scored on (new model's order)."""
+    scores = _dict(result.get("scores"))
+    old, new = _dict(scores.get("previous")), _dict(scores.get("new"))
+    rows = []
+    for k, n in new.items():
+        o = old.get(k)
+        if not (isinstance(o, dict) and isinstance(n, dict)):
+            continue
+        try:
+            rows.append(ComparisonRow(str(k), None if n.get("n") is None else int(n["n"]), float(o["ua"]),
+                                      float(n["ua"]), float(o["wa"]), float(n["wa"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return rows
+
+
+def comparison_caption(result: dict) -> str:
+    speakers = [str(s) for s in result.get("speakers", []) or []]
+    return (f"Both models scored on the same {result.get('n', 0)} clips of {len(speakers)} speakers "
+            f"that neither trained on ({', '.join(speakers) or 'none'})")
+
+
+COMPARISON_HEADERS = ("set", "clips", "previous UA", "new UA", "Δ UA", "previous WA", "new WA", "Δ WA")
+
+
+def _cells(r: ComparisonRow) -> list[str]:
+    return [r.set, "" if r.n is None else str(r.n), f"{r.previous_ua:.3f}", f"{r.new_ua:.3f}", f"{r.delta_ua:+.3f}",
+            f"{r.previous_wa:.3f}", f"{r.new_wa:.3f}", f"{r.delta_wa:+.3f}"]
+
+
+def comparison_html(result: dict) -> str:
+    """:func:`comparison_rows` as a full-width HTML table with its caption (and the comparison's note)."""
+    rows = comparison_rows(result)
+    caption = html.escape(comparison_caption(result))
+    if not rows:
+        return f"<p>{caption}: no scores.</p>"
+    head = "".join(f"<th>{h}</th>" for h in COMPARISON_HEADERS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>" for r in rows)
+    note = f"<p>Note: {html.escape(str(result['note']))}.</p>" if result.get("note") else ""
+    left = _dict(result.get("left_out_speakers"))
+    if left:
+        note += "<p>Left out: " + html.escape(", ".join(f"{s} ({why})" for s, why in sorted(left.items()))) + ".</p>"
+    return (f'<table class="comparison" style="width:100%"><caption style="text-align:left">{caption}</caption>'
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}")
+
+
+def comparison_markdown(result: dict) -> str:
+    """:func:`comparison_rows` as a Markdown table under its caption."""
+    rows = comparison_rows(result)
+    if not rows:
+        return f"{comparison_caption(result)}: no scores."
+    lines = [comparison_caption(result) + ":", "", "| " + " | ".join(COMPARISON_HEADERS) + " |",
+             "|" + "---|" * len(COMPARISON_HEADERS)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    if result.get("note"):
+        lines += ["", f"Note: {result['note']}."]
+    left = _dict(result.get("left_out_speakers"))
+    if left:
+        lines += ["", "Left out: " + ", ".join(f"{s} ({why})" for s, why in sorted(left.items())) + "."]
+    return "\n".join(lines)

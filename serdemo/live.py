@@ -1,0 +1,103 @@
+"""Live microphone streams: a growing recording whose latest seconds are classified as it grows."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from serdemo.audio import (MIN_DURATION_S, SAMPLE_RATE, SILENCE_PEAK, AudioError, StreamResampler, channels_of,
+                           check_rate_channels, downmix, to_float)
+from serdemo.inference import Predictor
+from serdemo.timeline import Window, classify, max_timeline_s, window_from
+from serdemo.vad import MIN_TOTAL_SPEECH_S
+
+LIVE_WINDOW_S = 3.0  # the live view classifies the latest this-many seconds
+
+
+class LiveTimeline:
+    """A growing recording from a microphone stream: every ``every_s`` of new audio the latest
+    ``window_s`` are classified (one :meth:`Predictor.predict_batch` call) and join the timeline.
+
+    ``feed(rate, chunk)`` takes what Gradio's streaming audio delivers (int16 or float, any rate,
+    mono or multichannel) and returns the new :class:`Window` or None; chunks are resampled as one
+    stream (:class:`StreamResampler`), so their joins leave no clicks. The recording stays in memory
+    (at 16 kHz, float32: 3.8 MB a minute) up to ``max_duration_s``; :meth:`finish` returns it whole.
+    """
+
+    def __init__(self, predictor: Predictor, window_s: float = LIVE_WINDOW_S, every_s: float = 1.0,
+                 max_duration_s: float | None = None):
+        self.predictor = predictor
+        self.window_s, self.every_s = window_s, every_s
+        self.max_duration_s = max_timeline_s() if max_duration_s is None else max_duration_s
+        self.parts: list[np.ndarray] = []
+        self.samples = 0
+        self.windows: list[Window] = []
+        self.heard_s = 0.0  # seconds of input so far (the cadence), and when the last window was taken
+        self.last_at_s = 0.0
+        self.resampler: StreamResampler | None = None
+        self.truncated = False
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples / SAMPLE_RATE
+
+    def finish(self) -> np.ndarray:
+        """The whole recording at 16 kHz, with what the resampler still held back (the stream ended)."""
+        if self.resampler is not None:
+            self._append(self.resampler.flush())
+        return self.recording()
+
+    def _append(self, wave: np.ndarray) -> None:
+        room = int(self.max_duration_s * SAMPLE_RATE) - self.samples
+        if len(wave) > room:
+            self.truncated = True
+            wave = wave[:max(0, room)]
+        if len(wave):
+            self.parts.append(wave.astype(np.float32, copy=False))
+            self.samples += len(wave)
+
+    def recording(self) -> np.ndarray:
+        if len(self.parts) > 1:
+            self.parts = [np.concatenate(self.parts)]
+        return self.parts[0] if self.parts else np.zeros(0, np.float32)
+
+    def _tail(self, n: int) -> np.ndarray:
+        """The latest ``n`` samples, joining only the chunks they span (not the whole recording)."""
+        picked, have = [], 0
+        for part in reversed(self.parts):
+            picked.append(part)
+            have += len(part)
+            if have >= n:
+                break
+        return np.concatenate(picked[::-1])[-n:]
+
+    def feed(self, rate: int, chunk: np.ndarray) -> Window | None:
+        chunk = np.asarray(chunk)
+        if chunk.size == 0:
+            return None
+        rate = int(rate)
+        check_rate_channels(rate, channels_of(chunk), "the recording")
+        if self.resampler is None:
+            self.resampler = StreamResampler(rate)
+        elif rate != self.resampler.rate:
+            raise AudioError(f"The microphone switched from {self.resampler.rate} Hz to {rate} Hz mid-recording: "
+                             "stop and record again.")
+        if self.truncated:
+            return None
+        raw = np.nan_to_num(downmix(to_float(chunk)), nan=0.0, posinf=0.0, neginf=0.0)
+        self.heard_s += len(raw) / rate
+        self._append(self.resampler.push(raw))
+        if self.heard_s - self.last_at_s < self.every_s - 1e-6 or self.samples < MIN_DURATION_S * SAMPLE_RATE:
+            return None
+        self.last_at_s = self.heard_s
+        start = max(0, self.samples - int(self.window_s * SAMPLE_RATE))
+        piece = self._tail(self.samples - start)
+        if float(np.abs(piece).max()) <= SILENCE_PEAK:
+            return None
+        pred = classify(self.predictor, [piece])[0]
+        win = window_from(pred, start / SAMPLE_RATE, self.samples / SAMPLE_RATE, -1)
+        self.windows.append(win)
+        return win
+
+    def has_speech(self, win: Window) -> bool:
+        return win.speech_s >= MIN_TOTAL_SPEECH_S
+

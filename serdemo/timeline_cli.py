@@ -1,0 +1,148 @@
+"""``python -m serdemo.timeline FILE... --out DIR`` (or ``python -m serdemo.timeline_cli``): emotion over
+time for a batch of files, CSV, JSON and a label track each, with a progress bar in seconds of audio; one
+worker process per core (and the GPU when there is one). A bad file is reported by name and skipped
+(exit status 1)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from serdemo.audio import AudioError, AudioStream
+from serdemo.inference import Predictor
+from serdemo.timeline import HOP_S, MAX_TIMELINE_S, MIN_GAP_S, WINDOW_S, Progress, analyze
+
+
+def _analyze_one(args, progress: Progress | None = None) -> tuple[str, dict | str]:
+    """Worker: one file -> (file name, written paths or the error message a person can act on)."""
+    path, stem, out, checkpoint, device, threads, opts = args
+    predictor = _PREDICTORS.get((checkpoint, device)) or Predictor.from_checkpoint(checkpoint, device)
+    _PREDICTORS[(checkpoint, device)] = predictor
+    torch.set_num_threads(threads)  # after loading: importing silero-vad sets torch to one thread
+    try:
+        tl = analyze(path, predictor, progress=progress, **opts)
+    except AudioError as exc:
+        return Path(path).name, str(exc)
+    paths = tl.export(out, stem)
+    return Path(path).name, {"paths": {k: str(v) for k, v in paths.items()}, "segments": len(tl.segments),
+                             "duration_s": tl.duration_s, "elapsed_s": tl.elapsed_s}
+
+
+_PREDICTORS: dict = {}  # per worker process: (checkpoint, device) -> Predictor
+
+
+def _seconds(path) -> float:
+    """The file's length from its header (for the progress bar); 0 for a file its worker will refuse."""
+    try:
+        return AudioStream(path, max_duration_s=float("inf"), min_duration_s=0.0).duration_s
+    except AudioError:
+        return 0.0
+
+
+class _Bar:
+    """tqdm over seconds of audio (tqdm is in requirements.txt); a plain line per file without it."""
+
+    def __init__(self, total_s: float):
+        try:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=round(total_s, 1), desc="timeline", unit="s audio", dynamic_ncols=True,
+                            file=sys.stderr)
+        except ImportError:  # pragma: no cover
+            self.bar = None
+        self.base = 0.0
+
+    def partial(self, seconds: float, fraction: float) -> None:
+        if self.bar is not None:
+            self.bar.n = round(self.base + fraction * seconds, 1)
+            self.bar.refresh()
+
+    def done(self, seconds: float, message: str) -> None:
+        self.base += seconds
+        if self.bar is None:
+            print(message, file=sys.stderr)
+            return
+        self.bar.write(message, file=sys.stderr)
+        self.bar.n = round(self.base, 1)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _message(name: str, result: dict | str) -> str:
+    if isinstance(result, str):
+        return f"{name}: skipped: {result}"
+    p = result["paths"]
+    return (f"{name}: {result['segments']} segments in {result['duration_s']:.1f} s of audio "
+            f"({result['elapsed_s']:.1f} s) -> {Path(p['csv']).name}, {Path(p['json']).name}, "
+            f"{Path(p['labels']).name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m serdemo.timeline",
+                                description="Emotion over time for long recordings: CSV, JSON and a label "
+                                            "track per file.")
+    p.add_argument("files", nargs="+", help="audio files (wav, flac, ogg, mp3)")
+    p.add_argument("--out", required=True, help="folder for FILE.csv, FILE.json and FILE.labels.txt")
+    p.add_argument("--checkpoint", default=os.environ.get("SERDEMO_CHECKPOINT", "checkpoints/default"),
+                   help="checkpoint folder (default checkpoints/default, or SERDEMO_CHECKPOINT)")
+    p.add_argument("--device", default=os.environ.get("SERDEMO_DEVICE") or None, help="cpu or cuda (default: best)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="files analysed at once, each in its own worker process (default: one per core, at most "
+                        "one per file)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per worker (default 1: the windows are small, so one process per core "
+                        "beats threads; on this 2-core machine, beside another busy process, 2 threads were "
+                        "6x slower than 1)")
+    p.add_argument("--max-duration", type=float, default=None, help=f"seconds (default {MAX_TIMELINE_S:.0f}, "
+                   "or SERDEMO_MAX_TIMELINE_S)")
+    p.add_argument("--window", type=float, default=WINDOW_S, help="window length in seconds")
+    p.add_argument("--hop", type=float, default=HOP_S, help="step between windows in seconds")
+    p.add_argument("--min-gap", type=float, default=MIN_GAP_S, help="shorter pauses stay inside a segment")
+    args = p.parse_args(argv)
+    opts = dict(max_duration_s=args.max_duration, window_s=args.window, hop_s=args.hop, min_gap_s=args.min_gap)
+    cores = os.cpu_count() or 1
+    jobs = max(1, min(args.jobs or cores, len(args.files)))
+    threads = max(1, args.threads)
+    seconds = {f: _seconds(f) for f in args.files}
+    stems: dict[str, int] = {}
+    work = []
+    for f in args.files:  # two inputs with the same name (in different folders) get -2, -3... outputs
+        stem = Path(f).stem
+        stems[stem] = stems.get(stem, 0) + 1
+        work.append((f, stem if stems[stem] == 1 else f"{stem}-{stems[stem]}", args.out, args.checkpoint,
+                     args.device, threads, opts))
+    bar = _Bar(sum(seconds.values()))
+    failed = 0
+    try:
+        if jobs == 1:
+            for w in work:
+                name, result = _analyze_one(w, lambda f, _d, s=seconds[w[0]]: bar.partial(s, f))
+                failed += isinstance(result, str)
+                bar.done(seconds[w[0]], _message(name, result))
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+                futures = {pool.submit(_analyze_one, w): w[0] for w in work}
+                for fut in as_completed(futures):
+                    name, result = fut.result()
+                    failed += isinstance(result, str)
+                    bar.done(seconds[futures[fut]], _message(name, result))
+    except (OSError, RuntimeError, ValueError) as exc:  # e.g. the checkpoint cannot be read
+        bar.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bar.close()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

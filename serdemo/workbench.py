@@ -1,0 +1,550 @@
+"""The workbench: the app's state and every action of its page, as plain methods with named results.
+
+:class:`Workbench` holds what all sessions share (the checkpoint catalogue, loaded predictors, the
+annotation store, the redraw cache, the background retrainer); each page callback in ``serdemo.ui`` is
+one of its methods, so the app's behaviour is testable without a browser. No layout here; user errors are
+raised as ``gr.Error`` (:func:`serdemo.uikit.user_error`), worded for the person, without a path.
+"""
+
+from __future__ import annotations
+
+import html
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import plotly.graph_objects as go
+import torch
+
+from serdemo import agreement as agreement_mod
+from serdemo.audio import MAX_DURATION_S, AudioError
+from serdemo.cards import card_summary_markdown, comparison_html, comparison_markdown, headline, metrics_markdown
+from serdemo.checkpoint import CheckpointError, list_checkpoints, read_card
+from serdemo.inference import Prediction, Predictor
+from serdemo.labels import ANNOTATION_LABELS
+from serdemo.plots import VTLP_VIEWS, analysis_figure, confusion_figure, db_per_unit, mel_band_hz, warp_figure
+from serdemo.retrain import COMPARISON_FILE, RetrainBusy, Retrainer
+from serdemo.store import Store, StoreError, as_stored
+from serdemo.uikit import user_error
+from serdemo.vtlp import F_HI_HZ, warp_power
+
+ALPHA_MIN, ALPHA_MAX = 0.8, 1.2
+SPACES_STORAGE = Path("/data")  # a Hugging Face Space's persistent storage, when the Space has it
+log = logging.getLogger("serdemo.ui")
+
+
+@dataclass
+class Settings:
+    checkpoint_dirs: tuple[Path, ...] = (Path("checkpoints"),)
+    default_model: str = "default"
+    data_dir: Path = Path("data")
+    max_duration_s: float = MAX_DURATION_S
+    device: str | None = None
+    retrain_corpora: tuple[str, ...] | None = None  # None: the base checkpoint's own corpora
+    retrain_epochs: int = 5
+    retrain_args: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        dirs = [Path(os.environ.get("SERDEMO_CHECKPOINTS", "checkpoints"))]
+        if os.environ.get("SERDEMO_EXTRA_CHECKPOINTS"):
+            dirs.append(Path(os.environ["SERDEMO_EXTRA_CHECKPOINTS"]))
+        corpora = os.environ.get("SERDEMO_RETRAIN_CORPORA")
+        return cls(tuple(dirs), os.environ.get("SERDEMO_DEFAULT_MODEL", "default"),
+                   default_data_dir(),
+                   float(os.environ.get("SERDEMO_MAX_DURATION_S", MAX_DURATION_S)),
+                   os.environ.get("SERDEMO_DEVICE") or None,
+                   tuple(c for c in corpora.split(",") if c) if corpora is not None else None,
+                   int(os.environ.get("SERDEMO_RETRAIN_EPOCHS", "5")),
+                   tuple(os.environ.get("SERDEMO_RETRAIN_ARGS", "").split()))
+
+
+PICKER_INFO = "UA · WA: each model on its own test speakers (never trained on); more on the Models tab"
+QUEUE_HEADERS = ["clip", "model guess", "conf.", "sec", "label", "source"]  # what matters first on a phone
+HISTORY_HEADERS = ["when (UTC)", "label", "annotator", "model said", "confidence", "checkpoint"]
+AGREEMENT_HEADERS = ["annotator", "clips", "shared", "agreement", "mean kappa", "Cohen's kappa with each other"]
+
+
+# ---------------------------------------------------------------- named results of the callbacks
+@dataclass
+class Analysis:
+    """What :meth:`Workbench.analyse` shows for one clip."""
+
+    probabilities: dict[str, float]  # emotion -> probability
+    aux_markdown: str
+    figure: go.Figure
+    warp: go.Figure
+    clip_id: str
+    info: str
+    predicted: str
+
+
+@dataclass
+class Redraw:
+    figure: go.Figure | None  # None: no clip to redraw yet
+    warp: go.Figure
+    seconds: float  # time the redraw took on the server
+
+
+@dataclass
+class Saved:
+    status: str
+    counts: list[list]
+    history: list[list]
+
+
+@dataclass
+class QueueView:
+    rows: list[list]  # QUEUE_HEADERS: short id, model guess, confidence, seconds, label, source
+    clip_ids: list[str]  # the full id of each row
+
+
+@dataclass
+class AgreementView:
+    summary: str  # Markdown
+    clips: list[list]  # short id, then one label per annotator (blank: not labelled), agree
+    clip_headers: list[str]
+    annotators: list[list]  # name, clips labelled, shared, agreement, mean Cohen's kappa, kappa per other
+
+
+@dataclass
+class ModelView:
+    summary: str  # Markdown: data, speakers held out, recipe, licence
+    metrics: str  # Markdown table: every held-out evaluation, per corpus, reference rows
+    confusion: go.Figure | None
+
+
+@dataclass
+class RetrainView:
+    bar: str  # HTML progress bar
+    status: str  # Markdown
+    comparison: str  # HTML table: the previous and the new model on the same held-out clips
+    choices: list | None  # the pickers' new choices once a run is done (None: unchanged)
+    seen: str  # the finished run this page's pickers list
+
+
+@dataclass
+class ClipView:
+    """What a redraw of one clip's figure needs, kept per (clip, model) so a slider move costs only
+    the warp and the mel projection: the power spectrum ``(1, n_bins, frames)``, the original log-mel,
+    the prediction's own attention and speech segments, and its title."""
+
+    power: torch.Tensor
+    logmel: np.ndarray
+    frame_times_s: np.ndarray
+    attention_times_s: np.ndarray
+    attention: np.ndarray
+    speech_segments_s: list = field(default_factory=list)
+    title: str = ""
+
+
+def default_data_dir() -> Path:
+    """``SERDEMO_DATA``; else ``/data/serdemo`` on a Space with persistent storage; else ``./data``."""
+    if os.environ.get("SERDEMO_DATA"):
+        return Path(os.environ["SERDEMO_DATA"])
+    if SPACES_STORAGE.is_dir() and os.access(SPACES_STORAGE, os.W_OK):
+        return SPACES_STORAGE / "serdemo"
+    return Path("data")
+
+
+class Workbench:
+    """App state shared by all sessions (the checkpoint catalogue, loaded predictors, the store, the
+    redraw cache) and every callback of the page, each returning a named result."""
+
+    CACHE_CLIPS = 8  # power spectra kept for redraws (a 60 s clip's is ~6 MB)
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = Store(settings.data_dir)
+        # checkpoints trained from the app land beside the store and are listed like the others
+        self.trained_dir = settings.data_dir / "checkpoints"
+        if self.trained_dir not in settings.checkpoint_dirs:
+            settings.checkpoint_dirs = (*settings.checkpoint_dirs, self.trained_dir)
+        self.retrainer = Retrainer(settings.data_dir / "retrain", self.trained_dir, [], settings.retrain_epochs)
+        self._predictors: dict[str, Predictor] = {}
+        self._lock = threading.Lock()
+        self._views: OrderedDict[tuple[str, str], ClipView] = OrderedDict()
+        self.catalogue: dict[str, Path] = {}
+        self.cards: dict[str, dict] = {}
+        self.broken: dict[Path, str] = {}  # checkpoint folder -> why it is skipped
+        self.reload()
+
+    # ------------------------------------------------------------ checkpoints
+    def reload(self) -> dict[str, Path]:
+        """Rescan the checkpoint folders; a broken checkpoint is skipped with one warning (once per problem)."""
+        found, cards, broken = {}, {}, {}
+        for path in list_checkpoints(*self.settings.checkpoint_dirs):
+            try:
+                card = read_card(path)
+            except CheckpointError as exc:
+                broken[path] = str(exc)
+                continue
+            if path.name not in found:
+                found[path.name], cards[path.name] = path, card
+        for path, problem in broken.items():
+            if self.broken.get(path) != problem:
+                log.warning("skipping %s", problem)
+        with self._lock:
+            self.catalogue, self.cards, self.broken = found, cards, broken
+            self._predictors = {k: v for k, v in self._predictors.items() if k in found}
+        return found
+
+    def choices(self) -> list[tuple[str, str]]:
+        return [(f"{name} · {headline(self.cards[name])}", name) for name in self.catalogue]
+
+    def default_choice(self) -> str | None:
+        if self.settings.default_model in self.catalogue:
+            return self.settings.default_model
+        return next(iter(self.catalogue), None)
+
+    def predictor(self, name: str | None) -> Predictor:
+        name = name or self.default_choice()
+        if name not in self.catalogue:
+            self.reload()
+        if name not in self.catalogue:
+            raise CheckpointError(f"no checkpoint named {name!r}; press 'Reload checkpoints' or pick another")
+        with self._lock:
+            if name not in self._predictors:
+                self._predictors[name] = Predictor.from_checkpoint(self.catalogue[name], self.settings.device)
+            return self._predictors[name]
+
+    # ------------------------------------------------------------ analyse and redraw
+    def _remember(self, clip_id: str, model: str, view: ClipView) -> None:
+        with self._lock:
+            self._views[(clip_id, model)] = view
+            self._views.move_to_end((clip_id, model))
+            while len(self._views) > self.CACHE_CLIPS:
+                self._views.popitem(last=False)
+
+    @staticmethod
+    def _predict(pred_model: Predictor, wave: np.ndarray, require_speech: bool) -> tuple[Prediction, ClipView]:
+        """One model run on a decoded clip and what its redraws need: the spectrum comes from that run
+        (``keep_power``) where the predictor keeps it; otherwise the front end computes it once here."""
+        if _accepts(pred_model.predict_batch, "keep_power"):
+            pred = pred_model.predict_batch([wave], alpha=None, require_speech=require_speech, keep_power=True)[0]
+            power = pred.power
+        else:
+            pred = pred_model.predict(wave, alpha=None, require_speech=require_speech)
+            power = None
+        if power is None:
+            with torch.inference_mode():
+                power = pred_model.frontend.power(torch.as_tensor(wave, device=pred_model.device)[None].float())
+        view = ClipView(power, pred.logmel, pred.frame_times_s, pred.attention_times_s, pred.attention,
+                        pred.speech_segments_s, f"{pred.label()} ({pred.confidence():.0%}) — {pred_model.name}")
+        return pred, view
+
+    def analyse(self, audio, model_name: str | None, alpha: float, view: str = "difference",
+                source: str | None = None, progress=None) -> Analysis:
+        """Analyse a clip: probabilities per head, the spectrogram + VTLP + attention figure, its clip id.
+
+        ``source``: where ``audio`` came from (the microphone or an upload), for the wording of errors.
+        """
+        step = progress or (lambda *a, **k: None)
+        t0 = time.perf_counter()
+        try:
+            step(0.1, desc="decoding")
+            pred_model = self.predictor(model_name)
+            # analyse exactly what the store keeps, so later views and retraining see the same clip
+            wave = as_stored(pred_model.load(audio, max_duration_s=self.settings.max_duration_s))
+            step(0.4, desc="running the model")
+            pred, clip = self._predict(pred_model, wave, require_speech=True)
+            step(0.8, desc="saving the clip")
+            name = Path(audio).name if isinstance(audio, (str, os.PathLike)) else "recording"
+            sha = self.store.add_clip(wave, source_name=name, predicted=pred.label(),
+                                      confidence=pred.confidence(), checkpoint=pred_model.name)
+        except (AudioError, CheckpointError, StoreError) as exc:
+            raise user_error(exc, source, duration=None) from None
+        self._remember(sha, pred_model.name, clip)
+        figure = self._figure(pred_model, clip, float(alpha), view)
+        aux = {h: p for h, p in pred.probabilities.items() if h != "emotion"}
+        aux_md = "\n".join(f"**{h}**: " + ", ".join(f"{k} {v:.0%}" for k, v in sorted(p.items(), key=lambda kv: -kv[1]))
+                           for h, p in aux.items()) or "_this model has no auxiliary heads_"
+        info = (f"clip `{sha[:12]}` · {pred.duration_s:.2f} s · analysed in "
+                f"{(time.perf_counter() - t0) * 1000:.0f} ms on {pred_model.device}")
+        return Analysis(pred.probabilities["emotion"], aux_md, figure, warp_figure(float(alpha)), sha, info,
+                        pred.label())
+
+    def _figure(self, pred_model: Predictor, clip: ClipView, alpha: float, view: str) -> go.Figure:
+        """The analysis figure at ``alpha`` from the cached power spectrum: only the warp and the mel run."""
+        cfg = pred_model.features
+        if hasattr(pred_model, "logmel_from_power"):
+            logmel_warped = np.asarray(pred_model.logmel_from_power(clip.power, alpha))
+        else:
+            with torch.inference_mode():
+                warped = warp_power(clip.power, alpha, cfg.sample_rate, F_HI_HZ) if alpha != 1.0 else clip.power
+                logmel_warped = pred_model.frontend.mel(warped)[0].float().cpu().numpy()
+        return analysis_figure(clip.frame_times_s, clip.logmel, logmel_warped, clip.attention_times_s,
+                               clip.attention, alpha, title=clip.title, speech_segments_s=clip.speech_segments_s,
+                               band_hz=mel_band_hz(cfg), db_per_unit=db_per_unit(cfg), view=view if view in VTLP_VIEWS else "difference")
+
+    def redraw(self, alpha: float, clip_id: str | None, model_name: str | None,
+               view: str = "difference") -> Redraw:
+        """Re-draw the VTLP view for a new alpha without running the model (once after a restart)."""
+        t0 = time.perf_counter()
+        alpha = float(alpha)
+        if not (ALPHA_MIN <= alpha <= ALPHA_MAX):
+            raise user_error(f"VTLP alpha must be between {ALPHA_MIN} and {ALPHA_MAX}, not {alpha:g}")
+        if not clip_id:
+            return Redraw(None, warp_figure(alpha), time.perf_counter() - t0)
+        try:
+            pred_model = self.predictor(model_name)
+            clip = self._views.get((clip_id, pred_model.name))
+            if clip is None:  # analysed before a restart or with another model: this once, run the model
+                wave = pred_model.load(str(self.store.clip_path(clip_id)), max_duration_s=self.settings.max_duration_s)
+                _, clip = self._predict(pred_model, wave, require_speech=False)
+                self._remember(clip_id, pred_model.name, clip)
+        except (AudioError, CheckpointError, StoreError) as exc:
+            raise user_error(exc) from None
+        figure = self._figure(pred_model, clip, alpha, view)
+        return Redraw(figure, warp_figure(alpha), time.perf_counter() - t0)
+
+    # ------------------------------------------------------------ labels
+    def save_label(self, clip_id: str | None, label: str | None, annotator: str) -> Saved:
+        """Append a label (``None``: confirm the model's prediction) for a stored clip; the model's
+        prediction, confidence and checkpoint are recorded from the store, whoever calls."""
+        who = (annotator or "").strip()
+        try:
+            if not clip_id:
+                raise StoreError("analyse a clip (or pick one from the queue) first, then label it")
+            if label is not None and label not in ANNOTATION_LABELS:
+                raise StoreError(f"'{label}' is not one of the labels ({', '.join(ANNOTATION_LABELS)})")
+            if label is None:
+                predicted = self.store.clip_info(clip_id).get("predicted")
+                if predicted and predicted not in ANNOTATION_LABELS:
+                    raise StoreError(f"the model said '{predicted}', which is not one of the labels "
+                                     f"({', '.join(ANNOTATION_LABELS)}): pick the right one and save it")
+            event = self.store.label_clip(clip_id, label, who)
+        except StoreError as exc:
+            raise user_error(exc) from None
+        n = len(self.store.history(clip_id))
+        if event.predicted == event.label:
+            verdict = f"confirmed as **{event.label}**"
+        elif event.predicted:
+            verdict = f"corrected to **{event.label}** (the model said {event.predicted})"
+        else:
+            verdict = f"labelled **{event.label}**"
+        return Saved(f"Saved: clip `{clip_id[:12]}` {verdict} by {who} (label #{n} for this clip).",
+                     self.counts(), self.history(clip_id))
+
+    def history(self, clip_id: str | None) -> list[list]:
+        """A clip's label history, oldest first."""
+        if not clip_id:
+            return []
+        return [[e.created_utc.replace("T", " ").rstrip("Z"), e.label, e.annotator, e.predicted or "",
+                 "" if e.confidence is None else f"{e.confidence:.0%}", e.checkpoint or ""]
+                for e in self.store.history(clip_id)]
+
+    def queue_entries(self, limit: int = 50, show: str = "all") -> list[dict]:
+        """The queue for API callers: full clip ids, numbers unrounded."""
+        entries = self.store.queue(max(1, int(limit or 50)), unlabelled_only=show == "unlabelled")
+        return [{k: q[k] for k in ("clip", "source_name", "duration_s", "predicted", "confidence", "label",
+                                   "annotator")} for q in entries]
+
+    def queue(self, limit: int = 50, show: str = "unlabelled") -> QueueView:
+        """Stored clips, least confident model prediction first; ``show``: "unlabelled" or "all"."""
+        entries = self.store.queue(max(1, int(limit or 50)), unlabelled_only=show == "unlabelled")
+        rows = [[q["clip"][:8], q["predicted"] or "", "" if q["confidence"] is None else f"{q['confidence']:.0%}",
+                 f"{q['duration_s']:.1f}", q["label"] or "", (q["source_name"] or "")[:28]] for q in entries]
+        return QueueView(rows, [q["clip"] for q in entries])
+
+    def counts(self) -> list[list]:
+        c = self.store.counts()
+        return [["label", k, v] for k, v in c["label"].items()] + [["annotator", k, v] for k, v in c["annotator"].items()]
+
+    def agreement(self) -> AgreementView:
+        """Per clip every annotator's label and whether they agree; per annotator counts and kappas."""
+        result = agreement_mod.compute(self.store)
+        names = [a.annotator for a in result.annotators]
+        multi = [c for c in result.clips if len(c.labels) > 1]
+        clips = [[c.clip[:8], *[c.labels.get(n, "") for n in names],
+                  {True: "yes", False: "no", None: "—"}[c.agree]] for c in sorted(multi, key=lambda c: c.agree is not False)]
+        annotators = []
+        for a in result.annotators:
+            kappas = [k for k in a.kappa.values() if k is not None]
+            annotators.append([a.annotator, a.n_labelled, a.n_shared,
+                               "—" if a.agreement is None else f"{a.agreement:.0%}",
+                               "—" if not kappas else f"{np.mean(kappas):.2f}",
+                               ", ".join(f"{o} {k:.2f}" for o, k in a.kappa.items() if k is not None) or "—"])
+        if result.fleiss_kappa is not None:
+            fleiss = (f"Fleiss' kappa **{result.fleiss_kappa:.2f}** over {result.fleiss_clips} clips labelled by "
+                      f"{result.fleiss_raters} annotators each")
+        else:
+            fleiss = "Fleiss' kappa needs at least two clips labelled by the same number (≥ 2) of annotators"
+        agreed = sum(c.agree is True for c in multi)
+        summary = (f"{len(result.clips)} labelled clips, {len(multi)} labelled by more than one annotator"
+                   + (f", all agree on {agreed} ({agreed / len(multi):.0%})" if multi else "")
+                   + f". {fleiss}. Kappas: scikit-learn (Cohen, per pair of annotators on their shared clips) "
+                     "and statsmodels (Fleiss); 1 is perfect agreement, 0 is chance.")
+        return AgreementView(summary, clips, ["clip", *names, "agree"], annotators)
+
+    def export(self, kind: str) -> Path:
+        """A zip of the labelled clips: "audiofolder" (``metadata.csv`` + ``audio/``, for the ``datasets``
+        audiofolder builder) or "manifest" (the training manifest ``manifest.csv`` + ``audio/``)."""
+        if not self.store.current_labels():
+            raise user_error("nothing to export yet: label some clips first")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = f"serdemo-{'training-manifest' if kind == 'manifest' else 'audiofolder'}-{stamp}"
+        work = Path(tempfile.mkdtemp(prefix="serdemo-export-"))
+        try:
+            folder = work / name
+            if kind == "manifest":
+                self.store.export_training_folder(folder)
+            else:
+                self.store.export_audiofolder(folder)
+            archive = work / f"{name}.zip"
+            with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+                for path in sorted(folder.rglob("*")):
+                    if path.is_file():
+                        z.write(path, f"{name}/{path.relative_to(folder).as_posix()}")
+            shutil.rmtree(folder)
+        except (OSError, StoreError) as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            raise user_error(f"export failed: {getattr(exc, 'strerror', None) or exc.__class__.__name__}") from None
+        return archive
+
+    # ------------------------------------------------------------ models and retraining
+    def model_view(self, name: str | None) -> ModelView:
+        """A checkpoint's card as a readable summary, its held-out metrics and its test confusion."""
+        if not name or name not in self.catalogue:
+            return ModelView("_pick a checkpoint_", "", None)
+        try:
+            card = read_card(self.catalogue[name])
+        except CheckpointError as exc:
+            gr.Warning(str(exc))
+            return ModelView(f"_{html.escape(str(exc))}_", "", None)
+        try:
+            m = card.get("metrics", {})
+            fig = confusion_figure(m["test"]["overall"]["confusion"], m["test"]["overall"]["classes"],
+                                   f"{name}: confusion, test speakers")
+        except (AttributeError, KeyError, TypeError, ValueError):
+            fig = None  # no (readable) held-out confusion in this card
+        return ModelView(card_summary_markdown(name, card), metrics_markdown(card), fig)
+
+    def retrain(self, model_name: str | None) -> str:
+        """Fine-tune the selected checkpoint on the stored annotations in a background process."""
+        settings = self.settings
+        if not model_name or model_name not in self.catalogue:
+            raise user_error("pick a checkpoint to fine-tune")
+        if not self.store.current_labels():
+            raise user_error("there are no labelled clips in the store yet: relabel some clips first")
+        base = self.catalogue[model_name]
+        try:
+            card = read_card(base)
+        except CheckpointError as exc:
+            raise user_error(exc) from None
+        corpora = settings.retrain_corpora
+        if corpora is None:
+            config = card.get("training", {}).get("config")
+            corpora = tuple(config.get("corpora", [])) if isinstance(config, dict) else ()
+        manifest = self.store.export_manifest(self.store.directory / "retrain" / "manifest.csv")
+        self.retrainer.corpora = list(corpora)
+        try:
+            out = self.retrainer.start(base, card, manifest, list(settings.retrain_args))
+        except RetrainBusy as exc:
+            raise user_error(exc) from None
+        return f"Started fine-tuning **{model_name}** on {len(self.store.current_labels())} stored clips " \
+               f"+ {len(corpora)} corpora → `{out.name}`"
+
+    def _finished(self, st: dict) -> bool:
+        """A done run's checkpoint joins the catalogue (one rescan, whichever page or caller asks first)."""
+        if st["state"] == "done" and Path(st["out"]).name not in self.catalogue:
+            self.reload()
+        return st["state"] == "done"
+
+    @staticmethod
+    def _comparison(st: dict) -> dict | None:
+        """A finished run's comparison (``training.compare``'s JSON), or None when it has none (readable)."""
+        if st["state"] != "done":
+            return None
+        try:
+            result = json.loads((Path(st["out"]) / COMPARISON_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return result if isinstance(result, dict) else None
+
+    def _retrain_markdown(self, st: dict) -> str:
+        """The run's state in a line or two (the comparison itself is rendered from its data, apart)."""
+        if st["state"] == "idle":
+            return "No retraining run yet."
+        if st["state"] == "running":
+            return (f"Training `{Path(st['out']).name}` ({duration_text(st['elapsed_s'])} so far)"
+                    + (f"; dev UA after epoch {st['epoch']}: {st['dev_ua']:.3f}" if st["dev_ua"] is not None else ""))
+        if st["state"] == "failed":
+            return f"Retraining failed:\n```\n{st['tail']}\n```"
+        return f"Done: `{Path(st['out']).name}` is in the model pickers."
+
+    def retrain_status(self) -> str:
+        """Progress of the background run as Markdown; when done, the two models' comparison."""
+        st = self.retrainer.status()
+        self._finished(st)
+        result = self._comparison(st)
+        status = self._retrain_markdown(st)
+        return f"{status}\n\n{comparison_markdown(result)}" if result is not None else status
+
+    def retrain_view(self, seen: str = "") -> RetrainView:
+        """The page's view of the run (polled, and on load, so a reload shows it): the status line, and the
+        comparison as a table built from the same data as :meth:`retrain_status`'s Markdown."""
+        st = self.retrainer.status()
+        fresh = self._finished(st) and st["out"] != seen
+        result = self._comparison(st)
+        table = comparison_html(result) if result is not None else ""
+        return RetrainView(retrain_progress_html(st), self._retrain_markdown(st), table,
+                           self.choices() if fresh else None, st["out"] if fresh else seen)
+
+
+def _accepts(fn, name: str) -> bool:
+    """Whether ``fn`` takes a keyword ``name`` (the predictor's API grows; older ones are still served)."""
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def duration_text(seconds: float | None) -> str:
+    """``42 s``, ``3 min 05 s``, ``1 h 02 min``; ``unknown`` for None."""
+    if seconds is None:
+        return "unknown"
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def retrain_progress_html(st: dict) -> str:
+    """A retraining run (:meth:`Retrainer.status`) as a progress bar with its step count and ETA."""
+    if st.get("state", "idle") == "idle":
+        return ""
+    step, total, phase = st.get("step", 0), st.get("total_steps", 0), st.get("phase", st["state"])
+    if phase == "done":
+        value, text = (1, 1), "done: the new model is in the pickers"
+    elif phase == "failed":
+        value, text = (step, total or 1), "failed (see below)"
+    elif phase == "comparing":
+        value, text = (1, 1), "trained; scoring the previous and the new model on the same held-out clips"
+    elif phase == "preparing" or not total:
+        value, text = None, "reading the corpora and the stored clips"
+    else:
+        loss = f" · loss {st['loss']:.3f}" if st.get("loss") is not None else ""
+        value = (step, total)
+        text = (f"{step / total:.0%} · step {step}/{total} · epoch {st.get('current_epoch', 0)}/{st.get('of', 0)}"
+                f"{loss} · ETA {duration_text(st.get('eta_s'))}")
+    bar = (f'<progress value="{value[0]}" max="{value[1]}"' if value else "<progress") + \
+        ' style="width:100%;height:16px"></progress>'
+    name = html.escape(Path(st.get("out", "")).name)
+    return (f'<div class="retrain-progress" data-phase="{phase}"><div><b>{name}</b>: {html.escape(text)}</div>'
+            f"{bar}</div>")
+
+
