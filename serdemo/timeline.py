@@ -248,12 +248,14 @@ def plan_windows(seg: Segment, window_s: float = WINDOW_S, hop_s: float = HOP_S,
 
 
 # ------------------------------------------------------------------------------ analysis
-def window_from(pred: Prediction, start_s: float, end_s: float, segment: int) -> Window:
-    """A prediction for the window ``[start_s, end_s)`` as a :class:`Window` on the recording's timeline."""
+def window_from(pred: Prediction, start_s: float, end_s: float, segment: int, offset_s: float | None = None) -> Window:
+    """A prediction for the window ``[start_s, end_s)`` as a :class:`Window` on the recording's timeline;
+    ``offset_s``: where the prediction's own clock starts on the recording (default ``start_s``)."""
     rate = 1.0 / (pred.frame_times_s[1] - pred.frame_times_s[0]) if len(pred.frame_times_s) > 1 else 100.0
     speech = float(np.count_nonzero(pred.speech)) / rate if pred.speech is not None else 0.0
+    offset_s = start_s if offset_s is None else offset_s
     return Window(start_s, end_s, pred.probabilities, pred.attention.astype(np.float32),
-                  (pred.attention_times_s + start_s).astype(np.float32), speech, segment)
+                  (pred.attention_times_s + offset_s).astype(np.float32), speech, segment)
 
 
 def _accepts(fn, name: str) -> bool:
@@ -341,52 +343,64 @@ def analyze(source, predictor: Predictor, *, max_duration_s: float | None = None
     plan = [(a, b, s.index) for s in segs for a, b in plan_windows(s, window_s, hop_s)]
     plan.sort()
 
-    # pass 2: windows as their samples arrive, classified in batches
+    # pass 2: windows as their samples arrive, classified with the speech mask of pass 1
     windows: list[Window] = []
-    pending: list[tuple[np.ndarray, float, float, int]] = []
+    spans = hasattr(predictor, "predict_spans")
 
-    def flush():
-        speech = [window_speech(mask, int(round(a * SAMPLE_RATE)), len(w), predictor) for w, a, _, _ in pending]
-        preds = classify(predictor, [p[0] for p in pending], speech)
-        windows.extend(window_from(pr, a, b, si) for pr, (_, a, b, si) in zip(preds, pending))
-        pending.clear()
+    def run(region: np.ndarray, region_start: int, items: list[tuple[float, float, int]]) -> None:
+        """Classify windows ``items`` (recording seconds) that lie in ``region``, which starts at sample
+        ``region_start``: one encoding of the region for all of them where the predictor pools spans,
+        else one padded batch of the windows' own samples."""
+        if not items:
+            return
+        origin = region_start / SAMPLE_RATE
+        if spans:
+            speech = window_speech(mask, region_start, len(region), predictor)
+            preds = predictor.predict_spans(region, [(a - origin, b - origin) for a, b, _ in items], speech=speech)
+            offsets = [origin] * len(items)
+        else:
+            cuts = [(int(round(a * SAMPLE_RATE)) - region_start, int(round(b * SAMPLE_RATE)) - region_start)
+                    for a, b, _ in items]
+            waves = [region[max(0, x):y] for x, y in cuts]
+            speech = [window_speech(mask, region_start + max(0, x), len(w), predictor) for (x, _), w in zip(cuts, waves)]
+            preds = classify(predictor, waves, speech)
+            offsets = [(region_start + max(0, x)) / SAMPLE_RATE for x, _ in cuts]
+        windows.extend(window_from(pr, a, b, si, off) for pr, (a, b, si), off in zip(preds, items, offsets))
         release_memory()
+        progress(0.5 + 0.5 * len(windows) / len(plan), "classifying windows")
 
-    if src.array is not None and src.rate == SAMPLE_RATE:
-        for a, b, si in plan:
-            pending.append((src.array[int(round(a * SAMPLE_RATE)):int(round(b * SAMPLE_RATE))], a, b, si))
-            if len(pending) >= batch_size:
-                flush()
-                progress(0.5 + 0.5 * len(windows) / len(plan), "classifying windows")
-    else:
-        buf = np.zeros(0, np.float32)
-        buf_start = 0
-        k = 0
-        for blk in src.blocks(block_s):
-            buf = np.concatenate([buf, blk])
-            end = buf_start + len(buf)
-            while k < len(plan) and int(round(plan[k][1] * SAMPLE_RATE)) <= end:
-                a, b, si = plan[k]
-                ia, ib = int(round(a * SAMPLE_RATE)), int(round(b * SAMPLE_RATE))
-                pending.append((buf[ia - buf_start: ib - buf_start].copy(), a, b, si))
-                k += 1
-                if len(pending) >= batch_size:
-                    flush()
-                    progress(0.5 + 0.5 * len(windows) / len(plan), "classifying windows")
-            keep = int(round(plan[k][0] * SAMPLE_RATE)) if k < len(plan) else end
-            keep = min(max(keep, buf_start), end)
-            buf, buf_start = buf[keep - buf_start:], keep
-            if k >= len(plan):
-                break
-        while k < len(plan):  # the decoder gave a few samples fewer than the header promised
-            a, b, si = plan[k]
-            ia, ib = int(round(a * SAMPLE_RATE)), int(round(b * SAMPLE_RATE))
-            piece = buf[max(0, ia - buf_start): max(0, ib - buf_start)]
-            if len(piece) >= MIN_DURATION_S * SAMPLE_RATE:
-                pending.append((piece.copy(), a, b, si))
+    def run_ready(buf: np.ndarray, buf_start: int, ready: list[tuple[float, float, int]]) -> None:
+        group = max(1, len(ready) if spans else batch_size)
+        for g in range(0, len(ready), group):
+            items = ready[g:g + group]
+            lo = int(round(items[0][0] * SAMPLE_RATE))
+            hi = max(int(round(b * SAMPLE_RATE)) for _, b, _ in items)
+            run(buf[lo - buf_start: hi - buf_start], lo, items)
+
+    buf = np.zeros(0, np.float32)
+    buf_start = 0
+    k = 0
+    for blk in src.blocks(block_s):
+        buf = np.concatenate([buf, blk]) if len(buf) else blk
+        end = buf_start + len(buf)
+        ready = []
+        while k < len(plan) and int(round(plan[k][1] * SAMPLE_RATE)) <= end:
+            ready.append(plan[k])
             k += 1
-    if pending:
-        flush()
+        run_ready(buf, buf_start, ready)
+        keep = int(round(plan[k][0] * SAMPLE_RATE)) if k < len(plan) else end
+        keep = min(max(keep, buf_start), end)
+        buf, buf_start = buf[keep - buf_start:], keep
+        if k >= len(plan):
+            break
+    end = buf_start + len(buf)
+    tail = []  # the decoder gave a few samples fewer than the header promised: what is there, if enough
+    for a, b, si in plan[k:]:
+        b = min(b, end / SAMPLE_RATE)
+        if b - a >= MIN_DURATION_S:
+            tail.append((a, b, si))
+    run_ready(buf, buf_start, tail)
+    del buf
     for i, w in enumerate(windows):
         segs[w.segment].windows.append(i)
     segs = [s for s in segs if s.windows]

@@ -635,3 +635,45 @@ def test_the_summary_of_an_ensemble_names_its_members():
 
     text = card_summary_markdown("default", read_card(ROOT / "checkpoints" / "default"))
     assert "an ensemble of 3 seeds, best epochs" in text and "best: ?" not in text
+
+
+def test_an_analysis_decodes_the_upload_once_and_takes_its_spectrum_from_the_prediction(tmp_path, monkeypatch):
+    """The workbench computes no spectrum of its own (it once ran the STFT beside the predictor's) and
+    decodes the upload once: every power spectrum is computed inside Predictor.predict_batch."""
+    import functools
+
+    from serdemo import audio
+    from serdemo.features import LogMel
+    from serdemo.inference import Predictor
+    from serdemo.workbench import Settings, Workbench
+
+    bench = Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data"))
+    bench.predictor("default")
+    inside = {"predictor": 0}
+    calls = {"outside": 0, "inside": 0, "decoded": 0}
+    real_power, real_batch, real_blocks = LogMel.power, Predictor.predict_batch, audio.AudioStream.source_blocks
+
+    def power(self, *args, **kwargs):
+        calls["inside" if inside["predictor"] else "outside"] += 1
+        return real_power(self, *args, **kwargs)
+
+    @functools.wraps(real_batch)  # the same signature: the workbench asks it what it takes
+    def predict_batch(self, *args, **kwargs):
+        inside["predictor"] += 1
+        try:
+            return real_batch(self, *args, **kwargs)
+        finally:
+            inside["predictor"] -= 1
+
+    def source_blocks(self, *args, **kwargs):
+        calls["decoded"] += self.encoded
+        return real_blocks(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogMel, "power", power)
+    monkeypatch.setattr(Predictor, "predict_batch", predict_batch)
+    monkeypatch.setattr(audio.AudioStream, "source_blocks", source_blocks)
+    a = bench.analyse(str(EMODB / "wav" / "03a01Wa.wav"), "default", 1.1)
+    assert calls["outside"] == 0 and calls["inside"] >= 1, calls
+    assert calls["decoded"] == 1, calls
+    r = bench.redraw(0.9, a.clip_id, "default")  # and the redraw uses that spectrum: no new one
+    assert calls["outside"] == 0 and r.figure is not None, calls
