@@ -12,11 +12,12 @@ file and renamed, so a crash mid-write leaves neither a partial row nor a partia
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import sqlite3
+import threading
 import time
+import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,13 +93,48 @@ def as_stored(wave: np.ndarray) -> np.ndarray:
     return to_pcm16(wave).astype(np.float32) / 32768
 
 
+MAX_ANNOTATOR_CHARS = 64  # a name is shown in every table row and kappa column: keep it short
+MAX_LABEL_CHARS = 40
+NAME_PUNCTUATION = frozenset(" .-_@'")  # besides letters, digits and combining marks
+
+
+def annotator_name(name: str | None) -> str:
+    """The annotator name as the store keeps it, or a :class:`StoreError` that says what to change.
+
+    Unicode NFC, surrounding and repeated whitespace removed; 1..``MAX_ANNOTATOR_CHARS`` characters of
+    letters, digits, combining marks, spaces and ``. - _ @ '`` (no control, format or other symbols).
+    """
+    name = " ".join(unicodedata.normalize("NFC", name or "").split())
+    if not name:
+        raise StoreError("enter your name (annotator) before saving a label")
+    if len(name) > MAX_ANNOTATOR_CHARS:
+        raise StoreError(f"the annotator name is {len(name)} characters long: use at most {MAX_ANNOTATOR_CHARS}")
+    bad = sorted({c for c in name if c not in NAME_PUNCTUATION and unicodedata.category(c)[0] not in "LMN"})
+    if bad:
+        shown = ", ".join(repr(c) if c.isprintable() else f"U+{ord(c):04X}" for c in bad[:5])
+        raise StoreError(f"the annotator name may hold only letters, digits, spaces and . - _ @ ' (not {shown})")
+    return name
+
+
+MAX_SOURCE_CHARS = 255  # a file name (a path's last part) as an upload or a recording names it
+
+
+def _bounded(text: str | None, limit: int) -> str | None:
+    """Free text kept for display and provenance: printable, at most ``limit`` characters (cut, not refused:
+    the clip itself is what matters)."""
+    if text is None:
+        return None
+    text = "".join(c if c.isprintable() else " " for c in str(text)).strip()
+    return text[:limit] or None
+
+
 def _checked(label: str | None, annotator: str | None) -> tuple[str, str]:
-    label, annotator = (label or "").strip(), (annotator or "").strip()
+    label = (label or "").strip()
     if not label:
         raise StoreError("choose a label before saving")
-    if not annotator:
-        raise StoreError("enter your name (annotator) before saving a label")
-    return label, annotator
+    if len(label) > MAX_LABEL_CHARS or not label.isprintable():
+        raise StoreError(f"a label is at most {MAX_LABEL_CHARS} printable characters")
+    return label, annotator_name(annotator)
 
 
 def _insert_label(con, sha, label, annotator, predicted, confidence, checkpoint) -> int:
@@ -120,13 +156,19 @@ class Store:
             raise StoreError(f"cannot create the data folder {self.directory}: {exc}") from None
         self.db_path = self.directory / "store.sqlite3"
         self.timeout_s = timeout_s
+        self._local = threading.local()
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(SCHEMA)
         self._migrate()
 
     def _migrate(self) -> None:
-        """Add the columns an older database lacks (one transaction, so two processes cannot race)."""
+        """Add the columns an older database lacks (one transaction, so two processes cannot race; the
+        write lock is taken only when a column is missing, so opening a store never waits for a writer)."""
+        with self._connect() as con:
+            have = {(t, r[1]) for t in {t for t, _, _ in ADDED_COLUMNS} for r in con.execute(f"PRAGMA table_info({t})")}
+        if all((t, c) in have for t, c, _ in ADDED_COLUMNS):
+            return
         with self._write() as con:
             for table, column, kind in ADDED_COLUMNS:
                 have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
@@ -135,14 +177,24 @@ class Store:
 
     @contextmanager
     def _connect(self):
-        con = sqlite3.connect(self.db_path, timeout=self.timeout_s, isolation_level=None)
-        try:
+        """This thread's connection (opened once per thread and process, then reused: closing the last
+        connection checkpoints the WAL with an fsync, which made every save cost ~12 ms)."""
+        con = getattr(self._local, "con", None)
+        if con is None or self._local.pid != os.getpid():
+            con = sqlite3.connect(self.db_path, timeout=self.timeout_s, isolation_level=None)
             con.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
             con.execute("PRAGMA synchronous=NORMAL")
             con.execute("PRAGMA foreign_keys=ON")
-            yield con
-        finally:
+            self._local.con, self._local.pid = con, os.getpid()
+        con.row_factory = None
+        yield con
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread ends)."""
+        con = getattr(self._local, "con", None)
+        if con is not None and self._local.pid == os.getpid():
             con.close()
+        self._local.con = None
 
     @contextmanager
     def _write(self):
@@ -167,6 +219,7 @@ class Store:
         :func:`clip_hash` names 16 kHz audio) starting ``offset_s`` seconds into it.
         """
         wave = np.asarray(wave, dtype=np.float32)
+        source_name, speaker = _bounded(source_name, MAX_SOURCE_CHARS), _bounded(speaker, MAX_ANNOTATOR_CHARS)
         if wave.ndim != 1 or wave.size == 0:
             raise StoreError("a clip must be non-empty mono audio")
         sha = clip_hash(wave)
@@ -211,22 +264,13 @@ class Store:
         return self.directory / row[0]
 
     # ------------------------------------------------------------------ labels
-    def add_label(self, sha: str, label: str, annotator: str, predicted: str | None = None,
-                  confidence: float | None = None, checkpoint: str | None = None) -> int:
-        """Append a label for a stored clip; returns the event id."""
-        label, annotator = _checked(label, annotator)
-        with self._write() as con:
-            if con.execute("SELECT 1 FROM clips WHERE sha256=?", (sha,)).fetchone() is None:
-                raise StoreError(f"no clip {sha[:12]} in the store: analyse it first")
-            return _insert_label(con, sha, label, annotator, predicted, confidence, checkpoint)
-
     def label_clip(self, sha: str, label: str | None, annotator: str) -> LabelEvent:
         """Append a label that records the clip's latest analysis (the model's prediction, its
         confidence and the checkpoint, as :meth:`add_clip` stored them), whoever the caller is.
 
         ``label=None`` confirms the model's prediction. Read and write are one transaction.
         """
-        annotator = (annotator or "").strip()
+        annotator = annotator_name(annotator)  # refused before any lock is taken
         with self._write() as con:
             row = con.execute("SELECT predicted, confidence, checkpoint FROM clips WHERE sha256=?",
                               (sha,)).fetchone()
@@ -286,6 +330,19 @@ class Store:
                 " GROUP BY clip, annotator) m ON l.id = m.id ORDER BY l.clip, l.annotator").fetchall()
         return [LabelEvent(*r) for r in rows]
 
+    def label_version(self) -> tuple[int, int]:
+        """``(highest label id, number of label rows)``: labels are append-only, so this changes with every
+        saved label and with nothing else (what agreement caches on)."""
+        with self._connect() as con:
+            top, n = con.execute("SELECT COALESCE(MAX(id), 0), COUNT(*) FROM labels").fetchone()
+        return int(top), int(n)
+
+    def labels_since(self, after_id: int) -> list[LabelEvent]:
+        """Label events with an id above ``after_id``, in the order they were saved."""
+        with self._connect() as con:
+            rows = con.execute("SELECT * FROM labels WHERE id > ? ORDER BY id", (int(after_id),)).fetchall()
+        return [LabelEvent(*r) for r in rows]
+
     # ------------------------------------------------------------------ export
     def labelled(self) -> list:
         """``(current label event, (sha, relative path, speaker))`` for every labelled clip."""
@@ -294,54 +351,35 @@ class Store:
             clips = {r[0]: r for r in con.execute("SELECT sha256, path, speaker FROM clips")}
         return [(ev, clips[ev.clip]) for ev in current.values()]
 
+    def labelled_clips(self) -> list[tuple[dict, list[LabelEvent]]]:
+        """Every labelled clip: its row (as :meth:`clip_info`) and each annotator's latest label of it
+        (ordered by when it was saved), in the order the clips were first labelled."""
+        events = self.annotator_labels()
+        with self._connect() as con:
+            con.row_factory = sqlite3.Row
+            rows = {r["sha256"]: dict(r) for r in con.execute(
+                "SELECT * FROM clips WHERE sha256 IN (SELECT DISTINCT clip FROM labels)")}
+        per_clip: dict[str, list[LabelEvent]] = {}
+        for ev in sorted(events, key=lambda e: e.id):
+            per_clip.setdefault(ev.clip, []).append(ev)
+        first = {clip: min(e.id for e in evs) for clip, evs in per_clip.items()}
+        return [(rows[clip], per_clip[clip]) for clip in sorted(per_clip, key=first.get)]
+
+    # thin entry points; the export itself lives in serdemo.export
     def export_manifest(self, csv_path) -> Path:
         """CSV that ``python -m training.fit --corpus manifest=FILE`` reads (paths absolute)."""
-        csv_path = Path(csv_path)
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "emotion", "speaker", "gender", "corpus", "naturalness", "annotator"])
-            for ev, (sha, rel, speaker) in self.labelled():
-                w.writerow([str((self.directory / rel).resolve()), ev.label, speaker or f"clip-{sha[:12]}",
-                            "", "store", "natural", ev.annotator])
-        os.replace(tmp, csv_path)
-        return csv_path
+        from serdemo import export
+
+        return export.write_manifest(self, csv_path)
 
     def export_audiofolder(self, folder) -> Path:
-        """``folder/metadata.csv`` + ``folder/audio/<sha>.wav``, as the ``datasets`` audiofolder builder
-        reads it. File names are content hashes, so nothing can be written outside ``folder``."""
-        folder = Path(folder)
-        (folder / "audio").mkdir(parents=True, exist_ok=True)
-        rows = []
-        for ev, (sha, rel, speaker) in self.labelled():
-            name = f"{sha}.wav"
-            assert all(c in "0123456789abcdef" for c in sha)
-            dest = folder / "audio" / name
-            if not dest.exists():
-                tmp = dest.with_name(f".{name}.tmp")
-                tmp.write_bytes((self.directory / rel).read_bytes())
-                os.replace(tmp, dest)
-            rows.append([f"audio/{name}", ev.label, speaker or "", ev.annotator, ev.created_utc])
-        tmp = folder / ".metadata.csv.tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["file_name", "label", "speaker", "annotator", "labelled_utc"])
-            w.writerows(rows)
-        os.replace(tmp, folder / "metadata.csv")
-        return folder
+        """``folder/metadata.csv`` + ``folder/audio/<sha>.wav`` (``datasets`` audiofolder); see serdemo.export."""
+        from serdemo import export
+
+        return export.export_audiofolder(self, folder).folder
 
     def export_training_folder(self, folder) -> Path:
-        """``folder/manifest.csv`` (paths relative to it, as ``--corpus manifest=FILE`` reads them) +
-        ``folder/audio/<sha>.wav``: the training manifest with its audio, movable as one folder."""
-        folder = self.export_audiofolder(folder)
-        (folder / "metadata.csv").unlink()
-        tmp = folder / ".manifest.csv.tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "emotion", "speaker", "gender", "corpus", "naturalness", "annotator"])
-            for ev, (sha, _rel, speaker) in self.labelled():
-                w.writerow([f"audio/{sha}.wav", ev.label, speaker or f"clip-{sha[:12]}", "", "store", "natural",
-                            ev.annotator])
-        os.replace(tmp, folder / "manifest.csv")
-        return folder
+        """``folder/manifest.csv`` + ``folder/audio/<sha>.wav``; see serdemo.export."""
+        from serdemo import export
+
+        return export.export_training_folder(self, folder).folder

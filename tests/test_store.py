@@ -1,17 +1,16 @@
-import csv
 import multiprocessing as mp
 import os
 import signal
 import sqlite3
 import threading
+import time
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from serdemo.store import Store, StoreError
+from serdemo.store import Store, StoreError, annotator_name
 from tests.conftest import harmonics, tone
-from training.corpora import scan_manifest, scan_store
 
 
 def test_clip_stored_once_and_history_is_append_only(tmp_path):
@@ -22,8 +21,8 @@ def test_clip_stored_once_and_history_is_append_only(tmp_path):
     assert a == b and len(list((tmp_path / "audio").rglob("*.wav"))) == 1
     data, sr = sf.read(store.clip_path(a))
     assert sr == 16000 and np.abs(data - wave).max() < 1e-4
-    store.add_label(a, "sad", "ann", predicted="happy", confidence=0.4, checkpoint="default")
-    store.add_label(a, "angry", "bob")
+    store.label_clip(a, "sad", "ann")
+    store.label_clip(a, "angry", "bob")
     hist = store.history(a)
     assert [h.label for h in hist] == ["sad", "angry"] and hist[0].predicted == "happy"
     assert store.current_labels()[a].label == "angry"
@@ -34,11 +33,11 @@ def test_bad_relabels_are_refused(tmp_path):
     store = Store(tmp_path)
     sha = store.add_clip(tone(200, 0.5))
     with pytest.raises(StoreError, match="enter your name"):
-        store.add_label(sha, "sad", " ")
+        store.label_clip(sha, "sad", " ")
     with pytest.raises(StoreError, match="choose a label"):
-        store.add_label(sha, "", "ann")
+        store.label_clip(sha, "", "ann")
     with pytest.raises(StoreError, match="analyse it first"):
-        store.add_label("f" * 64, "sad", "ann")
+        store.label_clip("f" * 64, "sad", "ann")
     assert store.history(sha) == []
 
 
@@ -65,17 +64,57 @@ def test_queue_orders_least_confident_first(tmp_path):
     assert [q["clip"] for q in store.queue()] == [ids[1], ids[2], ids[0]]
 
 
+def test_add_label_is_gone_production_labels_through_label_clip():
+    """Production saves labels with label_clip only; the tests exercise that path, not a twin."""
+    assert not hasattr(Store, "add_label")
+
+
+@pytest.mark.parametrize("name, why", [
+    ("x" * 65, "at most 64"),
+    ("x" * 10_000_000, "at most 64"),  # issue 16: a 10 MB name was stored and shipped on every page load
+    ("ann\nbob", None),  # a newline is whitespace: collapsed, accepted as "ann bob"
+    ("ann\x00", "only letters"),
+    ("<script>alert(1)</script>", "only letters"),
+    ("ann\u202ebob", "only letters"),  # right-to-left override
+    ("ann;DROP TABLE labels", "only letters"),
+    ("a/b", "only letters"),
+])
+def test_annotator_names_are_bounded(tmp_path, name, why):
+    store = Store(tmp_path)
+    sha = store.add_clip(tone(200, 0.5), predicted="happy", confidence=0.5)
+    if why is None:
+        assert store.label_clip(sha, "sad", name).annotator == "ann bob"
+        return
+    with pytest.raises(StoreError, match=why):
+        store.label_clip(sha, "sad", name)
+    with pytest.raises(StoreError, match=why):
+        annotator_name(name)
+    assert store.history(sha) == []
+
+
+def test_ordinary_names_in_any_script_are_kept(tmp_path):
+    store = Store(tmp_path)
+    sha = store.add_clip(tone(200, 0.5), predicted="happy", confidence=0.5)
+    for name in ("José Müller", "Łukasz", "李雷", "d'Arcy", "ann.b@lab-1", "  spaced   out  ", "x" * 64,
+                 "Jose\u0301"):  # decomposed accent: stored composed (NFC)
+        store.label_clip(sha, None, name)
+    assert [h.annotator for h in store.history(sha)] == ["José Müller", "Łukasz", "李雷", "d'Arcy", "ann.b@lab-1",
+                                                          "spaced out", "x" * 64, "José"]
+    with pytest.raises(StoreError, match="at most 40"):
+        store.label_clip(sha, "x" * 41, "ann")
+
+
 def test_eight_threads_relabel_fifty_clips_each(tmp_path):
     store = Store(tmp_path)
-    clips = [store.add_clip(tone(100 + 7 * i, 0.3)) for i in range(50)]
+    clips = [store.add_clip(tone(100 + 7 * i, 0.3), predicted="neutral", confidence=0.5) for i in range(50)]
     labels = ["neutral", "happy", "sad", "angry"]
     errors = []
 
     def worker(t):
         try:
-            local = Store(tmp_path)  # each writer its own connection, as app workers would have
+            local = Store(tmp_path)  # each writer its own store object, as app workers would have
             for i, clip in enumerate(clips):
-                local.add_label(clip, labels[(t + i) % 4], f"annotator-{t}")
+                local.label_clip(clip, labels[(t + i) % 4], f"annotator-{t}")
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -92,52 +131,110 @@ def test_eight_threads_relabel_fifty_clips_each(tmp_path):
     assert sum(store.counts()["label"].values()) == 50
 
 
+def _label_all(path, clips, who, start_at):
+    store = Store(path)
+    while time.time() < start_at:  # every process starts writing at the same moment
+        time.sleep(0.001)
+    for i, clip in enumerate(clips):
+        store.label_clip(clip, ("sad", "happy", None)[i % 3], who)
+
+
+def test_four_processes_relabel_the_same_clips_at_once(tmp_path):
+    """Real concurrent writers, each its own process and connection, on the path the app uses (label_clip,
+    which reads the clip's latest analysis and appends in one transaction): nothing lost or duplicated, and
+    every label records the analysis it was saved against."""
+    store = Store(tmp_path)
+    clips = [store.add_clip(tone(100 + 7 * i, 0.3), predicted="angry", confidence=0.3 + i / 100, checkpoint="ck")
+             for i in range(40)]
+    ctx = mp.get_context("spawn")
+    start_at = time.time() + 8  # after the children have imported
+    procs = [ctx.Process(target=_label_all, args=(tmp_path, clips, f"proc-{k}", start_at)) for k in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    for i, clip in enumerate(clips):
+        hist = store.history(clip)
+        assert sorted(h.annotator for h in hist) == [f"proc-{k}" for k in range(4)]
+        assert {h.label for h in hist} == {("sad", "happy", "angry")[i % 3]}
+        assert all((h.predicted, h.confidence, h.checkpoint) == ("angry", pytest.approx(0.3 + i / 100), "ck")
+                   for h in hist)
+    con = sqlite3.connect(tmp_path / "store.sqlite3")
+    ids = [r[0] for r in con.execute("SELECT id FROM labels ORDER BY id")]
+    assert ids == list(range(1, 4 * 40 + 1))
+
+
 def _relabel_forever(path, clip):
     store = Store(path)
     i = 0
     while True:
-        store.add_label(clip, "sad", f"writer-{i}")
+        store.label_clip(clip, "sad", f"writer-{i}")
         i += 1
 
 
 def test_killed_writer_leaves_a_readable_store(tmp_path):
     store = Store(tmp_path)
-    clip = store.add_clip(tone(300, 0.5))
+    clip = store.add_clip(tone(300, 0.5), predicted="sad", confidence=0.5)
     proc = mp.get_context("spawn").Process(target=_relabel_forever, args=(tmp_path, clip))
     proc.start()
-    import time
-    deadline = time.time() + 20
-    while time.time() < deadline and len(store.history(clip)) < 20:
-        time.sleep(0.05)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(store.history(clip)) < 200:
+        time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.join()
     con = sqlite3.connect(tmp_path / "store.sqlite3")
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    rows = con.execute("SELECT label, annotator, created_utc FROM labels").fetchall()
-    assert len(rows) >= 20 and all(r[0] == "sad" and r[1].startswith("writer-") and r[2] for r in rows)
-    ids = [r[0] for r in con.execute("SELECT id FROM labels ORDER BY id")]
-    assert ids == list(range(1, len(ids) + 1))  # no gap, no partial row
-    store.add_label(clip, "happy", "after")  # still writable
+    rows = con.execute("SELECT label, annotator, created_utc, predicted FROM labels ORDER BY id").fetchall()
+    assert len(rows) >= 200 and all(r[0] == "sad" and r[2] and r[3] == "sad" for r in rows)
+    assert [r[1] for r in rows] == [f"writer-{i}" for i in range(len(rows))]  # none lost, none twice
+    store.label_clip(clip, "happy", "after")  # still writable
     assert store.current_labels()[clip].label == "happy"
 
 
-def test_exports_feed_training(tmp_path):
-    store = Store(tmp_path / "data")
-    a = store.add_clip(harmonics(150, 1.0), speaker="alice")
-    b = store.add_clip(harmonics(220, 1.0))
-    store.add_label(a, "angry", "ann")
-    store.add_label(b, "happy", "ann")
-    store.add_label(b, "sad", "bob")
-    manifest = store.export_manifest(tmp_path / "m.csv")
-    scan = scan_manifest(manifest)
-    assert not scan.problems
-    assert sorted((u.emotion, u.naturalness) for u in scan.utterances) == [("angry", "natural"), ("sad", "natural")]
-    assert {u.speaker for u in scan.utterances} >= {"store:alice"}
-    folder = store.export_audiofolder(tmp_path / "af")
-    rows = list(csv.DictReader(open(folder / "metadata.csv")))
-    assert {r["label"] for r in rows} == {"angry", "sad"}
-    for r in rows:
-        p = (folder / r["file_name"]).resolve()
-        assert p.is_file() and folder.resolve() in p.parents
-    s = scan_store(tmp_path / "data")
-    assert sorted(u.emotion for u in s.utterances) == ["angry", "sad"]
+def _die_inside_the_transaction(path, clip, ready):
+    """label_clip, stopped after its INSERT and before COMMIT: tells the parent, then waits to be killed."""
+    import serdemo.store as S
+
+    real = S._insert_label
+
+    def insert_then_wait(*args):
+        event_id = real(*args)
+        ready.write_text(str(event_id))
+        time.sleep(600)
+        return event_id
+
+    S._insert_label = insert_then_wait
+    Store(path).label_clip(clip, "angry", "doomed")
+
+
+def test_writer_killed_mid_transaction_loses_only_its_own_uncommitted_label(tmp_path):
+    """SIGKILL while the writer holds the write lock with its row inserted but not committed: the store
+    keeps every committed label, has no trace of the half-done one, passes SQLite's integrity check, and
+    the next writer gets the lock at once (no stale lock, no recovery step)."""
+    store = Store(tmp_path)
+    clip = store.add_clip(tone(300, 0.5), predicted="sad", confidence=0.5)
+    for i in range(5):
+        store.label_clip(clip, "neutral", f"before-{i}")
+    ready = tmp_path / "inside.txt"
+    proc = mp.get_context("spawn").Process(target=_die_inside_the_transaction, args=(tmp_path, clip, ready))
+    proc.start()
+    deadline = time.time() + 60
+    while not ready.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    assert ready.exists(), "the writer never reached its INSERT"
+    other = Store(tmp_path, timeout_s=0.2)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):  # it really holds the write lock
+        other.label_clip(clip, "sad", "blocked")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
+    con = sqlite3.connect(tmp_path / "store.sqlite3")
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert [r[0] for r in con.execute("SELECT annotator FROM labels ORDER BY id")] == \
+        [f"before-{i}" for i in range(5)]
+    t0 = time.perf_counter()
+    after = Store(tmp_path, timeout_s=5).label_clip(clip, "happy", "after")
+    assert time.perf_counter() - t0 < 2
+    assert [h.annotator for h in store.history(clip)] == [f"before-{i}" for i in range(5)] + ["after"]
+    assert after.id == int(ready.read_text()) == 6  # the killed row's id was never committed: no gap
