@@ -1,8 +1,10 @@
-"""Exports are zip files a user downloads: the audiofolder one loads with the ``datasets`` library's
-``audiofolder`` builder (a test-only dependency) with the clips and labels of the store."""
+"""Exports (serdemo.export): every annotator's label per clip with a majority label, the clip's agreement
+and its provenance; the audiofolder zip loads with the ``datasets`` library's ``audiofolder`` builder (a
+test-only dependency, offline), the training manifest with ``training.corpora.scan_manifest``."""
 
 import csv
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -10,27 +12,32 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serdemo.store import Store, as_stored
-from serdemo.ui import Settings, Workbench
-from tests.conftest import ROOT, SR, harmonics
+from serdemo import export
+from serdemo.store import Store, StoreError, as_stored, clip_hash
+from tests.conftest import EMODB, RAVDESS, SHARED, SR, harmonics, shared_clip
 
-LABELS = {0: "happy", 1: "sad", 2: "angry"}
+# source name -> (annotator labels in saving order, majority label, rule, agreement)
+CLIPS = {
+    "03-01-05-01-01-01-12.flac": ([("first", "neutral"), ("second", "angry")], "angry", "tie: latest", 0.5),
+    "03a01Fa.wav": ([("first", "happy"), ("second", "happy")], "happy", "unanimous", 1.0),
+    "my recording.webm": ([("first", "sad"), ("second", "neutral"), ("third", "sad")], "sad", "majority", 2 / 3),
+    "C:\\Users\\me\\EB0_anger_1.flac": ([("second", "angry")], "angry", "single", None),
+}
 
 
 @pytest.fixture
-def bench(tmp_path):
-    b = Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data"))
-    clips = []
-    for i, label in LABELS.items():
+def store(tmp_path):
+    s = Store(tmp_path / "data")
+    s.waves = {}
+    for i, (name, (labels, *_)) in enumerate(CLIPS.items()):
         wave = as_stored(harmonics(120 + 40 * i, 0.5 + 0.25 * i))
-        sha = b.store.add_clip(wave, source_name=f"clip{i}.wav", predicted="neutral", confidence=0.4,
-                               checkpoint="default")
-        b.store.label_clip(sha, "neutral", "first")  # superseded by the next label
-        b.store.label_clip(sha, label, "second")
-        clips.append((sha, wave, label))
-    b.store.add_clip(as_stored(harmonics(300, 0.5)), source_name="unlabelled.wav")  # not exported
-    b.clips = clips
-    return b
+        sha = s.add_clip(wave, source_name=name, predicted="neutral", confidence=0.4, checkpoint="default")
+        for who, lab in labels:
+            s.label_clip(sha, "fear", who)  # each annotator's earlier label is superseded by their next one
+            s.label_clip(sha, lab, who)
+        s.waves[sha] = (name, wave)
+    s.add_clip(as_stored(harmonics(300, 0.5)), source_name="unlabelled.wav")  # not exported
+    return s
 
 
 def unzip(archive: Path, into: Path) -> Path:
@@ -42,40 +49,141 @@ def unzip(archive: Path, into: Path) -> Path:
     return into / top
 
 
-def test_audiofolder_zip_loads_with_the_datasets_audiofolder_builder(bench, tmp_path):
+EXPECTED_ORIGIN = {  # source name -> (source_name, corpus, speaker, gender, naturalness)
+    "03-01-05-01-01-01-12.flac": ("03-01-05-01-01-01-12.flac", "ravdess", "ravdess:12", "female", "acted"),
+    "03a01Fa.wav": ("03a01Fa.wav", "emodb", "emodb:03", "male", "acted"),
+    "my recording.webm": ("my recording.webm", "", "", "", "unknown"),
+    "C:\\Users\\me\\EB0_anger_1.flac": ("EB0_anger_1.flac", "nemo", "nemo:EB0", "", "acted"),
+}
+
+
+def test_audiofolder_keeps_every_annotators_label_and_loads_with_datasets(store, tmp_path, monkeypatch):
+    """Issue 17: one annotator said neutral, another angry; the zip said angry and the first label was gone.
+    Now every annotator's latest label is in ``annotations``, ``label`` is the majority (a tie goes to the
+    label saved last, and says so), with the clip's agreement and where it came from."""
     datasets = pytest.importorskip("datasets")
-    archive = bench.export("audiofolder")
-    assert archive.suffix == ".zip" and archive.stat().st_size > 0
-    assert not str(archive).startswith(str(bench.store.directory))  # served from a temp dir, not the store
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    summary = export.export_zip(store, "audiofolder", work_dir=tmp_path / "work")
+    archive = summary.archive
+    assert archive.suffix == ".zip" and not str(archive).startswith(str(store.directory))
+    assert list(summary.folder.iterdir()) == [archive]  # the unzipped copy is gone
+    assert (summary.n_clips, summary.n_labels, summary.n_annotators) == (4, 8, 3)
+    assert (summary.unknown_speaker, summary.unknown_naturalness, summary.ties) == (1, 1, 1)
+    assert "speaker unknown for 1" in summary.message()
     folder = unzip(archive, tmp_path / "unzipped")
+    assert "speaker unknown for 1" in (folder / "README.txt").read_text()
     ds = datasets.load_dataset("audiofolder", data_dir=str(folder), split="train", cache_dir=str(tmp_path / "cache"))
     ds = ds.cast_column("audio", datasets.Audio(decode=False))  # decoding needs torchcodec; bytes suffice
-    assert len(ds) == len(LABELS)
-    expected = {sha: (wave, label) for sha, wave, label in bench.clips}
+    assert len(ds) == len(CLIPS)
+    seen = set()
     for row in ds:
         sha = Path(row["audio"]["path"]).stem
-        wave, label = expected.pop(sha)
-        assert row["label"] == label and row["annotator"] == "second"
+        name, wave = store.waves[sha]
+        labels, label, rule, agreement = CLIPS[name]
+        assert json.loads(row["annotations"]) == dict(labels)  # every annotator, their latest label
+        assert (row["label"], row["label_rule"], row["n_annotators"]) == (label, rule, len(labels))
+        assert (row["agreement"] is None and agreement is None) or row["agreement"] == pytest.approx(agreement, abs=1e-3)
+        source_name, corpus, speaker, gender, naturalness = EXPECTED_ORIGIN[name]
+        assert row["source_name"] == source_name and row["source_clip"] == sha  # a whole upload: its own hash
+        assert (row["corpus"] or "", row["speaker"] or "", row["gender"] or "", row["naturalness"]) == \
+            (corpus, speaker, gender, naturalness)
         samples, sr = sf.read(row["audio"]["path"], dtype="float32")
         assert sr == SR and np.array_equal(samples, wave)
-    assert not expected
+        seen.add(name)
+    assert seen == set(CLIPS)
 
 
-def test_training_manifest_zip_holds_its_audio_with_relative_paths(bench, tmp_path):
+def test_training_manifest_keeps_what_training_reads_and_invents_no_speaker(store, tmp_path):
+    """Issue 17: the manifest marked acted RAVDESS clips "natural" and gave each clip its own speaker. Now a
+    corpus-named clip is acted with its corpus speaker; a clip of unknown origin has no naturalness and
+    the one shared speaker name "unknown" with speaker_known = no (scan_manifest needs a speaker)."""
     from training.corpora import scan_manifest
 
-    folder = unzip(bench.export("manifest"), tmp_path / "unzipped")
+    folder = unzip(export.export_zip(store, "manifest", work_dir=tmp_path / "w").archive, tmp_path / "unzipped")
     rows = list(csv.DictReader(io.StringIO((folder / "manifest.csv").read_text())))
-    assert sorted(r["emotion"] for r in rows) == sorted(LABELS.values())
-    assert all(r["path"].startswith("audio/") and (folder / r["path"]).is_file() for r in rows)
+    assert set(export.MANIFEST_COLUMNS) == set(rows[0])
+    by_source = {r["source_name"]: r for r in rows}
+    for name, (labels, label, rule, _) in CLIPS.items():
+        r = by_source[EXPECTED_ORIGIN[name][0]]
+        _, corpus, speaker, gender, naturalness = EXPECTED_ORIGIN[name]
+        assert (r["emotion"], r["label_rule"], json.loads(r["annotations"])) == (label, rule, dict(labels))
+        assert (r["source_corpus"], r["gender"], r["corpus"]) == (corpus, gender, "store")
+        assert r["speaker"] == (speaker or "unknown") and r["speaker_known"] == ("yes" if speaker else "no")
+        assert r["naturalness"] == ("" if naturalness == "unknown" else naturalness)
+        assert r["path"].startswith("audio/") and (folder / r["path"]).is_file()
+        assert r["source_clip"] == Path(r["path"]).stem
     scan = scan_manifest(folder / "manifest.csv")  # what --corpus manifest=FILE reads
-    assert not scan.problems and sorted(u.emotion for u in scan.utterances) == sorted(LABELS.values())
+    assert not scan.problems and len(scan.utterances) == len(CLIPS)
+    assert "natural" not in {u.naturalness for u in scan.utterances}
+    assert {u.speaker for u in scan.utterances} == {"store:ravdess:12", "store:emodb:03", "store:nemo:EB0",
+                                                    "store:unknown"}
+    # the app's retraining reads the same table with absolute paths into the store
+    absolute = export.write_manifest(store, tmp_path / "retrain" / "manifest.csv")
+    scan = scan_manifest(absolute)
+    assert not scan.problems and all(Path(u.path).is_absolute() and Path(u.path).is_file() for u in scan.utterances)
+    assert sorted(u.emotion for u in scan.utterances) == sorted(label for _, label, _, _ in CLIPS.values())
+
+
+def test_names_parse_as_the_training_corpus_adapters_read_them():
+    """origin_of follows training/corpora.py's conventions: for real corpus files, the same corpus, speaker
+    and gender as the adapters (nEMO's gender is in data.tsv only: unknown from a name)."""
+    from training.corpora import scan_emodb, scan_nemo, scan_ravdess
+
+    checked = 0
+    for scan_fn, root in ((scan_emodb, EMODB), (scan_ravdess, RAVDESS), (scan_nemo, SHARED / "nemo")):
+        if not Path(root).is_dir():
+            pytest.skip(f"shared corpus not found: {root}")
+        for u in scan_fn(root).utterances[::25]:
+            o = export.origin_of(Path(u.path).name)
+            assert (o.corpus, o.speaker, o.naturalness) == (u.corpus, u.speaker, u.naturalness), u.path
+            assert o.gender == (u.gender if u.corpus != "nemo" else ""), u.path
+            checked += 1
+    assert checked > 50
+    for name in ("speech.wav", "01-01-01-01-01-01.wav", "02-01-05-01-01-01-12.mp4", "", "x @ 1.00 s"):
+        assert export.origin_of(name).naturalness == "unknown" and export.origin_of(name).speaker == ""
+    assert export.origin_of("mine.wav", speaker="alice").speaker == "alice"  # an entered speaker is kept
+
+
+def test_a_segment_cut_from_a_held_out_corpus_clip_keeps_its_source(tmp_path):
+    """Issue 18: a timeline segment of a corpus clip was caught by exact hash only, and the manifest dropped
+    source_clip. The export now carries the recording's content hash (the hash training.splits gives the
+    corpus file) and the corpus speaker parsed from the recording's name, so training can drop it."""
+    from serdemo.audio import load_audio
+    from training.splits import content_hash
+
+    path = shared_clip(RAVDESS / "Actor_12" / "03-01-05-01-01-01-12.flac")
+    whole = load_audio(str(path), target_rate=SR)
+    s = Store(tmp_path / "data")
+    segment = whole[int(0.5 * SR):int(2.0 * SR)]
+    sha = s.add_clip(segment, source_name=f"{path.name} @ 0.50 s", predicted="angry", confidence=0.5,
+                     source_clip=clip_hash(whole), offset_s=0.5)  # as the Timeline tab stores a segment
+    s.label_clip(sha, "sad", "ann")
+    assert sha != content_hash(str(path))  # the segment's own hash matches no corpus file
+    rows = list(csv.DictReader(open(export.write_manifest(s, tmp_path / "m.csv"), encoding="utf-8")))
+    (row,) = rows
+    assert row["source_clip"] == content_hash(str(path))
+    assert (row["source_name"], row["offset_s"]) == (path.name, "0.500")
+    assert (row["source_corpus"], row["speaker"], row["naturalness"]) == ("ravdess", "ravdess:12", "acted")
+    meta = export.export_audiofolder(s, tmp_path / "af")
+    (row,) = list(csv.DictReader(open(meta.folder / "metadata.csv", encoding="utf-8")))
+    assert row["source_clip"] == content_hash(str(path)) and row["speaker"] == "ravdess:12"
 
 
 def test_nothing_to_export_is_a_clear_error(tmp_path):
-    import gradio as gr
+    s = Store(tmp_path / "empty")
+    for kind in export.KINDS:
+        with pytest.raises(StoreError, match="label some clips first"):
+            export.export_zip(s, kind, work_dir=tmp_path)
+    with pytest.raises(StoreError, match="unknown export"):
+        export.export_zip(s, "../../etc", work_dir=tmp_path)
+    assert list(tmp_path.glob("serdemo-export-*")) == []  # nothing left behind
 
-    b = Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "empty"))
-    with pytest.raises(gr.Error, match="label some clips first"):
-        b.export("audiofolder")
-    assert isinstance(Store(tmp_path / "empty"), Store)
+
+def test_store_methods_delegate_to_the_export(store, tmp_path):
+    """The Store's export methods (the UI and training.corpora call them) write the same tables."""
+    folder = store.export_audiofolder(tmp_path / "af")
+    assert {r["label"] for r in csv.DictReader(open(folder / "metadata.csv"))} == {"angry", "happy", "sad"}
+    folder = store.export_training_folder(tmp_path / "tf")
+    assert (folder / "manifest.csv").is_file() and not (folder / "metadata.csv").exists()
+    assert store.export_manifest(tmp_path / "m.csv").read_text().startswith(",".join(export.MANIFEST_COLUMNS))
