@@ -1,0 +1,216 @@
+"""Retraining from the app (serdemo.retrain) under hostile use: a cool-down and a daily quota, a cancel that
+stops the whole run, the base checkpoint's weights checked before anything starts, and a status that shows
+no server path and no traceback. A stand-in interpreter plays training.fit / training.compare, so no
+model is trained here."""
+
+import json
+import logging
+import os
+import shutil
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from serdemo.retrain import Retrainer, RetrainBusy, RetrainRefused, check_weights, user_reason
+from tests.conftest import ROOT
+
+FAKE = '''
+import json, os, subprocess, sys, time
+args = sys.argv[1:]
+mode = os.environ.get("FAKE_RUN", "ok")
+if args[:2] == ["-m", "training.fit"]:
+    out = json.load(open(args[args.index("--config") + 1]))["out"]
+    os.makedirs(out, exist_ok=True)
+    progress = open(os.path.join(out, "progress.jsonl"), "a")
+    progress.write(json.dumps({"event": "start", "epoch": 0, "epochs": 1, "step": 0, "total_steps": 2}) + "\\n")
+    progress.flush()
+    if mode == "fail":
+        print("Traceback (most recent call last):")
+        print(f'  File "{os.getcwd()}/training/fit.py", line 455, in main')
+        print("training.corpora.CorpusError: emodb: /srv/secret/corpora/emodb is not a folder")
+        progress.write(json.dumps({"event": "error", "message":
+                                   "CorpusError: emodb: /srv/secret/corpora/emodb is not a folder"}) + "\\n")
+        sys.exit(1)
+    if mode == "crash":
+        print(f"Fatal Python error: Segmentation fault in {os.getcwd()}/serdemo/models/base.py")
+        os.kill(os.getpid(), 9)
+    if mode == "hang":
+        child = subprocess.Popen(["sleep", "600"])
+        open(os.environ["FAKE_PIDS"], "w").write(f"{os.getpid()} {child.pid}")
+        time.sleep(600)
+    progress.write(json.dumps({"event": "done", "epoch": 1, "epochs": 1, "step": 2, "total_steps": 2}) + "\\n")
+elif args[:2] == ["-m", "training.compare"]:
+    json.dump({"n": 0, "speakers": []}, open(args[args.index("--json") + 1], "w"))
+'''
+
+
+@pytest.fixture
+def fake_python(tmp_path):
+    script = tmp_path / "fake_run.py"
+    script.write_text(FAKE)
+    exe = tmp_path / "python"
+    exe.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    return str(exe)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+def retrainer(tmp_path, fake_python, **kw):
+    kw.setdefault("verify", None)
+    return Retrainer(tmp_path / "work", tmp_path / "out", [], epochs=1, python=fake_python, **kw)
+
+
+def start(r, tmp_path, name="default"):
+    return r.start(tmp_path / name, {"training": {"config": {}}}, tmp_path / "manifest.csv")
+
+
+def test_runs_are_spaced_by_a_cooldown_and_a_daily_quota_that_survive_a_restart(tmp_path, fake_python):
+    """Issue 16: retraining could be started back to back forever by anyone."""
+    clock = Clock()
+    r = retrainer(tmp_path, fake_python, cooldown_s=900, max_runs_per_day=3, clock=clock)
+    start(r, tmp_path)
+    assert r.wait(30)["state"] == "done"
+    clock.now += 60
+    with pytest.raises(RetrainRefused, match=r"runs are 15 min apart\): the next run can start in 14 min"):
+        start(r, tmp_path)
+    assert r.status()["next_start_s"] == 840
+    clock.now += 841
+    start(r, tmp_path)
+    r.wait(30)
+    clock.now += 901
+    start(r, tmp_path)
+    r.wait(30)
+    clock.now += 901  # past the cool-down, but three runs within 24 hours
+    with pytest.raises(RetrainRefused, match="at most 3 runs a day"):
+        start(r, tmp_path)
+    again = retrainer(tmp_path, fake_python, cooldown_s=900, max_runs_per_day=3, clock=clock)  # app restarted
+    with pytest.raises(RetrainRefused, match="at most 3 runs a day"):
+        start(again, tmp_path)
+    clock.now += 86400
+    start(again, tmp_path)
+    assert again.wait(30)["state"] == "done"
+    assert len(json.loads((tmp_path / "work" / "runs.json").read_text())) == 4
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] in "ZX"  # dead, maybe not yet reaped
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def test_cancel_stops_the_run_and_every_process_it_started(tmp_path, fake_python, monkeypatch):
+    pids_file = tmp_path / "pids"
+    monkeypatch.setenv("FAKE_RUN", "hang")
+    monkeypatch.setenv("FAKE_PIDS", str(pids_file))
+    r = retrainer(tmp_path, fake_python, cooldown_s=0)
+    assert r.cancel() is False  # nothing to cancel
+    start(r, tmp_path)
+    deadline = time.time() + 30
+    while not pids_file.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    fit_pid, child_pid = map(int, pids_file.read_text().split())
+    assert not _gone(fit_pid) and not _gone(child_pid) and r.status()["state"] == "running"
+    with pytest.raises(RetrainBusy, match="already in progress"):
+        start(r, tmp_path)
+    assert r.cancel() is True
+    deadline = time.time() + 10
+    while not (_gone(fit_pid) and _gone(child_pid)) and time.time() < deadline:
+        time.sleep(0.05)
+    assert _gone(fit_pid) and _gone(child_pid)  # the training process and what it started
+    st = r.status()
+    assert (st["state"], st["phase"], st["reason"]) == ("cancelled", "cancelled", "cancelled")
+    assert r.cancel() is False
+    monkeypatch.setenv("FAKE_RUN", "ok")
+    start(r, tmp_path)  # a cancelled run frees the slot
+    assert r.wait(30)["state"] == "done"
+
+
+def tiny_checkpoint(folder: Path) -> Path:
+    """A small log-mel checkpoint (no pretrained encoder), made with the checkpoint module's own API."""
+    import torch
+
+    from serdemo.checkpoint import make_card, save_checkpoint
+    from serdemo.features import FeatureConfig
+    from serdemo.models import build_model
+
+    torch.manual_seed(0)
+    fc, heads = FeatureConfig(), {"emotion": ["neutral", "happy", "sad", "angry"]}
+    model = build_model("cnnlstm", fc.n_mels, {"emotion": 4})
+    return save_checkpoint(folder, model, make_card(model, fc, heads, {}, name="tiny"))
+
+
+def test_a_checkpoint_with_broken_weights_is_refused_before_anything_starts(tmp_path, fake_python):
+    """Issue 16: a checkpoint with broken weights launched a run that then failed."""
+    good = tiny_checkpoint(tmp_path / "models" / "tiny")
+    check_weights(good)  # an intact checkpoint passes
+    broken = tmp_path / "models" / "broken"
+    shutil.copytree(good, broken)
+    weights = broken / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    r = Retrainer(tmp_path / "work", tmp_path / "out", [], epochs=1, python=fake_python)  # the default check
+    with pytest.raises(RetrainRefused) as refused:
+        r.start(broken, {"training": {"config": {}}}, tmp_path / "manifest.csv")
+    message = str(refused.value)
+    assert "'broken'" in message and "SHA-256" in message and str(tmp_path) not in message
+    assert r.proc is None and r.runs == [] and not (tmp_path / "out").exists()  # nothing ran, no quota used
+    r.start(good, {"training": {"config": {}}}, tmp_path / "manifest.csv")
+    assert r.wait(30)["state"] == "done"
+
+
+def test_status_shows_a_short_reason_never_a_path_or_a_traceback(tmp_path, fake_python, monkeypatch, caplog):
+    """Issue 16: /retrain_status showed the failed run's traceback with server paths and /retrain_progress
+    the absolute output folder. The detail goes to the server log, once."""
+    monkeypatch.setenv("FAKE_RUN", "fail")
+    r = retrainer(tmp_path, fake_python, cooldown_s=0)
+    out = start(r, tmp_path)
+    with caplog.at_level(logging.ERROR, logger="serdemo.retrain"):
+        st = r.wait(30)
+        for _ in range(3):
+            r.status()  # the page polls
+    shown = json.dumps(st)
+    assert st["state"] == "failed" and st["out"] == st["run"] == out.name
+    assert st["reason"] == st["error"] == "CorpusError: emodb: emodb is not a folder"  # from progress.jsonl
+    for secret in (str(tmp_path), str(ROOT), "/srv/secret", "Traceback", 'File "'):
+        assert secret not in shown, secret
+    logged = [rec for rec in caplog.records if "failed" in rec.getMessage()]
+    assert len(logged) == 1 and "/srv/secret/corpora/emodb" in logged[0].getMessage()  # the detail, server side
+    monkeypatch.setenv("FAKE_RUN", "crash")
+    start(r, tmp_path)
+    st = r.wait(30)
+    assert st["state"] == "failed" and "signal 9" in st["reason"] and str(ROOT) not in json.dumps(st)
+
+
+def test_running_status_names_the_run_not_its_folder(tmp_path, fake_python, monkeypatch):
+    monkeypatch.setenv("FAKE_RUN", "hang")
+    monkeypatch.setenv("FAKE_PIDS", str(tmp_path / "pids"))
+    r = retrainer(tmp_path, fake_python, cooldown_s=0)
+    out = start(r, tmp_path)
+    try:
+        st = r.status()
+        assert st["state"] == "running" and st["out"] == out.name and str(tmp_path) not in json.dumps(st)
+    finally:
+        r.cancel()
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("Traceback (most recent call last):\n  File \"/a/b.py\", line 1\nValueError: bad /x/y/z.csv", "ValueError: bad z.csv"),
+    ("OSError: [Errno 28] No space left on device: '/data/serdemo/retrain/x.json'", "OSError: [Errno 28] No space left on device: 'x.json'"),
+    ("C:\\Users\\me\\corpus missing", "corpus missing"),
+    ("a ratio 3/4 and a URL-less note", "a ratio 3/4 and a URL-less note"),
+    ("x" * 1000, "x" * 299 + "…"),
+])
+def test_user_reason_cuts_paths_and_tracebacks(text, shown):
+    assert user_reason(text) == shown
