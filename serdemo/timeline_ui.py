@@ -1,201 +1,67 @@
-"""The Timeline tab: emotion over time for a long upload or a live microphone, and relabelling of segments.
+"""The Timeline tab: layout and wiring. Its state and actions are :class:`serdemo.timeline_bench.TimelineDesk`
+methods; the functions here only turn their named results into component updates.
 
 ``timeline_tab(bench, annotator)`` builds the tab inside ``build_app``'s Blocks (one call) and wires
-it; ``bench`` is the app's Workbench (``predictor``, ``store``, ``choices``, ``settings``).
-Named API endpoint: ``/timeline`` (audio file, model) -> figure, segments table, summary, CSV, JSON,
-label track.
+it; ``bench`` is the app's Workbench. Named API endpoint: ``/timeline`` (audio file, model) -> figure,
+segments table, summary, CSV, JSON, label track.
 """
 
 from __future__ import annotations
 
-import logging
-import tempfile
-import time
-from dataclasses import dataclass
-from pathlib import Path
-
 import gradio as gr
-import numpy as np
-import soundfile as sf
 
-from serdemo.audio import MICROPHONE, SAMPLE_RATE, AudioError
-from serdemo.checkpoint import CheckpointError
 from serdemo.live import LiveTimeline
-from serdemo.plots import analysis_figure, db_per_unit, live_figure, mel_band_hz, timeline_figure
-from serdemo.store import StoreError, as_stored
-from serdemo.timeline import Timeline, analyze, max_timeline_s, open_recording
-from serdemo.uikit import gpu, resolve_annotator, user_error
-from serdemo.vad import MIN_TOTAL_SPEECH_S
-
-log = logging.getLogger(__name__)
-SEGMENT_ALPHA = 1.1  # the VTLP view of a selected segment (as the Analyse tab's default)
-
-
-# ------------------------------------------------------------------------------------- state
-@dataclass
-class Loaded:
-    """A session's current timeline and the audio it came from (a file: read spans from it)."""
-
-    timeline: Timeline
-    path: str
-
-
-@dataclass
-class Picked:
-    """The selected segment: its 16 kHz samples (as the store keeps them) and the model's view of it."""
-
-    index: int
-    wave: np.ndarray
-    offset_s: float
-    predicted: str
-    confidence: float
-    checkpoint: str
-
-
-def segment_rows(tl: Timeline) -> list[list]:
-    return [[s.index + 1, round(s.start_s, 2), round(s.end_s, 2), s.label(), round(s.confidence(), 3)]
-            for s in tl.segments]
-
-
-def summary(tl: Timeline) -> str:
-    counts: dict[str, float] = {}
-    for s in tl.segments:
-        counts[s.label()] = counts.get(s.label(), 0.0) + s.duration_s
-    speech = sum(counts.values())
-    mix = ", ".join(f"{k} {v / speech:.0%}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
-    n = len(tl.segments)
-    return (f"**{n} segment{'s' if n != 1 else ''}**, {speech:.0f} s of speech in {tl.duration_s:.0f} s · {mix} · "
-            f"analysed in {tl.elapsed_s:.1f} s ({tl.duration_s / max(tl.elapsed_s, 1e-6):.0f}× real time). "
-            "Pick a segment in the table to see what the model heard and to relabel it.")
+from serdemo.timeline import max_timeline_s
+from serdemo.timeline_bench import Loaded, Picked, TimelineDesk
+from serdemo.uikit import gpu, resolve_annotator
 
 
 def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
     """The Timeline tab; call inside ``gr.Blocks`` next to the other tabs."""
-    def fail(exc, source=None):
-        return user_error(exc, source, duration=None)
+    desk = TimelineDesk(bench)
 
-    def exports(tl: Timeline) -> tuple[str, str, str]:
-        folder = Path(tempfile.mkdtemp(prefix="serdemo-timeline-"))
-        paths = tl.export(folder, Path(tl.name).stem or "timeline")
-        return str(paths["csv"]), str(paths["json"]), str(paths["labels"])
+    def shown(view):
+        return (gr.update(value=view.figure, visible=True), view.rows, view.summary, view.csv, view.json,
+                view.labels, view.loaded, None)
 
     @gpu
     def run(audio, model_name, source=None, progress=gr.Progress()):
         """Emotion over time for a long recording: figure, segments table, summary, CSV, JSON, label track."""
-        if not audio:
-            raise fail("No audio was given: upload a recording (or speak into the microphone) first.")
-        try:
-            predictor = bench.predictor(model_name)
-            name = Path(audio).name
-            tl = analyze(audio, predictor, progress=lambda f, d: progress(f, desc=d), name=name)
-        except (AudioError, CheckpointError) as exc:
-            raise fail(exc, source) from None
-        csv_path, json_path, labels_path = exports(tl)
-        return (gr.update(value=timeline_figure(tl), visible=True), segment_rows(tl), summary(tl), csv_path,
-                json_path, labels_path, Loaded(tl, str(audio)), None)
+        return shown(desk.analyse(audio, model_name, source, progress))
 
     @gpu
     def pick(evt: gr.SelectData, loaded: Loaded | None, model_name):
         """A segment picked in the table: its three-panel view, probabilities and the relabel choices."""
-        if loaded is None:
-            return (gr.skip(),) * 7
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        if not 0 <= row < len(loaded.timeline.segments):
+        v = desk.pick(loaded, row, model_name)
+        if v is None:
             return (gr.skip(),) * 7
-        seg = loaded.timeline.segments[row]
-        try:
-            predictor = bench.predictor(model_name or loaded.timeline.checkpoint)
-            wave = as_stored(open_recording(loaded.path).span(seg.start_s, seg.end_s))
-            pred = predictor.predict(wave, alpha=SEGMENT_ALPHA, require_speech=False)
-        except (AudioError, CheckpointError) as exc:
-            raise fail(exc) from None
-        fig = analysis_figure(pred.frame_times_s + seg.start_s, pred.logmel, pred.logmel_warped,
-                              pred.attention_times_s + seg.start_s, pred.attention, pred.alpha,
-                              title=f"segment {row + 1}: {seg.start_s:.2f}–{seg.end_s:.2f} s · "
-                                    f"{pred.label()} ({pred.confidence():.0%}) as one clip",
-                              speech_segments_s=[(a + seg.start_s, b + seg.start_s)
-                                                 for a, b in pred.speech_segments_s],
-                              band_hz=mel_band_hz(predictor.features), db_per_unit=db_per_unit(predictor.features))
-        fig.update_xaxes(range=[seg.start_s, seg.end_s])
-        classes = list(pred.probabilities["emotion"])
-        picked = Picked(row, wave, seg.start_s, pred.label(), pred.confidence(), predictor.name)
-        return (timeline_figure(loaded.timeline, selected=row), fig, gr.update(visible=True),
-                pred.probabilities["emotion"],
-                gr.update(choices=classes, value=seg.label()), picked,
-                f"Segment {row + 1} ({seg.start_s:.2f}–{seg.end_s:.2f} s): the timeline says **{seg.label()}** "
-                f"({seg.confidence():.0%}); the segment as one clip: {pred.label()} ({pred.confidence():.0%}).")
+        return (v.timeline_figure, v.figure, gr.update(visible=True), v.probabilities,
+                gr.update(choices=v.classes, value=v.label), v.picked, v.status)
 
     def save(picked: Picked | None, loaded: Loaded | None, label, typed_name="", request: gr.Request = None):
         """Store the picked segment as its own clip (linked to its recording and offset) with the label."""
-        who = resolve_annotator(typed_name or "", request)
-        try:
-            if picked is None or loaded is None:
-                raise StoreError("pick a segment in the table first, then label it")
-            tl = loaded.timeline
-            sha = bench.store.add_clip(picked.wave, source_name=f"{tl.name} @ {picked.offset_s:.2f} s",
-                                       predicted=picked.predicted, confidence=picked.confidence,
-                                       checkpoint=picked.checkpoint, source_clip=tl.source_sha,
-                                       offset_s=round(picked.offset_s, 3))
-            event = bench.store.label_clip(sha, label, who)
-        except StoreError as exc:
-            raise fail(exc) from None
-        return (f"Saved segment {picked.index + 1} as clip `{sha[:12]}`: **{event.label}** by {event.annotator} "
-                f"(the model said {event.predicted}); from `{tl.name}` at {picked.offset_s:.2f} s.")
+        return desk.save(picked, loaded, label, resolve_annotator(typed_name or "", request))
 
-    # ---------------------------------------------------------------- live microphone
     def live_start(model_name):
-        """Recording started: the model is loaded now rather than on the first chunk. (The live state is
-        not touched here: a chunk may already have started it; stopping resets it.)"""
-        try:
-            bench.predictor(model_name)
-        except CheckpointError as exc:
-            raise fail(exc, MICROPHONE) from None
-        return None, "Listening… the first prediction comes after a second of sound.", gr.update(visible=True)
+        """Recording started: load the model now. (The live state is not touched here: a chunk may already
+        have started it; stopping resets it.)"""
+        return None, desk.live_start(model_name), gr.update(visible=True)
 
     @gpu
     def live_chunk(chunk, live: LiveTimeline | None, model_name):
         """One streamed chunk: extend the recording; every second, classify the latest 3 s."""
-        if chunk is None:
-            return gr.skip(), gr.skip(), live, gr.skip()
-        try:
-            if live is None:
-                live = LiveTimeline(bench.predictor(model_name))
-            rate, data = chunk
-            win = live.feed(rate, data)
-        except (AudioError, CheckpointError) as exc:
-            raise fail(exc, MICROPHONE) from None
-        if win is None:
-            return gr.skip(), gr.skip(), live, gr.skip()
-        classes = list(live.predictor.heads["emotion"])
-        fig = live_figure(live.windows, classes, live.duration_s, MIN_TOTAL_SPEECH_S)
-        if live.has_speech(win):
-            probs = win.probabilities["emotion"]
-            text = (f"{live.duration_s:.0f} s recorded · now: **{win.label()}** "
-                    f"({max(probs.values()):.0%}) over {win.start_s:.0f}–{win.end_s:.0f} s")
-        else:
-            probs = {"no speech": 1.0}
-            text = f"{live.duration_s:.0f} s recorded · no speech in the latest {win.end_s - win.start_s:.0f} s"
-        if live.truncated:
-            text += f" · the limit of {max_timeline_s():.0f} s is reached: stop to analyse"
-        return probs, fig, live, text
+        u = desk.live_feed(live, chunk, model_name)
+        if u.text is None:
+            return gr.skip(), gr.skip(), u.live, gr.skip()
+        return u.probabilities, u.figure, u.live, u.text
 
     def live_stop(live: LiveTimeline | None, model_name, progress=gr.Progress()):
         """Recording stopped: keep it (a wav for playback) and analyse it as a timeline for relabelling."""
-        if live is None or not live.samples:
-            raise fail("Nothing reached the server yet: allow the microphone, speak for a few seconds, then stop.",
-                       MICROPHONE)
-        folder = Path(tempfile.mkdtemp(prefix="serdemo-live-"))
-        path = folder / f"recording-{time.strftime('%Y%m%d-%H%M%S')}.wav"
-        sf.write(path, live.finish(), SAMPLE_RATE, subtype="PCM_16")
-        try:
-            figure, rows, info, csv_path, json_path, labels_path, loaded, picked = run(
-                str(path), model_name, MICROPHONE, progress)
-        except gr.Error as exc:  # e.g. no speech: the recording is still kept for playback
-            return (str(path), *(gr.skip(),) * 8,
-                    f"Stopped after {live.duration_s:.0f} s. {exc.message} The recording is in the upload box.", None)
-        return (str(path), figure, rows, info, csv_path, json_path, labels_path, loaded, picked,
-                f"Stopped after {live.duration_s:.0f} s: the recording is below as a timeline; pick a segment to "
-                "relabel it.", None)
+        st = desk.live_stop(live, model_name, progress)
+        if st.view is None:
+            return (st.recording, *(gr.skip(),) * 8, st.text, None)
+        return (st.recording, *shown(st.view), st.text, None)
 
     # ---------------------------------------------------------------- layout
     with gr.Tab("Timeline", elem_id="tab-timeline"):

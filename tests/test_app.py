@@ -246,7 +246,9 @@ def test_user_errors_name_no_path_fit_an_upload_and_log_one_line(server, tmp_pat
         assert not re.search(r"[/\\][\w.-]+[/\\]", message), message  # no server path (/tmp/gradio/.../notaudio.wav)
         messages.append(message)
     assert "microphone" not in messages[1] and "upload" in messages[1]  # a silent file is no microphone problem
-    time.sleep(0.5)
+    deadline = time.time() + 10  # until both refusals are in the log (the server writes it as it goes)
+    while time.time() < deadline and not all(m in log.read_text()[seen:] for m in messages):
+        time.sleep(0.05)
     lines = log.read_text()[seen:].splitlines()
     assert not [line for line in lines if "Traceback" in line], lines
     for message in messages:  # one log line per refusal
@@ -385,10 +387,15 @@ def open_page(pw, url, extra_flags=()):
     return page
 
 
+def wait_for_player(page):
+    """An upload (or a stopped recording) has reached the Analyse tab's audio component: its player shows."""
+    page.locator("#tab-analyse").get_by_role("button", name="Play").first.wait_for(state="visible", timeout=60_000)
+
+
 def upload(page, clip):
     page.get_by_role("button", name=re.compile("upload", re.I)).first.click()
     page.locator("input[type=file]").first.set_input_files(str(clip))
-    page.wait_for_timeout(1500)
+    wait_for_player(page)
 
 
 @browser
@@ -428,9 +435,10 @@ def test_a_silent_microphone_recording_is_told_to_check_the_microphone(server, t
     with sync_playwright() as pw:
         page = open_page(pw, server["url"], fake_mic)
         page.get_by_role("button", name=re.compile("^Record$")).first.click()
-        page.wait_for_timeout(2500)
+        page.wait_for_function("() => [...document.querySelectorAll('#tab-analyse .duration')].some(e => "
+                               "/0:0[2-9]|[1-9]\\d*:\\d\\d|0:[1-5]\\d/.test(e.innerText))", timeout=60_000)
         page.locator(".stop-button").first.click()
-        page.wait_for_timeout(2000)
+        wait_for_player(page)
         page.click("#analyse")
         page.wait_for_selector(".toast-body", timeout=60_000)
         message = page.inner_text(".toast-body")

@@ -52,12 +52,28 @@ def browser_factory(chromium):
         b.close()
 
 
+def wait_for_player(page, scope="#tab-analyse"):
+    """An upload (or a stopped recording) has reached the audio component: its player shows."""
+    page.locator(scope).get_by_role("button", name="Play").first.wait_for(state="visible", timeout=60_000)
+
+
+def upload(page, clip, scope="#tab-analyse"):
+    page.locator(scope).get_by_role("button", name=re.compile("upload", re.I)).first.click()
+    page.locator(f"{scope} input[type=file]").first.set_input_files(str(clip))
+    wait_for_player(page, scope)
+
+
+def wait_for_recorded(page, seconds: int, scope="#tab-analyse"):
+    """The microphone component's recording timer (m:ss) has reached ``seconds``."""
+    page.wait_for_function("""([scope, seconds]) => [...document.querySelectorAll(scope + ' .duration')].some(e => {
+        const m = /(\\d+):(\\d\\d)/.exec(e.innerText); return m && 60 * +m[1] + +m[2] >= seconds; })""",
+                           arg=[scope, seconds], timeout=60_000)
+
+
 def open_and_upload(page, url, clip):
     page.goto(url, wait_until="load")
     page.wait_for_selector("#analyse", timeout=60_000)
-    page.get_by_role("button", name=re.compile("upload", re.I)).first.click()
-    page.locator("input[type=file]").first.set_input_files(str(clip))
-    page.wait_for_timeout(1500)
+    upload(page, clip)
 
 
 def wait_for_result(page):
@@ -95,9 +111,9 @@ def test_microphone_with_fake_capture(server, browser_factory):  # noqa: F811
     page.goto(server["url"], wait_until="load")
     page.wait_for_selector("#analyse", timeout=60_000)
     page.get_by_role("button", name=re.compile("^Record$")).first.click()
-    page.wait_for_timeout(3000)
+    wait_for_recorded(page, 3)
     page.locator(".stop-button").first.click()
-    page.wait_for_timeout(2000)
+    wait_for_player(page)
     page.click("#analyse")
     probs = wait_for_result(page)
     assert "%" in probs
@@ -144,9 +160,11 @@ def test_shortcuts_act_on_the_visible_tab_and_its_own_clip(server, browser_facto
 
     def press(key):
         page.locator("h1").first.click()  # focus off any text field
+        page.evaluate("() => { const h = document.getElementById('shortcut-hint'); if (h) h.textContent = ''; }")
         page.keyboard.press(key)
-        page.wait_for_timeout(1500)
-        return page.inner_text("#shortcut-hint") if page.locator("#shortcut-hint").count() else ""
+        page.wait_for_function("() => { const h = document.getElementById('shortcut-hint'); return h && h.textContent; }",
+                               timeout=30_000)
+        return page.inner_text("#shortcut-hint")
 
     page.get_by_role("tab", name="Models").click()
     hints = [press(key) for key in ("c", "s", "3")]
@@ -258,7 +276,8 @@ def boxes_overlap(a, b) -> bool:
 def toolbar_clear_of_titles(page, figure: str) -> None:
     """Hover a plot so its toolbar shows; the toolbar must cover none of the figure's titles."""
     page.locator(f"{figure} .js-plotly-plot").first.hover()
-    page.wait_for_timeout(500)
+    page.wait_for_function("(sel) => { const m = document.querySelector(sel + ' .modebar'); "
+                           "return m && getComputedStyle(m).opacity === '1'; }", arg=figure, timeout=10_000)
     bar = page.locator(f"{figure} .modebar").first
     assert bar.is_visible()
     titles = page.locator(f"{figure} .annotation-text, {figure} .gtitle").all()
@@ -316,9 +335,11 @@ def test_one_annotation_flow_on_the_annotate_tab(server, browser_factory):  # no
     analyse_labels = page.locator("#label-choice input[type=radio]").evaluate_all("els => els.map(e => e.value)")
     assert analyse_labels == list(ANNOTATION_LABELS)
     name = page.locator("#annotator input, #annotator textarea").first
+    stored = page.evaluate("() => localStorage.getItem('serdemo-annotator')")  # Gradio keeps it encrypted
     name.fill("flow-tester")
     name.press("Tab")
-    page.wait_for_timeout(500)
+    page.wait_for_function("(before) => { const v = localStorage.getItem('serdemo-annotator'); "
+                           "return v !== null && v !== before; }", arg=stored, timeout=30_000)  # the name is stored
     page.reload(wait_until="load")  # set once: this browser remembers the name
     page.wait_for_selector("#analyse", timeout=60_000)
     name = page.locator("#annotator input, #annotator textarea").first
@@ -352,16 +373,14 @@ def test_one_annotation_flow_on_the_annotate_tab(server, browser_factory):  # no
     page.wait_for_function(f"() => document.querySelector('#queue').innerText.includes('{clip[:8]}')", timeout=30_000)
     # a save on the Analyse tab (its own clip) leaves the Annotate tab's clip and its history alone
     open_tab(page, "Analyse")  # the page was reloaded above: analyse a clip here again
-    page.get_by_role("button", name=re.compile("upload", re.I)).first.click()
-    page.locator("input[type=file]").first.set_input_files(str(EMODB / "wav" / "03a02Nc.wav"))
-    page.wait_for_timeout(1500)
+    upload(page, EMODB / "wav" / "03a02Nc.wav")
     page.click("#analyse")
     wait_for_result(page)
     page.locator("#label-choice label", has_text="surprise").first.click()
     page.click("#save-label")
     page.wait_for_function("() => /surprise/.test(document.querySelector('#relabel-status').innerText)", timeout=30_000)
     open_tab(page, "Annotate")
-    page.wait_for_timeout(1000)
+    page.wait_for_function("() => /fear/.test(document.querySelector('#q-history').innerText)", timeout=30_000)
     history = page.inner_text("#q-history")
     assert "fear" in history and "surprise" not in history, history
 
@@ -445,7 +464,7 @@ def test_every_tab_lays_out_and_is_photographed(server, browser_factory, viewpor
         assert max(cols) - min(cols) < 200, cols
     for tab, slug in TABS:
         open_tab(page, tab)
-        page.wait_for_timeout(1200)
+        page.locator(f"#tab-{slug.replace('-tab', '')}").wait_for(state="visible", timeout=30_000)
         if slug == "annotate":
             page.wait_for_function("() => /\\d+%/.test(document.querySelector('#queue').innerText)", timeout=30_000)
             conf = page.locator("#queue [role=columnheader]", has_text="conf.").first.bounding_box()
@@ -457,7 +476,7 @@ def test_every_tab_lays_out_and_is_photographed(server, browser_factory, viewpor
             page.wait_for_selector("#model-confusion .js-plotly-plot", timeout=30_000)
             toolbar_clear_of_titles(page, "#model-confusion")
         page.mouse.move(0, 0)  # no tooltip left over in the screenshot
-        page.wait_for_timeout(300)
+        page.wait_for_function("() => !document.querySelector('.hoverlayer .hovertext')", timeout=10_000)
         overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 1, (tab, kind, overflow)  # nothing wider than the screen
         path = ARTIFACTS / f"{slug}-{kind}.png"

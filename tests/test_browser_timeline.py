@@ -97,7 +97,7 @@ def test_upload_timeline_and_relabel_a_segment(server, browser_factory, tmp_path
     page.goto(server["url"], wait_until="load")
     page.get_by_role("tab", name="Timeline").click()
     page.locator("#timeline-audio input[type=file]").set_input_files(str(wav))
-    page.wait_for_timeout(1500)
+    page.locator("#timeline-audio").get_by_role("button", name="Play").first.wait_for(state="visible", timeout=60_000)
     page.click("#timeline-run")
     page.wait_for_function(f"() => {ROWS} == {n}", timeout=120_000)
     page.wait_for_selector("#timeline-figure .js-plotly-plot", timeout=60_000)
@@ -132,14 +132,16 @@ def test_live_microphone_updates_while_recording(server, browser_factory, tmp_pa
     page.goto(server["url"], wait_until="load")
     page.get_by_role("tab", name="Timeline").click()
     page.locator("#live-mic").get_by_role("button", name=re.compile("^Record$")).first.click()
-    seen = []
+    seen = [""]
     deadline = time.time() + 90
-    while time.time() < deadline:  # about 10 s of recording, read every 0.7 s
-        page.wait_for_timeout(700)
+    while time.time() < deadline:  # about 10 s of recording: every new status line, as it changes
+        page.wait_for_function("(prev) => { const t = document.querySelector('#live-info').innerText; "
+                               "return t && t !== prev; }", arg=seen[-1], timeout=30_000)
         seen.append(page.inner_text("#live-info"))
         m = re.search(r"(\d+) s recorded", seen[-1])
         if m and int(m.group(1)) >= 10:
             break
+    seen = seen[1:]
     recorded = [int(m.group(1)) for s in seen if (m := re.search(r"(\d+) s recorded", s))]
     assert len(set(recorded)) >= 6 and recorded == sorted(recorded), seen  # it grows while recording
     nows = {m.group(0) for s in seen if (m := re.search(r"now: \w+ \(\d+%\) over [\d–]+ s", s))}

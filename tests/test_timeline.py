@@ -344,3 +344,26 @@ def test_stopping_a_live_recording_without_speech_keeps_it(tmp_path, predictor):
     out = stop(live, "default", progress=lambda *a, **k: None)
     assert sf.info(out[0]).duration == pytest.approx(4.0, abs=0.01)
     assert "No speech found" in out[-2] and "upload box" in out[-2] and out[-1] is None
+
+
+def test_a_garbage_live_chunk_gets_a_message_not_a_traceback(tmp_path):
+    """A streamed chunk that is not audio (text, booleans, a bare value, NaN) is refused with a message
+    worded for the microphone; the stream's state survives a refused chunk and goes on."""
+    import dataclasses
+
+    import gradio as gr
+
+    from serdemo.timeline_bench import TimelineDesk
+    from serdemo.workbench import Settings, Workbench
+
+    bench = Workbench(dataclasses.replace(Settings.from_env(), data_dir=tmp_path / "data",
+                                          checkpoint_dirs=(ROOT / "checkpoints",)))
+    desk = TimelineDesk(bench)
+    first = desk.live_feed(None, (48000, np.zeros(24000, np.int16)), "default")
+    for chunk, says in ((b"\x00\x01 random bytes", "not audio"), ((48000, np.array(["a", "b"] * 100)), "not audio"),
+                        ((48000, np.ones(100, bool)), "boolean"), ((1, np.zeros(10, np.int16)), "sample rate")):
+        with pytest.raises(gr.Error) as e:
+            desk.live_feed(first.live, chunk, "default")
+        assert says in e.value.message and "Traceback" not in e.value.message, e.value.message
+    assert desk.live_feed(first.live, (48000, np.zeros(24000, np.int16)), "default").live is first.live
+    assert first.live.duration_s == pytest.approx(1.0, abs=0.02)
