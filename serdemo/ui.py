@@ -4,7 +4,8 @@ method, through :class:`Endpoints` where a result must become component updates;
 
 Named API endpoints (``gradio_client``): ``/analyze``, ``/warp``, ``/relabel``, ``/confirm``,
 ``/history``, ``/queue``, ``/labels``, ``/agreement``, ``/export``, ``/models``, ``/model_card``,
-``/model_metrics``, ``/retrain``, ``/retrain_status`` (Markdown), ``/retrain_progress`` (a dict), and
+``/model_metrics``, ``/retrain``, ``/retrain_cancel``, ``/retrain_status`` (Markdown), ``/retrain_progress``
+(a dict), and
 the Timeline tab's ``/timeline``.
 """
 
@@ -238,7 +239,10 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             m_metrics = gr.Markdown(elem_id="model-metrics")
             with gr.Accordion("Raw card (JSON)", open=False):
                 m_card = gr.JSON(label="Card")
-            retrain_btn = gr.Button("Fine-tune the selected model on the stored annotations", elem_id="retrain")
+            with gr.Row():
+                retrain_btn = gr.Button("Fine-tune the selected model on the stored annotations", elem_id="retrain",
+                                        scale=4)
+                cancel_btn = gr.Button("Cancel the run", elem_id="retrain-cancel", scale=1, min_width=140, size="sm")
             retrain_bar = gr.HTML(elem_id="retrain-progress")
             retrain_md = gr.Markdown(elem_id="retrain-status")
             retrain_table = gr.HTML(elem_id="retrain-comparison")
@@ -303,6 +307,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         view = dict(fn=ep.retrain_view, inputs=[seen_run],
                     outputs=[retrain_bar, retrain_md, retrain_table, model, m_pick, seen_run], **hidden)
         retrain_btn.click(bench.retrain, [m_pick], [retrain_md], api_name="retrain", concurrency_limit=1).success(**view)
+        cancel_btn.click(bench.retrain_cancel, None, [retrain_md], api_name="retrain_cancel").success(**view)
         gr.Timer(2.0).tick(queue=False, **view)
         app.load(**view)
         gr.api(bench.retrain_status, api_name="retrain_status")

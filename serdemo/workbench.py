@@ -462,16 +462,9 @@ class Workbench:
             self.reload()
         return st["state"] == "done"
 
-    @staticmethod
-    def _comparison(st: dict) -> dict | None:
-        """A finished run's comparison (``training.compare``'s JSON), or None when it has none (readable)."""
-        if st["state"] != "done":
-            return None
-        try:
-            result = json.loads((Path(st["out"]) / COMPARISON_FILE).read_text())
-        except (OSError, ValueError):
-            return None
-        return result if isinstance(result, dict) else None
+    def _comparison(self, st: dict) -> dict | None:
+        """A finished run's comparison (``training.compare``'s result), or None."""
+        return self.retrainer.comparison_result() if st["state"] == "done" else None
 
     def _retrain_markdown(self, st: dict) -> str:
         """The run's state in a line or two (the comparison itself is rendered from its data, apart)."""
@@ -481,8 +474,16 @@ class Workbench:
             return (f"Training `{Path(st['out']).name}` ({duration_text(st['elapsed_s'])} so far)"
                     + (f"; dev UA after epoch {st['epoch']}: {st['dev_ua']:.3f}" if st["dev_ua"] is not None else ""))
         if st["state"] == "failed":
-            return f"Retraining failed:\n```\n{st['tail']}\n```"
+            return f"Retraining `{Path(st['out']).name}` failed: {st.get('reason') or 'the server log has the details'}."
+        if st["state"] == "cancelled":
+            return f"Retraining `{Path(st['out']).name}` was cancelled."
         return f"Done: `{Path(st['out']).name}` is in the model pickers."
+
+    def retrain_cancel(self) -> str:
+        """Stop the background run, if one runs."""
+        if self.retrainer.cancel():
+            return "Cancelled: the run was stopped."
+        return "No retraining run is in progress."
 
     def retrain_status(self) -> str:
         """Progress of the background run as Markdown; when done, the two models' comparison."""
@@ -530,6 +531,8 @@ def retrain_progress_html(st: dict) -> str:
     step, total, phase = st.get("step", 0), st.get("total_steps", 0), st.get("phase", st["state"])
     if phase == "done":
         value, text = (1, 1), "done: the new model is in the pickers"
+    elif phase == "cancelled":
+        value, text = (step, total or 1), "cancelled"
     elif phase == "failed":
         value, text = (step, total or 1), "failed (see below)"
     elif phase == "comparing":

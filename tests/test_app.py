@@ -685,3 +685,26 @@ def test_an_analysis_decodes_the_upload_once_and_takes_its_spectrum_from_the_pre
     assert calls["decoded"] == 1, calls
     r = bench.redraw(0.9, a.clip_id, "default")  # and the redraw uses that spectrum: no new one
     assert calls["outside"] == 0 and r.figure is not None, calls
+
+
+def test_a_running_retraining_can_be_cancelled_and_says_so(tmp_path):
+    """The Models tab's cancel stops the run's process; the status and the bar say it was cancelled."""
+    from serdemo.workbench import Settings, Workbench
+
+    bench = Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data"))
+    assert bench.retrain_cancel() == "No retraining run is in progress."
+    r = bench.retrainer
+    r.out, r.log, r.started = bench.trained_dir / "default-ft-test", tmp_path / "run.log", time.time()
+    r.out.mkdir(parents=True)
+    r.log.write_text("")
+    r.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        assert bench.retrain_view("").status.startswith("Training `default-ft-test`")
+        assert bench.retrain_cancel().startswith("Cancelled")
+        assert r.proc.poll() is not None  # the process is gone
+        view = bench.retrain_view("")
+        assert view.status == "Retraining `default-ft-test` was cancelled." and 'data-phase="cancelled"' in view.bar
+        assert view.comparison == "" and view.choices is None
+    finally:
+        if r.proc.poll() is None:
+            r.proc.kill()
