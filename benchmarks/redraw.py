@@ -19,10 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
 
 from serdemo.audio import load_audio  # noqa: E402
 from serdemo.plots import analysis_figure  # noqa: E402
-from serdemo.plots import mel_band_hz  # noqa: E402
+from serdemo.plots import db_per_unit, mel_band_hz  # noqa: E402
 from serdemo.workbench import Settings, Workbench  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,11 +59,14 @@ def main() -> None:
 
     def old_path(alpha):  # what the slider did before: decode the stored clip, two front-end passes
         wave = p.load(str(bench.store.clip_path(a.clip_id)), max_duration_s=bench.settings.max_duration_s)
-        logmel, warped = p.warped_logmel(wave, 1.0), p.warped_logmel(wave, alpha)
+        front = getattr(p.frontend, "logmel", p.frontend)  # the log-mel module (inside the encoder's front end)
+        with torch.inference_mode():
+            x = torch.as_tensor(wave, device=p.device)[None]
+            logmel, warped = (front(x, alpha=al)[0][0].float().cpu().numpy() for al in (None, alpha))
         view = bench._views[(a.clip_id, p.name)]
         fig = analysis_figure(p.features.frame_times_s(logmel.shape[1]), logmel, warped, view.attention_times_s,
                               view.attention, alpha, title=view.title, speech_segments_s=view.speech_segments_s,
-                              band_hz=mel_band_hz(p.features))
+                              band_hz=mel_band_hz(p.features), db_per_unit=db_per_unit(p.features))
         return fig.to_json()
 
     def new_path(alpha):

@@ -708,3 +708,15 @@ def test_a_running_retraining_can_be_cancelled_and_says_so(tmp_path):
     finally:
         if r.proc.poll() is None:
             r.proc.kill()
+
+
+def test_the_spectrogram_is_drawn_in_decibels_of_the_models_own_log_scale(tmp_path):
+    """The figure's dB come from the front end's own log scale (Whisper's (log10 + 4) / 4: 40 dB a unit, with
+    a floor 80 dB under the clip's loudest bin): a real recording spans tens of dB, never more than 80."""
+    from serdemo.workbench import Settings, Workbench
+
+    bench = Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data"))
+    a = bench.analyse(str(EMODB / "wav" / "03a01Wa.wav"), "default", 1.1)
+    z = np.asarray(a.figure.data[0].z, dtype=float)
+    assert np.nanmax(z) == pytest.approx(0.0, abs=1e-3)  # 0 dB: the clip's loudest band
+    assert -80.01 <= np.nanmin(z) <= -30.0, np.nanmin(z)  # 8 decades of power at most; tens of dB in a real clip
