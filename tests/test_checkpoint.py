@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from serdemo.checkpoint import (CARD, WEIGHTS, CheckpointError, list_checkpoints, load_checkpoint,
+from serdemo.checkpoint import (CARD, WEIGHTS, CheckpointError, encoder_block, list_checkpoints, load_checkpoint,
                                 make_card, read_card, save_checkpoint, sha256_file)
+from serdemo.whisper import shared_encoder
 from serdemo.features import FeatureConfig
 from serdemo.inference import Predictor
 from serdemo.models import build_model
@@ -26,9 +27,10 @@ def edit_card(path, change) -> dict:
 @pytest.fixture
 def ckpt(tmp_path):
     torch.manual_seed(0)
-    model = build_model("localatt", FC.n_mels, {k: len(v) for k, v in HEADS.items()}, hidden=32, dense=64)
-    card = make_card(model, FC, HEADS, {"hidden": 32, "dense": 64}, name="tiny", license="test",
-                     metrics={"cv": {"ua": 0.5}})
+    model = build_model("localatt", FC.n_mels, {k: len(v) for k, v in HEADS.items()}, hidden=32, dense=64,
+                        n_layers=2)
+    card = make_card(model, FC, HEADS, {"hidden": 32, "dense": 64, "n_layers": 2}, name="tiny", license="test",
+                     metrics={"cv": {"ua": 0.5}}, encoder=encoder_block(shared_encoder()))
     return save_checkpoint(tmp_path / "tiny", model, card), model
 
 
@@ -107,12 +109,37 @@ def test_card_that_does_not_match_the_weights(ckpt):
         load_checkpoint(path)
     card["model"]["architecture"] = "transformer"
     (path / CARD).write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="names architecture 'transformer'.*known: cnnlstm"):
+        load_checkpoint(path)
+    card["model"]["architecture"] = "localatt"
+    card["model"]["hparams"]["hidden"] = 0  # an LSTM of no units: the card builds nothing
+    (path / CARD).write_text(json.dumps(card))
     with pytest.raises(CheckpointError, match="buildable"):
         load_checkpoint(path)
     card["heads"] = {"gender": ["female", "male"]}
     (path / CARD).write_text(json.dumps(card))
     with pytest.raises(CheckpointError, match="no 'emotion' head"):
         load_checkpoint(path)
+
+
+def test_a_model_on_the_encoder_names_it_and_uses_its_front_end(ckpt):
+    """The card carries the encoder's digest and provenance; another encoder, a missing digest or a front
+    end with another frame rate (hop) are refused with the checkpoint's name, never silently run."""
+    path, _ = ckpt
+    card = read_card(path)
+    assert card["encoder"]["digest"] == shared_encoder().digest and "MIT" in card["encoder"]["license"]
+    edit_card(path, lambda c: c["encoder"].update(digest="0" * 64))
+    with pytest.raises(CheckpointError, match="another pretrained encoder"):
+        Predictor.from_checkpoint(path, device="cpu")
+    edit_card(path, lambda c: c.pop("encoder"))
+    with pytest.raises(CheckpointError, match="'encoder' object"):
+        read_card(path)
+    edit_card(path, lambda c: c.update(encoder={"digest": shared_encoder().digest}))
+    edit_card(path, lambda c: c["features"].update(hop_length=320))
+    with pytest.raises(CheckpointError, match="encoder's front end"):
+        read_card(path)
+    with pytest.raises(ValueError, match="encoder_block"):
+        make_card(build_model("probe", 80, {"emotion": 4}), FC, {"emotion": list("abcd")}, {})
 
 
 def test_make_card_checks_label_counts():

@@ -50,8 +50,9 @@ class EncoderModel(nn.Module):
     input_kind = "encoder"
 
     def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int = N_LAYERS, dropout: float = 0.2,
-                 **_ignored):
+                 stats: bool = False, **_ignored):
         super().__init__()
+        self.use_stats = stats  # add each layer's mean and std over speech (the probe's features) to the pooled vector
         if "emotion" not in heads:
             raise ValueError("every model needs an 'emotion' head")
         if not 1 <= n_layers <= N_LAYERS:
@@ -70,7 +71,12 @@ class EncoderModel(nn.Module):
         real = length_mask(lengths, states.shape[2])
         x = self.mix(states) * real[..., None].to(states.dtype)
         y = self.trunk(x, lengths)
-        pooled, weights = self.pool(y, speech_or_all(speech, real))
+        mask = speech_or_all(speech, real)
+        pooled, weights = self.pool(y, mask)
+        if self.use_stats:
+            from serdemo.models.probe import layer_statistics
+
+            pooled = pooled + self.stats_proj(layer_statistics(states.float(), mask))
         pooled = self.dropout(pooled)
         logits = {name: head(pooled) for name, head in self.heads.items()}
         return ModelOutput(logits, weights, lengths, MODEL_FRAME_RATE_HZ)
@@ -87,6 +93,9 @@ class Dense(nn.Sequential):
 def attention_heads(model: EncoderModel, dim: int, head_hidden: int = 0, dropout: float = 0.2) -> None:
     """Attention pooling and one head per task (a linear layer, or a small MLP with ``head_hidden``)."""
     model.pool = AttentionPooling(dim)
+    if model.use_stats:
+        n = (model.n_layers + 1) * 2 * D_MODEL
+        model.stats_proj = nn.Sequential(nn.LayerNorm(n), nn.Dropout(dropout), nn.Linear(n, dim))
     if head_hidden:
         model.heads = nn.ModuleDict({name: nn.Sequential(nn.Linear(dim, head_hidden), nn.ReLU(), nn.Dropout(dropout),
                                                          nn.Linear(head_hidden, n))
