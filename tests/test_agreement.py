@@ -174,3 +174,23 @@ def test_incremental_figures_equal_scikit_learn_and_statsmodels_from_scratch(tmp
         table, _ = aggregate_raters(np.array([[cats.index(x) for x in r] for r in rows]), n_cat=len(cats))
         assert (result.fleiss_clips, result.fleiss_raters) == (len(rows), raters)
         assert result.fleiss_kappa == pytest.approx(fleiss_kappa(table, method="fleiss"))
+
+
+def test_a_replaced_database_is_read_afresh(tmp_path):
+    """The cache belongs to one database file: a store deleted and created again at the same path (fewer
+    labels, other names) is not mixed with the old figures."""
+    import shutil
+
+    s = Store(tmp_path / "d")
+    clips = tiny_clips(s, 3)
+    for who in ("ann", "bob", "cat"):
+        for clip in clips:
+            s.label_clip(clip, "sad", who)
+    assert len(agreement.compute(s).annotators) == 3
+    s.close()
+    shutil.rmtree(tmp_path / "d")
+    fresh = Store(tmp_path / "d")
+    clip = tiny_clips(fresh, 1)[0]
+    fresh.label_clip(clip, "happy", "zed")
+    result = agreement.compute(fresh)
+    assert [a.annotator for a in result.annotators] == ["zed"] and result.clips[0].labels == {"zed": "happy"}

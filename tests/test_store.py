@@ -238,3 +238,12 @@ def test_writer_killed_mid_transaction_loses_only_its_own_uncommitted_label(tmp_
     assert time.perf_counter() - t0 < 2
     assert [h.annotator for h in store.history(clip)] == [f"before-{i}" for i in range(5)] + ["after"]
     assert after.id == int(ready.read_text()) == 6  # the killed row's id was never committed: no gap
+
+
+def test_free_text_fields_of_a_clip_are_bounded(tmp_path):
+    """A clip's source name comes from an upload's file name: kept for provenance, cut at 255 printable
+    characters (a huge or control-laden name cannot bloat every queue row)."""
+    store = Store(tmp_path)
+    sha = store.add_clip(tone(200, 0.5), source_name="a\x00b\n" + "x" * 10_000_000, speaker="s" * 1000)
+    info = store.clip_info(sha)
+    assert info["source_name"] == "a b " + "x" * 251 and len(info["speaker"]) == 64
