@@ -200,10 +200,8 @@ def _copy_audio(rows: list[ExportRow], folder: Path) -> None:
         dest = folder / "audio" / f"{r.clip}.wav"
         if dest.exists():
             continue
-        try:
-            os.link(r.path, dest)  # same disk: no second copy of the audio
-        except OSError:
-            atomic_write(dest, lambda f, src=r.path: f.write(src.read_bytes()))
+        # a copy, never a hard link: editing an exported file must not change the store's audio
+        atomic_write(dest, lambda f, src=r.path: f.write(src.read_bytes()))
 
 
 def _readme(summary: ExportSummary, kind: str) -> str:
@@ -313,8 +311,9 @@ def write_zip(folder, archive=None) -> Path:
 
 def export_zip(store: Store, kind: str = "audiofolder", work_dir=None) -> ExportSummary:
     """A downloadable zip of ``kind`` (``audiofolder`` or ``manifest``) in a new folder under ``work_dir``
-    (a fresh temporary folder by default; the caller deletes it once served). ``summary.archive`` is
-    the zip; the unzipped copy is removed. Raises :class:`StoreError` (nothing labelled, disk full, ...)."""
+    (a fresh temporary folder by default). ``summary.archive`` is the zip and ``summary.folder`` the new
+    folder holding only it: the caller deletes that folder once the zip is served. The unzipped copy is
+    removed here. Raises :class:`StoreError` (nothing labelled, disk full, ...)."""
     if kind not in KINDS:
         raise StoreError(f"unknown export {kind!r}: choose {' or '.join(KINDS)}")
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -187,3 +187,12 @@ def test_store_methods_delegate_to_the_export(store, tmp_path):
     folder = store.export_training_folder(tmp_path / "tf")
     assert (folder / "manifest.csv").is_file() and not (folder / "metadata.csv").exists()
     assert store.export_manifest(tmp_path / "m.csv").read_text().startswith(",".join(export.MANIFEST_COLUMNS))
+
+
+def test_exported_audio_is_a_copy_the_store_keeps_its_own(store, tmp_path):
+    summary = export.export_audiofolder(store, tmp_path / "af")
+    for sha in store.waves:
+        exported = summary.folder / "audio" / f"{sha}.wav"
+        assert exported.read_bytes() == store.clip_path(sha).read_bytes()
+        exported.write_bytes(b"edited")  # someone edits the export in place
+        assert store.clip_path(sha).read_bytes()[:4] == b"RIFF"
