@@ -198,7 +198,7 @@ def compute(store: Store) -> Agreement:
     last call; the same object again when nothing was saved). Treat the result as read-only."""
     index = index_of(store)
     with index.lock:
-        if index.last_id and store.label_version()[0] < index.last_id:  # the database was replaced
+        if index.last_id and store.last_label_id() < index.last_id:  # the database was replaced
             fresh = AgreementIndex()
             fresh.stats = index.stats
             fresh.stats["rebuilds"] += 1

@@ -8,6 +8,10 @@ Layout of ``SERDEMO_DATA`` (default ``./data``)::
 Every label is a new row (who, when, the model's prediction, its confidence, the checkpoint); the
 current label of a clip is its latest row. Writes are transactions, audio is written to a temporary
 file and renamed, so a crash mid-write leaves neither a partial row nor a partial file.
+
+Annotator names are bounded (:func:`annotator_name`). The exports (every annotator's label per clip,
+provenance) live in :mod:`serdemo.export`; agreement in :mod:`serdemo.agreement`, which reads only the
+labels saved since its last call (:meth:`Store.labels_since`).
 """
 
 from __future__ import annotations
@@ -204,7 +208,8 @@ class Store:
                 yield con
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                if con.in_transaction:  # the connection is reused: never leave it holding the write lock
+                    con.execute("ROLLBACK")
                 raise
 
     # ------------------------------------------------------------------ clips
@@ -330,12 +335,11 @@ class Store:
                 " GROUP BY clip, annotator) m ON l.id = m.id ORDER BY l.clip, l.annotator").fetchall()
         return [LabelEvent(*r) for r in rows]
 
-    def label_version(self) -> tuple[int, int]:
-        """``(highest label id, number of label rows)``: labels are append-only, so this changes with every
-        saved label and with nothing else (what agreement caches on)."""
+    def last_label_id(self) -> int:
+        """The highest label id (0 without labels). Labels are append-only and ids grow in commit order, so
+        this changes with every saved label and with nothing else."""
         with self._connect() as con:
-            top, n = con.execute("SELECT COALESCE(MAX(id), 0), COUNT(*) FROM labels").fetchone()
-        return int(top), int(n)
+            return int(con.execute("SELECT COALESCE(MAX(id), 0) FROM labels").fetchone()[0])
 
     def labels_since(self, after_id: int) -> list[LabelEvent]:
         """Label events with an id above ``after_id``, in the order they were saved."""

@@ -247,3 +247,15 @@ def test_free_text_fields_of_a_clip_are_bounded(tmp_path):
     sha = store.add_clip(tone(200, 0.5), source_name="a\x00b\n" + "x" * 10_000_000, speaker="s" * 1000)
     info = store.clip_info(sha)
     assert info["source_name"] == "a b " + "x" * 251 and len(info["speaker"]) == 64
+
+
+def test_a_failed_write_leaves_the_reused_connection_free(tmp_path):
+    """Connections are reused per thread: a write that fails inside its transaction must roll back, or the
+    thread would hold the write lock for good and every other writer would time out."""
+    store = Store(tmp_path)
+    sha = store.add_clip(tone(200, 0.5), predicted="happy", confidence=0.5)
+    with pytest.raises(StoreError, match="no model prediction"):
+        store.label_clip(store.add_clip(tone(300, 0.5)), None, "ann")  # raised inside the transaction
+    other = Store(tmp_path, timeout_s=0.5)
+    assert other.label_clip(sha, "sad", "bob").label == "sad"  # the lock is free
+    assert store.label_clip(sha, None, "ann").label == "happy"
