@@ -320,7 +320,7 @@ def export_zip(store: Store, kind: str = "audiofolder", work_dir=None) -> Export
     name = f"serdemo-{'training-manifest' if kind == 'manifest' else 'audiofolder'}-{stamp}"
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="serdemo-export-", dir=work_dir))
+    work = Path(tempfile.mkdtemp(prefix=EXPORT_PREFIX, dir=work_dir))
     try:
         folder = work / name
         summary = (export_training_folder if kind == "manifest" else export_audiofolder)(store, folder)
@@ -334,3 +334,22 @@ def export_zip(store: Store, kind: str = "audiofolder", work_dir=None) -> Export
         shutil.rmtree(work, ignore_errors=True)
         raise
     return summary
+
+
+EXPORT_PREFIX = "serdemo-export-"
+
+
+def remove_old_exports(work_dir=None, older_than_s: float = 3600.0, now: float | None = None) -> int:
+    """Delete the folders :func:`export_zip` made under ``work_dir`` (the temp folder by default) that are
+    older than ``older_than_s``; returns how many. Call it before each export so served zips do not pile up."""
+    root = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
+    now = time.time() if now is None else now
+    removed = 0
+    for path in root.glob(f"{EXPORT_PREFIX}*"):
+        try:
+            if path.is_dir() and not path.is_symlink() and now - path.stat().st_mtime > older_than_s:
+                shutil.rmtree(path)
+                removed += 1
+        except OSError:
+            continue  # another worker removed it first, or it is not ours to remove
+    return removed

@@ -196,3 +196,18 @@ def test_exported_audio_is_a_copy_the_store_keeps_its_own(store, tmp_path):
         assert exported.read_bytes() == store.clip_path(sha).read_bytes()
         exported.write_bytes(b"edited")  # someone edits the export in place
         assert store.clip_path(sha).read_bytes()[:4] == b"RIFF"
+
+
+def test_old_export_folders_are_removed_and_recent_ones_kept(store, tmp_path):
+    import os
+    import time
+
+    work = tmp_path / "exports"
+    old = export.export_zip(store, "audiofolder", work_dir=work)
+    new = export.export_zip(store, "manifest", work_dir=work)
+    hour_ago = time.time() - 3601
+    os.utime(old.folder, (hour_ago, hour_ago))
+    (work / "unrelated").mkdir()
+    os.utime(work / "unrelated", (hour_ago, hour_ago))
+    assert export.remove_old_exports(work, older_than_s=3600) == 1
+    assert not old.folder.exists() and new.archive.is_file() and (work / "unrelated").is_dir()
