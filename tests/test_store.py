@@ -131,10 +131,9 @@ def test_eight_threads_relabel_fifty_clips_each(tmp_path):
     assert sum(store.counts()["label"].values()) == 50
 
 
-def _label_all(path, clips, who, start_at):
+def _label_all(path, clips, who, barrier):
     store = Store(path)
-    while time.time() < start_at:  # every process starts writing at the same moment
-        time.sleep(0.001)
+    barrier.wait(120)  # every process starts writing at the same moment, once all have imported
     for i, clip in enumerate(clips):
         store.label_clip(clip, ("sad", "happy", None)[i % 3], who)
 
@@ -147,8 +146,8 @@ def test_four_processes_relabel_the_same_clips_at_once(tmp_path):
     clips = [store.add_clip(tone(100 + 7 * i, 0.3), predicted="angry", confidence=0.3 + i / 100, checkpoint="ck")
              for i in range(40)]
     ctx = mp.get_context("spawn")
-    start_at = time.time() + 8  # after the children have imported
-    procs = [ctx.Process(target=_label_all, args=(tmp_path, clips, f"proc-{k}", start_at)) for k in range(4)]
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_label_all, args=(tmp_path, clips, f"proc-{k}", barrier)) for k in range(4)]
     for p in procs:
         p.start()
     for p in procs:
