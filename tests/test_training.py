@@ -90,7 +90,7 @@ def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, e
     metrics = fit.main(args(out, tmp_path / "cache", "--model", "probe", "--aux-heads", "",
                             "--hparams", '{"n_layers": 2, "layers": [1, 2]}', "--limit-per-corpus", "60"))
     model, card = load_checkpoint(out)
-    assert metrics["test"]["overall"]["n"] > 0 and card["model"]["hparams"]["C"] in (0.01, 0.03, 0.1, 0.3)
+    assert metrics["test"]["overall"]["n"] > 0 and card["model"]["hparams"]["C"] in (0.01, 0.03, 0.1)
     events = [e["event"] for e in read_progress(out / "progress.jsonl")]
     assert events == ["start", "epoch", "done"]
     trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "probe", "--aux-heads",
@@ -674,3 +674,33 @@ def test_a_fold_from_before_a_setting_existed_is_reused_with_its_default(tmp_pat
     assert reuse_problem(card, trainer) is None
     config["corpus_classes"] = True
     assert "corpus_classes" in reuse_problem(card, trainer)
+
+
+def test_a_stored_segment_of_a_held_out_speakers_recording_never_trains(tmp_path):
+    """A timeline segment cut from a held-out corpus recording is not a copy of any corpus clip (so the
+    content-hash check misses it) but carries its recording's name: the export names the corpus speaker
+    and the split keeps it out of training whenever that speaker is a dev or test speaker."""
+    from serdemo.audio import load_audio
+    from serdemo.export import write_manifest
+    from serdemo.store import Store, as_stored
+    from training.corpora import scan_emodb, scan_manifest, scan_store
+    from training.splits import train_dev_test
+
+    store = Store(tmp_path / "data")
+    wave = load_audio(str(EMODB / "wav" / "03a01Fa.wav"))
+    sha = store.add_clip(as_stored(wave[: len(wave) // 2]), "03a01Fa.wav")  # half of a speaker 03 clip
+    store.label_clip(sha, "happy", "me")
+    own = store.add_clip(as_stored(harmonics(150, 1.2)), "my-recording.wav")
+    store.label_clip(own, "sad", "me")
+    corpus = scan_emodb(EMODB).utterances
+    for stored in (scan_manifest(write_manifest(store, tmp_path / "m.csv")).utterances,
+                   scan_store(tmp_path / "data").utterances):
+        seg = next(u for u in stored if u.emotion == "happy")
+        assert seg.source_speaker == "emodb:03"
+        mine = next(u for u in stored if u.emotion == "sad")
+        assert mine.source_speaker is None and mine.naturalness == "unknown"
+        for fold in range(4):
+            train, dev, test = train_dev_test(corpus + stored, "speakers", 4, fold, 0)
+            held = {u.speaker for u in dev + test}
+            assert (seg.path in {u.path for u in train}) == ("emodb:03" not in held)
+            assert mine.path in {u.path for u in train}

@@ -27,7 +27,8 @@ class Utterance:
     speaker: str  # corpus-qualified, e.g. "emodb:03"
     corpus: str
     gender: str | None = None  # "female" / "male"
-    naturalness: str = "acted"  # "acted" / "natural"
+    naturalness: str = "acted"  # "acted" / "natural" / "unknown" (then the naturalness head ignores it)
+    source_speaker: str | None = None  # a stored clip cut from a corpus clip: that clip's speaker, e.g. "ravdess:01"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -375,7 +376,8 @@ def scan_manifest(csv_path, corpus: str | None = None) -> CorpusScan:
                 path = csv_path.parent / path
             emo = canonical_label(row["emotion"] or "")
             gender = (row.get("gender") or "").strip().lower() or None
-            nat = (row.get("naturalness") or "").strip().lower() or "acted"
+            # the app's export leaves naturalness empty when it is not known (a stored clip of unknown origin)
+            nat = (row.get("naturalness") or "").strip().lower() or ("unknown" if "speaker_known" in row else "acted")
             if emo is None:
                 scan.problems.append((where, f"unknown emotion {row['emotion']!r}"))
             elif not (row["speaker"] or "").strip():
@@ -384,11 +386,17 @@ def scan_manifest(csv_path, corpus: str | None = None) -> CorpusScan:
                 scan.problems.append((where, f"audio file {path} is missing"))
             elif gender not in (None, "female", "male"):
                 scan.problems.append((where, f"gender {gender!r} is not female/male"))
-            elif nat not in L.NATURALNESS:
+            elif nat not in L.NATURALNESS and nat != "unknown":
                 scan.problems.append((where, f"naturalness {nat!r} is not acted/natural"))
             else:
                 c = (row.get("corpus") or "").strip() or name
-                scan.utterances.append(Utterance(str(path), emo, f"{c}:{row['speaker'].strip()}", c, gender, nat))
+                spk = row["speaker"].strip()
+                known = (row.get("speaker_known") or "yes").strip().lower() != "no"
+                source = (row.get("source_corpus") or "").strip()
+                # a clip cut from a corpus recording keeps that corpus speaker's name, so a split can keep
+                # it out of training when that speaker is held out
+                source_speaker = spk if known and source and spk.startswith(f"{source}:") else None
+                scan.utterances.append(Utterance(str(path), emo, f"{c}:{spk}", c, gender, nat, source_speaker))
     return scan
 
 
@@ -417,24 +425,27 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def scan_store(root) -> CorpusScan:
-    """The app's annotation store (``SERDEMO_DATA``): each clip with its current label.
-
-    Stored clips are user recordings, so they count as natural speech for the naturalness head.
-    """
+    """The app's annotation store (``SERDEMO_DATA``): each labelled clip with its decided label (the
+    annotators' majority, :func:`serdemo.export.export_rows`), its speaker and naturalness as far as its
+    source name tells (a corpus file: that corpus's speaker, acted; otherwise one shared ``store:unknown``
+    speaker and naturalness unknown, never one speaker per clip)."""
+    from serdemo.export import export_rows
     from serdemo.store import Store
 
     root = _require_dir(root, "store")
     if not (Path(root) / "store.sqlite3").is_file():
         raise CorpusError(f"store: {root} holds no store.sqlite3")
-    store = Store(root)
     scan = CorpusScan("store", str(root))
-    for ev, (sha, rel, speaker) in store.labelled():
-        emo = canonical_label(ev.label)
+    for row in export_rows(Store(root)):
+        emo = canonical_label(row.label)
         if emo is None:
-            scan.problems.append((str(Path(root) / rel), f"label {ev.label!r} is not an emotion label"))
+            scan.problems.append((str(row.path), f"label {row.label!r} is not an emotion label"))
             continue
-        scan.utterances.append(Utterance(str(Path(root) / rel), emo, f"store:{speaker or 'clip-' + sha[:12]}",
-                                         "store", None, "natural"))
+        o = row.origin
+        speaker = o.speaker or "unknown"
+        source_speaker = o.speaker if o.corpus and o.speaker.startswith(f"{o.corpus}:") else None
+        scan.utterances.append(Utterance(str(row.path), emo, f"store:{speaker}", "store", o.gender or None,
+                                         o.naturalness, source_speaker))
     return scan
 
 

@@ -14,7 +14,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from serdemo.models.probe import LinearProbe, layer_statistics
 
-C_GRID = (0.01, 0.03, 0.1, 0.3)
+C_GRID = (0.01, 0.03, 0.1)
 
 
 def statistics(items: list[tuple[np.ndarray, np.ndarray]], layers: list[int]) -> np.ndarray:

@@ -108,6 +108,12 @@ def train_dev_test(utts: Sequence[Utterance], scheme: str = "speakers", n_folds:
         raise ValueError("stored clips only train: add a corpus to hold out dev and test speakers")
     train, dev, test = _corpus_split(utts, scheme, n_folds, fold, seed)
     if stored:
+        held = {u.speaker for u in dev + test}
+        of_held = [u for u in stored if u.source_speaker in held]
+        if of_held:
+            log.warning("leaving out %d stored clip(s) cut from recordings of held-out (dev/test) speakers",
+                        len(of_held))
+        stored = [u for u in stored if u.source_speaker not in held]
         stored = drop_stored_duplicates(stored, train, dev + test)
     return train + stored, dev, test
 
@@ -190,6 +196,3 @@ def drop_stored_duplicates(stored: Sequence[Utterance], train: Sequence[Utteranc
                     sum(dropped.values()), ", ".join(f"{v} {k}" for k, v in sorted(dropped.items())))
     return kept
 
-
-def label_counts(utts: Sequence[Utterance]) -> dict[str, int]:
-    return dict(Counter(u.emotion for u in utts))
