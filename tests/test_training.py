@@ -71,9 +71,11 @@ def test_one_short_epoch_per_architecture(tmp_path, arch, heads, hparams, emodb_
     assert abs(sum(pred.probabilities["emotion"].values()) - 1) < 1e-5
     # the progress file, as the app reads it
     events = read_progress(out / "progress.jsonl")
-    assert [e["event"] for e in events] == ["start", "step", "step", "epoch", "done"]
+    assert [e["event"] for e in events] == ["phase", "phase", "start", "step", "step", "epoch", "done"]
     keys = {"event", "epoch", "epochs", "step", "total_steps", "loss", "dev_ua", "eta_s", "elapsed_s", "time"}
     assert all(keys <= set(e) for e in events)
+    # a phase and an ETA before the first step: the app never shows a bare "preparing"
+    assert events[0]["phase"] == "reading the corpora" and events[1]["eta_s"] > 0
     assert events[-2]["dev_ua"] == card["training"]["history"][0]["dev_ua"] and events[-1]["step"] == 2
     if uses_encoder(model):  # the card names the encoder it stands on, with its provenance and licence
         assert card["encoder"]["digest"] and "MIT" in card["encoder"]["license"]
@@ -92,7 +94,7 @@ def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, e
     model, card = load_checkpoint(out)
     assert metrics["test"]["overall"]["n"] > 0 and card["model"]["hparams"]["C"] in (0.01, 0.03, 0.1)
     events = [e["event"] for e in read_progress(out / "progress.jsonl")]
-    assert events == ["start", "epoch", "done"]
+    assert events == ["phase", "phase", "start", "phase", "epoch", "done"]
     trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "probe", "--aux-heads",
                                               "", "--hparams", '{"n_layers": 2, "layers": [1, 2]}',
                                               "--limit-per-corpus", "60")))
@@ -193,7 +195,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, monkeypatc
     history = json.loads((cut / "last" / "trainer.json").read_text())["history"]
     assert [h["loss"] for h in history] == [h["loss"] for h in json.loads((whole / "last" / "trainer.json").read_text())["history"]]
     events = [e["event"] for e in read_progress(cut / "progress.jsonl")]
-    assert events == ["start", "step", "step", "error", "start", "step", "step", "epoch", "done"]  # died saving epoch 1
+    assert events == ["phase", "phase", "start", "step", "step", "error",
+                      "phase", "phase", "start", "step", "step", "epoch", "done"]  # died saving epoch 1
 
     fit.main(args(bare, tmp_path / "cache", *common, "--resume"))
     tc = trace(bare / "trace-rank0.jsonl")

@@ -229,6 +229,7 @@ class Data:
         self.train, self.dev, self.test = ([by_path[u.path] for u in part if u.path not in self.skipped_audio]
                                            for part in (train_u, dev_u, test_u))
         self.file_list_sha256 = file_list_hash([e.utt for e in self.train + self.dev])
+        self.store_report = self._store_report(utts, examples, dev_u + test_u)
         self.heads, self.untrained_heads = ["emotion"], {}
         for h in cfg.aux_heads:
             seen = {e.targets[h] for e in self.train} - {IGNORE}
@@ -237,6 +238,39 @@ class Data:
             else:
                 self.untrained_heads[h] = f"training data has {len(seen)} class(es) of {h}"
         self._encoded = None
+
+    def _store_report(self, utts, examples, held_out) -> dict | None:
+        """How many clips of the annotation store train, and why the others do not (None: no store)."""
+        from training.splits import STORE_CORPUS
+
+        stored = [u for u in utts if u.corpus == STORE_CORPUS]
+        if not stored:
+            return None
+        mapped = {e.utt.path for e in examples}
+        trained = {e.utt.path for e in self.train if e.utt.corpus == STORE_CORPUS}
+        held = {u.speaker for u in held_out}
+        left: dict[str, int] = {}
+        for u in stored:
+            if u.path in trained:
+                continue
+            if u.path not in mapped:
+                why = f"label not in the {self.label_set.name} label set"
+            elif u.path in self.skipped_audio:
+                why = "audio could not be read"
+            elif u.source_speaker in held:
+                why = "cut from a recording of a held-out (dev/test) speaker"
+            else:
+                why = "the same audio as a corpus clip"
+            left[why] = left.get(why, 0) + 1
+        return {"stored": len(stored), "training": len(trained), "left_out": left}
+
+    def uncached_count(self, alpha: float = 1.0) -> int:
+        """Clips of this run whose encoder states are not cached yet (each costs an encoder pass)."""
+        from training.encoded import wave_digest
+
+        cache = self.encoded_cache
+        return sum(not cache.file(wave_digest(self.wave(e)), alpha).is_file()
+                   for e in self.train + self.dev + self.test)
 
     def wave(self, e: Example) -> np.ndarray:
         return self.cache.get(e.utt.path)

@@ -47,6 +47,8 @@ from training.splits import train_dev_test
 
 log = logging.getLogger("training.fit")
 GRAD_CLIP = 5.0
+ENCODE_S_PER_CLIP = 0.06  # encoder pass of one clip not yet in the cache (bf16, 2 threads)
+PROBE_FIT_S = 12.0  # one logistic regression of the probe's C grid on ~3,300 clips
 EVAL_SEED = 12345  # alphas of warped evaluation (vtlp_dev): the same every epoch
 
 __all__ = ["FitConfig", "Trainer", "main", "parse_args"]
@@ -74,15 +76,22 @@ class Trainer:
     ``train``/``dev``/``test``: lists of :class:`training.data.Example`, speaker-disjoint.
     """
 
-    def __init__(self, cfg: FitConfig, rank: int = 0, world: int = 1, device=None, data: D.Data | None = None):
+    def __init__(self, cfg: FitConfig, rank: int = 0, world: int = 1, device=None, data: D.Data | None = None,
+                 resuming: bool = False):
         self.cfg, self.rank, self.world = cfg, rank, world
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.is_main = rank == 0
+        # the progress file starts with the run's first second, so the app has a phase and an ETA at once
+        self.progress = Progress(Path(cfg.out) / PROGRESS_FILE, self.is_main and data is None, append=resuming,
+                                 epochs=cfg.epochs)
+        self.progress.phase("reading the corpora")
         S.seed_everything(cfg.seed)  # the split and the initial weights: the same on every rank
         self.features = FeatureConfig(**cfg.features)
         self.label_set = get_label_set(cfg.label_set)
         self.data = data if data is not None else D.Data(cfg, self.label_set)
         self._take_data()
+        self.progress.phase("preparing the encoder features" if self._on_encoder(cfg.model) else "preparing",
+                            self.estimate_s(), store=self.data.store_report)
 
         self.init_seed = init_seed = cfg.seed if cfg.model_seed is None else cfg.model_seed
         if cfg.model_seed is not None:  # the split stays that of cfg.seed; weights and order follow model_seed
@@ -122,6 +131,18 @@ class Trainer:
         self.start_epoch, self.best_ua, self.best_epoch, self.bad_epochs = 0, -1.0, -1, 0
         self.history: list[dict] = []
         self.resumed = False
+
+    def estimate_s(self) -> float:
+        """Seconds the rest of the run should take on a 2-core CPU (measured: README "Retraining"), from
+        the data sizes: cached encoder states load fast, a clip not yet encoded costs an encoder pass."""
+        n = len(self.train) + len(self.dev) + len(self.test)
+        if not self._on_encoder(self.cfg.model):
+            return n * 0.05 * self.cfg.epochs
+        new = self.data.uncached_count() if hasattr(self.data, "uncached_count") else 0
+        load = 0.004 * n + ENCODE_S_PER_CLIP * new
+        if self.cfg.model == "probe":
+            return load + PROBE_FIT_S * 3 + 0.002 * n
+        return load + self.cfg.epochs * 0.006 * n
 
     @staticmethod
     def _on_encoder(architecture: str) -> bool:
@@ -424,8 +445,9 @@ class Trainer:
             return self.fit_probe()
         cfg, out = self.cfg, Path(self.cfg.out)
         steps = len(self.epoch_batches(0))
-        progress = Progress(out / PROGRESS_FILE, self.is_main, append=self.resumed, epochs=cfg.epochs,
-                            total_steps=cfg.epochs * steps)
+        progress = self.progress
+        progress.epochs, progress.total_steps = cfg.epochs, cfg.epochs * steps
+        progress.begin_training()
         progress.epoch, progress.step = self.start_epoch, self.start_epoch * steps
         progress.dev_ua = self.history[-1]["dev_ua"] if self.history else None
         if self.is_main:
@@ -433,7 +455,7 @@ class Trainer:
                      "misses %d)", len(self.train), len(self.dev), len(self.test), self.world,
                      self.heads, self.cache.hits, self.cache.misses)
         progress.write("start", resumed=self.resumed, n_train=len(self.train), n_dev=len(self.dev),
-                       n_test=len(self.test), world_size=self.world)
+                       n_test=len(self.test), world_size=self.world, store=self.data.store_report)
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 t0 = time.time()
@@ -463,11 +485,13 @@ class Trainer:
         from training.probe import C_GRID, fit_probe, statistics, to_model
 
         out = Path(self.cfg.out)
-        progress = Progress(out / PROGRESS_FILE, self.is_main, epochs=1, total_steps=len(C_GRID))
+        progress = self.progress
+        progress.epochs, progress.total_steps = 1, len(C_GRID)
         progress.write("start", resumed=False, n_train=len(self.train), n_dev=len(self.dev), n_test=len(self.test),
-                       world_size=1)
+                       world_size=1, store=self.data.store_report)
         t0 = time.time()
         layers = self.model.layers
+        progress.phase("fitting the probe", PROBE_FIT_S * len(self.cfg.hparams.get("c_grid", C_GRID)) + 5)
         x_tr = statistics(self.data.encoded(self.train), layers)
         x_dv = statistics(self.data.encoded(self.dev), layers) if self.dev else x_tr[:0]
         y_tr = np.array([e.targets["emotion"] for e in self.train])
@@ -575,7 +599,7 @@ def main(argv=None) -> dict:
         logging.getLogger().setLevel(logging.WARNING)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     try:
-        trainer = Trainer(cfg, rank, world, device)
+        trainer = Trainer(cfg, rank, world, device, resuming=run.resume)
         if run.resume:
             trainer.resume()
         return trainer.fit()

@@ -15,7 +15,10 @@ Every line has the same keys:
 ``time``       wall-clock time, seconds since the epoch (Unix time)
 =============  ==============================================================================
 
-``start`` adds ``resumed`` (bool) and the split sizes; ``epoch`` adds ``best_epoch``, ``improved`` and
+``phase`` comes first, from the run's first second, once per phase before training (``phase``: what
+runs now, e.g. "reading the corpora"; ``eta_s``: an estimate for the whole run from the data sizes);
+``start`` adds ``resumed`` (bool), the split sizes and ``store`` (how many stored clips train, and why
+the others do not); ``epoch`` adds ``best_epoch``, ``improved`` and
 ``dev_wa``; ``done`` adds ``test_ua``; ``error`` adds ``message``. Each line is written with a single
 ``write`` on a file opened for appending and flushed at once, so a reader sees whole lines only
 (it should still skip a last line that does not parse). A fresh run truncates the file; ``--resume``
@@ -31,7 +34,7 @@ import time
 from pathlib import Path
 
 FILE = "progress.jsonl"
-EVENTS = ("start", "step", "epoch", "done", "error")
+EVENTS = ("phase", "start", "step", "epoch", "done", "error")
 
 
 class Progress:
@@ -43,6 +46,7 @@ class Progress:
         self.started = time.time()
         self.steps_this_run = 0  # steps taken by this process, for the pace
         self.epoch, self.step, self.dev_ua = 0, 0, None
+        self.estimate_s: float | None = None  # before the first step: an estimate from the data sizes
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not append:
@@ -50,9 +54,19 @@ class Progress:
 
     def eta_s(self) -> float | None:
         if self.steps_this_run == 0:
-            return None
+            return self.estimate_s
         pace = (time.time() - self.started) / self.steps_this_run
         return round(pace * max(0, self.total_steps - self.step), 1)
+
+    def phase(self, name: str, estimate_s: float | None = None, **extra) -> dict:
+        """A ``phase`` line: what the run does now and, when known, an estimate of the seconds left."""
+        if estimate_s is not None:
+            self.estimate_s = round(float(estimate_s), 1)
+        return self.write("phase", phase=name, **extra)
+
+    def begin_training(self) -> None:
+        """From here on the ETA is this process's pace over its training steps."""
+        self.started = time.time()
 
     def write(self, event: str, loss: float | None = None, **extra) -> dict:
         if event not in EVENTS:
