@@ -225,3 +225,25 @@ def test_feature_cache_keys_on_content_and_alpha_and_matches_the_predictor_path(
     with torch.inference_mode():
         live = fe(torch.as_tensor(a)[None], torch.tensor([len(a)])).states[0].numpy()
     np.testing.assert_allclose(states.astype(np.float32), live, atol=0.05, rtol=0.01)
+
+
+def test_the_shipped_default_attends_to_speech_spread_as_speech_is():
+    """Issue 15's attention figures on held-out speakers' clips (the card's test speakers), through the
+    app's Predictor: >= 0.85 of the mass on speech frames, <= 0.40 on the last quarter of the speech."""
+    from serdemo.checkpoint import read_card
+    from serdemo.inference import Predictor
+    from tests.conftest import ROOT
+    from training.corpora import scan_emodb, scan_ravdess
+
+    card = read_card(ROOT / "checkpoints" / "default")
+    held = set(card["training"]["speakers"]["test"])
+    utts = [u for u in scan_emodb(EMODB).utterances + scan_ravdess(RAVDESS).utterances if u.speaker in held]
+    assert utts, "the default's card lists held-out speakers of EMO-DB and RAVDESS"
+    pred = Predictor.from_checkpoint(ROOT / "checkpoints" / "default", device="cpu")
+    results = pred.predict_batch([u.path for u in utts[::max(1, len(utts) // 12)][:12]])
+    on_speech = [r.attention_on_speech() for r in results]
+    last = [r.attention_in_last_quarter() for r in results]
+    assert np.mean(on_speech) >= 0.85 and min(on_speech) > 0.5
+    assert np.mean(last) <= 0.40
+    for r in results:  # the attention lines up with the clip: times inside it, one weight per model frame
+        assert abs(r.attention.sum() - 1) < 1e-4 and 0 <= r.attention_times_s[0] <= r.attention_times_s[-1] <= r.duration_s
