@@ -245,9 +245,13 @@ def _check_weights(card: dict) -> str | None:
 
 def _check_extras(card: dict) -> str | None:
     """Optional fields the app reads: right type when present."""
-    for key, kind in (("name", str), ("license", str), ("label_set", dict), ("metrics", dict), ("training", dict)):
+    for key, kind in (("name", str), ("license", str), ("label_set", dict), ("metrics", dict), ("training", dict),
+                      ("calibration", dict)):
         if key in card and not isinstance(card[key], kind):
             return f"'{key}' must be {'a string' if kind is str else 'an object'}, not {_shown(card[key])}"
+    t = card.get("calibration", {}).get("temperature", 1.0)
+    if not _is_number(t) or not 0.05 <= t <= 20:
+        return f"'calibration.temperature' must be a number in 0.05..20, not {_shown(t)}"
     return None
 
 

@@ -67,7 +67,8 @@ def best_device() -> torch.device:
 class Prediction:
     """What the model heard in one clip.
 
-    ``probabilities``: head -> {label: probability}; ``attention``: ``(frames',)`` summing to 1, with
+    ``probabilities``: head -> {label: probability} (the emotion head's calibrated by the card's
+    temperature, fitted on dev speakers); ``attention``: ``(frames',)`` summing to 1, with
     ``attention_times_s`` the centre of each attention frame; ``logmel``: ``(n_mels, frames)`` on
     Whisper's scale, ``(log10(power) + 4) / 4`` (one unit = :data:`db_per_unit` dB), with
     ``frame_times_s``; ``logmel_warped``: the same after VTLP with ``alpha`` (None unless asked);
@@ -136,6 +137,9 @@ class Predictor:
         self.name = name or card.get("name", "")
         self.features = FeatureConfig.from_dict(card["features"])
         self.heads = card["heads"]
+        # temperature scaling fitted on dev speakers (the card's calibration): calibrated probabilities
+        temperature = card.get("calibration", {}).get("temperature", 1.0) if isinstance(card.get("calibration"), dict) else 1.0
+        self.temperature = float(temperature) if isinstance(temperature, (int, float)) and 0.05 <= temperature <= 20 else 1.0
         if uses_encoder(model):
             if encoder is None:
                 try:
@@ -218,7 +222,8 @@ class Predictor:
         out = fwd.out
         probs = {}
         for head, logits in out.logits.items():
-            p = torch.softmax(logits[i].float(), dim=-1).cpu().numpy()
+            scale = self.temperature if head == "emotion" else 1.0
+            p = torch.softmax(logits[i].float() / scale, dim=-1).cpu().numpy()
             probs[head] = {label: float(v) for label, v in zip(self.heads[head], p)}
         n_frames = int(fwd.enc.frames[i]) if n_frames is None else n_frames
         n_att = int(out.attention_lengths[i])

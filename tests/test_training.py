@@ -93,6 +93,7 @@ def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, e
                             "--hparams", '{"n_layers": 2, "layers": [1, 2]}', "--limit-per-corpus", "60"))
     model, card = load_checkpoint(out)
     assert metrics["test"]["overall"]["n"] > 0 and card["model"]["hparams"]["C"] in (0.01, 0.03, 0.1)
+    assert 0.05 <= card["calibration"]["temperature"] <= 20 and card["calibration"]["ece_dev_after"] >= 0
     events = [e["event"] for e in read_progress(out / "progress.jsonl")]
     assert events == ["phase", "phase", "start", "phase", "epoch", "done"]
     trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "probe", "--aux-heads",
@@ -707,3 +708,20 @@ def test_a_stored_segment_of_a_held_out_speakers_recording_never_trains(tmp_path
             held = {u.speaker for u in dev + test}
             assert (seg.path in {u.path for u in train}) == ("emodb:03" not in held)
             assert mine.path in {u.path for u in train}
+
+
+def test_temperature_scaling_calibrates_an_overconfident_model():
+    """Logits three times too sharp: T comes out near 3 and the ECE drops; the winner never changes."""
+    from training.calibration import calibrate, ece, scale
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 2000)
+    true_logits = rng.normal(0, 1, (2000, 4))
+    true_logits[np.arange(2000), y] += 1.0  # right about 60 % of the time
+    sharp = 3.0 * true_logits
+    out = calibrate(sharp[:1000], y[:1000], sharp[1000:], y[1000:])
+    assert 2.4 < out["temperature"] < 3.6
+    assert out["ece_dev_after"] < out["ece_dev_before"] / 3 and out["ece_test_after"] < out["ece_test_before"] / 3
+    assert (scale(sharp, out["temperature"]).argmax(1) == sharp.argmax(1)).all()
+    assert sum(b["n"] for b in out["reliability"]["bins"]) == 1000 and out["reliability"]["set"] == "test"
+    assert ece(scale(sharp, 1.0), y) > 0.1

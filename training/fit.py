@@ -382,6 +382,8 @@ class Trainer:
         speakers = {name: sorted({e.utt.speaker for e in part})
                     for name, part in (("train", self.train), ("dev", self.dev), ("test", self.test))}
         extra = {"encoder": encoder_block(self.encoder)} if self.encoder is not None else {}
+        if getattr(self, "calibration", None):
+            extra["calibration"] = self.calibration
         return make_card(
             self.model, self.features, heads, self.hparams, **extra,
             name=cfg.name, label_set=self.label_set.to_dict(),
@@ -400,6 +402,20 @@ class Trainer:
             metrics=metrics,
             license=C.licence_for(sorted({e.utt.corpus for e in self.train})),
         )
+
+    def calibrate(self) -> dict | None:
+        """Temperature scaling of the emotion head on the dev speakers (the card's ``calibration``)."""
+        from training.calibration import calibrate
+
+        if not self.dev:
+            return None
+        y = lambda part: np.array([e.targets["emotion"] for e in part])
+        log_p = lambda part: np.log(np.clip(self.probabilities(part), 1e-12, 1.0))
+        out = calibrate(log_p(self.dev), y(self.dev), log_p(self.test) if self.test else None,
+                        y(self.test) if self.test else None)
+        log.info("calibration: T %.2f, dev ECE %.3f -> %.3f", out["temperature"], out["ece_dev_before"],
+                 out["ece_dev_after"])
+        return out
 
     def rng_state(self) -> tuple[dict, dict]:
         tensors, js = S.capture_global_rng(self.device)
@@ -545,6 +561,7 @@ class Trainer:
             metrics["test"] = self.evaluate(self.test)
             metrics["test_speakers"] = sorted({e.utt.speaker for e in self.test})
             log.info("\n%s", table(metrics["test"], f"test fold {self.cfg.fold} (speakers never seen in training)"))
+        self.calibration = self.calibrate()
         save_checkpoint(self.cfg.out, self.model, self.card(metrics))
         return metrics
 

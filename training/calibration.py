@@ -1,0 +1,109 @@
+"""Temperature scaling (Guo et al. 2017) on the dev speakers, and how well probabilities are calibrated.
+
+A model's probabilities are ``softmax(logits / T)`` with one scalar ``T`` fitted on dev by minimising
+the negative log-likelihood (it never changes which class wins, so UA and WA stay as they are).
+ECE is the expected calibration error: the mean over confidence bins of |accuracy - confidence|,
+weighted by the share of clips in the bin.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+N_BINS = 10
+
+
+def fit_temperature(log_probs: np.ndarray, y: np.ndarray, max_iter: int = 200) -> float:
+    """``log_probs (n, classes)`` (any logits up to a per-row constant), labels ``y (n,)`` -> T > 0."""
+    if len(y) == 0:
+        return 1.0
+    z = torch.as_tensor(log_probs, dtype=torch.float64)
+    t = torch.as_tensor(y, dtype=torch.long)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), t)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(np.clip(log_t.exp().item(), 0.05, 20.0))
+
+
+def scale(log_probs: np.ndarray, temperature: float) -> np.ndarray:
+    return torch.softmax(torch.as_tensor(log_probs, dtype=torch.float64) / temperature, dim=1).numpy()
+
+
+def reliability(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> list[dict]:
+    """Per confidence bin: its range, the clips in it, their mean confidence and their accuracy."""
+    conf = probs.max(1)
+    right = probs.argmax(1) == np.asarray(y)
+    edges = np.linspace(0, 1, n_bins + 1)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
+        n = int(inside.sum())
+        out.append({"from": round(float(lo), 2), "to": round(float(hi), 2), "n": n,
+                    "confidence": round(float(conf[inside].mean()), 4) if n else None,
+                    "accuracy": round(float(right[inside].mean()), 4) if n else None})
+    return out
+
+
+def ece(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> float:
+    bins = reliability(probs, y, n_bins)
+    n = max(1, sum(b["n"] for b in bins))
+    return round(sum(b["n"] / n * abs(b["accuracy"] - b["confidence"]) for b in bins if b["n"]), 4)
+
+
+def calibrate(dev_log_probs, dev_y, test_log_probs=None, test_y=None) -> dict:
+    """The card's ``calibration`` block: T from dev, ECE before/after on dev (and test, for information),
+    and the reliability bins after scaling on test (dev when there is no test set)."""
+    temperature = fit_temperature(dev_log_probs, dev_y)
+    out = {"method": "temperature scaling (one T on the dev speakers' negative log-likelihood)",
+           "temperature": round(temperature, 4),
+           "ece_dev_before": ece(scale(dev_log_probs, 1.0), dev_y),
+           "ece_dev_after": ece(scale(dev_log_probs, temperature), dev_y)}
+    ref_p, ref_y, where = (test_log_probs, test_y, "test") if test_log_probs is not None and len(test_y) else \
+        (dev_log_probs, dev_y, "dev")
+    if where == "test":
+        out["ece_test_before"] = ece(scale(ref_p, 1.0), ref_y)
+        out["ece_test_after"] = ece(scale(ref_p, temperature), ref_y)
+    out["reliability"] = {"set": where, "bins": reliability(scale(ref_p, temperature), ref_y)}
+    return out
+
+
+def main(argv=None) -> dict:
+    """``python -m training.calibration CHECKPOINT``: fit the temperature of an already trained checkpoint
+    on its own dev speakers (from its card's recipe) and write the ``calibration`` block into its card."""
+    import argparse
+    import dataclasses
+    import logging
+
+    from serdemo.checkpoint import load_checkpoint, save_checkpoint
+    from training.config import FitConfig
+    from training.fit import Trainer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    ap = argparse.ArgumentParser(prog="python -m training.calibration", description=main.__doc__)
+    ap.add_argument("checkpoint")
+    args = ap.parse_args(argv)
+    model, card = load_checkpoint(args.checkpoint)
+    import tempfile
+
+    cfg = dataclasses.replace(FitConfig.from_card(card["training"]["config"]), out=tempfile.mkdtemp())
+    trainer = Trainer(cfg, data=None)
+    problem = trainer.data_mismatch(card["training"])
+    if problem:
+        raise SystemExit(f"{args.checkpoint}: cannot calibrate on its dev speakers: {problem}")
+    trainer.model.load_state_dict(model.state_dict())
+    trainer.model.eval()
+    card["calibration"] = trainer.calibrate()
+    save_checkpoint(args.checkpoint, model, card)
+    return card["calibration"]
+
+
+if __name__ == "__main__":
+    main()
