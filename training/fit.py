@@ -514,15 +514,26 @@ class Trainer:
         y_dv = np.array([e.targets["emotion"] for e in self.dev])
         clf, mean, std, c, dev_ua = fit_probe(x_tr, y_tr, x_dv, y_dv, len(self.label_set),
                                               c_grid=self.cfg.hparams.get("c_grid", C_GRID), seed=self.init_seed)
-        self.model = to_model(clf, mean, std, list(self.label_set.classes), self.model.n_layers, layers).to(self.device)
+        classes = list(self.label_set.classes)
+        self.model = to_model(clf, mean, std, classes, self.model.n_layers, layers).to(self.device)
         self.hparams = dict(self.hparams, C=c)
         self.best_epoch = 0
         self.history = [{"epoch": 1, "dev_ua": round(dev_ua, 4), "C": c, "seconds": round(time.time() - t0, 1)}]
         metrics = {"dev": self.evaluate(self.dev), "best_epoch": 1}
+        self.calibration = self.calibrate()  # on dev, by the model that has not seen it
+        if self.cfg.hparams.get("refit") and self.dev:
+            # C is chosen; the dev speakers now train too (more voices), the test speakers stay unseen
+            progress.phase("refitting on train + dev speakers", PROBE_FIT_S + 5)
+            x_all, y_all = np.concatenate([x_tr, x_dv]), np.concatenate([y_tr, y_dv])
+            clf, mean, std, _, _ = fit_probe(x_all, y_all, x_dv[:0], y_dv[:0], len(self.label_set), c_grid=(c,),
+                                             seed=self.init_seed)
+            self.model = to_model(clf, mean, std, classes, self.model.n_layers, layers).to(self.device)
+            metrics["refit"] = ("after choosing C on dev, refitted on the training and dev speakers together; "
+                                "the dev figures and the temperature are those of the model fitted on training alone")
         save_checkpoint(out, self.model, self.card(metrics))
         progress.step = progress.total_steps
         progress.write("epoch", float("nan"), best_epoch=1, improved=True)
-        result = self.finish()
+        result = self.finish(calibrate=False)
         progress.write("done", test_ua=result.get("test", {}).get("overall", {}).get("ua"))
         return result
 
@@ -552,7 +563,7 @@ class Trainer:
             return True
         return False
 
-    def finish(self) -> dict:
+    def finish(self, calibrate: bool = True) -> dict:
         """Main rank: reload the best epoch, score the test fold, write the final card."""
         model, card = load_checkpoint(self.cfg.out, self.device)
         self.model.load_state_dict(model.state_dict())
@@ -561,7 +572,8 @@ class Trainer:
             metrics["test"] = self.evaluate(self.test)
             metrics["test_speakers"] = sorted({e.utt.speaker for e in self.test})
             log.info("\n%s", table(metrics["test"], f"test fold {self.cfg.fold} (speakers never seen in training)"))
-        self.calibration = self.calibrate()
+        if calibrate:
+            self.calibration = self.calibrate()
         save_checkpoint(self.cfg.out, self.model, self.card(metrics))
         return metrics
 
