@@ -11,6 +11,7 @@ from serdemo.timeline import Window, classify, max_timeline_s, window_from
 from serdemo.vad import MIN_TOTAL_SPEECH_S
 
 LIVE_WINDOW_S = 3.0  # the live view classifies the latest this-many seconds
+MAX_CHUNK_S = 5.0  # the browser streams 0.5 s at a time; a longer chunk is not a microphone's
 
 
 class LiveTimeline:
@@ -74,8 +75,15 @@ class LiveTimeline:
         chunk = np.asarray(chunk)
         if chunk.size == 0:
             return None
-        rate = int(rate)
+        try:
+            rate = int(rate)
+        except (TypeError, ValueError):
+            raise AudioError(f"The microphone's sample rate {rate!r} is not a number: stop and record again.") from None
         check_rate_channels(rate, channels_of(chunk), "the recording")
+        frames = chunk.shape[0] if chunk.ndim == 1 else max(chunk.shape)
+        if frames > MAX_CHUNK_S * rate:  # checked before anything is converted or kept
+            raise AudioError(f"A streamed piece of {frames / rate:.1f} s arrived; a microphone sends at most "
+                             f"{MAX_CHUNK_S:.0f} s at a time. Stop and record again, or upload the file instead.")
         if self.resampler is None:
             self.resampler = StreamResampler(rate)
         elif rate != self.resampler.rate:

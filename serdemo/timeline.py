@@ -421,8 +421,6 @@ def analyze(source, predictor: Predictor, *, max_duration_s: float | None = None
 
 
 if __name__ == "__main__":  # python -m serdemo.timeline: the command line lives in serdemo.timeline_cli
-    import sys
+    import runpy
 
-    from serdemo.timeline_cli import main
-
-    sys.exit(main())
+    runpy.run_module("serdemo.timeline_cli", run_name="__main__", alter_sys=True)

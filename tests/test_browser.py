@@ -1,5 +1,5 @@
 """The app in headless Chromium (Debian's /usr/bin/chromium driven by Playwright): upload, microphone
-(Chromium's fake capture device fed with a real corpus wav), relabel. Screenshots go to artifacts/."""
+(Chromium's fake capture device fed with a real corpus wav), relabel. Screenshots go to artifacts/ (ignored by git)."""
 
 import re
 import shutil
@@ -257,7 +257,7 @@ def open_tab(page, name: str) -> None:
 
 
 def small_png(path: Path) -> None:
-    """Keep a committed screenshot small: 256 colours are plenty for a page of text and plots."""
+    """Keep a screenshot small (for copying into the README on purpose): 256 colours suffice for text and plots."""
     from PIL import Image
 
     with Image.open(path) as im:
