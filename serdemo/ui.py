@@ -19,8 +19,8 @@ from serdemo.labels import ANNOTATION_LABELS
 from serdemo.plots import warp_figure
 from serdemo.timeline_ui import timeline_tab
 from serdemo.uikit import CSS, SHORTCUTS_JS, annotator_field, gpu, resolve_annotator, user_error
-from serdemo.workbench import (AGREEMENT_HEADERS, ALPHA_MAX, ALPHA_MIN, HISTORY_HEADERS, PICKER_INFO, QUEUE_HEADERS,
-                               Settings, Workbench)
+from serdemo.workbench import (AGREEMENT_HEADERS, ALPHA_MAX, ALPHA_MIN, HISTORY_HEADERS, MAX_QUEUE, PICKER_INFO,
+                               QUEUE_HEADERS, Settings, Workbench)
 
 __all__ = ["CSS", "SHORTCUTS_JS", "Endpoints", "Settings", "Workbench", "build_app"]
 
@@ -191,7 +191,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                     with gr.Row():
                         show = gr.Radio([("unlabelled only", "unlabelled"), ("all clips", "all")], value="unlabelled",
                                         label="Queue shows", elem_id="queue-show")
-                        limit = gr.Number(50, label="At most", precision=0, minimum=1, maximum=1000, min_width=90)
+                        limit = gr.Number(50, label="At most", precision=0, minimum=1, maximum=MAX_QUEUE, min_width=90)
                         refresh = gr.Button("Refresh queue", elem_id="queue-refresh", min_width=120, size="sm")
                     queue_df = gr.Dataframe(headers=QUEUE_HEADERS,
                                             interactive=False, elem_id="queue", wrap=False,

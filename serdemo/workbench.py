@@ -40,6 +40,7 @@ from serdemo.uikit import user_error
 from serdemo.vtlp import F_HI_HZ, warp_power
 
 ALPHA_MIN, ALPHA_MAX = 0.8, 1.2
+MAX_QUEUE = 1000  # rows the annotation queue returns at most (the page's and the API's limit)
 SPACES_STORAGE = Path("/data")  # a Hugging Face Space's persistent storage, when the Space has it
 log = logging.getLogger("serdemo.ui")
 
@@ -227,12 +228,14 @@ class Workbench:
             while len(self._views) > self.CACHE_CLIPS:
                 self._views.popitem(last=False)
 
-    @staticmethod
-    def _predict(pred_model: Predictor, wave: np.ndarray, require_speech: bool) -> tuple[Prediction, ClipView]:
+    def _predict(self, pred_model: Predictor, wave: np.ndarray, require_speech: bool) -> tuple[Prediction, ClipView]:
         """One model run on a decoded clip and what its redraws need: the spectrum comes from that run
         (``keep_power``) where the predictor keeps it; otherwise the front end computes it once here."""
         if _accepts(pred_model.predict_batch, "keep_power"):
-            pred = pred_model.predict_batch([wave], alpha=None, require_speech=require_speech, keep_power=True)[0]
+            limit = {"max_duration_s": self.settings.max_duration_s} \
+                if _accepts(pred_model.predict_batch, "max_duration_s") else {}
+            pred = pred_model.predict_batch([wave], alpha=None, require_speech=require_speech, keep_power=True,
+                                            **limit)[0]
             power = pred.power
         else:
             pred = pred_model.predict(wave, alpha=None, require_speech=require_speech)
@@ -252,6 +255,7 @@ class Workbench:
         """
         step = progress or (lambda *a, **k: None)
         t0 = time.perf_counter()
+        alpha = checked_alpha(alpha)
         try:
             step(0.1, desc="decoding")
             pred_model = self.predictor(model_name)
@@ -266,13 +270,13 @@ class Workbench:
         except (AudioError, CheckpointError, StoreError) as exc:
             raise user_error(exc, source, duration=None) from None
         self._remember(sha, pred_model.name, clip)
-        figure = self._figure(pred_model, clip, float(alpha), view)
+        figure = self._figure(pred_model, clip, alpha, view)
         aux = {h: p for h, p in pred.probabilities.items() if h != "emotion"}
         aux_md = "\n".join(f"**{h}**: " + ", ".join(f"{k} {v:.0%}" for k, v in sorted(p.items(), key=lambda kv: -kv[1]))
                            for h, p in aux.items()) or "_this model has no auxiliary heads_"
         info = (f"clip `{sha[:12]}` · {pred.duration_s:.2f} s · analysed in "
                 f"{(time.perf_counter() - t0) * 1000:.0f} ms on {pred_model.device}")
-        return Analysis(pred.probabilities["emotion"], aux_md, figure, warp_figure(float(alpha)), sha, info,
+        return Analysis(pred.probabilities["emotion"], aux_md, figure, warp_figure(alpha), sha, info,
                         pred.label())
 
     def _figure(self, pred_model: Predictor, clip: ClipView, alpha: float, view: str) -> go.Figure:
@@ -292,9 +296,7 @@ class Workbench:
                view: str = "difference") -> Redraw:
         """Re-draw the VTLP view for a new alpha without running the model (once after a restart)."""
         t0 = time.perf_counter()
-        alpha = float(alpha)
-        if not (ALPHA_MIN <= alpha <= ALPHA_MAX):
-            raise user_error(f"VTLP alpha must be between {ALPHA_MIN} and {ALPHA_MAX}, not {alpha:g}")
+        alpha = checked_alpha(alpha)
         if not clip_id:
             return Redraw(None, warp_figure(alpha), time.perf_counter() - t0)
         try:
@@ -347,13 +349,13 @@ class Workbench:
 
     def queue_entries(self, limit: int = 50, show: str = "all") -> list[dict]:
         """The queue for API callers: full clip ids, numbers unrounded."""
-        entries = self.store.queue(max(1, int(limit or 50)), unlabelled_only=show == "unlabelled")
+        entries = self.store.queue(queue_limit(limit), unlabelled_only=show == "unlabelled")
         return [{k: q[k] for k in ("clip", "source_name", "duration_s", "predicted", "confidence", "label",
                                    "annotator")} for q in entries]
 
     def queue(self, limit: int = 50, show: str = "unlabelled") -> QueueView:
         """Stored clips, least confident model prediction first; ``show``: "unlabelled" or "all"."""
-        entries = self.store.queue(max(1, int(limit or 50)), unlabelled_only=show == "unlabelled")
+        entries = self.store.queue(queue_limit(limit), unlabelled_only=show == "unlabelled")
         rows = [[q["clip"][:8], q["predicted"] or "", "" if q["confidence"] is None else f"{q['confidence']:.0%}",
                  f"{q['duration_s']:.1f}", q["label"] or "", (q["source_name"] or "")[:28]] for q in entries]
         return QueueView(rows, [q["clip"] for q in entries])
@@ -502,6 +504,27 @@ class Workbench:
         table = comparison_html(result) if result is not None else ""
         return RetrainView(retrain_progress_html(st), self._retrain_markdown(st), table,
                            self.choices() if fresh else None, st["out"] if fresh else seen)
+
+
+def checked_alpha(alpha) -> float:
+    """The VTLP alpha as a float in [ALPHA_MIN, ALPHA_MAX], or a user error saying what is allowed."""
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not ALPHA_MIN <= value <= ALPHA_MAX:  # NaN fails too
+        shown = f"{value:g}" if value == value else repr(str(alpha)[:20])
+        raise user_error(f"VTLP alpha must be a number between {ALPHA_MIN} and {ALPHA_MAX}, not {shown}")
+    return value
+
+
+def queue_limit(limit) -> int:
+    """At most :data:`MAX_QUEUE` rows, whatever a caller asks for (the page offers up to that too)."""
+    try:
+        n = int(limit or 50)
+    except (TypeError, ValueError):
+        n = 50
+    return min(MAX_QUEUE, max(1, n))
 
 
 def _accepts(fn, name: str) -> bool:

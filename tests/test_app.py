@@ -725,3 +725,37 @@ def test_the_spectrogram_is_drawn_in_decibels_of_the_models_own_log_scale(tmp_pa
     z = np.asarray(a.figure.data[0].z, dtype=float)
     assert np.nanmax(z) == pytest.approx(0.0, abs=1e-3)  # 0 dB: the clip's loudest band
     assert -80.01 <= np.nanmin(z) <= -30.0, np.nanmin(z)  # 8 decades of power at most; tens of dB in a real clip
+
+
+def test_alpha_queue_limit_and_a_raised_duration_limit_are_honoured(tmp_path, monkeypatch):
+    """A non-numeric alpha is refused with what is allowed (not a bare ValueError); the queue returns at most
+    1,000 rows whatever an API caller asks; SERDEMO_MAX_DURATION_S above 60 s lets a 70 s clip through
+    (the predictor once re-read the clip with its own 60 s default)."""
+    import gradio as gr
+
+    from serdemo.audio import load_audio
+    from serdemo.workbench import MAX_QUEUE, Settings, Workbench
+
+    bench = Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data", max_duration_s=90))
+    for alpha in ("fast", None, float("nan"), 7):
+        with pytest.raises(gr.Error, match="VTLP alpha must be a number between 0.8 and 1.2"):
+            bench.redraw(alpha, None, "default")
+    with pytest.raises(gr.Error, match="VTLP alpha must be a number"):
+        bench.analyse(str(EMODB / "wav" / "03a01Wa.wav"), "default", "fast")
+    asked = []
+    real_queue = bench.store.queue
+    monkeypatch.setattr(bench.store, "queue", lambda limit, **kw: asked.append(limit) or real_queue(limit, **kw))
+    bench.queue_entries(10**9)
+    bench.queue(10**9, "all")
+    bench.queue_entries("many")
+    assert asked == [MAX_QUEUE, MAX_QUEUE, 50]
+    parts, total = [], 0
+    for wav in sorted((EMODB / "wav").glob("*.wav")):  # real speech, end to end, to 70 s
+        x = load_audio(str(wav))
+        parts.append(x)
+        total += len(x)
+        if total >= 70 * SR:
+            break
+    long = write(tmp_path / "seventy.wav", np.concatenate(parts)[: 70 * SR])
+    a = bench.analyse(str(long), "default", 1.0)
+    assert re.search(r"· 70\.00 s ·", a.info), a.info
