@@ -84,10 +84,10 @@ class Endpoints:
                 return gr.skip(), gr.skip(), gr.skip(), gr.skip()
             clip = ids[row]
         try:
-            path = str(self.bench.store.clip_path(clip))
+            audio = self.bench.clip_audio(clip)
         except StoreError as exc:
             raise user_error(exc) from None
-        return clip, path, self.bench.history(clip), gr.update(value=None)
+        return clip, audio, self.bench.history(clip), gr.update(value=None)
 
     def agreement_view(self):
         a = self.bench.agreement()

@@ -25,6 +25,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
+import soundfile as sf
 import torch
 
 from serdemo import agreement as agreement_mod
@@ -346,6 +347,16 @@ class Workbench:
         return [[e.created_utc.replace("T", " ").rstrip("Z"), e.label, e.annotator, e.predicted or "",
                  "" if e.confidence is None else f"{e.confidence:.0%}", e.checkpoint or ""]
                 for e in self.store.history(clip_id)]
+
+    def clip_audio(self, clip_id: str) -> tuple[int, np.ndarray]:
+        """A stored clip for playback as ``(sample_rate, int16 samples)``: the page gets the samples, never the
+        store's path (Gradio refuses to serve files outside its allowed folders, such as ``/data/serdemo``)."""
+        path = self.store.clip_path(clip_id)
+        try:
+            data, rate = sf.read(str(path), dtype="int16")
+        except (OSError, RuntimeError) as exc:
+            raise StoreError(f"clip {clip_id[:12]} could not be read from the store") from exc
+        return int(rate), data
 
     def queue_entries(self, limit: int = 50, show: str = "all") -> list[dict]:
         """The queue for API callers: full clip ids, numbers unrounded."""

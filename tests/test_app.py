@@ -637,8 +637,11 @@ def test_a_queue_row_picks_its_own_clip_when_the_table_is_sorted(tmp_path):
     q = bench.queue(10, "all")
     sorted_rows = sorted(q.rows, key=lambda r: r[0])  # what the page shows after sorting by clip id
     clicked = SimpleNamespace(index=[0, 0], row_value=sorted_rows[0])
-    clip, path, history, _ = Endpoints(bench).pick(clicked, q.clip_ids)
-    assert clip.startswith(sorted_rows[0][0]) and clip in ids and path.endswith(f"{clip}.wav") and history == []
+    clip, audio, history, _ = Endpoints(bench).pick(clicked, q.clip_ids)
+    assert clip.startswith(sorted_rows[0][0]) and clip in ids and history == []
+    rate, samples = audio  # the samples themselves, not a path into the store
+    stored, stored_rate = sf.read(str(bench.store.clip_path(clip)), dtype="int16")
+    assert rate == stored_rate == SR and np.array_equal(samples, stored)
 
 
 def test_the_summary_of_an_ensemble_names_its_members():
