@@ -15,6 +15,8 @@ from serdemo.timeline import max_timeline_s
 from serdemo.timeline_bench import Loaded, Picked, TimelineDesk
 from serdemo.uikit import gpu, resolve_annotator
 
+LIVE_CHUNKS_AT_ONCE = 4  # streamed chunks processed at once, all live sessions together (the rest wait)
+
 
 def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
     """The Timeline tab; call inside ``gr.Blocks`` next to the other tabs."""
@@ -105,14 +107,16 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
     # ---------------------------------------------------------------- wiring
     hidden = dict(api_visibility="private", show_progress="hidden")
     t_run.click(run, [t_audio, t_model], [t_plot, t_table, t_info, t_csv, t_json, t_labels, loaded_state, picked_state],
-                api_name="timeline", show_progress_on=t_info, concurrency_limit=1)
+                api_name="timeline", show_progress_on=t_info, concurrency_limit=1, concurrency_id="timeline")
     t_table.select(pick, [loaded_state, t_model], [t_plot, s_plot, seg_row, s_probs, s_label, picked_state, s_status],
                    api_visibility="private", show_progress_on=s_plot)
     s_save.click(save, [picked_state, loaded_state, s_label] + ([annotator] if annotator is not None else []),
                  [s_status], api_visibility="private", show_progress_on=s_status)
     live_mic.start_recording(live_start, [t_model], [live_probs, live_info, live_plot], **hidden)
     live_mic.stream(live_chunk, [live_mic, live_state, t_model], [live_probs, live_plot, live_state, live_info],
-                    stream_every=0.5, time_limit=max_timeline_s(), concurrency_limit=None, **hidden)
+                    stream_every=0.5, time_limit=max_timeline_s(), concurrency_limit=LIVE_CHUNKS_AT_ONCE,
+                    concurrency_id="live", **hidden)
     live_mic.stop_recording(live_stop, [live_state, t_model],
                             [t_audio, t_plot, t_table, t_info, t_csv, t_json, t_labels, loaded_state, picked_state,
-                             live_info, live_state], api_visibility="private", show_progress_on=t_info)
+                             live_info, live_state], api_visibility="private", show_progress_on=t_info,
+                            concurrency_id="timeline")  # a stopped recording is a timeline: one at a time

@@ -369,3 +369,18 @@ def test_a_garbage_live_chunk_gets_a_message_not_a_traceback(tmp_path):
         assert says in e.value.message and "Traceback" not in e.value.message, e.value.message
     assert desk.live_feed(first.live, (48000, np.zeros(24000, np.int16)), "default").live is first.live
     assert first.live.duration_s == pytest.approx(1.0, abs=0.02)
+
+
+def test_live_streams_and_stopped_recordings_are_bounded_like_timelines(tmp_path):
+    """A stopped live recording runs a whole timeline: it waits in the timeline's queue (one at a time) instead
+    of running beside it, and streamed chunks have a finite concurrency of their own."""
+    import dataclasses
+
+    from serdemo.ui import Settings, build_app
+
+    app = build_app(dataclasses.replace(Settings.from_env(), data_dir=tmp_path / "data",
+                                       checkpoint_dirs=(ROOT / "checkpoints",)))
+    fns = {f.name: f for f in app.fns.values()}
+    timeline, stop, chunk = fns["run"], fns["live_stop"], fns["live_chunk"]
+    assert stop.concurrency_id == timeline.concurrency_id and timeline.concurrency_limit == 1
+    assert isinstance(chunk.concurrency_limit, int) and 1 <= chunk.concurrency_limit <= 8
