@@ -16,6 +16,7 @@ import soundfile as sf
 
 from serdemo.audio import MICROPHONE, SAMPLE_RATE, AudioError
 from serdemo.checkpoint import CheckpointError
+from serdemo.export import EXPORT_PREFIX, remove_old_exports
 from serdemo.live import LiveTimeline
 from serdemo.plots import analysis_figure, db_per_unit, live_figure, mel_band_hz, timeline_figure
 from serdemo.store import StoreError, as_stored
@@ -129,7 +130,8 @@ class TimelineDesk:
             tl = analyze(audio, predictor, progress=lambda f, d: step(f, desc=d), name=Path(audio).name)
         except (AudioError, CheckpointError) as exc:
             raise fail(exc, source) from None
-        folder = Path(tempfile.mkdtemp(prefix="serdemo-timeline-"))
+        remove_old_exports()  # served more than an hour ago: Gradio has its own copy
+        folder = Path(tempfile.mkdtemp(prefix=f"{EXPORT_PREFIX}timeline-"))
         paths = tl.export(folder, Path(tl.name).stem or "timeline")
         return TimelineView(timeline_figure(tl), segment_rows(tl), summary(tl), str(paths["csv"]),
                             str(paths["json"]), str(paths["labels"]), Loaded(tl, str(audio)))

@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import html
 import inspect
-import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
-import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +28,11 @@ from serdemo import agreement as agreement_mod
 from serdemo.audio import MAX_DURATION_S, AudioError
 from serdemo.cards import card_summary_markdown, comparison_html, comparison_markdown, headline, metrics_markdown
 from serdemo.checkpoint import CheckpointError, list_checkpoints, read_card
+from serdemo.export import export_zip, remove_old_exports
 from serdemo.inference import Prediction, Predictor
 from serdemo.labels import ANNOTATION_LABELS
 from serdemo.plots import VTLP_VIEWS, analysis_figure, confusion_figure, db_per_unit, mel_band_hz, warp_figure
-from serdemo.retrain import COMPARISON_FILE, RetrainBusy, Retrainer
+from serdemo.retrain import RetrainBusy, Retrainer
 from serdemo.store import Store, StoreError, as_stored
 from serdemo.uikit import user_error
 from serdemo.vtlp import F_HI_HZ, warp_power
@@ -403,28 +400,15 @@ class Workbench:
 
     def export(self, kind: str) -> Path:
         """A zip of the labelled clips: "audiofolder" (``metadata.csv`` + ``audio/``, for the ``datasets``
-        audiofolder builder) or "manifest" (the training manifest ``manifest.csv`` + ``audio/``)."""
+        audiofolder builder) or "manifest" (the training manifest ``manifest.csv`` + ``audio/``), made by
+        :func:`serdemo.export.export_zip`; exports served more than an hour ago are deleted first."""
         if not self.store.current_labels():
             raise user_error("nothing to export yet: label some clips first")
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = f"serdemo-{'training-manifest' if kind == 'manifest' else 'audiofolder'}-{stamp}"
-        work = Path(tempfile.mkdtemp(prefix="serdemo-export-"))
+        remove_old_exports()
         try:
-            folder = work / name
-            if kind == "manifest":
-                self.store.export_training_folder(folder)
-            else:
-                self.store.export_audiofolder(folder)
-            archive = work / f"{name}.zip"
-            with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
-                for path in sorted(folder.rglob("*")):
-                    if path.is_file():
-                        z.write(path, f"{name}/{path.relative_to(folder).as_posix()}")
-            shutil.rmtree(folder)
-        except (OSError, StoreError) as exc:
-            shutil.rmtree(work, ignore_errors=True)
-            raise user_error(f"export failed: {getattr(exc, 'strerror', None) or exc.__class__.__name__}") from None
-        return archive
+            return export_zip(self.store, kind if kind in ("audiofolder", "manifest") else "audiofolder").archive
+        except StoreError as exc:
+            raise user_error(exc) from None
 
     # ------------------------------------------------------------ models and retraining
     def model_view(self, name: str | None) -> ModelView:

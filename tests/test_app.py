@@ -762,3 +762,27 @@ def test_alpha_queue_limit_and_a_raised_duration_limit_are_honoured(tmp_path, mo
     long = write(tmp_path / "seventy.wav", np.concatenate(parts)[: 70 * SR])
     a = bench.analyse(str(long), "default", 1.0)
     assert re.search(r"· 70\.00 s ·", a.info), a.info
+
+
+def test_exports_served_an_hour_ago_are_deleted_before_the_next(tmp_path, monkeypatch):
+    """Every export once left its zip in the temp folder for good; the next export now removes those older
+    than an hour (Gradio serves its own copy), and keeps a recent one."""
+    import os
+    import tempfile
+
+    from serdemo.store import as_stored
+    from serdemo.workbench import Settings, Workbench
+    from tests.conftest import harmonics
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    bench = Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data"))
+    clip = bench.store.add_clip(as_stored(harmonics(150, 0.5)), predicted="sad", confidence=0.4)
+    bench.save_label(clip, "sad", "ann")
+    first = bench.export("audiofolder")
+    old = time.time() - 2 * 3600
+    os.utime(first.parent, (old, old))
+    second = bench.export("manifest")
+    assert not first.parent.exists() and second.is_file()
+    third = bench.export("audiofolder")
+    assert second.is_file() and third.is_file()  # recent exports stay
