@@ -77,7 +77,8 @@ def calibrate(dev_log_probs, dev_y, test_log_probs=None, test_y=None) -> dict:
 
 def main(argv=None) -> dict:
     """``python -m training.calibration CHECKPOINT``: fit the temperature of an already trained checkpoint
-    on its own dev speakers (from its card's recipe) and write the ``calibration`` block into its card."""
+    on its own dev speakers (from its card's recipe) and write the ``calibration`` block into its card
+    (with its auxiliary heads' test scores, ``metrics.test_aux``, where it has such heads)."""
     import argparse
     import dataclasses
     import logging
@@ -101,6 +102,8 @@ def main(argv=None) -> dict:
     trainer.model.load_state_dict(model.state_dict())
     trainer.model.eval()
     card["calibration"] = trainer.calibrate()
+    if len(trainer.heads) > 1 and trainer.test:  # auxiliary heads (gender...) on the same test speakers
+        card.setdefault("metrics", {})["test_aux"] = trainer.evaluate_aux(trainer.test)
     save_checkpoint(args.checkpoint, model, card)
     return card["calibration"]
 

@@ -368,6 +368,25 @@ class Trainer:
             preds[idx] = torch.softmax(out.logits["emotion"].float(), -1).cpu().numpy()
         return preds
 
+    @torch.no_grad()
+    def evaluate_aux(self, examples) -> dict:
+        """Each auxiliary head's UA / WA on the ``examples`` that carry its label (e.g. gender)."""
+        from training.metrics import scores
+
+        self.model.eval()
+        out: dict = {}
+        for head in self.heads[1:]:
+            exs = [e for e in examples if e.targets.get(head, D.IGNORE) != D.IGNORE]
+            if not exs:
+                continue
+            preds = []
+            for i in range(0, len(exs), 32):
+                x, lens, speech = self.inputs(exs[i:i + 32])
+                preds += self.model(x, lens, speech=speech).logits[head].argmax(1).tolist()
+            s = scores([e.targets[head] for e in exs], preds, list(AUX_HEADS[head]))
+            out[head] = {k: s[k] for k in ("ua", "wa", "n", "confusion")}
+        return out
+
     def evaluate(self, examples, warp: bool = False) -> dict:
         if not examples:
             return {}
@@ -572,6 +591,8 @@ class Trainer:
             metrics["test"] = self.evaluate(self.test)
             metrics["test_speakers"] = sorted({e.utt.speaker for e in self.test})
             log.info("\n%s", table(metrics["test"], f"test fold {self.cfg.fold} (speakers never seen in training)"))
+            if len(self.heads) > 1:
+                metrics["test_aux"] = self.evaluate_aux(self.test)
         if calibrate:
             self.calibration = self.calibrate()
         save_checkpoint(self.cfg.out, self.model, self.card(metrics))
