@@ -45,6 +45,18 @@ def held_out(old_card: dict, new_card: dict) -> tuple[list[str], dict[str, str]]
     return sorted(s for s in new_test if s not in left_out), left_out
 
 
+COMPARE_S_PER_CLIP = 0.01  # both models, cached encoder states (an uncached clip costs an encoder pass more)
+
+
+def _announce(new: Path, phase: str, estimate_s: float) -> None:
+    """A ``phase`` line in the new run's progress file, so the app's bar says what runs and for how long."""
+    from training.progress import FILE, Progress
+
+    path = Path(new) / FILE
+    if path.is_file():
+        Progress(path, True, append=True).phase(phase, estimate_s)
+
+
 def compare(old: Path, new: Path) -> dict:
     from training.evaluate import evaluate_checkpoint
 
@@ -61,6 +73,8 @@ def compare(old: Path, new: Path) -> dict:
     if not clips:
         result["note"] = "no test clips of speakers that neither model trained on"
         return result
+    _announce(new, f"scoring both models on {len(clips)} clips of {len(speakers)} held-out speakers",
+              COMPARE_S_PER_CLIP * len(clips) + 10)
     with tempfile.TemporaryDirectory() as tmp:
         manifest = Path(tmp) / "held-out.csv"
         with open(manifest, "w", newline="", encoding="utf-8") as f:

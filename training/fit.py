@@ -49,6 +49,8 @@ log = logging.getLogger("training.fit")
 GRAD_CLIP = 5.0
 ENCODE_S_PER_CLIP = 0.06  # encoder pass of one clip not yet in the cache (bf16, 2 threads)
 PROBE_FIT_S = 12.0  # one logistic regression of the probe's C grid on ~3,300 clips
+# the ETA shown in the run's first second, before the data are counted (the three corpora, 2-core CPU, cache filled)
+FIRST_GUESS_S = {"probe": 60.0, "localatt": 240.0, "multitask": 240.0, "cnnlstm": 1800.0}
 EVAL_SEED = 12345  # alphas of warped evaluation (vtlp_dev): the same every epoch
 
 __all__ = ["FitConfig", "Trainer", "main", "parse_args"]
@@ -84,7 +86,7 @@ class Trainer:
         # the progress file starts with the run's first second, so the app has a phase and an ETA at once
         self.progress = Progress(Path(cfg.out) / PROGRESS_FILE, self.is_main and data is None, append=resuming,
                                  epochs=cfg.epochs)
-        self.progress.phase("reading the corpora")
+        self.progress.phase("reading the corpora", FIRST_GUESS_S.get(cfg.model, 300.0))
         S.seed_everything(cfg.seed)  # the split and the initial weights: the same on every rank
         self.features = FeatureConfig(**cfg.features)
         self.label_set = get_label_set(cfg.label_set)
