@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from serdemo.checkpoint import encoder_block, list_checkpoints
+from serdemo.checkpoint import CheckpointError, encoder_block, list_checkpoints
 from serdemo.features import FeatureConfig
 from serdemo.inference import Predictor
 from serdemo.models import ARCHITECTURES, build_model, uses_encoder
@@ -92,15 +92,20 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     clip, what = speech_clip(args.duration, Path(args.shared))
     all_threads = torch.get_num_threads()
-    rows = [(f"{arch} (6 layers)", untrained(arch)) for arch in ARCHITECTURES]
-    rows += [(f"localatt ({n} layers)", untrained("localatt", n_layers=n)) for n in (4, 3, 2)]
-    rows += [(f"ckpt:{c.name}", Predictor.from_checkpoint(c, device="cpu")) for c in list_checkpoints(args.checkpoints)]
-    rows = [(f"{name} {'bf16' if on else 'fp32'}", with_bf16(pred, on)) for name, pred in rows
+    rows = [(f"{arch} (6 layers)" if arch != "cnnlstm" else arch, untrained(arch)) for arch in ARCHITECTURES]
+    rows += [(f"probe ({n} layers)", untrained("probe", n_layers=n)) for n in (4, 2)]
+    for c in list_checkpoints(args.checkpoints):
+        try:
+            rows.append((f"ckpt:{c.name}", Predictor.from_checkpoint(c, device="cpu")))
+        except CheckpointError as exc:
+            print(f"skipping {c.name}: {exc}")
+    rows = [(f"{name} {'bf16' if on else 'fp32'}", pred, on) for name, pred in rows
             for on in ((False, True) if uses_encoder(pred.model) else (False,))]
     print(f"{args.duration:.1f} s clip ({what}), decode -> speech detection -> probabilities, median of {args.repeats}; "
           f"torch {torch.__version__}, {all_threads} threads available")
     print(f"{'model':<32} {'params':>9} {'ms 1 thr':>9} {'ms all':>8} {'RTF 1thr':>9} {'peak RSS MB':>12}")
-    for name, pred in rows:
+    for name, pred, on in rows:
+        with_bf16(pred, on)
         torch.set_num_threads(1)
         one = statistics.median(time_one(pred, clip, args.repeats))
         torch.set_num_threads(all_threads)

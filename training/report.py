@@ -1,9 +1,10 @@
-"""``python -m training.report checkpoints/default ...``: README's results table, from the cards.
+"""``python -m training.report checkpoints/default ...``: README's results tables, from the cards.
 
-Each card carries its recipe's cross-validation (``metrics.cv``: k-fold over the pooled corpora;
-``metrics.loco``: leave one corpus out), each with the functionals + logistic-regression reference
-row fitted on the same folds. This prints them as markdown: per corpus UA / WA of the model, then
-of the reference, and the model's margin over the reference.
+Each card carries its held-out figures: the test speakers, the dev speakers, and for the default its
+recipe's cross-validation (``metrics.cv``: k-fold over the pooled corpora; ``metrics.loco``: leave one
+corpus out), each beside the reference rows fitted on the same folds (the encoder probe, the classic
+functionals). The rows come from :func:`serdemo.cards.metric_rows`, the renderer the app's Models tab
+uses, so README and app show the same numbers.
 """
 
 from __future__ import annotations
@@ -11,40 +12,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from serdemo.cards import metric_rows
 from serdemo.checkpoint import read_card
 
 
-def rows(card: dict, key: str) -> list[str]:
-    block = card.get("metrics", {}).get(key)
-    if not block:
-        return []
-    ref = block.get("reference", {}).get("pooled", {})
-    spread = block.get("fold_spread", {})
-    out = []
-    for group, s in block["pooled"].items():
-        r = ref.get(group)
-        sd = spread.get(group, {}).get("ua", {})
-        cell = f"{s['ua']:.3f} / {s['wa']:.3f}"
-        if sd:
-            cell += f" (folds {sd['mean']:.3f} ± {sd['std']:.3f})"
-        ref_cell = f"{r['ua']:.3f} / {r['wa']:.3f}" if r else "—"
-        margin = f"{s['ua'] - r['ua']:+.3f}" if r else "—"
-        out.append(f"| {card.get('name', '?')} | {block['scheme']} | {group} | {cell} | {s['macro_f1']:.3f} "
-                   f"| {ref_cell} | {margin} |")
-    return out
+def table(paths) -> str:
+    lines = ["| checkpoint | evaluation | set | UA | WA | macro-F1 | n |", "|---|---|---|---|---|---|---|"]
+    for path in paths:
+        card = read_card(Path(path))
+        name = card.get("name", Path(path).name)
+        for r in metric_rows(card):
+            f1 = "" if r.macro_f1 is None else f"{r.macro_f1:.3f}"
+            lines.append(f"| {name} | {r.evaluation} | {r.group} | {r.ua:.3f} | {r.wa:.3f} | {f1} | "
+                         f"{'' if r.n is None else r.n} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(prog="python -m training.report", description=__doc__)
     ap.add_argument("checkpoints", nargs="+")
     args = ap.parse_args(argv)
-    lines = ["| checkpoint | protocol | corpus | UA / WA (pooled; fold mean ± std of UA) | macro-F1 "
-             "| reference UA / WA | UA margin |", "|---|---|---|---|---|---|---|"]
-    for path in args.checkpoints:
-        card = read_card(Path(path))
-        got = rows(card, "cv") + rows(card, "loco")
-        lines += got or [f"| {card.get('name', path)} | not cross-validated | | | | | |"]
-    text = "\n".join(lines)
+    text = table(args.checkpoints)
     print(text)
     return text
 
