@@ -139,6 +139,11 @@ def card_summary_markdown(name: str, card: dict) -> str:
              f"**Model**: `{model.get('architecture', '?')}`, "
              f"{_dict(card.get('weights')).get('parameters', 0):,} parameters, heads: "
              f"{', '.join(_dict(card.get('heads')))}; created {card.get('created_utc', '?')}."]
+    encoder = _dict(card.get("encoder"))
+    if encoder:
+        lines.append(f"**Pretrained encoder** (frozen, under the model): {encoder.get('model', '?')}, "
+                     f"{encoder.get('license', 'licence not stated')}; weights digest "
+                     f"`{str(encoder.get('digest', '?'))[:12]}`.")
     corpora = [c for c in t.get("corpora", []) if isinstance(c, dict)]
     if corpora:
         data = ", ".join(f"{c.get('corpus')} ({c.get('utterances', '?')} clips)" for c in corpora)

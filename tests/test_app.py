@@ -644,13 +644,23 @@ def test_a_queue_row_picks_its_own_clip_when_the_table_is_sorted(tmp_path):
     assert rate == stored_rate == SR and np.array_equal(samples, stored)
 
 
-def test_the_summary_of_an_ensemble_names_its_members():
-    """The shipped default is a seed ensemble: its card summary says so instead of 'best: ?'."""
-    from serdemo.checkpoint import read_card
+def test_the_summary_of_a_card_names_its_encoder_data_and_held_out_speakers():
+    """The shipped default's summary says what it runs on (the pretrained encoder, its licence), the data, and
+    the test speakers by corpus, each as the card records them; an ensemble card names its members' epochs."""
     from serdemo.cards import card_summary_markdown
+    from serdemo.checkpoint import read_card
 
-    text = card_summary_markdown("default", read_card(ROOT / "checkpoints" / "default"))
-    assert "an ensemble of 3 seeds, best epochs" in text and "best: ?" not in text
+    card = read_card(ROOT / "checkpoints" / "default")
+    text = card_summary_markdown("default", card)
+    if card.get("encoder"):
+        assert card["encoder"]["model"] in text and card["encoder"]["digest"][:12] in text
+    for c in card["training"]["corpora"]:  # each corpus named with its number of clips
+        assert re.search(rf"\b{re.escape(c['corpus'])}\b\D{{0,3}}{c['utterances']}\b", text), c
+    for speaker in card["training"]["speakers"]["test"]:
+        corpus, _, spk = speaker.partition(":")
+        assert re.search(rf"{corpus} [^;]*\b{re.escape(spk)}\b", text), speaker
+    ensemble = {"training": {"config": {"epochs": 9}, "ensemble": [{"best_epoch": 4}, {"best_epoch": 7}]}}
+    assert "an ensemble of 2 seeds, best epochs 4, 7" in card_summary_markdown("e", ensemble)
 
 
 def test_an_analysis_decodes_the_upload_once_and_takes_its_spectrum_from_the_prediction(tmp_path, monkeypatch):
