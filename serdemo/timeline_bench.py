@@ -14,10 +14,10 @@ import numpy as np
 import plotly.graph_objects as go
 import soundfile as sf
 
-from serdemo.audio import MICROPHONE, SAMPLE_RATE, AudioError
+from serdemo.audio import MICROPHONE, SAMPLE_RATE, AudioError, AudioStream
 from serdemo.checkpoint import CheckpointError
 from serdemo.export import EXPORT_PREFIX, remove_old_exports
-from serdemo.live import LiveTimeline
+from serdemo.live import MAX_CHUNK_S, LiveTimeline
 from serdemo.plots import analysis_figure, db_per_unit, live_figure, mel_band_hz, timeline_figure
 from serdemo.store import StoreError, as_stored
 from serdemo.timeline import Timeline, Window, analyze, max_timeline_s, open_recording
@@ -187,12 +187,18 @@ class TimelineDesk:
         return "Listening… the first prediction comes after a second of sound."
 
     def live_feed(self, live: LiveTimeline | None, chunk, model_name) -> LiveUpdate:
-        """One streamed ``(rate, samples)`` chunk: extend the recording; every second, classify the latest 3 s."""
+        """One streamed chunk, a file (as the page sends it) or a ``(rate, samples)`` pair: extend the recording;
+        every second, classify the latest 3 s. A file is checked from its header (at most
+        :data:`~serdemo.live.MAX_CHUNK_S`) and decoded by :class:`~serdemo.audio.AudioStream`."""
         try:
             if live is None:
                 live = LiveTimeline(self.bench.predictor(model_name))
             if chunk is None:
                 return LiveUpdate(live)
+            if isinstance(chunk, (str, Path)):
+                stream = AudioStream(chunk, max_duration_s=MAX_CHUNK_S, min_duration_s=0.0,
+                                     what_limit="a streamed piece's limit")
+                chunk = (stream.rate, np.concatenate(list(stream.source_blocks()) or [np.zeros(0, np.float32)]))
             if not (isinstance(chunk, tuple) and len(chunk) == 2):
                 raise AudioError("The microphone sent something that is not audio: stop and record again.")
             rate, data = chunk

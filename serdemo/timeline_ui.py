@@ -81,7 +81,7 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
                                           elem_id="timeline-model", scale=3)
                     t_run = gr.Button("Analyse over time", variant="primary", elem_id="timeline-run", scale=1)
             with gr.Column(scale=2):
-                live_mic = gr.Audio(sources=["microphone"], streaming=True, type="numpy",
+                live_mic = gr.Audio(sources=["microphone"], streaming=True, type="filepath",
                                     label="Or speak: live prediction every second", elem_id="live-mic")
                 live_info = gr.Markdown(elem_id="live-info")
                 live_probs = gr.Label(label="Now", num_top_classes=3, elem_id="live-probs")

@@ -367,8 +367,19 @@ def test_a_garbage_live_chunk_gets_a_message_not_a_traceback(tmp_path):
         with pytest.raises(gr.Error) as e:
             desk.live_feed(first.live, chunk, "default")
         assert says in e.value.message and "Traceback" not in e.value.message, e.value.message
+    empty, junk, minute = tmp_path / "empty.wav", tmp_path / "junk.wav", tmp_path / "minute.wav"
+    empty.write_bytes(b"")
+    junk.write_bytes(np.random.default_rng(0).bytes(3000))
+    sf.write(minute, np.zeros(8000 * 60, np.int16), 8000)  # a minute in one chunk, refused from its header
+    for path, says in ((empty, "empty"), (junk, "not a readable audio file"), (minute, "limit is 5 s")):
+        with pytest.raises(gr.Error) as e:
+            desk.live_feed(first.live, str(path), "default")
+        assert says in e.value.message and str(tmp_path) not in e.value.message, e.value.message
+    half = tmp_path / "half.wav"  # what the page streams: a file of half a second
+    sf.write(half, np.zeros(24000, np.int16), 48000)
+    assert desk.live_feed(first.live, str(half), "default").live is first.live
     assert desk.live_feed(first.live, (48000, np.zeros(24000, np.int16)), "default").live is first.live
-    assert first.live.duration_s == pytest.approx(1.0, abs=0.02)
+    assert first.live.duration_s == pytest.approx(1.5, abs=0.02)
 
 
 def test_live_streams_and_stopped_recordings_are_bounded_like_timelines(tmp_path):
