@@ -27,7 +27,7 @@ import torch
 from serdemo import agreement as agreement_mod
 from serdemo.audio import MAX_DURATION_S, AudioError
 from serdemo.cards import card_summary_markdown, comparison_html, comparison_markdown, headline, metrics_markdown
-from serdemo.checkpoint import CheckpointError, list_checkpoints, read_card
+from serdemo.checkpoint import CheckpointError, list_checkpoints, read_card, sha256_file, weights_path
 from serdemo.export import export_zip, remove_old_exports
 from serdemo.inference import Prediction, Predictor
 from serdemo.labels import ANNOTATION_LABELS
@@ -177,6 +177,7 @@ class Workbench:
         self.catalogue: dict[str, Path] = {}
         self.cards: dict[str, dict] = {}
         self.broken: dict[Path, str] = {}  # checkpoint folder -> why it is skipped
+        self._verified: set[tuple] = set()  # weights files whose hash matched their card: (path, size, mtime)
         self.reload()
 
     # ------------------------------------------------------------ checkpoints
@@ -186,6 +187,7 @@ class Workbench:
         for path in list_checkpoints(*self.settings.checkpoint_dirs):
             try:
                 card = read_card(path)
+                self._check_weights(path, card)
             except CheckpointError as exc:
                 broken[path] = str(exc)
                 continue
@@ -199,8 +201,26 @@ class Workbench:
             self._predictors = {k: v for k, v in self._predictors.items() if k in found}
         return found
 
+    def _check_weights(self, path: Path, card: dict) -> None:
+        """The weights file is there with the size and SHA-256 its card states (hashed once per file version),
+        so a checkpoint with broken weights is never offered; raises :class:`CheckpointError`."""
+        weights = weights_path(path, card)
+        try:
+            st = weights.stat()
+        except OSError:
+            raise CheckpointError(f"checkpoint '{path.name}': its weights file is missing") from None
+        key = (str(weights), st.st_size, st.st_mtime_ns)
+        if key not in self._verified:
+            if st.st_size != card["weights"].get("bytes", st.st_size) or \
+                    sha256_file(weights) != card["weights"]["sha256"]:
+                raise CheckpointError(f"checkpoint '{path.name}': its weights do not match its card (damaged or "
+                                      "replaced); save the checkpoint again")
+            self._verified.add(key)
+
     def choices(self) -> list[tuple[str, str]]:
-        return [(f"{name} · {headline(self.cards[name])}", name) for name in self.catalogue]
+        with self._lock:  # one catalogue: a reload swaps names and cards together
+            catalogue, cards = self.catalogue, self.cards
+        return [(f"{name} · {headline(cards[name])}", name) for name in catalogue]
 
     def default_choice(self) -> str | None:
         if self.settings.default_model in self.catalogue:

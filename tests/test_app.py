@@ -803,3 +803,21 @@ def test_exports_served_an_hour_ago_are_deleted_before_the_next(tmp_path, monkey
     assert not first.parent.exists() and second.is_file()
     third = bench.export("audiofolder")
     assert second.is_file() and third.is_file()  # recent exports stay
+
+
+def test_a_checkpoint_whose_weights_do_not_match_its_card_is_not_offered(tmp_path):
+    """Damaged weights (the same size, some bytes changed) leave the checkpoint out of the pickers with a
+    reason, instead of a normal headline and a failure only when it is chosen."""
+    from serdemo.workbench import Settings, Workbench
+
+    folder = tmp_path / "ckpts"
+    for name in ("good", "damaged"):
+        shutil.copytree(ROOT / "checkpoints" / "default", folder / name)
+    weights = folder / "damaged" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+    weights.write_bytes(bytes(data))
+    bench = Workbench(Settings(checkpoint_dirs=(folder,), data_dir=tmp_path / "data"))
+    assert [name for _, name in bench.choices()] == ["good"]
+    assert "do not match its card" in bench.broken[folder / "damaged"]
+    assert bench.predictor("good").name
