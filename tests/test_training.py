@@ -612,26 +612,6 @@ def test_predictor_and_training_evaluation_give_the_same_probabilities(tmp_path,
     assert all(r.attention_on_speech() > 0.95 for r in theirs)
 
 
-def test_late_fusion_weight_is_chosen_on_dev_never_on_test(tmp_path):
-    """``fusion_row`` picks each fold's weight by dev UA: here only a mix of model and reference gets
-    every dev clip right, while the test speakers would favour the reference alone."""
-    from training.evaluate import fusion_row
-
-    y = np.array([0, 1, 2] * 10)
-    rows = lambda table: np.array([table[t] for t in y], dtype=np.float32)
-    dev_model = rows({0: [.9, .05, .05], 1: [.05, .9, .05], 2: [.46, .1, .44]})  # misses class 2, narrowly
-    dev_ref = rows({0: [.3, .4, .3], 1: [.3, .3, .4], 2: [.1, .1, .8]})  # only gets class 2
-    test_model = rows({0: [.05, .9, .05], 1: [.05, .05, .9], 2: [.9, .05, .05]})  # all wrong
-    test_ref = rows({0: [.6, .2, .2], 1: [.2, .6, .2], 2: [.2, .2, .6]})  # all right
-    np.savez(tmp_path / "f0.npz", dev_y=y, dev_model=dev_model, dev_ref=dev_ref, test_y=y,
-             test_model=test_model, test_ref=test_ref, test_corpus=np.array(["emodb"] * 30))
-    row = fusion_row([tmp_path / "f0.npz"], ["a", "b", "c"])
-    fold = row["folds"][0]
-    assert 0 < fold["weight"] < 1 and fold["dev_ua"] == 1.0
-    # a test-chosen weight (0: the reference alone) would score 1.0 here; the dev-chosen mix does not
-    assert row["pooled"]["overall"]["ua"] < 0.5
-
-
 def test_corpus_classes_keep_a_corpus_from_teaching_that_a_class_it_lacks_is_wrong(tmp_path):
     """EMO-DB has no surprise: with --corpus-classes its clips put no gradient on the surprise logit
     (so 'surprise' is never learnt as 'not German'), RAVDESS clips still do; without the flag both do."""
@@ -650,17 +630,6 @@ def test_corpus_classes_keep_a_corpus_from_teaching_that_a_class_it_lacks_is_wro
         grads[bool(flag)] = logits.grad[:, surprise]
     assert (grads[False][:3].abs() > 0).all() and (grads[False][3:].abs() > 0).all()
     assert (grads[True][:3] == 0).all() and (grads[True][3:].abs() > 0).all()
-
-
-def test_fusion_row_survives_a_fold_without_dev_speakers(tmp_path):
-    from training.evaluate import fusion_row
-
-    y = np.array([0, 1, 2])
-    eye = np.eye(3, dtype=np.float32) * 0.8 + 0.0667
-    np.savez(tmp_path / "f.npz", dev_y=np.array([], dtype=int), dev_model=np.zeros((0, 3)), dev_ref=np.zeros((0, 3)),
-             test_y=y, test_model=eye, test_ref=eye, test_corpus=np.array(["emodb"] * 3))
-    row = fusion_row([tmp_path / "f.npz"], ["a", "b", "c"])
-    assert row["folds"][0]["dev_ua"] == 0.0 and row["pooled"]["overall"]["ua"] == 1.0
 
 
 def test_a_fold_from_before_a_setting_existed_is_reused_with_its_default(tmp_path):

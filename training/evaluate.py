@@ -154,7 +154,7 @@ def reference_predictions(func: Functionals, train, dev, test, c_grid=(0.01, 0.1
     C chosen on the dev speakers' UA. -> (test predictions, {"C", "dev_ua"}).
 
     ``probs`` (a dict, filled in): the chosen classifier's class probabilities on ``dev`` and ``test``
-    (columns in label order even when a class is missing from training), for late fusion.
+    (columns in label order even when a class is missing from training).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
@@ -205,42 +205,6 @@ def probe_predictions(data, train, dev, test, layers=PROBE_LAYERS) -> tuple[np.n
             full[:, clf.classes_] = clf.predict_proba((xs[name] - mean) / std)
         probs[name] = full
     return probs["test"].argmax(1), {"C": c, "dev_ua": round(float(dev_ua), 4), "layers": layers}, probs
-
-
-def fuse(model: np.ndarray, reference: np.ndarray, weight: float) -> np.ndarray:
-    """Late fusion: weighted mean of the two classifiers' log-probabilities (``weight`` on the model)."""
-    eps = 1e-6
-    return weight * np.log(model + eps) + (1 - weight) * np.log(reference + eps)
-
-
-FUSION_WEIGHTS = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-
-
-def fusion_row(fold_files: list[Path], classes: list[str]) -> dict:
-    """Score neural + reference late fusion from the per-fold probability files ``cross_validate`` wrote.
-
-    Each fold's weight is chosen on that fold's dev speakers (UA), never on its test speakers.
-    -> {"pooled": scores, "folds": [{"fold", "weight", "dev_ua", "test"}], "fold_spread"}.
-    """
-    from sklearn.metrics import balanced_accuracy_score
-
-    y, p, groups, folds = [], [], [], []
-    for k, f in enumerate(fold_files):
-        z = np.load(f)
-        dev_uas = {w: (balanced_accuracy_score(z["dev_y"], fuse(z["dev_model"], z["dev_ref"], w).argmax(1))
-                       if len(z["dev_y"]) else 0.0) for w in FUSION_WEIGHTS}
-        best = max(FUSION_WEIGHTS, key=lambda w: (dev_uas[w], w))  # ties: more weight on the model
-        dev_ua = dev_uas[best]
-        pred = fuse(z["test_model"], z["test_ref"], best).argmax(1)
-        scores = scores_by_group(z["test_y"], pred, list(z["test_corpus"]), classes)
-        folds.append({"fold": k, "weight": best, "dev_ua": round(float(dev_ua), 4),
-                      "test": {g: {m: s[m] for m in ("ua", "wa", "macro_f1", "n")} for g, s in scores.items()}})
-        y += z["test_y"].tolist()
-        p += pred.tolist()
-        groups += list(z["test_corpus"])
-    return {"name": "model + reference late fusion (weight on dev UA)",
-            "pooled": scores_by_group(y, p, groups, classes), "folds": folds,
-            "fold_spread": fold_spread(folds, "test")}
 
 
 def reuse_problem(card: dict, trainer) -> str | None:
@@ -312,16 +276,8 @@ def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | 
         groups += [e.utt.corpus for e in trainer.test]
         if reference:
             func = func or Functionals(trainer.cache, trainer.features)
-            ref_probs: dict = {}
-            ref, info = reference_predictions(func, trainer.train, trainer.dev, trainer.test, probs=ref_probs,
+            ref, info = reference_predictions(func, trainer.train, trainer.dev, trainer.test,
                                               n_classes=len(trainer.label_set))
-            # everything late fusion needs, so fusion rows are scored without retraining
-            np.savez(workdir / f"{base.split}-fold{k}-probs.npz",
-                     dev_model=trainer.probabilities(trainer.dev), dev_ref=ref_probs["dev"],
-                     dev_y=np.array([e.targets["emotion"] for e in trainer.dev]),
-                     test_model=test_probs, test_ref=ref_probs["test"],
-                     test_y=np.array([e.targets["emotion"] for e in trainer.test]),
-                     test_corpus=np.array([e.utt.corpus for e in trainer.test]))
             p_ref += ref.tolist()
             ref_scores = scores_by_group([e.targets["emotion"] for e in trainer.test], ref,
                                          [e.utt.corpus for e in trainer.test], list(trainer.label_set.classes))
@@ -333,7 +289,8 @@ def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | 
                                            [e.utt.corpus for e in trainer.test], list(trainer.label_set.classes))
             fold["probe"] = {**probe_info, "test": {g: {m: s[m] for m in ("ua", "wa", "macro_f1", "n")}
                                                     for g, s in probe_scores.items()}}
-            fold["dev"] = {"ua": round(float(trainer.evaluate(trainer.dev)["overall"]["ua"]), 4)} if trainer.dev else {}
+            # the selection score (a refitted probe has trained on dev since: never re-score dev with it)
+            fold["dev"] = {"ua": round(float(metrics["dev"]["overall"]["ua"]), 4)} if metrics.get("dev") else {}
         folds.append(fold)
         log.info("fold %d done", k)
         k += 1
@@ -350,7 +307,6 @@ def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | 
         out["reference"] = {"name": "classic: log-mel + prosody functionals, logistic regression",
                             "pooled": scores_by_group(y, p_ref, groups, classes),
                             "fold_spread": fold_spread([f["reference"] for f in folds], "test")}
-        out["fusion"] = fusion_row([workdir / f"{base.split}-fold{k}-probs.npz" for k in range(n)], classes)
     return out
 
 
@@ -384,14 +340,6 @@ def side_by_side(result: dict) -> str:
         lines.append(f"{probe['name']}:")
         for g, s in probe["pooled"].items():
             sp = probe["fold_spread"].get(g, {}).get("ua", {"mean": float("nan"), "std": float("nan")})
-            lines.append(f"{g:<10} {s['ua']:>9.3f} {s['wa']:>6.3f} {s['macro_f1']:>6.3f} "
-                         f"{sp['mean']:>7.3f} ± {sp['std']:.3f}")
-    fusion = result.get("fusion")
-    if fusion:
-        lines.append(f"{fusion['name']}, weights per fold "
-                     + " / ".join(str(f["weight"]) for f in fusion["folds"]) + ":")
-        for g, s in fusion["pooled"].items():
-            sp = fusion["fold_spread"].get(g, {}).get("ua", {"mean": float("nan"), "std": float("nan")})
             lines.append(f"{g:<10} {s['ua']:>9.3f} {s['wa']:>6.3f} {s['macro_f1']:>6.3f} "
                          f"{sp['mean']:>7.3f} ± {sp['std']:.3f}")
     return "\n".join(lines)
