@@ -276,7 +276,10 @@ def test_the_picker_shows_the_same_figure_for_every_model(server):
     shipped = [n for n in labels if (server["ckpts"] / n / "card.json").is_file()]
     assert "default" in shipped
     for name in shipped:
-        metrics = json.loads((server["ckpts"] / name / "card.json").read_text())["metrics"]
+        metrics = json.loads((server["ckpts"] / name / "card.json").read_text()).get("metrics", {})
+        if "test" not in metrics:  # e.g. a checkpoint still being trained: said so, no figure made up
+            assert labels[name] == f"{name} · no test-speaker metrics", labels[name]
+            continue
         test = metrics["test"]["overall"]
         m = re.fullmatch(rf"{re.escape(name)} · UA (0\.\d\d) · WA (0\.\d\d) \((\d+) spk\)", labels[name])
         assert m, labels[name]  # the figures as numbers, each within rounding of the card's
@@ -323,8 +326,10 @@ def test_retrain_from_the_app_serves_the_new_checkpoint(server, tmp_path):
     run = next((server["data"] / "checkpoints").glob("default-ft-*"))
     events = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines() if line.strip()]
     store = next(e["store"] for e in events if e.get("event") == "start")
-    assert store["stored"] == 3 and store["training"] == 2, store  # the two of speaker 11 trained...
-    assert sum(store["left_out"].values()) == 1, store  # ...the held-out speaker's clip did not
+    # the store also holds what other tests of this server labelled: at least the two of speaker 11 trained,
+    # and at least the held-out speaker's clip was left out as such
+    assert store["training"] >= 2 and store["stored"] == store["training"] + sum(store["left_out"].values()), store
+    assert store["left_out"].get("cut from a recording of a held-out (dev/test) speaker", 0) >= 1, store
     speakers = json.loads((run / "card.json").read_text())["training"]["speakers"]
     assert "emodb:11" in speakers["train"] and "emodb:03" in speakers["test"]
     model_update, _ = client.predict(api_name="/models")
