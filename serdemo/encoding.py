@@ -84,8 +84,17 @@ class FrontEnd(torch.nn.Module):
         self.n_layers = n_layers
         self.bf16 = bf16
 
-    def forward(self, waves: torch.Tensor, lengths: torch.Tensor, alpha=None) -> Encoded:
-        logmel, frames = self.logmel(waves, lengths, alpha=alpha)
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor, alpha=None, power: torch.Tensor | None = None) -> Encoded:
+        """``power``: the waves' power spectrum when the caller already has it (then no STFT runs)."""
+        if power is None:
+            logmel, frames = self.logmel(waves, lengths, alpha=alpha)
+        else:
+            from serdemo.vtlp import F_HI_HZ, warp_power
+
+            frames = self.logmel.frame_lengths(lengths)
+            if alpha is not None and not (isinstance(alpha, (int, float)) and alpha == 1.0):
+                power = warp_power(power, alpha, self.features.sample_rate, F_HI_HZ)
+            logmel = self.logmel.mel(power, frames)
         if self.encoder is None:
             return Encoded(logmel, frames)
         return self.encode_logmel(logmel, frames)

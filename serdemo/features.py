@@ -46,6 +46,11 @@ class FeatureConfig:
         return self.sample_rate / self.hop_length
 
     @property
+    def db_per_unit(self) -> float:
+        """dB per unit of the log-mel scale (Whisper's ``(log10(power) + 4) / 4``: 40 dB)."""
+        return DB_PER_UNIT
+
+    @property
     def n_bins(self) -> int:
         return self.n_fft // 2 + 1
 

@@ -49,9 +49,10 @@ def model_input(model, enc: Encoded, speech: torch.Tensor | None):
 
 
 def run_model(model, frontend: FrontEnd, waves: torch.Tensor, lengths: torch.Tensor,
-              speech: torch.Tensor | None = None, alpha=None) -> Forward:
-    """The one forward path. ``speech (batch, frames)``: bool masks on the log-mel grid (None: all)."""
-    enc = frontend(waves, lengths, alpha=alpha)
+              speech: torch.Tensor | None = None, alpha=None, power: torch.Tensor | None = None) -> Forward:
+    """The one forward path. ``speech (batch, frames)``: bool masks on the log-mel grid (None: all);
+    ``power``: the waves' power spectrum when already computed (the STFT then runs once per clip)."""
+    enc = frontend(waves, lengths, alpha=alpha, power=power)
     if speech is None:
         speech = torch.ones(enc.logmel.shape[0], enc.logmel.shape[2], dtype=torch.bool, device=waves.device)
     x, x_lengths, x_speech = model_input(model, enc, speech)
@@ -208,7 +209,7 @@ class Predictor:
             m = torch.as_tensor(m[: n_frames_all[i]])
             sp[i, : len(m)] = m
         power = self.frontend.logmel.power(batch.float(), lengths) if (keep_power or alpha is not None) else None
-        fwd = run_model(self.model, self.frontend, batch, lengths, sp.to(self.device))
+        fwd = run_model(self.model, self.frontend, batch, lengths, sp.to(self.device), power=power)
         warped = None
         if alpha is not None:
             frames = self.frontend.logmel.frame_lengths(lengths)

@@ -241,7 +241,7 @@ def test_weights_outside_the_folder_are_never_read(ckpt, tmp_path):
 
 
 def test_the_app_catalogue_skips_a_broken_checkpoint_with_one_warning(ckpt, tmp_path, caplog, emodb_clip):
-    from serdemo.ui import Settings, Workbench
+    from serdemo.workbench import Settings, Workbench
 
     path, _ = ckpt
     for name, case in (("broken-version", "format_version string"), ("broken-heads", "heads a list"),

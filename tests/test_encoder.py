@@ -247,3 +247,26 @@ def test_the_shipped_default_attends_to_speech_spread_as_speech_is():
     assert np.mean(last) <= 0.40
     for r in results:  # the attention lines up with the clip: times inside it, one weight per model frame
         assert abs(r.attention.sum() - 1) < 1e-4 and 0 <= r.attention_times_s[0] <= r.attention_times_s[-1] <= r.duration_s
+
+
+def test_a_kept_power_spectrum_is_computed_once_and_gives_the_same_prediction(monkeypatch, emodb_clip):
+    """``keep_power`` hands the clip's STFT to the forward pass instead of computing it twice."""
+    from serdemo.inference import Predictor
+    from tests.conftest import ROOT
+
+    pred = Predictor.from_checkpoint(ROOT / "checkpoints" / "default", device="cpu")
+    plain = pred.predict(emodb_clip, alpha=None)
+    calls = []
+    original = LogMel.power
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(LogMel, "power", counted)
+    kept = pred.predict(emodb_clip, alpha=1.1, keep_power=True)
+    assert len(calls) == 1 and kept.power is not None and kept.logmel_warped is not None
+    for c, p in plain.probabilities["emotion"].items():
+        assert abs(kept.probabilities["emotion"][c] - p) < 1e-5
+    np.testing.assert_allclose(kept.logmel, plain.logmel, atol=1e-6)
+    np.testing.assert_allclose(pred.logmel_from_power(kept.power, 1.1), kept.logmel_warped, atol=1e-5)

@@ -12,7 +12,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 
-from serdemo.models.probe import LinearProbe, layer_statistics
+from serdemo.models.encoder import layer_statistics
+from serdemo.models.probe import LinearProbe
 
 C_GRID = (0.01, 0.03, 0.1)
 

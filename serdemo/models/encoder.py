@@ -19,6 +19,16 @@ from serdemo.models.base import ModelOutput
 from serdemo.whisper import D_MODEL, N_LAYERS
 
 
+def layer_statistics(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``states (batch, layers, time, dim)``, ``mask (batch, time)`` -> ``(batch, layers * 2 * dim)``:
+    each layer's mean then standard deviation over the masked frames."""
+    m = mask[:, None, :, None].to(states.dtype)
+    n = m.sum(dim=2).clamp_min(1.0)
+    mean = (states * m).sum(dim=2) / n
+    var = ((states - mean[:, :, None]).square() * m).sum(dim=2) / n
+    return torch.cat([mean, var.clamp_min(0).sqrt()], dim=2).flatten(1)
+
+
 class LayerMix(nn.Module):
     """``(batch, layers, time, dim)`` -> ``(batch, time, dim)``: softmax(w) · LayerNorm(layer)."""
 
@@ -74,8 +84,6 @@ class EncoderModel(nn.Module):
         mask = speech_or_all(speech, real)
         pooled, weights = self.pool(y, mask)
         if self.use_stats:
-            from serdemo.models.probe import layer_statistics
-
             pooled = pooled + self.stats_proj(layer_statistics(states.float(), mask))
         pooled = self.dropout(pooled)
         logits = {name: head(pooled) for name, head in self.heads.items()}

@@ -14,18 +14,8 @@ from torch import nn
 from serdemo.encoding import MODEL_FRAME_RATE_HZ
 from serdemo.features import length_mask
 from serdemo.models.base import ModelOutput
-from serdemo.models.encoder import speech_or_all
+from serdemo.models.encoder import layer_statistics, speech_or_all
 from serdemo.whisper import D_MODEL, N_LAYERS
-
-
-def layer_statistics(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``states (batch, layers, time, dim)``, ``mask (batch, time)`` -> ``(batch, layers * 2 * dim)``:
-    each layer's mean then standard deviation over the masked frames."""
-    m = mask[:, None, :, None].to(states.dtype)
-    n = m.sum(dim=2).clamp_min(1.0)
-    mean = (states * m).sum(dim=2) / n
-    var = ((states - mean[:, :, None]).square() * m).sum(dim=2) / n
-    return torch.cat([mean, var.clamp_min(0).sqrt()], dim=2).flatten(1)
 
 
 class LinearProbe(nn.Module):
