@@ -1,12 +1,22 @@
-"""Entry point for ``python app.py`` and Hugging Face Spaces: read settings, build the app, launch."""
+"""Entry point for ``python app.py`` and Hugging Face Spaces: read settings, build the app, launch.
+
+Besides launching, it bounds what a public server must: Gradio's upload cache goes to a folder of ours
+(``GRADIO_TEMP_DIR``, set before Gradio is imported) that a housekeeping thread keeps under the disk budget
+(``serdemo.housekeeping``); logins (``SERDEMO_AUTH``) go through a guard that slows and locks out wrong
+passwords; a refused file path in a request is logged in one line, not a traceback.
+"""
 
 import os
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(tempfile.gettempdir()) / "serdemo-gradio"))
 
+from serdemo.housekeeping import Sweeper, gradio_cache_dir  # noqa: E402
 from serdemo.ui import build_app  # noqa: E402
-from serdemo.uikit import CSS, SHORTCUTS_JS  # noqa: E402
+from serdemo.uikit import CSS, SHORTCUTS_JS, LoginGuard, quiet_refused_paths  # noqa: E402
 from serdemo.workbench import Settings  # noqa: E402
 
 
@@ -14,10 +24,15 @@ def main() -> None:
     settings = Settings.from_env()
     app = build_app(settings)
     app.queue(default_concurrency_limit=int(os.environ.get("SERDEMO_CONCURRENCY", "2")))
+    quiet_refused_paths()
+    gradio_cache_dir().mkdir(parents=True, exist_ok=True)
+    bench = getattr(app, "workbench", None)
+    Sweeper(every_s=float(os.environ.get("SERDEMO_SWEEP_S", "60")),
+            retrainer=getattr(bench, "retrainer", None)).start()
     # SERDEMO_AUTH="alice:secret,bob:other" (a Space secret): a login page; the login name is the annotator
-    logins = [tuple(pair.split(":", 1)) for pair in os.environ.get("SERDEMO_AUTH", "").split(",") if ":" in pair]
+    guard = LoginGuard.from_env(os.environ.get("SERDEMO_AUTH", ""))
     app.launch(
-        auth=logins or None,
+        auth=guard.check if guard else None,
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", os.environ.get("PORT", "7860"))),
         max_file_size=os.environ.get("SERDEMO_MAX_UPLOAD", "50mb"),

@@ -339,13 +339,18 @@ def export_zip(store: Store, kind: str = "audiofolder", work_dir=None) -> Export
 EXPORT_PREFIX = "serdemo-export-"
 
 
-def remove_old_exports(work_dir=None, older_than_s: float = 3600.0, now: float | None = None) -> int:
+def remove_old_exports(work_dir=None, older_than_s: float = 3600.0, now: float | None = None,
+                       prefix: str = EXPORT_PREFIX) -> int:
     """Delete the folders :func:`export_zip` made under ``work_dir`` (the temp folder by default) that are
-    older than ``older_than_s``; returns how many. Call it before each export so served zips do not pile up."""
+    older than ``older_than_s``; returns how many. Call it before each export so served zips do not pile up.
+    ``prefix`` selects other folders of ours (``serdemo-live-`` for live recordings); it must start with
+    ``serdemo-`` so nothing else in the temp folder is ever touched."""
+    if not prefix.startswith("serdemo-") or any(c in prefix for c in "*?[]/\\"):
+        raise ValueError(f"not a serdemo temp-folder prefix: {prefix!r}")
     root = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
     now = time.time() if now is None else now
     removed = 0
-    for path in root.glob(f"{EXPORT_PREFIX}*"):
+    for path in root.glob(f"{prefix}*"):
         try:
             if path.is_dir() and not path.is_symlink() and now - path.stat().st_mtime > older_than_s:
                 shutil.rmtree(path)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
+
 import numpy as np
 
 from serdemo.audio import (MIN_DURATION_S, SAMPLE_RATE, SILENCE_PEAK, AudioError, StreamResampler, channels_of,
@@ -12,6 +16,31 @@ from serdemo.vad import MIN_TOTAL_SPEECH_S
 
 LIVE_WINDOW_S = 3.0  # the live view classifies the latest this-many seconds
 MAX_CHUNK_S = 5.0  # the browser streams 0.5 s at a time; a longer chunk is not a microphone's
+MAX_LIVE_SESSIONS = 8  # live recordings held at once (all users); the next one is refused with a message
+LIVE_IDLE_S = 60.0  # a recording that gets no chunk for this long is closed and its audio released
+LIVE_EXTRA_S = 120.0  # a recording lives at most its length limit plus this (an API client that never stops)
+
+_sessions: "weakref.WeakSet[LiveTimeline]" = weakref.WeakSet()
+_sessions_lock = threading.Lock()
+
+
+def live_sessions(now: float | None = None) -> int:
+    """Live recordings open now (not closed, not idle past :data:`LIVE_IDLE_S`)."""
+    with _sessions_lock:
+        return sum(1 for s in list(_sessions) if s.open_at(now))
+
+
+def release_idle(now: float | None = None) -> int:
+    """Close every live recording idle past its limit or past its lifetime, releasing its audio; returns how
+    many. The housekeeping sweeper calls it, so a client that stops sending does not pin memory."""
+    released = 0
+    with _sessions_lock:
+        sessions = list(_sessions)
+    for session in sessions:
+        if not session.released and not session.open_at(now):
+            session.release("idle")
+            released += 1
+    return released
 
 
 class LiveTimeline:
@@ -25,7 +54,14 @@ class LiveTimeline:
     """
 
     def __init__(self, predictor: Predictor, window_s: float = LIVE_WINDOW_S, every_s: float = 1.0,
-                 max_duration_s: float | None = None):
+                 max_duration_s: float | None = None, idle_s: float = LIVE_IDLE_S,
+                 max_sessions: int = MAX_LIVE_SESSIONS, clock=time.monotonic):
+        self.clock, self.idle_s = clock, float(idle_s)
+        self.created_at = self.last_fed_at = clock()
+        self.released: str | None = None  # why the recording was closed ("idle", "lifetime"), None while open
+        if live_sessions(self.created_at) >= max_sessions:
+            raise AudioError(f"{max_sessions} live recordings are running on the server already: try again in a "
+                             "minute, or upload a recording instead.")
         self.predictor = predictor
         self.window_s, self.every_s = window_s, every_s
         self.max_duration_s = max_timeline_s() if max_duration_s is None else max_duration_s
@@ -36,6 +72,34 @@ class LiveTimeline:
         self.last_at_s = 0.0
         self.resampler: StreamResampler | None = None
         self.truncated = False
+        self.lifetime_s = self.max_duration_s + LIVE_EXTRA_S
+        with _sessions_lock:
+            _sessions.add(self)
+
+    def open_at(self, now: float | None = None) -> bool:
+        """Whether the recording still takes chunks at ``now`` (not released, not idle, within its lifetime)."""
+        now = self.clock() if now is None else now
+        return (self.released is None and now - self.last_fed_at <= self.idle_s
+                and now - self.created_at <= self.lifetime_s)
+
+    def release(self, why: str) -> None:
+        """Close the recording and free its audio; later chunks are answered with a message."""
+        self.released = why
+        self.parts, self.samples, self.resampler = [], 0, None
+        with _sessions_lock:
+            _sessions.discard(self)
+
+    def _check_open(self) -> None:
+        now = self.clock()
+        if self.released is None and not self.open_at(now):
+            self.release("lifetime" if now - self.created_at > self.lifetime_s else "idle")
+        if self.released == "idle":
+            raise AudioError(f"This live recording got no sound for over {self.idle_s:.0f} s and was closed: "
+                             "stop and record again.")
+        if self.released is not None:
+            raise AudioError(f"This live recording ran past its limit of {self.lifetime_s / 60:.0f} min and was "
+                             "closed: stop and record again.")
+        self.last_fed_at = now
 
     @property
     def duration_s(self) -> float:
@@ -72,7 +136,13 @@ class LiveTimeline:
         return np.concatenate(picked[::-1])[-n:]
 
     def feed(self, rate: int, chunk: np.ndarray) -> Window | None:
-        chunk = np.asarray(chunk)
+        self._check_open()
+        try:
+            chunk = np.asarray(chunk)
+        except (TypeError, ValueError):
+            chunk = np.asarray([], dtype=object)
+        if chunk.dtype.kind not in "biuf" or chunk.ndim > 2:
+            raise AudioError("The microphone sent something that is not audio samples: stop and record again.")
         if chunk.size == 0:
             return None
         try:

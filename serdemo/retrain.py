@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,6 +96,19 @@ def check_weights(checkpoint: Path) -> None:
     except Exception:  # noqa: BLE001 - anything else is a broken file too; the detail goes to the log
         log.exception("retraining refused: checkpoint %s could not be loaded", checkpoint)
         raise RetrainRefused(f"cannot fine-tune '{Path(checkpoint).name}': its weights could not be loaded") from None
+
+
+def auth_configured(env=None) -> bool:
+    """Whether the app has logins (``SERDEMO_AUTH`` holds at least one ``name:password`` pair)."""
+    env = os.environ if env is None else env
+    return any(":" in pair for pair in env.get("SERDEMO_AUTH", "").split(","))
+
+
+def check_may_retrain(user: str | None, env=None) -> None:
+    """Refuse (:class:`RetrainRefused`) a retraining request from someone not logged in when the app has
+    logins; without logins anyone may ask (the cool-down and the quota still hold)."""
+    if auth_configured(env) and not (user or "").strip():
+        raise RetrainRefused("retraining needs a login: log in with your name and password first")
 
 
 def _duration(seconds: float) -> str:
@@ -224,6 +238,26 @@ class Retrainer:
                 self.runs.append({"name": name, "started": self.clock(), "ended": None})
                 self._write_runs()
             return self.out
+
+    def prune(self, keep: int = 3) -> int:
+        """Delete the outputs of all but the newest ``keep`` finished runs this retrainer made (their
+        checkpoint folder under ``out_root`` and their config and log in ``workdir``); never the running
+        run. Returns how many runs were removed. The disk budget's sweep calls it."""
+        with self._lock:
+            current = self.out.name if (self.out is not None and self.running) else None
+            runs = sorted((p for p in self.out_root.glob("*-ft-*") if p.is_dir() and not p.is_symlink()),
+                          key=lambda p: p.stat().st_mtime, reverse=True) if self.out_root.is_dir() else []
+            runs = [p for p in runs if p.name != current]
+            removed = 0
+            for old in runs[max(0, keep):]:
+                try:
+                    shutil.rmtree(old)
+                except OSError:
+                    continue
+                for extra in (self.workdir / f"{old.name}.json", self.workdir / f"{old.name}.log"):
+                    extra.unlink(missing_ok=True)
+                removed += 1
+            return removed
 
     def cancel(self) -> bool:
         """Stop the running run (SIGTERM to its process group, SIGKILL after ``STOP_GRACE_S``); False when

@@ -4,12 +4,20 @@ neither."""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import logging
+import sys
+import threading
+import time
+import types
+from collections import OrderedDict
 
 import gradio as gr
 
 from serdemo.audio import AudioError
+from serdemo.retrain import check_may_retrain
 
 log = logging.getLogger("serdemo.ui")
 
@@ -106,6 +114,135 @@ def annotator_field(remembered: str | None, request: gr.Request | None):
     if user:
         return gr.update(value=user, interactive=False, info="your login name")
     return gr.update(value=remembered) if remembered else gr.skip()
+
+
+def require_retrain_login(request: gr.Request | None) -> None:
+    """For the workbench's retrain action: with logins configured (``SERDEMO_AUTH``), someone who is not
+    logged in is refused with a message (a ``gr.Error``, no traceback); otherwise nothing happens."""
+    from serdemo.retrain import RetrainRefused
+    try:
+        check_may_retrain(login_name(request))
+    except RetrainRefused as exc:
+        raise user_error(exc) from None
+
+
+# ---------------------------------------------------------------------------------------------- logins
+MAX_LOGIN_FAILURES = 5  # wrong passwords for one name before it is locked
+LOCKOUT_S = 300.0  # how long a locked name stays locked (a right password does not open it meanwhile)
+FAIL_DELAY_S = 0.5  # the first wrong password's answer is delayed this long, doubling per failure ...
+MAX_FAIL_DELAY_S = 8.0  # ... up to this
+GLOBAL_FAILURES_PER_MIN = 30  # all names together: beyond this, every login is slowed (a spray over names)
+MAX_TRACKED_NAMES = 10_000  # failure records kept (the oldest forgotten first), so names cannot fill memory
+MAX_LOGIN_CHARS = 256  # a longer name or password is a wrong login, compared no further
+
+
+class LoginGuard:
+    """Gradio's ``auth=`` as an async callable (``auth=guard.check``): constant-time comparison, every wrong
+    password answered after a delay that doubles per failure of that name (``FAIL_DELAY_S`` ..
+    ``MAX_FAIL_DELAY_S``), a name locked for ``lockout_s`` after ``max_failures`` wrong passwords (even the
+    right one is refused meanwhile, so guessing gets nothing), and every login slowed when all names together
+    fail more than ``global_per_min`` times a minute. Gradio hands the callable only the name and the
+    password, so "per client" is per name plus this global limit. The delays are ``await``ed: the server
+    keeps serving others meanwhile."""
+
+    def __init__(self, logins: dict[str, str], max_failures: int = MAX_LOGIN_FAILURES, lockout_s: float = LOCKOUT_S,
+                 delay_s: float = FAIL_DELAY_S, max_delay_s: float = MAX_FAIL_DELAY_S,
+                 global_per_min: int = GLOBAL_FAILURES_PER_MIN, clock=time.monotonic, sleep=asyncio.sleep):
+        self.logins = {str(k): str(v) for k, v in logins.items()}
+        self.max_failures, self.lockout_s = int(max_failures), float(lockout_s)
+        self.delay_s, self.max_delay_s, self.global_per_min = float(delay_s), float(max_delay_s), int(global_per_min)
+        self.clock, self.sleep = clock, sleep
+        self._lock = threading.Lock()
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # name -> (count, last failure)
+        self._recent: list[float] = []  # times of failures, all names, within the last minute
+        self.refused = 0
+
+    @classmethod
+    def from_env(cls, value: str, **kwargs) -> "LoginGuard | None":
+        """``SERDEMO_AUTH="alice:pw,bob:pw2"`` -> a guard, or None when no pair is given."""
+        pairs = [pair.split(":", 1) for pair in value.split(",") if ":" in pair]
+        return cls({name.strip(): pw for name, pw in pairs if name.strip()}, **kwargs) if pairs else None
+
+    def locked_for(self, username: str) -> float:
+        """Seconds left of ``username``'s lockout (0 when it may log in)."""
+        with self._lock:
+            count, last = self._failures.get(username[:MAX_LOGIN_CHARS], (0, 0.0))
+            if count < self.max_failures:
+                return 0.0
+            return max(0.0, self.lockout_s - (self.clock() - last))
+
+    def _record_failure(self, key: str, now: float) -> tuple[int, int]:
+        with self._lock:
+            count, last = self._failures.pop(key, (0, 0.0))
+            if count >= self.max_failures and now - last >= self.lockout_s:
+                count = 0  # the lockout is over: start counting again
+            self._failures[key] = (count + 1, now)
+            while len(self._failures) > MAX_TRACKED_NAMES:
+                self._failures.popitem(last=False)
+            self._recent = [t for t in self._recent if now - t < 60.0] + [now]
+            self.refused += 1
+            return count + 1, len(self._recent)
+
+    async def check(self, username, password) -> bool:
+        username, password = str(username or ""), str(password or "")
+        key, now = username[:MAX_LOGIN_CHARS], self.clock()
+        with self._lock:
+            busy = len([t for t in self._recent if now - t < 60.0]) > self.global_per_min
+        if busy:  # a spray over many names: everyone waits a little, the sprayer most of all
+            await self.sleep(self.delay_s)
+        locked = self.locked_for(key) > 0
+        expected = self.logins.get(key)
+        ok = (not locked and expected is not None and len(password) <= MAX_LOGIN_CHARS
+              and hmac.compare_digest(password.encode(), expected.encode()))
+        if ok:
+            with self._lock:
+                self._failures.pop(key, None)
+            return True
+        count, recent = self._record_failure(key, now)
+        if locked or count >= self.max_failures:
+            log.warning("login refused: a name is locked for %.0f s after %d wrong passwords",
+                        self.locked_for(key), self.max_failures)
+        delay = min(self.max_delay_s, self.delay_s * 2 ** (min(count, 16) - 1))
+        if recent > self.global_per_min:
+            delay = self.max_delay_s
+        await self.sleep(delay)
+        return False
+
+
+# ------------------------------------------------------------------------- refused paths in the log
+def _short_print_exc(original):
+    """``traceback.print_exc`` that writes one short line for a refused file path (Gradio's
+    ``InvalidPathError``) instead of its traceback; everything else is printed as before."""
+    from gradio.exceptions import InvalidPathError
+
+    def print_exc(*args, **kwargs):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, InvalidPathError):
+            log.warning("refused: a request named a file outside the allowed folders")
+            return None
+        return original(*args, **kwargs)
+    return print_exc
+
+
+def quiet_refused_paths() -> None:
+    """Make Gradio log a refused file path in a request (a client naming ``/etc/passwd`` as its audio) as
+    one short line instead of ~1.7 KB of traceback, so a client cannot fill the log. Gradio prints those
+    tracebacks with ``traceback.print_exc`` in its queue and routes; each of those modules gets a
+    ``traceback`` whose ``print_exc`` knows the refusal. Idempotent."""
+    import traceback
+
+    import gradio.queueing
+    import gradio.routes
+    import gradio.utils
+    for module in (gradio.queueing, gradio.routes, gradio.utils):
+        current = getattr(module, "traceback", None)
+        if current is None or getattr(current, "_serdemo_quiet", False):
+            continue
+        shim = types.ModuleType("traceback")
+        shim.__dict__.update({k: v for k, v in vars(traceback).items() if not k.startswith("__")})
+        shim.print_exc = _short_print_exc(traceback.print_exc)
+        shim._serdemo_quiet = True
+        module.traceback = shim
 
 
 CSS = """

@@ -1,0 +1,181 @@
+"""The disk budget outside the store, and the sweep that enforces it.
+
+What the server writes outside its store is temporary: Gradio's upload cache (every uploaded file,
+every file a route returns), served exports, timeline exports and live recordings (``serdemo-*``
+folders in the temp folder), and retraining runs' outputs. :func:`sweep` deletes what is older than
+``max_age_s`` and, while the total is over ``budget_bytes``, the oldest first (never anything younger
+than ``min_age_s``: a request may still be reading it). :class:`Sweeper` runs it every ``every_s`` in a
+daemon thread, with the live sessions' idle check (:func:`serdemo.live.release_idle`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serdemo.export import EXPORT_PREFIX, remove_old_exports
+
+log = logging.getLogger("serdemo.housekeeping")
+
+LIVE_PREFIX = "serdemo-live-"
+TEMP_PREFIXES = (EXPORT_PREFIX, LIVE_PREFIX)  # serdemo's own folders in the temp folder (timeline exports included)
+DISK_BUDGET_BYTES = 1 << 30  # 1 GiB outside the store: Gradio's cache + serdemo's temp folders
+MAX_AGE_S = 3600.0  # uploads, exports and recordings are kept an hour
+MIN_AGE_S = 120.0  # never delete what is younger: a request may still be reading or serving it
+SWEEP_EVERY_S = 60.0
+KEEP_RUNS = 3  # retraining runs whose outputs are kept (the newest; never the running one)
+
+
+def budget_bytes() -> int:
+    """``SERDEMO_DISK_BUDGET_MB`` (default 1024) in bytes."""
+    try:
+        return max(1, int(float(os.environ.get("SERDEMO_DISK_BUDGET_MB", DISK_BUDGET_BYTES >> 20)) * (1 << 20)))
+    except ValueError:
+        return DISK_BUDGET_BYTES
+
+
+def gradio_cache_dir() -> Path:
+    """Where Gradio keeps uploads and served files (its own rule: GRADIO_TEMP_DIR or <temp>/gradio)."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+
+
+def size_of(path: Path) -> int:
+    """Bytes under ``path`` (a file or a folder; links not followed; vanished files count 0)."""
+    try:
+        if path.is_symlink() or path.is_file():
+            return path.lstat().st_size
+    except OSError:
+        return 0
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def newest_mtime(path: Path) -> float:
+    """The latest modification time of ``path`` or anything under it (a folder's files count)."""
+    try:
+        latest = path.lstat().st_mtime
+    except OSError:
+        return 0.0
+    if path.is_dir() and not path.is_symlink():
+        for root, _dirs, files in os.walk(path):
+            for name in files:
+                try:
+                    latest = max(latest, os.lstat(os.path.join(root, name)).st_mtime)
+                except OSError:
+                    pass
+    return latest
+
+
+def _remove(path: Path) -> bool:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        log.warning("could not remove a temporary entry (%s)", type(exc).__name__)
+        return False
+
+
+@dataclass
+class SweepReport:
+    removed: int = 0
+    freed_bytes: int = 0
+    used_bytes: int = 0  # after the sweep
+    runs_removed: int = 0
+    sessions_released: int = 0
+    entries: list[str] = field(default_factory=list)
+
+
+def temp_entries(gradio_dir: Path, work_dir: Path) -> list[Path]:
+    """Everything the budget covers: each entry of Gradio's cache, and serdemo's folders in ``work_dir``."""
+    found: list[Path] = []
+    if gradio_dir.is_dir():
+        found += [p for p in gradio_dir.iterdir()]
+    if work_dir.is_dir() and work_dir.resolve() != gradio_dir.resolve():
+        found += [p for p in work_dir.iterdir() if p.name.startswith(TEMP_PREFIXES)]
+    return found
+
+
+def sweep(gradio_dir=None, work_dir=None, budget: int | None = None, max_age_s: float = MAX_AGE_S,
+          min_age_s: float = MIN_AGE_S, now: float | None = None, retrainer=None,
+          keep_runs: int = KEEP_RUNS) -> SweepReport:
+    """Delete temporary files past ``max_age_s``, then the oldest until under ``budget`` bytes; prune old
+    retraining runs (``retrainer.prune``). Returns what it did."""
+    gradio_dir = Path(gradio_dir) if gradio_dir is not None else gradio_cache_dir()
+    work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
+    budget = budget_bytes() if budget is None else budget
+    now = time.time() if now is None else now
+    report = SweepReport()
+    for prefix in TEMP_PREFIXES:  # serdemo's own folders by age (the export module's rule)
+        report.removed += remove_old_exports(work_dir, older_than_s=max_age_s, now=now, prefix=prefix)
+    aged = []
+    for entry in temp_entries(gradio_dir, work_dir):
+        mtime, size = newest_mtime(entry), size_of(entry)
+        if now - mtime > max_age_s:
+            if _remove(entry):
+                report.removed += 1
+                report.freed_bytes += size
+                report.entries.append(entry.name)
+            continue
+        aged.append((mtime, size, entry))
+    used = sum(size for _m, size, _e in aged)
+    for mtime, size, entry in sorted(aged, key=lambda t: t[0]):  # oldest first, while over the budget
+        if used <= budget:
+            break
+        if now - mtime < min_age_s:
+            continue
+        if _remove(entry):
+            used -= size
+            report.removed += 1
+            report.freed_bytes += size
+            report.entries.append(entry.name)
+    report.used_bytes = used
+    if retrainer is not None:
+        report.runs_removed = retrainer.prune(keep=keep_runs)
+    try:
+        from serdemo.live import release_idle
+        report.sessions_released = release_idle()
+    except ImportError:  # pragma: no cover - live needs torch; the sweep does not
+        pass
+    if report.removed or report.runs_removed or report.sessions_released:
+        log.info("housekeeping: removed %d temporary entries (%.1f MB), %d retraining runs, released %d idle "
+                 "live sessions; %.1f MB of %.0f MB used", report.removed, report.freed_bytes / 1e6,
+                 report.runs_removed, report.sessions_released, used / 1e6, budget / 1e6)
+    return report
+
+
+class Sweeper(threading.Thread):
+    """Runs :func:`sweep` every ``every_s`` seconds until :meth:`stop`; errors are logged in one line."""
+
+    def __init__(self, every_s: float = SWEEP_EVERY_S, **sweep_kwargs):
+        super().__init__(name="serdemo-housekeeping", daemon=True)
+        self.every_s, self.kwargs = every_s, sweep_kwargs
+        self._stop_event = threading.Event()
+        self.last: SweepReport | None = None
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                self.last = sweep(**self.kwargs)
+            except Exception as exc:  # noqa: BLE001 - the sweeper must outlive one bad sweep
+                log.warning("housekeeping sweep failed: %s", type(exc).__name__)
+            self._stop_event.wait(self.every_s)
+
+    def stop(self) -> None:
+        self._stop_event.set()
