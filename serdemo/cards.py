@@ -24,6 +24,18 @@ EVALUATIONS = (  # card metrics key -> what the figure is, in the card view
 )
 
 
+REFERENCE_ROWS = (  # a cv/loco block's reference entries -> their distinct names in the tables
+    ("probe", "encoder probe (reference)"),
+    ("reference", "classic functionals (reference)"),
+)
+METRIC_NOTES = (
+    "**UA** (unweighted accuracy): the mean of the per-class recalls, so every emotion counts the same; "
+    "chance is 1 / number of classes.",
+    "**WA** (weighted accuracy): the share of all clips labelled right, so frequent emotions count more.",
+    "**macro-F1**: the mean over classes of F1 (the balance of precision and recall), each class counting the same.",
+)
+
+
 @dataclass(frozen=True)
 class MetricRow:
     """One held-out score of a card: ``evaluation`` (what was held out, how), ``group`` ("overall" or a corpus)."""
@@ -88,10 +100,15 @@ def metric_rows(card: dict) -> list[MetricRow]:
         if key in ("cv", "loco"):
             what = f"{block.get('scheme', what)}: {what}"
             blocks = [(what, _dict(block.get("pooled")))]
-            ref = block.get("reference")
-            if isinstance(ref, dict) and isinstance(ref.get("pooled"), dict):
-                blocks.append((f"reference row ({ref.get('name', 'functionals + logistic regression')}), "
-                               "same folds", ref["pooled"]))
+            for ref_key, short in REFERENCE_ROWS:
+                ref = block.get(ref_key)
+                if isinstance(ref, dict) and isinstance(ref.get("pooled"), dict):
+                    name = ref.get("name")
+                    blocks.append((f"{short}, same folds" + (f" — {name}" if name else ""), ref["pooled"]))
+        if key == "test":
+            for head, sc in _dict(metrics.get("test_aux")).items():
+                if isinstance(sc, dict) and "ua" in sc:
+                    blocks.append((f"{head} head (auxiliary), test speakers", {"overall": sc}))
         for label, scores in blocks:
             for group, sc in scores.items():
                 if not (isinstance(sc, dict) and "ua" in sc):
@@ -239,3 +256,65 @@ def comparison_markdown(result: dict) -> str:
     if left:
         lines += ["", "Left out: " + ", ".join(f"{s} ({why})" for s, why in sorted(left.items())) + "."]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ what to expect
+def chance_ua(card: dict) -> float | None:
+    """UA of guessing: 1 / number of classes the model picks from."""
+    classes = _dict(card.get("label_set")).get("classes") or \
+        _dict(_dict(_dict(card.get("metrics")).get("test")).get("overall")).get("classes")
+    return 1.0 / len(classes) if classes else None
+
+
+def unseen_corpus_ua(card: dict) -> float | None:
+    """Leave-one-corpus-out UA: the mean over held-out corpora of ``metrics.loco.pooled[corpus].ua``."""
+    pooled = _dict(_dict(_dict(card.get("metrics")).get("loco")).get("pooled"))
+    scores = [float(v["ua"]) for k, v in pooled.items() if k != "overall" and isinstance(v, dict) and "ua" in v]
+    return sum(scores) / len(scores) if scores else None
+
+
+def unseen_speaker_ua(card: dict) -> float | None:
+    """UA on the test speakers of the model's own corpora (``metrics.test.overall.ua``)."""
+    try:
+        return float(_dict(_dict(card.get("metrics")).get("test")).get("overall")["ua"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def expectation_line(card: dict) -> str:
+    """One line beside a result: what accuracy to expect for a voice the model never heard, with chance."""
+    chance = chance_ua(card)
+    tail = f", chance {chance:.0%}" if chance else ""
+    loco = unseen_corpus_ua(card)
+    if loco is not None:
+        return (f"For a voice this model never heard expect about {loco:.0%} UA (leave-one-corpus-out){tail}. "
+                "Probabilities are calibrated on held-out speakers.")
+    test = unseen_speaker_ua(card)
+    if test is not None:
+        return (f"For a voice this model never heard expect about {test:.0%} UA at best (new speakers of its "
+                f"training corpora; a new corpus or language is lower){tail}.")
+    return f"This model's card holds no held-out figures: treat its guesses with caution{tail}."
+
+
+def model_sentence(name: str, card: dict) -> str:
+    """The Models tab's first line for a model: unseen speakers, unseen corpus/language, chance."""
+    test, loco, chance = unseen_speaker_ua(card), unseen_corpus_ua(card), chance_ua(card)
+    first = f"UA {test:.2f} (test speakers of its corpora)" if test is not None else "not measured"
+    second = f"UA {loco:.2f} (leave-one-corpus-out)" if loco is not None else "not measured for this model"
+    third = f"{chance:.2f}" if chance else "unknown"
+    return (f"**{name}** — on speakers it never heard: {first}; on a language/corpus it never heard: {second}; "
+            f"chance {third}.")
+
+
+def calibration_text(card: dict) -> str:
+    """The card's calibration in a sentence (temperature, ECE before and after), or why there is none."""
+    cal = _dict(card.get("calibration"))
+    if not cal:
+        return "_this card records no calibration: its probabilities may over- or under-state confidence_"
+    parts = [f"temperature {cal['temperature']:.2f}" if isinstance(cal.get("temperature"), (int, float)) else ""]
+    for split in ("test", "dev"):
+        b, a = cal.get(f"ece_{split}_before"), cal.get(f"ece_{split}_after")
+        if isinstance(b, (int, float)) and isinstance(a, (int, float)):
+            parts.append(f"ECE on {split} speakers {b:.3f} → {a:.3f}")
+    return ("**Calibration** (temperature scaling on the dev speakers): " + "; ".join(p for p in parts if p)
+            + ". ECE is the mean gap between confidence and accuracy (0 = a 70 % answer is right 70 % of the time).")

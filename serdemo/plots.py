@@ -160,6 +160,24 @@ def confusion_figure(confusion: list[list[int]], classes: list[str], title: str 
     return fig
 
 
+def reliability_figure(bins: list[dict], title: str = "", height: int = 300) -> go.Figure:
+    """Calibration as a reliability diagram: per confidence bin the share of answers that were right (bars)
+    against the diagonal of perfect calibration; empty bins are left out; hover gives the bin's count."""
+    used = [b for b in bins or [] if b.get("n") and b.get("accuracy") is not None]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="#888"),
+                             name="perfectly calibrated", hoverinfo="skip"))
+    fig.add_trace(go.Bar(x=[(b["from"] + b["to"]) / 2 for b in used], y=[b["accuracy"] for b in used],
+                         width=[(b["to"] - b["from"]) * 0.9 for b in used], name="share right",
+                         customdata=[[b["n"], b.get("confidence")] for b in used], marker_color="#4c72b0",
+                         hovertemplate="confidence %{customdata[1]:.2f}<br>right %{y:.0%}<br>%{customdata[0]} clips"
+                                       "<extra></extra>"))
+    fig.update_layout(title=dict(text=title, font=dict(size=13)), height=height, margin=dict(l=50, r=10, t=40, b=40),
+                      xaxis=dict(title="model's confidence", range=[0, 1]),
+                      yaxis=dict(title="share right", range=[0, 1]), showlegend=False, bargap=0)
+    return fig
+
+
 def decimate(times_s: np.ndarray, *panels: np.ndarray | None, max_columns: int = MAX_COLUMNS):
     """Average neighbouring frames so a panel has at most ``max_columns`` columns (a 60 s clip has 6,000
     frames, more than a screen has pixels); times become each group's mean. Short clips pass unchanged."""

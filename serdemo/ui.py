@@ -5,8 +5,7 @@ method, through :class:`Endpoints` where a result must become component updates;
 Named API endpoints (``gradio_client``): ``/analyze``, ``/warp``, ``/relabel``, ``/confirm``,
 ``/history``, ``/queue``, ``/labels``, ``/agreement``, ``/export``, ``/models``, ``/model_card``,
 ``/model_metrics``, ``/retrain``, ``/retrain_cancel``, ``/retrain_status`` (Markdown), ``/retrain_progress``
-(a dict), and
-the Timeline tab's ``/timeline``.
+(a dict), and the Timeline tab's ``/timeline``.
 """
 
 from __future__ import annotations
@@ -18,7 +17,8 @@ from serdemo.cards import metrics_markdown
 from serdemo.labels import ANNOTATION_LABELS
 from serdemo.plots import warp_figure
 from serdemo.timeline_ui import timeline_tab
-from serdemo.uikit import CSS, SHORTCUTS_JS, annotator_field, gpu, resolve_annotator, user_error
+from serdemo.store import StoreError
+from serdemo.uikit import CSS, SHORTCUTS_JS, annotator_field, gpu, login_name, resolve_annotator, user_error
 from serdemo.workbench import (AGREEMENT_HEADERS, ALPHA_MAX, ALPHA_MIN, HISTORY_HEADERS, MAX_QUEUE, PICKER_INFO,
                                QUEUE_HEADERS, Settings, Workbench)
 
@@ -51,13 +51,25 @@ class Endpoints:
         s = self.bench.save_label(clip_id, None, resolve_annotator(annotator_name, request))
         return s.status, s.counts
 
-    def save_on_tab(self, clip_id, label, annotator_name, request: gr.Request):
-        """The Annotate tab's save: its status, the counts and the clip's history."""
+    def save_on_tab(self, clip_id, label, annotator_name, limit=50, show="unlabelled", request: gr.Request = None):
+        """The Annotate tab's save; then the next queue clip loads (or nothing is selected)."""
         s = self.bench.save_label(clip_id, label, resolve_annotator(annotator_name, request))
-        return s.status, s.counts, s.history
+        nxt = self.bench.next_clip(clip_id, limit, show)
+        status = s.status + (f" Next: clip `{nxt[:12]}`." if nxt else " The queue is done: no clip selected.")
+        return (status, s.counts, *self.load_clip(nxt))
 
-    def confirm_on_tab(self, clip_id, annotator_name, request: gr.Request):
-        return self.save_on_tab(clip_id, None, annotator_name, request)
+    def confirm_on_tab(self, clip_id, annotator_name, limit=50, show="unlabelled", request: gr.Request = None):
+        return self.save_on_tab(clip_id, None, annotator_name, limit, show, request)
+
+    def load_clip(self, clip):
+        """The Annotate panel for ``clip`` (None: nothing selected): id, playback, history, label, description."""
+        if not clip:
+            return "", None, [], gr.update(value=None), self.bench.clip_panel(None)
+        try:
+            audio = self.bench.clip_audio(clip)
+        except StoreError as exc:
+            raise user_error(exc) from None
+        return clip, audio, self.bench.history(clip), gr.update(value=None), self.bench.clip_panel(clip)
 
     def labels(self) -> list[str]:
         """The labels a clip can be given, the same on every tab and through /relabel."""
@@ -73,21 +85,13 @@ class Endpoints:
         return q.rows, q.clip_ids
 
     def pick(self, evt: gr.SelectData, ids):
-        """A queue row clicked: its clip (found by the row's short id, so a table sorted on the page still
-        picks the right clip), its playback, history, and a fresh label choice."""
-        ids = ids or []
+        """A queue row clicked: the clip its id cell names (never its position: the table re-renders after a
+        save and rows move), its playback, history, an unset label, its description and a cleared status."""
         short = str((getattr(evt, "row_value", None) or [""])[0])
-        clip = next((c for c in ids if short and c.startswith(short)), None)
+        clip = next((c for c in ids or [] if short and c.startswith(short)), None)
         if clip is None:
-            row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-            if not isinstance(row, int) or not 0 <= row < len(ids):
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            clip = ids[row]
-        try:
-            audio = self.bench.clip_audio(clip)
-        except StoreError as exc:
-            raise user_error(exc) from None
-        return clip, audio, self.bench.history(clip), gr.update(value=None)
+            raise user_error("that row changed while you clicked it: click the clip again")
+        return (*self.load_clip(clip), "")
 
     def agreement_view(self):
         a = self.bench.agreement()
@@ -103,16 +107,36 @@ class Endpoints:
         """A zip of the labelled clips ("audiofolder" or "manifest"), as a file to download."""
         return str(self.bench.export(kind))
 
-    def models(self):
-        """Reload the checkpoint folders; returns the model names with their headline metrics."""
+    def models(self) -> list[list[str]]:
+        """Reload the checkpoints; ``[label with headline metrics, name]`` per model, default first, then dev UA."""
+        self.bench.reload()
+        return [[label, name] for label, name in self.bench.choices()]
+
+    def models_on_page(self):
         self.bench.reload()
         choices = self.bench.choices()
-        return gr.update(choices=choices, value=self.bench.default_choice()), gr.update(choices=choices, value=self.bench.default_choice())
+        return (gr.update(choices=choices, value=self.bench.default_choice()),
+                gr.update(choices=choices, value=self.bench.default_choice()), self.bench.models_overview())
 
     def model_card(self, name):
         """A checkpoint's summary, held-out metrics, confusion on its test speakers and its raw card."""
         v = self.bench.model_view(name)
         return v.summary, v.metrics, v.confusion, self.bench.cards.get(name, {})
+
+    def model_extras(self, name):
+        """The Models tab's lead sentence, calibration line and reliability figure for ``name``."""
+        v = self.bench.model_view(name)
+        return v.sentence, v.calibration, gr.update(value=v.reliability, visible=v.reliability is not None)
+
+    def retrain(self, name, request: gr.Request = None):
+        """Fine-tune ``name`` on the store; with ``SERDEMO_AUTH`` set, only for a logged-in user."""
+        return self.bench.retrain(name, login_name(request))
+
+    def analysis_outputs(self, a):
+        """An :class:`Analysis` as the Analyse tab's outputs; the true label starts unset (no anchoring)."""
+        aux = f"_{a.expectation}_\n\n{a.aux_markdown}" if a.expectation else a.aux_markdown
+        return (a.probabilities, aux, a.figure, a.warp, a.clip_id, a.info,
+                gr.update(choices=list(ANNOTATION_LABELS), value=None))
 
     def model_metrics(self, name: str) -> str:
         """A checkpoint's held-out evaluations as a Markdown table (test, dev, cross-validation,
@@ -130,8 +154,9 @@ class Endpoints:
         return self.bench.retrainer.status()
 
     def clear_analysis(self):
-        """Empty the results of the last analysis, so that a failed one leaves no clip to label by mistake."""
-        return None, "", None, "", "", gr.update(choices=[], value=None)
+        """Empty the results of the last analysis and its save line, so that a failed one leaves no clip to
+        label by mistake and no "Saved: ..." of another clip stays under the new one."""
+        return None, "", None, "", "", gr.update(choices=[], value=None), ""
 
 
 def build_app(settings: Settings | None = None) -> gr.Blocks:
@@ -143,9 +168,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
     @gpu
     def analyze(audio, model_name, alpha, view="difference", source=None, progress=gr.Progress()):
         """Analyse a clip: probabilities, auxiliary heads, the figure, the warp, its clip id and label choices."""
-        a = bench.analyse(audio, model_name, alpha, view, source, progress)
-        return (a.probabilities, a.aux_markdown, a.figure, a.warp, a.clip_id, a.info,
-                gr.update(choices=list(ANNOTATION_LABELS), value=a.predicted if a.predicted in ANNOTATION_LABELS else None))
+        return ep.analysis_outputs(bench.analyse(audio, model_name, alpha, view, source, progress))
 
     # ---------------------------------------------------------------- layout
     with gr.Blocks(title="serdemo — what the model hears") as app:
@@ -200,6 +223,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                 with gr.Column(scale=2):
                     q_clip = gr.Textbox(label="Clip id", max_lines=1, elem_id="q-clip",
                                         placeholder="click a queue row, or paste an id and press Enter")
+                    q_info = gr.Markdown("_no clip selected: click a queue row_", elem_id="q-info")
                     q_audio = gr.Audio(label="Playback", interactive=False, type="filepath", elem_id="q-audio")
                     q_label = gr.Radio(list(ANNOTATION_LABELS), label="Label (keys 1-9)", elem_id="q-label-choice")
                     with gr.Row():
@@ -227,11 +251,15 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         with gr.Tab("Models", elem_id="tab-models"):
             with gr.Row(equal_height=True):
                 m_pick = gr.Dropdown(bench.choices(), value=bench.default_choice(), label="Checkpoint",
-                                     elem_id="model-pick", scale=4, info="UA · WA: each model on its own test speakers (never trained on)")
+                                     elem_id="model-pick", scale=4, info=PICKER_INFO)
                 reload_btn = gr.Button("Reload checkpoints", scale=1, min_width=160, size="sm")
+            m_overview = gr.Markdown(bench.models_overview, elem_id="models-overview")
+            m_sentence = gr.Markdown(elem_id="model-sentence")
             with gr.Row():
                 with gr.Column(scale=1, min_width=340):
                     m_summary = gr.Markdown(elem_id="model-summary")
+                    m_calibration = gr.Markdown(elem_id="model-calibration")
+                    m_reliability = gr.Plot(label="Reliability", show_label=False, elem_id="model-reliability")
                 with gr.Column(scale=1, min_width=340):
                     m_conf = gr.Plot(label="Confusion matrix (test speakers)", show_label=False,
                                      elem_id="model-confusion")
@@ -254,12 +282,14 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         hidden = dict(api_visibility="private", show_progress="hidden")
         app.load(annotator_field, [remembered], annotator, **hidden)
         for typed in (annotator.blur, annotator.submit):
-            typed(lambda name: (name or "").strip(), annotator, remembered, queue=False, **hidden)
+            typed(lambda name: ((name or "").strip(), "", ""), annotator, [remembered, status, q_status], queue=False,
+                  **hidden)  # a "Saved: ... by <old name>" line does not outlive the name
         audio.stop_recording(lambda: MICROPHONE, None, source, queue=False, **hidden)
         audio.upload(lambda: "upload", None, source, queue=False, **hidden)
         # clear first: a failed analysis must leave no previous clip id, prediction or label choices behind;
         # progress and a failure show on the emotion panel only (the message in a toast), not on every panel
-        run.click(ep.clear_analysis, None, [probs, aux, figure, clip_id, info, label_choice], queue=False, **hidden).then(
+        run.click(ep.clear_analysis, None, [probs, aux, figure, clip_id, info, label_choice, status], queue=False,
+                  **hidden).then(
             analyze, [audio, model, alpha, vtlp_view, source],
             [probs, aux, figure, warp_plot, clip_id, info, label_choice], api_name="analyze",
             show_progress_on=probs)
@@ -283,15 +313,16 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         confirm_btn.click(ep.confirm, [clip_id, annotator], [status, counts],
                           show_progress_on=status, api_visibility="private").success(**queue_refresh)
         # the Annotate tab labels its own clip; its history, the queue and the agreement then follow
-        q_save.click(ep.save_on_tab, [q_clip, q_label, annotator], [q_status, counts, q_hist],
+        panel = [q_clip, q_audio, q_hist, q_label, q_info]  # after a save the next clip loads (or none)
+        q_save.click(ep.save_on_tab, [q_clip, q_label, annotator, limit, show], [q_status, counts, *panel],
                      show_progress_on=q_status, api_visibility="private").success(
             **queue_refresh).success(**agree_refresh)
-        q_confirm.click(ep.confirm_on_tab, [q_clip, annotator], [q_status, counts, q_hist],
+        q_confirm.click(ep.confirm_on_tab, [q_clip, annotator, limit, show], [q_status, counts, *panel],
                         show_progress_on=q_status, api_visibility="private").success(
             **queue_refresh).success(**agree_refresh)
         for trigger in (refresh.click, show.input, limit.submit, app.load, annotate_tab.select):
             trigger(**queue_refresh)
-        queue_df.select(ep.pick, [queue_ids], [q_clip, q_audio, q_hist, q_label], api_visibility="private")
+        queue_df.select(ep.pick, [queue_ids], [*panel, q_status], api_visibility="private")
         q_clip.submit(bench.history, [q_clip], [q_hist], api_name="history")
         agree_btn.click(**agree_refresh)
         agreement_tab.select(**agree_refresh)
@@ -299,14 +330,17 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         app.load(bench.counts, None, [counts], **hidden)
         export_btn.click(ep.export, [export_kind], [export_file], api_name="export").success(
             lambda: gr.update(visible=True), None, export_file, queue=False, **hidden)
-        reload_btn.click(ep.models, None, [model, m_pick], api_name="models")
+        reload_btn.click(ep.models_on_page, None, [model, m_pick, m_overview], api_visibility="private")
+        gr.api(ep.models, api_name="models")
         m_pick.change(ep.model_card, [m_pick], [m_summary, m_metrics, m_conf, m_card], api_name="model_card")
         app.load(ep.model_card, [m_pick], [m_summary, m_metrics, m_conf, m_card], **hidden)
+        for when in (m_pick.change, app.load):
+            when(ep.model_extras, [m_pick], [m_sentence, m_calibration, m_reliability], **hidden)
         gr.api(ep.model_metrics, api_name="model_metrics")
         # the run's progress comes from the retrainer, polled by every page (and read on load: a reload shows it)
         view = dict(fn=ep.retrain_view, inputs=[seen_run],
                     outputs=[retrain_bar, retrain_md, retrain_table, model, m_pick, seen_run], **hidden)
-        retrain_btn.click(bench.retrain, [m_pick], [retrain_md], api_name="retrain", concurrency_limit=1).success(**view)
+        retrain_btn.click(ep.retrain, [m_pick], [retrain_md], api_name="retrain", concurrency_limit=1).success(**view)
         cancel_btn.click(bench.retrain_cancel, None, [retrain_md], api_name="retrain_cancel").success(**view)
         gr.Timer(2.0).tick(queue=False, **view)
         app.load(**view)

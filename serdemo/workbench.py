@@ -26,12 +26,14 @@ import torch
 
 from serdemo import agreement as agreement_mod
 from serdemo.audio import MAX_DURATION_S, AudioError
-from serdemo.cards import card_summary_markdown, comparison_html, comparison_markdown, headline, metrics_markdown
+from serdemo.cards import (METRIC_NOTES, calibration_text, card_summary_markdown, comparison_html, comparison_markdown,
+                           expectation_line, headline, metrics_markdown, model_sentence)
 from serdemo.checkpoint import CheckpointError, list_checkpoints, read_card, sha256_file, weights_path
 from serdemo.export import export_zip, remove_old_exports
 from serdemo.inference import Prediction, Predictor
 from serdemo.labels import ANNOTATION_LABELS
-from serdemo.plots import VTLP_VIEWS, analysis_figure, confusion_figure, db_per_unit, mel_band_hz, warp_figure
+from serdemo.plots import (VTLP_VIEWS, analysis_figure, confusion_figure, db_per_unit, mel_band_hz, reliability_figure,
+                           warp_figure)
 from serdemo.retrain import RetrainBusy, Retrainer
 from serdemo.store import Store, StoreError, as_stored
 from serdemo.uikit import user_error
@@ -69,7 +71,8 @@ class Settings:
                    tuple(os.environ.get("SERDEMO_RETRAIN_ARGS", "").split()))
 
 
-PICKER_INFO = "UA · WA: each model on its own test speakers (never trained on); more on the Models tab"
+PICKER_INFO = ("Order: the default first, then by dev UA (never by the test figures). UA · WA: each model on its "
+               "own test speakers (never trained on); more on the Models tab")
 QUEUE_HEADERS = ["clip", "model guess", "conf.", "sec", "label", "source"]  # what matters first on a phone
 HISTORY_HEADERS = ["when (UTC)", "label", "annotator", "model said", "confidence", "checkpoint"]
 AGREEMENT_HEADERS = ["annotator", "clips", "shared", "agreement", "mean kappa", "Cohen's kappa with each other"]
@@ -87,6 +90,7 @@ class Analysis:
     clip_id: str
     info: str
     predicted: str
+    expectation: str = ""  # what accuracy to expect for a voice the model never heard, with chance
 
 
 @dataclass
@@ -122,6 +126,9 @@ class ModelView:
     summary: str  # Markdown: data, speakers held out, recipe, licence
     metrics: str  # Markdown table: every held-out evaluation, per corpus, reference rows
     confusion: go.Figure | None
+    sentence: str = ""  # one line: unseen speakers, unseen corpus/language, chance
+    reliability: go.Figure | None = None  # the card's reliability bins
+    calibration: str = ""  # temperature and ECE in a sentence
 
 
 @dataclass
@@ -220,7 +227,16 @@ class Workbench:
     def choices(self) -> list[tuple[str, str]]:
         with self._lock:  # one catalogue: a reload swaps names and cards together
             catalogue, cards = self.catalogue, self.cards
-        return [(f"{name} · {headline(cards[name])}", name) for name in catalogue]
+        default = self.settings.default_model
+
+        def dev_ua(name):
+            try:
+                return float(cards[name]["metrics"]["dev"]["overall"]["ua"])
+            except (KeyError, TypeError, ValueError):
+                return -1.0
+        # the default first, then by dev UA (what recipes are chosen on), never by the test figures
+        order = sorted(catalogue, key=lambda n: (n != default, -dev_ua(n), n))
+        return [(f"{name} · {headline(cards[name])}", name) for name in order]
 
     def default_choice(self) -> str | None:
         if self.settings.default_model in self.catalogue:
@@ -295,7 +311,14 @@ class Workbench:
         info = (f"clip `{sha[:12]}` · {pred.duration_s:.2f} s · analysed in "
                 f"{(time.perf_counter() - t0) * 1000:.0f} ms on {pred_model.device}")
         return Analysis(pred.probabilities["emotion"], aux_md, figure, warp_figure(alpha), sha, info,
-                        pred.label())
+                        pred.label(), self.expectation(pred_model.name))
+
+    def expectation(self, model_name: str | None) -> str:
+        """What accuracy to expect for a voice the model never heard, read from its card, with chance level."""
+        name = model_name or self.default_choice()
+        with self._lock:
+            card = self.cards.get(name)
+        return expectation_line(card) if card else ""
 
     def _figure(self, pred_model: Predictor, clip: ClipView, alpha: float, view: str) -> go.Figure:
         """The analysis figure at ``alpha`` from the cached power spectrum: only the warp and the mel run."""
@@ -389,8 +412,39 @@ class Workbench:
         return QueueView(rows, [q["clip"] for q in entries])
 
     def counts(self) -> list[list]:
+        """Clips per current label (each clip once), then save events per annotator (every save counted)."""
         c = self.store.counts()
-        return [["label", k, v] for k, v in c["label"].items()] + [["annotator", k, v] for k, v in c["annotator"].items()]
+        return [["clips labelled", k, v] for k, v in c["label"].items()] + \
+            [["saves by annotator", k, v] for k, v in c["annotator"].items()]
+
+    def clip_panel(self, clip_id: str | None) -> str:
+        """What the Annotate panel says about its clip: source file, corpus, speaker, duration, model guess."""
+        if not clip_id:
+            return "_no clip selected: click a queue row_"
+        try:
+            info = self.store.clip_info(clip_id)
+        except StoreError as exc:
+            raise user_error(exc) from None
+        source = info.get("source_name") or "recording"
+        named_corpus, named_speaker = corpus_of(source)
+        corpus = info.get("corpus") or named_corpus or "unknown"
+        info["speaker"] = info.get("speaker") or named_speaker
+        guess = info.get("predicted") or "?"
+        conf = "" if info.get("confidence") is None else f" ({info['confidence']:.0%})"
+        return (f"**{html.escape(source)}** · corpus {html.escape(str(corpus))} · speaker "
+                f"{html.escape(str(info.get('speaker') or 'unknown'))} · {float(info.get('duration_s') or 0):.1f} s · "
+                f"model guess {html.escape(guess)}{conf} · clip `{clip_id[:12]}`")
+
+    def next_clip(self, after: str | None, limit: int = 50, show: str = "unlabelled") -> str | None:
+        """The clip to load after saving ``after``: the queue's next clip after it (in the queue's order,
+        whether or not ``after`` is still listed), else its first one; None when nothing else is queued."""
+        ids = [q["clip"] for q in self.store.queue(queue_limit(limit), unlabelled_only=show == "unlabelled")
+               if q["clip"] != after]
+        if not ids:
+            return None
+        order = {q["clip"]: i for i, q in enumerate(self.store.queue(MAX_QUEUE, unlabelled_only=False))}
+        here = order.get(after, -1)
+        return next((c for c in ids if order.get(c, -1) > here), ids[0])
 
     def agreement(self) -> AgreementView:
         """Per clip every annotator's label and whether they agree; per annotator counts and kappas."""
@@ -422,10 +476,8 @@ class Workbench:
         """A zip of the labelled clips: "audiofolder" (``metadata.csv`` + ``audio/``, for the ``datasets``
         audiofolder builder) or "manifest" (the training manifest ``manifest.csv`` + ``audio/``), made by
         :func:`serdemo.export.export_zip`; exports served more than an hour ago are deleted first."""
-        if not self.store.current_labels():
-            raise user_error("nothing to export yet: label some clips first")
         remove_old_exports()
-        try:
+        try:  # nothing labelled is a StoreError too
             return export_zip(self.store, kind if kind in ("audiofolder", "manifest") else "audiofolder").archive
         except StoreError as exc:
             raise user_error(exc) from None
@@ -446,11 +498,25 @@ class Workbench:
                                    f"{name}: confusion, test speakers")
         except (AttributeError, KeyError, TypeError, ValueError):
             fig = None  # no (readable) held-out confusion in this card
-        return ModelView(card_summary_markdown(name, card), metrics_markdown(card), fig)
+        bins = (card.get("calibration") or {}).get("reliability", {}).get("bins") \
+            if isinstance(card.get("calibration"), dict) else None
+        reliability = reliability_figure(bins, f"{name}: reliability, test speakers (calibrated)") if bins else None
+        notes = "\n".join(f"- {n}" for n in METRIC_NOTES)
+        return ModelView(card_summary_markdown(name, card), f"{notes}\n\n{metrics_markdown(card)}", fig,
+                         model_sentence(name, card), reliability, calibration_text(card))
 
-    def retrain(self, model_name: str | None) -> str:
-        """Fine-tune the selected checkpoint on the stored annotations in a background process."""
+    def models_overview(self) -> str:
+        """One sentence per model (the pickers' order): unseen speakers, unseen corpus/language, chance."""
+        with self._lock:
+            cards = dict(self.cards)
+        return "\n\n".join(model_sentence(name, cards[name]) for _, name in self.choices() if name in cards)
+
+    def retrain(self, model_name: str | None, user: str | None = None) -> str:
+        """Fine-tune the selected checkpoint on the stored annotations in a background process. With
+        ``SERDEMO_AUTH`` set only a logged-in ``user`` may start a run."""
         settings = self.settings
+        if os.environ.get("SERDEMO_AUTH") and not (user or "").strip():
+            raise user_error("retraining needs a login: sign in first")
         if not model_name or model_name not in self.catalogue:
             raise user_error("pick a checkpoint to fine-tune")
         if not self.store.current_labels():
@@ -519,6 +585,18 @@ class Workbench:
         table = comparison_html(result) if result is not None else ""
         return RetrainView(retrain_progress_html(st), self._retrain_markdown(st), table,
                            self.choices() if fresh else None, st["out"] if fresh else seen)
+
+
+def corpus_of(source_name: str) -> tuple[str | None, str | None]:
+    """``(corpus, speaker)`` as a file name's pattern says (EMO-DB ``03a01Nc.wav``: speaker 03; RAVDESS
+    ``03-01-05-01-02-01-12.wav``: actor 12); ``(None, None)`` for any other name."""
+    import re
+    stem = Path(source_name).stem
+    if re.fullmatch(r"\d{2}[a-z]\d{2}[A-Z][a-z]", stem):
+        return "emodb", stem[:2]
+    if re.fullmatch(r"\d{2}(-\d{2}){6}", stem):
+        return "ravdess", stem[-2:]
+    return None, None
 
 
 def checked_alpha(alpha) -> float:

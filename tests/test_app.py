@@ -217,8 +217,8 @@ def test_broken_checkpoints_are_skipped_with_one_warning_each(server):
     each broken one is skipped, in one log line without a traceback or a path."""
     client = server["client"]
     for _ in range(2):  # rescans do not repeat the warnings
-        model_update, _ = client.predict(api_name="/models")
-    names = [c[1] if isinstance(c, (list, tuple)) else c for c in model_update["choices"]]
+        choices = client.predict(api_name="/models")  # values, not a Gradio update
+    names = [c[1] for c in choices]
     assert "default" in names and not [n for n in names if n.startswith("broken-")]
     log = (server["data"] / "server.log").read_text().splitlines()
     for name in BROKEN:
@@ -258,8 +258,8 @@ def test_user_errors_name_no_path_fit_an_upload_and_log_one_line(server, tmp_pat
 def test_reload_picks_up_new_checkpoints(server):
     client = server["client"]
     shutil.copytree(server["ckpts"] / "default", server["extra"] / "copied-model")
-    model_update, _ = client.predict(api_name="/models")
-    names = [c[1] if isinstance(c, (list, tuple)) else c for c in model_update["choices"]]
+    choices = client.predict(api_name="/models")  # values, not a Gradio update
+    names = [c[1] for c in choices]
     assert "copied-model" in names
     probs, *_ = analyze(client, EMODB / "wav" / "03a01Fa.wav", model="copied-model")
     assert probs["label"]
@@ -271,8 +271,9 @@ def test_the_picker_shows_the_same_figure_for_every_model(server):
     """Every picker label shows UA / WA on that card's test speakers; cross-validated and
     leave-one-corpus-out figures are in the card view, labelled, never in the picker."""
     client = server["client"]
-    model_update, _ = client.predict(api_name="/models")
-    labels = {c[1]: c[0] for c in model_update["choices"]}
+    choices = client.predict(api_name="/models")
+    labels = {c[1]: c[0] for c in choices}
+    assert choices[0][1] == "default"  # the default first, then by dev UA, never by test UA
     shipped = [n for n in labels if (server["ckpts"] / n / "card.json").is_file()]
     assert "default" in shipped
     for name in shipped:
@@ -332,8 +333,8 @@ def test_retrain_from_the_app_serves_the_new_checkpoint(server, tmp_path):
     assert store["left_out"].get("cut from a recording of a held-out (dev/test) speaker", 0) >= 1, store
     speakers = json.loads((run / "card.json").read_text())["training"]["speakers"]
     assert "emodb:11" in speakers["train"] and "emodb:03" in speakers["test"]
-    model_update, _ = client.predict(api_name="/models")
-    names = [c[1] if isinstance(c, (list, tuple)) else c for c in model_update["choices"]]
+    choices = client.predict(api_name="/models")  # values, not a Gradio update
+    names = [c[1] for c in choices]
     new = [n for n in names if n.startswith("default-ft-")]
     assert new
     probs, *_ = analyze(client, EMODB / "wav" / "03a01Fa.wav", model=new[0])
@@ -546,7 +547,7 @@ def test_metrics_table_shows_the_reference_row_and_the_comparison_is_a_full_tabl
                                              "pooled": {"overall": {**sc, "ua": 0.4}}}}}}
     md = metrics_markdown(card)
     assert "| 4-fold speaker-independent: cross-validated" in md
-    assert "| reference row (functionals + logistic regression), same folds | overall | 0.400 |" in md
+    assert "| classic functionals (reference), same folds — functionals + logistic regression | overall | 0.400 |" in md
     table = comparison_html({"n": 12, "speakers": ["emodb:03"], "scores": {
         "previous": {"overall": {"ua": 0.4, "wa": 0.5, "n": 12}}, "new": {"overall": {"ua": 0.5, "wa": 0.45, "n": 12}}}})
     assert "<thead><tr><th>set</th><th>clips</th><th>previous UA</th><th>new UA</th><th>Δ UA</th>" in table
@@ -649,7 +650,7 @@ def test_a_queue_row_picks_its_own_clip_when_the_table_is_sorted(tmp_path):
     q = bench.queue(10, "all")
     sorted_rows = sorted(q.rows, key=lambda r: r[0])  # what the page shows after sorting by clip id
     clicked = SimpleNamespace(index=[0, 0], row_value=sorted_rows[0])
-    clip, audio, history, _ = Endpoints(bench).pick(clicked, q.clip_ids)
+    clip, audio, history, *_ = Endpoints(bench).pick(clicked, q.clip_ids)
     assert clip.startswith(sorted_rows[0][0]) and clip in ids and history == []
     rate, samples = audio  # the samples themselves, not a path into the store
     stored, stored_rate = sf.read(str(bench.store.clip_path(clip)), dtype="int16")
@@ -826,3 +827,178 @@ def test_a_checkpoint_whose_weights_do_not_match_its_card_is_not_offered(tmp_pat
     assert [name for _, name in bench.choices()] == ["good"]
     assert "do not match its card" in bench.broken[folder / "damaged"]
     assert bench.predictor("good").name
+
+
+# ------------------------------------------------------------------ issue 17: labels people can trust
+def _bench(tmp_path):
+    from serdemo.workbench import Settings, Workbench
+
+    return Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data"))
+
+
+def test_the_true_label_starts_unset_and_the_result_says_what_to_expect_for_a_new_voice(tmp_path):
+    """Point 4: the radio is not pre-set to the model's guess; point 5: beside the result, the
+    leave-one-corpus-out UA of the card (mean over its held-out corpora) and chance."""
+    from serdemo.cards import expectation_line
+    from serdemo.ui import Endpoints
+
+    bench = _bench(tmp_path)
+    ep = Endpoints(bench)
+    a = bench.analyse(str(EMODB / "wav" / "03a01Wa.wav"), "default", 1.0)
+    probs, aux, _fig, _warp, clip_id, _info, choice = ep.analysis_outputs(a)
+    assert choice["value"] is None and choice["choices"] and a.predicted in [c if isinstance(c, str) else c[0]
+                                                                            for c in choice["choices"]]
+    card = json.loads((ROOT / "checkpoints" / "default" / "card.json").read_text())
+    per_corpus = [v["ua"] for k, v in card["metrics"]["loco"]["pooled"].items() if k != "overall"]
+    expected = f"expect about {np.mean(per_corpus):.0%} UA (leave-one-corpus-out), chance 14%"
+    assert expected in aux and "For a voice this model never heard" in aux, aux
+    # calibrated: the temperature the card states keeps a clear clip off 100 %
+    assert card["calibration"]["temperature"] > 1 and max(probs.values()) < 0.995
+    # a card without leave-one-corpus-out falls back to its test speakers, and says so
+    local = json.loads((ROOT / "checkpoints" / "localatt" / "card.json").read_text())
+    line = expectation_line(local)
+    assert "new speakers of its training corpora" in line and f"{local['metrics']['test']['overall']['ua']:.0%}" in line
+    assert "chance 14%" in line
+
+
+def test_a_new_analysis_clears_the_last_save_line():
+    """Point 7: the clear that runs when Analyse is pressed empties the "Saved: clip ... by <name>" line too."""
+    from serdemo.ui import Endpoints
+
+    cleared = Endpoints(None).clear_analysis()
+    assert len(cleared) == 7 and cleared[-1] == "" and cleared[5]["value"] is None
+
+
+def test_models_tab_leads_with_what_to_expect_and_names_its_reference_rows(tmp_path):
+    """Point 6: one sentence per model, metric words explained, distinct reference rows, the gender head,
+    the picker ordered default first then by dev UA; point 5: the reliability figure from the card's bins."""
+    from serdemo.cards import metric_rows
+
+    bench = _bench(tmp_path)
+    cards = {n: json.loads((ROOT / "checkpoints" / n / "card.json").read_text())
+             for n in ("default", "localatt", "multitask")}
+    names = [n for _, n in bench.choices()]
+    assert names[0] == "default"
+    dev = [(bench.cards[n].get("metrics", {}).get("dev", {}).get("overall", {}).get("ua", -1), n) for n in names[1:]]
+    assert dev == sorted(dev, key=lambda x: -x[0])
+    assert names.index("multitask") > names.index("localatt")  # dev 0.667 < 0.693, whatever the test column says
+    rows = metric_rows(cards["default"])
+    evaluations = {r.evaluation for r in rows}
+    assert any(e.startswith("encoder probe (reference)") for e in evaluations)
+    assert any(e.startswith("classic functionals (reference)") for e in evaluations)
+    probe_loco = [r for r in rows if r.evaluation.startswith("encoder probe (reference)") and r.group == "overall"]
+    assert [r.ua for r in probe_loco] == pytest.approx([cards["default"]["metrics"][k]["probe"]["pooled"]["overall"]["ua"]
+                                                        for k in ("cv", "loco")])
+    view = bench.model_view("default")
+    loco = np.mean([v["ua"] for k, v in cards["default"]["metrics"]["loco"]["pooled"].items() if k != "overall"])
+    assert view.sentence == (f"**default** — on speakers it never heard: UA "
+                             f"{cards['default']['metrics']['test']['overall']['ua']:.2f} (test speakers of its corpora);"
+                             f" on a language/corpus it never heard: UA {loco:.2f} (leave-one-corpus-out); chance 0.14.")
+    for word in ("**UA**", "**WA**", "**macro-F1**"):
+        assert word in view.metrics
+    assert "ECE on test speakers 0.176 → 0.042" in view.calibration
+    fig = view.reliability.to_plotly_json()
+    assert fig["layout"]["height"] and fig["layout"]["height"] <= 400
+    bins = [b for b in cards["default"]["calibration"]["reliability"]["bins"] if b["n"]]
+    assert list(fig["data"][1]["y"]) == [b["accuracy"] for b in bins]
+    multitask = bench.model_view("multitask")
+    gender = cards["multitask"]["metrics"]["test_aux"]["gender"]
+    assert f"| gender head (auxiliary), test speakers | overall | {gender['ua']:.3f} | {gender['wa']:.3f} |" \
+        in multitask.metrics
+    assert "not measured for this model" in multitask.sentence
+    assert bench.models_overview().splitlines()[0].startswith("**default**")
+
+
+def test_the_annotate_panel_picks_by_clip_id_names_the_clip_and_moves_on_after_a_save(tmp_path):
+    """Point 1: a click whose row moved under it is refused, never resolved by position; the panel names
+    the clip; a save loads the next unlabelled clip (and nothing once the queue is done)."""
+    import gradio as gr
+
+    from serdemo.ui import Endpoints
+
+    bench = _bench(tmp_path)
+    ep = Endpoints(bench)
+    clips = [EMODB / "wav" / "03a01Wa.wav", RAVDESS / "Actor_01" / "03-01-05-02-01-01-01.flac",
+             EMODB / "wav" / "03a01Nc.wav"]
+    ids = {bench.analyse(str(c), "default", 1.0).clip_id: c for c in clips}
+    q = bench.queue(10, "unlabelled")
+    first, second = q.clip_ids[0], q.clip_ids[1]
+
+    class Select:  # what Gradio hands a select event: the row's cells as the page showed them, and its position
+        def __init__(self, row_value, index):
+            self.row_value, self.index = row_value, index
+
+    # the table re-rendered without `first`: the click on position 0 names `first`'s id, which is gone
+    stale = [c for c in q.clip_ids if c != first]
+    with pytest.raises(gr.Error):
+        ep.pick(Select([first[:8]], [0, 0]), stale)
+    # a click names its clip: position 1 of the old table, whatever the state holds now
+    clip, audio, hist, label, panel, status = ep.pick(Select([second[:8]], [0, 0]), q.clip_ids)
+    assert clip == second and label["value"] is None and status == ""
+    source = ids[second]
+    assert source.name in panel and f"{sf.info(str(source)).duration:.1f} s" in panel
+    corpus, speaker = ("emodb", "03") if "emodb" in str(source).lower() or source.parent.name == "wav" else ("ravdess", "01")
+    assert f"corpus {corpus}" in panel and f"speaker {speaker}" in panel
+    rate, samples = audio
+    assert rate == 16000 and len(samples) == pytest.approx(sf.info(str(source)).duration * 16000, abs=800)
+    # save: the label lands on the clip shown, and the next unlabelled clip loads with an unset label
+    out = ep.save_on_tab(second, "sad", "ann", 10, "unlabelled")
+    status, counts, nxt, _audio, _hist, label, panel = out
+    assert bench.store.history(second)[-1].label == "sad"
+    assert nxt == bench.queue(10, "unlabelled").clip_ids[1] and label["value"] is None
+    assert ids[nxt].name in panel and "Next: clip" in status
+    ep.save_on_tab(nxt, "angry", "ann", 10, "unlabelled")
+    last = bench.queue(10, "unlabelled").clip_ids
+    status, *_rest, panel = ep.save_on_tab(last[0], "happy", "ann", 10, "unlabelled")
+    assert "no clip selected" in status or "queue is done" in status
+    assert _rest[1] == "" and "no clip selected" in panel
+    # counts: clips per label once each, save events per annotator
+    ep.save_on_tab(second, "sad", "ann", 10, "all")
+    c = bench.counts()
+    assert ["clips labelled", "sad", 1] in c and ["saves by annotator", "ann", 4] in c
+
+
+def test_export_through_the_workbench_keeps_every_annotators_label(tmp_path, monkeypatch):
+    """Point 2: two annotators on the same clips; the zip's metadata holds both labels per clip."""
+    import csv
+    import io
+    import tempfile
+    import zipfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    bench = _bench(tmp_path)
+    with pytest.raises(Exception) as nothing:
+        bench.export("audiofolder")
+    assert "label some clips" in str(nothing.value) and "/" not in str(nothing.value)
+    a = bench.analyse(str(EMODB / "wav" / "03a01Nc.wav"), "default", 1.0).clip_id
+    b = bench.analyse(str(RAVDESS / "Actor_01" / "03-01-05-02-01-01-01.flac"), "default", 1.0).clip_id
+    bench.save_label(a, "neutral", "alice")
+    bench.save_label(a, "happy", "bob")
+    bench.save_label(b, "angry", "alice")
+    bench.save_label(b, "angry", "bob")
+    archive = bench.export("audiofolder")
+    with zipfile.ZipFile(archive) as z:
+        meta = next(n for n in z.namelist() if n.endswith("metadata.csv"))
+        rows = {r["file_name"]: r for r in csv.DictReader(io.StringIO(z.read(meta).decode("utf-8")))}
+    assert len(rows) == 2
+    by_clip = {fn.split("/")[-1][:-4]: r for fn, r in rows.items()}
+    assert json.loads(by_clip[a]["annotations"]) and "neutral" in by_clip[a]["annotations"] \
+        and "happy" in by_clip[a]["annotations"] and "alice" in by_clip[a]["annotations"]
+    assert "bob" in by_clip[b]["annotations"] and by_clip[b]["label"] == "angry"
+    assert by_clip[a]["source_name"] == "03a01Nc.wav"
+
+
+def test_retraining_is_refused_without_a_login_when_the_app_has_logins(tmp_path, monkeypatch):
+    """Issue 16 point 6: with SERDEMO_AUTH set, an anonymous request may not start a run."""
+    import gradio as gr
+
+    from serdemo.ui import Endpoints
+
+    bench = _bench(tmp_path)
+    monkeypatch.setenv("SERDEMO_AUTH", "alice:pw")
+    for call in (lambda: bench.retrain("default", None), lambda: Endpoints(bench).retrain("default", None)):
+        with pytest.raises(gr.Error) as refused:
+            call()
+        assert "login" in str(refused.value)
+    assert bench.retrainer.status()["state"] == "idle"
