@@ -18,7 +18,8 @@ from serdemo.labels import ANNOTATION_LABELS
 from serdemo.plots import warp_figure
 from serdemo.timeline_ui import timeline_tab
 from serdemo.store import StoreError
-from serdemo.uikit import CSS, SHORTCUTS_JS, annotator_field, gpu, login_name, resolve_annotator, user_error
+from serdemo.uikit import (CSS, SHORTCUTS_JS, annotator_field, gpu, login_name, require_retrain_login, resolve_annotator,
+                           user_error)
 from serdemo.workbench import (AGREEMENT_HEADERS, ALPHA_MAX, ALPHA_MIN, HISTORY_HEADERS, MAX_QUEUE, PICKER_INFO,
                                QUEUE_HEADERS, Settings, Workbench)
 
@@ -114,9 +115,8 @@ class Endpoints:
 
     def models_on_page(self):
         self.bench.reload()
-        choices = self.bench.choices()
-        return (gr.update(choices=choices, value=self.bench.default_choice()),
-                gr.update(choices=choices, value=self.bench.default_choice()), self.bench.models_overview())
+        pick = gr.update(choices=self.bench.choices(), value=self.bench.default_choice())
+        return pick, pick, self.bench.models_overview()
 
     def model_card(self, name):
         """A checkpoint's summary, held-out metrics, confusion on its test speakers and its raw card."""
@@ -130,6 +130,7 @@ class Endpoints:
 
     def retrain(self, name, request: gr.Request = None):
         """Fine-tune ``name`` on the store; with ``SERDEMO_AUTH`` set, only for a logged-in user."""
+        require_retrain_login(request)
         return self.bench.retrain(name, login_name(request))
 
     def analysis_outputs(self, a):
@@ -139,8 +140,7 @@ class Endpoints:
                 gr.update(choices=list(ANNOTATION_LABELS), value=None))
 
     def model_metrics(self, name: str) -> str:
-        """A checkpoint's held-out evaluations as a Markdown table (test, dev, cross-validation,
-        leave-one-corpus-out, with the reference row where the card has one)."""
+        """A checkpoint's held-out evaluations as a Markdown table (test, dev, CV, leave-one-corpus-out)."""
         card = self.bench.cards.get(name)
         return metrics_markdown(card) if card else ""
 

@@ -34,7 +34,7 @@ from serdemo.inference import Prediction, Predictor
 from serdemo.labels import ANNOTATION_LABELS
 from serdemo.plots import (VTLP_VIEWS, analysis_figure, confusion_figure, db_per_unit, mel_band_hz, reliability_figure,
                            warp_figure)
-from serdemo.retrain import RetrainBusy, Retrainer
+from serdemo.retrain import RetrainBusy, Retrainer, RetrainRefused, check_may_retrain
 from serdemo.store import Store, StoreError, as_stored
 from serdemo.uikit import user_error
 from serdemo.vtlp import F_HI_HZ, warp_power
@@ -515,8 +515,10 @@ class Workbench:
         """Fine-tune the selected checkpoint on the stored annotations in a background process. With
         ``SERDEMO_AUTH`` set only a logged-in ``user`` may start a run."""
         settings = self.settings
-        if os.environ.get("SERDEMO_AUTH") and not (user or "").strip():
-            raise user_error("retraining needs a login: sign in first")
+        try:
+            check_may_retrain(user)
+        except RetrainRefused as exc:
+            raise user_error(exc) from None
         if not model_name or model_name not in self.catalogue:
             raise user_error("pick a checkpoint to fine-tune")
         if not self.store.current_labels():
