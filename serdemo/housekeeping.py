@@ -40,6 +40,14 @@ def budget_bytes() -> int:
         return DISK_BUDGET_BYTES
 
 
+def temp_max_age_s() -> float:
+    """``SERDEMO_TEMP_MAX_AGE_S`` (default 3600): how long uploads, exports and recordings are kept."""
+    try:
+        return max(0.0, float(os.environ.get("SERDEMO_TEMP_MAX_AGE_S", MAX_AGE_S)))
+    except ValueError:
+        return MAX_AGE_S
+
+
 def gradio_cache_dir() -> Path:
     """Where Gradio keeps uploads and served files (its own rule: GRADIO_TEMP_DIR or <temp>/gradio)."""
     return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
@@ -112,7 +120,7 @@ def temp_entries(gradio_dir: Path, work_dir: Path) -> list[Path]:
     return found
 
 
-def sweep(gradio_dir=None, work_dir=None, budget: int | None = None, max_age_s: float = MAX_AGE_S,
+def sweep(gradio_dir=None, work_dir=None, budget: int | None = None, max_age_s: float | None = None,
           min_age_s: float = MIN_AGE_S, now: float | None = None, retrainer=None,
           keep_runs: int = KEEP_RUNS) -> SweepReport:
     """Delete temporary files past ``max_age_s``, then the oldest until under ``budget`` bytes; prune old
@@ -120,6 +128,7 @@ def sweep(gradio_dir=None, work_dir=None, budget: int | None = None, max_age_s: 
     gradio_dir = Path(gradio_dir) if gradio_dir is not None else gradio_cache_dir()
     work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
     budget = budget_bytes() if budget is None else budget
+    max_age_s = temp_max_age_s() if max_age_s is None else max_age_s
     now = time.time() if now is None else now
     report = SweepReport()
     for prefix in TEMP_PREFIXES:  # serdemo's own folders by age (the export module's rule)

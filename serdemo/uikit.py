@@ -210,23 +210,41 @@ class LoginGuard:
 
 
 # ------------------------------------------------------------------------- refused paths in the log
-def _short_print_exc(original):
-    """``traceback.print_exc`` that writes one short line for a refused file path (Gradio's
-    ``InvalidPathError``) instead of its traceback; everything else is printed as before."""
+def _client_input_refusal(exc: BaseException | None) -> str | None:
+    """What to log, in one line, when ``exc`` is Gradio refusing a request's inputs before any of our code
+    ran (a file path outside the allowed folders, a value a component cannot read such as a word for a
+    slider, too few inputs); None for anything else (that keeps its traceback)."""
     from gradio.exceptions import InvalidPathError
+    if exc is None:
+        return None
+    if isinstance(exc, InvalidPathError) or isinstance(exc.__cause__, InvalidPathError):
+        return "refused: a request named a file outside the allowed folders"
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "preprocess_data" and code.co_filename.replace("\\", "/").endswith("gradio/blocks.py"):
+            return f"refused: a request's inputs could not be read ({type(exc).__name__})"
+        tb = tb.tb_next
+    return None
+
+
+def _short_print_exc(original):
+    """``traceback.print_exc`` that writes one short line for a request Gradio refused on its inputs
+    (:func:`_client_input_refusal`) instead of the traceback; everything else is printed as before."""
 
     def print_exc(*args, **kwargs):
-        exc = sys.exc_info()[1]
-        if isinstance(exc, InvalidPathError):
-            log.warning("refused: a request named a file outside the allowed folders")
+        line = _client_input_refusal(sys.exc_info()[1])
+        if line is not None:
+            log.warning(line)
             return None
         return original(*args, **kwargs)
     return print_exc
 
 
 def quiet_refused_paths() -> None:
-    """Make Gradio log a refused file path in a request (a client naming ``/etc/passwd`` as its audio) as
-    one short line instead of ~1.7 KB of traceback, so a client cannot fill the log. Gradio prints those
+    """Make Gradio log a refused file path in a request (a client naming ``/etc/passwd`` as its audio), and any
+    request whose inputs it cannot read (a word for a number, too few values), as one short line instead of
+    1.7-3 KB of traceback, so a client cannot fill the log. Gradio prints those
     tracebacks with ``traceback.print_exc`` in its queue and routes; each of those modules gets a
     ``traceback`` whose ``print_exc`` knows the refusal. Idempotent."""
     import traceback

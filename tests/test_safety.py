@@ -259,8 +259,9 @@ def test_every_bad_chunk_gets_a_message(fresh_sessions):
 
 
 # ------------------------------------------------------------------------------------------- log volume
-def _post_refused_path(url: str) -> None:
-    body = json.dumps({"data": [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}]}).encode()
+def _post_refused_path(url: str, data=None) -> None:
+    data = [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, 1.0] if data is None else data
+    body = json.dumps({"data": data}).encode()
     req = urllib.request.Request(f"{url}/gradio_api/call/echo", data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:
         event = json.loads(r.read())["event_id"]
@@ -275,8 +276,9 @@ def test_a_refused_file_path_logs_one_short_line(capfd):
     from serdemo.uikit import quiet_refused_paths
     with gr.Blocks() as demo:
         audio = gr.Audio(type="filepath")
+        alpha = gr.Slider(0.8, 1.2, value=1.0)
         out = gr.Textbox()
-        audio.change(lambda a: str(a), audio, out, api_name="echo")
+        audio.change(lambda a, x: str(a), [audio, alpha], out, api_name="echo")
     demo.queue().launch(prevent_thread_lock=True, quiet=True)
     try:
         url = demo.local_url.rstrip("/")
@@ -289,11 +291,13 @@ def test_a_refused_file_path_logs_one_short_line(capfd):
         quiet_refused_paths()
         for _ in range(20):
             _post_refused_path(url)
+        _post_refused_path(url, [None, "abc"])  # a word for the slider
+        _post_refused_path(url, [None])  # too few inputs
         time.sleep(0.5)
         after = capfd.readouterr()
         logged = len(after.out.encode()) + len(after.err.encode())
         assert "Traceback" not in after.err and "/etc/passwd" not in after.err + after.out
-        assert logged <= 20 * 120, logged  # at most one short line each
+        assert logged <= 22 * 120, logged  # at most one short line each
     finally:
         demo.close()
 
