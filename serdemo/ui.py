@@ -38,8 +38,7 @@ class Endpoints:
         r = self.bench.redraw(alpha, clip_id, model_name, view)
         return (gr.skip() if r.figure is None else r.figure), r.warp
 
-    def relabel(self, clip_id: str, label: str, annotator_name: str = "",
-                request: gr.Request = None) -> tuple[str, list[list]]:
+    def relabel(self, clip_id: str, label: str, annotator_name: str = "", request: gr.Request = None) -> tuple:
         """Save a label for the stored clip ``clip_id`` (append-only; one of ``/labels``). The model's
         prediction, confidence and checkpoint are recorded from the store (the clip's latest analysis),
         whoever calls. Returns a status line and the counts (rows of by, name, count)."""
@@ -47,20 +46,23 @@ class Endpoints:
         return s.status, s.counts
 
     def confirm(self, clip_id: str, annotator_name: str = "", request: gr.Request = None) -> tuple[str, list[list]]:
-        """Confirm the model's prediction for the stored clip ``clip_id`` (its latest analysis).
-        Returns a status line and the counts (rows of by, name, count)."""
+        """Confirm the model's prediction for the stored clip ``clip_id``: a status line and the counts."""
         s = self.bench.save_label(clip_id, None, resolve_annotator(annotator_name, request))
         return s.status, s.counts
 
-    def save_on_tab(self, clip_id, label, annotator_name, limit=50, show="unlabelled", request: gr.Request = None):
-        """The Annotate tab's save; then the next queue clip loads (or nothing is selected)."""
+    def save_on_tab(self, clip_id, label, annotator_name, request: gr.Request = None):
+        """The Annotate tab's save: status, counts, the clip's history and the id it landed on."""
         s = self.bench.save_label(clip_id, label, resolve_annotator(annotator_name, request))
-        nxt = self.bench.next_clip(clip_id, limit, show)
-        status = s.status + (f" Next: clip `{nxt[:12]}`." if nxt else " The queue is done: no clip selected.")
-        return (status, s.counts, *self.load_clip(nxt))
+        return s.status, s.counts, s.history, clip_id
 
-    def confirm_on_tab(self, clip_id, annotator_name, limit=50, show="unlabelled", request: gr.Request = None):
-        return self.save_on_tab(clip_id, None, annotator_name, limit, show, request)
+    def confirm_on_tab(self, clip_id, annotator_name, request: gr.Request = None):
+        return self.save_on_tab(clip_id, None, annotator_name, request)
+
+    def advance(self, shown, saved, limit=50, show="unlabelled"):
+        """After a save, the next queue clip loads (or nothing is selected), unless a row was clicked since."""
+        if shown != saved:
+            return tuple(gr.skip() for _ in range(5))
+        return self.load_clip(self.bench.next_clip(saved, limit, show))
 
     def load_clip(self, clip):
         """The Annotate panel for ``clip`` (None: nothing selected): id, playback, history, label, description."""
@@ -82,12 +84,10 @@ class Endpoints:
         return self.bench.queue_entries(limit, show)
 
     def queue_view(self, limit, show):
-        q = self.bench.queue(limit, show)
-        return q.rows, q.clip_ids
+        return tuple(vars(self.bench.queue(limit, show)).values())
 
     def pick(self, evt: gr.SelectData, ids):
-        """A queue row clicked: the clip its id cell names (never its position: the table re-renders after a
-        save and rows move), its playback, history, an unset label, its description and a cleared status."""
+        """A queue row clicked: the clip its id cell names, never its position (rows move after a save)."""
         short = str((getattr(evt, "row_value", None) or [""])[0])
         clip = next((c for c in ids or [] if short and c.startswith(short)), None)
         if clip is None:
@@ -154,8 +154,7 @@ class Endpoints:
         return self.bench.retrainer.status()
 
     def clear_analysis(self):
-        """Empty the results of the last analysis and its save line, so that a failed one leaves no clip to
-        label by mistake and no "Saved: ..." of another clip stays under the new one."""
+        """Empty the last analysis and its "Saved: ..." line: a new (or failed) one leaves nothing stale."""
         return None, "", None, "", "", gr.update(choices=[], value=None), ""
 
 
@@ -220,6 +219,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                                             interactive=False, elem_id="queue", wrap=False,
                                             label="Queue: least confident model guess first (click a row)")
                     queue_ids = gr.State([])  # the full clip id of each queue row
+                    q_saved = gr.State("")  # the clip the last save landed on
                 with gr.Column(scale=2):
                     q_clip = gr.Textbox(label="Clip id", max_lines=1, elem_id="q-clip",
                                         placeholder="click a queue row, or paste an id and press Enter")
@@ -314,12 +314,12 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                           show_progress_on=status, api_visibility="private").success(**queue_refresh)
         # the Annotate tab labels its own clip; its history, the queue and the agreement then follow
         panel = [q_clip, q_audio, q_hist, q_label, q_info]  # after a save the next clip loads (or none)
-        q_save.click(ep.save_on_tab, [q_clip, q_label, annotator, limit, show], [q_status, counts, *panel],
-                     show_progress_on=q_status, api_visibility="private").success(
-            **queue_refresh).success(**agree_refresh)
-        q_confirm.click(ep.confirm_on_tab, [q_clip, annotator, limit, show], [q_status, counts, *panel],
-                        show_progress_on=q_status, api_visibility="private").success(
-            **queue_refresh).success(**agree_refresh)
+        for saving in (q_save.click(ep.save_on_tab, [q_clip, q_label, annotator], [q_status, counts, q_hist, q_saved],
+                                    show_progress_on=q_status, api_visibility="private"),
+                       q_confirm.click(ep.confirm_on_tab, [q_clip, annotator], [q_status, counts, q_hist, q_saved],
+                                       show_progress_on=q_status, api_visibility="private")):
+            saving.success(ep.advance, [q_clip, q_saved, limit, show], panel, **hidden)
+            saving.success(**queue_refresh).success(**agree_refresh)
         for trigger in (refresh.click, show.input, limit.submit, app.load, annotate_tab.select):
             trigger(**queue_refresh)
         queue_df.select(ep.pick, [queue_ids], [*panel, q_status], api_visibility="private")

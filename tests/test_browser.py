@@ -363,14 +363,19 @@ def test_one_annotation_flow_on_the_annotate_tab(server, browser_factory):  # no
     page.locator("#q-label-choice label", has_text="fear").first.click()
     page.click("#q-save")
     page.wait_for_function("() => /flow-tester/.test(document.querySelector('#q-status').innerText)", timeout=30_000)
-    page.wait_for_function("() => /flow-tester/.test(document.querySelector('#q-history').innerText)", timeout=30_000)
     page.wait_for_function(f"() => !document.querySelector('#queue').innerText.includes('{clip[:8]}')",
                            timeout=30_000)  # the queue shows unlabelled clips: this one has left it
+    # the next clip loads by itself (or none is selected), with no label chosen for it
+    page.wait_for_function(f"() => document.querySelector('#q-clip input, #q-clip textarea').value !== '{clip}'",
+                           timeout=30_000)
+    assert page.locator("#q-label-choice input:checked").count() == 0
     hist = Store(server["data"]).history(clip)
     assert [(h.label, h.annotator) for h in hist] == [("fear", "flow-tester")]
     assert hist[0].predicted and hist[0].confidence is not None and hist[0].checkpoint == "default"
     page.locator("#queue-show label", has_text="all clips").click()
     page.wait_for_function(f"() => document.querySelector('#queue').innerText.includes('{clip[:8]}')", timeout=30_000)
+    page.locator("#queue [role=row]").filter(has_text=clip[:8]).first.locator("[role=gridcell]").first.click()
+    page.wait_for_function("() => /flow-tester/.test(document.querySelector('#q-history').innerText)", timeout=30_000)
     # a save on the Analyse tab (its own clip) leaves the Annotate tab's clip and its history alone
     open_tab(page, "Analyse")  # the page was reloaded above: analyse a clip here again
     upload(page, EMODB / "wav" / "03a02Nc.wav")
@@ -383,6 +388,59 @@ def test_one_annotation_flow_on_the_annotate_tab(server, browser_factory):  # no
     page.wait_for_function("() => /fear/.test(document.querySelector('#q-history').innerText)", timeout=30_000)
     history = page.inner_text("#q-history")
     assert "fear" in history and "surprise" not in history, history
+
+
+def test_a_row_clicked_right_after_a_save_loads_the_clip_it_names_and_the_next_label_lands_there(
+        server, browser_factory):  # noqa: F811
+    """Issue 17 point 1: in "unlabelled only" the queue re-renders after a save without the saved row, so
+    rows move up. A row clicked at once after the save loads the clip whose id that row showed when clicked
+    (not whatever clip later holds its position), the panel names it, and the next save lands on it."""
+    from serdemo.store import Store
+    from tests.test_app import analyze
+
+    for name in ("03a04Ad.wav", "03a04Nc.wav", "03a04Ta.wav", "03a04Wc.wav"):
+        analyze(server["client"], EMODB / "wav" / name)
+    store = Store(server["data"])
+    page = browser_factory(viewport=DESKTOP)
+    page.goto(server["url"], wait_until="load")
+    page.wait_for_selector("#analyse", timeout=60_000)
+    page.locator("#annotator input, #annotator textarea").first.fill("racer")
+    page.get_by_role("tab", name="Annotate").click()
+    page.locator("#queue-show label", has_text="unlabelled only").click()
+    page.click("#queue-refresh")
+    first_cells = """() => [...document.querySelectorAll('#queue [role=row]')].map(r => r.querySelector('[role=gridcell]'))
+        .filter(Boolean).map(c => c.innerText.trim())"""
+    page.wait_for_function(f"() => ({first_cells})().length >= 3", timeout=30_000)
+    rows = page.evaluate(first_cells)
+    page.locator("#queue [role=row]").filter(has_text=rows[0]).first.locator("[role=gridcell]").first.click()
+    box = "#q-clip input, #q-clip textarea"
+    page.wait_for_function(f"() => document.querySelector('{box}').value.startsWith('{rows[0]}')", timeout=30_000)
+    saved = page.locator(box).first.input_value()
+    page.wait_for_function("() => /\\.wav/.test(document.querySelector('#q-info').innerText)", timeout=30_000)
+    assert store.clip_info(saved)["source_name"] in page.inner_text("#q-info")  # the panel names its clip
+    page.locator("#q-label-choice label", has_text="angry").first.click()
+    page.click("#q-save")
+    # at once, no waiting: click the second row, reading the id it shows at the moment of the click
+    clicked = page.evaluate("""() => {
+        const cell = [...document.querySelectorAll('#queue [role=row]')].map(r => r.querySelector('[role=gridcell]'))
+            .filter(Boolean)[1];
+        const shown = cell.innerText.trim();
+        for (const type of ['mousedown', 'mouseup', 'click']) cell.dispatchEvent(new MouseEvent(type, {bubbles: true}));
+        return shown; }""")
+    page.wait_for_function("() => /racer/.test(document.querySelector('#q-status').innerText)", timeout=30_000)
+    page.wait_for_function(f"() => !document.querySelector('#queue').innerText.includes('{rows[0]}')", timeout=30_000)
+    page.wait_for_function(f"() => document.querySelector('{box}').value.startsWith('{clicked}')", timeout=30_000)
+    loaded = page.locator(box).first.input_value()
+    source = store.clip_info(loaded)["source_name"]
+    page.wait_for_function("(s) => document.querySelector('#q-info').innerText.includes(s)", arg=source, timeout=30_000)
+    assert [(h.label, h.annotator) for h in store.history(saved)] == [("angry", "racer")]
+    assert store.history(loaded) == []  # nothing landed on the clicked clip yet
+    page.locator("#q-label-choice label", has_text="sad").first.click()
+    page.click("#q-save")
+    page.wait_for_function(f"() => document.querySelector('{box}').value !== '{loaded}'", timeout=30_000)
+    assert [(h.label, h.annotator) for h in store.history(loaded)] == [("sad", "racer")]
+    assert [(h.label, h.annotator) for h in store.history(saved)] == [("angry", "racer")]
+    page.screenshot(path=str(ARTIFACTS / "queue-after-save.png"), full_page=True)
 
 
 def test_agreement_and_a_downloadable_export(server, browser_factory, tmp_path):  # noqa: F811
