@@ -103,8 +103,7 @@ def metric_rows(card: dict) -> list[MetricRow]:
             for ref_key, short in REFERENCE_ROWS:
                 ref = block.get(ref_key)
                 if isinstance(ref, dict) and isinstance(ref.get("pooled"), dict):
-                    name = ref.get("name")
-                    blocks.append((f"{short}, same folds" + (f" — {name}" if name else ""), ref["pooled"]))
+                    blocks.append((f"{short}, same folds", ref["pooled"]))
         if key == "test":
             for head, sc in _dict(metrics.get("test_aux")).items():
                 if isinstance(sc, dict) and "ua" in sc:

@@ -124,9 +124,9 @@ class Endpoints:
         return v.summary, v.metrics, v.confusion, self.bench.cards.get(name, {})
 
     def model_extras(self, name):
-        """The Models tab's lead sentence, calibration line and reliability figure for ``name``."""
+        """The Models tab's calibration line and reliability figure for ``name``."""
         v = self.bench.model_view(name)
-        return v.sentence, v.calibration, gr.update(value=v.reliability, visible=v.reliability is not None)
+        return v.calibration, gr.update(value=v.reliability, visible=v.reliability is not None)
 
     def retrain(self, name, request: gr.Request = None):
         """Fine-tune ``name`` on the store; with ``SERDEMO_AUTH`` set, only for a logged-in user."""
@@ -254,7 +254,6 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                                      elem_id="model-pick", scale=4, info=PICKER_INFO)
                 reload_btn = gr.Button("Reload checkpoints", scale=1, min_width=160, size="sm")
             m_overview = gr.Markdown(bench.models_overview, elem_id="models-overview")
-            m_sentence = gr.Markdown(elem_id="model-sentence")
             with gr.Row():
                 with gr.Column(scale=1, min_width=340):
                     m_summary = gr.Markdown(elem_id="model-summary")
@@ -335,7 +334,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         m_pick.change(ep.model_card, [m_pick], [m_summary, m_metrics, m_conf, m_card], api_name="model_card")
         app.load(ep.model_card, [m_pick], [m_summary, m_metrics, m_conf, m_card], **hidden)
         for when in (m_pick.change, app.load):
-            when(ep.model_extras, [m_pick], [m_sentence, m_calibration, m_reliability], **hidden)
+            when(ep.model_extras, [m_pick], [m_calibration, m_reliability], **hidden)
         gr.api(ep.model_metrics, api_name="model_metrics")
         # the run's progress comes from the retrainer, polled by every page (and read on load: a reload shows it)
         view = dict(fn=ep.retrain_view, inputs=[seen_run],

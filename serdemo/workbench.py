@@ -509,7 +509,9 @@ class Workbench:
         """One sentence per model (the pickers' order): unseen speakers, unseen corpus/language, chance."""
         with self._lock:
             cards = dict(self.cards)
-        return "\n\n".join(model_sentence(name, cards[name]) for _, name in self.choices() if name in cards)
+        lines = [model_sentence(name, cards[name]) for _, name in self.choices() if name in cards]
+        return ("#### What to expect from each model (listed default first, then by dev UA)\n\n"
+                + "\n\n".join(lines)) if lines else "_no checkpoints found_"
 
     def retrain(self, model_name: str | None, user: str | None = None) -> str:
         """Fine-tune the selected checkpoint on the stored annotations in a background process. With

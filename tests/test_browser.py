@@ -494,6 +494,19 @@ def test_models_tab_reads_as_a_summary(server, browser_factory):  # noqa: F811
     assert "row-normalised" in page.inner_text("#model-confusion")
     assert page.locator("#model-metrics table th").count() >= 6
     assert not page.get_by_text('"format_version"').is_visible()
+    # issue 17 points 5-6: what to expect first, the words explained, calibration with its figure
+    overview = page.inner_text("#models-overview")
+    assert re.search(r"default — on speakers it never heard: UA 0\.\d\d .*language/corpus it never heard: UA 0\.\d\d "
+                     r"\(leave-one-corpus-out\); chance 0\.14", overview), overview
+    assert overview.index("default") < overview.index("localatt") and "multitask" in overview
+    metrics = page.inner_text("#model-metrics")
+    for words in ("UA (unweighted accuracy)", "WA (weighted accuracy)", "macro-F1",
+                  "encoder probe (reference)", "classic functionals (reference)"):
+        assert words in metrics, words
+    page.wait_for_selector("#model-reliability .js-plotly-plot", timeout=30_000)
+    assert "ECE" in page.inner_text("#model-calibration")
+    height = page.locator("#model-reliability .js-plotly-plot").first.bounding_box()["height"]
+    assert 200 <= height <= 420, height
 
 
 @pytest.mark.parametrize("viewport,kind", [(DESKTOP, "desktop"), (MOBILE, "mobile")])
