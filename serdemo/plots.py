@@ -264,15 +264,21 @@ def timeline_figure(tl, selected: int | None = None) -> go.Figure:
                                  opacity=0.85, legendgroup=c,
                                  hovertemplate=f"{c} %{{y:.0%}} at %{{x:.1f}} s<extra></extra>"), row=2, col=1)
     segs = tl.segments
+    human = [getattr(s, "human_label", None) for s in segs]  # a person's correction wins the bar, hatched
     fig.add_trace(go.Bar(base=[s.start_s for s in segs], x=[s.duration_s for s in segs], y=[""] * len(segs),
-                         orientation="h", marker=dict(color=[colour(s.label(), tl.classes) for s in segs],
+                         orientation="h", marker=dict(color=[colour(h or s.label(), tl.classes) for s, h in zip(segs, human)],
+                                                      pattern=dict(shape=["/" if h else "" for h in human],
+                                                                   fgcolor="white", fgopacity=0.35),
                                                       line=dict(width=[3 if s.index == selected else 0 for s in segs],
                                                                 color="black")),
-                         text=[s.label() for s in segs], textposition="inside", insidetextanchor="middle",
+                         text=[f"{h} (model: {s.label()})" if h else s.label() for s, h in zip(segs, human)],
+                         textposition="inside", insidetextanchor="middle",
                          textfont=dict(color="white", size=12), showlegend=False, width=0.9,
-                         customdata=[[s.index + 1, s.confidence()] for s in segs],
-                         hovertemplate="segment %{customdata[0]}: %{text} %{customdata[1]:.0%}<br>"
-                                       "%{base:.2f} s + %{x:.2f} s<extra></extra>"), row=1, col=1)
+                         customdata=[[s.index + 1, s.confidence(), s.label(),
+                                      f"{h} by {s.annotator}" if h else "not relabelled"] for s, h in zip(segs, human)],
+                         hovertemplate="segment %{customdata[0]}: model %{customdata[2]} %{customdata[1]:.0%}; "
+                                       "human: %{customdata[3]}<br>%{base:.2f} s + %{x:.2f} s<extra></extra>"),
+                  row=1, col=1)
     et, lo, hi = _envelope(tl)
     fig.add_trace(go.Scatter(x=et, y=hi, mode="lines", line=dict(width=0.5, color="#555"), showlegend=False,
                              hoverinfo="skip"), row=3, col=1)

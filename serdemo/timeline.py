@@ -100,10 +100,21 @@ class Segment:
     end_s: float
     probabilities: dict[str, dict[str, float]] = field(default_factory=dict)
     windows: list[int] = field(default_factory=list)
+    human_label: str | None = None  # a person's correction (the Timeline tab's relabel), beside the model's
+    annotator: str | None = None
 
     @property
     def duration_s(self) -> float:
         return self.end_s - self.start_s
+
+    @property
+    def number(self) -> int:
+        """The segment's number as the table, the figure and the exports show it (from 1)."""
+        return self.index + 1
+
+    def shown_label(self) -> str:
+        """The human label where a person gave one, else the model's."""
+        return self.human_label or self.label()
 
     def label(self, head: str = "emotion") -> str:
         p = self.probabilities[head]
@@ -132,12 +143,20 @@ class Timeline:
     elapsed_s: float = 0.0
 
     # ----------------------------------------------------------------- exports
+    def relabel(self, number: int, label: str, annotator: str) -> Segment:
+        """Record a person's label for segment ``number`` (from 1); the model's label stays beside it."""
+        seg = self.segments[number - 1]
+        seg.human_label, seg.annotator = label, annotator
+        return seg
+
     def rows(self) -> list[dict]:
-        """One dict per segment: index, start, end, label, confidence, then one probability per class."""
+        """One dict per segment: its number (from 1, as the table), start, end, the model's label and
+        confidence, the human label and its annotator (blank: none yet), then one probability per class."""
         out = []
         for s in self.segments:
-            row = {"segment": s.index, "start": round(s.start_s, 3), "end": round(s.end_s, 3),
-                   "label": s.label(), "confidence": round(s.confidence(), 4)}
+            row = {"segment": s.number, "start": round(s.start_s, 3), "end": round(s.end_s, 3),
+                   "label": s.label(), "confidence": round(s.confidence(), 4), "human_label": s.human_label or "",
+                   "annotator": s.annotator or ""}
             row.update({c: round(s.probabilities["emotion"][c], 4) for c in self.classes})
             out.append(row)
         return out
@@ -154,7 +173,8 @@ class Timeline:
 
     def csv_text(self) -> str:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["segment", "start", "end", "label", "confidence", *self.classes],
+        w = csv.DictWriter(buf, fieldnames=["segment", "start", "end", "label", "confidence", "human_label",
+                                            "annotator", *self.classes],
                            lineterminator="\n")
         w.writeheader()
         w.writerows(self.rows())
@@ -164,8 +184,11 @@ class Timeline:
         return json.dumps(self.to_dict(), indent=1)
 
     def label_track(self) -> str:
-        """Audacity label track (also read by ELAN's import of tab-delimited text): start, end, label."""
-        return "".join(f"{s.start_s:.3f}\t{s.end_s:.3f}\t{s.label()}\n" for s in self.segments)
+        """Audacity label track (also read by ELAN's import of tab-delimited text): start, end, label; a
+        relabelled segment reads ``human (model: label)``."""
+        return "".join(f"{s.start_s:.3f}\t{s.end_s:.3f}\t"
+                       f"{f'{s.human_label} (model: {s.label()})' if s.human_label else s.label()}\n"
+                       for s in self.segments)
 
     def export(self, folder, stem: str | None = None) -> dict[str, Path]:
         """Write ``stem.csv``, ``stem.json`` and ``stem.labels.txt`` into ``folder``; returns the paths."""

@@ -33,6 +33,7 @@ class Loaded:
 
     timeline: Timeline
     path: str
+    folder: str = ""  # where its exports are written (rewritten after a relabel)
 
 
 @dataclass
@@ -52,7 +53,7 @@ class TimelineView:
     """What the tab shows for an analysed recording."""
 
     figure: go.Figure
-    rows: list[list]  # segment, start (s), end (s), label, confidence
+    rows: list[list]  # SEGMENT_HEADERS: segment (from 1), start (s), end (s), model's label, confidence, human label
     summary: str  # Markdown
     csv: str  # paths of the three exports
     json: str
@@ -92,9 +93,12 @@ class Stopped:
     text: str
 
 
+SEGMENT_HEADERS = ["segment", "start (s)", "end (s)", "model says", "confidence", "human label"]
+
+
 def segment_rows(tl: Timeline) -> list[list]:
-    return [[s.index + 1, round(s.start_s, 2), round(s.end_s, 2), s.label(), round(s.confidence(), 3)]
-            for s in tl.segments]
+    return [[s.number, round(s.start_s, 2), round(s.end_s, 2), s.label(), round(s.confidence(), 3),
+             f"{s.human_label} ({s.annotator})" if s.human_label else ""] for s in tl.segments]
 
 
 def summary(tl: Timeline) -> str:
@@ -104,7 +108,8 @@ def summary(tl: Timeline) -> str:
     speech = sum(counts.values())
     mix = ", ".join(f"{k} {v / speech:.0%}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
     n = len(tl.segments)
-    return (f"**{n} segment{'s' if n != 1 else ''}**, {speech:.0f} s of speech in {tl.duration_s:.0f} s · {mix} · "
+    return (f"**{n} segment{'s' if n != 1 else ''}**, {speech:.0f} s of speech in {tl.duration_s:.0f} s · "
+            f"the model's label as a share of speech time (not a confidence): {mix} · "
             f"analysed in {tl.elapsed_s:.1f} s ({tl.duration_s / max(tl.elapsed_s, 1e-6):.0f}× real time). "
             "Pick a segment in the table to see what the model heard and to relabel it.")
 
@@ -132,13 +137,24 @@ class TimelineDesk:
             raise fail(exc, source) from None
         remove_old_exports()  # served more than an hour ago: Gradio has its own copy
         folder = Path(tempfile.mkdtemp(prefix=f"{EXPORT_PREFIX}timeline-"))
-        paths = tl.export(folder, Path(tl.name).stem or "timeline")
-        return TimelineView(timeline_figure(tl), segment_rows(tl), summary(tl), str(paths["csv"]),
-                            str(paths["json"]), str(paths["labels"]), Loaded(tl, str(audio)))
+        return self.view(Loaded(tl, str(audio), str(folder)))
 
-    def pick(self, loaded: Loaded | None, row, model_name) -> SegmentView | None:
-        """Segment ``row`` (0-based) as one clip: its three-panel view and probabilities; None: no such row."""
-        if loaded is None or not isinstance(row, int) or not 0 <= row < len(loaded.timeline.segments):
+    @staticmethod
+    def view(loaded: Loaded, selected: int | None = None) -> TimelineView:
+        """The tab's view of a timeline (its exports written again, so they hold every human label)."""
+        tl = loaded.timeline
+        paths = tl.export(loaded.folder, Path(tl.name).stem or "timeline")
+        return TimelineView(timeline_figure(tl, selected=selected), segment_rows(tl), summary(tl), str(paths["csv"]),
+                            str(paths["json"]), str(paths["labels"]), loaded)
+
+    def pick(self, loaded: Loaded | None, number, model_name) -> SegmentView | None:
+        """Segment ``number`` (as the table's first column shows it, from 1; never a row position) as one
+        clip: its three-panel view and probabilities; None: no such segment."""
+        try:
+            row = int(number) - 1
+        except (TypeError, ValueError):
+            return None
+        if loaded is None or not 0 <= row < len(loaded.timeline.segments):
             return None
         seg = loaded.timeline.segments[row]
         try:
@@ -161,8 +177,9 @@ class TimelineDesk:
                            list(pred.probabilities["emotion"]), seg.label(),
                            Picked(row, wave, seg.start_s, pred.label(), pred.confidence(), predictor.name), status)
 
-    def save(self, picked: Picked | None, loaded: Loaded | None, label, who: str) -> str:
-        """Store the picked segment as its own clip (linked to its recording and offset) with ``label``."""
+    def save(self, picked: Picked | None, loaded: Loaded | None, label, who: str) -> tuple[str, TimelineView]:
+        """Store the picked segment as its own clip (linked to its recording and offset) with ``label``; the
+        timeline keeps the human label beside the model's (table, figure, exports): the status and new view."""
         try:
             if picked is None or loaded is None:
                 raise StoreError("pick a segment in the table first, then label it")
@@ -174,8 +191,10 @@ class TimelineDesk:
             event = self.bench.store.label_clip(sha, label, who)
         except StoreError as exc:
             raise fail(exc) from None
+        tl.relabel(picked.index + 1, event.label, event.annotator)
         return (f"Saved segment {picked.index + 1} as clip `{sha[:12]}`: **{event.label}** by {event.annotator} "
-                f"(the model said {event.predicted}); from `{tl.name}` at {picked.offset_s:.2f} s.")
+                f"(the model said {event.predicted}); from `{tl.name}` at {picked.offset_s:.2f} s."), \
+            self.view(loaded, picked.index)
 
     # ---------------------------------------------------------------- live microphone
     def live_start(self, model_name) -> str:

@@ -12,7 +12,7 @@ import gradio as gr
 
 from serdemo.live import LiveTimeline
 from serdemo.timeline import max_timeline_s
-from serdemo.timeline_bench import Loaded, Picked, TimelineDesk
+from serdemo.timeline_bench import SEGMENT_HEADERS, Loaded, Picked, TimelineDesk
 from serdemo.uikit import gpu, resolve_annotator
 
 LIVE_CHUNKS_AT_ONCE = 4  # streamed chunks processed at once, all live sessions together (the rest wait)
@@ -23,8 +23,7 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
     desk = TimelineDesk(bench)
 
     def shown(view):
-        return (gr.update(value=view.figure, visible=True), view.rows, view.summary, view.csv, view.json,
-                view.labels, view.loaded, None)
+        return view.figure, view.rows, view.summary, view.csv, view.json, view.labels, view.loaded, None
 
     @gpu
     def run(audio, model_name, source=None, progress=gr.Progress()):
@@ -33,17 +32,23 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
 
     @gpu
     def pick(evt: gr.SelectData, loaded: Loaded | None, model_name):
-        """A segment picked in the table: its three-panel view, probabilities and the relabel choices."""
-        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        v = desk.pick(loaded, row, model_name)
+        """A segment picked in the table, by the number its row shows (never its position): its three-panel
+        view, probabilities and the relabel choices."""
+        v = desk.pick(loaded, (getattr(evt, "row_value", None) or [None])[0], model_name)
         if v is None:
             return (gr.skip(),) * 7
         return (v.timeline_figure, v.figure, gr.update(visible=True), v.probabilities,
                 gr.update(choices=v.classes, value=v.label), v.picked, v.status)
 
     def save(picked: Picked | None, loaded: Loaded | None, label, typed_name="", request: gr.Request = None):
-        """Store the picked segment as its own clip (linked to its recording and offset) with the label."""
-        return desk.save(picked, loaded, label, resolve_annotator(typed_name or "", request))
+        """Store the picked segment as its own clip (linked to its recording and offset) with the label; the
+        table, figure and exports then show the human label beside the model's."""
+        status, v = desk.save(picked, loaded, label, resolve_annotator(typed_name or "", request))
+        return status, v.figure, v.rows, v.csv, v.json, v.labels, v.loaded
+
+    def forget_segment():
+        """A new recording: the previous one's segment panel goes."""
+        return gr.update(visible=False), "", None
 
     def live_start(model_name):
         """Recording started: load the model now. (The live state is not touched here: a chunk may already
@@ -62,8 +67,9 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
         """Recording stopped: keep it (a wav for playback) and analyse it as a timeline for relabelling."""
         st = desk.live_stop(live, model_name, progress)
         if st.view is None:
-            return (st.recording, *(gr.skip(),) * 8, st.text, None)
-        return (st.recording, *shown(st.view), st.text, None)
+            return (st.recording, *(gr.skip(),) * 8, st.text, None, gr.update(visible=False))
+        figure, *rest = shown(st.view)
+        return (st.recording, gr.update(value=figure, visible=True), *rest, st.text, None, gr.update(visible=False))
 
     # ---------------------------------------------------------------- layout
     with gr.Tab("Timeline", elem_id="tab-timeline"):
@@ -92,7 +98,7 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
             t_csv = gr.DownloadButton("CSV", elem_id="timeline-csv", size="sm")
             t_json = gr.DownloadButton("JSON", elem_id="timeline-json", size="sm")
             t_labels = gr.DownloadButton("Label track (Audacity / ELAN)", elem_id="timeline-labels", size="sm")
-        t_table = gr.Dataframe(headers=["segment", "start (s)", "end (s)", "label", "confidence"],
+        t_table = gr.Dataframe(headers=SEGMENT_HEADERS,
                                interactive=False, label="Segments (pick one to see it and relabel it)",
                                elem_id="timeline-segments", max_height=300)
         with gr.Row(visible=False) as seg_row:  # shown once a segment is picked
@@ -106,17 +112,20 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
 
     # ---------------------------------------------------------------- wiring
     hidden = dict(api_visibility="private", show_progress="hidden")
-    t_run.click(run, [t_audio, t_model], [t_plot, t_table, t_info, t_csv, t_json, t_labels, loaded_state, picked_state],
-                api_name="timeline", show_progress_on=t_info, concurrency_limit=1, concurrency_id="timeline")
+    show_plot = dict(fn=lambda: gr.update(visible=True), inputs=None, outputs=t_plot, queue=False, **hidden)
+    t_run.click(forget_segment, None, [seg_row, s_status, picked_state], queue=False, **hidden).then(
+        run, [t_audio, t_model], [t_plot, t_table, t_info, t_csv, t_json, t_labels, loaded_state, picked_state],
+        api_name="timeline", show_progress_on=t_info, concurrency_limit=1, concurrency_id="timeline").success(**show_plot)
     t_table.select(pick, [loaded_state, t_model], [t_plot, s_plot, seg_row, s_probs, s_label, picked_state, s_status],
                    api_visibility="private", show_progress_on=s_plot)
     s_save.click(save, [picked_state, loaded_state, s_label] + ([annotator] if annotator is not None else []),
-                 [s_status], api_visibility="private", show_progress_on=s_status)
+                 [s_status, t_plot, t_table, t_csv, t_json, t_labels, loaded_state], api_visibility="private",
+                 show_progress_on=s_status)
     live_mic.start_recording(live_start, [t_model], [live_probs, live_info, live_plot], **hidden)
     live_mic.stream(live_chunk, [live_mic, live_state, t_model], [live_probs, live_plot, live_state, live_info],
                     stream_every=0.5, time_limit=max_timeline_s(), concurrency_limit=LIVE_CHUNKS_AT_ONCE,
                     concurrency_id="live", **hidden)
     live_mic.stop_recording(live_stop, [live_state, t_model],
                             [t_audio, t_plot, t_table, t_info, t_csv, t_json, t_labels, loaded_state, picked_state,
-                             live_info, live_state], api_visibility="private", show_progress_on=t_info,
+                             live_info, live_state, seg_row], api_visibility="private", show_progress_on=t_info,
                             concurrency_id="timeline")  # a stopped recording is a timeline: one at a time

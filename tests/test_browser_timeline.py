@@ -72,6 +72,7 @@ def test_timeline_api(server, tmp_path):  # noqa: F811
         handle_file(str(wav)), "default", api_name="/timeline")
     rows = table["data"] if isinstance(table, dict) else table
     assert len(rows) == len(CLIPS) and "segments" in info
+    assert isinstance(figure, dict) and figure.get("__type__") != "update" and "plot" in figure  # a value
     assert Path(csv_file).read_text().startswith("segment,start,end,label,confidence,")
     assert len(Path(labels_file).read_text().splitlines()) == len(CLIPS)
     assert str(server["data"]) not in info
@@ -114,6 +115,12 @@ def test_upload_timeline_and_relabel_a_segment(server, browser_factory, tmp_path
     page.click("#timeline-save")
     page.wait_for_function("() => /Saved segment 3/.test(document.querySelector('#timeline-status').innerText)",
                            timeout=60_000)
+    # the correction shows beside the model's label in the table and on the figure's bar (issue 17 point 3)
+    page.wait_for_function("() => /sad \\(timeline-tester\\)/.test(document.querySelector('#timeline-segments').innerText)",
+                           timeout=30_000)
+    page.wait_for_function("""() => { const p = document.querySelector('#timeline-figure .js-plotly-plot');
+        const bar = p && (p.data || []).find(t => t.type === 'bar');
+        return bar && /^sad \\(model: \\w+\\)$/.test(bar.text[2]); }""", timeout=30_000)  # segment 3's bar
     page.screenshot(path=str(ARTIFACTS / "timeline-segment.png"), full_page=True)
     sha = re.search(r"clip ([0-9a-f]{12})", page.inner_text("#timeline-status")).group(1)
     store = Store(server["data"])
@@ -122,6 +129,12 @@ def test_upload_timeline_and_relabel_a_segment(server, browser_factory, tmp_path
     assert len(source) == 64 and 2 * (1.2 + 1.5) < offset < 3 * (1.2 + 4.5)
     assert [(h.label, h.annotator) for h in store.history(full)] == [("sad", "timeline-tester")]
     assert "interview.wav @" in next(q["source_name"] for q in store.queue(1000) if q["clip"] == full)
+    # a new analysis: the previous recording's segment panel goes at once
+    page.click("#timeline-run")
+    page.wait_for_selector("#timeline-segment-figure", state="hidden", timeout=30_000)
+    page.wait_for_function(f"() => {ROWS} == {n}", timeout=120_000)
+    page.wait_for_function("() => !/timeline-tester/.test(document.querySelector('#timeline-segments').innerText)",
+                           timeout=120_000)
 
 
 def test_live_microphone_updates_while_recording(server, browser_factory, tmp_path):  # noqa: F811

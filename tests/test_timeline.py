@@ -153,7 +153,9 @@ def test_exports(recording, predictor, tmp_path):
     rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
     assert len(rows) == len(joins)
     assert list(rows[0])[:5] == ["segment", "start", "end", "label", "confidence"]
-    assert list(rows[0])[5:] == tl.classes
+    assert list(rows[0])[5:] == ["human_label", "annotator", *tl.classes]
+    assert [int(r["segment"]) for r in rows] == list(range(1, len(rows) + 1))  # numbered as the table: from 1
+    assert all(r["human_label"] == "" for r in rows)  # nobody has relabelled a segment yet
     for row, seg in zip(rows, tl.segments):
         assert float(row["start"]) < float(row["end"]) and row["label"] == seg.label() in tl.classes
         assert abs(sum(float(row[c]) for c in tl.classes) - 1) < 0.01
@@ -410,3 +412,42 @@ def test_windows_pooled_from_a_shared_encoding_are_an_option_that_still_covers_t
     for w in shared.windows:
         assert abs(float(w.attention.sum()) - 1) < 1e-3
         assert w.start_s - 0.03 <= w.attention_times_s.min() and w.attention_times_s.max() <= w.end_s + 0.03
+
+
+def test_a_relabelled_segment_shows_beside_the_models_label_in_table_figure_and_exports(tmp_path):
+    """Issue 17 point 3: after a segment is relabelled on the Timeline tab, the table, the figure and the
+    CSV, JSON and label-track exports carry the human label beside the model's; segments are picked by
+    the number their row shows, never by position; the summary's shares are of speech time."""
+    from serdemo.timeline_bench import SEGMENT_HEADERS, TimelineDesk
+    from serdemo.workbench import Settings, Workbench
+    from tests.test_browser_timeline import long_recording
+
+    wav = tmp_path / "talk.wav"
+    n = long_recording(wav)
+    bench = Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data"))
+    desk = TimelineDesk(bench)
+    view = desk.analyse(str(wav), "default")
+    assert [r[0] for r in view.rows] == list(range(1, n + 1)) and SEGMENT_HEADERS[3:] == ["model says", "confidence",
+                                                                                         "human label"]
+    assert "share of speech time (not a confidence)" in view.summary
+    assert desk.pick(view.loaded, "0", "default") is None and desk.pick(view.loaded, n + 1, "default") is None
+    seg = desk.pick(view.loaded, "3", "default")  # the row's first cell, as the page sends it
+    assert seg.picked.index == 2 and seg.picked.offset_s == pytest.approx(view.loaded.timeline.segments[2].start_s)
+    model_label = view.loaded.timeline.segments[2].label()
+    human = next(c for c in ("sad", "happy") if c != model_label)
+    status, after = desk.save(seg.picked, view.loaded, human, "tl-tester")
+    assert "Saved segment 3" in status
+    assert after.rows[2][3:] == [model_label, view.rows[2][4], f"{human} (tl-tester)"]
+    assert all(r[5] == "" for i, r in enumerate(after.rows) if i != 2)
+    rows = list(csv.DictReader(io.StringIO(Path(after.csv).read_text())))
+    assert (rows[2]["segment"], rows[2]["label"], rows[2]["human_label"], rows[2]["annotator"]) == \
+        ("3", model_label, human, "tl-tester")
+    data = json.loads(Path(after.json).read_text())
+    assert data["segments"][2]["human_label"] == human and data["segments"][2]["label"] == model_label
+    track = Path(after.labels).read_text().splitlines()
+    assert track[2].split("\t")[2] == f"{human} (model: {model_label})" and len(track) == n
+    bars = next(t for t in after.figure.to_plotly_json()["data"] if t["type"] == "bar")
+    assert bars["text"][2] == f"{human} (model: {model_label})" and bars["marker"]["pattern"]["shape"][2] == "/"
+    assert bars["text"][0] == view.loaded.timeline.segments[0].label()
+    # the exports the page offers are the rewritten ones (same files, now with the human label)
+    assert after.csv == view.csv and "tl-tester" in Path(view.csv).read_text()
