@@ -113,11 +113,13 @@ def analysis_figure(frame_times_s: np.ndarray, logmel: np.ndarray, logmel_warped
     if speech_segments_s is not None:  # one shapes list, set once (add_vrect per shape is slow)
         grey = non_speech(speech_segments_s, end)
         shapes = list(fig.layout.shapes) + [
+            # a pale veil over the dark spectrograms (grey vanished there), grey over the attention line
             dict(type="rect", xref=f"x{'' if r == 1 else r}", yref=f"y{'' if r == 1 else r} domain", x0=a, x1=b,
-                 y0=0, y1=1, fillcolor="grey", opacity=0.35, line_width=0, layer="above")
+                 y0=0, y1=1, fillcolor="white" if r < rows else "grey", opacity=0.55 if r < rows else 0.35,
+                 line=dict(color="white" if r < rows else "grey", width=1, dash="dot"), layer="above")
             for r in range(1, rows + 1) for a, b in grey]
         fig.update_layout(shapes=shapes)
-    fig.update_xaxes(title_text="time (s) · grey: no speech detected", row=rows, col=1)
+    fig.update_xaxes(title_text="time (s) · veiled (pale / grey): no speech detected", row=rows, col=1)
     # the title sits under the toolbar's row (which shows on hover at the top right), so neither covers the other
     fig.update_layout(height=FIGURE_HEIGHT, margin=dict(l=60, r=10, t=88, b=50), showlegend=False, modebar=MODEBAR,
                       title=dict(text=title, x=0.01, xanchor="left", y=1 - 36 / FIGURE_HEIGHT, yanchor="top",

@@ -301,7 +301,14 @@ class Workbench:
             name = Path(audio).name if isinstance(audio, (str, os.PathLike)) else "recording"
             sha = self.store.add_clip(wave, source_name=name, predicted=pred.label(),
                                       confidence=pred.confidence(), checkpoint=pred_model.name)
-        except (AudioError, CheckpointError, StoreError) as exc:
+        except AudioError as exc:
+            message = exc.for_source(source)
+            if " lasts " in message and "limit" in message:  # too long for one clip: the Timeline tab takes it
+                from serdemo.timeline import max_timeline_s
+                message += (f" For a longer recording use the Timeline tab (up to {max_timeline_s() / 60:.0f} min): "
+                            "it cuts the speech into segments and classifies each.")
+            raise user_error(message, duration=None) from None
+        except (CheckpointError, StoreError) as exc:
             raise user_error(exc, source, duration=None) from None
         self._remember(sha, pred_model.name, clip)
         figure = self._figure(pred_model, clip, alpha, view)

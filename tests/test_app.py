@@ -1003,3 +1003,29 @@ def test_retraining_is_refused_without_a_login_when_the_app_has_logins(tmp_path,
             call()
         assert "login" in str(refused.value)
     assert bench.retrainer.status()["state"] == "idle"
+
+
+def test_a_clip_over_the_length_limit_points_to_the_timeline_tab(tmp_path):
+    """Issue 17 point 10: the 60 s refusal says where a long recording goes, with no path."""
+    import gradio as gr
+
+    bench = _bench(tmp_path)
+    speech = np.concatenate([sf.read(str(EMODB / "wav" / n), dtype="float32")[0]
+                             for n in ("03a01Wa.wav", "03a01Fa.wav", "08a01Ab.wav")])
+    long = tmp_path / "private" / "lecture.wav"
+    long.parent.mkdir()
+    sf.write(long, np.tile(speech, int(np.ceil(65 * 16000 / len(speech))))[: 65 * 16000], 16000)
+    with pytest.raises(gr.Error) as refused:
+        bench.analyse(str(long), "default", 1.0)
+    message = str(refused.value)
+    assert "Timeline tab" in message and "30 min" in message and "private" not in message and "/" not in message
+
+
+def test_non_speech_is_veiled_visibly_on_the_dark_spectrogram(tmp_path):
+    """Issue 17 point 10: grey at 35 % vanished on the dark colour map; the spectrogram rows get a pale veil."""
+    bench = _bench(tmp_path)
+    a = bench.analyse(str(RAVDESS / "Actor_01" / "03-01-05-02-01-01-01.flac"), "default", 1.0)  # opens with silence
+    shapes = [sh for sh in a.figure.to_plotly_json()["layout"]["shapes"] if sh.get("x0") == 0 and sh.get("type") == "rect"]
+    on_spectrogram = [sh for sh in shapes if sh["yref"] in ("y domain", "y2 domain")]
+    assert on_spectrogram and all(sh["fillcolor"] == "white" and sh["opacity"] >= 0.5 for sh in on_spectrogram)
+    assert any(sh["fillcolor"] == "grey" for sh in shapes)  # the attention panel keeps its grey
