@@ -179,7 +179,7 @@ class LoginGuard:
             self._failures[key] = (count + 1, now)
             while len(self._failures) > MAX_TRACKED_NAMES:
                 self._failures.popitem(last=False)
-            self._recent = [t for t in self._recent if now - t < 60.0] + [now]
+            self._recent = [t for t in self._recent[-4 * self.global_per_min:] if now - t < 60.0] + [now]
             self.refused += 1
             return count + 1, len(self._recent)
 
