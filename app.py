@@ -16,7 +16,7 @@ os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(tempfile.gettempdir()) / "serd
 
 from serdemo.housekeeping import Sweeper, gradio_cache_dir  # noqa: E402
 from serdemo.ui import build_app  # noqa: E402
-from serdemo.uikit import CSS, SHORTCUTS_JS, LoginGuard, quiet_refused_paths  # noqa: E402
+from serdemo.uikit import CSS, SHORTCUTS_JS, LoginClientMiddleware, LoginGuard, quiet_refused_paths  # noqa: E402
 from serdemo.workbench import Settings  # noqa: E402
 
 
@@ -31,8 +31,13 @@ def main() -> None:
             retrainer=getattr(bench, "retrainer", None)).start()
     # SERDEMO_AUTH="alice:secret,bob:other" (a Space secret): a login page; the login name is the annotator
     guard = LoginGuard.from_env(os.environ.get("SERDEMO_AUTH", ""))
+    # the login guard counts wrong passwords per client address too; on a Space the proxy's
+    # X-Forwarded-For entry is the client (SERDEMO_TRUST_PROXY=1 elsewhere behind a proxy that appends it)
+    from starlette.middleware import Middleware
+    trust = bool(os.environ.get("SPACE_ID")) or os.environ.get("SERDEMO_TRUST_PROXY", "") == "1"
     app.launch(
         auth=guard.check if guard else None,
+        app_kwargs={"middleware": [Middleware(LoginClientMiddleware, trust_forwarded=trust)]},
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", os.environ.get("PORT", "7860"))),
         max_file_size=os.environ.get("SERDEMO_MAX_UPLOAD", "50mb"),

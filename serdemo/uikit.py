@@ -5,6 +5,7 @@ neither."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import json
 import logging
@@ -134,6 +135,40 @@ MAX_FAIL_DELAY_S = 8.0  # ... up to this
 GLOBAL_FAILURES_PER_MIN = 30  # all names together: beyond this, every login is slowed (a spray over names)
 MAX_TRACKED_NAMES = 10_000  # failure records kept (the oldest forgotten first), so names cannot fill memory
 MAX_LOGIN_CHARS = 256  # a longer name or password is a wrong login, compared no further
+MAX_CLIENT_FAILURES = 20  # wrong passwords from one client address (any names) before it is locked
+
+_login_client: contextvars.ContextVar[str | None] = contextvars.ContextVar("serdemo_login_client", default=None)
+
+
+def client_address(scope: dict, trust_forwarded: bool = False) -> str | None:
+    """The address a request came from: the socket's peer, or behind a proxy that appends it (a Space),
+    the last ``X-Forwarded-For`` entry (the one that proxy added; the earlier ones are the client's word)."""
+    if trust_forwarded:
+        for key, value in scope.get("headers") or []:
+            if key.lower() == b"x-forwarded-for":
+                last = value.decode("latin-1").split(",")[-1].strip()
+                if last:
+                    return last[:64]
+    client = scope.get("client")
+    return str(client[0])[:64] if client else None
+
+
+class LoginClientMiddleware:
+    """A pure ASGI middleware that remembers each HTTP request's client address for :class:`LoginGuard`
+    (Gradio hands ``auth`` only the name and the password). Pass it to ``launch(app_kwargs={"middleware":
+    [starlette.middleware.Middleware(LoginClientMiddleware, trust_forwarded=...)]})``."""
+
+    def __init__(self, app, trust_forwarded: bool = False):
+        self.app, self.trust_forwarded = app, trust_forwarded
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http":
+            return await self.app(scope, receive, send)
+        token = _login_client.set(client_address(scope, self.trust_forwarded))
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            _login_client.reset(token)
 
 
 class LoginGuard:
@@ -142,12 +177,15 @@ class LoginGuard:
     ``MAX_FAIL_DELAY_S``), a name locked for ``lockout_s`` after ``max_failures`` wrong passwords (even the
     right one is refused meanwhile, so guessing gets nothing), and every login slowed when all names together
     fail more than ``global_per_min`` times a minute. Gradio hands the callable only the name and the
-    password, so "per client" is per name plus this global limit. The delays are ``await``ed: the server
-    keeps serving others meanwhile."""
+    password; with :class:`LoginClientMiddleware` installed, the client's address is known too, and a
+    client is locked after ``max_client_failures`` wrong passwords over any names (a spray). The delays are
+    ``await``ed: the server keeps serving others meanwhile."""
 
     def __init__(self, logins: dict[str, str], max_failures: int = MAX_LOGIN_FAILURES, lockout_s: float = LOCKOUT_S,
                  delay_s: float = FAIL_DELAY_S, max_delay_s: float = MAX_FAIL_DELAY_S,
-                 global_per_min: int = GLOBAL_FAILURES_PER_MIN, clock=time.monotonic, sleep=asyncio.sleep):
+                 global_per_min: int = GLOBAL_FAILURES_PER_MIN, max_client_failures: int = MAX_CLIENT_FAILURES,
+                 clock=time.monotonic, sleep=asyncio.sleep):
+        self.max_client_failures = int(max_client_failures)
         self.logins = {str(k): str(v) for k, v in logins.items()}
         self.max_failures, self.lockout_s = int(max_failures), float(lockout_s)
         self.delay_s, self.max_delay_s, self.global_per_min = float(delay_s), float(max_delay_s), int(global_per_min)
@@ -165,44 +203,61 @@ class LoginGuard:
 
     def locked_for(self, username: str) -> float:
         """Seconds left of ``username``'s lockout (0 when it may log in)."""
+        return self._locked_for("n:" + username[:MAX_LOGIN_CHARS], self.max_failures)
+
+    def client_locked_for(self, client: str) -> float:
+        """Seconds left of a client address's lockout (0 when it may try)."""
+        return self._locked_for(f"c:{client}", self.max_client_failures)
+
+    def _locked_for(self, key: str, limit: int) -> float:
         with self._lock:
-            count, last = self._failures.get(username[:MAX_LOGIN_CHARS], (0, 0.0))
-            if count < self.max_failures:
+            count, last = self._failures.get(key, (0, 0.0))
+            if count < limit:
                 return 0.0
             return max(0.0, self.lockout_s - (self.clock() - last))
 
-    def _record_failure(self, key: str, now: float) -> tuple[int, int]:
+    def _record_failure(self, key: str, now: float) -> int:
+        """One more wrong password for ``key`` (a name, or a client address); returns its count."""
         with self._lock:
             count, last = self._failures.pop(key, (0, 0.0))
-            if count >= self.max_failures and now - last >= self.lockout_s:
-                count = 0  # the lockout is over: start counting again
+            if now - last >= self.lockout_s:
+                count = 0  # a lockout's length since the last failure: the count starts again
             self._failures[key] = (count + 1, now)
             while len(self._failures) > MAX_TRACKED_NAMES:
                 self._failures.popitem(last=False)
+            return count + 1
+
+    def _note_failure(self, now: float) -> int:
+        """Count a wrong password for the global limit; returns the failures in the last minute."""
+        with self._lock:
             self._recent = [t for t in self._recent[-4 * self.global_per_min:] if now - t < 60.0] + [now]
             self.refused += 1
-            return count + 1, len(self._recent)
+            return len(self._recent)
 
     async def check(self, username, password) -> bool:
         username, password = str(username or ""), str(password or "")
-        key, now = username[:MAX_LOGIN_CHARS], self.clock()
+        name, now = username[:MAX_LOGIN_CHARS], self.clock()
+        key, client = "n:" + name, _login_client.get()
         with self._lock:
             busy = len([t for t in self._recent if now - t < 60.0]) > self.global_per_min
         if busy:  # a spray over many names: everyone waits a little, the sprayer most of all
             await self.sleep(self.delay_s)
-        locked = self.locked_for(key) > 0
-        expected = self.logins.get(key)
+        locked = self.locked_for(name) > 0 or (client is not None and self.client_locked_for(client) > 0)
+        expected = self.logins.get(name) if len(username) <= MAX_LOGIN_CHARS else None
         ok = (not locked and expected is not None and len(password) <= MAX_LOGIN_CHARS
               and hmac.compare_digest(password.encode(), expected.encode()))
         if ok:
             with self._lock:
                 self._failures.pop(key, None)
             return True
-        count, recent = self._record_failure(key, now)
-        if locked or count >= self.max_failures:
-            log.warning("login refused: a name is locked for %.0f s after %d wrong passwords",
-                        self.locked_for(key), self.max_failures)
-        delay = min(self.max_delay_s, self.delay_s * 2 ** (min(count, 16) - 1))
+        count, recent = self._record_failure(key, now), self._note_failure(now)
+        client_count = self._record_failure(f"c:{client}", now) if client is not None else 0
+        if locked or count >= self.max_failures or client_count >= self.max_client_failures:
+            log.warning("login refused: locked for %.0f s after repeated wrong passwords (for a name or a client)",
+                        self.lockout_s)
+        # the delay doubles with the name's failures and with the client's (scaled to the name's limit)
+        steps = max(count, client_count * self.max_failures // max(1, self.max_client_failures))
+        delay = min(self.max_delay_s, self.delay_s * 2 ** (min(max(steps, 1), 16) - 1))
         if recent > self.global_per_min:
             delay = self.max_delay_s
         await self.sleep(delay)

@@ -57,6 +57,8 @@ def test_wrong_passwords_are_slowed_and_the_name_locked():
     assert guard.locked_for("alice") == 0
     assert not check("alice", "x" * 10_000_000)  # a 10 MB password is a wrong one, nothing more
     assert not check("nobody", "pw")
+    assert not check("alice" + "x" * 300, "s3cret")  # a name cut to its first 256 characters is not alice
+    assert guard.locked_for("c:127.0.0.1") == 0  # a name cannot lock a client address
 
 
 def test_a_spray_over_many_names_slows_everyone():
@@ -75,15 +77,19 @@ def test_a_spray_over_many_names_slows_everyone():
 
 
 def test_login_page_uses_the_guard(tmp_path):
-    """Through Gradio's /login: the guard is an async callable, so a delay does not block the server, and
-    the sixth attempt (right password) of a locked name is refused."""
+    """Through Gradio's /login: the guard is an async callable, so a delay does not block the server; the
+    sixth attempt (right password) of a locked name is refused; a client spraying wrong passwords over
+    many names is locked itself (its address comes from the middleware app.py installs)."""
     import gradio as gr
+    from starlette.middleware import Middleware
 
-    from serdemo.uikit import LoginGuard
-    guard = LoginGuard({"alice": "s3cret"}, max_failures=5, delay_s=0.05, max_delay_s=0.2)
+    from serdemo.uikit import LoginClientMiddleware, LoginGuard
+    guard = LoginGuard({"alice": "s3cret", "bob": "pw"}, max_failures=5, delay_s=0.05, max_delay_s=0.2,
+                       max_client_failures=12)
     with gr.Blocks() as demo:
         gr.Markdown("hi")
-    demo.launch(auth=guard.check, prevent_thread_lock=True, server_port=None, quiet=True)
+    demo.launch(auth=guard.check, prevent_thread_lock=True, server_port=None, quiet=True,
+                app_kwargs={"middleware": [Middleware(LoginClientMiddleware)]})
     try:
         url = demo.local_url.rstrip("/")
 
@@ -100,6 +106,12 @@ def test_login_page_uses_the_guard(tmp_path):
         assert time.time() - t0 >= 0.05 + 0.1 + 0.2 + 0.2 + 0.2 - 0.01
         assert login("alice", "s3cret") >= 400  # locked
         assert guard.refused >= 6
+        assert guard.client_locked_for("127.0.0.1") == 0
+        for i in range(6):  # a spray: one wrong password each for new names, from the same address
+            assert login(f"spray{i}", "pw") >= 400
+        assert guard.client_locked_for("127.0.0.1") > 0
+        assert login("bob", "pw") >= 400  # bob's name is not locked, but this client is
+        assert guard.locked_for("bob") == 0
     finally:
         demo.close()
 
@@ -332,3 +344,11 @@ def test_require_retrain_login_refuses_an_anonymous_request(monkeypatch):
     require_retrain_login(Req("alice"))
     monkeypatch.delenv("SERDEMO_AUTH")
     require_retrain_login(Req(None))
+
+
+def test_the_client_address_behind_a_proxy_is_the_entry_the_proxy_added():
+    from serdemo.uikit import client_address
+    scope = {"client": ("10.0.0.1", 5000), "headers": [(b"x-forwarded-for", b"6.6.6.6, 203.0.113.7")]}
+    assert client_address(scope) == "10.0.0.1"  # not trusted: the socket's peer
+    assert client_address(scope, trust_forwarded=True) == "203.0.113.7"  # the client's own entries ignored
+    assert client_address({"client": None, "headers": []}) is None
