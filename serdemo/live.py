@@ -106,7 +106,10 @@ class LiveTimeline:
         return self.samples / SAMPLE_RATE
 
     def finish(self) -> np.ndarray:
-        """The whole recording at 16 kHz, with what the resampler still held back (the stream ended)."""
+        """The whole recording at 16 kHz, with what the resampler still held back (the stream ended). A
+        finished recording no longer counts against :data:`MAX_LIVE_SESSIONS`."""
+        with _sessions_lock:
+            _sessions.discard(self)
         if self.resampler is not None:
             self._append(self.resampler.flush())
         return self.recording()

@@ -252,10 +252,14 @@ def test_concurrent_live_sessions_are_capped(fresh_sessions):
     held = [live.LiveTimeline(NoModel(), clock=clock, max_sessions=3) for _ in range(3)]
     with pytest.raises(AudioError, match="live recordings"):
         live.LiveTimeline(NoModel(), clock=clock, max_sessions=3)
+    held[0].finish()  # a stopped recording frees its place at once
+    extra = live.LiveTimeline(NoModel(), clock=clock, max_sessions=3)
+    with pytest.raises(AudioError, match="live recordings"):
+        live.LiveTimeline(NoModel(), clock=clock, max_sessions=3)
     clock.now += 61
     assert live.release_idle(clock.now) == 3
     assert live.LiveTimeline(NoModel(), clock=clock, max_sessions=3).open_at()
-    del held
+    del held, extra
 
 
 def test_every_bad_chunk_gets_a_message(fresh_sessions):
