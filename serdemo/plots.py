@@ -138,8 +138,10 @@ def warp_figure(alpha: float, sample_rate: int = 16000, f_hi_hz: float = F_HI_HZ
     fig.add_trace(go.Scatter(x=f / 1000, y=g / 1000, mode="lines", line=dict(color="#1f77b4", width=3),
                              name=f"alpha = {alpha:.2f}"))
     fig.add_trace(go.Scatter(x=[knee_in / 1000], y=[knee_out / 1000], mode="markers+text",
-                             marker=dict(size=9, color="black"), text=[f"breakpoint {knee_out / 1000:.2f} kHz"],
-                             textposition="top left", name="breakpoint"))
+                             marker=dict(size=9, color="black"),
+                             # the knee is drawn at (f, f'): the label names both, below the curve where no line runs
+                             text=[f"breakpoint {knee_in / 1000:.2f} → {knee_out / 1000:.2f} kHz"],
+                             textposition="bottom right", name="breakpoint"))
     fig.update_layout(height=260, margin=dict(l=50, r=10, t=40, b=40), title=dict(text="VTLP warp", x=0.01),
                       xaxis_title="f (kHz)", yaxis_title="f' (kHz)", showlegend=False)
     return fig

@@ -83,8 +83,8 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
                 t_audio = gr.Audio(sources=["upload"], type="filepath", label="Long recording",
                                    elem_id="timeline-audio")
                 with gr.Row(equal_height=True):
-                    t_model = gr.Dropdown(bench.choices(), value=bench.default_choice(), label="Model",
-                                          elem_id="timeline-model", scale=3)
+                    t_model = gr.Dropdown(bench.choices(), value=bench.default_choice(), allow_custom_value=True,
+                                          label="Model", elem_id="timeline-model", scale=3)
                     t_run = gr.Button("Analyse over time", variant="primary", elem_id="timeline-run", scale=1)
             with gr.Column(scale=2):
                 live_mic = gr.Audio(sources=["microphone"], streaming=True, type="filepath",

@@ -184,8 +184,9 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             with gr.Row():
                 with gr.Column(scale=3):
                     audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speech")
-                    model = gr.Dropdown(bench.choices(), value=bench.default_choice(), label="Model", elem_id="model",
-                                        info=PICKER_INFO)
+                    # custom values: a checkpoint an API caller reloaded is accepted (the workbench checks names)
+                    model = gr.Dropdown(bench.choices(), value=bench.default_choice(), allow_custom_value=True,
+                                        label="Model", elem_id="model", info=PICKER_INFO)
                     run = gr.Button("Analyse", variant="primary", elem_id="analyse")
                     info = gr.Markdown(elem_id="analysis-info")
                 with gr.Column(scale=2):
@@ -250,8 +251,8 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                                   visible=False)  # shown once there is a zip
         with gr.Tab("Models", elem_id="tab-models"):
             with gr.Row(equal_height=True):
-                m_pick = gr.Dropdown(bench.choices(), value=bench.default_choice(), label="Checkpoint",
-                                     elem_id="model-pick", scale=4, info=PICKER_INFO)
+                m_pick = gr.Dropdown(bench.choices(), value=bench.default_choice(), allow_custom_value=True,
+                                     label="Checkpoint", elem_id="model-pick", scale=4, info=PICKER_INFO)
                 reload_btn = gr.Button("Reload checkpoints", scale=1, min_width=160, size="sm")
             m_overview = gr.Markdown(bench.models_overview, elem_id="models-overview")
             with gr.Row():

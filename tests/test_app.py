@@ -146,7 +146,7 @@ def test_relabel_lands_in_the_store_with_history(server):
     assert [(h.label, h.annotator) for h in hist] == [("sad", "tester"), ("neutral", "second")]
     assert store.current_labels()[clip_id].label == "neutral"
     rows = {(r[0], r[1]): r[2] for r in counts}
-    assert rows[("label", "neutral")] >= 1 and rows[("annotator", "second")] >= 1
+    assert rows[("clips labelled", "neutral")] >= 1 and rows[("saves by annotator", "second")] >= 1
     history = client.predict(clip_id, api_name="/history")
     assert [r[1] for r in history["data"]] == ["sad", "neutral"]
     queue = client.predict(10, "all", api_name="/queue")
@@ -1029,3 +1029,14 @@ def test_non_speech_is_veiled_visibly_on_the_dark_spectrogram(tmp_path):
     on_spectrogram = [sh for sh in shapes if sh["yref"] in ("y domain", "y2 domain")]
     assert on_spectrogram and all(sh["fillcolor"] == "white" and sh["opacity"] >= 0.5 for sh in on_spectrogram)
     assert any(sh["fillcolor"] == "grey" for sh in shapes)  # the attention panel keeps its grey
+
+
+def test_the_warp_figure_names_the_breakpoint_where_it_is_drawn():
+    """Issue 17 point 10: the knee is drawn at (f, alpha f); its label named only alpha f."""
+    from serdemo.plots import warp_figure
+    from serdemo.vtlp import F_HI_HZ
+
+    knee = next(t for t in warp_figure(0.9).to_plotly_json()["data"] if t.get("name") == "breakpoint")
+    f, g = knee["x"][0], knee["y"][0]
+    assert g == pytest.approx(F_HI_HZ * 0.9 / 1000) and f == pytest.approx(F_HI_HZ / 1000)
+    assert knee["text"][0] == f"breakpoint {f:.2f} → {g:.2f} kHz"

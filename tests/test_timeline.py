@@ -345,7 +345,8 @@ def test_stopping_a_live_recording_without_speech_keeps_it(tmp_path, predictor):
         live.feed(48000, beep[i:i + 24000])
     out = stop(live, "default", progress=lambda *a, **k: None)
     assert sf.info(out[0]).duration == pytest.approx(4.0, abs=0.01)
-    assert "No speech found" in out[-2] and "upload box" in out[-2] and out[-1] is None
+    assert "No speech found" in out[-3] and "upload box" in out[-3] and out[-2] is None
+    assert out[-1]["visible"] is False  # no segment panel of an earlier recording stays
 
 
 def test_a_garbage_live_chunk_gets_a_message_not_a_traceback(tmp_path):
