@@ -31,7 +31,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-PROGRESS_FILE = "progress.jsonl"  # written by training.fit into its output folder
+PROGRESS_FILE = "progress.jsonl"
+# seconds a run takes on a 2-core CPU with the encoder-state cache filled (the three corpora), per
+# architecture: the ETA shown before the run has counted its data (training.fit uses it too)
+FIRST_GUESS_S = {"probe": 70.0, "localatt": 240.0, "multitask": 240.0, "cnnlstm": 1800.0}  # written by training.fit into its output folder
 COMPARISON_FILE = "comparison.json"  # written by training.compare: old and new model on the same clips
 RUNS_FILE = "runs.json"  # in the work folder: when each run started and ended (cool-down and quota)
 COOLDOWN_S = 15 * 60.0
@@ -212,6 +215,7 @@ class Retrainer:
             self.workdir.mkdir(parents=True, exist_ok=True)
             self.out_root.mkdir(parents=True, exist_ok=True)
             recipe = dict(base_card.get("training", {}).get("config", {}))
+            self.first_guess_s = FIRST_GUESS_S.get(str(recipe.get("model")), 300.0)
             recipe.update(name=name, out=str(self.out), init=str(base_checkpoint), epochs=self.epochs,
                           corpora=self.corpora + [f"manifest={manifest}"])
             recipe.pop("max_steps", None)
@@ -339,7 +343,10 @@ class Retrainer:
                 "of": int(last.get("epochs") or self.total_epochs),
                 "dev_ua": epochs[-1].get("dev_ua") if epochs else None,
                 "step": int(last.get("step") or 0), "total_steps": int(last.get("total_steps") or 0),
-                "loss": losses[-1] if losses else None, "eta_s": last.get("eta_s"),
+                "loss": losses[-1] if losses else None,
+                # before the run's first line (its interpreter is starting): the recipe's first guess
+                "eta_s": last.get("eta_s") if events else (getattr(self, "first_guess_s", None)
+                                                            if state == "running" else None),
                 "error": reason or None, "reason": reason, "tail": reason,
                 "phase": phase, "current_epoch": int(last.get("epoch") or 0),
                 "elapsed_s": time.time() - self.started,

@@ -214,3 +214,22 @@ def test_running_status_names_the_run_not_its_folder(tmp_path, fake_python, monk
 ])
 def test_user_reason_cuts_paths_and_tracebacks(text, shown):
     assert user_reason(text) == shown
+
+
+def test_the_bar_has_an_eta_before_the_run_writes_its_first_line(tmp_path, fake_python, monkeypatch):
+    """The run's interpreter takes seconds to start; meanwhile the status carries the recipe's first
+    guess (a probe: about a minute) instead of no ETA at all."""
+    from serdemo.retrain import FIRST_GUESS_S
+
+    monkeypatch.setenv("FAKE_RUN", "hang")
+    monkeypatch.setenv("FAKE_PIDS", str(tmp_path / "pids"))
+    r = retrainer(tmp_path, fake_python, cooldown_s=0)
+    r.start(tmp_path / "default", {"training": {"config": {"model": "probe"}}}, tmp_path / "manifest.csv")
+    try:
+        progress = r.out / "progress.jsonl"
+        if progress.exists():
+            progress.unlink()  # as in the first second, before the run has written anything
+        st = r.status()
+        assert st["state"] == "running" and st["eta_s"] == FIRST_GUESS_S["probe"]
+    finally:
+        r.cancel()

@@ -49,8 +49,7 @@ log = logging.getLogger("training.fit")
 GRAD_CLIP = 5.0
 ENCODE_S_PER_CLIP = 0.06  # encoder pass of one clip not yet in the cache (bf16, 2 threads)
 PROBE_FIT_S = 12.0  # one logistic regression of the probe's C grid on ~3,300 clips
-# the ETA shown in the run's first second, before the data are counted (the three corpora, 2-core CPU, cache filled)
-FIRST_GUESS_S = {"probe": 60.0, "localatt": 240.0, "multitask": 240.0, "cnnlstm": 1800.0}
+from serdemo.retrain import FIRST_GUESS_S  # noqa: E402  the ETA before the data are counted
 EVAL_SEED = 12345  # alphas of warped evaluation (vtlp_dev): the same every epoch
 
 __all__ = ["FitConfig", "Trainer", "main", "parse_args"]
