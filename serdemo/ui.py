@@ -92,7 +92,7 @@ class Endpoints:
         clip = next((c for c in ids or [] if short and c.startswith(short)), None)
         if clip is None:
             raise user_error("that row changed while you clicked it: click the clip again")
-        return (*self.load_clip(clip), "")
+        return self.load_clip(clip)  # the status keeps the last save's line: it names the clip it landed on
 
     def agreement_view(self):
         a = self.bench.agreement()
@@ -322,7 +322,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             saving.success(**queue_refresh).success(**agree_refresh)
         for trigger in (refresh.click, show.input, limit.submit, app.load, annotate_tab.select):
             trigger(**queue_refresh)
-        queue_df.select(ep.pick, [queue_ids], [*panel, q_status], api_visibility="private")
+        queue_df.select(ep.pick, [queue_ids], panel, api_visibility="private")
         q_clip.submit(bench.history, [q_clip], [q_hist], api_name="history")
         agree_btn.click(**agree_refresh)
         agreement_tab.select(**agree_refresh)
