@@ -259,7 +259,7 @@ def timeline_figure(tl, selected: int | None = None) -> go.Figure:
     t = np.append(t - step / 2, tl.duration_s)
     grid = np.nan_to_num(np.concatenate([grid, grid[:, -1:]], axis=1), nan=0.0)
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.1, 0.56, 0.34],
-                        subplot_titles=["dominant emotion per segment",
+                        subplot_titles=["dominant emotion per segment (hatched ✎: a person's label; hover: the model's)",
                                         "class probabilities over time (mean of the windows; blank: no speech)",
                                         "waveform"])
     for c, row in zip(tl.classes, grid):
@@ -275,7 +275,7 @@ def timeline_figure(tl, selected: int | None = None) -> go.Figure:
                                                                    fgcolor="white", fgopacity=0.35),
                                                       line=dict(width=[3 if s.index == selected else 0 for s in segs],
                                                                 color="black")),
-                         text=[f"{h} (model: {s.label()})" if h else s.label() for s, h in zip(segs, human)],
+                         text=[f"{h} ✎" if h else s.label() for s, h in zip(segs, human)],  # short: bars are narrow
                          textposition="inside", insidetextanchor="middle",
                          textfont=dict(color="white", size=12), showlegend=False, width=0.9,
                          customdata=[[s.index + 1, s.confidence(), s.label(),

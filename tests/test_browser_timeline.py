@@ -120,7 +120,7 @@ def test_upload_timeline_and_relabel_a_segment(server, browser_factory, tmp_path
                            timeout=30_000)
     page.wait_for_function("""() => { const p = document.querySelector('#timeline-figure .js-plotly-plot');
         const bar = p && (p.data || []).find(t => t.type === 'bar');
-        return bar && /^sad \\(model: \\w+\\)$/.test(bar.text[2]); }""", timeout=30_000)  # segment 3's bar
+        return bar && bar.text[2] === 'sad ✎' && /^\\w+$/.test(bar.customdata[2][2]); }""", timeout=30_000)  # segment 3
     page.screenshot(path=str(ARTIFACTS / "timeline-segment.png"), full_page=True)
     sha = re.search(r"clip ([0-9a-f]{12})", page.inner_text("#timeline-status")).group(1)
     store = Store(server["data"])

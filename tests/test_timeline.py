@@ -448,7 +448,8 @@ def test_a_relabelled_segment_shows_beside_the_models_label_in_table_figure_and_
     track = Path(after.labels).read_text().splitlines()
     assert track[2].split("\t")[2] == f"{human} (model: {model_label})" and len(track) == n
     bars = next(t for t in after.figure.to_plotly_json()["data"] if t["type"] == "bar")
-    assert bars["text"][2] == f"{human} (model: {model_label})" and bars["marker"]["pattern"]["shape"][2] == "/"
+    assert bars["text"][2] == f"{human} ✎" and bars["marker"]["pattern"]["shape"][2] == "/"
+    assert bars["customdata"][2][2:] == [model_label, f"{human} by tl-tester"]  # the hover gives both
     assert bars["text"][0] == view.loaded.timeline.segments[0].label()
     # the exports the page offers are the rewritten ones (same files, now with the human label)
     assert after.csv == view.csv and "tl-tester" in Path(view.csv).read_text()
