@@ -113,11 +113,12 @@ def analysis_figure(frame_times_s: np.ndarray, logmel: np.ndarray, logmel_warped
     if speech_segments_s is not None:  # one shapes list, set once (add_vrect per shape is slow)
         grey = non_speech(speech_segments_s, end)
         shapes = list(fig.layout.shapes) + [
-            # a pale veil over the dark spectrograms (grey vanished there), grey over the attention line
+            # a pale veil over the dark spectrograms (grey vanished there), grey over light panels
             dict(type="rect", xref=f"x{'' if r == 1 else r}", yref=f"y{'' if r == 1 else r} domain", x0=a, x1=b,
-                 y0=0, y1=1, fillcolor="white" if r < rows else "grey", opacity=0.55 if r < rows else 0.35,
-                 line=dict(color="white" if r < rows else "grey", width=1, dash="dot"), layer="above")
-            for r in range(1, rows + 1) for a, b in grey]
+                 y0=0, y1=1, fillcolor=colour, opacity=0.55 if colour == "white" else 0.35,
+                 line=dict(color=colour, width=1, dash="dot"), layer="above")
+            for r in range(1, rows + 1) for a, b in grey
+            for colour in ["white" if r == 1 or (r < rows and view == "warped") else "grey"]]
         fig.update_layout(shapes=shapes)
     fig.update_xaxes(title_text="time (s) · veiled (pale / grey): no speech detected", row=rows, col=1)
     # the title sits under the toolbar's row (which shows on hover at the top right), so neither covers the other
