@@ -29,7 +29,7 @@ from serdemo.audio import MAX_DURATION_S, AudioError
 from serdemo.cards import (METRIC_NOTES, calibration_text, card_summary_markdown, comparison_html, comparison_markdown,
                            expectation_line, headline, metrics_markdown, model_sentence)
 from serdemo.checkpoint import CheckpointError, list_checkpoints, read_card, sha256_file, weights_path
-from serdemo.export import export_zip, remove_old_exports
+from serdemo.export import export_zip, origin_of, remove_old_exports
 from serdemo.inference import Prediction, Predictor
 from serdemo.labels import ANNOTATION_LABELS
 from serdemo.plots import (VTLP_VIEWS, analysis_figure, confusion_figure, db_per_unit, mel_band_hz, reliability_figure,
@@ -433,9 +433,9 @@ class Workbench:
         except StoreError as exc:
             raise user_error(exc) from None
         source = info.get("source_name") or "recording"
-        named_corpus, named_speaker = corpus_of(source)
-        corpus = info.get("corpus") or named_corpus or "unknown"
-        info["speaker"] = info.get("speaker") or named_speaker
+        origin = origin_of(source, info.get("speaker"))  # what the file name tells, as the export reads it
+        corpus = origin.corpus or "unknown"
+        info["speaker"] = origin.speaker.partition(":")[2] or origin.speaker
         guess = info.get("predicted") or "?"
         conf = "" if info.get("confidence") is None else f" ({info['confidence']:.0%})"
         return (f"**{html.escape(source)}** · corpus {html.escape(str(corpus))} · speaker "
@@ -596,18 +596,6 @@ class Workbench:
         table = comparison_html(result) if result is not None else ""
         return RetrainView(retrain_progress_html(st), self._retrain_markdown(st), table,
                            self.choices() if fresh else None, st["out"] if fresh else seen)
-
-
-def corpus_of(source_name: str) -> tuple[str | None, str | None]:
-    """``(corpus, speaker)`` as a file name's pattern says (EMO-DB ``03a01Nc.wav``: speaker 03; RAVDESS
-    ``03-01-05-01-02-01-12.wav``: actor 12); ``(None, None)`` for any other name."""
-    import re
-    stem = Path(source_name).stem
-    if re.fullmatch(r"\d{2}[a-z]\d{2}[A-Z][a-z]", stem):
-        return "emodb", stem[:2]
-    if re.fullmatch(r"\d{2}(-\d{2}){6}", stem):
-        return "ravdess", stem[-2:]
-    return None, None
 
 
 def checked_alpha(alpha) -> float:
