@@ -130,7 +130,8 @@ def test_command_line_is_generated_from_the_config(tmp_path):
     cfg, run = parse_cli(["--config", str(recipe)])  # flags not given leave the recipe alone
     assert cfg.fold == 1 and cfg.augment == ["noise"] and cfg.lr == 0.01 and not run.resume
     assert parse_cli(["--aux-heads", ""])[0].aux_heads == []
-    assert FitConfig.from_yaml(ROOT / "training/configs/default.yaml").norm == "global"
+    assert FitConfig.from_yaml(ROOT / "training/configs/cnnlstm.yaml").norm == "global"
+    assert FitConfig.from_yaml(ROOT / "training/configs/default.yaml").model == "probe"
 
     recipe.write_text("name: r\nlearning_rate: 0.1\n")
     with pytest.raises(ConfigError, match="unknown settings.*learning_rate"):
@@ -157,7 +158,7 @@ def test_fold_none_trains_without_a_test_fold(tmp_path):
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, monkeypatch):
     """Interrupt after epoch 1, resume: epoch 2 sees the same batches, alphas, masks, mixup, noise and
     dropout as the uninterrupted run, so the weights end up identical. Without the RNG state it differs."""
-    common = ["--model", "localatt", "--hparams", SMALL, "--epochs", "2", "--mixup", "--augment", "noise",
+    common = ["--model", "cnnlstm", "--hparams", CNN_SMALL, "--epochs", "2", "--mixup", "--augment", "noise",
               "--augment-p", "0.5", "--trace", "--aux-heads", ""]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     fit.main(args(whole, tmp_path / "cache", *common))
@@ -210,8 +211,8 @@ def test_ddp_two_cpu_processes_split_batches_and_match_one(tmp_path):
     """torchrun with 2 gloo processes: every step's batch is split disjointly between the ranks, the
     union is exactly the 1-process batch, the ranks draw different VTLP alphas, the reported loss is
     the all-reduced one, and the losses match the 1-process run within tolerance."""
-    common = ["--model", "localatt", "--hparams", '{"hidden": 16, "dense": 32, "dropout": 0.0}', "--epochs", "2",
-              "--trace", "--aux-heads", "", "--no-specaug"]
+    common = ["--model", "cnnlstm", "--hparams", '{"hidden": 16, "channels": [4, 8, 8], "dropout": 0.0}',
+              "--epochs", "2", "--trace", "--aux-heads", "", "--no-specaug"]
     one, two = tmp_path / "one", tmp_path / "two"
     fit.main(args(one, tmp_path / "cache", *common))
     with socket.socket() as sock:
@@ -354,7 +355,7 @@ def test_prediction_does_not_depend_on_padding_in_every_norm_mode(arch, norm):
         batched = model(feats, frames).logits["emotion"]
         for i, w in enumerate(waves):
             f1, n1 = fe(torch.as_tensor(w)[None])
-            torch.testing.assert_close(batched[i], model(f1, n1).logits["emotion"][0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(batched[i], model(f1, n1).logits["emotion"][0], atol=1e-4, rtol=1e-4)
 
 
 def test_init_recomputes_global_norm_statistics(tmp_path):
@@ -602,14 +603,19 @@ def test_predictor_and_training_evaluation_give_the_same_probabilities(tmp_path,
                                               "--hparams", hparams)))
     trainer.fit()
     exs = trainer.test[:6]
-    ours = trainer.probabilities(exs)
     pred = Predictor.from_checkpoint(out, device="cpu")
+    # the Predictor calibrates (the card's temperature, fitted on dev); the trainer's are raw probabilities
+    ours = torch.softmax(torch.log(torch.as_tensor(trainer.probabilities(exs), dtype=torch.float64)) / pred.temperature,
+                         1).numpy()
+    assert pred.temperature == load_checkpoint(out)[1]["calibration"]["temperature"]
     theirs = [pred.predict(trainer.data.wave(e), alpha=None, require_speech=False) for e in exs]
     classes = list(trainer.label_set.classes)
     got = np.array([[r.probabilities["emotion"][c] for c in classes] for r in theirs])
     np.testing.assert_allclose(got, ours, atol=2e-3 if uses_encoder(trainer.model) else 1e-4)
-    # and attention lands on speech only
-    assert all(r.attention_on_speech() > 0.95 for r in theirs)
+    # and attention lands on speech (a model frame of 40 ms pools when any of its 10-ms frames is speech,
+    # the figure counts it by its centre frame: edges of speech runs count as non-speech)
+    on_speech = [r.attention_on_speech() for r in theirs]
+    assert np.mean(on_speech) > 0.9 and min(on_speech) > 0.6
 
 
 def test_corpus_classes_keep_a_corpus_from_teaching_that_a_class_it_lacks_is_wrong(tmp_path):

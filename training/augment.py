@@ -22,11 +22,6 @@ SPEC_MAX_TIME_FRACTION = 0.1  # widest time mask, as a fraction of each clip's r
 RANK_SEED_STRIDE = 1_000_003  # seed offset between DDP ranks (a prime, so rank seeds never collide with epochs)
 
 
-def vtlp(power: torch.Tensor, alpha: torch.Tensor, sample_rate: int, f_hi_hz: float = F_HI_HZ) -> torch.Tensor:
-    """Warp power spectra ``(batch, n_bins, frames)`` with one alpha per example (Jaitly & Hinton)."""
-    return warp_power(power, alpha, sample_rate, f_hi_hz)
-
-
 def real_frame_mean(feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     """Mean of each example over all bands and its real frames only: ``(batch, 1, 1)``."""
     frames = frames.to(feats.device)

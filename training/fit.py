@@ -125,6 +125,12 @@ class Trainer:
         if world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.augment and not uses_encoder(self.model):
+            # the speech detector re-runs on augmented waves; build it now: building it draws from the
+            # global generator, which must hold only the run's own draws (a resumed run would differ)
+            from serdemo.vad import default_detector
+
+            default_detector()
         # from here on each rank draws its own augmentation and dropout
         rank_seed = init_seed + RANK_SEED_STRIDE * rank
         S.seed_everything(rank_seed)
