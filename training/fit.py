@@ -78,12 +78,13 @@ class Trainer:
     """
 
     def __init__(self, cfg: FitConfig, rank: int = 0, world: int = 1, device=None, data: D.Data | None = None,
-                 resuming: bool = False):
+                 resuming: bool = False, announce: bool = False):
         self.cfg, self.rank, self.world = cfg, rank, world
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.is_main = rank == 0
-        # the progress file starts with the run's first second, so the app has a phase and an ETA at once
-        self.progress = Progress(Path(cfg.out) / PROGRESS_FILE, self.is_main and data is None, append=resuming,
+        # ``announce`` (the command line): the progress file starts with the run's first second, so the app has
+        # a phase and an ETA at once; a Trainer built only to inspect data (evaluation, tests) writes nothing
+        self.progress = Progress(Path(cfg.out) / PROGRESS_FILE, self.is_main and announce, append=resuming,
                                  epochs=cfg.epochs)
         self.progress.phase("reading the corpora", FIRST_GUESS_S.get(cfg.model, 300.0))
         S.seed_everything(cfg.seed)  # the split and the initial weights: the same on every rank
@@ -138,6 +139,13 @@ class Trainer:
         self.start_epoch, self.best_ua, self.best_epoch, self.bad_epochs = 0, -1.0, -1, 0
         self.history: list[dict] = []
         self.resumed = False
+
+    def _live_progress(self) -> Progress:
+        """The run's progress file (opened now when the constructor did not announce the run)."""
+        if not self.progress.enabled and self.is_main:
+            self.progress = Progress(Path(self.cfg.out) / PROGRESS_FILE, True, append=self.resumed,
+                                     epochs=self.cfg.epochs)
+        return self.progress
 
     def estimate_s(self) -> float:
         """Seconds the rest of the run should take on a 2-core CPU (measured: README "Retraining"), from
@@ -487,7 +495,7 @@ class Trainer:
             return self.fit_probe()
         cfg, out = self.cfg, Path(self.cfg.out)
         steps = len(self.epoch_batches(0))
-        progress = self.progress
+        progress = self._live_progress()
         progress.epochs, progress.total_steps = cfg.epochs, cfg.epochs * steps
         progress.begin_training()
         progress.epoch, progress.step = self.start_epoch, self.start_epoch * steps
@@ -527,7 +535,7 @@ class Trainer:
         from training.probe import C_GRID, fit_probe, statistics, to_model
 
         out = Path(self.cfg.out)
-        progress = self.progress
+        progress = self._live_progress()
         progress.epochs, progress.total_steps = 1, len(C_GRID)
         progress.write("start", resumed=False, n_train=len(self.train), n_dev=len(self.dev), n_test=len(self.test),
                        world_size=1, store=self.data.store_report)
@@ -656,7 +664,7 @@ def main(argv=None) -> dict:
         logging.getLogger().setLevel(logging.WARNING)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     try:
-        trainer = Trainer(cfg, rank, world, device, resuming=run.resume)
+        trainer = Trainer(cfg, rank, world, device, resuming=run.resume, announce=True)
         if run.resume:
             trainer.resume()
         return trainer.fit()
