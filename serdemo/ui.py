@@ -233,8 +233,8 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                     q_status = gr.Markdown(elem_id="q-status")
             q_hist = gr.Dataframe(headers=HISTORY_HEADERS, label="History of this clip", interactive=False,
                                   elem_id="q-history")
-            counts = gr.Dataframe(headers=["by", "name", "count"], value=bench.counts, label="Counts",
-                                  interactive=False, elem_id="counts")
+            counts = gr.Dataframe(headers=["count of", "label / annotator", "n"], value=bench.counts, interactive=False,
+                                  label="Counts: clips per current label; save events per annotator", elem_id="counts")
         with gr.Tab("Agreement & export", elem_id="tab-agreement") as agreement_tab:
             agree_md = gr.Markdown(elem_id="agreement-summary")
             agree_btn = gr.Button("Refresh agreement", elem_id="agreement-refresh", size="sm")

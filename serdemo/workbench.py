@@ -421,8 +421,7 @@ class Workbench:
     def counts(self) -> list[list]:
         """Clips per current label (each clip once), then save events per annotator (every save counted)."""
         c = self.store.counts()
-        return [["clips labelled", k, v] for k, v in c["label"].items()] + \
-            [["saves by annotator", k, v] for k, v in c["annotator"].items()]
+        return [["clips", k, v] for k, v in c["label"].items()] + [["saves", k, v] for k, v in c["annotator"].items()]
 
     def clip_panel(self, clip_id: str | None) -> str:
         """What the Annotate panel says about its clip: source file, corpus, speaker, duration, model guess."""
