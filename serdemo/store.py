@@ -369,21 +369,3 @@ class Store:
         first = {clip: min(e.id for e in evs) for clip, evs in per_clip.items()}
         return [(rows[clip], per_clip[clip]) for clip in sorted(per_clip, key=first.get)]
 
-    # thin entry points; the export itself lives in serdemo.export
-    def export_manifest(self, csv_path) -> Path:
-        """CSV that ``python -m training.fit --corpus manifest=FILE`` reads (paths absolute)."""
-        from serdemo import export
-
-        return export.write_manifest(self, csv_path)
-
-    def export_audiofolder(self, folder) -> Path:
-        """``folder/metadata.csv`` + ``folder/audio/<sha>.wav`` (``datasets`` audiofolder); see serdemo.export."""
-        from serdemo import export
-
-        return export.export_audiofolder(self, folder).folder
-
-    def export_training_folder(self, folder) -> Path:
-        """``folder/manifest.csv`` + ``folder/audio/<sha>.wav``; see serdemo.export."""
-        from serdemo import export
-
-        return export.export_training_folder(self, folder).folder

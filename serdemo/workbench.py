@@ -29,7 +29,7 @@ from serdemo.audio import MAX_DURATION_S, AudioError
 from serdemo.cards import (METRIC_NOTES, calibration_text, card_summary_markdown, comparison_html, comparison_markdown,
                            expectation_line, headline, metrics_markdown, model_sentence)
 from serdemo.checkpoint import CheckpointError, list_checkpoints, read_card, sha256_file, weights_path
-from serdemo.export import export_zip, origin_of, remove_old_exports
+from serdemo.export import export_zip, origin_of, remove_old_exports, write_manifest
 from serdemo.inference import Prediction, Predictor
 from serdemo.labels import ANNOTATION_LABELS
 from serdemo.plots import (VTLP_VIEWS, analysis_figure, confusion_figure, db_per_unit, mel_band_hz, reliability_figure,
@@ -540,7 +540,7 @@ class Workbench:
         if corpora is None:
             config = card.get("training", {}).get("config")
             corpora = tuple(config.get("corpora", [])) if isinstance(config, dict) else ()
-        manifest = self.store.export_manifest(self.store.directory / "retrain" / "manifest.csv")
+        manifest = write_manifest(self.store, self.store.directory / "retrain" / "manifest.csv")
         self.retrainer.corpora = list(corpora)
         try:
             out = self.retrainer.start(base, card, manifest, list(settings.retrain_args))

@@ -182,11 +182,11 @@ def test_nothing_to_export_is_a_clear_error(tmp_path):
 
 def test_store_methods_delegate_to_the_export(store, tmp_path):
     """The Store's export methods (the UI and training.corpora call them) write the same tables."""
-    folder = store.export_audiofolder(tmp_path / "af")
+    folder = export.export_audiofolder(store, tmp_path / "af").folder
     assert {r["label"] for r in csv.DictReader(open(folder / "metadata.csv"))} == {"angry", "happy", "sad"}
-    folder = store.export_training_folder(tmp_path / "tf")
+    folder = export.export_training_folder(store, tmp_path / "tf").folder
     assert (folder / "manifest.csv").is_file() and not (folder / "metadata.csv").exists()
-    assert store.export_manifest(tmp_path / "m.csv").read_text().startswith(",".join(export.MANIFEST_COLUMNS))
+    assert export.write_manifest(store, tmp_path / "m.csv").read_text().startswith(",".join(export.MANIFEST_COLUMNS))
 
 
 def test_exported_audio_is_a_copy_the_store_keeps_its_own(store, tmp_path):
