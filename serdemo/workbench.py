@@ -36,7 +36,7 @@ from serdemo.plots import (VTLP_VIEWS, analysis_figure, confusion_figure, db_per
                            warp_figure)
 from serdemo.retrain import RetrainBusy, Retrainer, RetrainRefused, check_may_retrain
 from serdemo.store import Store, StoreError, as_stored
-from serdemo.uikit import user_error
+from serdemo.uikit import require_retrain_login, user_error
 from serdemo.vtlp import F_HI_HZ, warp_power
 
 ALPHA_MIN, ALPHA_MAX = 0.8, 1.2
@@ -572,8 +572,9 @@ class Workbench:
             return f"Retraining `{Path(st['out']).name}` was cancelled."
         return f"Done: `{Path(st['out']).name}` is in the model pickers."
 
-    def retrain_cancel(self) -> str:
-        """Stop the background run, if one runs."""
+    def retrain_cancel(self, request: gr.Request = None) -> str:
+        """Stop the background run, if one runs. With ``SERDEMO_AUTH`` set only a logged-in user may."""
+        require_retrain_login(request)
         if self.retrainer.cancel():
             return "Cancelled: the run was stopped."
         return "No retraining run is in progress."

@@ -1003,6 +1003,8 @@ def test_retraining_is_refused_without_a_login_when_the_app_has_logins(tmp_path,
             call()
         assert "login" in str(refused.value)
     assert bench.retrainer.status()["state"] == "idle"
+    with pytest.raises(gr.Error, match="login"):  # nor cancel someone's run
+        bench.retrain_cancel(None)
 
 
 def test_a_clip_over_the_length_limit_points_to_the_timeline_tab(tmp_path):
