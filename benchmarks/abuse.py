@@ -38,6 +38,8 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from serdemo.housekeeping import size_of  # noqa: E402  (one definition of "bytes under a path")
+
 SHARED = Path(os.environ.get("SERDEMO_SHARED_DATA", ROOT.parent / "shared" / "data"))
 LABELS = ["neutral", "happy", "sad", "angry", "fear", "disgust", "surprise"]
 PASSWORD = "benchmark-pw"
@@ -78,21 +80,10 @@ def children_rss_mb(pid: int) -> float:
 
 
 def du_mb(path: Path, prefix: str | None = None) -> float:
-    total = 0
+    """MB under ``path`` (only its entries named ``prefix``... when given)."""
     if not path.exists():
         return 0.0
-    tops = [p for p in path.iterdir() if prefix is None or p.name.startswith(prefix)]
-    for top in tops:
-        if top.is_file():
-            total += top.stat().st_size
-            continue
-        for root, _dirs, files in os.walk(top):
-            for name in files:
-                try:
-                    total += os.lstat(os.path.join(root, name)).st_size
-                except OSError:
-                    pass
-    return total / 1e6
+    return sum(size_of(p) for p in path.iterdir() if prefix is None or p.name.startswith(prefix)) / 1e6
 
 
 class Stats:

@@ -218,32 +218,31 @@ class Predictor:
         return [self._result(fwd, i, waves[i], masks[i], alpha, warped, power if keep_power else None)
                 for i in range(len(waves))]
 
-    def _result(self, fwd: Forward, i: int, wave, mask, alpha, warped, power, start_s: float = 0.0,
-                first_frame: int = 0, n_frames: int | None = None, att_slice=None) -> Prediction:
+    def _result(self, fwd: Forward, i: int, wave, mask, alpha, warped, power) -> Prediction:
         out = fwd.out
         probs = {}
         for head, logits in out.logits.items():
             scale = self.temperature if head == "emotion" else 1.0
             p = torch.softmax(logits[i].float() / scale, dim=-1).cpu().numpy()
             probs[head] = {label: float(v) for label, v in zip(self.heads[head], p)}
-        n_frames = int(fwd.enc.frames[i]) if n_frames is None else n_frames
+        n_frames = int(fwd.enc.frames[i])
         n_att = int(out.attention_lengths[i])
         att = out.attention[i, :n_att].float().cpu().numpy()
         stride = max(1, round(self.features.frame_rate_hz / out.frame_rate_hz))
         # attention frame j covers log-mel frames [j*stride, (j+1)*stride) clipped to the real frames,
         # drawn at the centre time of the frames it covers
         first = np.arange(n_att) * stride
-        last = np.minimum(first + stride, max(n_frames + first_frame, 1)) - 1
+        last = np.minimum(first + stride, max(n_frames, 1)) - 1
         att_times = (first + last) / 2 / self.features.frame_rate_hz
-        logmel = fwd.enc.logmel[i, :, first_frame:first_frame + n_frames].float().cpu().numpy()
+        logmel = fwd.enc.logmel[i, :, :n_frames].float().cpu().numpy()
         return Prediction(
-            probabilities=probs, attention=att, attention_times_s=att_times + start_s - 0.0,
-            logmel=logmel, frame_times_s=self.features.frame_times_s(n_frames) + start_s,
+            probabilities=probs, attention=att, attention_times_s=att_times,
+            logmel=logmel, frame_times_s=self.features.frame_times_s(n_frames),
             duration_s=len(wave) / self.features.sample_rate,
             alpha=1.0 if alpha is None else float(alpha),
             logmel_warped=None if warped is None else warped[i, :, :n_frames].float().cpu().numpy(),
             checkpoint=self.name, speech=np.asarray(mask[:n_frames], dtype=bool),
-            power=None if power is None else power[i:i + 1, :, :n_frames].cpu(), start_s=start_s)
+            power=None if power is None else power[i:i + 1, :, :n_frames].cpu())
 
     def predict(self, audio, alpha: float | None = 1.0, require_speech: bool = True, keep_power: bool = False,
                 max_duration_s: float = MAX_DURATION_S) -> Prediction:

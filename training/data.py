@@ -238,6 +238,7 @@ class Data:
             else:
                 self.untrained_heads[h] = f"training data has {len(seen)} class(es) of {h}"
         self._encoded = None
+        self._digests: dict[str, str] = {}
 
     def _store_report(self, utts, examples, held_out) -> dict | None:
         """How many clips of the annotation store train, and why the others do not (None: no store)."""
@@ -266,11 +267,16 @@ class Data:
 
     def uncached_count(self, alpha: float = 1.0) -> int:
         """Clips of this run whose encoder states are not cached yet (each costs an encoder pass)."""
+        cache = self.encoded_cache
+        return sum(not cache.file(self.digest(e), alpha).is_file() for e in self.train + self.dev + self.test)
+
+    def digest(self, e: Example) -> str:
+        """The clip's content hash (the encoder cache's key), computed once per run."""
         from training.encoded import wave_digest
 
-        cache = self.encoded_cache
-        return sum(not cache.file(wave_digest(self.wave(e)), alpha).is_file()
-                   for e in self.train + self.dev + self.test)
+        if e.utt.path not in self._digests:
+            self._digests[e.utt.path] = wave_digest(self.wave(e))
+        return self._digests[e.utt.path]
 
     def wave(self, e: Example) -> np.ndarray:
         return self.cache.get(e.utt.path)
@@ -289,9 +295,14 @@ class Data:
     def encoded(self, examples: list[Example], alpha: float = 1.0) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each example's ``(states float16 (7, time, 512), speech (time,))``; encodes what is missing."""
         cache = self.encoded_cache
-        waves = [self.wave(e) for e in examples]
-        digests = cache.fill(waves, [self.speech(e) for e in examples], alpha)
-        return [cache.lookup(d, alpha) for d in digests]
+        digests = [self.digest(e) for e in examples]
+        items = [cache.lookup(d, alpha) for d in digests]
+        missing = [i for i, item in enumerate(items) if item is None]
+        if missing:  # encode only what is not cached; hashing was done once per clip
+            cache.fill([self.wave(examples[i]) for i in missing], [self.speech(examples[i]) for i in missing],
+                       alpha, digests=[digests[i] for i in missing])
+            items = [cache.lookup(d, alpha) for d in digests]
+        return items
 
     def speakers(self) -> dict[str, list[str]]:
         return {name: sorted({e.utt.speaker for e in part})

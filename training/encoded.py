@@ -69,9 +69,10 @@ class EncodedCache:
 
     @torch.inference_mode()
     def fill(self, waves: list[np.ndarray], speech: list[np.ndarray], alpha: float = 1.0, batch_size: int = 8,
-             progress=None) -> list[str]:
-        """Encode every wave not yet cached; ``speech``: masks on the log-mel grid. Returns the digests."""
-        digests = [wave_digest(w) for w in waves]
+             progress=None, digests: list[str] | None = None) -> list[str]:
+        """Encode every wave not yet cached; ``speech``: masks on the log-mel grid; ``digests``: the waves'
+        :func:`wave_digest` when the caller already has them. Returns the digests."""
+        digests = digests if digests is not None else [wave_digest(w) for w in waves]
         todo = [i for i, d in enumerate(digests) if self.lookup(d, alpha) is None]
         todo.sort(key=lambda i: len(waves[i]))
         done = 0

@@ -153,7 +153,7 @@ class Trainer:
         n = len(self.train) + len(self.dev) + len(self.test)
         if not self._on_encoder(self.cfg.model):
             return n * 0.05 * self.cfg.epochs
-        new = self.data.uncached_count() if hasattr(self.data, "uncached_count") else 0
+        new = self.data.uncached_count()
         load = 0.004 * n + ENCODE_S_PER_CLIP * new
         if self.cfg.model == "probe":
             return load + PROBE_FIT_S * 3 + 0.002 * n
