@@ -18,8 +18,8 @@ from serdemo.labels import ANNOTATION_LABELS
 from serdemo.plots import warp_figure
 from serdemo.timeline_ui import timeline_tab
 from serdemo.store import StoreError
-from serdemo.uikit import (CSS, SHORTCUTS_JS, annotator_field, gpu, login_name, require_retrain_login, resolve_annotator,
-                           user_error)
+from serdemo.uikit import (CSS, SHORTCUTS_JS, annotator_field, checked_by_the_callback, gpu, login_name,
+                           require_retrain_login, resolve_annotator, user_error)
 from serdemo.workbench import (AGREEMENT_HEADERS, ALPHA_MAX, ALPHA_MIN, HISTORY_HEADERS, MAX_QUEUE, PICKER_INFO,
                                QUEUE_HEADERS, Settings, Workbench)
 
@@ -196,8 +196,10 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             with gr.Row():
                 with gr.Column(scale=3):
                     with gr.Row():
-                        alpha = gr.Slider(ALPHA_MIN, ALPHA_MAX, value=1.1, step=0.01, elem_id="alpha",
-                                          label="VTLP alpha (warp factor): drag, type or use the arrow keys")
+                        # an API caller's word or NaN reaches checked_alpha, which names the range
+                        alpha = checked_by_the_callback(gr.Slider(
+                            ALPHA_MIN, ALPHA_MAX, value=1.1, step=0.01, elem_id="alpha",
+                            label="VTLP alpha (warp factor): drag, type or use the arrow keys"))
                         vtlp_view = gr.Radio([("warped − original", "difference"), ("warped", "warped")],
                                              value="difference", label="VTLP panel shows", elem_id="vtlp-view")
                     warp_plot = gr.Plot(warp_figure(1.1), label="Warp function", elem_id="warp-plot")

@@ -80,6 +80,18 @@ document.addEventListener('keydown', (e) => {
 """ % json.dumps(SHORTCUT_SCOPES)
 
 
+def checked_by_the_callback(slider: gr.Slider) -> gr.Slider:
+    """``slider`` (the page's widget, unchanged) hands an API caller's value to the callback as it was sent.
+
+    Gradio's slider checks a value itself before any callback runs: a word fails inside that check with a bare
+    "Error" (and a traceback in the log), a number out of range with "Value 5 is greater than maximum value
+    1.2", which names no control. The callback checks the value instead and says what it must be
+    (:func:`serdemo.workbench.checked_alpha` for the VTLP warp factor). Done on the instance, not in a
+    subclass: Gradio writes a ``.pyi`` stub beside the module of every component class it sees defined."""
+    slider.preprocess = lambda payload: payload
+    return slider
+
+
 def user_error(problem: Exception | str, source: str | None = None, duration: float | None = 10) -> gr.Error:
     """A problem the user can fix, as a ``gr.Error`` to raise: one log line, no traceback, no path.
 

@@ -179,7 +179,8 @@ class Workbench:
             settings.checkpoint_dirs = (*settings.checkpoint_dirs, self.trained_dir)
         self.retrainer = Retrainer(settings.data_dir / "retrain", self.trained_dir, [], settings.retrain_epochs)
         self._predictors: dict[str, Predictor] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the catalogue, the loaded predictors and the redraw cache; held briefly
+        self._loading: dict[str, threading.Lock] = {}  # checkpoint name -> held while that model loads
         self._views: OrderedDict[tuple[str, str], ClipView] = OrderedDict()
         self.catalogue: dict[str, Path] = {}
         self.cards: dict[str, dict] = {}
@@ -239,20 +240,33 @@ class Workbench:
         return [(f"{name} · {headline(cards[name])}", name) for name in order]
 
     def default_choice(self) -> str | None:
-        if self.settings.default_model in self.catalogue:
+        catalogue = self.catalogue
+        if self.settings.default_model in catalogue:
             return self.settings.default_model
-        return next(iter(self.catalogue), None)
+        return next(iter(catalogue), None)
 
     def predictor(self, name: str | None) -> Predictor:
+        """The loaded model of checkpoint ``name`` (loaded once). Loading (its hash check included) holds only
+        that checkpoint's own lock: the catalogue, the pickers and the other models are not kept waiting."""
         name = name or self.default_choice()
         if name not in self.catalogue:
             self.reload()
-        if name not in self.catalogue:
-            raise CheckpointError(f"no checkpoint named {name!r}; press 'Reload checkpoints' or pick another")
         with self._lock:
-            if name not in self._predictors:
-                self._predictors[name] = Predictor.from_checkpoint(self.catalogue[name], self.settings.device)
-            return self._predictors[name]
+            path, loaded = self.catalogue.get(name), self._predictors.get(name)
+            if loaded is not None:
+                return loaded
+            if path is None:
+                raise CheckpointError(f"no checkpoint named {name!r}; press 'Reload checkpoints' or pick another")
+            loading = self._loading.setdefault(name, threading.Lock())
+        with loading:  # one load per checkpoint, however many requests ask at once
+            with self._lock:
+                if name in self._predictors:
+                    return self._predictors[name]
+            pred = Predictor.from_checkpoint(path, self.settings.device)
+            with self._lock:
+                if self.catalogue.get(name) == path:  # a reload meanwhile may have dropped or replaced it
+                    self._predictors[name] = pred
+            return pred
 
     # ------------------------------------------------------------ analyse and redraw
     def _remember(self, clip_id: str, model: str, view: ClipView) -> None:
@@ -491,10 +505,11 @@ class Workbench:
     # ------------------------------------------------------------ models and retraining
     def model_view(self, name: str | None) -> ModelView:
         """A checkpoint's card as a readable summary, its held-out metrics and its test confusion."""
-        if not name or name not in self.catalogue:
+        path = self.catalogue.get(name) if name else None  # one read: a reload may swap the catalogue
+        if path is None:
             return ModelView("_pick a checkpoint_", "", None)
         try:
-            card = read_card(self.catalogue[name])
+            card = read_card(path)
         except CheckpointError as exc:
             gr.Warning(str(exc))
             return ModelView(f"_{html.escape(str(exc))}_", "", None)
@@ -527,11 +542,11 @@ class Workbench:
             check_may_retrain(user)
         except RetrainRefused as exc:
             raise user_error(exc) from None
-        if not model_name or model_name not in self.catalogue:
+        base = self.catalogue.get(model_name) if model_name else None  # one read: a reload may swap the catalogue
+        if base is None:
             raise user_error("pick a checkpoint to fine-tune")
         if not self.store.current_labels():
             raise user_error("there are no labelled clips in the store yet: relabel some clips first")
-        base = self.catalogue[model_name]
         try:
             card = read_card(base)
         except CheckpointError as exc:
@@ -599,14 +614,16 @@ class Workbench:
 
 
 def checked_alpha(alpha) -> float:
-    """The VTLP alpha as a float in [ALPHA_MIN, ALPHA_MAX], or a user error saying what is allowed."""
+    """The VTLP alpha as a float in [ALPHA_MIN, ALPHA_MAX], or a user error saying what is allowed. The page's
+    slider hands the value over unchecked (:func:`serdemo.uikit.checked_by_the_callback`): this is the one check."""
     try:
         value = float(alpha)
     except (TypeError, ValueError):
         value = float("nan")
     if not ALPHA_MIN <= value <= ALPHA_MAX:  # NaN fails too
         shown = f"{value:g}" if value == value else repr(str(alpha)[:20])
-        raise user_error(f"VTLP alpha must be a number between {ALPHA_MIN} and {ALPHA_MAX}, not {shown}")
+        raise user_error(f"VTLP alpha (the warp factor) must be a number between {ALPHA_MIN} and {ALPHA_MAX}, "
+                         f"not {shown}")
     return value
 
 

@@ -764,9 +764,9 @@ def test_alpha_queue_limit_and_a_raised_duration_limit_are_honoured(tmp_path, mo
 
     bench = Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data", max_duration_s=90))
     for alpha in ("fast", None, float("nan"), 7):
-        with pytest.raises(gr.Error, match="VTLP alpha must be a number between 0.8 and 1.2"):
+        with pytest.raises(gr.Error, match=r"VTLP alpha \(the warp factor\) must be a number between 0.8 and 1.2"):
             bench.redraw(alpha, None, "default")
-    with pytest.raises(gr.Error, match="VTLP alpha must be a number"):
+    with pytest.raises(gr.Error, match="VTLP alpha \\(the warp factor\\) must be a number"):
         bench.analyse(str(EMODB / "wav" / "03a01Wa.wav"), "default", "fast")
     asked = []
     real_queue = bench.store.queue
@@ -1043,3 +1043,87 @@ def test_the_warp_figure_names_the_breakpoint_where_it_is_drawn():
     f, g = knee["x"][0], knee["y"][0]
     assert g == pytest.approx(F_HI_HZ * 0.9 / 1000) and f == pytest.approx(F_HI_HZ / 1000)
     assert knee["text"][0] == f"breakpoint {f:.2f} → {g:.2f} kHz"
+
+
+def raw_call(url: str, api: str, data: list) -> str:
+    """POST ``data`` to ``/gradio_api/call/<api>`` as Python's json writes it (NaN and Infinity included, which
+    gradio_client refuses to send) and return the event stream's text."""
+    import urllib.request
+
+    body = json.dumps({"data": data}).encode()
+    req = urllib.request.Request(f"{url}gradio_api/call/{api}", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        event = json.loads(r.read())["event_id"]
+    with urllib.request.urlopen(f"{url}gradio_api/call/{api}/{event}", timeout=120) as r:
+        return r.read().decode()
+
+
+def test_a_bad_alpha_through_the_api_names_the_warp_factor_and_its_range(server):
+    """Issue 16 point 9: /analyze and /warp called with a word, NaN, an infinity or a number outside the
+    slider's range answer with what the warp factor may be, never Gradio's bare "Error" (its slider refused a
+    word before any of our code ran) nor its "Value 5 is greater than maximum value 1.2"; no traceback in the
+    log. The queue limit holds through the API too."""
+    import httpx
+
+    client = server["client"]
+    log = server["data"] / "server.log"
+    seen = len(log.read_text())
+    clip = EMODB / "wav" / "03a01Wa.wav"
+    clip_id = analyze(client, clip)[4]
+    for alpha in ("abc", "", None, [1.0], 5.0, 0.5):
+        for call in (lambda: analyze(client, clip, alpha=alpha),
+                     lambda: client.predict(alpha, clip_id, "default", api_name="/warp")):
+            with pytest.raises(Exception) as info:
+                call()
+            message = str(info.value)
+            assert "warp factor" in message and "between 0.8 and 1.2" in message, (alpha, message)
+    with open(clip, "rb") as f:  # the page's own upload route: the server's copy of the clip
+        uploaded = httpx.post(f"{server['url']}gradio_api/upload", files={"files": (clip.name, f)}, timeout=60).json()
+    audio = {"path": uploaded[0], "orig_name": clip.name, "meta": {"_type": "gradio.FileData"}}
+    for alpha in (float("nan"), float("inf"), float("-inf")):  # JSON's NaN / Infinity, as a raw client sends them
+        for api, data in (("warp", [alpha, clip_id, "default", "difference"]),
+                          ("analyze", [audio, "default", alpha, "difference", None])):
+            text = raw_call(server["url"], api, data)
+            assert "event: error" in text and "warp factor" in text and "between 0.8 and 1.2" in text, (api, text)
+    assert analyze(client, clip, alpha=0.8)[4] == clip_id and analyze(client, clip, alpha=1.2)[4] == clip_id
+    rows = client.predict(10**9, "all", api_name="/queue")  # capped, never an error
+    assert isinstance(rows, list) and 1 <= len(rows) <= 1000
+    lines = log.read_text()[seen:]
+    assert "Traceback" not in lines, lines[-3000:]
+
+
+def test_a_model_loading_keeps_neither_the_pickers_nor_the_catalogue_waiting(tmp_path, monkeypatch):
+    """Issue 16 point 9: a checkpoint's hash was checked (and its model built) while holding the workbench's one
+    lock, so every page's pickers and every other request waited on a load. Now only a second request for the
+    same checkpoint waits, and it gets the one model that was loaded."""
+    import threading
+
+    from serdemo import workbench as wb
+
+    bench = wb.Workbench(wb.Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data"))
+    started, release, loads = threading.Event(), threading.Event(), []
+    real = wb.Predictor.from_checkpoint
+
+    def slow_load(path, device=None):
+        loads.append(path)
+        started.set()
+        assert release.wait(60)
+        return real(path, device)
+
+    monkeypatch.setattr(wb.Predictor, "from_checkpoint", staticmethod(slow_load))
+    got = []
+    loaders = [threading.Thread(target=lambda: got.append(bench.predictor("default"))) for _ in range(2)]
+    loaders[0].start()
+    assert started.wait(30)
+    loaders[1].start()
+    answered = threading.Event()
+    reader = threading.Thread(target=lambda: (bench.choices(), bench.expectation("default"), bench.reload(),
+                                              bench.model_view("default"), answered.set()))
+    reader.start()
+    try:
+        assert answered.wait(20), "the pickers and the catalogue waited for a model to load"
+    finally:
+        release.set()
+        for t in (*loaders, reader):
+            t.join(60)
+    assert len(loads) == 1 and len(got) == 2 and got[0] is got[1]  # loaded once, for both requests
