@@ -30,6 +30,23 @@ class NoSpeechError(AudioError):
     """The clip holds too little speech to say anything about emotion."""
 
 
+def attention_figures(attention: np.ndarray, positions: np.ndarray, speech: np.ndarray) -> tuple[float, float]:
+    """The two attention figures of one clip (the app's result and evaluation both use this):
+    the mass on speech frames and the mass on the last quarter of the speech (first to last speech frame).
+
+    ``attention (n,)``: weights summing to 1; ``positions (n,)``: each attention frame's position in units
+    of ``speech``'s frames; ``speech (m,)`` bool. NaN, NaN when there is no speech or no attention.
+    """
+    speech = np.asarray(speech, dtype=bool)
+    if not len(attention) or not speech.any():
+        return float("nan"), float("nan")
+    attention, positions = np.asarray(attention), np.asarray(positions, dtype=np.float64)
+    idx = np.clip(np.floor(positions).astype(int), 0, len(speech) - 1)
+    where = np.flatnonzero(speech)
+    cut = where[0] + 0.75 * (where[-1] + 1 - where[0])
+    return float(attention[speech[idx]].sum()), float(attention[positions >= cut].sum())
+
+
 @dataclass
 class Forward:
     """One batched forward pass: ``out`` (attention on the model's grid), the front end's ``enc``
@@ -101,19 +118,16 @@ class Prediction:
 
     def attention_on_speech(self) -> float:
         """Share of attention mass on attention frames whose centre frame is speech."""
-        if self.speech is None or not len(self.attention):
-            return float("nan")
-        idx = self._attention_frame_index()
-        return float(self.attention[self.speech[idx]].sum())
+        return self._attention_figures()[0]
 
     def attention_in_last_quarter(self) -> float:
         """Share of attention mass on the last quarter of the speech (first to last speech frame)."""
-        if self.speech is None or not self.speech.any() or not len(self.attention):
-            return float("nan")
-        where = np.flatnonzero(self.speech)
-        first, last = where[0], where[-1]
-        cut = first + 0.75 * (last + 1 - first)
-        return float(self.attention[self._attention_frame_index() >= cut].sum())
+        return self._attention_figures()[1]
+
+    def _attention_figures(self) -> tuple[float, float]:
+        if self.speech is None:
+            return float("nan"), float("nan")
+        return attention_figures(self.attention, self._attention_frame_index(), self.speech)
 
     def _attention_frame_index(self) -> np.ndarray:
         rate = 1.0 / (self.frame_times_s[1] - self.frame_times_s[0]) if len(self.frame_times_s) > 1 else 100.0

@@ -14,8 +14,6 @@ alpha; there is no Python loop over bins or examples.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -83,53 +81,3 @@ def sample_alpha(batch: int, low: float = ALPHA_RANGE[0], high: float = ALPHA_RA
     """``(batch,)`` alphas drawn from U(low, high)."""
     u = torch.rand(batch, generator=generator)
     return (low + (high - low) * u).to(device)
-
-
-def warp_waveform(wave: np.ndarray, alpha: float, sample_rate: int, f_hi_hz: float = F_HI_HZ,
-                  n_fft: int = 1024, hop_length: int = 256) -> np.ndarray:
-    """VTLP in the waveform domain: warped STFT, then inverse STFT; output length equals input.
-
-    Magnitudes are warped like :func:`warp_power` (on power, then square-rooted). Phases are
-    rebuilt phase-vocoder style: each output bin advances at the warped instantaneous frequency of
-    the source it reads from, so a tone at ``f`` comes out as a clean tone at ``f'``.
-    """
-    x = torch.as_tensor(np.asarray(wave, dtype=np.float32))
-    window = torch.hann_window(n_fft)
-    spec = torch.stft(x, n_fft, hop_length, n_fft, window, center=True, return_complex=True)
-    n_bins, _ = spec.shape
-    power = spec.abs().square()[None].double()
-    warped_mag = warp_power(power, float(alpha), sample_rate, f_hi_hz)[0].clamp_min(0).sqrt()
-
-    # instantaneous frequency of each source bin (Hz), from the phase advance between frames
-    phase = torch.angle(spec).double()
-    bin_hz = sample_rate / n_fft
-    expected = 2 * math.pi * hop_length * torch.arange(n_bins, dtype=torch.float64) / n_fft
-    dphi = torch.diff(phase, dim=1, prepend=phase[:, :1]) - expected[:, None]
-    dphi = torch.remainder(dphi + math.pi, 2 * math.pi) - math.pi
-    inst_hz = (torch.arange(n_bins, dtype=torch.float64)[:, None] * bin_hz
-               + dphi * sample_rate / (2 * math.pi * hop_length))
-    inst_hz = inst_hz.clamp(0, sample_rate / 2)
-    # each output bin takes the nearest source bin's instantaneous frequency, warped
-    pos, _ = _inverse_positions(n_bins, torch.tensor([float(alpha)], dtype=torch.float64),
-                                sample_rate, f_hi_hz)
-    src = pos[0].round().long().clamp(0, n_bins - 1)
-    out_hz = warp_frequency(inst_hz[src], torch.tensor(float(alpha), dtype=torch.float64),
-                            sample_rate, f_hi_hz)
-    advance = 2 * math.pi * hop_length * out_hz / sample_rate
-    out_phase = phase[src, :1] + torch.cumsum(advance, dim=1) - advance[:, :1]
-    out = torch.polar(warped_mag, out_phase).to(torch.complex64)
-    y = torch.istft(out, n_fft, hop_length, n_fft, window, center=True, length=x.shape[0])
-    return y.numpy().astype(np.float32)
-
-
-class VTLP(torch.nn.Module):
-    """Training-time augmentation on power spectra: one alpha ~ U(low, high) per example."""
-
-    def __init__(self, sample_rate: int, low: float = ALPHA_RANGE[0], high: float = ALPHA_RANGE[1],
-                 f_hi_hz: float = F_HI_HZ):
-        super().__init__()
-        self.sample_rate, self.low, self.high, self.f_hi_hz = sample_rate, low, high, f_hi_hz
-
-    def forward(self, power: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        alpha = sample_alpha(power.shape[0], self.low, self.high, generator, power.device)
-        return warp_power(power, alpha, self.sample_rate, self.f_hi_hz)

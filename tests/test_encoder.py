@@ -270,3 +270,18 @@ def test_a_kept_power_spectrum_is_computed_once_and_gives_the_same_prediction(mo
         assert abs(kept.probabilities["emotion"][c] - p) < 1e-5
     np.testing.assert_allclose(kept.logmel, plain.logmel, atol=1e-6)
     np.testing.assert_allclose(pred.logmel_from_power(kept.power, 1.1), kept.logmel_warped, atol=1e-5)
+
+
+def test_attention_figures_on_a_known_layout():
+    """One function computes the two attention figures for the app's result and for evaluation."""
+    from serdemo.inference import attention_figures
+
+    speech = np.zeros(100, bool)
+    speech[20:60] = True  # speech from frame 20 to 59: its last quarter starts at frame 50
+    att = np.zeros(25)
+    att[5:15] = 0.1  # 25 attention frames over 100 speech frames: frames 5..14 cover 20..59
+    positions = np.arange(25) * 4 + 2.0
+    on, last = attention_figures(att, positions, speech)
+    assert on == pytest.approx(1.0)
+    assert last == pytest.approx(0.3)  # attention frames 12, 13, 14 sit at 50, 54, 58: from the cut at 50 on
+    assert all(np.isnan(attention_figures(att, positions, np.zeros(100, bool))))

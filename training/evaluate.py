@@ -27,7 +27,7 @@ import torch
 
 from serdemo.checkpoint import read_card, save_checkpoint, load_checkpoint
 from serdemo.features import pad_batch
-from serdemo.inference import Predictor
+from serdemo.inference import Predictor, attention_figures
 from serdemo.labels import get_label_set
 from training import corpora as C
 from training.data import WaveCache
@@ -107,14 +107,9 @@ def _score_cached(model, waves, speech, batch_size: int = 32):
         probs.append(torch.softmax(out.logits["emotion"].float(), -1).numpy())
         for j in range(x.shape[0]):
             n = int(lengths[j])
-            att, mask = out.attention[j, :n].numpy(), sp[j, :n].numpy()
-            on_speech.append(float(att[mask].sum()) if mask.any() else float("nan"))
-            where = np.flatnonzero(mask)
-            if len(where):
-                cut = where[0] + 0.75 * (where[-1] + 1 - where[0])
-                last_quarter.append(float(att[np.arange(n) + 0.5 >= cut].sum()))
-            else:
-                last_quarter.append(float("nan"))
+            on, last = attention_figures(out.attention[j, :n].numpy(), np.arange(n) + 0.5, sp[j, :n].numpy())
+            on_speech.append(on)
+            last_quarter.append(last)
     return np.concatenate(probs), on_speech, last_quarter
 
 
