@@ -7,6 +7,13 @@ configured corpora with the checkpoint's own recipe, and reports progress by rea
 the new checkpoint on the same clips of speakers neither trained on (``OUT/comparison.json``). Nothing
 here imports ``training``: it is run as a separate process, so a crash or a long run never blocks the app.
 
+Before a run, :func:`retrain_plan` says which stored labels it would train on and why the others would not
+(the reasons of the store report ``training.data`` writes into the run's progress, predicted from the store,
+the base checkpoint's card and the corpus files; the run's own report replaces it once the run has read its
+data). Each phase of a run has an ETA (:meth:`Retrainer.status`). A run writes into ``WORKDIR/runs/NAME``;
+when it is done its checkpoint waits there for a decision: :meth:`Retrainer.keep` moves it among the served
+checkpoints (``out_root``), :meth:`Retrainer.discard` deletes it, and no new run starts until one of the two.
+
 Limits, since anyone who reaches the app can ask for a run: one run at a time, a cool-down after each run
 (``cooldown_s``) and at most ``max_runs_per_day`` starts in any 24 hours (kept in ``WORKDIR/runs.json``, so a
 restart does not reset them); the base checkpoint's weights are loaded and checked before anything starts;
@@ -36,6 +43,19 @@ PROGRESS_FILE = "progress.jsonl"
 # architecture: the ETA shown before the run has counted its data (training.fit uses it too)
 FIRST_GUESS_S = {"probe": 70.0, "localatt": 240.0, "multitask": 240.0, "cnnlstm": 1800.0}  # written by training.fit into its output folder
 COMPARISON_FILE = "comparison.json"  # written by training.compare: old and new model on the same clips
+RUNS_DIR = "runs"  # in the work folder: a run's output while it runs, and once done until it is kept or discarded
+COMPARE_START_S = 20.0  # from the run's "done" line to training.compare's first: its interpreter starts, reads corpora
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")  # corpus files, as training.corpora finds them
+ROOT = Path(__file__).resolve().parents[1]  # the runs' working folder: relative corpus folders are relative to it
+# why a stored label does not train, worded as training.data's store report words it
+WHY_UNREADABLE = "audio could not be read"
+WHY_HELD_OUT = "cut from a recording of a held-out (dev/test) speaker"
+WHY_COPY = "the same audio as a corpus clip"
+WHY_MEANS = {  # ... and what that means, for someone deciding whether to fine-tune
+    WHY_UNREADABLE: "its stored file is missing or damaged",
+    WHY_HELD_OUT: "that speaker is kept out so the new model is scored fairly",
+    WHY_COPY: "the corpus already holds this clip under its own label, and that label counts",
+}
 RUNS_FILE = "runs.json"  # in the work folder: when each run started and ended (cool-down and quota)
 COOLDOWN_S = 15 * 60.0
 MAX_RUNS_PER_DAY = 6
@@ -114,13 +134,137 @@ def check_may_retrain(user: str | None, env=None) -> None:
         raise RetrainRefused("retraining needs a login: log in with your name and password first")
 
 
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+def human_duration(seconds: float | None) -> str:
+    """A wait or an ETA in whole units: ``42 s``, ``3 min 05 s`` (``15 min`` on the minute), ``1 h 02 min``;
+    ``unknown`` for None."""
+    if seconds is None:
+        return "unknown"
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min" + (f" {s % 60:02d} s" if s % 60 else "")
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+# ---------------------------------------------------------------------------------------- before a run
+def corpus_folders(specs) -> dict[str, Path]:
+    """``KIND=PATH`` corpus specs -> ``{kind: folder}``; a relative folder is relative to the runs' working
+    folder (:data:`ROOT`). The retraining manifest (``manifest=``) is not a corpus here."""
+    folders = {}
+    for spec in specs or []:
+        kind, _, path = str(spec).partition("=")
+        if kind and path and kind != "manifest":
+            folders[kind] = Path(path) if Path(path).is_absolute() else ROOT / path
+    return folders
+
+
+_corpus_index: dict[str, dict[str, str]] = {}  # corpus folder -> {file stem: path}
+_corpus_hashes: dict[tuple, str | None] = {}  # (path, size, mtime) -> content hash as the store computes it
+
+
+def corpus_copy_hash(folder: Path, source_name: str) -> str | None:
+    """The content hash (:func:`serdemo.store.clip_hash` of its 16 kHz samples, as ``training.splits`` hashes
+    corpus clips) of the file in corpus ``folder`` named like ``source_name`` (any audio suffix); None when the
+    corpus has no such file or it cannot be read. Folders are indexed once, files hashed once per version."""
+    import math
+
+    from serdemo.audio import AudioError, load_audio
+    from serdemo.store import clip_hash
+
+    key = str(folder)
+    if key not in _corpus_index:
+        index: dict[str, str] = {}
+        for parent, _dirs, files in os.walk(folder):
+            for name in sorted(files):
+                stem, suffix = os.path.splitext(name)
+                if suffix.lower() in AUDIO_SUFFIXES:
+                    index.setdefault(stem, os.path.join(parent, name))
+        _corpus_index[key] = index
+    path = _corpus_index[key].get(Path(source_name).stem)
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    version = (path, st.st_size, st.st_mtime_ns)
+    if version not in _corpus_hashes:
+        try:
+            _corpus_hashes[version] = clip_hash(load_audio(path, max_duration_s=math.inf))
+        except (AudioError, OSError, ValueError):
+            _corpus_hashes[version] = None
+    return _corpus_hashes[version]
+
+
+def retrain_plan(rows, card: dict, corpora) -> dict:
+    """Which stored labels fine-tuning ``card``'s checkpoint on ``corpora`` (``KIND=PATH``) would train on, and
+    why the others would not, before any run. ``rows``: :func:`serdemo.export.export_rows` of the store (what
+    the run's manifest holds). The reasons are those of the store report the run writes once it has read its
+    data (``training.data``), in its order: the label is not in the model's label set; the stored audio cannot
+    be read; the clip is cut from a recording of a speaker the base model holds out (its card's dev and test
+    speakers: the run's split when it uses the same corpora); the clip is a copy of the corpus file it is named
+    after. A renamed copy of a corpus clip is found by the run only.
+
+    Returns ``{"stored", "training", "left_out": {why: n}, "clips": [{"clip", "source", "label", "why"}],
+    "same_split": whether the run's corpora are the base model's}``.
+    """
+    from serdemo.labels import get_label_set
+
+    label_set = card.get("label_set") if isinstance(card.get("label_set"), dict) else {}
+    try:
+        mapping = get_label_set(label_set.get("name", ""))
+    except KeyError:
+        mapping = None
+    classes = (card.get("heads") or {}).get("emotion") or []
+    speakers = (card.get("training") or {}).get("speakers") or {}
+    held = set(speakers.get("dev") or []) | set(speakers.get("test") or [])
+    folders = corpus_folders(corpora)
+    base = corpus_folders(((card.get("training") or {}).get("config") or {}).get("corpora"))
+    clips, left = [], {}
+    for r in rows:
+        o = r.origin
+        try:
+            mapped = mapping.map(r.label) is not None if mapping is not None else r.label in classes
+        except KeyError:
+            mapped = False
+        source_speaker = o.speaker if o.corpus and o.speaker.startswith(f"{o.corpus}:") else None
+        if not mapped:
+            why = f"label not in the {label_set.get('name') or 'model'} label set"
+        elif not Path(r.path).is_file():
+            why = WHY_UNREADABLE
+        elif o.corpus in folders and source_speaker in held:
+            why = WHY_HELD_OUT
+        elif o.corpus in folders and corpus_copy_hash(folders[o.corpus], o.source_name) == r.clip:
+            why = WHY_COPY
+        else:
+            why = ""
+        if why:
+            left[why] = left.get(why, 0) + 1
+        clips.append({"clip": r.clip, "source": o.source_name, "label": r.label, "why": why})
+    return {"stored": len(clips), "training": sum(not c["why"] for c in clips), "left_out": left, "clips": clips,
+            "same_split": set(folders) == set(base)}
+
+
+def report_sentence(report: dict) -> str:
+    """A store report (the run's, or :func:`retrain_plan`'s) in a sentence: how many stored labels train, and
+    for each reason how many do not and what it means."""
+    stored, training = int(report.get("stored") or 0), int(report.get("training") or 0)
+    left = {str(k): int(v) for k, v in (report.get("left_out") or {}).items() if v}
+    text = f"**{training} of {stored}** stored label{'s' if stored != 1 else ''} train"
+    if left:
+        text += f"; {stored - training} do{'es' if stored - training == 1 else ''} not: " + "; ".join(
+            _counted(n, why) + (f" ({WHY_MEANS[why]})" if why in WHY_MEANS else "") for why, n in left.items())
+    return text + "."
+
+
+def _counted(n: int, why: str) -> str:
+    """``2 are cut from ...``, ``1 has a label not in ...``, ``1 whose audio could not be read``."""
+    if why.startswith("label "):
+        return f"{n} {'has' if n == 1 else 'have'} a {why}"
+    if why == WHY_UNREADABLE:
+        return f"{n} whose {why}"
+    return f"{n} {'is' if n == 1 else 'are'} {why}"
 
 
 class Retrainer:
@@ -141,7 +285,20 @@ class Retrainer:
         self.started = 0.0
         self.cancelled = False
         self._reported: Path | None = None  # the run whose failure was logged
+        self.decision: str | None = None  # the done run's: None (waiting), "kept" or "discarded"
+        self.base_name = ""  # the checkpoint the run fine-tunes
+        self.first_guess_s: float | None = None
         self.runs: list[dict] = self._read_runs()
+        self._restore()
+
+    def _restore(self) -> None:
+        """After a restart: the last run, done and waiting for a decision, is shown again (its output is kept)."""
+        last = self.runs[-1] if self.runs else {}
+        folder = self.workdir / RUNS_DIR / str(last.get("name", ""))
+        if last.get("state") == "done" and not last.get("decision") and (folder / COMPARISON_FILE).is_file():
+            self.out, self.log = folder, self.workdir / f"{folder.name}.log"
+            self.base_name = str(last.get("base") or "")
+            self.started = float(last["started"])
 
     # ------------------------------------------------------------------ limits
     def _read_runs(self) -> list[dict]:
@@ -180,7 +337,7 @@ class Retrainer:
             last = self.runs[-1]
             since = last.get("ended") or last["started"]
             if now - since < self.cooldown_s:
-                waits.append((since + self.cooldown_s - now, f"runs are {_duration(self.cooldown_s)} apart"))
+                waits.append((since + self.cooldown_s - now, f"runs are {human_duration(self.cooldown_s)} apart"))
         recent = sorted(r["started"] for r in self.runs if now - r["started"] < 86400)
         if len(recent) >= self.max_runs_per_day:
             oldest = recent[len(recent) - self.max_runs_per_day]
@@ -200,9 +357,12 @@ class Retrainer:
             if self.running:
                 raise RetrainBusy(f"a retraining run is already in progress ({self.out.name}); wait for it to "
                                   "finish or cancel it")
+            if self.awaiting_decision():
+                raise RetrainBusy(f"the last run's model ({self.out.name}) waits for a decision: keep it or discard "
+                                  "it on the Models tab first")
             wait_s, why = self.next_start()
             if wait_s > 0:
-                raise RetrainRefused(f"retraining is limited ({why}): the next run can start in {_duration(wait_s)}")
+                raise RetrainRefused(f"retraining is limited ({why}): the next run can start in {human_duration(wait_s)}")
             if self.verify is not None:
                 self.verify(Path(base_checkpoint))
             stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -211,9 +371,9 @@ class Retrainer:
             while (self.out_root / name).exists() or (self.workdir / f"{name}.json").exists():  # same second
                 n += 1
                 name = f"{Path(base_checkpoint).name}-ft-{stamp}-{n}"
-            self.out = self.out_root / name
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            self.out_root.mkdir(parents=True, exist_ok=True)
+            # not among the served checkpoints until someone keeps it
+            self.out = self.workdir / RUNS_DIR / name
+            self.out.parent.mkdir(parents=True, exist_ok=True)
             recipe = dict(base_card.get("training", {}).get("config", {}))
             self.first_guess_s = FIRST_GUESS_S.get(str(recipe.get("model")), 300.0)
             recipe.update(name=name, out=str(self.out), init=str(base_checkpoint), epochs=self.epochs,
@@ -237,23 +397,27 @@ class Retrainer:
                 self.proc = subprocess.Popen(["bash", "-c", script], cwd=root, env=env, stdout=logf,
                                              stderr=subprocess.STDOUT, start_new_session=True)
             self.started = time.time()
-            self.cancelled = False
+            self.cancelled, self.decision, self.base_name = False, None, Path(base_checkpoint).name
             with self._runs_lock:
-                self.runs.append({"name": name, "started": self.clock(), "ended": None})
+                self.runs.append({"name": name, "base": self.base_name, "started": self.clock(), "ended": None})
                 self._write_runs()
             return self.out
 
     def prune(self, keep: int = 3) -> int:
-        """Delete the outputs of all but the newest ``keep`` finished runs this retrainer made (their
-        checkpoint folder under ``out_root`` and their config and log in ``workdir``); never the running
-        run. Returns how many runs were removed. The disk budget's sweep calls it."""
+        """Delete the outputs of all but the newest ``keep`` kept runs this retrainer made (their checkpoint
+        folder under ``out_root`` and their config and log in ``workdir``), and every unkept output under
+        ``WORKDIR/runs`` (failed, cancelled, left by a restart) but the current run's (running, waiting for a
+        decision, or the last one shown). Returns how many runs were removed. The disk budget's sweep calls it."""
         with self._lock:
             current = self.out.name if (self.out is not None and self.running) else None
             runs = sorted((p for p in self.out_root.glob("*-ft-*") if p.is_dir() and not p.is_symlink()),
                           key=lambda p: p.stat().st_mtime, reverse=True) if self.out_root.is_dir() else []
-            runs = [p for p in runs if p.name != current]
+            runs = [p for p in runs if p.name != current][max(0, keep):]
+            unkept = self.workdir / RUNS_DIR
+            runs += [p for p in (unkept.iterdir() if unkept.is_dir() else [])
+                     if p.is_dir() and not p.is_symlink() and p != self.out]
             removed = 0
-            for old in runs[max(0, keep):]:
+            for old in runs:
                 try:
                     shutil.rmtree(old)
                 except OSError:
@@ -262,6 +426,48 @@ class Retrainer:
                     extra.unlink(missing_ok=True)
                 removed += 1
             return removed
+
+    def awaiting_decision(self) -> bool:
+        """Whether a run is done (trained and compared) and its checkpoint waits to be kept or discarded."""
+        return (self.out is not None and self.decision is None and not self.cancelled and not self.running
+                and (self.proc is None or self.proc.returncode == 0) and self.out.parent == self.workdir / RUNS_DIR
+                and (self.out / COMPARISON_FILE).is_file())
+
+    def _decide(self, decision: str) -> None:
+        self.decision = decision
+        with self._runs_lock:
+            for run in reversed(self.runs):
+                if run.get("name") == self.out.name:
+                    run["decision"] = decision
+                    break
+            self._write_runs()
+
+    def keep(self) -> str:
+        """The done run's checkpoint joins the served ones (moved under ``out_root``); returns its name.
+        Raises :class:`RetrainBusy` when no run waits for a decision."""
+        with self._lock:
+            if not self.awaiting_decision():
+                raise RetrainBusy("no finished run waits for a decision")
+            dest = self.out_root / self.out.name
+            self.out_root.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(self.out), str(dest))  # beside the store: a rename
+            self.out = dest
+            self._decide("kept")
+            log.info("retraining run %s kept", dest.name)
+            return dest.name
+
+    def discard(self) -> str:
+        """Delete the done run's checkpoint (and its config and log); returns its name. Raises
+        :class:`RetrainBusy` when no run waits for a decision."""
+        with self._lock:
+            if not self.awaiting_decision():
+                raise RetrainBusy("no finished run waits for a decision")
+            shutil.rmtree(self.out, ignore_errors=True)
+            for extra in (self.workdir / f"{self.out.name}.json", self.workdir / f"{self.out.name}.log"):
+                extra.unlink(missing_ok=True)
+            self._decide("discarded")
+            log.info("retraining run %s discarded", self.out.name)
+            return self.out.name
 
     def cancel(self) -> bool:
         """Stop the running run (SIGTERM to its process group, SIGKILL after ``STOP_GRACE_S``); False when
@@ -308,20 +514,25 @@ class Retrainer:
 
     def status(self) -> dict:
         """``{"state": idle|running|done|failed|cancelled, "run", "epoch", "of", "dev_ua", "elapsed_s", "reason"}``
-        plus, from the progress file, ``step``, ``total_steps``, ``loss``, ``eta_s``, ``error`` and, while
-        running, ``phase``: ``preparing`` (no step yet), ``training`` or ``comparing`` (training is done, the
-        comparison with the previous model runs); ``current_epoch`` is the epoch the last step belongs to;
+        plus, from the progress file, ``step``, ``total_steps``, ``loss``, ``error`` and ``phase``: ``preparing``
+        (no step yet), ``training`` or ``comparing`` (training is done, the comparison with the previous model
+        runs) while running, else the state; ``activity`` says in words what runs now (the run's own phase
+        lines: "reading the corpora", "fitting the probe", "scoring both models on ..."); ``eta_s``: seconds
+        left by the current phase's estimate, counted down since it was written (before the run's first line,
+        the recipe's first guess), and ``overdue_s`` once that estimate has passed; ``store``: the run's
+        report of which stored labels train (once it has read its data); ``decision`` for a done run:
+        ``waiting``, ``kept`` or ``discarded``; ``current_epoch`` is the epoch the last step belongs to;
         ``next_start_s``: seconds until another run may start. ``out`` is the run's name (kept for callers
         that read it; never a path); ``reason`` (and ``tail``, its old name) says in one line why a run
         failed. Safe to return to any client: no server path, no traceback."""
-        if self.proc is None:
+        if self.out is None:
             wait_s, _ = self.next_start()
             return {"state": "idle", "next_start_s": None if math.isinf(wait_s) else round(wait_s)}
         events = read_progress(self.out / PROGRESS_FILE)
         last = events[-1] if events else {}
         epochs = [e for e in events if e.get("event") == "epoch"]
-        code = self.proc.poll()
-        finished = code == 0 and (self.out / COMPARISON_FILE).exists()
+        code = self.proc.poll() if self.proc is not None else 0  # no process: a done run restored after a restart
+        finished = code == 0 and (self.decision is not None or (self.out / COMPARISON_FILE).exists())
         if code is None:
             state = "running"
         else:
@@ -337,6 +548,7 @@ class Retrainer:
             phase = "comparing"
         else:
             phase = "training" if last.get("step") else "preparing"
+        activity, eta_s = self._activity(state, last) if state == "running" else (state, None)
         wait_s, _ = self.next_start()
         return {"state": state, "run": self.out.name, "out": self.out.name,
                 "epoch": int(epochs[-1]["epoch"]) if epochs else 0,
@@ -344,13 +556,33 @@ class Retrainer:
                 "dev_ua": epochs[-1].get("dev_ua") if epochs else None,
                 "step": int(last.get("step") or 0), "total_steps": int(last.get("total_steps") or 0),
                 "loss": losses[-1] if losses else None,
-                # before the run's first line (its interpreter is starting): the recipe's first guess
-                "eta_s": last.get("eta_s") if events else (getattr(self, "first_guess_s", None)
-                                                            if state == "running" else None),
+                "eta_s": None if eta_s is None else max(0.0, round(eta_s, 1)),
+                "overdue_s": round(-eta_s, 1) if eta_s is not None and eta_s < 0 else None,
+                "activity": activity, "base": self.base_name,
+                "store": next((e["store"] for e in reversed(events) if isinstance(e.get("store"), dict)), None),
+                "decision": (self.decision or "waiting") if state == "done" else None,
                 "error": reason or None, "reason": reason, "tail": reason,
                 "phase": phase, "current_epoch": int(last.get("epoch") or 0),
                 "elapsed_s": time.time() - self.started,
                 "next_start_s": None if math.isinf(wait_s) else round(wait_s)}
+
+    def _activity(self, state: str, last: dict) -> tuple[str, float | None]:
+        """What a running run does now and the seconds left by that phase's estimate (negative: overdue),
+        from its last progress line: every phase has an estimate from its first second."""
+        now = time.time()
+        since = now - float(last["time"]) if isinstance(last.get("time"), (int, float)) else 0.0
+        event = last.get("event")
+        if not last:  # its interpreter is starting: the recipe's first guess for the whole run
+            guess = self.first_guess_s
+            return "starting", None if guess is None else guess - (now - self.started)
+        if event == "done":  # training.compare's interpreter starts and reads the corpora before its own line
+            return "starting the comparison with the previous model", COMPARE_START_S - since
+        if event == "phase":
+            activity = str(last.get("phase") or "preparing")
+        else:
+            activity = "training" if last.get("total_steps") else "fitting"
+        eta = last.get("eta_s")
+        return activity, None if not isinstance(eta, (int, float)) else float(eta) - since
 
     def comparison_result(self) -> dict | None:
         """The finished run's ``training.compare`` result (``comparison.json``), or None."""

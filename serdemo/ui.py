@@ -4,8 +4,9 @@ method, through :class:`Endpoints` where a result must become component updates;
 
 Named API endpoints (``gradio_client``): ``/analyze``, ``/warp``, ``/relabel``, ``/confirm``,
 ``/history``, ``/queue``, ``/labels``, ``/agreement``, ``/export``, ``/models``, ``/model_card``,
-``/model_metrics``, ``/retrain``, ``/retrain_cancel``, ``/retrain_status`` (Markdown), ``/retrain_progress``
-(a dict), and the Timeline tab's ``/timeline``.
+``/model_metrics``, ``/retrain_plan`` (what a run would train on, Markdown), ``/retrain``, ``/retrain_cancel``,
+``/retrain_status`` (Markdown), ``/retrain_progress`` (a dict), ``/retrain_keep`` and ``/retrain_discard`` (a done
+run's checkpoint), and the Timeline tab's ``/timeline``.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ class Endpoints:
     def retrain_view(self, seen):
         v = self.bench.retrain_view(seen)
         pickers = gr.skip() if v.choices is None else gr.update(choices=v.choices)
-        return v.bar, v.status, v.comparison, pickers, pickers, v.seen
+        return v.bar, v.status, v.comparison, pickers, pickers, v.seen, gr.update(visible=v.decide)
 
     def retrain_progress(self) -> dict:
         """The background run's status: state, phase, step, total_steps, epoch, loss, eta_s, dev_ua, out, ..."""
@@ -251,7 +252,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                 export_btn = gr.Button("Export as zip", elem_id="export", scale=0, min_width=160, variant="primary")
             export_file = gr.File(label="Download the export", interactive=False, elem_id="export-file",
                                   visible=False)  # shown once there is a zip
-        with gr.Tab("Models", elem_id="tab-models"):
+        with gr.Tab("Models", elem_id="tab-models") as models_tab:
             with gr.Row(equal_height=True):
                 m_pick = gr.Dropdown(bench.choices(), value=bench.default_choice(), allow_custom_value=True,
                                      label="Checkpoint", elem_id="model-pick", scale=4, info=PICKER_INFO)
@@ -273,9 +274,13 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                 retrain_btn = gr.Button("Fine-tune the selected model on the stored annotations", elem_id="retrain",
                                         scale=4)
                 cancel_btn = gr.Button("Cancel the run", elem_id="retrain-cancel", scale=1, min_width=140, size="sm")
+            retrain_plan = gr.Markdown(elem_id="retrain-plan")  # before a run: what it would train on, how long
             retrain_bar = gr.HTML(elem_id="retrain-progress")
             retrain_md = gr.Markdown(elem_id="retrain-status")
             retrain_table = gr.HTML(elem_id="retrain-comparison")
+            with gr.Row(visible=False) as decide_row:  # a done run: keep its checkpoint, or discard it
+                keep_btn = gr.Button("Keep the new model (serve it)", variant="primary", elem_id="retrain-keep")
+                discard_btn = gr.Button("Discard it (delete its files)", variant="stop", elem_id="retrain-discard")
             seen_run = gr.State("")  # the finished run whose checkpoint this page's pickers already list
         # further tabs (the timeline) are added here
         timeline_tab(bench, annotator)
@@ -341,9 +346,16 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         gr.api(ep.model_metrics, api_name="model_metrics")
         # the run's progress comes from the retrainer, polled by every page (and read on load: a reload shows it)
         view = dict(fn=ep.retrain_view, inputs=[seen_run],
-                    outputs=[retrain_bar, retrain_md, retrain_table, model, m_pick, seen_run], **hidden)
+                    outputs=[retrain_bar, retrain_md, retrain_table, model, m_pick, seen_run, decide_row], **hidden)
+        gr.api(bench.retrain_plan, api_name="retrain_plan")  # named first: the page's own calls below are private
+        plan = dict(fn=bench.retrain_plan, inputs=[m_pick], outputs=[retrain_plan], **hidden)
+        for when in (m_pick.change, models_tab.select, app.load):
+            when(**plan)
         retrain_btn.click(ep.retrain, [m_pick], [retrain_md], api_name="retrain", concurrency_limit=1).success(**view)
         cancel_btn.click(bench.retrain_cancel, None, [retrain_md], api_name="retrain_cancel").success(**view)
+        keep_btn.click(bench.retrain_keep, None, [retrain_md], api_name="retrain_keep").success(**view)
+        discard_btn.click(bench.retrain_discard, None, [retrain_md], api_name="retrain_discard").success(
+            **view).success(**plan)
         gr.Timer(2.0).tick(queue=False, **view)
         app.load(**view)
         gr.api(bench.retrain_status, api_name="retrain_status")

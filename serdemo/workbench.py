@@ -29,18 +29,20 @@ from serdemo.audio import MAX_DURATION_S, AudioError
 from serdemo.cards import (METRIC_NOTES, calibration_text, card_summary_markdown, comparison_html, comparison_markdown,
                            expectation_line, headline, metrics_markdown, model_sentence)
 from serdemo.checkpoint import CheckpointError, list_checkpoints, read_card, sha256_file, weights_path
-from serdemo.export import export_zip, origin_of, remove_old_exports, write_manifest
+from serdemo.export import export_rows, export_zip, origin_of, remove_old_exports, write_manifest
 from serdemo.inference import Prediction, Predictor
 from serdemo.labels import ANNOTATION_LABELS
 from serdemo.plots import (VTLP_VIEWS, analysis_figure, confusion_figure, db_per_unit, mel_band_hz, reliability_figure,
                            warp_figure)
-from serdemo.retrain import RetrainBusy, Retrainer, RetrainRefused, check_may_retrain
+from serdemo.retrain import (FIRST_GUESS_S, RetrainBusy, Retrainer, RetrainRefused, check_may_retrain, human_duration,
+                             report_sentence, retrain_plan)
 from serdemo.store import Store, StoreError, as_stored
 from serdemo.uikit import require_retrain_login, user_error
 from serdemo.vtlp import F_HI_HZ, warp_power
 
 ALPHA_MIN, ALPHA_MAX = 0.8, 1.2
 MAX_QUEUE = 1000  # rows the annotation queue returns at most (the page's and the API's limit)
+PLAN_ROWS = 20  # stored labels that would not train, listed by name before a retraining run
 SPACES_STORAGE = Path("/data")  # a Hugging Face Space's persistent storage, when the Space has it
 log = logging.getLogger("serdemo.ui")
 
@@ -136,8 +138,9 @@ class RetrainView:
     bar: str  # HTML progress bar
     status: str  # Markdown
     comparison: str  # HTML table: the previous and the new model on the same held-out clips
-    choices: list | None  # the pickers' new choices once a run is done (None: unchanged)
-    seen: str  # the finished run this page's pickers list
+    choices: list | None  # the pickers' new choices once a run's checkpoint is kept (None: unchanged)
+    seen: str  # the kept run this page's pickers list
+    decide: bool = False  # a done run waits to be kept or discarded: show the two buttons
 
 
 @dataclass
@@ -534,10 +537,54 @@ class Workbench:
         return ("#### What to expect from each model (listed default first, then by dev UA)\n\n"
                 + "\n\n".join(lines)) if lines else "_no checkpoints found_"
 
+    def _retrain_corpora(self, card: dict) -> tuple[str, ...]:
+        """The corpora a fine-tuning run of ``card``'s checkpoint reads: the settings', else the recipe's own."""
+        if self.settings.retrain_corpora is not None:
+            return tuple(self.settings.retrain_corpora)
+        config = card.get("training", {}).get("config")
+        return tuple(config.get("corpora", [])) if isinstance(config, dict) else ()
+
+    def retrain_plan(self, model_name: str | None) -> str:
+        """Before a run: which stored labels fine-tuning ``model_name`` would train on and why the others would
+        not (:func:`serdemo.retrain.retrain_plan`), and how long a run takes, as Markdown."""
+        base = self.catalogue.get(model_name) if model_name else None
+        if base is None:
+            return "_pick a checkpoint to see what fine-tuning it would train on_"
+        try:
+            card = read_card(base)
+        except CheckpointError as exc:
+            return f"_{html.escape(str(exc))}_"
+        rows = export_rows(self.store)
+        if not rows:
+            return ("**Before you fine-tune:** no stored clip is labelled yet; label some on the Analyse or Annotate "
+                    "tab first.")
+        plan = retrain_plan(rows, card, self._retrain_corpora(card))
+        model = str((card.get("training", {}).get("config") or {}).get("model", "?"))
+        lines = [f"**Before you fine-tune `{model_name}`:** {report_sentence(plan)}"]
+        skipped = [c for c in plan["clips"] if c["why"]]
+        if skipped:
+            shown = skipped[:PLAN_ROWS]
+            lines += ["", "| clip | source | label | why it does not train |", "|---|---|---|---|"]
+            lines += [f"| `{c['clip'][:8]}` | {_cell(c['source'] or 'recording')} | {c['label']} | {c['why']} |"
+                      for c in shown]
+            if len(skipped) > len(shown):
+                lines.append(f"\n_and {len(skipped) - len(shown)} more_")
+        notes = ["held-out speakers as the base model's card lists them" + (
+                 "" if plan["same_split"] else " (this run reads other corpora, so its own split may differ)"),
+                 "a renamed copy of a corpus clip is found by the run itself"]
+        if any(a.startswith("--limit-per-corpus") for a in self.settings.retrain_args):
+            notes.append("this server trains on a sample of each corpus (--limit-per-corpus): a copy of a corpus "
+                         "clip outside the sample trains")
+        guess = FIRST_GUESS_S.get(model, 300.0)
+        lines += ["", f"A run of this recipe (`{model}`) takes about **{human_duration(guess)}** on a 2-core CPU: "
+                  "reading the corpora, preparing, training, then scoring the previous and the new model on the same "
+                  "held-out speakers; each phase shows its own ETA. The run reports what it trains on once it has read "
+                  f"its data. ({'; '.join(notes)}.)"]
+        return "\n".join(lines)
+
     def retrain(self, model_name: str | None, user: str | None = None) -> str:
         """Fine-tune the selected checkpoint on the stored annotations in a background process. With
         ``SERDEMO_AUTH`` set only a logged-in ``user`` may start a run."""
-        settings = self.settings
         try:
             check_may_retrain(user)
         except RetrainRefused as exc:
@@ -551,41 +598,43 @@ class Workbench:
             card = read_card(base)
         except CheckpointError as exc:
             raise user_error(exc) from None
-        corpora = settings.retrain_corpora
-        if corpora is None:
-            config = card.get("training", {}).get("config")
-            corpora = tuple(config.get("corpora", [])) if isinstance(config, dict) else ()
+        corpora = self._retrain_corpora(card)
         manifest = write_manifest(self.store, self.store.directory / "retrain" / "manifest.csv")
         self.retrainer.corpora = list(corpora)
         try:
-            out = self.retrainer.start(base, card, manifest, list(settings.retrain_args))
+            out = self.retrainer.start(base, card, manifest, list(self.settings.retrain_args))
         except RetrainBusy as exc:
             raise user_error(exc) from None
         return f"Started fine-tuning **{model_name}** on {len(self.store.current_labels())} stored clips " \
                f"+ {len(corpora)} corpora → `{out.name}`"
 
-    def _finished(self, st: dict) -> bool:
-        """A done run's checkpoint joins the catalogue (one rescan, whichever page or caller asks first)."""
-        if st["state"] == "done" and Path(st["out"]).name not in self.catalogue:
-            self.reload()
-        return st["state"] == "done"
-
     def _comparison(self, st: dict) -> dict | None:
-        """A finished run's comparison (``training.compare``'s result), or None."""
-        return self.retrainer.comparison_result() if st["state"] == "done" else None
+        """A finished run's comparison (``training.compare``'s result) while it waits for a decision, or None."""
+        return self.retrainer.comparison_result() if st.get("decision") == "waiting" else None
 
     def _retrain_markdown(self, st: dict) -> str:
         """The run's state in a line or two (the comparison itself is rendered from its data, apart)."""
+        name = st.get("out", "")
         if st["state"] == "idle":
             return "No retraining run yet."
         if st["state"] == "running":
-            return (f"Training `{Path(st['out']).name}` ({duration_text(st['elapsed_s'])} so far)"
-                    + (f"; dev UA after epoch {st['epoch']}: {st['dev_ua']:.3f}" if st["dev_ua"] is not None else ""))
+            text = f"Training `{name}` ({human_duration(st['elapsed_s'])} so far)" + (
+                f"; dev UA after epoch {st['epoch']}: {st['dev_ua']:.3f}" if st["dev_ua"] is not None else "") + "."
+            if st.get("store"):
+                text += f"\n\nThe run has read its data: {report_sentence(st['store'])}"
+            return text
         if st["state"] == "failed":
-            return f"Retraining `{Path(st['out']).name}` failed: {st.get('reason') or 'the server log has the details'}."
+            return f"Retraining `{name}` failed: {st.get('reason') or 'the server log has the details'}."
         if st["state"] == "cancelled":
-            return f"Retraining `{Path(st['out']).name}` was cancelled."
-        return f"Done: `{Path(st['out']).name}` is in the model pickers."
+            return f"Retraining `{name}` was cancelled."
+        if st.get("decision") == "kept":
+            return f"Kept: `{name}` is in the model pickers."
+        if st.get("decision") == "discarded":
+            return f"Discarded: `{name}` was deleted; `{st.get('base') or 'the previous model'}` stays as it was."
+        trained = f"\n\nIt trained on {report_sentence(st['store'])}" if st.get("store") else ""
+        return (f"Done: `{name}` is trained. Below, it and `{st.get('base') or 'the previous model'}` are scored on the "
+                "same clips of speakers neither trained on. **Keep** it to serve it (it joins the model pickers) or "
+                f"**discard** it (its files are deleted); no other run starts until you choose.{trained}")
 
     def retrain_cancel(self, request: gr.Request = None) -> str:
         """Stop the background run, if one runs. With ``SERDEMO_AUTH`` set only a logged-in user may."""
@@ -594,23 +643,46 @@ class Workbench:
             return "Cancelled: the run was stopped."
         return "No retraining run is in progress."
 
+    def retrain_keep(self, request: gr.Request = None) -> str:
+        """Keep the finished run's checkpoint: it joins the model pickers and can be served. With
+        ``SERDEMO_AUTH`` set only a logged-in user may."""
+        require_retrain_login(request)
+        try:
+            name = self.retrainer.keep()
+        except RetrainBusy as exc:
+            raise user_error(exc) from None
+        self.reload()
+        return f"Kept: `{name}` is in the model pickers."
+
+    def retrain_discard(self, request: gr.Request = None) -> str:
+        """Delete the finished run's checkpoint. With ``SERDEMO_AUTH`` set only a logged-in user may."""
+        require_retrain_login(request)
+        try:
+            name = self.retrainer.discard()
+        except RetrainBusy as exc:
+            raise user_error(exc) from None
+        return f"Discarded: `{name}` was deleted."
+
     def retrain_status(self) -> str:
         """Progress of the background run as Markdown; when done, the two models' comparison."""
         st = self.retrainer.status()
-        self._finished(st)
         result = self._comparison(st)
         status = self._retrain_markdown(st)
         return f"{status}\n\n{comparison_markdown(result)}" if result is not None else status
 
     def retrain_view(self, seen: str = "") -> RetrainView:
         """The page's view of the run (polled, and on load, so a reload shows it): the status line, and the
-        comparison as a table built from the same data as :meth:`retrain_status`'s Markdown."""
+        comparison as a table built from the same data as :meth:`retrain_status`'s Markdown; the keep and
+        discard buttons show while a done run waits for the choice."""
         st = self.retrainer.status()
-        fresh = self._finished(st) and st["out"] != seen
+        fresh = st.get("decision") == "kept" and st["out"] != seen
+        if fresh and st["out"] not in self.catalogue:  # kept by another page or an API caller
+            self.reload()
         result = self._comparison(st)
         table = comparison_html(result) if result is not None else ""
         return RetrainView(retrain_progress_html(st), self._retrain_markdown(st), table,
-                           self.choices() if fresh else None, st["out"] if fresh else seen)
+                           self.choices() if fresh else None, st["out"] if fresh else seen,
+                           st.get("decision") == "waiting")
 
 
 def checked_alpha(alpha) -> float:
@@ -644,38 +716,41 @@ def _accepts(fn, name: str) -> bool:
         return False
 
 
-def duration_text(seconds: float | None) -> str:
-    """``42 s``, ``3 min 05 s``, ``1 h 02 min``; ``unknown`` for None."""
-    if seconds is None:
-        return "unknown"
-    s = max(0, int(round(seconds)))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: escaped, no pipes or line breaks, at most 40 characters."""
+    text = " ".join(str(text).replace("|", "/").split())
+    return html.escape(text if len(text) <= 40 else text[:39] + "…")
+
+
+def eta_phrase(st: dict) -> str:
+    """``ETA 1 min 05 s``; past the estimate, by how much; ``ETA unknown`` without one."""
+    if st.get("overdue_s"):
+        return f"taking {human_duration(st['overdue_s'])} longer than estimated"
+    return f"ETA {human_duration(st.get('eta_s'))}"
 
 
 def retrain_progress_html(st: dict) -> str:
-    """A retraining run (:meth:`Retrainer.status`) as a progress bar with its step count and ETA."""
+    """A retraining run (:meth:`Retrainer.status`) as a progress bar: what runs now and its ETA, in every phase."""
     if st.get("state", "idle") == "idle":
         return ""
     step, total, phase = st.get("step", 0), st.get("total_steps", 0), st.get("phase", st["state"])
+    activity = st.get("activity") or phase
     if phase == "done":
-        value, text = (1, 1), "done: the new model is in the pickers"
+        value, text = (1, 1), {"kept": "kept: the new model is in the pickers", "discarded": "discarded"}.get(
+            st.get("decision"), "done: keep or discard the new model (below)")
     elif phase == "cancelled":
         value, text = (step, total or 1), "cancelled"
     elif phase == "failed":
         value, text = (step, total or 1), "failed (see below)"
     elif phase == "comparing":
-        value, text = (1, 1), "trained; scoring the previous and the new model on the same held-out clips"
+        value, text = (1, 1), f"trained; {activity} · {eta_phrase(st)}"
     elif phase == "preparing" or not total:
-        value, text = None, "reading the corpora and the stored clips"
+        value, text = None, f"{activity} · {eta_phrase(st)} (then scoring both models)"
     else:
         loss = f" · loss {st['loss']:.3f}" if st.get("loss") is not None else ""
         value = (step, total)
         text = (f"{step / total:.0%} · step {step}/{total} · epoch {st.get('current_epoch', 0)}/{st.get('of', 0)}"
-                f"{loss} · ETA {duration_text(st.get('eta_s'))}")
+                f"{loss} · {eta_phrase(st)} (then scoring both models)")
     bar = (f'<progress value="{value[0]}" max="{value[1]}"' if value else "<progress") + \
         ' style="width:100%;height:16px"></progress>'
     name = html.escape(Path(st.get("out", "")).name)

@@ -301,14 +301,26 @@ def test_the_picker_shows_the_same_figure_for_every_model(server):
 
 
 def test_retrain_from_the_app_serves_the_new_checkpoint(server, tmp_path):
+    """Issue 17 point 8 end to end: before the run the app says which stored labels will train and why the others
+    will not (and the run's own report agrees); every poll of a running run has an ETA; the done run waits
+    beside its comparison until it is kept, and only then is it served."""
     client = server["client"]
     # speaker 11 trains in the default's fold; a clip of held-out speaker 03 must stay out of training. Each is
-    # a quieter copy under its corpus name: new audio of a known speaker (an exact copy of a corpus clip is
-    # dropped as the corpus's own)
+    # a quieter copy under its corpus name: new audio of a known speaker; an exact copy of a corpus clip is
+    # dropped as the corpus's own
     for name, label in (("11a02Fb.wav", "happy"), ("11a02Nc.wav", "neutral"), ("03a02Fc.wav", "happy")):
         wave, rate = sf.read(str(EMODB / "wav" / name), dtype="float32")
         clip_id = analyze(client, write(tmp_path / name, 0.7 * wave, sr=rate))[4]
         client.predict(clip_id, label, "trainer", api_name="/relabel")
+    copy = analyze(client, EMODB / "wav" / "11a01Aa.wav")[4]  # the corpus file itself
+    client.predict(copy, "fear", "trainer", api_name="/relabel")
+    plan = client.predict("default", api_name="/retrain_plan")
+    assert plan.startswith("**Before you fine-tune `default`:**"), plan
+    assert "the same audio as a corpus clip" in plan and "cut from a recording of a held-out (dev/test) speaker" in plan
+    assert re.search(r"\| 03a02Fc\.wav \| happy \| cut from a recording of a held-out", plan), plan
+    assert re.search(r"\| 11a01Aa\.wav \| fear \| the same audio as a corpus clip", plan), plan
+    assert "11a02Fb.wav" not in plan and "takes about" in plan
+    planned = re.search(r"\*\*(\d+) of (\d+)\*\* stored labels train", plan).groups()
     started = client.predict("default", api_name="/retrain")
     assert "Started fine-tuning" in started
     with pytest.raises(Exception, match="already in progress"):
@@ -316,21 +328,33 @@ def test_retrain_from_the_app_serves_the_new_checkpoint(server, tmp_path):
     probs, *_ = analyze(client, EMODB / "wav" / "03a01Fa.wav")  # the app keeps serving meanwhile
     assert probs["label"]
     deadline = time.time() + 400
-    status = ""
+    status, activities = "", set()
     while time.time() < deadline:
+        progress = client.predict(api_name="/retrain_progress")
+        if progress["state"] == "running":
+            assert progress["eta_s"] is not None or progress["overdue_s"], progress  # an ETA in every phase
+            activities.add(progress["activity"])
         status = client.predict(api_name="/retrain_status")
-        if status.startswith(("Done", "Retraining failed")):
+        if status.startswith(("Done", "Retraining")) and "failed" not in status[:60] and progress["state"] != "running":
             break
-        time.sleep(3)
-    assert status.startswith("Done"), status
-    assert "previous UA" in status and "Both models scored on the same" in status
+        if "failed" in status[:60]:
+            break
+        time.sleep(2)
+    assert status.startswith("Done: `default-ft-"), status
+    assert "previous UA" in status and "Both models scored on the same" in status and "**Keep**" in status
+    assert progress["decision"] == "waiting" and not list((server["data"] / "checkpoints").glob("default-ft-*"))
+    assert not [c for c in client.predict(api_name="/models") if c[1].startswith("default-ft-")]  # not served yet
+    kept = client.predict(api_name="/retrain_keep")
+    assert kept.startswith("Kept: `default-ft-")
     run = next((server["data"] / "checkpoints").glob("default-ft-*"))
     events = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines() if line.strip()]
     store = next(e["store"] for e in events if e.get("event") == "start")
     # the store also holds what other tests of this server labelled: at least the two of speaker 11 trained,
-    # and at least the held-out speaker's clip was left out as such
+    # and at least the held-out speaker's clip and the corpus copy were left out as such
     assert store["training"] >= 2 and store["stored"] == store["training"] + sum(store["left_out"].values()), store
     assert store["left_out"].get("cut from a recording of a held-out (dev/test) speaker", 0) >= 1, store
+    assert store["left_out"].get("the same audio as a corpus clip", 0) >= 1, store
+    assert [int(n) for n in planned] == [store["training"], store["stored"]], (planned, store)  # said up front
     speakers = json.loads((run / "card.json").read_text())["training"]["speakers"]
     assert "emodb:11" in speakers["train"] and "emodb:03" in speakers["test"]
     choices = client.predict(api_name="/models")  # values, not a Gradio update
@@ -359,14 +383,18 @@ def test_retrain_progress_bar_shows_the_step_count_and_eta(tmp_path):
         return retrain_progress_html(r.status())
 
     try:
-        start = {"event": "start", "epoch": 0, "step": 0}
-        bar = write(start)
-        assert "<progress style" in bar and "reading the corpora" in bar  # running, no step yet: indeterminate
-        bar = write(start, {"event": "step", "epoch": 2, "step": 27, "loss": 1.234, "eta_s": 65.4})
+        reading = {"event": "phase", "phase": "reading the corpora", "epoch": 0, "step": 0, "eta_s": 300.0}
+        bar = write(reading)  # running, no step yet: indeterminate, with the phase's own ETA
+        assert "<progress style" in bar and "reading the corpora · ETA 5 min (then scoring both models)" in bar
+        start = {"event": "start", "epoch": 0, "step": 0, "eta_s": 280.0}
+        bar = write(reading, start, {"event": "step", "epoch": 2, "step": 27, "loss": 1.234, "eta_s": 65.4})
         assert '<progress value="27" max="60"' in bar and "default-ft-1" in bar
         assert "45% · step 27/60 · epoch 2/3 · loss 1.234 · ETA 1 min 05 s" in bar
-        bar = write(start, {"event": "done", "epoch": 3, "step": 60, "eta_s": 0.0})
-        assert '<progress value="1" max="1"' in bar and "scoring the previous and the new model" in bar
+        bar = write(reading, start, {"event": "done", "epoch": 3, "step": 60, "eta_s": 0.0})
+        assert '<progress value="1" max="1"' in bar and "trained; starting the comparison" in bar and "ETA 20 s" in bar
+        bar = write(reading, start, {"event": "done", "epoch": 3, "step": 60, "eta_s": 0.0},
+                    {"event": "phase", "phase": "scoring both models on 40 clips", "eta_s": 30.0})
+        assert "trained; scoring both models on 40 clips · ETA 30 s" in bar
     finally:
         r.proc.kill()
         r.proc.wait()
@@ -593,12 +621,16 @@ def test_workbench_saves_and_queues_with_named_results(tmp_path):
     assert bench.queue(10, "unlabelled").clip_ids == [] and bench.queue(10, "all").clip_ids == [a.clip_id]
 
 
-def test_a_finished_retraining_shows_a_full_comparison_table_and_joins_the_pickers_once(tmp_path):
-    """Without training: a finished run (exit 0, progress 'done', comparison.json) as the retrainer reads it."""
+def test_a_finished_retraining_shows_a_full_comparison_table_and_joins_the_pickers_once_kept(tmp_path):
+    """Without training: a finished run (exit 0, progress 'done', comparison.json) as the retrainer reads it. It
+    waits for a decision beside the comparison (not yet in the pickers); kept, it joins them once."""
+    import gradio as gr
+
+    from serdemo.retrain import RUNS_DIR
     from serdemo.workbench import RetrainView, Settings, Workbench
 
     bench = Workbench(Settings(checkpoint_dirs=(ROOT / "checkpoints",), data_dir=tmp_path / "data"))
-    out = bench.trained_dir / "default-ft-test"
+    out = bench.retrainer.workdir / RUNS_DIR / "default-ft-test"
     shutil.copytree(ROOT / "checkpoints" / "default", out)
     (out / "progress.jsonl").write_text(json.dumps({"event": "done", "epoch": 1, "epochs": 1, "step": 2,
                                                     "total_steps": 2}) + "\n")
@@ -610,13 +642,23 @@ def test_a_finished_retraining_shows_a_full_comparison_table_and_joins_the_picke
     r.log.write_text("done\n")
     r.proc = subprocess.Popen([sys.executable, "-c", "pass"])
     r.proc.wait()
+    r.base_name = "default"
     view = bench.retrain_view("")
-    assert isinstance(view, RetrainView) and 'data-phase="done"' in view.bar
-    assert view.status.startswith("Done: `default-ft-test` is in the model pickers") and "| set |" not in view.status
+    assert isinstance(view, RetrainView) and 'data-phase="done"' in view.bar and "keep or discard" in view.bar
+    assert view.status.startswith("Done: `default-ft-test` is trained") and "| set |" not in view.status
+    assert "**Keep** it to serve it" in view.status and "`default` are scored on the same clips" in view.status
     assert view.comparison.count("<th>") == 8 and "<td>emodb</td><td>10</td><td>0.600</td><td>0.650</td><td>+0.050</td>" \
         in view.comparison and "emodb:03, nemo:EB0" in view.comparison
-    assert "default-ft-test" in [name for _, name in view.choices]
-    assert bench.retrain_view(view.seen).choices is None  # the pickers are updated once per finished run
+    assert view.decide and view.choices is None and "default-ft-test" not in bench.catalogue  # not served yet
+    assert "previous UA" in bench.retrain_status()
+    assert bench.retrain_keep() == "Kept: `default-ft-test` is in the model pickers."
+    view = bench.retrain_view("")
+    assert not view.decide and view.comparison == "" and view.status.startswith("Kept: `default-ft-test`")
+    assert "default-ft-test" in [name for _, name in view.choices] and 'data-phase="done"' in view.bar
+    assert bench.retrain_view(view.seen).choices is None  # the pickers are updated once per kept run
+    assert (bench.trained_dir / "default-ft-test" / "card.json").is_file()
+    with pytest.raises(gr.Error, match="no finished run waits for a decision"):
+        bench.retrain_discard()
 
 
 def test_the_login_name_wins_over_the_typed_name():

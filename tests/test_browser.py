@@ -191,9 +191,12 @@ def test_shortcuts_act_on_the_visible_tab_and_its_own_clip(server, browser_facto
     page.screenshot(path=str(ARTIFACTS / "shortcuts.png"), full_page=True)
 
 
-def test_retrain_progress_survives_a_reload_and_the_new_model_joins_the_pickers(server, browser_factory):  # noqa: F811
-    """A run started elsewhere (the API) shows as a progress bar on the Models tab, still after a page
-    reload; when it is done the new checkpoint is in both pickers without pressing Reload."""
+def test_retrain_says_what_will_train_shows_progress_after_a_reload_and_serves_only_a_kept_model(
+        server, browser_factory):  # noqa: F811
+    """Issue 17 point 8 on the page. Before a run the Models tab says which stored labels will train and why the
+    others will not, and how long a run takes; a run started elsewhere (the API) shows as a progress bar with
+    an ETA, still after a page reload; when it is done the comparison sits beside two buttons, and the new
+    checkpoint joins both pickers (without pressing Reload) only once "Keep" is pressed."""
     from tests.test_app import analyze
 
     client = server["client"]
@@ -202,17 +205,27 @@ def test_retrain_progress_survives_a_reload_and_the_new_model_joins_the_pickers(
     page = browser_factory()
     page.goto(server["url"], wait_until="load")
     page.wait_for_selector("#analyse", timeout=60_000)
+    page.get_by_role("tab", name="Models").click()
+    page.wait_for_function("() => /Before you fine-tune/.test(document.querySelector('#retrain-plan').innerText)",
+                           timeout=30_000)
+    plan = page.inner_text("#retrain-plan")
+    assert re.search(r"\d+ of \d+ stored labels train", plan) and "held-out (dev/test) speaker" in plan, plan
+    assert re.search(r"takes about [\d ]+(s|min)", plan), plan
+    page.screenshot(path=str(ARTIFACTS / "retrain-plan.png"), full_page=True)
     assert "Started fine-tuning" in client.predict("default", api_name="/retrain")
-    phases = []
+    phases, bars = [], []
     for _ in range(2):  # the page as first opened, then reloaded: the bar comes from the server's run
         page.get_by_role("tab", name="Models").click()
         page.wait_for_selector("#retrain-progress progress", timeout=30_000)
         phases.append(page.get_attribute("#retrain-progress .retrain-progress", "data-phase"))
+        bars.append(page.inner_text("#retrain-progress"))
         page.screenshot(path=str(ARTIFACTS / f"retrain-progress-{len(phases)}.png"), full_page=True)
         if len(phases) == 1:
             page.reload(wait_until="load")
             page.wait_for_selector("#analyse", timeout=60_000)
     assert phases[0] in ("preparing", "training", "comparing", "done"), phases
+    for phase, bar in zip(phases, bars):
+        assert phase == "done" or re.search(r"ETA \d|longer than estimated", bar), (phase, bar)
     page.wait_for_function("() => /^Done/.test(document.querySelector('#retrain-status').innerText.trim())",
                            timeout=400_000)
     assert page.get_attribute("#retrain-progress .retrain-progress", "data-phase") == "done"
@@ -220,14 +233,26 @@ def test_retrain_progress_survives_a_reload_and_the_new_model_joins_the_pickers(
     assert page.locator("#retrain-comparison thead th").count() == 8
     table, tab = (page.locator(sel).first.bounding_box() for sel in ("#retrain-comparison table", "#retrain-status"))
     assert table["width"] >= 0.9 * tab["width"], (table, tab)
-    for picker, tab in (("#model-pick", "Models"), ("#model", "Analyse")):
+    page.wait_for_selector("#retrain-keep", state="visible", timeout=10_000)
+    assert page.locator("#retrain-discard").is_visible()
+    page.screenshot(path=str(ARTIFACTS / "retrain-decide.png"), full_page=True)
+
+    def picker_options(picker, tab):
         page.get_by_role("tab", name=tab).click()
         page.locator(f"{picker} input").first.click()  # opens its option list (drawn outside the picker)
         page.wait_for_selector("[role=listbox] [role=option]", timeout=10_000)
         options = page.locator("[role=listbox] [role=option]").all_inner_texts()
-        assert [o for o in options if "default-ft-" in o], (picker, options)
         page.keyboard.press("Escape")
         page.wait_for_selector("[role=listbox]", state="detached", timeout=10_000)
+        return options
+
+    assert not [o for o in picker_options("#model-pick", "Models") if "default-ft-" in o]  # not served yet
+    page.click("#retrain-keep")
+    page.wait_for_function("() => /^Kept/.test(document.querySelector('#retrain-status').innerText.trim())",
+                           timeout=30_000)
+    page.wait_for_selector("#retrain-keep", state="hidden", timeout=10_000)
+    for picker, tab in (("#model-pick", "Models"), ("#model", "Analyse")):
+        assert [o for o in picker_options(picker, tab) if "default-ft-" in o], picker
 
 
 # ------------------------------------------------------------------ issue 10: what an annotator sees

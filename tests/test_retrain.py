@@ -80,6 +80,7 @@ def test_runs_are_spaced_by_a_cooldown_and_a_daily_quota_that_survive_a_restart(
     r = retrainer(tmp_path, fake_python, cooldown_s=900, max_runs_per_day=3, clock=clock)
     start(r, tmp_path)
     assert r.wait(30)["state"] == "done"
+    r.discard()  # a done run waits for a decision before the next may start
     clock.now += 60
     with pytest.raises(RetrainRefused, match=r"runs are 15 min apart\): the next run can start in 14 min"):
         start(r, tmp_path)
@@ -87,9 +88,11 @@ def test_runs_are_spaced_by_a_cooldown_and_a_daily_quota_that_survive_a_restart(
     clock.now += 841
     start(r, tmp_path)
     r.wait(30)
+    r.discard()
     clock.now += 901
     start(r, tmp_path)
     r.wait(30)
+    r.discard()
     clock.now += 901  # past the cool-down, but three runs within 24 hours
     with pytest.raises(RetrainRefused, match="at most 3 runs a day"):
         start(r, tmp_path)
@@ -230,6 +233,77 @@ def test_the_bar_has_an_eta_before_the_run_writes_its_first_line(tmp_path, fake_
         if progress.exists():
             progress.unlink()  # as in the first second, before the run has written anything
         st = r.status()
-        assert st["state"] == "running" and st["eta_s"] == FIRST_GUESS_S["probe"]
+        assert st["state"] == "running" and st["activity"] == "starting"
+        assert FIRST_GUESS_S["probe"] - 10 <= st["eta_s"] <= FIRST_GUESS_S["probe"]  # counted down since the start
+    finally:
+        r.cancel()
+
+
+def test_a_done_run_waits_to_be_kept_or_discarded_and_nothing_else_starts_meanwhile(tmp_path, fake_python):
+    """Issue 17 point 8: a run's checkpoint is not served until someone keeps it; discarding deletes it; the
+    choice is offered again after a restart, and no other run starts until it is made."""
+    r = retrainer(tmp_path, fake_python, cooldown_s=0)
+    out = start(r, tmp_path)
+    st = r.wait(30)
+    assert st["state"] == "done" and st["decision"] == "waiting" and st["base"] == "default"
+    assert out.parent == tmp_path / "work" / "runs" and not (tmp_path / "out").exists()  # not among the served
+    with pytest.raises(RetrainBusy, match="waits for a decision: keep it or discard it"):
+        start(r, tmp_path)
+    again = retrainer(tmp_path, fake_python, cooldown_s=0)  # the app restarted: the choice is still there
+    assert again.status()["decision"] == "waiting" and again.comparison_result() == {"n": 0, "speakers": []}
+    assert again.keep() == out.name
+    assert (tmp_path / "out" / out.name / "comparison.json").is_file() and not out.exists()
+    st = again.status()
+    assert st["state"] == "done" and st["decision"] == "kept"
+    with pytest.raises(RetrainBusy, match="no finished run waits"):
+        again.discard()
+    assert retrainer(tmp_path, fake_python).status()["state"] == "idle"  # decided: nothing to restore
+    second = start(again, tmp_path)
+    again.wait(30)
+    assert again.discard() == second.name and not second.exists()
+    assert not (tmp_path / "work" / f"{second.name}.log").exists()
+    assert again.status()["decision"] == "discarded"
+    runs = json.loads((tmp_path / "work" / "runs.json").read_text())
+    assert [run.get("decision") for run in runs] == ["kept", "discarded"]
+    assert (tmp_path / "out" / out.name).is_dir()  # the kept one stays
+
+
+def test_every_phase_has_an_eta_counted_down_from_its_own_line(tmp_path, fake_python, monkeypatch):
+    """Issue 17 point 8: "reading the corpora" had no ETA, and scoring both models showed "100 % · ETA 0 s" for
+    minutes. Each phase line of the run carries an estimate; the status counts it down and says when it is
+    overdue; between training and the comparison's own line there is a guess too."""
+    from serdemo.retrain import COMPARE_START_S
+
+    monkeypatch.setenv("FAKE_RUN", "hang")
+    monkeypatch.setenv("FAKE_PIDS", str(tmp_path / "pids"))
+    r = retrainer(tmp_path, fake_python, cooldown_s=0)
+    out = start(r, tmp_path)
+    progress = out / "progress.jsonl"
+    deadline = time.time() + 30
+    while not (tmp_path / "pids").exists() and time.time() < deadline:  # the stand-in has written its first line
+        time.sleep(0.05)
+    now = time.time()
+
+    def status(*events):
+        progress.write_text("".join(json.dumps({"epochs": 1, "total_steps": 0, "step": 0, **e}) + "\n" for e in events))
+        return r.status()
+
+    try:
+        reading = {"event": "phase", "phase": "reading the corpora", "eta_s": 300.0, "time": now - 100}
+        st = status(reading)
+        assert st["activity"] == "reading the corpora" and 195 <= st["eta_s"] <= 200 and st["overdue_s"] is None
+        store = {"stored": 17, "training": 2, "left_out": {"the same audio as a corpus clip": 15}}
+        probe = {"event": "phase", "phase": "fitting the probe", "eta_s": 20.0, "time": now - 50, "store": store}
+        st = status(reading, probe)
+        assert st["activity"] == "fitting the probe" and st["eta_s"] == 0 and 29 <= st["overdue_s"] <= 31
+        assert st["store"] == store
+        done = {"event": "done", "eta_s": 0.0, "time": now - 5}
+        st = status(reading, probe, done)
+        assert st["phase"] == "comparing" and st["activity"].startswith("starting the comparison")
+        assert COMPARE_START_S - 6 <= st["eta_s"] <= COMPARE_START_S - 4
+        scoring = {"event": "phase", "phase": "scoring both models on 40 clips of 8 held-out speakers", "eta_s": 12.0,
+                   "time": now}
+        st = status(reading, probe, done, scoring)
+        assert st["activity"].startswith("scoring both models") and 10 <= st["eta_s"] <= 12
     finally:
         r.cancel()
