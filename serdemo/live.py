@@ -1,10 +1,20 @@
-"""Live microphone streams: a growing recording whose latest seconds are classified as it grows."""
+"""Live microphone streams: a growing recording whose latest seconds are classified as it grows.
+
+Every second recorded is kept, whatever the server's load; predictions may be skipped, audio may not. Gradio
+keeps only the latest streamed chunk while a stream's handler runs (a chunk that arrives meanwhile replaces
+the one waiting), so the page's handler must return at once: with ``background=True`` (what the page uses)
+:meth:`LiveTimeline.feed` only appends the chunk and hands a due window to a classifier thread, unless this
+recording's previous window is still being classified or all :data:`LIVE_CLASSIFIERS` are busy (that window
+is skipped); a finished window is returned by a later call.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -19,9 +29,21 @@ MAX_CHUNK_S = 5.0  # the browser streams 0.5 s at a time; a longer chunk is not 
 MAX_LIVE_SESSIONS = 8  # live recordings held at once (all users); the next one is refused with a message
 LIVE_IDLE_S = 60.0  # a recording that gets no chunk for this long is closed and its audio released
 LIVE_EXTRA_S = 120.0  # a recording lives at most its length limit plus this (an API client that never stops)
+LIVE_CLASSIFIERS = 2  # live windows classified at once (all recordings); a window due while none is free is skipped
 
 _sessions: "weakref.WeakSet[LiveTimeline]" = weakref.WeakSet()
 _sessions_lock = threading.Lock()
+_classifier_slots = threading.BoundedSemaphore(LIVE_CLASSIFIERS)
+_classifiers: ThreadPoolExecutor | None = None
+log = logging.getLogger(__name__)
+
+
+def _classifier_pool() -> ThreadPoolExecutor:
+    global _classifiers
+    with _sessions_lock:
+        if _classifiers is None:
+            _classifiers = ThreadPoolExecutor(LIVE_CLASSIFIERS, thread_name_prefix="serdemo-live")
+        return _classifiers
 
 
 def live_sessions(now: float | None = None) -> int:
@@ -51,11 +73,13 @@ class LiveTimeline:
     mono or multichannel) and returns the new :class:`Window` or None; chunks are resampled as one
     stream (:class:`StreamResampler`), so their joins leave no clicks. The recording stays in memory
     (at 16 kHz, float32: 3.8 MB a minute) up to ``max_duration_s``; :meth:`finish` returns it whole.
+    With ``background`` the windows are classified beside the stream (see the module's docstring):
+    ``feed`` never waits for the model, ``skipped`` counts the windows it left out.
     """
 
     def __init__(self, predictor: Predictor, window_s: float = LIVE_WINDOW_S, every_s: float = 1.0,
                  max_duration_s: float | None = None, idle_s: float = LIVE_IDLE_S,
-                 max_sessions: int = MAX_LIVE_SESSIONS, clock=time.monotonic):
+                 max_sessions: int = MAX_LIVE_SESSIONS, clock=time.monotonic, background: bool = False):
         self.clock, self.idle_s = clock, float(idle_s)
         self.created_at = self.last_fed_at = clock()
         self.released: str | None = None  # why the recording was closed ("idle", "lifetime"), None while open
@@ -73,6 +97,10 @@ class LiveTimeline:
         self.resampler: StreamResampler | None = None
         self.truncated = False
         self.lifetime_s = self.max_duration_s + LIVE_EXTRA_S
+        self.background, self.skipped = background, 0
+        self._classifying: Future | None = None
+        self._ready: list[Window] = []  # classified beside the stream, not yet returned by feed
+        self._windows_lock = threading.Lock()
         with _sessions_lock:
             _sessions.add(self)
 
@@ -168,16 +196,49 @@ class LiveTimeline:
         self.heard_s += len(raw) / rate
         self._append(self.resampler.push(raw))
         if self.heard_s - self.last_at_s < self.every_s - 1e-6 or self.samples < MIN_DURATION_S * SAMPLE_RATE:
-            return None
+            return self._take_ready()
         self.last_at_s = self.heard_s
         start = max(0, self.samples - int(self.window_s * SAMPLE_RATE))
         piece = self._tail(self.samples - start)
         if float(np.abs(piece).max()) <= SILENCE_PEAK:
-            return None
-        pred = classify(self.predictor, [piece])[0]
-        win = window_from(pred, start / SAMPLE_RATE, self.samples / SAMPLE_RATE, -1)
-        self.windows.append(win)
+            return self._take_ready()
+        span = (start / SAMPLE_RATE, self.samples / SAMPLE_RATE)
+        if not self.background:
+            return self._classify(piece, span)
+        busy = self._classifying is not None and not self._classifying.done()
+        if busy or not _classifier_slots.acquire(blocking=False):  # this window's prediction is skipped
+            self.skipped += 1
+            return self._take_ready()
+        try:
+            self._classifying = _classifier_pool().submit(self._classify_beside, piece, span)
+        except RuntimeError:  # the interpreter is shutting down
+            _classifier_slots.release()
+            self.skipped += 1
+        return self._take_ready()
+
+    def _classify(self, piece: np.ndarray, span: tuple[float, float]) -> Window:
+        win = window_from(classify(self.predictor, [piece])[0], span[0], span[1], -1)
+        with self._windows_lock:
+            self.windows.append(win)
         return win
+
+    def _classify_beside(self, piece: np.ndarray, span: tuple[float, float]) -> None:
+        """A classifier thread's job: the window joins the timeline and waits for the next ``feed`` to return it."""
+        try:
+            win = self._classify(piece, span)
+            with self._windows_lock:
+                self._ready.append(win)
+        except Exception:  # noqa: BLE001 - a failed prediction is a skipped one; the audio is kept regardless
+            self.skipped += 1
+            log.exception("a live window could not be classified")
+        finally:
+            _classifier_slots.release()
+
+    def _take_ready(self) -> Window | None:
+        """The newest window classified beside the stream since the last call, or None."""
+        with self._windows_lock:
+            ready, self._ready = self._ready, []
+        return ready[-1] if ready else None
 
     def has_speech(self, win: Window) -> bool:
         return win.speech_s >= MIN_TOTAL_SPEECH_S

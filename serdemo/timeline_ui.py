@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import gradio as gr
 
-from serdemo.live import LiveTimeline
+from serdemo.live import MAX_LIVE_SESSIONS, LiveTimeline
 from serdemo.timeline import max_timeline_s
 from serdemo.timeline_bench import SEGMENT_HEADERS, Loaded, Picked, TimelineDesk
 from serdemo.uikit import gpu, resolve_annotator
 
-LIVE_CHUNKS_AT_ONCE = 4  # streamed chunks processed at once, all live sessions together (the rest wait)
+# A live stream holds its place in this limit from its first chunk to its last: every recording the live
+# sessions admit (serdemo.live.MAX_LIVE_SESSIONS) has one, so none waits in the queue while its chunks are lost
+# (Gradio keeps only the latest chunk of a stream that is not being served). The handler only appends audio;
+# the model runs on serdemo.live's own classifier threads.
+LIVE_CHUNKS_AT_ONCE = MAX_LIVE_SESSIONS
 
 
 def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
@@ -55,9 +59,13 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
         have started it; stopping resets it.)"""
         return None, desk.live_start(model_name), gr.update(visible=True)
 
-    @gpu
     def live_chunk(chunk, live: LiveTimeline | None, model_name):
-        """One streamed chunk: extend the recording; every second, classify the latest 3 s."""
+        """One streamed chunk: extend the recording and return at once (Gradio drops the chunks that arrive
+        while this runs); every second the latest 3 s go to a classifier thread unless it is still busy, and a
+        finished prediction shows with a later chunk. Every second recorded is kept; predictions may be skipped."""
+        if live is None:  # the recording's first chunk: classify beside the stream, never in its way
+            live = desk.live_feed(None, None, model_name).live
+            live.background = True
         u = desk.live_feed(live, chunk, model_name)
         if u.text is None:
             return gr.skip(), gr.skip(), u.live, gr.skip()
