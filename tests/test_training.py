@@ -700,3 +700,36 @@ def test_temperature_scaling_calibrates_an_overconfident_model():
     assert (scale(sharp, out["temperature"]).argmax(1) == sharp.argmax(1)).all()
     assert sum(b["n"] for b in out["reliability"]["bins"]) == 1000 and out["reliability"]["set"] == "test"
     assert ece(scale(sharp, 1.0), y) > 0.1
+
+
+def test_screen_never_touches_the_held_out_fold_and_resumes(tmp_path, monkeypatch):
+    """``training.evaluate --screen``: probe variants scored on dev only; the recipe's test fold is neither
+    trained on nor scored; every finished variant is on disk, and a rerun reads it back instead of refitting."""
+    from serdemo.labels import get_label_set
+    from training import evaluate
+    from training.data import Data, build_examples, load_corpora
+    from training.splits import speaker_folds
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "s", "model": "probe", "aux_heads": [], "n_folds": 3, "fold": 0,
+                                      "limit_per_corpus": 60, "cache_dir": str(tmp_path / "cache"),
+                                      "corpora": [f"emodb={EMODB}", f"ravdess={RAVDESS}"]}))
+    cfg = FitConfig.from_yaml(recipe)
+    utts, _ = load_corpora(cfg.corpora, cfg.limit_per_corpus)
+    examples, _ = build_examples(utts, get_label_set(cfg.label_set), [])
+    held = set(speaker_folds([e.utt for e in examples], cfg.n_folds, cfg.seed)[cfg.fold])
+    seen = []
+    real = Data.encoded
+    monkeypatch.setattr(Data, "encoded", lambda self, exs, alpha=1.0: seen.extend(e.utt.speaker for e in exs)
+                        or real(self, exs, alpha))
+    variants = [{"name": "two", "layers": [1, 2], "C": 0.01}, {"name": "one", "layers": [2], "C": 0.1}]
+    out = tmp_path / "screen.jsonl"
+    rows = evaluate.screen(str(recipe), variants, out)
+    assert held and seen and not held & set(seen)
+    assert [r["name"] for r in rows] == ["two", "one"] and len(out.read_text().splitlines()) == 2
+    for r in rows:  # the two remaining folds as dev in turn, and the corpus pairs
+        assert {"kfold dev 1", "kfold dev 2"} <= set(r["dev"]) and any("->" in k for k in r["dev"])
+        assert 0 <= r["kfold"] <= 1 and r["score"] == pytest.approx((r["kfold"] + r["cross_corpus"]) / 2, abs=1e-4)
+    seen.clear()
+    again = evaluate.screen(str(recipe), variants + [], out)
+    assert again == rows and not seen  # read back, nothing encoded or fitted

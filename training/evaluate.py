@@ -305,6 +305,71 @@ def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | 
     return out
 
 
+def screen(config_path: str, variants: list[dict], out_path: Path | None = None) -> list[dict]:
+    """Dev-only screening of probe variants (``{"name", "layers", "C"}``) on the recipe's corpora.
+
+    The recipe's test fold (``fold``, the shipped checkpoints' held-out speakers) is left out entirely:
+    neither trained on nor scored. Two dev scores per variant, each a mean of dev UA:
+    ``kfold``: every remaining fold as dev in turn, trained on the other remaining folds;
+    ``cross_corpus``: every ordered pair of corpora, trained on one, scored on the other (what a corpus,
+    a language and a recording set-up the model never heard does to it; the leave-one-corpus-out
+    protocol's test corpus is never its own dev this way). ``score``, their mean, is what chooses.
+    A variant already in ``out_path`` (JSON lines) is read back, so an interrupted screen resumes.
+    """
+    import itertools
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    from training.config import FitConfig
+    from training.data import Data
+    from training.probe import fit_probe, statistics
+    from training.splits import speaker_folds
+
+    cfg = FitConfig.from_yaml(config_path)
+    data = Data(dataclasses.replace(cfg, fold=None), get_label_set(cfg.label_set))
+    examples = [e for e in data.train + data.dev + data.test if e.utt.corpus != STORE_CORPUS]
+    folds = speaker_folds([e.utt for e in examples], cfg.n_folds, cfg.seed)
+    held = set(folds[cfg.fold]) if cfg.fold is not None else set()
+    examples = [e for e in examples if e.utt.speaker not in held]
+    fold_of = {s: k for k, f in enumerate(folds) for s in f}
+    fold = np.array([fold_of[e.utt.speaker] for e in examples])
+    corpus = np.array([e.utt.corpus for e in examples])
+    y = np.array([e.targets["emotion"] for e in examples])
+    tasks = [(f"kfold dev {d}", (fold != d), fold == d) for d in sorted(set(fold.tolist()))]
+    tasks += [(f"{a} -> {b}", corpus == a, corpus == b) for a, b in itertools.permutations(sorted(set(corpus)), 2)]
+    done = {}
+    if out_path is not None and Path(out_path).is_file():
+        done = {r["name"]: r for r in (json.loads(line) for line in Path(out_path).read_text().splitlines()
+                                        if line.strip())}
+    stats = None
+    results = []
+    for v in variants:
+        if v["name"] in done:
+            results.append(done[v["name"]])
+            continue
+        if stats is None:  # every state's mean + std, once
+            stats = statistics(data.encoded(examples), list(range(7)))
+        cols = np.concatenate([np.arange(l * 1024, (l + 1) * 1024) for l in v["layers"]])
+        x = stats[:, cols]
+        dev = {}
+        for name, tr, dv in tasks:
+            if len(set(y[tr].tolist())) < 2 or not dv.any():
+                continue  # nothing to learn or nothing to score (tiny corpora): the task is left out
+            clf, mean, std, _, _ = fit_probe(x[tr], y[tr], x[:0], y[:0], len(data.label_set), c_grid=(v["C"],),
+                                             seed=cfg.seed)
+            dev[name] = round(float(balanced_accuracy_score(y[dv], clf.predict((x[dv] - mean) / std))), 4)
+        kf = float(np.mean([u for k, u in dev.items() if k.startswith("kfold")]))
+        xc = float(np.mean([u for k, u in dev.items() if "->" in k]))
+        r = {**v, "kfold": round(kf, 4), "cross_corpus": round(xc, 4), "score": round((kf + xc) / 2, 4), "dev": dev,
+             "held_out_fold": cfg.fold}
+        log.info("%s: k-fold dev %.3f, cross-corpus dev %.3f, score %.3f", v["name"], kf, xc, r["score"])
+        if out_path is not None:
+            with open(out_path, "a") as f:
+                f.write(json.dumps(r) + "\n")
+        results.append(r)
+    return results
+
+
 def fold_spread(folds: list[dict], key: str) -> dict:
     """Mean and standard deviation over folds of UA, WA and macro-F1, overall and per corpus."""
     groups = sorted({g for f in folds for g in f[key]})
@@ -366,7 +431,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--workdir", help="where fold checkpoints go (default: a temporary folder)")
     ap.add_argument("--attach", help="write the cross-validation result into this checkpoint's card")
     ap.add_argument("--json", help="also write the result to this file")
+    ap.add_argument("--screen", metavar="VARIANTS.yaml",
+                    help="screen probe variants on dev only (with --config RECIPE; results go to --json as JSON lines)")
     args = ap.parse_args(argv)
+
+    if args.screen:
+        import yaml
+
+        if not args.config:
+            ap.error("--screen needs --config RECIPE")
+        rows = screen(args.config, yaml.safe_load(Path(args.screen).read_text()), Path(args.json) if args.json else None)
+        print(f"{'variant':<28} {'k-fold dev':>10} {'cross-corpus dev':>17} {'score':>6}")
+        for r in sorted(rows, key=lambda r: -r["score"]):
+            print(f"{r['name']:<28} {r['kfold']:>10.3f} {r['cross_corpus']:>17.3f} {r['score']:>6.3f}")
+        return {"screen": rows}
 
     if args.folds:
         if not args.config:
