@@ -598,6 +598,8 @@ class Retrainer:
     def comparison(self) -> str:
         """Markdown: the new checkpoint against the previous one, both scored on the same clips of speakers
         neither of them trained on (``training.compare``)."""
+        from serdemo.cards import comparison_markdown
+
         result = self.comparison_result()
         return comparison_markdown(result) if result is not None else ""
 
@@ -617,23 +619,3 @@ def _stop(proc: subprocess.Popen, sig: int) -> None:
             proc.send_signal(sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def comparison_markdown(result: dict) -> str:
-    """A ``training.compare`` result as Markdown: one row per set, both models on the same clips."""
-    speakers, left = result.get("speakers", []), result.get("left_out_speakers", {})
-    lines = [f"Both models scored on the same {result.get('n', 0)} clips of {len(speakers)} speakers that "
-             f"neither trained on ({', '.join(speakers) or 'none'})."]
-    if left:
-        lines.append("Left out: " + ", ".join(f"{s} ({why})" for s, why in sorted(left.items())) + ".")
-    if result.get("note"):
-        lines.append(f"Note: {result['note']}.")
-    scores = result.get("scores")
-    if scores:
-        old, new = scores["previous"], scores["new"]
-        lines += ["", "| set | previous UA | new UA | previous WA | new WA | n |", "|---|---|---|---|---|---|"]
-        for k in new:
-            if k in old:
-                lines.append(f"| {k} | {old[k]['ua']:.3f} | {new[k]['ua']:.3f} | {old[k]['wa']:.3f} | "
-                             f"{new[k]['wa']:.3f} | {new[k]['n']} |")
-    return "\n".join(lines)

@@ -13,7 +13,7 @@ import gradio as gr
 from serdemo.live import MAX_LIVE_SESSIONS, LiveTimeline
 from serdemo.timeline import max_timeline_s
 from serdemo.timeline_bench import SEGMENT_HEADERS, Loaded, Picked, TimelineDesk
-from serdemo.uikit import gpu, resolve_annotator
+from serdemo.uikit import gpu, model_picker, resolve_annotator
 
 # A live stream holds its place in this limit from its first chunk to its last: every recording the live
 # sessions admit (serdemo.live.MAX_LIVE_SESSIONS) has one, so none waits in the queue while its chunks are lost
@@ -91,8 +91,7 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
                 t_audio = gr.Audio(sources=["upload"], type="filepath", label="Long recording",
                                    elem_id="timeline-audio")
                 with gr.Row(equal_height=True):
-                    t_model = gr.Dropdown(bench.choices(), value=bench.default_choice(), allow_custom_value=True,
-                                          label="Model", elem_id="timeline-model", scale=3)
+                    t_model = model_picker(bench, elem_id="timeline-model", scale=3)
                     t_run = gr.Button("Analyse over time", variant="primary", elem_id="timeline-run", scale=1)
             with gr.Column(scale=2):
                 live_mic = gr.Audio(sources=["microphone"], streaming=True, type="filepath",

@@ -19,7 +19,7 @@ from serdemo.labels import ANNOTATION_LABELS
 from serdemo.plots import warp_figure
 from serdemo.timeline_ui import timeline_tab
 from serdemo.store import StoreError
-from serdemo.uikit import (CSS, SHORTCUTS_JS, annotator_field, checked_by_the_callback, gpu, login_name,
+from serdemo.uikit import (CSS, SHORTCUTS_JS, annotator_field, checked_by_the_callback, gpu, login_name, model_picker,
                            require_retrain_login, resolve_annotator, user_error)
 from serdemo.workbench import (AGREEMENT_HEADERS, ALPHA_MAX, ALPHA_MIN, HISTORY_HEADERS, MAX_QUEUE, PICKER_INFO,
                                QUEUE_HEADERS, Settings, Workbench)
@@ -185,9 +185,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
             with gr.Row():
                 with gr.Column(scale=3):
                     audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speech")
-                    # custom values: a checkpoint an API caller reloaded is accepted (the workbench checks names)
-                    model = gr.Dropdown(bench.choices(), value=bench.default_choice(), allow_custom_value=True,
-                                        label="Model", elem_id="model", info=PICKER_INFO)
+                    model = model_picker(bench, elem_id="model", info=PICKER_INFO)
                     run = gr.Button("Analyse", variant="primary", elem_id="analyse")
                     info = gr.Markdown(elem_id="analysis-info")
                 with gr.Column(scale=2):
@@ -254,8 +252,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                                   visible=False)  # shown once there is a zip
         with gr.Tab("Models", elem_id="tab-models") as models_tab:
             with gr.Row(equal_height=True):
-                m_pick = gr.Dropdown(bench.choices(), value=bench.default_choice(), allow_custom_value=True,
-                                     label="Checkpoint", elem_id="model-pick", scale=4, info=PICKER_INFO)
+                m_pick = model_picker(bench, "Checkpoint", elem_id="model-pick", scale=4, info=PICKER_INFO)
                 reload_btn = gr.Button("Reload checkpoints", scale=1, min_width=160, size="sm")
             m_overview = gr.Markdown(bench.models_overview, elem_id="models-overview")
             with gr.Row():

@@ -92,6 +92,13 @@ def checked_by_the_callback(slider: gr.Slider) -> gr.Slider:
     return slider
 
 
+def model_picker(bench, label: str = "Model", **kwargs) -> gr.Dropdown:
+    """A checkpoint picker listing ``bench``'s checkpoints (default first), set to the default. It accepts a name
+    it does not list: a checkpoint an API caller reloaded (``/models`` returns values, so the page's own list
+    is not updated); the workbench checks every name it is given."""
+    return gr.Dropdown(bench.choices(), value=bench.default_choice(), allow_custom_value=True, label=label, **kwargs)
+
+
 def user_error(problem: Exception | str, source: str | None = None, duration: float | None = 10) -> gr.Error:
     """A problem the user can fix, as a ``gr.Error`` to raise: one log line, no traceback, no path.
 

@@ -646,22 +646,22 @@ class Workbench:
     def retrain_keep(self, request: gr.Request = None) -> str:
         """Keep the finished run's checkpoint: it joins the model pickers and can be served. With
         ``SERDEMO_AUTH`` set only a logged-in user may."""
-        require_retrain_login(request)
-        try:
-            name = self.retrainer.keep()
-        except RetrainBusy as exc:
-            raise user_error(exc) from None
+        name = self._decide(self.retrainer.keep, request)
         self.reload()
         return f"Kept: `{name}` is in the model pickers."
 
     def retrain_discard(self, request: gr.Request = None) -> str:
         """Delete the finished run's checkpoint. With ``SERDEMO_AUTH`` set only a logged-in user may."""
+        return f"Discarded: `{self._decide(self.retrainer.discard, request)}` was deleted."
+
+    @staticmethod
+    def _decide(action, request: gr.Request | None) -> str:
+        """Keep or discard (``action``) the done run, for someone allowed to retrain; its name."""
         require_retrain_login(request)
         try:
-            name = self.retrainer.discard()
+            return action()
         except RetrainBusy as exc:
             raise user_error(exc) from None
-        return f"Discarded: `{name}` was deleted."
 
     def retrain_status(self) -> str:
         """Progress of the background run as Markdown; when done, the two models' comparison."""

@@ -1092,11 +1092,12 @@ def raw_call(url: str, api: str, data: list) -> str:
     gradio_client refuses to send) and return the event stream's text."""
     import urllib.request
 
-    body = json.dumps({"data": data}).encode()
-    req = urllib.request.Request(f"{url}gradio_api/call/{api}", data=body, headers={"Content-Type": "application/json"})
+    call = f"{url.rstrip('/')}/gradio_api/call/{api}"
+    req = urllib.request.Request(call, data=json.dumps({"data": data}).encode(),
+                                 headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as r:
         event = json.loads(r.read())["event_id"]
-    with urllib.request.urlopen(f"{url}gradio_api/call/{api}/{event}", timeout=120) as r:
+    with urllib.request.urlopen(f"{call}/{event}", timeout=120) as r:
         return r.read().decode()
 
 

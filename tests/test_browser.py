@@ -70,6 +70,14 @@ def wait_for_recorded(page, seconds: int, scope="#tab-analyse"):
                            arg=[scope, seconds], timeout=60_000)
 
 
+def open_on_tab(page, url, tab: str):
+    """The page loaded, on ``tab``."""
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#analyse", timeout=60_000)
+    page.get_by_role("tab", name=tab).click()
+    return page
+
+
 def open_and_upload(page, url, clip):
     page.goto(url, wait_until="load")
     page.wait_for_selector("#analyse", timeout=60_000)
@@ -202,10 +210,7 @@ def test_retrain_says_what_will_train_shows_progress_after_a_reload_and_serves_o
     client = server["client"]
     for clip, label in ((EMODB / "wav" / "03a05Aa.wav", "angry"), (EMODB / "wav" / "03a05Nd.wav", "neutral")):
         client.predict(analyze(client, clip)[4], label, "trainer", api_name="/relabel")
-    page = browser_factory()
-    page.goto(server["url"], wait_until="load")
-    page.wait_for_selector("#analyse", timeout=60_000)
-    page.get_by_role("tab", name="Models").click()
+    page = open_on_tab(browser_factory(), server["url"], "Models")
     page.wait_for_function("() => /Before you fine-tune/.test(document.querySelector('#retrain-plan').innerText)",
                            timeout=30_000)
     plan = page.inner_text("#retrain-plan")
@@ -538,10 +543,7 @@ def test_agreement_and_a_downloadable_export(server, browser_factory, tmp_path):
 def test_models_tab_reads_as_a_summary(server, browser_factory):  # noqa: F811
     """Point 4: the card as a readable summary, metrics per corpus, a confusion matrix that says its
     colours are row-normalised beside the counts; the raw JSON is folded away."""
-    page = browser_factory(viewport=DESKTOP)
-    page.goto(server["url"], wait_until="load")
-    page.wait_for_selector("#analyse", timeout=60_000)
-    page.get_by_role("tab", name="Models").click()
+    page = open_on_tab(browser_factory(viewport=DESKTOP), server["url"], "Models")
     page.wait_for_function("() => /Speakers held out/.test(document.querySelector('#model-summary').innerText)",
                            timeout=30_000)
     summary = page.inner_text("#model-summary")

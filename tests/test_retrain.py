@@ -70,6 +70,13 @@ def retrainer(tmp_path, fake_python, **kw):
     return Retrainer(tmp_path / "work", tmp_path / "out", [], epochs=1, python=fake_python, **kw)
 
 
+def hanging(tmp_path, fake_python, monkeypatch):
+    """A retrainer whose stand-in run writes its first line and then hangs (until cancelled)."""
+    monkeypatch.setenv("FAKE_RUN", "hang")
+    monkeypatch.setenv("FAKE_PIDS", str(tmp_path / "pids"))
+    return retrainer(tmp_path, fake_python, cooldown_s=0)
+
+
 def start(r, tmp_path, name="default"):
     return r.start(tmp_path / name, {"training": {"config": {}}}, tmp_path / "manifest.csv")
 
@@ -114,9 +121,7 @@ def _gone(pid: int) -> bool:
 
 def test_cancel_stops_the_run_and_every_process_it_started(tmp_path, fake_python, monkeypatch):
     pids_file = tmp_path / "pids"
-    monkeypatch.setenv("FAKE_RUN", "hang")
-    monkeypatch.setenv("FAKE_PIDS", str(pids_file))
-    r = retrainer(tmp_path, fake_python, cooldown_s=0)
+    r = hanging(tmp_path, fake_python, monkeypatch)
     assert r.cancel() is False  # nothing to cancel
     start(r, tmp_path)
     deadline = time.time() + 30
@@ -197,9 +202,7 @@ def test_status_shows_a_short_reason_never_a_path_or_a_traceback(tmp_path, fake_
 
 
 def test_running_status_names_the_run_not_its_folder(tmp_path, fake_python, monkeypatch):
-    monkeypatch.setenv("FAKE_RUN", "hang")
-    monkeypatch.setenv("FAKE_PIDS", str(tmp_path / "pids"))
-    r = retrainer(tmp_path, fake_python, cooldown_s=0)
+    r = hanging(tmp_path, fake_python, monkeypatch)
     out = start(r, tmp_path)
     try:
         st = r.status()
@@ -224,9 +227,7 @@ def test_the_bar_has_an_eta_before_the_run_writes_its_first_line(tmp_path, fake_
     guess (a probe: about a minute) instead of no ETA at all."""
     from serdemo.retrain import FIRST_GUESS_S
 
-    monkeypatch.setenv("FAKE_RUN", "hang")
-    monkeypatch.setenv("FAKE_PIDS", str(tmp_path / "pids"))
-    r = retrainer(tmp_path, fake_python, cooldown_s=0)
+    r = hanging(tmp_path, fake_python, monkeypatch)
     r.start(tmp_path / "default", {"training": {"config": {"model": "probe"}}}, tmp_path / "manifest.csv")
     try:
         progress = r.out / "progress.jsonl"
@@ -274,9 +275,7 @@ def test_every_phase_has_an_eta_counted_down_from_its_own_line(tmp_path, fake_py
     overdue; between training and the comparison's own line there is a guess too."""
     from serdemo.retrain import COMPARE_START_S
 
-    monkeypatch.setenv("FAKE_RUN", "hang")
-    monkeypatch.setenv("FAKE_PIDS", str(tmp_path / "pids"))
-    r = retrainer(tmp_path, fake_python, cooldown_s=0)
+    r = hanging(tmp_path, fake_python, monkeypatch)
     out = start(r, tmp_path)
     progress = out / "progress.jsonl"
     deadline = time.time() + 30

@@ -5,7 +5,6 @@ a file path outside the allowed folders in a request, chunks that are not audio)
 
 import asyncio
 import gc
-import json
 import os
 import subprocess
 import sys
@@ -276,14 +275,10 @@ def test_every_bad_chunk_gets_a_message(fresh_sessions):
 
 # ------------------------------------------------------------------------------------------- log volume
 def _post_refused_path(url: str, data=None) -> None:
+    from tests.test_app import raw_call
+
     data = [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, 1.0] if data is None else data
-    body = json.dumps({"data": data}).encode()
-    req = urllib.request.Request(f"{url}/gradio_api/call/echo", data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        event = json.loads(r.read())["event_id"]
-    with urllib.request.urlopen(f"{url}/gradio_api/call/echo/{event}", timeout=30) as r:
-        text = r.read().decode()
-    assert "error" in text
+    assert "error" in raw_call(url, "echo", data)
 
 
 def test_a_refused_file_path_logs_one_short_line(capfd):
