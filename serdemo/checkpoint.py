@@ -9,15 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as save_bytes
 
 import serdemo
 from serdemo.features import FeatureConfig
@@ -84,18 +82,11 @@ def save_checkpoint(directory, model: SERModel, card: dict) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": FORMAT})
-        card = dict(card)
-        card["weights"] = {"file": WEIGHTS, "sha256": sha256_file(Path(tmp)),
-                           "bytes": Path(tmp).stat().st_size,
-                           "parameters": sum(p.numel() for p in model.parameters())}
-        os.replace(tmp, directory / WEIGHTS)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    weights = save_bytes(state, metadata={"format": FORMAT})
+    card = dict(card)
+    card["weights"] = {"file": WEIGHTS, "sha256": hashlib.sha256(weights).hexdigest(), "bytes": len(weights),
+                       "parameters": sum(p.numel() for p in model.parameters())}
+    atomic_write(directory / WEIGHTS, lambda f: f.write(weights))
     data = json.dumps(card, indent=2, sort_keys=False).encode()
     atomic_write(directory / CARD, lambda f: f.write(data))
     return directory

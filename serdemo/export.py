@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -296,16 +295,14 @@ def write_zip(folder, archive=None) -> Path:
     """Zip ``folder`` under its own name (``name/...`` inside; no absolute or ``..`` entries); returns the zip."""
     folder = Path(folder)
     archive = Path(archive) if archive is not None else folder.with_suffix(".zip")
-    tmp = archive.with_name(f".{archive.name}.tmp")
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-            for path in sorted(folder.rglob("*")):
-                if path.is_file() and not path.name.startswith("."):
-                    z.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
-        os.replace(tmp, archive)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    members = [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+
+    def write(f) -> None:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+            for path in members:
+                z.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
+
+    atomic_write(archive, write)
     return archive
 
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from serdemo.audio import SAMPLE_RATE, MIN_DURATION_S, AudioStream, release_memory
+from serdemo.fsutil import atomic_write
 from serdemo.inference import NoSpeechError, Prediction, Predictor
 from serdemo.store import to_pcm16
 from serdemo.vad import CHUNK, frames_from_chunks, segments as speech_runs
@@ -198,9 +199,8 @@ class Timeline:
         paths = {"csv": folder / f"{stem}.csv", "json": folder / f"{stem}.json",
                  "labels": folder / f"{stem}.labels.txt"}
         for key, text in (("csv", self.csv_text()), ("json", self.json_text()), ("labels", self.label_track())):
-            tmp = paths[key].with_name(f".{paths[key].name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, paths[key])
+            data = text.encode("utf-8")
+            atomic_write(paths[key], lambda f: f.write(data))
         return paths
 
     def probability_grid(self, step_s: float = 0.25) -> tuple[np.ndarray, np.ndarray]:

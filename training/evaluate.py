@@ -306,7 +306,8 @@ def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | 
 
 
 def screen(config_path: str, variants: list[dict], out_path: Path | None = None) -> list[dict]:
-    """Dev-only screening of probe variants (``{"name", "layers", "C"}``) on the recipe's corpora.
+    """Dev-only screening of probe variants (``{"name", "layers", "C"}``, optionally ``"vtlp": [alphas]``:
+    training clips also seen warped with each alpha, encoder states cached per alpha) on the recipe's corpora.
 
     The recipe's test fold (``fold``, the shipped checkpoints' held-out speakers) is left out entirely:
     neither trained on nor scored. Two dev scores per variant, each a mean of dev UA:
@@ -341,22 +342,25 @@ def screen(config_path: str, variants: list[dict], out_path: Path | None = None)
     if out_path is not None and Path(out_path).is_file():
         done = {r["name"]: r for r in (json.loads(line) for line in Path(out_path).read_text().splitlines()
                                         if line.strip())}
-    stats = None
+    stats: dict[float, np.ndarray] = {}  # every state's mean + std per VTLP alpha, computed once each
     results = []
     for v in variants:
         if v["name"] in done:
             results.append(done[v["name"]])
             continue
-        if stats is None:  # every state's mean + std, once
-            stats = statistics(data.encoded(examples), list(range(7)))
+        alphas = [1.0] + [float(a) for a in v.get("vtlp", [])]  # training copies warped with these alphas
+        for a in alphas:
+            if a not in stats:
+                stats[a] = statistics(data.encoded(examples, a), list(range(7)))
         cols = np.concatenate([np.arange(l * 1024, (l + 1) * 1024) for l in v["layers"]])
-        x = stats[:, cols]
+        x = stats[1.0][:, cols]
         dev = {}
         for name, tr, dv in tasks:
             if len(set(y[tr].tolist())) < 2 or not dv.any():
                 continue  # nothing to learn or nothing to score (tiny corpora): the task is left out
-            clf, mean, std, _, _ = fit_probe(x[tr], y[tr], x[:0], y[:0], len(data.label_set), c_grid=(v["C"],),
-                                             seed=cfg.seed)
+            x_tr = np.concatenate([stats[a][tr][:, cols] for a in alphas])  # dev is never warped
+            clf, mean, std, _, _ = fit_probe(x_tr, np.tile(y[tr], len(alphas)), x[:0], y[:0], len(data.label_set),
+                                             c_grid=(v["C"],), seed=cfg.seed)
             dev[name] = round(float(balanced_accuracy_score(y[dv], clf.predict((x[dv] - mean) / std))), 4)
         kf = float(np.mean([u for k, u in dev.items() if k.startswith("kfold")]))
         xc = float(np.mean([u for k, u in dev.items() if "->" in k]))

@@ -14,28 +14,27 @@ Each file is written to a temporary name and renamed, so a crash leaves the prev
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from serdemo.fsutil import atomic_write
 
 OPTIMIZER = "optimizer.safetensors"
 TRAINER = "trainer.json"
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=1).encode()
+    atomic_write(path, lambda f: f.write(text))
 
 
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    atomic_write(path, lambda f: f.write(data))
 
 
 # ---------------------------------------------------------------------- optimiser and counters
