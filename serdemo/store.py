@@ -147,8 +147,16 @@ def _insert_label(con, sha, label, annotator, predicted, confidence, checkpoint)
     return int(cur.lastrowid)
 
 
+SPACES_STORAGE = Path("/data")  # a Hugging Face Space's persistent storage, when the Space has it
+
+
 def default_data_dir() -> Path:
-    return Path(os.environ.get("SERDEMO_DATA", "data"))
+    """``SERDEMO_DATA``; else ``/data/serdemo`` on a Space with persistent storage; else ``./data``."""
+    if os.environ.get("SERDEMO_DATA"):
+        return Path(os.environ["SERDEMO_DATA"])
+    if SPACES_STORAGE.is_dir() and os.access(SPACES_STORAGE, os.W_OK):
+        return SPACES_STORAGE / "serdemo"
+    return Path("data")
 
 
 class Store:

@@ -36,14 +36,13 @@ from serdemo.plots import (VTLP_VIEWS, analysis_figure, confusion_figure, db_per
                            warp_figure)
 from serdemo.retrain import (FIRST_GUESS_S, RetrainBusy, Retrainer, RetrainRefused, check_may_retrain, human_duration,
                              report_sentence, retrain_plan)
-from serdemo.store import Store, StoreError, as_stored
+from serdemo.store import Store, StoreError, as_stored, default_data_dir
 from serdemo.uikit import require_retrain_login, user_error
 from serdemo.vtlp import F_HI_HZ, warp_power
 
 ALPHA_MIN, ALPHA_MAX = 0.8, 1.2
 MAX_QUEUE = 1000  # rows the annotation queue returns at most (the page's and the API's limit)
 PLAN_ROWS = 20  # stored labels that would not train, listed by name before a retraining run
-SPACES_STORAGE = Path("/data")  # a Hugging Face Space's persistent storage, when the Space has it
 log = logging.getLogger("serdemo.ui")
 
 
@@ -156,15 +155,6 @@ class ClipView:
     attention: np.ndarray
     speech_segments_s: list = field(default_factory=list)
     title: str = ""
-
-
-def default_data_dir() -> Path:
-    """``SERDEMO_DATA``; else ``/data/serdemo`` on a Space with persistent storage; else ``./data``."""
-    if os.environ.get("SERDEMO_DATA"):
-        return Path(os.environ["SERDEMO_DATA"])
-    if SPACES_STORAGE.is_dir() and os.access(SPACES_STORAGE, os.W_OK):
-        return SPACES_STORAGE / "serdemo"
-    return Path("data")
 
 
 class Workbench:

@@ -124,13 +124,15 @@ def test_readme_front_matter_configures_the_space():
 
 
 def test_the_store_goes_to_persistent_storage_on_a_space(tmp_path, monkeypatch):
-    from serdemo import workbench
+    from serdemo import store, workbench
 
     monkeypatch.delenv("SERDEMO_DATA", raising=False)
-    monkeypatch.setattr(workbench, "SPACES_STORAGE", tmp_path / "data")
+    monkeypatch.setattr(store, "SPACES_STORAGE", tmp_path / "data")
     assert workbench.Settings.from_env().data_dir == Path("data")  # no persistent storage: the checkout's ./data
     (tmp_path / "data").mkdir()
     assert workbench.Settings.from_env().data_dir == tmp_path / "data" / "serdemo"
+    # one answer: a Store opened without a folder lands where the app's does (it once ignored /data)
+    assert store.Store().directory == tmp_path / "data" / "serdemo"
     monkeypatch.setenv("SERDEMO_DATA", str(tmp_path / "mine"))
     assert workbench.Settings.from_env().data_dir == tmp_path / "mine"
 
