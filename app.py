@@ -3,7 +3,8 @@
 Besides launching, it bounds what a public server must: Gradio's upload cache goes to a folder of ours
 (``GRADIO_TEMP_DIR``, set before Gradio is imported) that a housekeeping thread keeps under the disk budget
 (``serdemo.housekeeping``); logins (``SERDEMO_AUTH``) go through a guard that slows and locks out wrong
-passwords; a refused file path in a request is logged in one line, not a traceback.
+passwords; a refused file path in a request is logged in one line, not a traceback; every chunk a live
+microphone streams is recorded on its way in (Gradio itself keeps only the latest one while a handler runs).
 """
 
 import os
@@ -16,7 +17,8 @@ os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(tempfile.gettempdir()) / "serd
 
 from serdemo.housekeeping import Sweeper, gradio_cache_dir  # noqa: E402
 from serdemo.ui import build_app  # noqa: E402
-from serdemo.uikit import CSS, SHORTCUTS_JS, LoginClientMiddleware, LoginGuard, quiet_refused_paths  # noqa: E402
+from serdemo.uikit import (CSS, SHORTCUTS_JS, LoginClientMiddleware, LoginGuard, StreamChunkMiddleware,  # noqa: E402
+                           quiet_refused_paths)
 from serdemo.workbench import Settings  # noqa: E402
 
 
@@ -37,7 +39,9 @@ def main() -> None:
     trust = bool(os.environ.get("SPACE_ID")) or os.environ.get("SERDEMO_TRUST_PROXY", "") == "1"
     app.launch(
         auth=guard.check if guard else None,
-        app_kwargs={"middleware": [Middleware(LoginClientMiddleware, trust_forwarded=trust)]},
+        # every live-microphone chunk is recorded before Gradio replaces a waiting one with the next
+        app_kwargs={"middleware": [Middleware(LoginClientMiddleware, trust_forwarded=trust),
+                                   Middleware(StreamChunkMiddleware)]},
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", os.environ.get("PORT", "7860"))),
         max_file_size=os.environ.get("SERDEMO_MAX_UPLOAD", "50mb"),

@@ -13,12 +13,12 @@ import gradio as gr
 from serdemo.live import MAX_LIVE_SESSIONS, LiveTimeline
 from serdemo.timeline import max_timeline_s
 from serdemo.timeline_bench import SEGMENT_HEADERS, Loaded, Picked, TimelineDesk
-from serdemo.uikit import gpu, model_picker, resolve_annotator
+from serdemo.uikit import STREAMED, gpu, model_picker, resolve_annotator, streamed_files
 
 # A live stream holds its place in this limit from its first chunk to its last: every recording the live
-# sessions admit (serdemo.live.MAX_LIVE_SESSIONS) has one, so none waits in the queue while its chunks are lost
-# (Gradio keeps only the latest chunk of a stream that is not being served). The handler only appends audio;
-# the model runs on serdemo.live's own classifier threads.
+# sessions admit (serdemo.live.MAX_LIVE_SESSIONS) has one, so none waits in the queue. The handler only appends
+# audio (the chunks Gradio replaced included: serdemo.uikit.StreamedChunks); the model runs on serdemo.live's
+# own classifier threads.
 LIVE_CHUNKS_AT_ONCE = MAX_LIVE_SESSIONS
 
 
@@ -59,20 +59,34 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
         have started it; stopping resets it.)"""
         return None, desk.live_start(model_name), gr.update(visible=True)
 
-    def live_chunk(chunk, live: LiveTimeline | None, model_name):
-        """One streamed chunk: extend the recording and return at once (Gradio drops the chunks that arrive
-        while this runs); every second the latest 3 s go to a classifier thread unless it is still busy, and a
-        finished prediction shows with a later chunk. Every second recorded is kept; predictions may be skipped."""
-        if live is None:  # the recording's first chunk: classify beside the stream, never in its way
+    def live_chunk(chunk, live: LiveTimeline | None, model_name, request: gr.Request = None):
+        """Streamed chunks: extend the recording and return at once; every second the latest 3 s go to a
+        classifier thread unless it is still busy, and a finished prediction shows with a later chunk. Gradio
+        hands this handler only the latest chunk (one comes every 0.1 s); the ones posted meanwhile come from
+        :func:`~serdemo.uikit.streamed_files`, so every second recorded is kept; predictions may be skipped."""
+        first = live is None
+        if first:  # the recording's first chunk (it came with the stream's start, not through its route)
             live = desk.live_feed(None, None, model_name).live
             live.background = True
-        u = desk.live_feed(live, chunk, model_name)
-        if u.text is None:
-            return gr.skip(), gr.skip(), u.live, gr.skip()
-        return u.probabilities, u.figure, u.live, u.text
+        posted = streamed_files(request)
+        chunks = [chunk] if posted is None else ([chunk] if first else []) + posted
+        shown = None
+        for piece in chunks:
+            u = desk.live_feed(live, piece, model_name)
+            shown = u if u.text is not None else shown
+        if shown is None:
+            return gr.skip(), gr.skip(), live, gr.skip()
+        return shown.probabilities, shown.figure, live, shown.text
 
-    def live_stop(live: LiveTimeline | None, model_name, progress=gr.Progress()):
-        """Recording stopped: keep it (a wav for playback) and analyse it as a timeline for relabelling."""
+    def live_stop(live: LiveTimeline | None, model_name, progress=gr.Progress(), request: gr.Request = None):
+        """Recording stopped: keep it (a wav for playback) and analyse it as a timeline for relabelling. Chunks
+        posted before the stop that the stream had not handled yet join the recording first."""
+        for piece in (streamed_files(request) or []) if live is not None else []:
+            try:
+                desk.live_feed(live, piece, model_name)
+            except gr.Error:  # a bad last chunk: the recording up to it is kept
+                break
+        STREAMED.forget(getattr(request, "session_hash", None))
         st = desk.live_stop(live, model_name, progress)
         if st.view is None:
             return (st.recording, *(gr.skip(),) * 8, st.text, None, gr.update(visible=False))

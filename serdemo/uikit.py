@@ -9,6 +9,8 @@ import contextvars
 import hmac
 import json
 import logging
+import os
+import re
 import sys
 import threading
 import time
@@ -281,6 +283,101 @@ class LoginGuard:
             delay = self.max_delay_s
         await self.sleep(delay)
         return False
+
+
+# ------------------------------------------------------------------------------- streamed chunks
+STREAM_POST = re.compile(r"/stream/[^/]+$")  # Gradio's route for a stream's next chunk: POST .../stream/{event}
+MAX_STREAM_BODY = 64 * 1024  # a chunk's post names a file in a few hundred bytes; a larger body is not read here
+
+
+class StreamedChunks:
+    """Every chunk a page posts to a Gradio stream, in order, per page session (its ``session_hash``).
+
+    Gradio's stream route keeps only the latest chunk while the stream's handler runs (it replaces the event's
+    data), and the browser sends an audio chunk every 0.1 s: whenever the handler is late, a chunk is lost. So
+    :class:`StreamChunkMiddleware` records each post's streamed file here before Gradio sees it, and the handler
+    takes every chunk posted since it last looked (:meth:`take`). Bounded: ``max_sessions`` sessions (the least
+    recently posting forgotten first), ``max_pending`` chunks each (the oldest dropped)."""
+
+    def __init__(self, max_sessions: int = 64, max_pending: int = 1200):
+        self.max_sessions, self.max_pending = int(max_sessions), int(max_pending)
+        self._lock = threading.Lock()
+        self._pending: OrderedDict[str, list[str]] = OrderedDict()
+
+    def record(self, session: str, path: str) -> None:
+        with self._lock:
+            chunks = self._pending.pop(session, [])
+            chunks.append(path)
+            self._pending[session] = chunks[-self.max_pending:]
+            while len(self._pending) > self.max_sessions:
+                self._pending.popitem(last=False)
+
+    def record_post(self, body: bytes) -> None:
+        """Record the streamed file of one ``POST .../stream/{event}`` body (JSON: ``session_hash`` and ``data``,
+        whose first input is the streamed component's file); anything else is ignored."""
+        try:
+            post = json.loads(body)
+            first = post["data"][0]
+            session, path = post["session_hash"], first["path"]
+        except (ValueError, TypeError, KeyError, IndexError):
+            return
+        if isinstance(session, str) and isinstance(path, str) and 0 < len(session) <= 128 and len(path) <= 4096:
+            self.record(session, path)
+
+    def take(self, session: str | None) -> list[str] | None:
+        """The chunks ``session`` posted since the last call, oldest first; None when nothing was ever recorded for
+        it (no middleware, or a session forgotten): then only the handler's own chunk is known."""
+        with self._lock:
+            if not session or session not in self._pending:
+                return None
+            chunks, self._pending[session] = self._pending[session], []
+            return chunks
+
+    def forget(self, session: str | None) -> None:
+        with self._lock:
+            self._pending.pop(session or "", None)
+
+
+STREAMED = StreamedChunks()  # the app's one record (app.py installs the middleware that fills it)
+
+
+class StreamChunkMiddleware:
+    """A pure ASGI middleware that records every stream chunk a page posts (:class:`StreamedChunks`) before
+    Gradio replaces the waiting one; the request then goes on unchanged. Install with ``launch(app_kwargs=
+    {"middleware": [starlette.middleware.Middleware(StreamChunkMiddleware)]})``."""
+
+    def __init__(self, app, chunks: StreamedChunks | None = None):
+        self.app, self.chunks = app, chunks if chunks is not None else STREAMED
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http" or scope.get("method") != "POST" or not STREAM_POST.search(scope.get("path", "")):
+            return await self.app(scope, receive, send)
+        held, size, whole = [], 0, False
+        while size <= MAX_STREAM_BODY:
+            message = await receive()
+            held.append(message)
+            size += len(message.get("body", b""))
+            if message.get("type") != "http.request" or not message.get("more_body"):
+                whole = message.get("type") == "http.request"
+                break
+        if whole and size <= MAX_STREAM_BODY:
+            self.chunks.record_post(b"".join(m.get("body", b"") for m in held))
+
+        async def replay():
+            return held.pop(0) if held else await receive()
+        return await self.app(scope, replay, send)
+
+
+def streamed_files(request: gr.Request | None) -> list[str] | None:
+    """For a stream's handler: the files its page posted since the handler last looked (:class:`StreamedChunks`),
+    oldest first, keeping only files in Gradio's upload folder; None when none were recorded for this page."""
+    from gradio.utils import get_upload_folder, is_in_or_equal
+
+    posted = STREAMED.take(getattr(request, "session_hash", None))
+    if posted is None:
+        return None
+    folder = get_upload_folder()
+    return [p for p in posted if is_in_or_equal(p, folder) and os.path.isfile(p)]
 
 
 # ------------------------------------------------------------------------- refused paths in the log

@@ -5,6 +5,7 @@ a file path outside the allowed folders in a request, chunks that are not audio)
 
 import asyncio
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -351,3 +352,67 @@ def test_the_client_address_behind_a_proxy_is_the_entry_the_proxy_added():
     assert client_address(scope) == "10.0.0.1"  # not trusted: the socket's peer
     assert client_address(scope, trust_forwarded=True) == "203.0.113.7"  # the client's own entries ignored
     assert client_address({"client": None, "headers": []}) is None
+
+
+# ------------------------------------------------------------------------------------------- live chunks
+def test_every_streamed_chunk_is_recorded_on_its_way_in_and_the_record_is_bounded(tmp_path, monkeypatch):
+    """Issue 17 point 9: Gradio keeps only the latest chunk of a stream while its handler runs (the browser sends
+    one every 0.1 s). The middleware records each post's file, in order, before Gradio sees the request, and
+    passes the request on unchanged; the record is bounded, and a handler takes only files in Gradio's upload
+    folder (a client naming /etc/passwd gets nothing read)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from serdemo.uikit import StreamChunkMiddleware, StreamedChunks, streamed_files
+
+    chunks, seen = StreamedChunks(max_sessions=2, max_pending=3), []
+
+    async def app(scope, receive, send):  # what Gradio's route receives
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        seen.append(body)
+
+    def post(path, body, parts=2):
+        step = max(1, len(body) // parts)
+        pieces = [body[i:i + step] for i in range(0, len(body), step)]
+        messages = [{"type": "http.request", "body": p, "more_body": i < len(pieces) - 1} for i, p in enumerate(pieces)]
+
+        async def receive():
+            return messages.pop(0)
+        scope = {"type": "http", "method": "POST", "path": path}
+        asyncio.run(StreamChunkMiddleware(app, chunks)(scope, receive, None))
+
+    def chunk_post(session, path):
+        return json.dumps({"fn_index": 3, "data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, None, "default"],
+                          "event_data": None, "session_hash": session}).encode()
+
+    upload = tmp_path / "gradio"
+    files = []
+    for i in range(5):
+        (upload / f"h{i}").mkdir(parents=True)
+        files.append(str(upload / f"h{i}" / "audio.wav"))
+        Path(files[-1]).write_bytes(b"RIFF")
+    for f in files[:2]:
+        post("/gradio_api/stream/ev1", chunk_post("alice", f))
+    assert seen == [chunk_post("alice", files[0]), chunk_post("alice", files[1])]  # passed on unchanged
+    post("/gradio_api/stream/ev1/close", b"{}")
+    post("/gradio_api/queue/join", chunk_post("alice", files[2]))  # not a stream's chunk route
+    assert chunks.take("alice") == files[:2] and chunks.take("alice") == [] and chunks.take("bob") is None
+    for f in files:  # at most 3 waiting: the oldest go
+        post("/gradio_api/stream/ev1", chunk_post("alice", f))
+    assert chunks.take("alice") == files[2:]
+    for who in ("bob", "carol"):  # at most 2 sessions: the least recently posting goes
+        post("/gradio_api/stream/ev2", chunk_post(who, files[0]))
+    assert chunks.take("alice") is None and chunks.take("carol") == files[:1]
+    post("/gradio_api/stream/ev3", b"x" * 200_000)  # too large to be a chunk's post: passed on, not read
+    post("/gradio_api/stream/ev3", b"not json")
+    assert len(seen[-2]) == 200_000 and chunks.take("dave") is None
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(upload))
+    chunks = StreamedChunks()
+    monkeypatch.setattr("serdemo.uikit.STREAMED", chunks)
+    for f in (files[0], "/etc/passwd", str(upload / "h1" / ".." / ".." / "x.wav"), files[1]):
+        post("/gradio_api/stream/ev4", chunk_post("erin", f))
+    assert streamed_files(SimpleNamespace(session_hash="erin")) == [files[0], files[1]]
+    assert streamed_files(SimpleNamespace(session_hash="nobody")) is None and streamed_files(None) is None
