@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]  # the runs' working folder: relative
 WHY_UNREADABLE = "audio could not be read"
 WHY_HELD_OUT = "cut from a recording of a held-out (dev/test) speaker"
 WHY_COPY = "the same audio as a corpus clip"
+WHY_SHORT = {WHY_UNREADABLE: "unreadable audio", WHY_HELD_OUT: "held-out speaker", WHY_COPY: "copy of a corpus clip"}
 WHY_MEANS = {  # ... and what that means, for someone deciding whether to fine-tune
     WHY_UNREADABLE: "its stored file is missing or damaged",
     WHY_HELD_OUT: "that speaker is kept out so the new model is scored fairly",

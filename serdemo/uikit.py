@@ -437,7 +437,8 @@ def quiet_refused_paths() -> None:
 CSS = """
 #clip-id input, #q-clip input { font-family: monospace; text-overflow: ellipsis; }
 #queue table td, #agreement-clips table td { white-space: nowrap; }
-#model-metrics table { display: block; width: max-content; max-width: 100%; overflow-x: auto; white-space: nowrap; }
+#model-metrics table, #retrain-plan table { display: block; width: max-content; max-width: 100%; overflow-x: auto;
+  white-space: nowrap; }
 #model-metrics td:first-child { white-space: normal; min-width: 10em; }
 .comparison th, .comparison td { padding: 4px 10px; text-align: right; }
 .comparison th:first-child, .comparison td:first-child { text-align: left; }

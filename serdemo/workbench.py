@@ -34,8 +34,8 @@ from serdemo.inference import Prediction, Predictor
 from serdemo.labels import ANNOTATION_LABELS
 from serdemo.plots import (VTLP_VIEWS, analysis_figure, confusion_figure, db_per_unit, mel_band_hz, reliability_figure,
                            warp_figure)
-from serdemo.retrain import (FIRST_GUESS_S, RetrainBusy, Retrainer, RetrainRefused, check_may_retrain, human_duration,
-                             report_sentence, retrain_plan)
+from serdemo.retrain import (FIRST_GUESS_S, WHY_SHORT, RetrainBusy, Retrainer, RetrainRefused, check_may_retrain,
+                             human_duration, report_sentence, retrain_plan)
 from serdemo.store import Store, StoreError, as_stored, default_data_dir
 from serdemo.uikit import require_retrain_login, user_error
 from serdemo.vtlp import F_HI_HZ, warp_power
@@ -554,8 +554,9 @@ class Workbench:
         skipped = [c for c in plan["clips"] if c["why"]]
         if skipped:
             shown = skipped[:PLAN_ROWS]
-            lines += ["", "| clip | source | label | why it does not train |", "|---|---|---|---|"]
-            lines += [f"| `{c['clip'][:8]}` | {_cell(c['source'] or 'recording')} | {c['label']} | {c['why']} |"
+            lines += ["", "| source | label | why it does not train | clip |", "|---|---|---|---|"]
+            lines += [f"| {_cell(c['source'] or 'recording')} | {c['label']} | "
+                      f"{WHY_SHORT.get(c['why'], c['why'].replace('label not in the', 'not in'))} | `{c['clip'][:8]}` |"
                       for c in shown]
             if len(skipped) > len(shown):
                 lines.append(f"\n_and {len(skipped) - len(shown)} more_")
