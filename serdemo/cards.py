@@ -1,6 +1,6 @@
 """Checkpoint cards as text: the one renderer of a card's summary, held-out metrics and a retrain comparison.
 
-Plain Python (no Gradio, no torch), so the app, ``training/report.py``, ``training/evaluate.py`` and
+Plain Python (no Gradio, no torch), so the app, ``training/report.py`` and
 retraining can all use it. Data first, then formats of the same data:
 
     rows = metric_rows(card)            # [MetricRow(evaluation, group, ua, wa, macro_f1, n), ...]

@@ -203,8 +203,10 @@ def shard(batch: list[int], rank: int, world: int) -> tuple[list[int], float]:
 
 class Data:
     """The corpora of one run, split speaker-independently, with their decoded waves, speech masks and
-    (for models on the encoder) cached encoder states. Cross-validation, screening, retrain comparison
-    and the trainer all take their data from here; nothing in it builds a model or an optimiser.
+    (for models on the encoder) cached encoder states. Cross-validation, screening and the trainer take
+    their data from here (the retrain comparison scores two finished checkpoints on the same held-out
+    speakers with :func:`training.evaluate.evaluate_checkpoint`); nothing in it builds a model or an
+    optimiser.
 
     ``train``/``dev``/``test``: lists of :class:`Example`; ``heads``: the heads with at least two
     classes in the training data (``untrained_heads`` says why the others were dropped).
