@@ -682,7 +682,7 @@ def test_a_queue_row_picks_its_own_clip_when_the_table_is_sorted(tmp_path):
     from types import SimpleNamespace
 
     from serdemo.store import as_stored
-    from serdemo.ui import Endpoints
+    from serdemo.endpoints import Endpoints
     from serdemo.workbench import Settings, Workbench
     from tests.conftest import harmonics
 
@@ -882,7 +882,7 @@ def test_the_true_label_starts_unset_and_the_result_says_what_to_expect_for_a_ne
     """Point 4: the radio is not pre-set to the model's guess; point 5: beside the result, the
     leave-one-corpus-out UA of the card (mean over its held-out corpora) and chance."""
     from serdemo.cards import expectation_line
-    from serdemo.ui import Endpoints
+    from serdemo.endpoints import Endpoints
 
     bench = _bench(tmp_path)
     ep = Endpoints(bench)
@@ -905,7 +905,7 @@ def test_the_true_label_starts_unset_and_the_result_says_what_to_expect_for_a_ne
 
 def test_a_new_analysis_clears_the_last_save_line():
     """Point 7: the clear that runs when Analyse is pressed empties the "Saved: clip ... by <name>" line too."""
-    from serdemo.ui import Endpoints
+    from serdemo.endpoints import Endpoints
 
     cleared = Endpoints(None).clear_analysis()
     assert len(cleared) == 7 and cleared[-1] == "" and cleared[5]["value"] is None
@@ -958,7 +958,7 @@ def test_the_annotate_panel_picks_by_clip_id_names_the_clip_and_moves_on_after_a
     the clip; a save loads the next unlabelled clip (and nothing once the queue is done)."""
     import gradio as gr
 
-    from serdemo.ui import Endpoints
+    from serdemo.endpoints import Endpoints
 
     bench = _bench(tmp_path)
     ep = Endpoints(bench)
@@ -1037,7 +1037,7 @@ def test_retraining_is_refused_without_a_login_when_the_app_has_logins(tmp_path,
     """Issue 16 point 6: with SERDEMO_AUTH set, an anonymous request may not start a run."""
     import gradio as gr
 
-    from serdemo.ui import Endpoints
+    from serdemo.endpoints import Endpoints
 
     bench = _bench(tmp_path)
     monkeypatch.setenv("SERDEMO_AUTH", "alice:pw")
