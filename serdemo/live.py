@@ -26,6 +26,7 @@ from serdemo.vad import MIN_TOTAL_SPEECH_S
 
 LIVE_WINDOW_S = 3.0  # the live view classifies the latest this-many seconds
 MAX_CHUNK_S = 5.0  # the browser streams 0.5 s at a time; a longer chunk is not a microphone's
+MAX_FLOAT_PEAK = 4.0  # float samples lie in [-1, 1]; a little overshoot (12 dB) is tolerated, 1e9 is not audio
 MAX_LIVE_SESSIONS = 8  # live recordings held at once (all users); the next one is refused with a message
 LIVE_IDLE_S = 60.0  # a recording that gets no chunk for this long is closed and its audio released
 LIVE_EXTRA_S = 120.0  # a recording lives at most its length limit plus this (an API client that never stops)
@@ -192,7 +193,14 @@ class LiveTimeline:
                              "stop and record again.")
         if self.truncated:
             return None
-        raw = np.nan_to_num(downmix(to_float(chunk)), nan=0.0, posinf=0.0, neginf=0.0)
+        raw = downmix(to_float(chunk))
+        if not np.isfinite(raw).all():
+            raise AudioError(f"The microphone sent {int((~np.isfinite(raw)).sum())} NaN or infinite samples: the "
+                             "piece is corrupt. Stop and record again.")
+        peak = float(np.abs(raw).max()) if raw.size else 0.0
+        if chunk.dtype.kind == "f" and peak > MAX_FLOAT_PEAK:
+            raise AudioError(f"The microphone sent float samples up to {peak:.1e}; a microphone's lie between -1 and "
+                             "1, so this is not audio. Stop and record again.")
         self.heard_s += len(raw) / rate
         self._append(self.resampler.push(raw))
         if self.heard_s - self.last_at_s < self.every_s - 1e-6 or self.samples < MIN_DURATION_S * SAMPLE_RATE:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from serdemo.audio import load_audio, resample
 from tests.conftest import EMODB, RAVDESS, ROOT, SR, shared_clip
@@ -148,7 +149,14 @@ def recording(browser_factory, url: str, tmp_path: Path, on_request=None):
         page.on("request", on_request)
     page.goto(url, wait_until="load")
     page.get_by_role("tab", name="Timeline").click()
-    page.locator("#live-mic").get_by_role("button", name=re.compile("^Record$")).first.click()
+    record = page.locator("#live-mic").get_by_role("button", name=re.compile("^Record$")).first
+    for _ in range(3):  # a click that lands before the recorder is ready is lost: wait until it records
+        record.click()
+        try:
+            page.locator("#live-mic .stop-button").first.wait_for(state="visible", timeout=15_000)
+            break
+        except PlaywrightTimeoutError:
+            continue
     return page
 
 

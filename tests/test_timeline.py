@@ -366,6 +366,8 @@ def test_a_garbage_live_chunk_gets_a_message_not_a_traceback(tmp_path):
     for chunk, says in ((b"\x00\x01 random bytes", "not audio"), ((48000, np.array(["a", "b"] * 100)), "not audio"),
                         ((48000, np.ones(100, bool)), "boolean"), ((1, np.zeros(10, np.int16)), "sample rate"),
                         ((8000, np.zeros(8000 * 60, np.int16)), "at most 5 s at a time"),  # a minute in one chunk
+                        ((48000, np.full(24000, 1e9, np.float32)), "not audio"),  # float samples far past full scale
+                        ((48000, np.full(24000, np.nan, np.float32)), "NaN"),
                         (("fast", np.zeros(100, np.int16)), "not a number")):
         with pytest.raises(gr.Error) as e:
             desk.live_feed(first.live, chunk, "default")
