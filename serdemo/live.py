@@ -84,6 +84,7 @@ class LiveTimeline:
         self.clock, self.idle_s = clock, float(idle_s)
         self.created_at = self.last_fed_at = clock()
         self.released: str | None = None  # why the recording was closed ("idle", "lifetime"), None while open
+        self.on_release = None  # called once when the recording is released (the page ends its stream there)
         if live_sessions(self.created_at) >= max_sessions:
             raise AudioError(f"{max_sessions} live recordings are running on the server already: try again in a "
                              "minute, or upload a recording instead.")
@@ -117,6 +118,12 @@ class LiveTimeline:
         self.parts, self.samples, self.resampler = [], 0, None
         with _sessions_lock:
             _sessions.discard(self)
+        hook, self.on_release = self.on_release, None
+        if hook is not None:
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - releasing the audio must not fail on the page's side
+                log.exception("ending a released live recording's stream failed")
 
     def _check_open(self) -> None:
         now = self.clock()

@@ -13,7 +13,7 @@ import gradio as gr
 from serdemo.live import MAX_LIVE_SESSIONS, LiveTimeline
 from serdemo.timeline import max_timeline_s
 from serdemo.timeline_bench import SEGMENT_HEADERS, Loaded, Picked, TimelineDesk
-from serdemo.uikit import STREAMED, gpu, model_picker, resolve_annotator, streamed_files
+from serdemo.uikit import STREAMED, gpu, model_picker, resolve_annotator, stream_closer, streamed_files
 
 # A live stream holds its place in this limit from its first chunk to its last: every recording the live
 # sessions admit (serdemo.live.MAX_LIVE_SESSIONS) has one, so none waits in the queue. The handler only appends
@@ -68,6 +68,7 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
         if first:  # the recording's first chunk (it came with the stream's start, not through its route)
             live = desk.live_feed(None, None, model_name).live
             live.background = True
+            live.on_release = stream_closer(request)  # released (idle, too long): its stream ends at once
         posted = streamed_files(request)
         chunks = [chunk] if posted is None else ([chunk] if first else []) + posted
         shown = None

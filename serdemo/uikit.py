@@ -380,6 +380,37 @@ def streamed_files(request: gr.Request | None) -> list[str] | None:
     return [p for p in posted if is_in_or_equal(p, folder) and os.path.isfile(p)]
 
 
+def stream_closer(request: gr.Request | None):
+    """For a stream's handler: a function that ends this page session's pending stream events in Gradio's
+    queue, as Gradio does when a page disconnects, or None where that cannot be reached. A released live
+    recording (idle, or past its lifetime) calls it, so an abandoned stream frees its place in the stream's
+    concurrency limit at once instead of holding it up to the stream's time limit (30 min): without it, a
+    client that opens the limit's number of streams and walks away shuts the microphone for everyone.
+
+    Call it from the handler (a worker thread of Gradio's event loop); the function it returns may be called
+    from any thread."""
+    import anyio.from_thread
+
+    session = getattr(request, "session_hash", None)
+    server = getattr(getattr(request, "request", None), "app", None)
+    if session is None or not hasattr(server, "get_blocks"):
+        return None
+    try:
+        loop = anyio.from_thread.run_sync(asyncio.get_running_loop)
+    except Exception:  # noqa: BLE001 - not inside Gradio's worker thread (a test, a direct call)
+        return None
+
+    def end_streams() -> None:  # runs in the event loop: Gradio's queue is not thread-safe
+        queue = server.get_blocks()._queue
+        for event_id in list(queue.pending_event_ids_session.get(session, ())):
+            event = queue.event_ids_to_events.get(event_id)
+            if event is not None and event.streaming and not event.closed:
+                event.run_time, event.closed = float("inf"), True
+                event.signal.set()
+
+    return lambda: loop.call_soon_threadsafe(end_streams)
+
+
 # ------------------------------------------------------------------------- refused paths in the log
 def _client_input_refusal(exc: BaseException | None) -> str | None:
     """What to log, in one line, when ``exc`` is Gradio refusing a request's inputs before any of our code
