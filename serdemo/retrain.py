@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from serdemo.fsutil import atomic_write
+
 PROGRESS_FILE = "progress.jsonl"
 # seconds a run takes on a 2-core CPU with the encoder-state cache filled (the three corpora), per
 # architecture: the ETA shown before the run has counted its data (training.fit uses it too)
@@ -312,9 +314,8 @@ class Retrainer:
 
     def _write_runs(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        tmp = self.workdir / f".{RUNS_FILE}.tmp"
-        tmp.write_text(json.dumps(self.runs[-100:], indent=1))
-        os.replace(tmp, self.workdir / RUNS_FILE)
+        data = json.dumps(self.runs[-100:], indent=1).encode()
+        atomic_write(self.workdir / RUNS_FILE, lambda f: f.write(data))
 
     def _note_end(self) -> None:
         """Record when the current run ended (once)."""
