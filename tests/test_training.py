@@ -708,7 +708,7 @@ def test_screen_never_touches_the_held_out_fold_and_resumes(tmp_path, monkeypatc
     from serdemo.labels import get_label_set
     from training import evaluate
     from training.data import Data, build_examples, load_corpora
-    from training.splits import speaker_folds
+    from training.splits import train_dev_test
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"name": "s", "model": "probe", "aux_heads": [], "n_folds": 3, "fold": 0,
@@ -717,7 +717,8 @@ def test_screen_never_touches_the_held_out_fold_and_resumes(tmp_path, monkeypatc
     cfg = FitConfig.from_yaml(recipe)
     utts, _ = load_corpora(cfg.corpora, cfg.limit_per_corpus)
     examples, _ = build_examples(utts, get_label_set(cfg.label_set), [])
-    held = set(speaker_folds([e.utt for e in examples], cfg.n_folds, cfg.seed)[cfg.fold])
+    _, _, test = train_dev_test([e.utt for e in examples], cfg.split, cfg.n_folds, cfg.fold, cfg.seed)
+    held = {u.speaker for u in test}  # the trainer's own test fold
     seen = []
     real = Data.encoded
     monkeypatch.setattr(Data, "encoded", lambda self, exs, alpha=1.0: seen.extend(e.utt.speaker for e in exs)
