@@ -171,10 +171,27 @@ def card_summary_markdown(name: str, card: dict) -> str:
         lines.append(f"**Classes** ({label_set.get('name', '?')}): {', '.join(label_set.get('classes', []))}"
                      + (f" — {label_set['description']}" if label_set.get("description") else "") + ".")
     speakers = _dict(t.get("speakers"))
+    hp = _dict(_dict(card.get("model")).get("hparams"))
     if speakers:
-        lines.append(f"**Speakers held out** (never trained on): test {speakers_text(speakers.get('test'))}; "
-                     f"dev (picks the epoch) {speakers_text(speakers.get('dev'))}.")
-    if cfg:
+        dev = speakers_text(speakers.get("dev"))
+        if cfg.get("model") == "probe" and hp.get("refit"):  # dev chose C, then joined the training
+            lines.append(f"**Speakers held out** (never trained on): test {speakers_text(speakers.get('test'))}. "
+                         f"Dev speakers, which chose C and then trained in the refit: {dev}.")
+        else:
+            role = "chose C" if cfg.get("model") == "probe" else "picks the epoch"
+            lines.append(f"**Speakers held out** (never trained on): test {speakers_text(speakers.get('test'))}; "
+                         f"dev ({role}) {dev}.")
+    if cfg and cfg.get("model") == "probe":  # no epochs, no augmentation: a regression on encoder statistics
+        layers = hp.get("layers") or []
+        states = f"{layers[0]}-{layers[-1]}" if layers and list(layers) == list(range(layers[0], layers[-1] + 1)) \
+            else ", ".join(map(str, layers)) or "?"
+        lines.append(f"**Recipe**: linear probe, no gradient steps: the mean and standard deviation over speech of "
+                     f"encoder states {states} ({hp.get('n_layers', '?')} blocks run), standardised, class-balanced "
+                     f"logistic regression with C {hp.get('C', '?')} chosen on dev UA"
+                     + (", then refitted on the training and dev speakers together" if hp.get("refit") else "")
+                     + f"; split {cfg.get('split', '?')} fold {cfg.get('fold', '?')} of {cfg.get('n_folds', '?')}, "
+                       f"seed {cfg.get('seed', '?')}; no augmentation.")
+    elif cfg:
         aug = [a for a, on in (("VTLP " + "–".join(str(cfg.get(k)) for k in ("vtlp_low", "vtlp_high")), cfg.get("vtlp")),
                                ("SpecAugment", cfg.get("specaug")), ("mixup", cfg.get("mixup"))) if on]
         aug += list(cfg.get("augment") or [])

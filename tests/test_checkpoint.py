@@ -258,3 +258,23 @@ def test_the_app_catalogue_skips_a_broken_checkpoint_with_one_warning(ckpt, tmp_
     bench.reload()  # the same problems are not logged again on every rescan
     assert len(caplog.records) == len(lines)
     assert bench.predictor("tiny").predict(emodb_clip, alpha=None).label() in HEADS["emotion"]
+
+
+def test_the_probe_cards_recipe_and_dev_speakers_read_as_what_was_done():
+    """The default (a probe, refitted on train + dev) is not described with epochs and augmentation it never
+    had, and its dev speakers are not listed as never trained on."""
+    from serdemo.cards import card_summary_markdown
+    from tests.conftest import ROOT
+
+    card = json.loads((ROOT / "checkpoints" / "default" / "card.json").read_text())
+    assert card["training"]["config"]["model"] == "probe" and card["model"]["hparams"]["refit"]
+    parts = card_summary_markdown("default", card).split("\n\n")
+    recipe = next(p for p in parts if p.startswith("**Recipe**"))
+    assert "linear probe" in recipe and "states 2-4" in recipe and "refitted" in recipe
+    assert "epochs" not in recipe and "VTLP" not in recipe and "SpecAugment" not in recipe
+    held = next(p for p in parts if p.startswith("**Speakers held out**"))
+    never, dev = held.split("Dev speakers")
+    assert "emodb 03, 13" in never and "emodb 08, 10" not in never and "emodb 08, 10" in dev
+    other = json.loads((ROOT / "checkpoints" / "localatt" / "card.json").read_text())
+    assert "epochs" in next(p for p in card_summary_markdown("localatt", other).split("\n\n")
+                            if p.startswith("**Recipe**"))
