@@ -613,3 +613,61 @@ def test_every_tab_lays_out_and_is_photographed(server, browser_factory, viewpor
         page.screenshot(path=str(path), full_page=True, type="png")
         small_png(path)
         assert 10_000 < path.stat().st_size < 300_000
+
+
+def test_a_fast_two_annotator_pass_puts_every_label_on_the_clip_loaded(server, browser_factory):  # noqa: F811
+    """Issue 17, done-when: two annotators each go through 20 queue clips with keys only, pressing a label and
+    "s" as soon as a clip is loaded (no listening pause); every label lands on the clip the panel showed when
+    its keys were pressed, and the export holds both annotators' labels for every clip."""
+    import csv
+    import io
+    import json
+    import zipfile
+
+    from serdemo.labels import ANNOTATION_LABELS
+    from serdemo.store import Store
+    from tests.test_app import analyze
+
+    names = sorted(p.name for p in (EMODB / "wav").glob("1[0-9]*.wav"))[:20]
+    for name in names:
+        analyze(server["client"], EMODB / "wav" / name)
+    store = Store(server["data"])
+    box = "#q-clip input, #q-clip textarea"
+    pressed = {}
+    for who, offset in (("fast-a", 0), ("fast-b", 1)):
+        page = browser_factory(viewport=DESKTOP)
+        page.goto(server["url"], wait_until="load")
+        page.wait_for_selector("#analyse", timeout=60_000)
+        page.locator("#annotator input, #annotator textarea").first.fill(who)
+        page.get_by_role("tab", name="Annotate").click()
+        page.locator("#queue-show label", has_text="all clips").click()
+        page.click("#queue-refresh")
+        page.wait_for_function("() => document.querySelectorAll('#queue [role=row]').length >= 21", timeout=30_000)
+        page.locator("#queue [role=row] [role=gridcell]").first.click()  # the first row; then keys only
+        page.locator("#q-info").click()  # focus off the name field: keys go to the shortcuts
+        shown = ""
+        for k in range(20):
+            page.wait_for_function(f"(prev) => {{ const v = document.querySelector('{box}').value; "
+                                   "return v && v !== prev; }", arg=shown, timeout=30_000)
+            shown = page.locator(box).first.input_value()  # the clip loaded at the moment of the keys
+            key = (k + offset) % 7 + 1
+            page.keyboard.press(str(key))
+            page.keyboard.press("s")
+            pressed[(who, shown)] = ANNOTATION_LABELS[key - 1]
+        page.wait_for_function(f"(prev) => document.querySelector('{box}').value !== prev", arg=shown,
+                               timeout=30_000)  # the last save went through (the next clip, or none, loaded)
+        page.close()
+    for (who, clip), label in pressed.items():
+        mine = [h.label for h in store.history(clip) if h.annotator == who]
+        assert mine == [label], (who, clip, mine, label)  # once each, on the clip that was shown
+    assert len({c for w, c in pressed if w == "fast-a"}) == 20 == len({c for w, c in pressed if w == "fast-b"})
+    both = {c for w, c in pressed if w == "fast-a"} & {c for w, c in pressed if w == "fast-b"}
+    assert len(both) == 20  # the same queue, in the same order, for both
+    archive = server["client"].predict("audiofolder", api_name="/export")
+    with zipfile.ZipFile(archive) as z:
+        meta = next(n for n in z.namelist() if n.endswith("metadata.csv"))
+        rows = {r["file_name"].split("/")[-1][:-4]: r for r in csv.DictReader(io.StringIO(z.read(meta).decode()))}
+    for clip in both:
+        annotations = json.loads(rows[clip]["annotations"])
+        text = json.dumps(annotations)
+        assert "fast-a" in text and "fast-b" in text, (clip, annotations)
