@@ -172,16 +172,13 @@ def card_summary_markdown(name: str, card: dict) -> str:
                      + (f" — {label_set['description']}" if label_set.get("description") else "") + ".")
     speakers = _dict(t.get("speakers"))
     hp = _dict(_dict(card.get("model")).get("hparams"))
+    probe = cfg.get("model") == "probe"
     if speakers:
         dev = speakers_text(speakers.get("dev"))
-        if cfg.get("model") == "probe" and hp.get("refit"):  # dev chose C, then joined the training
-            lines.append(f"**Speakers held out** (never trained on): test {speakers_text(speakers.get('test'))}. "
-                         f"Dev speakers, which chose C and then trained in the refit: {dev}.")
-        else:
-            role = "chose C" if cfg.get("model") == "probe" else "picks the epoch"
-            lines.append(f"**Speakers held out** (never trained on): test {speakers_text(speakers.get('test'))}; "
-                         f"dev ({role}) {dev}.")
-    if cfg and cfg.get("model") == "probe":  # no epochs, no augmentation: a regression on encoder statistics
+        dev = (f". Dev speakers, which chose C and then trained in the refit: {dev}" if probe and hp.get("refit")
+               else f"; dev ({'chose C' if probe else 'picks the epoch'}) {dev}")  # a refit trains on dev
+        lines.append(f"**Speakers held out** (never trained on): test {speakers_text(speakers.get('test'))}{dev}.")
+    if probe:  # no epochs, no augmentation: a regression on encoder statistics
         layers = hp.get("layers") or []
         states = f"{layers[0]}-{layers[-1]}" if layers and list(layers) == list(range(layers[0], layers[-1] + 1)) \
             else ", ".join(map(str, layers)) or "?"

@@ -319,8 +319,6 @@ def screen(config_path: str, variants: list[dict], out_path: Path | None = None)
     """
     import itertools
 
-    from sklearn.metrics import balanced_accuracy_score
-
     from training.config import FitConfig
     from training.data import Data
     from training.probe import fit_probe, statistics
@@ -359,9 +357,9 @@ def screen(config_path: str, variants: list[dict], out_path: Path | None = None)
             if len(set(y[tr].tolist())) < 2 or not dv.any():
                 continue  # nothing to learn or nothing to score (tiny corpora): the task is left out
             x_tr = np.concatenate([stats[a][tr][:, cols] for a in alphas])  # dev is never warped
-            clf, mean, std, _, _ = fit_probe(x_tr, np.tile(y[tr], len(alphas)), x[:0], y[:0], len(data.label_set),
-                                             c_grid=(v["C"],), seed=cfg.seed)
-            dev[name] = round(float(balanced_accuracy_score(y[dv], clf.predict((x[dv] - mean) / std))), 4)
+            *_, ua = fit_probe(x_tr, np.tile(y[tr], len(alphas)), x[dv], y[dv], len(data.label_set),
+                               c_grid=(v["C"],), seed=cfg.seed)  # dev UA, scored by the probe's own fit
+            dev[name] = round(float(ua), 4)
         kf = float(np.mean([u for k, u in dev.items() if k.startswith("kfold")]))
         xc = float(np.mean([u for k, u in dev.items() if "->" in k]))
         r = {**v, "kfold": round(kf, 4), "cross_corpus": round(xc, 4), "score": round((kf + xc) / 2, 4), "dev": dev,
