@@ -110,6 +110,45 @@ def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, e
     assert abs(pred.attention.sum() - 1) < 1e-5 and np.ptp(pred.attention[pred.attention > 0]) < 1e-6
 
 
+def test_the_probes_fit_options_end_as_weights_of_the_same_linear_layer():
+    """``pool``, ``nap`` (nuisance projection) and ``balance``: chosen by the screen, folded into one
+    regression that reads every statistic, so the shipped model and its format do not change with them."""
+    from training.probe import fit_probe, nuisance_directions, sample_weights
+
+    rng = np.random.default_rng(0)
+    n_spk, per, dim = 12, 40, 2 * 1024  # two layers' [mean, std] blocks
+    speakers = np.repeat(np.arange(n_spk), per)
+    y = np.tile(np.arange(4), n_spk * per // 4)
+    emotion = rng.normal(size=(4, dim))
+    voice = np.zeros((n_spk, dim))
+    voice[:, 7] = rng.normal(scale=30, size=n_spk)  # each speaker far apart on one axis the emotions leave alone
+    x = (emotion[y] + voice[speakers] + rng.normal(scale=0.05, size=(len(y), dim))).astype(np.float32)
+    z = (x - x.mean(0)) / (x.std(0) + 1e-5)
+    u = nuisance_directions(z, speakers, 3)
+    assert u.shape == (dim, 3) and abs(u[7, 0]) > 0.9  # the voice axis is the first nuisance direction
+    np.testing.assert_allclose(u.T @ u, np.eye(3), atol=1e-8)
+    assert nuisance_directions(z[:per * 2], speakers[:per * 2], 8).shape[1] == 1  # at most speakers - 1
+
+    tr, dv = speakers < 9, speakers >= 9
+    clf, mean, std, c, ua = fit_probe(x[tr], y[tr], x[dv], y[dv], 4, c_grid=(0.1,), nap=2, speakers=speakers[tr])
+    assert ua > 0.9 and clf.coef_.shape == (4, dim)
+    np.testing.assert_allclose(clf.coef_ @ nuisance_directions((x[tr] - mean) / std, speakers[tr], 2), 0, atol=1e-9)
+    clf, *_ = fit_probe(x[tr], y[tr], x[dv], y[dv], 4, c_grid=(0.1,), pool="mean")
+    assert not clf.coef_[:, 512:1024].any() and not clf.coef_[:, 1536:].any() and clf.coef_[:, :512].any()
+    with pytest.raises(ValueError, match="pool must be one of"):
+        fit_probe(x[tr], y[tr], x[dv], y[dv], 4, pool="max")
+
+    corpora = np.array(["a"] * 90 + ["b"] * 10)
+    labels = np.array([0] * 60 + [1] * 30 + [0] * 5 + [1] * 5)
+    w = sample_weights(labels, corpora, "corpus")
+    assert w.mean() == pytest.approx(1)
+    for cls in (0, 1):  # every class the same total, and within it every corpus the same
+        assert w[labels == cls].sum() == pytest.approx(50)
+        assert w[(labels == cls) & (corpora == "a")].sum() == pytest.approx(25)
+    plain = sample_weights(labels, corpora, "class")  # scikit-learn's class_weight="balanced"
+    np.testing.assert_allclose(plain, len(labels) / (2 * np.bincount(labels)[labels]))
+
+
 # ---------------------------------------------------------------------- configuration
 def test_command_line_is_generated_from_the_config(tmp_path):
     flags = {opt for a in build_parser()._actions for opt in a.option_strings}
@@ -723,14 +762,22 @@ def test_screen_never_touches_the_held_out_fold_and_resumes(tmp_path, monkeypatc
     real = Data.encoded
     monkeypatch.setattr(Data, "encoded", lambda self, exs, alpha=1.0: seen.extend(e.utt.speaker for e in exs)
                         or real(self, exs, alpha))
-    variants = [{"name": "two", "layers": [1, 2], "C": 0.01}, {"name": "one", "layers": [2], "C": 0.1}]
+    variants = [{"name": "two", "layers": [1, 2], "C": 0.01}, {"name": "one", "layers": [2], "C": 0.1, "nap": 2},
+                {"name": "head", "model": "localatt", "epochs": 1,  # a head, by the one trainer
+                 "hparams": {"n_layers": 2, "dense": 16, "hidden": 8}}]
     out = tmp_path / "screen.jsonl"
-    rows = evaluate.screen(str(recipe), variants, out)
+    rows = evaluate.screen(str(recipe), variants, out, tmp_path / "runs")
     assert held and seen and not held & set(seen)
-    assert [r["name"] for r in rows] == ["two", "one"] and len(out.read_text().splitlines()) == 2
+    assert [r["name"] for r in rows] == ["two", "one", "head"]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len([r for r in lines if "task" not in r]) == 3  # a row per variant, and one per task of the head
+    assert {r["task"] for r in lines if "task" in r} == set(rows[2]["dev"])
     for r in rows:  # the two remaining folds as dev in turn, and the corpus pairs
         assert {"kfold dev 1", "kfold dev 2"} <= set(r["dev"]) and any("->" in k for k in r["dev"])
         assert 0 <= r["kfold"] <= 1 and r["score"] == pytest.approx((r["kfold"] + r["cross_corpus"]) / 2, abs=1e-4)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(  # the head trained once per task
+        "".join(ch if ch.isalnum() else "-" for ch in f"head-{t}") for t in rows[2]["dev"])
     seen.clear()
+    monkeypatch.setattr(evaluate, "_head_dev_ua", lambda *a: pytest.fail("a finished task was trained again"))
     again = evaluate.screen(str(recipe), variants + [], out)
     assert again == rows and not seen  # read back, nothing encoded or fitted

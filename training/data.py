@@ -232,15 +232,32 @@ class Data:
                                            for part in (train_u, dev_u, test_u))
         self.file_list_sha256 = file_list_hash([e.utt for e in self.train + self.dev])
         self.store_report = self._store_report(utts, examples, dev_u + test_u)
-        self.heads, self.untrained_heads = ["emotion"], {}
-        for h in cfg.aux_heads:
-            seen = {e.targets[h] for e in self.train} - {IGNORE}
-            if len(seen) >= 2:
-                self.heads.append(h)
-            else:
-                self.untrained_heads[h] = f"training data has {len(seen)} class(es) of {h}"
+        self.heads, self.untrained_heads = self._heads(cfg.aux_heads)
         self._encoded = None
         self._digests: dict[str, str] = {}
+
+    def _heads(self, aux_heads: list[str]) -> tuple[list[str], dict[str, str]]:
+        """The heads the training part can teach (two classes or more), and why the others cannot."""
+        heads, untrained = ["emotion"], {}
+        for h in aux_heads:
+            seen = {e.targets.get(h, IGNORE) for e in self.train} - {IGNORE}
+            if len(seen) >= 2:
+                heads.append(h)
+            else:
+                untrained[h] = f"training data has {len(seen)} class(es) of {h}"
+        return heads, untrained
+
+    def parts(self, train: list[Example], dev: list[Example], aux_heads: list[str] = ()) -> "Data":
+        """The same corpora and caches split otherwise (a screening task: no test part); the heads follow
+        the new training part. Its examples must have been built with ``aux_heads``' targets."""
+        import copy
+
+        d = copy.copy(self)
+        d.train, d.dev, d.test = list(train), list(dev), []
+        d.file_list_sha256 = file_list_hash([e.utt for e in d.train + d.dev])
+        d.store_report = None
+        d.heads, d.untrained_heads = d._heads(list(aux_heads))
+        return d
 
     def _store_report(self, utts, examples, held_out) -> dict | None:
         """How many clips of the annotation store train, and why the others do not (None: no store)."""

@@ -305,9 +305,17 @@ def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | 
     return out
 
 
-def screen(config_path: str, variants: list[dict], out_path: Path | None = None) -> list[dict]:
-    """Dev-only screening of probe variants (``{"name", "layers", "C"}``, optionally ``"vtlp": [alphas]``:
-    training clips also seen warped with each alpha, encoder states cached per alpha) on the recipe's corpora.
+def screen(config_path: str, variants: list[dict], out_path: Path | None = None,
+           workdir: Path | None = None) -> list[dict]:
+    """Dev-only screening of variants on the recipe's corpora, with the one trainer.
+
+    A probe variant: ``{"name", "layers", "C"}``, optionally ``"vtlp": [alphas]`` (training clips also
+    seen warped with each alpha, encoder states cached per alpha) and the fit-time options of
+    :func:`training.probe.fit_probe` (``"pool"``, ``"nap"``, ``"balance"``). A head variant:
+    ``{"name", "model"}`` (``localatt``, ``multitask``, ...) with recipe overrides (``"hparams"``,
+    ``"epochs"``, ``"aux_heads"``, ...), trained by :class:`training.fit.Trainer` on each task for a fixed
+    number of epochs (no early stop) and scored by its last epoch's dev UA, so no epoch is chosen on the
+    very dev speakers that score it.
 
     The recipe's test fold (``fold``, the shipped checkpoints' held-out speakers) is left out entirely:
     neither trained on nor scored. Two dev scores per variant, each a mean of dev UA:
@@ -315,17 +323,18 @@ def screen(config_path: str, variants: list[dict], out_path: Path | None = None)
     ``cross_corpus``: every ordered pair of corpora, trained on one, scored on the other (what a corpus,
     a language and a recording set-up the model never heard does to it; the leave-one-corpus-out
     protocol's test corpus is never its own dev this way). ``score``, their mean, is what chooses.
-    A variant already in ``out_path`` (JSON lines) is read back, so an interrupted screen resumes.
+    Each finished variant (and each finished task of a head variant) is appended to ``out_path`` (JSON
+    lines) and read back, so an interrupted screen resumes.
     """
     import itertools
 
     from training.config import FitConfig
     from training.data import Data
-    from training.probe import fit_probe, statistics
     from training.splits import speaker_folds
 
     cfg = FitConfig.from_yaml(config_path)
-    data = Data(dataclasses.replace(cfg, fold=None), get_label_set(cfg.label_set))
+    aux = sorted({h for v in variants for h in v.get("aux_heads", [])} | set(cfg.aux_heads))
+    data = Data(dataclasses.replace(cfg, fold=None, aux_heads=aux), get_label_set(cfg.label_set))
     examples = [e for e in data.train + data.dev + data.test if e.utt.corpus != STORE_CORPUS]
     folds = speaker_folds([e.utt for e in examples], cfg.n_folds, cfg.seed)
     held = set(folds[cfg.fold]) if cfg.fold is not None else set()
@@ -336,40 +345,90 @@ def screen(config_path: str, variants: list[dict], out_path: Path | None = None)
     y = np.array([e.targets["emotion"] for e in examples])
     tasks = [(f"kfold dev {d}", (fold != d), fold == d) for d in sorted(set(fold.tolist()))]
     tasks += [(f"{a} -> {b}", corpus == a, corpus == b) for a, b in itertools.permutations(sorted(set(corpus)), 2)]
-    done = {}
+    tasks = [t for t in tasks if len(set(y[t[1]].tolist())) >= 2 and t[2].any()]  # something to learn and to score
+    done, task_done = {}, {}
     if out_path is not None and Path(out_path).is_file():
-        done = {r["name"]: r for r in (json.loads(line) for line in Path(out_path).read_text().splitlines()
-                                        if line.strip())}
-    stats: dict[float, np.ndarray] = {}  # every state's mean + std per VTLP alpha, computed once each
+        for r in (json.loads(line) for line in Path(out_path).read_text().splitlines() if line.strip()):
+            if "task" in r:
+                task_done[(r["name"], r["task"])] = r["ua"]
+            else:
+                done[r["name"]] = r
+
+    def record(row: dict) -> None:
+        if out_path is not None:
+            with open(out_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    probe = _ProbeTasks(data, examples, cfg.seed)
     results = []
     for v in variants:
         if v["name"] in done:
             results.append(done[v["name"]])
             continue
-        alphas = [1.0] + [float(a) for a in v.get("vtlp", [])]  # training copies warped with these alphas
-        for a in alphas:
-            if a not in stats:
-                stats[a] = statistics(data.encoded(examples, a), list(range(7)))
-        cols = np.concatenate([np.arange(l * 1024, (l + 1) * 1024) for l in v["layers"]])
-        x = stats[1.0][:, cols]
         dev = {}
         for name, tr, dv in tasks:
-            if len(set(y[tr].tolist())) < 2 or not dv.any():
-                continue  # nothing to learn or nothing to score (tiny corpora): the task is left out
-            x_tr = np.concatenate([stats[a][tr][:, cols] for a in alphas])  # dev is never warped
-            *_, ua = fit_probe(x_tr, np.tile(y[tr], len(alphas)), x[dv], y[dv], len(data.label_set),
-                               c_grid=(v["C"],), seed=cfg.seed)  # dev UA, scored by the probe's own fit
+            if (v["name"], name) in task_done:
+                dev[name] = task_done[(v["name"], name)]
+                continue
+            if v.get("model", "probe") == "probe":
+                ua = probe.dev_ua(v, tr, dv)
+            else:
+                ua = _head_dev_ua(cfg, v, data.parts([examples[i] for i in np.flatnonzero(tr)],
+                                                     [examples[i] for i in np.flatnonzero(dv)],
+                                                     v.get("aux_heads", [])), workdir, name)
+                record({"name": v["name"], "task": name, "ua": round(float(ua), 4)})
             dev[name] = round(float(ua), 4)
+            log.info("%s, %s: dev UA %.3f", v["name"], name, ua)
         kf = float(np.mean([u for k, u in dev.items() if k.startswith("kfold")]))
         xc = float(np.mean([u for k, u in dev.items() if "->" in k]))
         r = {**v, "kfold": round(kf, 4), "cross_corpus": round(xc, 4), "score": round((kf + xc) / 2, 4), "dev": dev,
              "held_out_fold": cfg.fold}
         log.info("%s: k-fold dev %.3f, cross-corpus dev %.3f, score %.3f", v["name"], kf, xc, r["score"])
-        if out_path is not None:
-            with open(out_path, "a") as f:
-                f.write(json.dumps(r) + "\n")
+        record(r)
         results.append(r)
     return results
+
+
+class _ProbeTasks:
+    """Screening's probe fits: every state's mean + std per VTLP alpha computed once, then one
+    regression per task on the variant's columns."""
+
+    def __init__(self, data, examples, seed: int):
+        self.data, self.examples, self.seed = data, examples, seed
+        self.corpus = np.array([e.utt.corpus for e in examples])
+        self.speaker = np.array([e.utt.speaker for e in examples])
+        self.y = np.array([e.targets["emotion"] for e in examples])
+        self.stats: dict[float, np.ndarray] = {}
+
+    def dev_ua(self, v: dict, tr: np.ndarray, dv: np.ndarray) -> float:
+        from training.probe import fit_options, fit_probe, statistics
+
+        alphas = [1.0] + [float(a) for a in v.get("vtlp", [])]  # training copies warped with these alphas
+        for a in alphas:
+            if a not in self.stats:
+                self.stats[a] = statistics(self.data.encoded(self.examples, a), list(range(7)))
+        cols = np.concatenate([np.arange(l * 1024, (l + 1) * 1024) for l in v["layers"]])
+        x_tr = np.concatenate([self.stats[a][tr][:, cols] for a in alphas])  # dev is never warped
+        n = len(alphas)
+        *_, ua = fit_probe(x_tr, np.tile(self.y[tr], n), self.stats[1.0][dv][:, cols], self.y[dv],
+                           len(self.data.label_set), c_grid=(v["C"],), seed=self.seed, **fit_options(v),
+                           speakers=np.tile(self.speaker[tr], n), corpora=np.tile(self.corpus[tr], n))
+        return float(ua)  # dev UA, scored by the probe's own fit
+
+
+def _head_dev_ua(cfg, v: dict, data, workdir: Path | None, task: str) -> float:
+    """Train the head variant on the task's training part for its full schedule; its last epoch's dev UA."""
+    from training.fit import Trainer
+
+    overrides = {k: val for k, val in v.items() if k not in ("name", "note")}
+    epochs = int(overrides.get("epochs", cfg.epochs))
+    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="serdemo-screen-"))
+    slug = "".join(ch if ch.isalnum() else "-" for ch in f"{v['name']}-{task}")
+    run = dataclasses.replace(cfg, **overrides, patience=epochs + 1, fold=None, init="",
+                              out=str(base / slug), name=slug)
+    trainer = Trainer(run, data=data)
+    trainer.fit()
+    return float(trainer.history[-1]["dev_ua"])
 
 
 def fold_spread(folds: list[dict], key: str) -> dict:
@@ -434,7 +493,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--attach", help="write the cross-validation result into this checkpoint's card")
     ap.add_argument("--json", help="also write the result to this file")
     ap.add_argument("--screen", metavar="VARIANTS.yaml",
-                    help="screen probe variants on dev only (with --config RECIPE; results go to --json as JSON lines)")
+                    help="screen variants (probe options, heads) on dev only, with --config RECIPE; results go to "
+                    "--json as JSON lines; head variants' runs go to --workdir")
     args = ap.parse_args(argv)
 
     if args.screen:
@@ -442,10 +502,12 @@ def main(argv=None) -> dict:
 
         if not args.config:
             ap.error("--screen needs --config RECIPE")
-        rows = screen(args.config, yaml.safe_load(Path(args.screen).read_text()), Path(args.json) if args.json else None)
-        print(f"{'variant':<28} {'k-fold dev':>10} {'cross-corpus dev':>17} {'score':>6}")
+        rows = screen(args.config, yaml.safe_load(Path(args.screen).read_text()), Path(args.json) if args.json else None,
+                      Path(args.workdir) if args.workdir else None)
+        width = max(28, *(len(r["name"]) for r in rows))
+        print(f"{'variant':<{width}} {'k-fold dev':>10} {'cross-corpus dev':>17} {'score':>6}")
         for r in sorted(rows, key=lambda r: -r["score"]):
-            print(f"{r['name']:<28} {r['kfold']:>10.3f} {r['cross_corpus']:>17.3f} {r['score']:>6.3f}")
+            print(f"{r['name']:<{width}} {r['kfold']:>10.3f} {r['cross_corpus']:>17.3f} {r['score']:>6.3f}")
         return {"screen": rows}
 
     if args.folds:

@@ -532,7 +532,7 @@ class Trainer:
 
     def fit_probe(self) -> dict:
         """The linear probe: no gradient steps; a logistic regression whose C is chosen on dev UA."""
-        from training.probe import C_GRID, fit_probe, statistics, to_model
+        from training.probe import C_GRID, fit_options, fit_probe, statistics, to_model
 
         out = Path(self.cfg.out)
         progress = self._live_progress()
@@ -546,8 +546,12 @@ class Trainer:
         x_dv = statistics(self.data.encoded(self.dev), layers) if self.dev else x_tr[:0]
         y_tr = np.array([e.targets["emotion"] for e in self.train])
         y_dv = np.array([e.targets["emotion"] for e in self.dev])
+        opts = fit_options(self.cfg.hparams)  # pool, nuisance projection, balance: chosen by the dev-only screen
+        who = {part: (np.array([e.utt.speaker for e in exs]), np.array([e.utt.corpus for e in exs]))
+               for part, exs in (("train", self.train), ("dev", self.dev))}
         clf, mean, std, c, dev_ua = fit_probe(x_tr, y_tr, x_dv, y_dv, len(self.label_set),
-                                              c_grid=self.cfg.hparams.get("c_grid", C_GRID), seed=self.init_seed)
+                                              c_grid=self.cfg.hparams.get("c_grid", C_GRID), seed=self.init_seed,
+                                              **opts, speakers=who["train"][0], corpora=who["train"][1])
         classes = list(self.label_set.classes)
         self.model = to_model(clf, mean, std, classes, self.model.n_layers, layers).to(self.device)
         self.hparams = dict(self.hparams, C=c)
@@ -560,7 +564,9 @@ class Trainer:
             progress.phase("refitting on train + dev speakers", PROBE_FIT_S + 5)
             x_all, y_all = np.concatenate([x_tr, x_dv]), np.concatenate([y_tr, y_dv])
             clf, mean, std, _, _ = fit_probe(x_all, y_all, x_dv[:0], y_dv[:0], len(self.label_set), c_grid=(c,),
-                                             seed=self.init_seed)
+                                             seed=self.init_seed, **opts,
+                                             speakers=np.concatenate([who["train"][0], who["dev"][0]]),
+                                             corpora=np.concatenate([who["train"][1], who["dev"][1]]))
             self.model = to_model(clf, mean, std, classes, self.model.n_layers, layers).to(self.device)
             metrics["refit"] = ("after choosing C on dev, refitted on the training and dev speakers together; "
                                 "the dev figures and the temperature are those of the model fitted on training alone")

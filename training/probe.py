@@ -3,6 +3,16 @@
 Per clip: each chosen layer's mean and standard deviation over the speech frames (the same function
 the shipped :class:`serdemo.models.probe.LinearProbe` runs), standardised with training statistics,
 then a class-balanced multinomial logistic regression (scikit-learn). ``C`` is chosen on dev UA.
+
+Three fit-time options, screened on dev (``training.evaluate --screen``); each ends as ordinary weights
+of the same linear layer, so the shipped model and its format do not change with them:
+
+- ``pool``: ``"mean+std"`` (both statistics), ``"mean"`` or ``"std"`` (the other statistic's weights are 0);
+- ``nap``: nuisance attribute projection: the ``k`` directions along which the training speakers' mean
+  vectors differ most (voice, corpus, language, channel) are projected out before the regression; since
+  the projection is linear it is folded into the weights (``W (I - U Uᵀ)``);
+- ``balance``: ``"class"`` (every class weighs the same) or ``"corpus"`` (every class weighs the same and,
+  within it, every corpus that has it), so the largest corpus does not set the decision boundary alone.
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ from serdemo.models.encoder import layer_statistics
 from serdemo.models.probe import LinearProbe
 
 C_GRID = (0.01, 0.03, 0.1)
+POOLS = ("mean+std", "mean", "std")
+BALANCES = ("class", "corpus")
 
 
 def statistics(items: list[tuple[np.ndarray, np.ndarray]], layers: list[int]) -> np.ndarray:
@@ -30,14 +42,76 @@ def statistics(items: list[tuple[np.ndarray, np.ndarray]], layers: list[int]) ->
     return np.stack(out)
 
 
-def fit_probe(x_train, y_train, x_dev, y_dev, n_classes: int, c_grid=C_GRID, seed: int = 0):
-    """-> (fitted LogisticRegression, mean, std, chosen C, dev UA). Standardisation from train only."""
+def fit_options(named: dict) -> dict:
+    """The fit-time options a screen variant or a recipe's hparams name (the others keep their defaults)."""
+    return {k: named[k] for k in ("pool", "nap", "balance") if k in named}
+
+
+def pool_columns(n_layers: int, pool: str) -> np.ndarray:
+    """Indices of the statistics ``pool`` keeps among ``n_layers`` layers' ``[mean (512), std (512)]`` blocks."""
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
+    half = np.arange(512)
+    keep = {"mean+std": np.arange(1024), "mean": half, "std": half + 512}[pool]
+    return np.concatenate([keep + l * 1024 for l in range(n_layers)])
+
+
+def sample_weights(y: np.ndarray, corpora: np.ndarray | None, balance: str) -> np.ndarray:
+    """Per-clip weights, mean 1: every class the same total; with ``"corpus"`` also every corpus within a class."""
+    if balance not in BALANCES:
+        raise ValueError(f"balance must be one of {', '.join(BALANCES)}, not {balance!r}")
+    groups = np.asarray(corpora) if balance == "corpus" and corpora is not None else np.zeros(len(y), dtype=int)
+    w = np.zeros(len(y), dtype=np.float64)
+    for cls in np.unique(y):
+        in_cls = y == cls
+        cells = np.unique(groups[in_cls])
+        for g in cells:
+            cell = in_cls & (groups == g)
+            w[cell] = 1.0 / (cell.sum() * len(cells))
+    return w * len(y) / w.sum()
+
+
+def nuisance_directions(z: np.ndarray, speakers: np.ndarray, k: int) -> np.ndarray:
+    """``(dim, k')`` orthonormal: the top principal directions of the training speakers' mean vectors
+    (``k' = min(k, speakers - 1)``); emotions are spread within every speaker, so these carry who and
+    where, not how."""
+    names = np.unique(speakers)
+    k = min(int(k), len(names) - 1)
+    if k <= 0:
+        return np.zeros((z.shape[1], 0), dtype=np.float64)
+    means = np.stack([z[speakers == s].mean(0) for s in names]).astype(np.float64)
+    _, _, vt = np.linalg.svd(means - means.mean(0), full_matrices=False)
+    return vt[:k].T
+
+
+def fit_probe(x_train, y_train, x_dev, y_dev, n_classes: int, c_grid=C_GRID, seed: int = 0, *,
+              pool: str = "mean+std", nap: int = 0, balance: str = "class", speakers=None, corpora=None):
+    """-> (fitted LogisticRegression, mean, std, chosen C, dev UA). Standardisation from train only.
+
+    The returned regression reads every statistic (``pool`` and ``nap`` are folded into its weights), so
+    ``clf.predict((x - mean) / std)`` is the probe's prediction whatever the options."""
     mean, std = x_train.mean(0), x_train.std(0) + 1e-5
     zt, zd = (x_train - mean) / std, (x_dev - mean) / std
+    cols = pool_columns(x_train.shape[1] // 1024, pool)
+    zt_fit = zt[:, cols]
+    u = None
+    if nap:
+        if speakers is None:
+            raise ValueError("nap needs the training clips' speakers")
+        u = nuisance_directions(zt_fit, np.asarray(speakers), nap)
+        zt_fit = zt_fit - (zt_fit @ u) @ u.T
+    weights = sample_weights(np.asarray(y_train), corpora, balance)
     best = None
     for c in c_grid:
-        clf = LogisticRegression(C=c, class_weight="balanced", max_iter=300, random_state=seed)
-        clf.fit(zt, y_train)
+        clf = LogisticRegression(C=c, max_iter=300, random_state=seed)
+        clf.fit(zt_fit, y_train, sample_weight=weights)
+        coef = clf.coef_
+        if u is not None:
+            coef = coef - (coef @ u) @ u.T
+        full = np.zeros((coef.shape[0], zt.shape[1]), dtype=np.float64)
+        full[:, cols] = coef
+        clf.coef_ = full
+        clf.n_features_in_ = zt.shape[1]
         ua = balanced_accuracy_score(y_dev, clf.predict(zd)) if len(y_dev) else 0.0
         if best is None or ua > best[4]:
             best = (clf, mean, std, c, ua)
