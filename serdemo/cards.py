@@ -182,8 +182,12 @@ def card_summary_markdown(name: str, card: dict) -> str:
         layers = hp.get("layers") or []
         states = f"{layers[0]}-{layers[-1]}" if layers and list(layers) == list(range(layers[0], layers[-1] + 1)) \
             else ", ".join(map(str, layers)) or "?"
-        lines.append(f"**Recipe**: linear probe, no gradient steps: the mean and standard deviation over speech of "
-                     f"encoder states {states} ({hp.get('n_layers', '?')} blocks run), standardised, class-balanced "
+        pooled = {"mean": "the mean", "std": "the standard deviation"}.get(hp.get("pool"), "the mean and standard deviation")
+        nap = (f", the {hp['nap']} directions along which the training speakers differ most projected out (NAP)"
+               if hp.get("nap") else "")
+        balance = "class- and corpus-balanced" if hp.get("balance") == "corpus" else "class-balanced"
+        lines.append(f"**Recipe**: linear probe, no gradient steps: {pooled} over speech of "
+                     f"encoder states {states} ({hp.get('n_layers', '?')} blocks run), standardised{nap}, {balance} "
                      f"logistic regression with C {hp.get('C', '?')} chosen on dev UA"
                      + (", then refitted on the training and dev speakers together" if hp.get("refit") else "")
                      + f"; split {cfg.get('split', '?')} fold {cfg.get('fold', '?')} of {cfg.get('n_folds', '?')}, "
