@@ -15,7 +15,7 @@ $PY -m training.encoded --corpus "emodb=$DATA/emodb" --corpus "ravdess=$DATA/rav
 for n in "${names[@]}"; do
   echo "== $n"
   $PY -m training.fit --config "training/configs/$n.yaml"
-  rm -rf "checkpoints/$n/last"
+  rm -rf "checkpoints/$n/last" "checkpoints/$n/progress.jsonl"  # the run's own state, not the checkpoint
   if [ "$n" = default ]; then
     $PY -m training.evaluate --folds 4 --config training/configs/default.yaml --workdir "$WORK/cv-default" \
       --attach checkpoints/default --json "$WORK/cv-default.json"
