@@ -226,7 +226,7 @@ def test_memory_stays_bounded_on_a_long_file(recording, tmp_path):
     small_mb, big_mb, n_segments, duration_s = out.stdout.split()
     assert float(duration_s) == pytest.approx(240, abs=0.1)
     assert int(n_segments) >= 12  # one speech clip every 20 s
-    assert int(big_mb) - int(small_mb) < 40, out.stdout  # decoding it whole: > 170 MB more
+    assert int(big_mb) - int(small_mb) < 40, out.stdout  # decoding it whole: ~64 MB more, ~75 MB with resampling
 
 
 def test_bad_input_gives_clear_errors(tmp_path, predictor, monkeypatch, recording):

@@ -113,7 +113,9 @@ def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, e
 def test_the_probes_fit_options_end_as_weights_of_the_same_linear_layer():
     """``pool``, ``nap`` (nuisance projection) and ``balance``: chosen by the screen, folded into one
     regression that reads every statistic, so the shipped model and its format do not change with them."""
-    from training.probe import fit_probe, nuisance_directions, sample_weights
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from training.probe import fit_probe, nuisance_directions, sample_weights, to_model
 
     rng = np.random.default_rng(0)
     n_spk, per, dim = 12, 40, 2 * 1024  # two layers' [mean, std] blocks
@@ -132,7 +134,16 @@ def test_the_probes_fit_options_end_as_weights_of_the_same_linear_layer():
     tr, dv = speakers < 9, speakers >= 9
     clf, mean, std, c, ua = fit_probe(x[tr], y[tr], x[dv], y[dv], 4, c_grid=(0.1,), nap=2, speakers=speakers[tr])
     assert ua > 0.9 and clf.coef_.shape == (4, dim)
-    np.testing.assert_allclose(clf.coef_ @ nuisance_directions((x[tr] - mean) / std, speakers[tr], 2), 0, atol=1e-9)
+    # the folded regression on raw statistics predicts what a regression fitted and applied on projected ones does
+    from sklearn.linear_model import LogisticRegression
+
+    zt, zd = (x[tr] - mean) / std, (x[dv] - mean) / std
+    u2 = nuisance_directions(zt, speakers[tr], 2)
+    ref = LogisticRegression(C=0.1, class_weight="balanced", max_iter=300, random_state=0).fit(zt - zt @ u2 @ u2.T, y[tr])
+    np.testing.assert_allclose(clf.predict_proba(zd), ref.predict_proba(zd - zd @ u2 @ u2.T), atol=2e-3)
+    model = to_model(clf, mean, std, ["a", "b", "c", "d"], n_layers=2, layers=[0, 1])  # and so does the module
+    logits = model.heads["emotion"](torch.as_tensor(zd, dtype=torch.float32)).detach().numpy()
+    np.testing.assert_allclose(torch.softmax(torch.as_tensor(logits), 1).numpy(), clf.predict_proba(zd), atol=1e-4)
     clf, *_ = fit_probe(x[tr], y[tr], x[dv], y[dv], 4, c_grid=(0.1,), pool="mean")
     assert not clf.coef_[:, 512:1024].any() and not clf.coef_[:, 1536:].any() and clf.coef_[:, :512].any()
     with pytest.raises(ValueError, match="pool must be one of"):
@@ -146,7 +157,12 @@ def test_the_probes_fit_options_end_as_weights_of_the_same_linear_layer():
         assert w[labels == cls].sum() == pytest.approx(50)
         assert w[(labels == cls) & (corpora == "a")].sum() == pytest.approx(25)
     plain = sample_weights(labels, corpora, "class")  # scikit-learn's class_weight="balanced"
-    np.testing.assert_allclose(plain, len(labels) / (2 * np.bincount(labels)[labels]))
+    np.testing.assert_allclose(plain, compute_class_weight("balanced", classes=np.array([0, 1]), y=labels)[labels])
+    with pytest.raises(ValueError, match="needs the training clips' corpora"):
+        sample_weights(labels, None, "corpus")
+    # the app's store has no speakers (""): its clips do not shape the nuisance directions
+    lone = np.where(speakers == 0, "", speakers.astype(str))
+    assert nuisance_directions(z, lone, 20).shape[1] == n_spk - 2
 
 
 # ---------------------------------------------------------------------- configuration
@@ -778,6 +794,14 @@ def test_screen_never_touches_the_held_out_fold_and_resumes(tmp_path, monkeypatc
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(  # the head trained once per task
         "".join(ch if ch.isalnum() else "-" for ch in f"head-{t}") for t in rows[2]["dev"])
     seen.clear()
+    head_dev_ua = evaluate._head_dev_ua
     monkeypatch.setattr(evaluate, "_head_dev_ua", lambda *a: pytest.fail("a finished task was trained again"))
-    again = evaluate.screen(str(recipe), variants + [], out)
+    again = evaluate.screen(str(recipe), variants, out)
     assert again == rows and not seen  # read back, nothing encoded or fitted
+    # a head interrupted after its tasks, before its own row: the tasks are read back, not trained again
+    out.write_text("".join(line + "\n" for line in out.read_text().splitlines()
+                           if not (json.loads(line)["name"] == "head" and "task" not in json.loads(line))))
+    assert evaluate.screen(str(recipe), variants, out)[2]["dev"] == rows[2]["dev"]
+    with pytest.raises(ValueError, match="set by the screen, not by a variant: patience"):
+        head_dev_ua(FitConfig.from_yaml(recipe), {"name": "x", "model": "localatt", "patience": 2},
+                              None, None, "t")

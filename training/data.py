@@ -252,6 +252,7 @@ class Data:
         the new training part. Its examples must have been built with ``aux_heads``' targets."""
         import copy
 
+        self.encoded_cache  # noqa: B018  built before the copy, so every part shares its memory of read states
         d = copy.copy(self)
         d.train, d.dev, d.test = list(train), list(dev), []
         d.file_list_sha256 = file_list_hash([e.utt for e in d.train + d.dev])

@@ -312,8 +312,8 @@ def screen(config_path: str, variants: list[dict], out_path: Path | None = None,
     A probe variant: ``{"name", "layers", "C"}``, optionally ``"vtlp": [alphas]`` (training clips also
     seen warped with each alpha, encoder states cached per alpha) and the fit-time options of
     :func:`training.probe.fit_probe` (``"pool"``, ``"nap"``, ``"balance"``). A head variant:
-    ``{"name", "model"}`` (``localatt``, ``multitask``, ...) with recipe overrides (``"hparams"``,
-    ``"epochs"``, ``"aux_heads"``, ...), trained by :class:`training.fit.Trainer` on each task for a fixed
+    ``{"name", "recipe", "model"}`` (the head's own recipe, e.g. ``training/configs/localatt.yaml``, and
+    overrides of its fields), trained by :class:`training.fit.Trainer` on each task for a fixed
     number of epochs (no early stop) and scored by its last epoch's dev UA, so no epoch is chosen on the
     very dev speakers that score it.
 
@@ -333,7 +333,7 @@ def screen(config_path: str, variants: list[dict], out_path: Path | None = None,
     from training.splits import speaker_folds
 
     cfg = FitConfig.from_yaml(config_path)
-    aux = sorted({h for v in variants for h in v.get("aux_heads", [])} | set(cfg.aux_heads))
+    aux = sorted({h for v in variants for h in _aux_heads(v)} | set(cfg.aux_heads))
     data = Data(dataclasses.replace(cfg, fold=None, aux_heads=aux), get_label_set(cfg.label_set))
     examples = [e for e in data.train + data.dev + data.test if e.utt.corpus != STORE_CORPUS]
     folds = speaker_folds([e.utt for e in examples], cfg.n_folds, cfg.seed)
@@ -375,7 +375,7 @@ def screen(config_path: str, variants: list[dict], out_path: Path | None = None,
             else:
                 ua = _head_dev_ua(cfg, v, data.parts([examples[i] for i in np.flatnonzero(tr)],
                                                      [examples[i] for i in np.flatnonzero(dv)],
-                                                     v.get("aux_heads", [])), workdir, name)
+                                                     _aux_heads(v)), workdir, name)
                 record({"name": v["name"], "task": name, "ua": round(float(ua), 4)})
             dev[name] = round(float(ua), 4)
             log.info("%s, %s: dev UA %.3f", v["name"], name, ua)
@@ -401,13 +401,13 @@ class _ProbeTasks:
         self.stats: dict[float, np.ndarray] = {}
 
     def dev_ua(self, v: dict, tr: np.ndarray, dv: np.ndarray) -> float:
-        from training.probe import fit_options, fit_probe, statistics
+        from training.probe import fit_options, fit_probe, pool_columns, statistics
 
         alphas = [1.0] + [float(a) for a in v.get("vtlp", [])]  # training copies warped with these alphas
         for a in alphas:
             if a not in self.stats:
                 self.stats[a] = statistics(self.data.encoded(self.examples, a), list(range(7)))
-        cols = np.concatenate([np.arange(l * 1024, (l + 1) * 1024) for l in v["layers"]])
+        cols = pool_columns(v["layers"])  # the variant's layers among all seven states' statistics
         x_tr = np.concatenate([self.stats[a][tr][:, cols] for a in alphas])  # dev is never warped
         n = len(alphas)
         *_, ua = fit_probe(x_tr, np.tile(self.y[tr], n), self.stats[1.0][dv][:, cols], self.y[dv],
@@ -416,16 +416,42 @@ class _ProbeTasks:
         return float(ua)  # dev UA, scored by the probe's own fit
 
 
+def _aux_heads(v: dict) -> list[str]:
+    """The auxiliary heads a screen variant trains: its own list, else its recipe's, else none."""
+    if "aux_heads" in v:
+        return list(v["aux_heads"])
+    if v.get("recipe"):
+        from training.config import FitConfig
+
+        return list(FitConfig.from_yaml(v["recipe"]).aux_heads)
+    return []
+
+
+HEAD_RESERVED = ("patience", "fold", "init", "out", "name", "corpora", "label_set", "n_folds", "seed", "split")
+
+
 def _head_dev_ua(cfg, v: dict, data, workdir: Path | None, task: str) -> float:
-    """Train the head variant on the task's training part for its full schedule; its last epoch's dev UA."""
+    """Train the head variant on the task's training part for its full schedule; its last epoch's dev UA.
+
+    ``v["recipe"]``: the head's own recipe (e.g. ``training/configs/localatt.yaml``), so the head trains as it
+    ships; other keys override recipe fields. The data, folds and seed stay the screen's."""
+    from training.config import FitConfig
     from training.fit import Trainer
 
-    overrides = {k: val for k, val in v.items() if k not in ("name", "note")}
-    epochs = int(overrides.get("epochs", cfg.epochs))
-    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="serdemo-screen-"))
+    base = FitConfig.from_yaml(v["recipe"]) if v.get("recipe") else cfg
+    fields = {f.name for f in dataclasses.fields(FitConfig)}
+    overrides = {k: val for k, val in v.items() if k not in ("name", "note", "recipe")}
+    wrong = sorted(set(overrides) - fields)
+    fixed = sorted(set(overrides) & set(HEAD_RESERVED))
+    if wrong or fixed:
+        raise ValueError(f"screen variant {v['name']!r}: " + "; ".join(
+            ([f"not a recipe field: {', '.join(wrong)}"] if wrong else [])
+            + ([f"set by the screen, not by a variant: {', '.join(fixed)}"] if fixed else [])))
+    epochs = int(overrides.get("epochs", base.epochs))
+    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="serdemo-screen-"))
     slug = "".join(ch if ch.isalnum() else "-" for ch in f"{v['name']}-{task}")
-    run = dataclasses.replace(cfg, **overrides, patience=epochs + 1, fold=None, init="",
-                              out=str(base / slug), name=slug)
+    run = dataclasses.replace(base, **overrides, **{k: getattr(cfg, k) for k in HEAD_RESERVED[5:]},
+                              patience=epochs + 1, fold=None, init="", out=str(root / slug), name=slug)
     trainer = Trainer(run, data=data)
     trainer.fit()
     return float(trainer.history[-1]["dev_ua"])
@@ -504,7 +530,7 @@ def main(argv=None) -> dict:
             ap.error("--screen needs --config RECIPE")
         rows = screen(args.config, yaml.safe_load(Path(args.screen).read_text()), Path(args.json) if args.json else None,
                       Path(args.workdir) if args.workdir else None)
-        width = max(28, *(len(r["name"]) for r in rows))
+        width = max([28] + [len(r["name"]) for r in rows])
         print(f"{'variant':<{width}} {'k-fold dev':>10} {'cross-corpus dev':>17} {'score':>6}")
         for r in sorted(rows, key=lambda r: -r["score"]):
             print(f"{r['name']:<{width}} {r['kfold']:>10.3f} {r['cross_corpus']:>17.3f} {r['score']:>6.3f}")

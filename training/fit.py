@@ -547,8 +547,11 @@ class Trainer:
         y_tr = np.array([e.targets["emotion"] for e in self.train])
         y_dv = np.array([e.targets["emotion"] for e in self.dev])
         opts = fit_options(self.cfg.hparams)  # pool, nuisance projection, balance: chosen by the dev-only screen
-        who = {part: (np.array([e.utt.speaker for e in exs]), np.array([e.utt.corpus for e in exs]))
-               for part, exs in (("train", self.train), ("dev", self.dev))}
+        from training.splits import STORE_CORPUS
+
+        # NAP's speaker directions come from the corpora's speakers: the store's clips have none ("")
+        who = {part: (np.array(["" if e.utt.corpus == STORE_CORPUS else e.utt.speaker for e in exs]),
+                      np.array([e.utt.corpus for e in exs])) for part, exs in (("train", self.train), ("dev", self.dev))}
         clf, mean, std, c, dev_ua = fit_probe(x_tr, y_tr, x_dv, y_dv, len(self.label_set),
                                               c_grid=self.cfg.hparams.get("c_grid", C_GRID), seed=self.init_seed,
                                               **opts, speakers=who["train"][0], corpora=who["train"][1])

@@ -24,6 +24,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from serdemo.models.encoder import layer_statistics
 from serdemo.models.probe import LinearProbe
+from serdemo.whisper import D_MODEL
 
 C_GRID = (0.01, 0.03, 0.1)
 POOLS = ("mean+std", "mean", "std")
@@ -47,20 +48,24 @@ def fit_options(named: dict) -> dict:
     return {k: named[k] for k in ("pool", "nap", "balance") if k in named}
 
 
-def pool_columns(n_layers: int, pool: str) -> np.ndarray:
-    """Indices of the statistics ``pool`` keeps among ``n_layers`` layers' ``[mean (512), std (512)]`` blocks."""
+def pool_columns(layers, pool: str = "mean+std") -> np.ndarray:
+    """Indices, in :func:`statistics`' layout (each layer a ``[mean (D_MODEL), std (D_MODEL)]`` block, in
+    order), of the statistics ``pool`` keeps of the blocks ``layers`` (an int n: the first n blocks)."""
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
-    half = np.arange(512)
-    keep = {"mean+std": np.arange(1024), "mean": half, "std": half + 512}[pool]
-    return np.concatenate([keep + l * 1024 for l in range(n_layers)])
+    half = np.arange(D_MODEL)
+    keep = {"mean+std": np.arange(2 * D_MODEL), "mean": half, "std": half + D_MODEL}[pool]
+    blocks = range(layers) if isinstance(layers, int) else layers
+    return np.concatenate([keep + l * 2 * D_MODEL for l in blocks])
 
 
 def sample_weights(y: np.ndarray, corpora: np.ndarray | None, balance: str) -> np.ndarray:
     """Per-clip weights, mean 1: every class the same total; with ``"corpus"`` also every corpus within a class."""
     if balance not in BALANCES:
         raise ValueError(f"balance must be one of {', '.join(BALANCES)}, not {balance!r}")
-    groups = np.asarray(corpora) if balance == "corpus" and corpora is not None else np.zeros(len(y), dtype=int)
+    if balance == "corpus" and corpora is None:
+        raise ValueError("corpus balance needs the training clips' corpora")
+    groups = np.asarray(corpora) if balance == "corpus" else np.zeros(len(y), dtype=int)
     w = np.zeros(len(y), dtype=np.float64)
     for cls in np.unique(y):
         in_cls = y == cls
@@ -74,8 +79,9 @@ def sample_weights(y: np.ndarray, corpora: np.ndarray | None, balance: str) -> n
 def nuisance_directions(z: np.ndarray, speakers: np.ndarray, k: int) -> np.ndarray:
     """``(dim, k')`` orthonormal: the top principal directions of the training speakers' mean vectors
     (``k' = min(k, speakers - 1)``); emotions are spread within every speaker, so these carry who and
-    where, not how."""
-    names = np.unique(speakers)
+    where, not how. Clips whose speaker is ``""`` do not shape the directions: the app's store has no
+    speakers, and its clips, one user's labels, need not spread over the emotions."""
+    names = np.unique(speakers[speakers != ""])  # "": no speaker known (the app's store), left out
     k = min(int(k), len(names) - 1)
     if k <= 0:
         return np.zeros((z.shape[1], 0), dtype=np.float64)
@@ -92,7 +98,7 @@ def fit_probe(x_train, y_train, x_dev, y_dev, n_classes: int, c_grid=C_GRID, see
     ``clf.predict((x - mean) / std)`` is the probe's prediction whatever the options."""
     mean, std = x_train.mean(0), x_train.std(0) + 1e-5
     zt, zd = (x_train - mean) / std, (x_dev - mean) / std
-    cols = pool_columns(x_train.shape[1] // 1024, pool)
+    cols = pool_columns(x_train.shape[1] // (2 * D_MODEL), pool)
     zt_fit = zt[:, cols]
     u = None
     if nap:
