@@ -897,10 +897,14 @@ def test_the_true_label_starts_unset_and_the_result_says_what_to_expect_for_a_ne
     # calibrated: the temperature the card states keeps a clear clip off 100 %
     assert card["calibration"]["temperature"] > 1 and max(probs.values()) < 0.995
     # a card without leave-one-corpus-out falls back to its test speakers, and says so
-    local = json.loads((ROOT / "checkpoints" / "localatt" / "card.json").read_text())
+    local = json.loads((ROOT / "checkpoints" / "multitask" / "card.json").read_text())
+    assert "loco" not in local["metrics"]
     line = expectation_line(local)
     assert "new speakers of its training corpora" in line and f"{local['metrics']['test']['overall']['ua']:.0%}" in line
     assert "chance 14%" in line
+    att = json.loads((ROOT / "checkpoints" / "localatt" / "card.json").read_text())  # cross-validated since
+    per = [att["metrics"]["loco"]["pooled"][g]["ua"] for g in ("emodb", "nemo", "ravdess")]
+    assert f"expect about {np.mean(per):.0%} UA (leave-one-corpus-out)" in expectation_line(att)
 
 
 def test_a_new_analysis_clears_the_last_save_line():
