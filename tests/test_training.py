@@ -51,12 +51,17 @@ def _shared_corpora():
 @pytest.mark.parametrize("arch,heads,hparams", [("localatt", "", '{"hidden": 32, "n_layers": 2}'),
                                                  ("cnnlstm", "", '{"hidden": 32}'),
                                                  ("multitask", "gender,naturalness", '{"hidden": 32, "n_layers": 2}')])
-def test_one_short_epoch_per_architecture(tmp_path, arch, heads, hparams, emodb_clip):
+def test_one_short_epoch_per_architecture(tmp_path, arch, heads, hparams, emodb_clip, caplog):
     from serdemo.inference import Predictor
 
     out = tmp_path / arch
-    metrics = fit.main(args(out, tmp_path / "cache", "--model", arch, "--aux-heads", heads, "--label-set", "ekman7",
-                            "--hparams", hparams))
+    with caplog.at_level("WARNING", logger="training.fit"):
+        metrics = fit.main(args(out, tmp_path / "cache", "--model", arch, "--aux-heads", heads, "--label-set",
+                                "ekman7", "--hparams", hparams))
+    # VTLP is on (the config's default): it reaches the log-mel model, and a head on cached encoder states is told
+    # that it cannot reach it
+    told = any("vtlp is on but has no effect" in r.getMessage() for r in caplog.records)
+    assert told == (arch in ("localatt", "multitask"))
     assert "test" in metrics and metrics["test"]["overall"]["n"] > 0
     model, card = load_checkpoint(out)
     assert card["model"]["architecture"] == arch

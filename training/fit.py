@@ -107,6 +107,10 @@ class Trainer:
         if not uses_encoder(self.model):
             self.hparams["norm"] = cfg.norm
         self.encoder = shared_encoder() if uses_encoder(self.model) else None
+        if self.encoder is not None and cfg.vtlp and cfg.model != "probe" and self.is_main:
+            # the encoder's states are cached once per clip at alpha 1: VTLP reaches log-mel models only
+            log.warning("vtlp is on but has no effect on a model on the encoder (its states are cached at alpha 1); "
+                        "set vtlp: false in the recipe, or screen warped copies with training.evaluate --screen")
         if self.encoder is not None and self.features != FeatureConfig():
             raise SystemExit("models on the pretrained encoder use its front end: drop 'features' from the recipe")
         self.frontend = FrontEnd(self.features, None).to(self.device)  # log-mel models; the encoder's come cached
