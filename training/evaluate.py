@@ -401,13 +401,14 @@ class _ProbeTasks:
         self.stats: dict[float, np.ndarray] = {}
 
     def dev_ua(self, v: dict, tr: np.ndarray, dv: np.ndarray) -> float:
+        from serdemo.whisper import N_LAYERS
         from training.probe import fit_options, fit_probe, pool_columns, statistics
 
         alphas = [1.0] + [float(a) for a in v.get("vtlp", [])]  # training copies warped with these alphas
         for a in alphas:
             if a not in self.stats:
-                self.stats[a] = statistics(self.data.encoded(self.examples, a), list(range(7)))
-        cols = pool_columns(v["layers"])  # the variant's layers among all seven states' statistics
+                self.stats[a] = statistics(self.data.encoded(self.examples, a), list(range(N_LAYERS + 1)))
+        cols = pool_columns(v["layers"])  # the variant's layers among every state's statistics
         x_tr = np.concatenate([self.stats[a][tr][:, cols] for a in alphas])  # dev is never warped
         n = len(alphas)
         *_, ua = fit_probe(x_tr, np.tile(self.y[tr], n), self.stats[1.0][dv][:, cols], self.y[dv],
@@ -427,7 +428,8 @@ def _aux_heads(v: dict) -> list[str]:
     return []
 
 
-HEAD_RESERVED = ("patience", "fold", "init", "out", "name", "corpora", "label_set", "n_folds", "seed", "split")
+SCREEN_DATA = ("corpora", "label_set", "n_folds", "seed", "split")  # the screen's tasks: a head variant keeps them
+HEAD_RESERVED = ("patience", "fold", "init", "out", "name") + SCREEN_DATA  # set by the screen, never by a variant
 
 
 def _head_dev_ua(cfg, v: dict, data, workdir: Path | None, task: str) -> float:
@@ -450,7 +452,7 @@ def _head_dev_ua(cfg, v: dict, data, workdir: Path | None, task: str) -> float:
     epochs = int(overrides.get("epochs", base.epochs))
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="serdemo-screen-"))
     slug = "".join(ch if ch.isalnum() else "-" for ch in f"{v['name']}-{task}")
-    run = dataclasses.replace(base, **overrides, **{k: getattr(cfg, k) for k in HEAD_RESERVED[5:]},
+    run = dataclasses.replace(base, **overrides, **{k: getattr(cfg, k) for k in SCREEN_DATA},
                               patience=epochs + 1, fold=None, init="", out=str(root / slug), name=slug)
     trainer = Trainer(run, data=data)
     trainer.fit()

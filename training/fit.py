@@ -43,7 +43,7 @@ from training.config import FitConfig, parse_cli
 from training.metrics import scores_by_group, table
 from training.progress import FILE as PROGRESS_FILE
 from training.progress import Progress, append_jsonl
-from training.splits import train_dev_test
+from training.splits import STORE_CORPUS
 
 log = logging.getLogger("training.fit")
 GRAD_CLIP = 5.0
@@ -497,7 +497,7 @@ class Trainer:
         """Train, keep the best epoch by dev UA in ``OUT``, score it on the test fold; -> metrics (main rank)."""
         if self.cfg.model == "probe":
             return self.fit_probe()
-        cfg, out = self.cfg, Path(self.cfg.out)
+        cfg = self.cfg
         steps = len(self.epoch_batches(0))
         progress = self._live_progress()
         progress.epochs, progress.total_steps = cfg.epochs, cfg.epochs * steps
@@ -551,8 +551,6 @@ class Trainer:
         y_tr = np.array([e.targets["emotion"] for e in self.train])
         y_dv = np.array([e.targets["emotion"] for e in self.dev])
         opts = fit_options(self.cfg.hparams)  # pool, nuisance projection, balance: chosen by the dev-only screen
-        from training.splits import STORE_CORPUS
-
         # NAP's speaker directions come from the corpora's speakers: the store's clips have none ("")
         who = {part: (np.array(["" if e.utt.corpus == STORE_CORPUS else e.utt.speaker for e in exs]),
                       np.array([e.utt.corpus for e in exs])) for part, exs in (("train", self.train), ("dev", self.dev))}
