@@ -96,6 +96,8 @@ def metric_rows(card: dict) -> list[MetricRow]:
         block = metrics.get(key)
         if not isinstance(block, dict):
             continue
+        if key == "dev" and _dict(_dict(card.get("training")).get("config")).get("model") == "probe":
+            what = "dev speakers (chose C)"  # a probe has no epochs: its dev speakers chose the regularisation
         blocks = [(what, block)]
         if key in ("cv", "loco"):
             what = f"{block.get('scheme', what)}: {what}"

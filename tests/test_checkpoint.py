@@ -275,10 +275,15 @@ def test_the_probe_cards_recipe_and_dev_speakers_read_as_what_was_done():
     held = next(p for p in parts if p.startswith("**Speakers held out**"))
     never, dev = held.split("Dev speakers")
     assert "emodb 03, 13" in never and "emodb 08, 10" not in never and "emodb 08, 10" in dev
+    from serdemo.cards import metric_rows
+
+    evaluations = {r.evaluation for r in metric_rows(card)}  # the held-out table says what dev did, as the summary does
+    assert "dev speakers (chose C)" in evaluations and not any("epoch" in e for e in evaluations)
     card["model"]["hparams"].update(pool="mean", nap=4, balance="corpus")  # the screen's fit-time options
     recipe = next(p for p in card_summary_markdown("default", card).split("\n\n") if p.startswith("**Recipe**"))
     assert "the mean over speech" in recipe and "4 directions" in recipe and "(NAP)" in recipe
     assert "class- and corpus-balanced" in recipe
     other = json.loads((ROOT / "checkpoints" / "localatt" / "card.json").read_text())
+    assert "dev speakers (picked the epoch)" in {r.evaluation for r in metric_rows(other)}  # a trained head did
     assert "epochs" in next(p for p in card_summary_markdown("localatt", other).split("\n\n")
                             if p.startswith("**Recipe**"))
