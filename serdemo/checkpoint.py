@@ -259,6 +259,9 @@ def _check_encoder(card: dict) -> str | None:
     layers = card["model"].get("hparams", {}).get("n_layers", N_LAYERS)
     if not _is_int(layers) or not 1 <= layers <= N_LAYERS:
         return f"'model.hparams.n_layers' must be a whole number in 1..{N_LAYERS}, not {_shown(layers)}"
+    tuned = card["model"].get("hparams", {}).get("tune_layers", 0)
+    if not _is_int(tuned) or not 0 <= tuned <= layers:
+        return f"'model.hparams.tune_layers' must be a whole number in 0..n_layers ({layers}), not {_shown(tuned)}"
     if FeatureConfig.from_dict(card["features"]) != FeatureConfig():
         return ("'features' differ from the encoder's front end (Whisper: 16 kHz, n_fft 400, hop 160, 80 mels); "
                 "a model on the encoder must use exactly those")

@@ -22,7 +22,7 @@ from serdemo.audio import MAX_DURATION_S, AudioError, load_audio
 from serdemo.checkpoint import CheckpointError, load_checkpoint
 from serdemo.encoding import FRAMES_PER_MODEL_FRAME, Encoded, FrontEnd, speech_on_grid
 from serdemo.features import DB_PER_UNIT, FeatureConfig, pad_batch
-from serdemo.models import uses_encoder
+from serdemo.models import encoder_layers, uses_encoder
 from serdemo.models.base import ModelOutput
 from serdemo.vad import MIN_TOTAL_SPEECH_S, default_detector
 from serdemo.vtlp import F_HI_HZ, warp_power
@@ -170,7 +170,7 @@ class Predictor:
                                       f"(digest {str(want)[:12]}…, installed {encoder.digest[:12]}…); retrain it")
             if self.device.type != "cpu":  # the shared CPU copy stays where other predictors use it
                 encoder = _device_copy(encoder, self.device)
-        self.frontend = FrontEnd(self.features, encoder, getattr(model, "n_layers", 0),
+        self.frontend = FrontEnd(self.features, encoder, encoder_layers(model),
                                  bf16=cpu_bf16_default()).to(self.device)
         self.detector = default_detector()
 

@@ -235,7 +235,10 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-class _Block(nn.Module):
+class EncoderBlock(nn.Module):
+    """One pre-LayerNorm transformer block of the encoder (8 heads); ``key_mask (batch, 1, 1, time)``
+    bool, True where a key is real (None: no padding)."""
+
     def __init__(self):
         super().__init__()
         self.ln1 = nn.LayerNorm(D_MODEL)
@@ -264,7 +267,7 @@ class WhisperEncoder(nn.Module):
         self.conv1 = nn.Conv1d(N_MELS, D_MODEL, 3, padding=1)
         self.conv2 = nn.Conv1d(D_MODEL, D_MODEL, 3, stride=2, padding=1)
         self.register_buffer("positions", torch.zeros(MAX_FRAMES // 2, D_MODEL))
-        self.blocks = nn.ModuleList(_Block() for _ in range(N_LAYERS))
+        self.blocks = nn.ModuleList(EncoderBlock() for _ in range(N_LAYERS))
         self.ln_post = nn.LayerNorm(D_MODEL)
         self.digest = ""
         for p in self.parameters():

@@ -200,6 +200,7 @@ MALFORMED = {
     "hparams a list": (_set("model", "hparams", [32, 64]), "'model.hparams' must be an object"),
     "hparam huge": (_set("model", "hparams", "hidden", 10**9), "at most 65536"),
     "hparam not finite": (_set("model", "hparams", "dense", float("inf")), "finite"),
+    "tunes more blocks than it runs": (_set("model", "hparams", "tune_layers", 3), "'model.hparams.tune_layers' must"),
     "weights missing": (_drop("weights"), "lacks weights"),
     "sha256 missing": (_drop("weights", "sha256"), "'weights.sha256' must be"),
     "sha256 short": (_set("weights", "sha256", "abc123"), "'weights.sha256' must be"),

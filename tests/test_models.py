@@ -3,7 +3,7 @@ import torch
 
 from serdemo.encoding import FrontEnd
 from serdemo.features import FeatureConfig, LogMel, pad_batch
-from serdemo.models import ARCHITECTURES, AttentionPooling, build_model, uses_encoder
+from serdemo.models import ARCHITECTURES, AttentionPooling, build_model, encoder_layers, uses_encoder
 from serdemo.whisper import shared_encoder
 from tests.conftest import SR, harmonics, tone
 
@@ -36,7 +36,7 @@ def small(arch: str) -> dict:
 def inputs(model, waves):
     """The model's input through the one front end (log-mel, and the shared encoder for models on it)."""
     enc = shared_encoder() if uses_encoder(model) else None
-    fe = FrontEnd(FC, enc, getattr(model, "n_layers", 0))
+    fe = FrontEnd(FC, enc, encoder_layers(model))
     x, lengths = pad_batch(waves)
     with torch.no_grad():
         out = fe(x, lengths)
@@ -80,6 +80,40 @@ def test_one_signature_and_gradients_reach_every_head(arch):
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert p.grad is not None and float(p.grad.abs().sum()) > 0, f"no gradient reaches {name}"
+
+
+@pytest.mark.parametrize("n_layers,tune", [(2, 1), (6, 2)])
+def test_fine_tuned_top_blocks_start_as_the_encoders_own_and_only_they_learn(n_layers, tune):
+    """``tune_layers``: the model's copies of the top blocks continue the frozen encoder's states exactly
+    (padding masked, the final LayerNorm where the top block is tuned); the shared encoder runs only the
+    blocks below them, and a gradient step moves the copies, never the shared encoder."""
+    enc = shared_encoder()
+    model = build_model("localatt", FC.n_mels, {"emotion": 4}, n_layers=n_layers, tune_layers=tune)
+    assert encoder_layers(model) == n_layers - tune and len(model.tuned) == tune
+    model.start_from(enc)
+    x, lengths = pad_batch(clips())
+    logmel, frames = LogMel(FC)(x, lengths)
+    with torch.no_grad():
+        states, enc_len = enc(logmel, frames, n_layers)
+        real = torch.arange(states[0].shape[1])[None] < enc_len[:, None]
+        assert not real.all()  # the batch is padded: the copies must not attend to the padding
+        got = model.run_tuned(torch.stack(states[: n_layers - tune + 1], 1), real)
+    assert got.shape[1] == n_layers + 1
+    for layer in range(n_layers - tune + 1, n_layers + 1):
+        torch.testing.assert_close(got[:, layer][real], states[layer][real], atol=2e-4, rtol=1e-4)
+        assert not got[:, layer][~real].any()
+    frozen = {k: v.clone() for k, v in enc.state_dict().items()}
+    feats, n = inputs(model, clips())
+    assert feats.shape[1] == n_layers - tune + 1  # the shared encoder ran the frozen blocks only
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(feats, n).logits["emotion"].sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.tuned.parameters())
+    before = model.tuned[0].fc1.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(before, model.tuned[0].fc1.weight)
+    assert all(torch.equal(v, enc.state_dict()[k]) for k, v in frozen.items())
+    with pytest.raises(ValueError, match="tune_layers"):
+        build_model("localatt", FC.n_mels, {"emotion": 4}, n_layers=2, tune_layers=3)
 
 
 def test_probe_attention_is_uniform_over_speech():

@@ -30,6 +30,7 @@ from training.metrics import scores
 pytestmark = pytest.mark.timeout(900)
 SMALL = '{"hidden": 16, "dense": 32, "n_layers": 2}'  # a small head on two encoder layers
 CNN_SMALL = '{"hidden": 16, "channels": [4, 8, 8]}'
+TUNED = '{"hidden": 16, "dense": 32, "n_layers": 2, "tune_layers": 1}'  # ... fine-tuning the top one
 
 
 def args(out, cache, *extra):
@@ -149,6 +150,13 @@ def test_the_probes_fit_options_end_as_weights_of_the_same_linear_layer():
     model = to_model(clf, mean, std, ["a", "b", "c", "d"], n_layers=2, layers=[0, 1])  # and so does the module
     logits = model.heads["emotion"](torch.as_tensor(zd, dtype=torch.float32)).detach().numpy()
     np.testing.assert_allclose(torch.softmax(torch.as_tensor(logits), 1).numpy(), clf.predict_proba(zd), atol=1e-4)
+    few = np.flatnonzero(tr)[::9]  # 40 clips, 2,048 statistics: fitted in the clips' own span, the same optimum
+    clf, *_ = fit_probe(x[few], y[few], x[dv], y[dv], 4, c_grid=(0.1,))
+    zf = (x[few] - x[few].mean(0)) / (x[few].std(0) + 1e-5)
+    ref = LogisticRegression(C=0.1, class_weight="balanced", max_iter=300, random_state=0).fit(zf, y[few])
+    assert clf.coef_.shape == ref.coef_.shape == (4, dim)
+    assert np.linalg.norm(clf.coef_ - ref.coef_) < 0.02 * np.linalg.norm(ref.coef_)  # both stop at lbfgs tol
+    np.testing.assert_allclose(clf.predict_proba(zd), ref.predict_proba(zd), atol=2e-3)
     clf, *_ = fit_probe(x[tr], y[tr], x[dv], y[dv], 4, c_grid=(0.1,), pool="mean")
     assert not clf.coef_[:, 512:1024].any() and not clf.coef_[:, 1536:].any() and clf.coef_[:, :512].any()
     with pytest.raises(ValueError, match="pool must be one of"):
@@ -650,12 +658,14 @@ def test_nlpaug_waveform_augmenters(name):
 
 
 # ---------------------------------------------------------------------- one forward path
-@pytest.mark.parametrize("model, hparams", [("localatt", SMALL), ("cnnlstm", CNN_SMALL)])
+@pytest.mark.parametrize("model, hparams", [("localatt", SMALL), ("cnnlstm", CNN_SMALL), ("localatt", TUNED)])
 def test_predictor_and_training_evaluation_give_the_same_probabilities(tmp_path, monkeypatch, model, hparams):
     """The app's Predictor and the trainer's evaluation give the same probabilities on the same clips:
     the trainer reads the encoder-state cache that the Predictor's own front end filled (float16 states
-    there, the Predictor in float32 here), the log-mel model runs the same front end."""
+    there, the Predictor in float32 here), the log-mel model runs the same front end. A fine-tuned model
+    carries its trained copies of the top blocks; the shared encoder runs the ones below in both."""
     from serdemo.inference import Predictor
+    from serdemo.whisper import shared_encoder
 
     monkeypatch.setenv("SERDEMO_BF16", "0")
     out = tmp_path / "m"
@@ -672,6 +682,12 @@ def test_predictor_and_training_evaluation_give_the_same_probabilities(tmp_path,
     classes = list(trainer.label_set.classes)
     got = np.array([[r.probabilities["emotion"][c] for c in classes] for r in theirs])
     np.testing.assert_allclose(got, ours, atol=2e-3 if uses_encoder(trainer.model) else 1e-4)
+    if "tune_layers" in hparams:
+        assert pred.frontend.n_layers == 1 and trainer.n_states == 2
+        pretrained = shared_encoder().blocks[1].fc1.weight
+        tuned = pred.model.tuned[0].fc1.weight
+        assert not torch.equal(tuned, pretrained)  # trained, and saved with the checkpoint ...
+        assert torch.allclose(tuned, pretrained, atol=0.05)  # ... at a tenth of the head's rate: near where it began
     # and attention lands on speech (a model frame of 40 ms pools when any of its 10-ms frames is speech,
     # the figure counts it by its centre frame: edges of speech runs count as non-speech)
     on_speech = [r.attention_on_speech() for r in theirs]

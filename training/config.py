@@ -68,6 +68,8 @@ class FitConfig:
     batch_size: int = setting(32, "examples per optimiser step, over all DDP ranks together")
     lr: float = setting(2e-3, "peak learning rate (AdamW; one epoch of warm-up, then cosine)")
     weight_decay: float = setting(1e-2, "AdamW weight decay")
+    encoder_lr: float = setting(0.1, "fine-tuning (hparams tune_layers > 0): the tuned encoder blocks' learning "
+                                     "rate as a fraction of lr")
     patience: int = setting(10, "early stop after this many epochs without a better dev UA")
     vtlp: bool = setting(True, "VTLP on the training power spectra, one alpha per example")
     vtlp_low: float = setting(0.9, "lowest VTLP alpha")

@@ -28,6 +28,7 @@ import torch
 from serdemo.checkpoint import read_card, save_checkpoint, load_checkpoint
 from serdemo.features import pad_batch
 from serdemo.inference import Predictor, attention_figures
+from serdemo.models import encoder_layers, uses_encoder
 from serdemo.labels import get_label_set
 from training import corpora as C
 from training.data import WaveCache
@@ -47,8 +48,6 @@ def evaluate_checkpoint(path, specs: list[str], speakers: set[str] | None = None
     mass on frames the speech detector marked as speech, ``attention_on_speech_min``, and
     ``attention_last_quarter``, the mean mass on the last quarter of each clip's speech.
     """
-    from serdemo.models import uses_encoder
-
     pred = Predictor.from_checkpoint(path, device="cpu")
     card = pred.card
     label_set = get_label_set(card["label_set"]["name"]) if isinstance(card.get("label_set"), dict) else None
@@ -99,7 +98,7 @@ def _score_cached(model, waves, speech, batch_size: int = 32):
 
     cache = EncodedCache()
     items = [cache.lookup(d) for d in cache.fill(waves, speech)]
-    n_states = model.n_layers + 1
+    n_states = encoder_layers(model) + 1
     probs, on_speech, last_quarter = [], [], []
     for i in range(0, len(items), batch_size):
         x, lengths, sp = collate_states(items[i:i + batch_size], n_states, "cpu")

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from serdemo.checkpoint import CheckpointError, encoder_block, load_checkpoint, 
 from serdemo.encoding import FrontEnd
 from serdemo.features import FeatureConfig, pad_batch
 from serdemo.labels import AUX_HEADS, get_label_set
-from serdemo.models import build_model, uses_encoder
+from serdemo.models import build_model, encoder_layers, uses_encoder
 from serdemo.whisper import shared_encoder
 from serdemo.vtlp import sample_alpha
 from training import corpora as C
@@ -114,15 +115,15 @@ class Trainer:
         if self.encoder is not None and self.features != FeatureConfig():
             raise SystemExit("models on the pretrained encoder use its front end: drop 'features' from the recipe")
         self.frontend = FrontEnd(self.features, None).to(self.device)  # log-mel models; the encoder's come cached
-        self.n_states = getattr(self.model, "n_layers", 0) + 1
+        self.n_states = encoder_layers(self.model) + 1  # the cached states the model reads
+        if getattr(self.model, "tune_layers", 0):  # fine-tuning the top blocks: they start as the pretrained ones
+            self.model.start_from(self.encoder)
         if cfg.init:
             self._init_from(cfg.init)
         if cfg.norm == "global" and not uses_encoder(self.model):  # after --init: this training set's statistics
             self._set_global_stats()
         class_w = D.class_weights(self.train, len(self.label_set))
         self.class_w, self.class_w_list = class_w.to(self.device), class_w.tolist()
-        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr,
-                                     weight_decay=cfg.weight_decay)
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
@@ -143,6 +144,19 @@ class Trainer:
         self.start_epoch, self.best_ua, self.best_epoch, self.bad_epochs = 0, -1.0, -1, 0
         self.history: list[dict] = []
         self.resumed = False
+
+    @cached_property
+    def opt(self) -> torch.optim.Optimizer:
+        """Built on first use: the probe is fitted in one step and never needs one (building it imports
+        torch's compiler stack, a second of start-up for every retraining run)."""
+        tuned = {id(p) for p in getattr(self.model, "tuned", torch.nn.ModuleList()).parameters()}
+        if getattr(self.model, "tuned_post", None) is not None:
+            tuned |= {id(p) for p in self.model.tuned_post.parameters()}
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if id(p) not in tuned], "scale": 1.0}]
+        if tuned:  # the fine-tuned encoder blocks move at a fraction of the head's rate
+            groups.append({"params": [p for p in params if id(p) in tuned], "scale": self.cfg.encoder_lr})
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
     def _live_progress(self) -> Progress:
         """The run's progress file (opened now when the constructor did not announce the run)."""
@@ -321,7 +335,7 @@ class Trainer:
             done = epoch * len(batches) + step
             lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done / total_steps)))
             for g in self.opt.param_groups:
-                g["lr"] = lr * min(1.0, (done + 1) / len(batches))  # one epoch of linear warm-up
+                g["lr"] = lr * g.get("scale", 1.0) * min(1.0, (done + 1) / len(batches))  # one epoch of warm-up
             mine, weight = D.shard(batch, self.rank, self.world)
             exs = [self.train[i] for i in mine]
             targets = {h: torch.tensor([e.targets.get(h, D.IGNORE) for e in exs], dtype=torch.long) for h in self.heads}

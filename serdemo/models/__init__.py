@@ -30,5 +30,13 @@ def uses_encoder(model) -> bool:
     return getattr(model, "input_kind", "logmel") == "encoder"
 
 
+def encoder_layers(model) -> int:
+    """Blocks the shared, frozen encoder runs for ``model`` (the model reads that many + 1 states): its
+    ``n_layers`` less the blocks it fine-tuned as its own copies; 0 for a log-mel model."""
+    if not uses_encoder(model):
+        return 0
+    return getattr(model, "encoder_layers", model.n_layers)
+
+
 __all__ = ["ARCHITECTURES", "AttentionPooling", "CNNLSTM", "LinearProbe", "LocalAttention", "ModelOutput",
-           "MultiTask", "SERModel", "build_model", "uses_encoder"]
+           "MultiTask", "SERModel", "build_model", "encoder_layers", "uses_encoder"]

@@ -16,7 +16,7 @@ from serdemo.encoding import MODEL_FRAME_RATE_HZ
 from serdemo.features import length_mask
 from serdemo.models.attention import AttentionPooling
 from serdemo.models.base import ModelOutput
-from serdemo.whisper import D_MODEL, N_LAYERS
+from serdemo.whisper import D_MODEL, N_LAYERS, EncoderBlock, WhisperEncoder
 
 
 def layer_statistics(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -60,15 +60,25 @@ class EncoderModel(nn.Module):
     input_kind = "encoder"
 
     def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int = N_LAYERS, dropout: float = 0.2,
-                 stats: bool = False, **_ignored):
+                 stats: bool = False, tune_layers: int = 0, **_ignored):
         super().__init__()
         self.use_stats = stats  # add each layer's mean and std over speech (the probe's features) to the pooled vector
         if "emotion" not in heads:
             raise ValueError("every model needs an 'emotion' head")
         if not 1 <= n_layers <= N_LAYERS:
             raise ValueError(f"n_layers must be within 1..{N_LAYERS}, got {n_layers}")
+        if not 0 <= tune_layers <= n_layers:
+            raise ValueError(f"tune_layers must be within 0..n_layers ({n_layers}), got {tune_layers}")
         self.head_sizes = dict(heads)
         self.n_layers = n_layers
+        # Fine-tuning: the top ``tune_layers`` of the ``n_layers`` blocks are the model's own trainable copies
+        # (:meth:`start_from` fills them from the pretrained encoder). The shared, frozen encoder runs only
+        # the blocks below them (``encoder_layers``), so its cached states still feed training; the copies run
+        # on those states at the model's 25 frames/s, in training and in the app alike.
+        self.tune_layers = tune_layers
+        self.encoder_layers = n_layers - tune_layers
+        self.tuned = nn.ModuleList(EncoderBlock() for _ in range(tune_layers))
+        self.tuned_post = nn.LayerNorm(D_MODEL) if tune_layers and n_layers == N_LAYERS else None
         self.mix = LayerMix(n_layers + 1)
         self.dropout = nn.Dropout(dropout)
         self.input_frame_rate_hz = MODEL_FRAME_RATE_HZ
@@ -76,9 +86,32 @@ class EncoderModel(nn.Module):
     def trunk(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @torch.no_grad()
+    def start_from(self, encoder: WhisperEncoder) -> None:
+        """Fill the tuned blocks (and the final LayerNorm when the top block is among them) from ``encoder``."""
+        for i, block in enumerate(self.tuned):
+            block.load_state_dict(encoder.blocks[self.encoder_layers + i].state_dict())
+        if self.tuned_post is not None:
+            self.tuned_post.load_state_dict(encoder.ln_post.state_dict())
+
+    def run_tuned(self, states: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """``states (batch, encoder_layers + 1, time, dim)`` -> ``(batch, n_layers + 1, time, dim)``: the
+        tuned blocks continue from the frozen encoder's last state; padding stays zero and is never attended."""
+        keep = real[..., None].to(states.dtype)
+        key_mask = None if bool(real.all()) else real[:, None, None, :]
+        x, out = states[:, -1], [states]
+        for i, block in enumerate(self.tuned):
+            x = block(x, key_mask)
+            last = self.tuned_post is not None and i == len(self.tuned) - 1
+            out.append(((self.tuned_post(x) if last else x) * keep)[:, None])
+            x = x * keep
+        return torch.cat(out, dim=1)
+
     def forward(self, states: torch.Tensor, lengths: torch.Tensor, speech: torch.Tensor | None = None) -> ModelOutput:
-        states = states[:, : self.n_layers + 1]
+        states = states[:, : self.encoder_layers + 1]
         real = length_mask(lengths, states.shape[2])
+        if self.tune_layers:
+            states = self.run_tuned(states, real)
         x = self.mix(states) * real[..., None].to(states.dtype)
         y = self.trunk(x, lengths)
         mask = speech_or_all(speech, real)
