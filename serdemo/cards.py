@@ -203,7 +203,11 @@ def card_summary_markdown(name: str, card: dict) -> str:
         best = (f"an ensemble of {len(members)} seeds, best epochs "
                 + ", ".join(str(m.get("best_epoch", "?")) for m in members if isinstance(m, dict))) if members \
             else f"best: {_dict(card.get('metrics')).get('best_epoch', '?')}"
-        lines.append(f"**Recipe**: {cfg.get('epochs', '?')} epochs ({best}), "
+        tuned = hp.get("tune_layers") or 0
+        encoder = "" if not card.get("encoder") else (
+            f"the encoder's top {tuned} of {hp.get('n_layers', '?')} blocks fine-tuned at "
+            f"{cfg.get('encoder_lr', '?')} x lr, " if tuned else f"encoder frozen ({hp.get('n_layers', '?')} blocks run), ")
+        lines.append(f"**Recipe**: {cfg.get('epochs', '?')} epochs ({best}), {encoder}"
                      f"batch {cfg.get('batch_size', '?')}, lr {cfg.get('lr', '?')}, {cfg.get('norm', '?')} normalisation, "
                      f"split {cfg.get('split', '?')} fold {cfg.get('fold', '?')} of {cfg.get('n_folds', '?')}, "
                      f"seed {cfg.get('seed', '?')}; augmentation: {', '.join(aug) or 'none'}"

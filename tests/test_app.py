@@ -38,7 +38,7 @@ def launch_app(env: dict, data: Path, url: str, wait_s: float = 120, cwd: Path =
         try:
             return proc, Client(url, verbose=False)
         except Exception:
-            time.sleep(1)
+            time.sleep(0.2)
     proc.kill()
     pytest.fail(f"app did not come up in {wait_s:.0f} s")
 
@@ -339,7 +339,7 @@ def test_retrain_from_the_app_serves_the_new_checkpoint(server, tmp_path):
             break
         if "failed" in status[:60]:
             break
-        time.sleep(2)
+        time.sleep(0.5)
     assert status.startswith("Done: `default-ft-"), status
     assert "previous UA" in status and "Both models scored on the same" in status and "**Keep**" in status
     assert progress["decision"] == "waiting" and not list((server["data"] / "checkpoints").glob("default-ft-*"))

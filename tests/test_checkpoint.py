@@ -286,5 +286,9 @@ def test_the_probe_cards_recipe_and_dev_speakers_read_as_what_was_done():
     assert "class- and corpus-balanced" in recipe
     other = json.loads((ROOT / "checkpoints" / "localatt" / "card.json").read_text())
     assert "dev speakers (picked the epoch)" in {r.evaluation for r in metric_rows(other)}  # a trained head did
-    assert "epochs" in next(p for p in card_summary_markdown("localatt", other).split("\n\n")
-                            if p.startswith("**Recipe**"))
+    recipe = next(p for p in card_summary_markdown("localatt", other).split("\n\n") if p.startswith("**Recipe**"))
+    assert "epochs" in recipe and "encoder frozen (4 blocks run)" in recipe
+    other["model"]["hparams"]["tune_layers"] = 1  # a fine-tuned head says so, and at what rate
+    other["training"]["config"]["encoder_lr"] = 0.1
+    recipe = next(p for p in card_summary_markdown("localatt", other).split("\n\n") if p.startswith("**Recipe**"))
+    assert "top 1 of 4 blocks fine-tuned at 0.1 x lr" in recipe and "frozen" not in recipe
