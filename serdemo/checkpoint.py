@@ -73,7 +73,8 @@ def make_card(model: SERModel, features: FeatureConfig, heads: dict[str, list[st
 
 def encoder_block(encoder) -> dict:
     """What a card says about the pretrained encoder under its model: identity (digest of its tensors),
-    where the weights come from, and the licence. The weights themselves are never copied into a checkpoint."""
+    where the weights come from, and the licence. The shared encoder's weights are never copied into a
+    checkpoint; a model that fine-tunes its top blocks (``tune_layers``) holds only its own copies of those."""
     return {"digest": encoder.digest, **PROVENANCE}
 
 
@@ -260,6 +261,8 @@ def _check_encoder(card: dict) -> str | None:
     if not _is_int(layers) or not 1 <= layers <= N_LAYERS:
         return f"'model.hparams.n_layers' must be a whole number in 1..{N_LAYERS}, not {_shown(layers)}"
     tuned = card["model"].get("hparams", {}).get("tune_layers", 0)
+    if tuned and not hasattr(arch, "start_from"):
+        return f"'model.hparams.tune_layers': {card['model']['architecture']} fine-tunes no encoder blocks"
     if not _is_int(tuned) or not 0 <= tuned <= layers:
         return f"'model.hparams.tune_layers' must be a whole number in 0..n_layers ({layers}), not {_shown(tuned)}"
     if FeatureConfig.from_dict(card["features"]) != FeatureConfig():

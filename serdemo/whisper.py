@@ -275,7 +275,11 @@ class WhisperEncoder(nn.Module):
 
     @classmethod
     def from_ct2(cls, tensors: dict[str, torch.Tensor]) -> "WhisperEncoder":
-        enc = cls()
+        # every tensor is overwritten below: building the layers must not draw from the global generator, or
+        # a training run would differ with whether its process had loaded the encoder before (a resumed or
+        # cross-validated run would not repeat an uninterrupted one)
+        with torch.random.fork_rng(devices=[]):
+            enc = cls()
         mapping = {"conv1.weight": "encoder/conv1/weight", "conv1.bias": "encoder/conv1/bias",
                    "conv2.weight": "encoder/conv2/weight", "conv2.bias": "encoder/conv2/bias",
                    "positions": "encoder/position_encodings/encodings",

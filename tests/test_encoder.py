@@ -203,6 +203,18 @@ def test_encoder_weights_are_frozen():
     assert isinstance(shared_encoder(), WhisperEncoder)
 
 
+def test_loading_the_encoder_draws_nothing_from_the_global_generator():
+    """Its layers are built and then overwritten: before, building them drew from the global generator, so a
+    training run's dropout differed with whether its process had loaded the encoder already (a resumed run
+    did not repeat the uninterrupted one: tests/test_training.py's fine-tuning resume test)."""
+    tensors = read_ct2_tensors(find_weights()[1])
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    WhisperEncoder.from_ct2(tensors)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
 def test_feature_cache_keys_on_content_and_alpha_and_matches_the_predictor_path(tmp_path):
     from training.encoded import EncodedCache
 

@@ -274,6 +274,37 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, monkeypatc
     assert tc[2]["alphas"] != ta[2]["alphas"]  # ...but augmentation needs the saved generators
 
 
+def test_a_fine_tuning_run_resumes_exactly_with_its_blocks_and_their_rate(tmp_path, monkeypatch):
+    """The tuned encoder blocks and their optimiser group (its own rate) survive an interruption: resumed, the
+    run ends with the weights of the uninterrupted one; a resume asking another --encoder-lr gets it."""
+    common = ["--model", "localatt", "--hparams", TUNED, "--epochs", "2", "--aux-heads", "", "--no-vtlp"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    fit.main(args(whole, tmp_path / "cache", *common))
+    original = fit.Trainer.save_last
+
+    class Interrupted(Exception):
+        pass
+
+    def save_then_die(self, epoch, metrics):
+        original(self, epoch, metrics)
+        raise Interrupted
+
+    monkeypatch.setattr(fit.Trainer, "save_last", save_then_die)
+    with pytest.raises(Interrupted):
+        fit.main(args(cut, tmp_path / "cache", *common))
+    monkeypatch.setattr(fit.Trainer, "save_last", original)
+    saved = json.loads((cut / "last" / "trainer.json").read_text())["param_groups"]
+    assert [g["scale"] for g in saved] == [1.0, 0.1]
+    fit.main(args(cut, tmp_path / "cache", *common, "--resume"))
+    a, b = load_file(str(whole / "last" / "model.safetensors")), load_file(str(cut / "last" / "model.safetensors"))
+    assert a.keys() == b.keys() and any(k.startswith("tuned.0.") for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
+    again = fit.Trainer(fit.parse_args(args(cut, tmp_path / "cache", *common, "--encoder-lr", "0.3", "--resume")))
+    again.resume()
+    assert again.opt.param_groups[1]["scale"] == 0.3
+
+
 # ---------------------------------------------------------------------- DDP
 def test_ddp_two_cpu_processes_split_batches_and_match_one(tmp_path):
     """torchrun with 2 gloo processes: every step's batch is split disjointly between the ranks, the
@@ -461,6 +492,22 @@ def test_init_copies_every_tensor_or_refuses(tmp_path):
                  "--hparams", SMALL, "--init", str(tmp_path / "old"))
     with pytest.raises(SystemExit, match="is a localatt model"):
         fit.Trainer(fit.parse_args(other))
+    # train the head frozen, then fine-tune the top block from it: the head's tensors come from the checkpoint,
+    # the block's copy from the pretrained encoder; back from a tuned checkpoint to a frozen run is refused
+    from serdemo.whisper import shared_encoder
+
+    tune = args(tmp_path / "t", tmp_path / "cache", "--model", "localatt", "--aux-heads", "", "--hparams", TUNED)
+    staged = fit.Trainer(fit.parse_args([*tune, "--init", str(tmp_path / "old")]))
+    for name, a in first.model.state_dict().items():
+        torch.testing.assert_close(staged.model.state_dict()[name], a, msg=name)
+    torch.testing.assert_close(staged.model.tuned[0].fc1.weight, shared_encoder().blocks[1].fc1.weight)
+    save_checkpoint(tmp_path / "tuned", staged.model, staged.card({}))
+    with pytest.raises(SystemExit, match="do not fit"):
+        fit.Trainer(fit.parse_args([*small, "--init", str(tmp_path / "tuned")]))
+    probe = args(tmp_path / "p", tmp_path / "cache", "--model", "probe", "--aux-heads", "",
+                 "--hparams", '{"n_layers": 2, "tune_layers": 1}')
+    with pytest.raises(SystemExit, match="probe has no encoder blocks of its own"):
+        fit.Trainer(fit.parse_args(probe))
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -687,7 +734,9 @@ def test_predictor_and_training_evaluation_give_the_same_probabilities(tmp_path,
         pretrained = shared_encoder().blocks[1].fc1.weight
         tuned = pred.model.tuned[0].fc1.weight
         assert not torch.equal(tuned, pretrained)  # trained, and saved with the checkpoint ...
-        assert torch.allclose(tuned, pretrained, atol=0.05)  # ... at a tenth of the head's rate: near where it began
+        head, blocks = trainer.opt.param_groups  # ... at encoder_lr (0.1) times the head's rate
+        assert blocks["scale"] == 0.1 and blocks["lr"] == pytest.approx(0.1 * head["lr"]) and head["lr"] > 0
+        assert {id(p) for p in blocks["params"]} == {id(p) for p in trainer.model.tuned.parameters()}
     # and attention lands on speech (a model frame of 40 ms pools when any of its 10-ms frames is speech,
     # the figure counts it by its centre frame: edges of speech runs count as non-speech)
     on_speech = [r.attention_on_speech() for r in theirs]

@@ -46,6 +46,7 @@ from training.progress import FILE as PROGRESS_FILE
 from training.progress import Progress, append_jsonl
 from training.splits import STORE_CORPUS
 
+TUNED_PREFIXES = ("tuned.", "tuned_post.")  # the model's own copies of encoder blocks (tune_layers)
 log = logging.getLogger("training.fit")
 GRAD_CLIP = 5.0
 ENCODE_S_PER_CLIP = 0.06  # encoder pass of one clip not yet in the cache (bf16, 2 threads)
@@ -116,6 +117,9 @@ class Trainer:
             raise SystemExit("models on the pretrained encoder use its front end: drop 'features' from the recipe")
         self.frontend = FrontEnd(self.features, None).to(self.device)  # log-mel models; the encoder's come cached
         self.n_states = encoder_layers(self.model) + 1  # the cached states the model reads
+        if self.hparams.get("tune_layers") and not hasattr(self.model, "start_from"):
+            raise SystemExit(f"tune_layers: {cfg.model} has no encoder blocks of its own to fine-tune "
+                             "(localatt and multitask do)")
         if getattr(self.model, "tune_layers", 0):  # fine-tuning the top blocks: they start as the pretrained ones
             self.model.start_from(self.encoder)
         if cfg.init:
@@ -214,13 +218,18 @@ class Trainer:
         if card["model"]["architecture"] != self.cfg.model:
             raise SystemExit(f"--init: {path} is a {card['model']['architecture']} model, this run trains "
                              f"{self.cfg.model}; fine-tune with the checkpoint's own recipe")
-        bad = sorted(k for k in own if k not in theirs or theirs[k].shape != own[k].shape)
+        # a frozen checkpoint may start a run that fine-tunes encoder blocks (train the head, then tune): the
+        # copies it lacks start from the pretrained encoder; any other missing, extra or resized tensor refuses
+        fresh = sorted(k for k in own if k not in theirs and k.startswith(TUNED_PREFIXES))
+        bad = sorted(k for k in own if k not in fresh and (k not in theirs or theirs[k].shape != own[k].shape))
+        bad += sorted(k for k in theirs if k not in own)
         if bad:
-            raise SystemExit(f"--init: {len(bad)} of {len(own)} tensors of {path} do not fit this model "
+            raise SystemExit(f"--init: {len(bad)} tensors of {path} and this model do not fit each other "
                              f"(e.g. {bad[0]}); fine-tune with the checkpoint's own recipe and heads")
-        self.model.load_state_dict(theirs)
+        self.model.load_state_dict(theirs, strict=not fresh)
         if self.is_main:
-            log.info("initialised all %d tensors from %s", len(own), path)
+            log.info("initialised %d of %d tensors from %s%s", len(own) - len(fresh), len(own), path,
+                     f"; the {len(fresh)} of the tuned encoder blocks start from the pretrained encoder" if fresh else "")
 
     @torch.no_grad()
     def _set_global_stats(self) -> None:
@@ -491,6 +500,8 @@ class Trainer:
         model, _ = load_checkpoint(last, self.device)
         self.model.load_state_dict(model.state_dict())
         meta = S.load_trainer_state(last, self.opt)
+        for g in self.opt.param_groups[1:]:  # the tuned encoder blocks: this run's rate, not the saved one
+            g["scale"] = self.cfg.encoder_lr
         self.start_epoch = meta["epoch"] + 1
         self.best_ua, self.best_epoch, self.bad_epochs = meta["best_ua"], meta["best_epoch"], meta["bad_epochs"]
         self.history = meta["history"]
