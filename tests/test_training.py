@@ -737,6 +737,9 @@ def test_predictor_and_training_evaluation_give_the_same_probabilities(tmp_path,
         head, blocks = trainer.opt.param_groups  # ... at encoder_lr (0.1) times the head's rate
         assert blocks["scale"] == 0.1 and blocks["lr"] == pytest.approx(0.1 * head["lr"]) and head["lr"] > 0
         assert {id(p) for p in blocks["params"]} == {id(p) for p in trainer.model.tuned.parameters()}
+        tuned_eta = trainer.estimate_s()
+        trainer.cfg.hparams["tune_layers"] = 0
+        assert tuned_eta > 1.5 * trainer.estimate_s()  # the ETA counts the tuned block's cost (2.45x an epoch)
     # and attention lands on speech (a model frame of 40 ms pools when any of its 10-ms frames is speech,
     # the figure counts it by its centre frame: edges of speech runs count as non-speech)
     on_speech = [r.attention_on_speech() for r in theirs]
