@@ -127,15 +127,15 @@ def test_a_long_segment_is_covered_by_overlapping_windows(recording, predictor):
     assert all(abs(w.end_s - w.start_s - T.WINDOW_S) < 1e-6 for w in ws)
     assert all(0 < b.start_s - a.start_s <= T.HOP_S + 1e-6 for a, b in zip(ws, ws[1:]))  # overlap
     assert abs(ws[0].start_s - seg.start_s) < 1e-6 and abs(ws[-1].end_s - seg.end_s) < 1e-6
-    # the recording's speech mask as the timeline's first pass finds it (one block: no carried context)
-    import torch
-
-    scores = predictor.detector.chunk_scores(torch.from_numpy(wave)[None])[0].numpy()
-    mask = T.frames_from_chunks(scores, 1 + len(wave) // T.MASK_HOP, T.MASK_HOP, SR)
+    # the detector's speech mask of the whole recording (10-ms frames; one block, as the timeline reads it)
+    mask = predictor.detector.frame_mask(wave, 1 + len(wave) // 160)
     for w in ws:  # each window is that piece alone, read with its slice of that mask: nothing else reaches it
         a, b = int(round(w.start_s * SR)), int(round(w.end_s * SR))
-        (alone,) = predictor.predict_batch([wave[a:b]], alpha=None, require_speech=False,
-                                           speech=[T.window_speech(mask, a, b - a, predictor)])
+        n = int(predictor.features.num_frames(b - a))
+        first = int(round(a / 160))  # the window's frames are the recording's, from the one nearest its start
+        own_mask = np.zeros(n, dtype=bool)
+        own_mask[: len(mask[first:first + n])] = mask[first:first + n]
+        (alone,) = predictor.predict_batch([wave[a:b]], alpha=None, require_speech=False, speech=[own_mask])
         assert np.abs(probs(w.probabilities, tl.classes) - probs(alone.probabilities, tl.classes)).max() < 2e-3
         # the piece with its own speech detection differs only where the detector's edges move
         own = predictor.predict(wave[a:b], alpha=None)
