@@ -875,6 +875,12 @@ def test_screen_never_touches_the_held_out_fold_and_resumes(tmp_path, monkeypatc
     out.write_text("".join(line + "\n" for line in out.read_text().splitlines()
                            if not (json.loads(line)["name"] == "head" and "task" not in json.loads(line))))
     assert evaluate.screen(str(recipe), variants, out)[2]["dev"] == rows[2]["dev"]
+    # a cheap first look: a variant on a subset of the tasks, scored over those only
+    few = evaluate.screen(str(recipe), [{"name": "few", "layers": [2], "C": 0.1, "tasks": ["kfold dev 1"]}], out)
+    assert list(few[0]["dev"]) == ["kfold dev 1"] and few[0]["kfold"] == few[0]["dev"]["kfold dev 1"]
+    assert few[0]["cross_corpus"] is None and few[0]["score"] is None
+    with pytest.raises(ValueError, match="unknown tasks"):
+        evaluate.screen(str(recipe), [{"name": "typo", "layers": [2], "C": 0.1, "tasks": ["kfold dev 9"]}], out)
     with pytest.raises(ValueError, match="set by the screen, not by a variant: patience"):
         head_dev_ua(FitConfig.from_yaml(recipe), {"name": "x", "model": "localatt", "patience": 2},
                               None, None, "t")
