@@ -116,6 +116,25 @@ def test_fine_tuned_top_blocks_start_as_the_encoders_own_and_only_they_learn(n_l
         build_model("localatt", FC.n_mels, {"emotion": 4}, n_layers=2, tune_layers=3)
 
 
+def test_a_clip_with_one_speech_frame_gives_finite_gradients_to_tuned_blocks():
+    """The statistics branch takes a standard deviation over speech frames; with one frame it is 0, and the
+    square root's infinite slope there made every tuned block's gradient NaN (a fine-tuning screen's loss went
+    NaN in epoch 5). The values are unchanged; the gradient there is 0."""
+    torch.manual_seed(0)
+    model = build_model("localatt", FC.n_mels, {"emotion": 4}, n_layers=2, tune_layers=1, stats=True,
+                        hidden=8, dense=16)
+    states = torch.randn(2, 2, 10, 512)
+    speech = torch.zeros(2, 10, dtype=torch.bool)
+    speech[0, 3] = True  # one speech frame
+    speech[1, 2:8] = True
+    model(states, torch.tensor([10, 10]), speech=speech).logits["emotion"].sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    from serdemo.models.encoder import layer_statistics
+
+    one = layer_statistics(states[:1], speech[:1])
+    assert not one[:, 512:1024].any()  # the std of one frame is exactly 0, as before
+
+
 def test_probe_attention_is_uniform_over_speech():
     model = build_model("probe", FC.n_mels, {"emotion": 3}, n_layers=2).eval()
     states = torch.randn(1, 3, 10, 512)

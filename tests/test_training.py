@@ -305,6 +305,25 @@ def test_a_fine_tuning_run_resumes_exactly_with_its_blocks_and_their_rate(tmp_pa
     assert again.opt.param_groups[1]["scale"] == 0.3
 
 
+def test_a_diverged_run_stops_with_a_clear_error_instead_of_training_on(tmp_path, monkeypatch):
+    """A NaN loss (before the fix above, one speech frame under fine-tuned blocks) stops the run at that step
+    with a message saying what to change, and the progress file ends in an error the app shows."""
+    real = fit.Trainer.loss
+    calls = []
+
+    def nan_on_second(self, *a, **k):
+        calls.append(1)
+        loss = real(self, *a, **k)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(fit.Trainer, "loss", nan_on_second)
+    out = tmp_path / "m"
+    with pytest.raises(SystemExit, match="training diverged: the loss is nan at epoch 1, step 2"):
+        fit.main(args(out, tmp_path / "cache", "--model", "localatt", "--aux-heads", "", "--hparams", SMALL,
+                      "--epochs", "3"))
+    assert len(calls) == 2 and read_progress(out / "progress.jsonl")[-1]["event"] == "error"
+
+
 # ---------------------------------------------------------------------- DDP
 def test_ddp_two_cpu_processes_split_batches_and_match_one(tmp_path):
     """torchrun with 2 gloo processes: every step's batch is split disjointly between the ranks, the

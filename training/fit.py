@@ -377,6 +377,10 @@ class Trainer:
             if self.world > 1:
                 dist.all_reduce(batch_loss)
             batch_loss = float(batch_loss) / self.world  # the whole batch's loss, the same on every rank
+            if not math.isfinite(batch_loss):  # every rank sees it: stop at once rather than train on NaN weights
+                raise SystemExit(f"training diverged: the loss is {batch_loss} at epoch {epoch + 1}, step {done + 1}; "
+                                 "the checkpoint keeps its last good epoch (try a lower --lr, or --encoder-lr when "
+                                 "fine-tuning; --trace names each step's clips)")
             losses.append(batch_loss)
             progress.step, progress.total_steps = done + 1, total_steps
             progress.steps_this_run += 1

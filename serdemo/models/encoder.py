@@ -26,7 +26,11 @@ def layer_statistics(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     n = m.sum(dim=2).clamp_min(1.0)
     mean = (states * m).sum(dim=2) / n
     var = ((states - mean[:, :, None]).square() * m).sum(dim=2) / n
-    return torch.cat([mean, var.clamp_min(0).sqrt()], dim=2).flatten(1)
+    # sqrt's gradient at 0 is infinite: a clip with one speech frame has variance 0, and once the states carry
+    # gradients (fine-tuned blocks) that turned every tuned weight into NaN. Same values, gradient 0 there.
+    positive = var > 0
+    std = torch.where(positive, var, torch.ones_like(var)).sqrt() * positive
+    return torch.cat([mean, std], dim=2).flatten(1)
 
 
 class LayerMix(nn.Module):
