@@ -223,13 +223,8 @@ def test_fold_none_trains_without_a_test_fold(tmp_path):
 
 
 # ---------------------------------------------------------------------- resume
-def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, monkeypatch):
-    """Interrupt after epoch 1, resume: epoch 2 sees the same batches, alphas, masks, mixup, noise and
-    dropout as the uninterrupted run, so the weights end up identical. Without the RNG state it differs."""
-    common = ["--model", "cnnlstm", "--hparams", CNN_SMALL, "--epochs", "2", "--mixup", "--augment", "noise",
-              "--augment-p", "0.5", "--trace", "--aux-heads", ""]
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    fit.main(args(whole, tmp_path / "cache", *common))
+def interrupted_after_first_save(monkeypatch, argv: list[str]) -> None:
+    """Run ``training.fit`` with ``argv`` and kill it right after it saved its first epoch's resume state."""
 
     class Interrupted(Exception):
         pass
@@ -242,8 +237,18 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, monkeypatc
 
     monkeypatch.setattr(fit.Trainer, "save_last", save_then_die)
     with pytest.raises(Interrupted):
-        fit.main(args(cut, tmp_path / "cache", *common))
+        fit.main(argv)
     monkeypatch.setattr(fit.Trainer, "save_last", original)
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, monkeypatch):
+    """Interrupt after epoch 1, resume: epoch 2 sees the same batches, alphas, masks, mixup, noise and
+    dropout as the uninterrupted run, so the weights end up identical. Without the RNG state it differs."""
+    common = ["--model", "cnnlstm", "--hparams", CNN_SMALL, "--epochs", "2", "--mixup", "--augment", "noise",
+              "--augment-p", "0.5", "--trace", "--aux-heads", ""]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    fit.main(args(whole, tmp_path / "cache", *common))
+    interrupted_after_first_save(monkeypatch, args(cut, tmp_path / "cache", *common))
     assert json.loads((cut / "last" / "trainer.json").read_text())["epoch"] == 0
     bare = tmp_path / "bare"  # the same interrupted run, resumed without its RNG state
     shutil.copytree(cut, bare)
@@ -280,19 +285,7 @@ def test_a_fine_tuning_run_resumes_exactly_with_its_blocks_and_their_rate(tmp_pa
     common = ["--model", "localatt", "--hparams", TUNED, "--epochs", "2", "--aux-heads", "", "--no-vtlp"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     fit.main(args(whole, tmp_path / "cache", *common))
-    original = fit.Trainer.save_last
-
-    class Interrupted(Exception):
-        pass
-
-    def save_then_die(self, epoch, metrics):
-        original(self, epoch, metrics)
-        raise Interrupted
-
-    monkeypatch.setattr(fit.Trainer, "save_last", save_then_die)
-    with pytest.raises(Interrupted):
-        fit.main(args(cut, tmp_path / "cache", *common))
-    monkeypatch.setattr(fit.Trainer, "save_last", original)
+    interrupted_after_first_save(monkeypatch, args(cut, tmp_path / "cache", *common))
     saved = json.loads((cut / "last" / "trainer.json").read_text())["param_groups"]
     assert [g["scale"] for g in saved] == [1.0, 0.1]
     fit.main(args(cut, tmp_path / "cache", *common, "--resume"))
