@@ -153,13 +153,11 @@ class Trainer:
     def opt(self) -> torch.optim.Optimizer:
         """Built on first use: the probe is fitted in one step and never needs one (building it imports
         torch's compiler stack, a second of start-up for every retraining run)."""
-        tuned = {id(p) for p in getattr(self.model, "tuned", torch.nn.ModuleList()).parameters()}
-        if getattr(self.model, "tuned_post", None) is not None:
-            tuned |= {id(p) for p in self.model.tuned_post.parameters()}
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if id(p) not in tuned], "scale": 1.0}]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        tuned = [p for n, p in named if n.startswith(TUNED_PREFIXES)]
+        groups = [{"params": [p for n, p in named if not n.startswith(TUNED_PREFIXES)], "scale": 1.0}]
         if tuned:  # the fine-tuned encoder blocks move at a fraction of the head's rate
-            groups.append({"params": [p for p in params if id(p) in tuned], "scale": self.cfg.encoder_lr})
+            groups.append({"params": tuned, "scale": self.cfg.encoder_lr})
         return torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
     def _live_progress(self) -> Progress:
