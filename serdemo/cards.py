@@ -97,7 +97,9 @@ def metric_rows(card: dict) -> list[MetricRow]:
         if not isinstance(block, dict):
             continue
         if key == "dev" and _dict(_dict(card.get("training")).get("config")).get("model") == "probe":
-            what = "dev speakers (chose C)"  # a probe has no epochs: its dev speakers chose the regularisation
+            # a probe has no epochs: its dev speakers chose the regularisation
+            lda = _dict(_dict(card.get("model")).get("hparams")).get("classifier") == "lda"
+            what = f"dev speakers (chose {'the shrinkage' if lda else 'C'})"
         blocks = [(what, block)]
         if key in ("cv", "loco"):
             what = f"{block.get('scheme', what)}: {what}"
@@ -177,8 +179,9 @@ def card_summary_markdown(name: str, card: dict) -> str:
     probe = cfg.get("model") == "probe"
     if speakers:
         dev = speakers_text(speakers.get("dev"))
-        dev = (f". Dev speakers, which chose C and then trained in the refit: {dev}" if probe and hp.get("refit")
-               else f"; dev ({'chose C' if probe else 'picks the epoch'}) {dev}")  # a refit trains on dev
+        knob = "the shrinkage" if hp.get("classifier") == "lda" else "C"
+        dev = (f". Dev speakers, which chose {knob} and then trained in the refit: {dev}" if probe and hp.get("refit")
+               else f"; dev ({f'chose {knob}' if probe else 'picks the epoch'}) {dev}")  # a refit trains on dev
         lines.append(f"**Speakers held out** (never trained on): test {speakers_text(speakers.get('test'))}{dev}.")
     if probe:  # no epochs, no augmentation: a regression on encoder statistics
         layers = hp.get("layers") or []
@@ -188,9 +191,12 @@ def card_summary_markdown(name: str, card: dict) -> str:
         nap = (f", the {hp['nap']} directions along which the training speakers differ most projected out (NAP)"
                if hp.get("nap") else "")
         balance = "class- and corpus-balanced" if hp.get("balance") == "corpus" else "class-balanced"
+        framed = ", each frame layer-normalised first" if hp.get("frame_norm") else ""
+        classifier = (f"linear discriminant analysis (equal class priors) with shrinkage {hp.get('shrinkage', '?')}"
+                      if hp.get("classifier") == "lda" else f"{balance} logistic regression with C {hp.get('C', '?')}")
         lines.append(f"**Recipe**: linear probe, no gradient steps: {pooled} over speech of "
-                     f"encoder states {states} ({hp.get('n_layers', '?')} blocks run), standardised{nap}, {balance} "
-                     f"logistic regression with C {hp.get('C', '?')} chosen on dev UA"
+                     f"encoder states {states} ({hp.get('n_layers', '?')} blocks run){framed}, standardised{nap}, "
+                     f"{classifier} chosen on dev UA"
                      + (", then refitted on the training and dev speakers together" if hp.get("refit") else "")
                      + f"; split {cfg.get('split', '?')} fold {cfg.get('fold', '?')} of {cfg.get('n_folds', '?')}, "
                        f"seed {cfg.get('seed', '?')}; no augmentation.")

@@ -279,11 +279,19 @@ def test_the_probe_cards_recipe_and_dev_speakers_read_as_what_was_done():
     from serdemo.cards import metric_rows
 
     evaluations = {r.evaluation for r in metric_rows(card)}  # the held-out table says what dev did, as the summary does
-    assert "dev speakers (chose C)" in evaluations and not any("epoch" in e for e in evaluations)
-    card["model"]["hparams"].update(pool="mean", nap=4, balance="corpus")  # the screen's fit-time options
-    recipe = next(p for p in card_summary_markdown("default", card).split("\n\n") if p.startswith("**Recipe**"))
+    # the shipped default: frame-normalised statistics, a shrinkage LDA; its card says so, and what dev chose
+    assert "dev speakers (chose the shrinkage)" in evaluations and not any("epoch" in e for e in evaluations)
+    assert "each frame layer-normalised" in recipe and "linear discriminant analysis" in recipe
+    assert "shrinkage 0.8" in recipe and "logistic" not in recipe and "chose the shrinkage" in held
+    hp = card["model"]["hparams"]
+    for key in ("frame_norm", "classifier", "shrinkage"):
+        hp.pop(key, None)
+    hp.update(pool="mean", nap=4, balance="corpus", C=0.01)  # the screen's other fit-time options
+    summary = card_summary_markdown("default", card)
+    recipe = next(p for p in summary.split("\n\n") if p.startswith("**Recipe**"))
     assert "the mean over speech" in recipe and "4 directions" in recipe and "(NAP)" in recipe
-    assert "class- and corpus-balanced" in recipe
+    assert "class- and corpus-balanced logistic regression with C 0.01" in recipe and "layer-normalised" not in recipe
+    assert "dev speakers (chose C)" in {r.evaluation for r in metric_rows(card)} and "chose C" in summary
     other = json.loads((ROOT / "checkpoints" / "localatt" / "card.json").read_text())
     assert "dev speakers (picked the epoch)" in {r.evaluation for r in metric_rows(other)}  # a trained head did
     recipe = next(p for p in card_summary_markdown("localatt", other).split("\n\n") if p.startswith("**Recipe**"))

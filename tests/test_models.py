@@ -144,6 +144,35 @@ def test_probe_attention_is_uniform_over_speech():
     assert out.attention[0, 2:6].tolist() == [0.25] * 4 and float(out.attention[0].sum()) == pytest.approx(1.0)
 
 
+def test_a_frame_normalised_probe_reads_each_frames_shape_not_its_scale():
+    """``frame_norm``: each frame's state is layer-normalised before the mean and std over speech (checked
+    against a plain numpy reading on the encoder's real states), so a frame's overall scale and offset, which
+    the voice and the recording set, no longer move the statistics; without it they do."""
+    import numpy as np
+
+    enc = shared_encoder()
+    fe = FrontEnd(FC, enc, 2)
+    x, lengths = pad_batch([harmonics(140, 1.3) + 0.3 * tone(1800, 1.3)])
+    with torch.no_grad():
+        out = fe(x, lengths)
+    states, n = out.states, out.lengths
+    speech = torch.zeros(1, states.shape[2], dtype=torch.bool)
+    speech[0, 3:20] = True
+    normed = build_model("probe", FC.n_mels, {"emotion": 3}, n_layers=2, layers=[1, 2], frame_norm=True).eval()
+    plain = build_model("probe", FC.n_mels, {"emotion": 3}, n_layers=2, layers=[1, 2]).eval()
+    got = normed.features(states, n, speech)[0].numpy()
+    ref = []
+    for layer in (1, 2):
+        f = states[0, layer, 3:20].double().numpy()
+        f = (f - f.mean(1, keepdims=True)) / np.sqrt(f.var(1, keepdims=True) + 1e-5)
+        ref += [f.mean(0), f.std(0)]
+    np.testing.assert_allclose(got, np.concatenate(ref), atol=2e-4)
+    scale = torch.linspace(0.5, 40.0, states.shape[2])[None, None, :, None]  # every frame its own gain and offset
+    moved = states * scale + 3.0
+    torch.testing.assert_close(normed.features(moved, n, speech), normed.features(states, n, speech), atol=2e-3, rtol=1e-3)
+    assert (plain.features(moved, n, speech) - plain.features(states, n, speech)).abs().max() > 1.0
+
+
 def test_registry_rejects_unknown():
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("transformer", 80, {"emotion": 4})

@@ -89,24 +89,28 @@ def test_one_short_epoch_per_architecture(tmp_path, arch, heads, hparams, emodb_
         assert not any(k.startswith("encoder.") for k in model.state_dict())  # never a copy of its weights
 
 
-def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, emodb_clip):
-    """The probe's C comes from dev UA; the shipped module reproduces the regression's probabilities."""
+@pytest.mark.parametrize("recipe", [{}, {"frame_norm": True, "classifier": "lda"}], ids=["logistic", "lda-framenorm"])
+def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, emodb_clip, recipe):
+    """The probe's regularisation (C, or an LDA's shrinkage) comes from dev UA; the shipped module reproduces
+    the classifier's probabilities, with each frame layer-normalised when the recipe says so."""
     from serdemo.inference import Predictor
     from training.probe import statistics
 
+    hp = json.dumps({"n_layers": 2, "layers": [1, 2], **recipe})
     out = tmp_path / "probe"
     metrics = fit.main(args(out, tmp_path / "cache", "--model", "probe", "--aux-heads", "",
-                            "--hparams", '{"n_layers": 2, "layers": [1, 2]}', "--limit-per-corpus", "60"))
+                            "--hparams", hp, "--limit-per-corpus", "60"))
     model, card = load_checkpoint(out)
-    assert metrics["test"]["overall"]["n"] > 0 and card["model"]["hparams"]["C"] in (0.01, 0.03, 0.1)
+    knob, grid = ("shrinkage", (0.6, 0.8, 0.9)) if recipe else ("C", (0.01, 0.03, 0.1))
+    assert metrics["test"]["overall"]["n"] > 0 and card["model"]["hparams"][knob] in grid
+    assert model.frame_norm is bool(recipe) and card["model"]["hparams"].get("frame_norm", False) is bool(recipe)
     assert 0.05 <= card["calibration"]["temperature"] <= 20 and card["calibration"]["ece_dev_after"] >= 0
     events = [e["event"] for e in read_progress(out / "progress.jsonl")]
     assert events == ["phase", "phase", "start", "phase", "epoch", "done"]
     trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "probe", "--aux-heads",
-                                              "", "--hparams", '{"n_layers": 2, "layers": [1, 2]}',
-                                              "--limit-per-corpus", "60")))
+                                              "", "--hparams", hp, "--limit-per-corpus", "60")))
     exs = trainer.test[:5]
-    feats = statistics(trainer.data.encoded(exs), [1, 2])
+    feats = statistics(trainer.data.encoded(exs), [1, 2], frame_norm=bool(recipe))
     z = (feats - model.mean.numpy()) / model.std.numpy()
     logits = z @ model.heads["emotion"].weight.detach().numpy().T + model.heads["emotion"].bias.detach().numpy()
     trainer.model = model
@@ -176,6 +180,26 @@ def test_the_probes_fit_options_end_as_weights_of_the_same_linear_layer():
     # the app's store has no speakers (""): its clips do not shape the nuisance directions
     lone = np.where(speakers == 0, "", speakers.astype(str))
     assert nuisance_directions(z, lone, 20).shape[1] == n_spk - 2
+
+    # a shrinkage LDA (equal priors) in place of the regression: the same linear layer, sklearn's probabilities
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    clf, mean, std, shrink, ua = fit_probe(x[tr], y[tr], x[dv], y[dv], 4, c_grid=(0.3, 0.8), classifier="lda")
+    zt, zd = (x[tr] - mean) / std, (x[dv] - mean) / std
+    ref = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrink, priors=np.full(4, 0.25)).fit(zt, y[tr])
+    assert ua > 0.9 and shrink in (0.3, 0.8) and clf.coef_.shape == (4, dim)
+    np.testing.assert_allclose(clf.predict_proba(zd), ref.predict_proba(zd), atol=1e-6)
+    model = to_model(clf, mean, std, ["a", "b", "c", "d"], n_layers=2, layers=[0, 1])
+    logits = model.heads["emotion"](torch.as_tensor(zd, dtype=torch.float32)).detach().numpy()
+    np.testing.assert_allclose(torch.softmax(torch.as_tensor(logits), 1).numpy(), ref.predict_proba(zd), atol=1e-4)
+    skewed = np.concatenate([np.flatnonzero(tr & (y == 0))] * 5 + [np.flatnonzero(tr)])  # class 0 six times over
+    clf, *_ = fit_probe(x[skewed], y[skewed], x[dv], y[dv], 4, c_grid=(0.8,), classifier="lda")
+    assert np.allclose(clf.priors_, 0.25)  # the training mix does not become the prior
+    for bad, msg in (({"classifier": "svm"}, "classifier must be one of"),
+                     ({"classifier": "lda", "balance": "corpus", "corpora": corpora}, "no corpus balance"),
+                     ({"classifier": "lda", "c_grid": (2.0,)}, "shrinkage lies within 0..1")):
+        with pytest.raises(ValueError, match=msg):
+            fit_probe(x[tr], y[tr], x[dv], y[dv], 4, **bad)
 
 
 # ---------------------------------------------------------------------- configuration

@@ -309,8 +309,10 @@ def screen(config_path: str, variants: list[dict], out_path: Path | None = None,
     """Dev-only screening of variants on the recipe's corpora, with the one trainer.
 
     A probe variant: ``{"name", "layers", "C"}``, optionally ``"vtlp": [alphas]`` (training clips also
-    seen warped with each alpha, encoder states cached per alpha) and the fit-time options of
-    :func:`training.probe.fit_probe` (``"pool"``, ``"nap"``, ``"balance"``). A head variant:
+    seen warped with each alpha, encoder states cached per alpha), ``"frame_norm": true`` (each frame's
+    state layer-normalised before the statistics) and the fit-time options of
+    :func:`training.probe.fit_probe` (``"pool"``, ``"nap"``, ``"balance"``, ``"classifier"``; an
+    ``"lda"`` variant names its ``"shrinkage"`` instead of ``"C"``). A head variant:
     ``{"name", "recipe", "model"}`` (the head's own recipe, e.g. ``training/configs/localatt.yaml``, and
     overrides of its fields), trained by :class:`training.fit.Trainer` on each task for a fixed
     number of epochs (no early stop) and scored by its last epoch's dev UA, so no epoch is chosen on the
@@ -399,29 +401,31 @@ def screen(config_path: str, variants: list[dict], out_path: Path | None = None,
 
 
 class _ProbeTasks:
-    """Screening's probe fits: every state's mean + std per VTLP alpha computed once, then one
-    regression per task on the variant's columns."""
+    """Screening's probe fits: every state's mean + std per VTLP alpha (and per frame normalisation)
+    computed once, then one classifier per task on the variant's columns."""
 
     def __init__(self, data, examples, seed: int):
         self.data, self.examples, self.seed = data, examples, seed
         self.corpus = np.array([e.utt.corpus for e in examples])
         self.speaker = np.array([e.utt.speaker for e in examples])
         self.y = np.array([e.targets["emotion"] for e in examples])
-        self.stats: dict[float, np.ndarray] = {}
+        self.stats: dict[tuple[float, bool], np.ndarray] = {}
 
     def dev_ua(self, v: dict, tr: np.ndarray, dv: np.ndarray) -> float:
         from serdemo.whisper import N_LAYERS
         from training.probe import fit_options, fit_probe, pool_columns, statistics
 
         alphas = [1.0] + [float(a) for a in v.get("vtlp", [])]  # training copies warped with these alphas
+        norm = bool(v.get("frame_norm"))
         for a in alphas:
-            if a not in self.stats:
-                self.stats[a] = statistics(self.data.encoded(self.examples, a), list(range(N_LAYERS + 1)))
+            if (a, norm) not in self.stats:
+                self.stats[a, norm] = statistics(self.data.encoded(self.examples, a), list(range(N_LAYERS + 1)), norm)
         cols = pool_columns(v["layers"])  # the variant's layers among every state's statistics
-        x_tr = np.concatenate([self.stats[a][tr][:, cols] for a in alphas])  # dev is never warped
+        x_tr = np.concatenate([self.stats[a, norm][tr][:, cols] for a in alphas])  # dev is never warped
         n = len(alphas)
-        *_, ua = fit_probe(x_tr, np.tile(self.y[tr], n), self.stats[1.0][dv][:, cols], self.y[dv],
-                           len(self.data.label_set), c_grid=(v["C"],), seed=self.seed, **fit_options(v),
+        knob = v["shrinkage"] if v.get("classifier") == "lda" else v["C"]
+        *_, ua = fit_probe(x_tr, np.tile(self.y[tr], n), self.stats[1.0, norm][dv][:, cols], self.y[dv],
+                           len(self.data.label_set), c_grid=(knob,), seed=self.seed, **fit_options(v),
                            speakers=np.tile(self.speaker[tr], n), corpora=np.tile(self.corpus[tr], n))
         return float(ua)  # dev UA, scored by the probe's own fit
 

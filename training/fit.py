@@ -564,45 +564,48 @@ class Trainer:
         return result
 
     def fit_probe(self) -> dict:
-        """The linear probe: no gradient steps; a logistic regression whose C is chosen on dev UA."""
-        from training.probe import C_GRID, fit_options, fit_probe, statistics, to_model
+        """The linear probe: no gradient steps; a linear classifier whose regularisation (a logistic
+        regression's C, an LDA's shrinkage) is chosen on dev UA."""
+        from training.probe import default_grid, fit_options, fit_probe, statistics, to_model
 
         out = Path(self.cfg.out)
         progress = self._live_progress()
-        progress.epochs, progress.total_steps = 1, len(C_GRID)
+        opts = fit_options(self.cfg.hparams)  # pool, nuisance projection, balance, classifier: chosen by the dev-only screen
+        grid = tuple(self.cfg.hparams.get("c_grid") or default_grid(opts.get("classifier", "logistic")))
+        progress.epochs, progress.total_steps = 1, len(grid)
         progress.write("start", resumed=False, n_train=len(self.train), n_dev=len(self.dev), n_test=len(self.test),
                        world_size=1, store=self.data.store_report)
         t0 = time.time()
-        layers = self.model.layers
-        progress.phase("fitting the probe", PROBE_FIT_S * len(self.cfg.hparams.get("c_grid", C_GRID)) + 5)
-        x_tr = statistics(self.data.encoded(self.train), layers)
-        x_dv = statistics(self.data.encoded(self.dev), layers) if self.dev else x_tr[:0]
+        layers, frame_norm = self.model.layers, self.model.frame_norm
+        progress.phase("fitting the probe", PROBE_FIT_S * len(grid) + 5)
+        x_tr = statistics(self.data.encoded(self.train), layers, frame_norm)
+        x_dv = statistics(self.data.encoded(self.dev), layers, frame_norm) if self.dev else x_tr[:0]
         y_tr = np.array([e.targets["emotion"] for e in self.train])
         y_dv = np.array([e.targets["emotion"] for e in self.dev])
-        opts = fit_options(self.cfg.hparams)  # pool, nuisance projection, balance: chosen by the dev-only screen
         # NAP's speaker directions come from the corpora's speakers: the store's clips have none ("")
         who = {part: (np.array(["" if e.utt.corpus == STORE_CORPUS else e.utt.speaker for e in exs]),
                       np.array([e.utt.corpus for e in exs])) for part, exs in (("train", self.train), ("dev", self.dev))}
         clf, mean, std, c, dev_ua = fit_probe(x_tr, y_tr, x_dv, y_dv, len(self.label_set),
-                                              c_grid=self.cfg.hparams.get("c_grid", C_GRID), seed=self.init_seed,
+                                              c_grid=grid, seed=self.init_seed,
                                               **opts, speakers=who["train"][0], corpora=who["train"][1])
         classes = list(self.label_set.classes)
-        self.model = to_model(clf, mean, std, classes, self.model.n_layers, layers).to(self.device)
-        self.hparams = dict(self.hparams, C=c)
+        self.model = to_model(clf, mean, std, classes, self.model.n_layers, layers, frame_norm).to(self.device)
+        knob = "shrinkage" if opts.get("classifier") == "lda" else "C"
+        self.hparams = dict(self.hparams, **{knob: c})
         self.best_epoch = 0
-        self.history = [{"epoch": 1, "dev_ua": round(dev_ua, 4), "C": c, "seconds": round(time.time() - t0, 1)}]
+        self.history = [{"epoch": 1, "dev_ua": round(dev_ua, 4), knob: c, "seconds": round(time.time() - t0, 1)}]
         metrics = {"dev": self.evaluate(self.dev), "best_epoch": 1}
         self.calibration = self.calibrate()  # on dev, by the model that has not seen it
         if self.cfg.hparams.get("refit") and self.dev:
-            # C is chosen; the dev speakers now train too (more voices), the test speakers stay unseen
+            # the regularisation is chosen; the dev speakers now train too (more voices), the test speakers stay unseen
             progress.phase("refitting on train + dev speakers", PROBE_FIT_S + 5)
             x_all, y_all = np.concatenate([x_tr, x_dv]), np.concatenate([y_tr, y_dv])
             clf, mean, std, _, _ = fit_probe(x_all, y_all, x_dv[:0], y_dv[:0], len(self.label_set), c_grid=(c,),
                                              seed=self.init_seed, **opts,
                                              speakers=np.concatenate([who["train"][0], who["dev"][0]]),
                                              corpora=np.concatenate([who["train"][1], who["dev"][1]]))
-            self.model = to_model(clf, mean, std, classes, self.model.n_layers, layers).to(self.device)
-            metrics["refit"] = ("after choosing C on dev, refitted on the training and dev speakers together; "
+            self.model = to_model(clf, mean, std, classes, self.model.n_layers, layers, frame_norm).to(self.device)
+            metrics["refit"] = (f"after choosing {knob} on dev, refitted on the training and dev speakers together; "
                                 "the dev figures and the temperature are those of the model fitted on training alone")
         save_checkpoint(out, self.model, self.card(metrics))
         progress.step = progress.total_steps

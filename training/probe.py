@@ -1,10 +1,13 @@
 """The linear probe on the encoder (the strong reference row, and a model in its own right).
 
 Per clip: each chosen layer's mean and standard deviation over the speech frames (the same function
-the shipped :class:`serdemo.models.probe.LinearProbe` runs), standardised with training statistics,
-then a class-balanced multinomial logistic regression (scikit-learn). ``C`` is chosen on dev UA.
+the shipped :class:`serdemo.models.probe.LinearProbe` runs; with ``frame_norm`` each frame's state is
+layer-normalised first), standardised with training statistics, then a class-balanced linear classifier
+(scikit-learn): a multinomial logistic regression (its ``C`` chosen on dev UA) or, with
+``classifier="lda"``, a linear discriminant analysis with shrinkage (equal class priors; its shrinkage
+chosen on dev UA the same way). Both end as the weights of one linear layer.
 
-Three fit-time options, screened on dev (``training.evaluate --screen``); each ends as ordinary weights
+Fit-time options, screened on dev (``training.evaluate --screen``); each ends as ordinary weights
 of the same linear layer, so the shipped model and its format do not change with them:
 
 - ``pool``: ``"mean+std"`` (both statistics), ``"mean"`` or ``"std"`` (the other statistic's weights are 0);
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 
@@ -26,16 +31,20 @@ from serdemo.models.encoder import layer_statistics
 from serdemo.models.probe import LinearProbe
 from serdemo.whisper import D_MODEL
 
-C_GRID = (0.01, 0.03, 0.1)
+C_GRID = (0.01, 0.03, 0.1)  # logistic regression's inverse regularisation; an LDA's grid is its shrinkage
 POOLS = ("mean+std", "mean", "std")
 BALANCES = ("class", "corpus")
+CLASSIFIERS = ("logistic", "lda")
 
 
-def statistics(items: list[tuple[np.ndarray, np.ndarray]], layers: list[int]) -> np.ndarray:
-    """``[(states (7, T, 512) float16, speech (T,))]`` -> ``(n, len(layers) * 1024)`` float32."""
+def statistics(items: list[tuple[np.ndarray, np.ndarray]], layers: list[int], frame_norm: bool = False) -> np.ndarray:
+    """``[(states (7, T, 512) float16, speech (T,))]`` -> ``(n, len(layers) * 1024)`` float32. ``frame_norm``:
+    each frame's state layer-normalised first (what :class:`LinearProbe` does with ``frame_norm``)."""
     out = []
     for states, speech in items:
         s = torch.from_numpy(states[layers].astype(np.float32))[None]
+        if frame_norm:
+            s = F.layer_norm(s, s.shape[-1:])
         m = torch.from_numpy(np.asarray(speech, dtype=bool))[None]
         if not bool(m.any()):
             m = torch.ones_like(m)
@@ -45,7 +54,12 @@ def statistics(items: list[tuple[np.ndarray, np.ndarray]], layers: list[int]) ->
 
 def fit_options(named: dict) -> dict:
     """The fit-time options a screen variant or a recipe's hparams name (the others keep their defaults)."""
-    return {k: named[k] for k in ("pool", "nap", "balance") if k in named}
+    return {k: named[k] for k in ("pool", "nap", "balance", "classifier") if k in named}
+
+
+def default_grid(classifier: str = "logistic") -> tuple[float, ...]:
+    """The regularisation values tried on dev when a recipe names none: C, or an LDA's shrinkage."""
+    return C_GRID if classifier == "logistic" else (0.6, 0.8, 0.9)
 
 
 def pool_columns(layers, pool: str = "mean+std") -> np.ndarray:
@@ -90,12 +104,22 @@ def nuisance_directions(z: np.ndarray, speakers: np.ndarray, k: int) -> np.ndarr
     return vt[:k].T
 
 
-def fit_probe(x_train, y_train, x_dev, y_dev, n_classes: int, c_grid=C_GRID, seed: int = 0, *,
-              pool: str = "mean+std", nap: int = 0, balance: str = "class", speakers=None, corpora=None):
-    """-> (fitted LogisticRegression, mean, std, chosen C, dev UA). Standardisation from train only.
+def fit_probe(x_train, y_train, x_dev, y_dev, n_classes: int, c_grid=None, seed: int = 0, *,
+              pool: str = "mean+std", nap: int = 0, balance: str = "class", classifier: str = "logistic",
+              speakers=None, corpora=None):
+    """-> (fitted classifier, mean, std, chosen regularisation, dev UA). Standardisation from train only.
 
-    The returned regression reads every statistic (``pool`` and ``nap`` are folded into its weights), so
-    ``clf.predict((x - mean) / std)`` is the probe's prediction whatever the options."""
+    ``c_grid``: the values tried, each scored on dev UA: C for ``"logistic"``, the shrinkage (0..1) for
+    ``"lda"`` (default :func:`default_grid`). The returned classifier reads every statistic (``pool`` and
+    ``nap`` are folded into its weights), so ``clf.predict((x - mean) / std)`` is the probe's prediction
+    whatever the options, and ``clf.coef_`` / ``clf.intercept_`` are its linear layer."""
+    if classifier not in CLASSIFIERS:
+        raise ValueError(f"classifier must be one of {', '.join(CLASSIFIERS)}, not {classifier!r}")
+    if classifier == "lda" and balance != "class":
+        raise ValueError("an LDA balances classes by equal priors; it takes no corpus balance")
+    c_grid = default_grid(classifier) if c_grid is None else tuple(c_grid)
+    if classifier == "lda" and not all(0 <= c <= 1 for c in c_grid):
+        raise ValueError(f"an LDA's shrinkage lies within 0..1, not {c_grid}")
     mean, std = x_train.mean(0), x_train.std(0) + 1e-5
     zt, zd = (x_train - mean) / std, (x_dev - mean) / std
     cols = pool_columns(x_train.shape[1] // (2 * D_MODEL), pool)
@@ -112,13 +136,21 @@ def fit_probe(x_train, y_train, x_dev, y_dev, n_classes: int, c_grid=C_GRID, see
     # that span and map the weights back. The same optimum, in seconds fewer: the penalty and every score
     # are unchanged by an orthonormal change of basis.
     basis = None
-    if 2 * zt_fit.shape[0] <= zt_fit.shape[1]:
+    # (an LDA's shrinkage pulls towards a multiple of the identity in the statistics' own space, which a
+    # change to the clips' span would alter, so it is always fitted in full)
+    if classifier == "logistic" and 2 * zt_fit.shape[0] <= zt_fit.shape[1]:
         basis, r = np.linalg.qr(zt_fit.T)  # (statistics, clips), (clips, clips)
         zt_fit = r.T
     best = None
     for c in c_grid:
-        clf = LogisticRegression(C=c, max_iter=300, random_state=seed)
-        clf.fit(zt_fit, y_train, sample_weight=weights)
+        if classifier == "lda":
+            # equal priors over the classes present: UA, not the training mix, is what a prior should serve
+            present = np.unique(y_train)
+            clf = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=c, priors=np.full(len(present), 1 / len(present)))
+            clf.fit(zt_fit, y_train)
+        else:
+            clf = LogisticRegression(C=c, max_iter=300, random_state=seed)
+            clf.fit(zt_fit, y_train, sample_weight=weights)
         coef = clf.coef_ if basis is None else clf.coef_ @ basis.T
         if u is not None:
             coef = coef - (coef @ u) @ u.T
@@ -132,9 +164,10 @@ def fit_probe(x_train, y_train, x_dev, y_dev, n_classes: int, c_grid=C_GRID, see
     return best
 
 
-def to_model(clf: LogisticRegression, mean, std, classes: list[str], n_layers: int, layers: list[int]) -> LinearProbe:
-    """The fitted regression as a :class:`LinearProbe` (classes the training data lacked get -1e4 bias)."""
-    model = LinearProbe(0, {"emotion": len(classes)}, n_layers=n_layers, layers=layers)
+def to_model(clf, mean, std, classes: list[str], n_layers: int, layers: list[int],
+             frame_norm: bool = False) -> LinearProbe:
+    """The fitted classifier as a :class:`LinearProbe` (classes the training data lacked get -1e4 bias)."""
+    model = LinearProbe(0, {"emotion": len(classes)}, n_layers=n_layers, layers=layers, frame_norm=frame_norm)
     with torch.no_grad():
         model.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         model.std.copy_(torch.as_tensor(std, dtype=torch.float32))

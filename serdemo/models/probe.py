@@ -1,6 +1,12 @@
 """The linear probe: per-layer mean and standard deviation of the encoder's states over the speech
-frames, standardised with training-set statistics, then one linear layer (a logistic regression,
-fitted by scikit-learn in :mod:`training.probe` and stored as ordinary weights).
+frames, standardised with training-set statistics, then one linear layer (a logistic regression or a
+shrinkage LDA, fitted by scikit-learn in :mod:`training.probe` and stored as ordinary weights).
+
+``frame_norm``: each frame's state is layer-normalised (zero mean, unit variance over its 512 values, no
+learned gain) before the statistics, as every encoder block normalises its input before reading it.
+Whisper's residual stream carries a few dimensions hundreds of times larger than the rest, whose scale
+follows the voice and the recording more than the emotion; normalising each frame keeps them from
+dominating the statistics (chosen on dev folds; ``training/configs/default.yaml`` says by how much).
 
 It has no attention of its own: every speech frame counts the same, so the weights it reports are
 uniform over speech (and exactly that is what the app shows for it).
@@ -9,6 +15,7 @@ uniform over speech (and exactly that is what the app shows for it).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from serdemo.encoding import MODEL_FRAME_RATE_HZ
@@ -23,10 +30,11 @@ class LinearProbe(nn.Module):
     input_kind = "encoder"
 
     def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int = N_LAYERS, layers: list | None = None,
-                 **_ignored):
+                 frame_norm: bool = False, **_ignored):
         super().__init__()
         self.head_sizes = dict(heads)
         self.n_layers = n_layers
+        self.frame_norm = bool(frame_norm)
         self.layers = list(layers) if layers else list(range(n_layers + 1))
         if max(self.layers) > n_layers or min(self.layers) < 0:
             raise ValueError(f"layers {self.layers} must lie within 0..{n_layers}")
@@ -38,7 +46,10 @@ class LinearProbe(nn.Module):
     def features(self, states: torch.Tensor, lengths: torch.Tensor, speech: torch.Tensor | None) -> torch.Tensor:
         """The standardised statistics the linear heads read ``(batch, dim)``."""
         real = length_mask(lengths, states.shape[2])
-        stats = layer_statistics(states[:, self.layers].float(), speech_or_all(speech, real))
+        chosen = states[:, self.layers].float()
+        if self.frame_norm:
+            chosen = F.layer_norm(chosen, chosen.shape[-1:])
+        stats = layer_statistics(chosen, speech_or_all(speech, real))
         return (stats - self.mean) / self.std
 
     def forward(self, states, lengths, speech=None) -> ModelOutput:
