@@ -87,6 +87,20 @@ def headline(card: dict) -> str:
         return "metrics unreadable"
 
 
+def _screen_fixed(hp: dict) -> bool:
+    """A probe recipe whose regularisation grid has one value: the dev-only screen chose it, not the dev fold."""
+    grid = hp.get("c_grid")
+    return isinstance(grid, list) and len(grid) == 1
+
+
+def _probe_dev_role(hp: dict) -> str:
+    """What a probe's dev speakers did: chose its regularisation, or (fixed by the screen) only scored it
+    and set the temperature."""
+    if _screen_fixed(hp):
+        return "scored it and set its temperature"
+    return f"chose {'the shrinkage' if hp.get('classifier') == 'lda' else 'C'}"
+
+
 def metric_rows(card: dict) -> list[MetricRow]:
     """Every held-out evaluation of a card (test, dev, cross-validation, leave-one-corpus-out with its
     reference row), overall and per corpus, in that order. Unreadable entries are left out."""
@@ -97,9 +111,8 @@ def metric_rows(card: dict) -> list[MetricRow]:
         if not isinstance(block, dict):
             continue
         if key == "dev" and _dict(_dict(card.get("training")).get("config")).get("model") == "probe":
-            # a probe has no epochs: its dev speakers chose the regularisation
-            lda = _dict(_dict(card.get("model")).get("hparams")).get("classifier") == "lda"
-            what = f"dev speakers (chose {'the shrinkage' if lda else 'C'})"
+            # a probe has no epochs: its dev speakers chose the regularisation, unless the screen fixed it
+            what = f"dev speakers ({_probe_dev_role(_dict(_dict(card.get('model')).get('hparams')))})"
         blocks = [(what, block)]
         if key in ("cv", "loco"):
             what = f"{block.get('scheme', what)}: {what}"
@@ -179,9 +192,9 @@ def card_summary_markdown(name: str, card: dict) -> str:
     probe = cfg.get("model") == "probe"
     if speakers:
         dev = speakers_text(speakers.get("dev"))
-        knob = "the shrinkage" if hp.get("classifier") == "lda" else "C"
-        dev = (f". Dev speakers, which chose {knob} and then trained in the refit: {dev}" if probe and hp.get("refit")
-               else f"; dev ({f'chose {knob}' if probe else 'picks the epoch'}) {dev}")  # a refit trains on dev
+        role = _probe_dev_role(hp) if probe else "picks the epoch"
+        dev = (f". Dev speakers, which {role} and then trained in the refit: {dev}" if probe and hp.get("refit")
+               else f"; dev ({role}) {dev}")  # a refit trains on dev
         lines.append(f"**Speakers held out** (never trained on): test {speakers_text(speakers.get('test'))}{dev}.")
     if probe:  # no epochs, no augmentation: a regression on encoder statistics
         layers = hp.get("layers") or []
@@ -196,7 +209,7 @@ def card_summary_markdown(name: str, card: dict) -> str:
                       if hp.get("classifier") == "lda" else f"{balance} logistic regression with C {hp.get('C', '?')}")
         lines.append(f"**Recipe**: linear probe, no gradient steps: {pooled} over speech of "
                      f"encoder states {states} ({hp.get('n_layers', '?')} blocks run){framed}, standardised{nap}, "
-                     f"{classifier} chosen on dev UA"
+                     f"{classifier} {'fixed by the dev-only screen' if _screen_fixed(hp) else 'chosen on dev UA'}"
                      + (", then refitted on the training and dev speakers together" if hp.get("refit") else "")
                      + f"; split {cfg.get('split', '?')} fold {cfg.get('fold', '?')} of {cfg.get('n_folds', '?')}, "
                        f"seed {cfg.get('seed', '?')}; no augmentation.")

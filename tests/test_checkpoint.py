@@ -279,12 +279,19 @@ def test_the_probe_cards_recipe_and_dev_speakers_read_as_what_was_done():
     from serdemo.cards import metric_rows
 
     evaluations = {r.evaluation for r in metric_rows(card)}  # the held-out table says what dev did, as the summary does
-    # the shipped default: frame-normalised statistics, a shrinkage LDA; its card says so, and what dev chose
-    assert "dev speakers (chose the shrinkage)" in evaluations and not any("epoch" in e for e in evaluations)
+    # the shipped default: frame-normalised statistics, a shrinkage LDA fixed by the screen; its card says so,
+    # and that its dev speakers chose nothing (one value to try)
+    assert "dev speakers (scored it and set its temperature)" in evaluations
+    assert not any("epoch" in e or "chose" in e for e in evaluations)
     assert "each frame layer-normalised" in recipe and "linear discriminant analysis" in recipe
-    assert "shrinkage 0.8" in recipe and "logistic" not in recipe and "chose the shrinkage" in held
+    assert "shrinkage 0.8 fixed by the dev-only screen" in recipe and "logistic" not in recipe
+    assert "which scored it and set its temperature" in held and "chose" not in held
     hp = card["model"]["hparams"]
-    for key in ("frame_norm", "classifier", "shrinkage"):
+    hp["c_grid"] = [0.6, 0.8, 0.9]  # a grid: then the dev speakers chose from it
+    summary = card_summary_markdown("default", card)
+    assert "shrinkage 0.8 chosen on dev UA" in summary and "which chose the shrinkage" in summary
+    assert "dev speakers (chose the shrinkage)" in {r.evaluation for r in metric_rows(card)}
+    for key in ("frame_norm", "classifier", "shrinkage", "c_grid"):
         hp.pop(key, None)
     hp.update(pool="mean", nap=4, balance="corpus", C=0.01)  # the screen's other fit-time options
     summary = card_summary_markdown("default", card)

@@ -171,6 +171,10 @@ def test_a_frame_normalised_probe_reads_each_frames_shape_not_its_scale():
     moved = states * scale + 3.0
     torch.testing.assert_close(normed.features(moved, n, speech), normed.features(states, n, speech), atol=2e-3, rtol=1e-3)
     assert (plain.features(moved, n, speech) - plain.features(states, n, speech)).abs().max() > 1.0
+    for bad, msg in (({"frame_norm": "false"}, "frame_norm must be true or false"),
+                     ({"classifier": "svm"}, "classifier must be one of logistic, lda")):
+        with pytest.raises(ValueError, match=msg):  # a recipe or a card: refused before any statistics are read
+            build_model("probe", FC.n_mels, {"emotion": 3}, n_layers=2, **bad)
 
 
 def test_registry_rejects_unknown():

@@ -89,7 +89,8 @@ def test_one_short_epoch_per_architecture(tmp_path, arch, heads, hparams, emodb_
         assert not any(k.startswith("encoder.") for k in model.state_dict())  # never a copy of its weights
 
 
-@pytest.mark.parametrize("recipe", [{}, {"frame_norm": True, "classifier": "lda"}], ids=["logistic", "lda-framenorm"])
+@pytest.mark.parametrize("recipe", [{}, {"frame_norm": True, "classifier": "lda", "refit": True}],
+                         ids=["logistic", "lda-framenorm-refit"])
 def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, emodb_clip, recipe):
     """The probe's regularisation (C, or an LDA's shrinkage) comes from dev UA; the shipped module reproduces
     the classifier's probabilities, with each frame layer-normalised when the recipe says so."""
@@ -106,7 +107,8 @@ def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, e
     assert model.frame_norm is bool(recipe) and card["model"]["hparams"].get("frame_norm", False) is bool(recipe)
     assert 0.05 <= card["calibration"]["temperature"] <= 20 and card["calibration"]["ece_dev_after"] >= 0
     events = [e["event"] for e in read_progress(out / "progress.jsonl")]
-    assert events == ["phase", "phase", "start", "phase", "epoch", "done"]
+    refit = ["phase"] if recipe.get("refit") else []  # "refitting on train + dev speakers"
+    assert events == ["phase", "phase", "start", "phase", *refit, "epoch", "done"]
     trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "probe", "--aux-heads",
                                               "", "--hparams", hp, "--limit-per-corpus", "60")))
     exs = trainer.test[:5]
@@ -118,6 +120,14 @@ def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, e
                                atol=1e-4)
     pred = Predictor.from_checkpoint(out, device="cpu").predict(emodb_clip)
     assert abs(pred.attention.sum() - 1) < 1e-5 and np.ptp(pred.attention[pred.attention > 0]) < 1e-6
+    if recipe.get("refit"):  # the card's test calibration figures are the shipped (refitted) model's
+        from training.calibration import ece, scale
+
+        cal = card["calibration"]
+        log_p = np.log(np.clip(trainer.probabilities(trainer.test), 1e-12, 1.0))
+        y_te = np.array([e.targets["emotion"] for e in trainer.test])
+        assert cal["ece_test_after"] == ece(scale(log_p, cal["temperature"]), y_te) and "refitted" in cal["note"]
+        assert cal["ece_test_before"] == ece(scale(log_p, 1.0), y_te)
 
 
 def test_the_probes_fit_options_end_as_weights_of_the_same_linear_layer():
@@ -192,6 +202,19 @@ def test_the_probes_fit_options_end_as_weights_of_the_same_linear_layer():
     model = to_model(clf, mean, std, ["a", "b", "c", "d"], n_layers=2, layers=[0, 1])
     logits = model.heads["emotion"](torch.as_tensor(zd, dtype=torch.float32)).detach().numpy()
     np.testing.assert_allclose(torch.softmax(torch.as_tensor(logits), 1).numpy(), ref.predict_proba(zd), atol=1e-4)
+    clf, mean, std, *_ = fit_probe(x[tr], y[tr], x[dv], y[dv], 4, c_grid=(0.8,), classifier="lda", nap=2,
+                                   speakers=speakers[tr])  # NAP folded into an LDA: as if fitted on projected data
+    zt, zd = (x[tr] - mean) / std, (x[dv] - mean) / std
+    u2 = nuisance_directions(zt, speakers[tr], 2)
+    ref = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=0.8, priors=np.full(4, 0.25)).fit(zt - zt @ u2 @ u2.T, y[tr])
+    np.testing.assert_allclose(clf.predict_proba(zd), ref.predict_proba(zd - zd @ u2 @ u2.T), atol=1e-6)
+    two = (y < 2)  # two classes: scikit-learn keeps one row of weights; the module still gives both probabilities
+    clf, mean, std, *_ = fit_probe(x[tr & two], y[tr & two], x[dv & two], y[dv & two], 4, c_grid=(0.8,), classifier="lda")
+    zd = (x[dv & two] - mean) / std
+    model = to_model(clf, mean, std, ["a", "b", "c", "d"], n_layers=2, layers=[0, 1])
+    probs = torch.softmax(model.heads["emotion"](torch.as_tensor(zd, dtype=torch.float32)), 1).detach().numpy()
+    np.testing.assert_allclose(probs[:, :2], clf.predict_proba(zd), atol=1e-4)
+    assert probs[:, 2:].max() < 1e-6  # classes it never saw
     skewed = np.concatenate([np.flatnonzero(tr & (y == 0))] * 5 + [np.flatnonzero(tr)])  # class 0 six times over
     clf, *_ = fit_probe(x[skewed], y[skewed], x[dv], y[dv], 4, c_grid=(0.8,), classifier="lda")
     assert np.allclose(clf.priors_, 0.25)  # the training mix does not become the prior
@@ -618,6 +641,13 @@ def test_cross_validation_pools_every_speaker_once_and_reuses_only_matching_fold
     bad = json.loads(json.dumps(good))
     bad["training"]["config"]["seed"] = 1
     assert "seed" in E.reuse_problem(bad, trainer)
+    # another recipe on the same split: its weights may load without an error, but it is not this run's model
+    bad = json.loads(json.dumps(good))
+    bad["training"]["config"]["hparams"] = {**bad["training"]["config"]["hparams"], "hidden": 32}
+    assert "hparams" in E.reuse_problem(bad, trainer)
+    bad = json.loads(json.dumps(good))
+    bad["training"]["config"]["lr"] = 0.5
+    assert "its lr is 0.5" in E.reuse_problem(bad, trainer)
 
 
 def test_leave_one_corpus_out_tests_each_corpus_on_its_own(tmp_path):

@@ -75,6 +75,18 @@ def calibrate(dev_log_probs, dev_y, test_log_probs=None, test_y=None) -> dict:
     return out
 
 
+def rescore_test(block: dict, test_log_probs: np.ndarray, test_y: np.ndarray, note: str) -> dict:
+    """``block`` (from :func:`calibrate`) with its test ECE and reliability bins recomputed from another
+    model's test log-probabilities at the same temperature: the model that ships, when it is not the one
+    whose dev predictions set T (a probe refitted on train + dev after T was fitted); ``note`` says so."""
+    if not len(test_y):
+        return block
+    t = block["temperature"]
+    return {**block, "ece_test_before": ece(scale(test_log_probs, 1.0), test_y),
+            "ece_test_after": ece(scale(test_log_probs, t), test_y),
+            "reliability": {"set": "test", "bins": reliability(scale(test_log_probs, t), test_y)}, "note": note}
+
+
 def main(argv=None) -> dict:
     """``python -m training.calibration CHECKPOINT``: fit the temperature of an already trained checkpoint
     on its own dev speakers (from its card's recipe) and write the ``calibration`` block into its card

@@ -204,8 +204,10 @@ def probe_predictions(data, train, dev, test, layers=PROBE_LAYERS) -> tuple[np.n
 def reuse_problem(card: dict, trainer) -> str | None:
     """Why a finished fold checkpoint cannot stand for ``trainer``'s fold (None: it can).
 
-    The checkpoint must have a test result, the same split settings (scheme, fold count, fold, seed),
-    the same training file list (hash) and the same train/dev/test speakers.
+    The checkpoint must have a test result, the same recipe (every setting but where it is written and how
+    the run was executed: an architecture's weights keep their names and shapes across many recipe changes,
+    e.g. the probe's ``frame_norm`` or its classifier, so a stale fold would load without an error), the same
+    training file list (hash) and the same train/dev/test speakers.
     """
     from training.config import ConfigError, FitConfig
 
@@ -219,7 +221,14 @@ def reuse_problem(card: dict, trainer) -> str | None:
     for key in ("split", "n_folds", "fold", "seed", "model_seed", "label_set", "corpus_classes"):
         if getattr(old, key) != getattr(cfg, key):
             return f"its {key} is {getattr(old, key)!r}, this run's is {getattr(cfg, key)!r}"
+    for f in dataclasses.fields(cfg):  # the rest of the recipe (the corpora: by the file list below)
+        if f.name not in RUN_SETTINGS and getattr(old, f.name) != getattr(cfg, f.name):
+            return f"its {f.name} is {getattr(old, f.name)!r}, this run's is {getattr(cfg, f.name)!r}"
     return trainer.data_mismatch(training)
+
+
+# Settings that say where a run writes and how it executes, not what it trains: a fold may differ in them
+RUN_SETTINGS = ("name", "out", "corpora", "workers", "cache_dir", "trace")
 
 
 def cross_validate(config_path: str, n_folds: int, workdir: Path, epochs: int | None = None,

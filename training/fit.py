@@ -607,6 +607,14 @@ class Trainer:
             self.model = to_model(clf, mean, std, classes, self.model.n_layers, layers, frame_norm).to(self.device)
             metrics["refit"] = (f"after choosing {knob} on dev, refitted on the training and dev speakers together; "
                                 "the dev figures and the temperature are those of the model fitted on training alone")
+            if self.calibration and self.test:  # the test ECE and bins: the shipped (refitted) model's, at dev's T
+                from training.calibration import rescore_test
+
+                y_te = np.array([e.targets["emotion"] for e in self.test])
+                log_p = np.log(np.clip(self.probabilities(self.test), 1e-12, 1.0))
+                self.calibration = rescore_test(
+                    self.calibration, log_p, y_te, "T fitted on the dev speakers by the model fitted on training "
+                    "alone; the test ECE and reliability bins are the refitted model's, at that T")
         save_checkpoint(out, self.model, self.card(metrics))
         progress.step = progress.total_steps
         progress.write("epoch", float("nan"), best_epoch=1, improved=True)

@@ -28,13 +28,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 
 from serdemo.models.encoder import layer_statistics
-from serdemo.models.probe import LinearProbe
+from serdemo.models.probe import LinearProbe, checked_classifier
 from serdemo.whisper import D_MODEL
 
 C_GRID = (0.01, 0.03, 0.1)  # logistic regression's inverse regularisation; an LDA's grid is its shrinkage
 POOLS = ("mean+std", "mean", "std")
 BALANCES = ("class", "corpus")
-CLASSIFIERS = ("logistic", "lda")
 
 
 def statistics(items: list[tuple[np.ndarray, np.ndarray]], layers: list[int], frame_norm: bool = False) -> np.ndarray:
@@ -59,7 +58,7 @@ def fit_options(named: dict) -> dict:
 
 def default_grid(classifier: str = "logistic") -> tuple[float, ...]:
     """The regularisation values tried on dev when a recipe names none: C, or an LDA's shrinkage."""
-    return C_GRID if classifier == "logistic" else (0.6, 0.8, 0.9)
+    return C_GRID if checked_classifier(classifier) == "logistic" else (0.6, 0.8, 0.9)
 
 
 def pool_columns(layers, pool: str = "mean+std") -> np.ndarray:
@@ -113,9 +112,7 @@ def fit_probe(x_train, y_train, x_dev, y_dev, n_classes: int, c_grid=None, seed:
     ``"lda"`` (default :func:`default_grid`). The returned classifier reads every statistic (``pool`` and
     ``nap`` are folded into its weights), so ``clf.predict((x - mean) / std)`` is the probe's prediction
     whatever the options, and ``clf.coef_`` / ``clf.intercept_`` are its linear layer."""
-    if classifier not in CLASSIFIERS:
-        raise ValueError(f"classifier must be one of {', '.join(CLASSIFIERS)}, not {classifier!r}")
-    if classifier == "lda" and balance != "class":
+    if checked_classifier(classifier) == "lda" and balance != "class":
         raise ValueError("an LDA balances classes by equal priors; it takes no corpus balance")
     c_grid = default_grid(classifier) if c_grid is None else tuple(c_grid)
     if classifier == "lda" and not all(0 <= c <= 1 for c in c_grid):

@@ -25,16 +25,28 @@ from serdemo.models.encoder import layer_statistics, speech_or_all
 from serdemo.whisper import D_MODEL, N_LAYERS
 
 
+CLASSIFIERS = ("logistic", "lda")  # what fits the linear layer: logistic regression, or a shrinkage LDA
+
+
+def checked_classifier(name) -> str:
+    if name not in CLASSIFIERS:
+        raise ValueError(f"classifier must be one of {', '.join(CLASSIFIERS)}, not {name!r}")
+    return name
+
+
 class LinearProbe(nn.Module):
     architecture = "probe"
     input_kind = "encoder"
 
     def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int = N_LAYERS, layers: list | None = None,
-                 frame_norm: bool = False, **_ignored):
+                 frame_norm: bool = False, classifier: str = "logistic", **_ignored):
         super().__init__()
+        if not isinstance(frame_norm, bool):
+            raise ValueError(f"frame_norm must be true or false, not {frame_norm!r}")
+        checked_classifier(classifier)  # fitted in training.probe; checked here, before any statistics are read
         self.head_sizes = dict(heads)
         self.n_layers = n_layers
-        self.frame_norm = bool(frame_norm)
+        self.frame_norm = frame_norm
         self.layers = list(layers) if layers else list(range(n_layers + 1))
         if max(self.layers) > n_layers or min(self.layers) < 0:
             raise ValueError(f"layers {self.layers} must lie within 0..{n_layers}")
