@@ -111,6 +111,9 @@ def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, e
     assert events == ["phase", "phase", "start", "phase", *refit, "epoch", "done"]
     trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "probe", "--aux-heads",
                                               "", "--hparams", hp, "--limit-per-corpus", "60")))
+    full = trainer.estimate_s()  # the ETA counts one fit per value tried (the default grid: 3), not always 3
+    trainer.cfg.hparams["c_grid"] = [0.5]
+    assert full - trainer.estimate_s() == pytest.approx(2 * fit.PROBE_FIT_S)
     exs = trainer.test[:5]
     feats = statistics(trainer.data.encoded(exs), [1, 2], frame_norm=bool(recipe))
     z = (feats - model.mean.numpy()) / model.std.numpy()

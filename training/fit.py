@@ -175,11 +175,17 @@ class Trainer:
             return n * 0.05 * self.cfg.epochs
         new = self.data.uncached_count()
         load = 0.004 * n + ENCODE_S_PER_CLIP * new
-        if self.cfg.model == "probe":
-            return load + PROBE_FIT_S * 3 + 0.002 * n
+        if self.cfg.model == "probe":  # one fit per value tried on dev, one more to refit on train + dev
+            return load + PROBE_FIT_S * (len(self.probe_grid()) + bool(self.cfg.hparams.get("refit"))) + 0.002 * n
         # each fine-tuned encoder block: x2.45 an epoch's time (20 steps + the dev pass of localatt on this CPU:
         # 8 s frozen, 21 s with one tuned block, 31 s with two)
         return load + self.cfg.epochs * 0.006 * n * (1 + 1.45 * int(self.cfg.hparams.get("tune_layers") or 0))
+
+    def probe_grid(self) -> tuple[float, ...]:
+        """The probe's regularisation values tried on dev: the recipe's ``c_grid``, else its classifier's default."""
+        from training.probe import default_grid
+
+        return tuple(self.cfg.hparams.get("c_grid") or default_grid(self.cfg.hparams.get("classifier", "logistic")))
 
     @staticmethod
     def _on_encoder(architecture: str) -> bool:
@@ -566,12 +572,12 @@ class Trainer:
     def fit_probe(self) -> dict:
         """The linear probe: no gradient steps; a linear classifier whose regularisation (a logistic
         regression's C, an LDA's shrinkage) is chosen on dev UA."""
-        from training.probe import default_grid, fit_options, fit_probe, statistics, to_model
+        from training.probe import fit_options, fit_probe, statistics, to_model
 
         out = Path(self.cfg.out)
         progress = self._live_progress()
         opts = fit_options(self.cfg.hparams)  # pool, nuisance projection, balance, classifier: chosen by the dev-only screen
-        grid = tuple(self.cfg.hparams.get("c_grid") or default_grid(opts.get("classifier", "logistic")))
+        grid = self.probe_grid()
         progress.epochs, progress.total_steps = 1, len(grid)
         progress.write("start", resumed=False, n_train=len(self.train), n_dev=len(self.dev), n_test=len(self.test),
                        world_size=1, store=self.data.store_report)
