@@ -171,6 +171,15 @@ def test_a_frame_normalised_probe_reads_each_frames_shape_not_its_scale():
     moved = states * scale + 3.0
     torch.testing.assert_close(normed.features(moved, n, speech), normed.features(states, n, speech), atol=2e-3, rtol=1e-3)
     assert (plain.features(moved, n, speech) - plain.features(states, n, speech)).abs().max() > 1.0
+    # localatt's statistics branch takes the same option; its layer mix already normalises each frame, so with
+    # it the whole model ignores a frame's gain and offset, and without it the statistics branch does not
+    torch.manual_seed(0)
+    heads = {"emotion": 3}
+    for frame_norm, moves in ((True, False), (False, True)):
+        m = build_model("localatt", FC.n_mels, heads, n_layers=2, stats=True, frame_norm=frame_norm).eval()
+        with torch.no_grad():
+            a, b = m(states, n, speech).logits["emotion"], m(moved, n, speech).logits["emotion"]
+        assert bool((a - b).abs().max() > 1e-2) is moves
     for bad, msg in (({"frame_norm": "false"}, "frame_norm must be true or false"),
                      ({"classifier": "svm"}, "classifier must be one of logistic, lda")):
         with pytest.raises(ValueError, match=msg):  # a recipe or a card: refused before any statistics are read

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 
-from serdemo.models.encoder import layer_statistics
+from serdemo.models.encoder import speech_statistics
 from serdemo.models.probe import LinearProbe, checked_classifier
 from serdemo.whisper import D_MODEL
 
@@ -42,12 +41,10 @@ def statistics(items: list[tuple[np.ndarray, np.ndarray]], layers: list[int], fr
     out = []
     for states, speech in items:
         s = torch.from_numpy(states[layers].astype(np.float32))[None]
-        if frame_norm:
-            s = F.layer_norm(s, s.shape[-1:])
         m = torch.from_numpy(np.asarray(speech, dtype=bool))[None]
         if not bool(m.any()):
             m = torch.ones_like(m)
-        out.append(layer_statistics(s, m)[0].numpy())
+        out.append(speech_statistics(s, m, frame_norm)[0].numpy())
     return np.stack(out)
 
 

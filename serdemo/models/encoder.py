@@ -33,6 +33,22 @@ def layer_statistics(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.cat([mean, std], dim=2).flatten(1)
 
 
+def checked_frame_norm(value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"frame_norm must be true or false, not {value!r}")
+    return value
+
+
+def speech_statistics(states: torch.Tensor, mask: torch.Tensor, frame_norm: bool = False) -> torch.Tensor:
+    """:func:`layer_statistics`, optionally of layer-normalised frames (``frame_norm``: each frame's state to
+    zero mean and unit variance over its dimensions, no learned gain, as every encoder block normalises its
+    input before reading it; Whisper's residual stream carries a few dimensions far larger than the rest,
+    whose scale follows voice and recording set-up more than emotion)."""
+    if frame_norm:
+        states = F.layer_norm(states, states.shape[-1:])
+    return layer_statistics(states, mask)
+
+
 class LayerMix(nn.Module):
     """``(batch, layers, time, dim)`` -> ``(batch, time, dim)``: softmax(w) · LayerNorm(layer)."""
 
@@ -64,9 +80,10 @@ class EncoderModel(nn.Module):
     input_kind = "encoder"
 
     def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int = N_LAYERS, dropout: float = 0.2,
-                 stats: bool = False, tune_layers: int = 0, **_ignored):
+                 stats: bool = False, tune_layers: int = 0, frame_norm: bool = False, **_ignored):
         super().__init__()
         self.use_stats = stats  # add each layer's mean and std over speech (the probe's features) to the pooled vector
+        self.frame_norm = checked_frame_norm(frame_norm)  # those statistics of layer-normalised frames (speech_statistics)
         if "emotion" not in heads:
             raise ValueError("every model needs an 'emotion' head")
         if not 1 <= n_layers <= N_LAYERS:
@@ -121,7 +138,7 @@ class EncoderModel(nn.Module):
         mask = speech_or_all(speech, real)
         pooled, weights = self.pool(y, mask)
         if self.use_stats:
-            pooled = pooled + self.stats_proj(layer_statistics(states.float(), mask))
+            pooled = pooled + self.stats_proj(speech_statistics(states.float(), mask, self.frame_norm))
         pooled = self.dropout(pooled)
         logits = {name: head(pooled) for name, head in self.heads.items()}
         return ModelOutput(logits, weights, lengths, MODEL_FRAME_RATE_HZ)

@@ -16,8 +16,8 @@ class LocalAttention(EncoderModel):
 
     def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int = 6, dropout: float = 0.2,
                  dense: int = 256, hidden: int = 128, rnn: bool = True, head_hidden: int = 0, stats: bool = False,
-                 tune_layers: int = 0, **_ignored):
-        super().__init__(n_mels, heads, n_layers, dropout, stats, tune_layers)
+                 tune_layers: int = 0, frame_norm: bool = False, **_ignored):
+        super().__init__(n_mels, heads, n_layers, dropout, stats, tune_layers, frame_norm)
         self.frontend = Dense([INPUT_DIM, dense, dense], dropout)
         self.rnn = MaskedBLSTM(dense, hidden) if rnn else None
         self.out_dim = self.rnn.out_dim if rnn else dense

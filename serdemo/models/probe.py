@@ -15,13 +15,12 @@ uniform over speech (and exactly that is what the app shows for it).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from serdemo.encoding import MODEL_FRAME_RATE_HZ
 from serdemo.features import length_mask
 from serdemo.models.base import ModelOutput
-from serdemo.models.encoder import layer_statistics, speech_or_all
+from serdemo.models.encoder import checked_frame_norm, speech_or_all, speech_statistics
 from serdemo.whisper import D_MODEL, N_LAYERS
 
 
@@ -41,12 +40,10 @@ class LinearProbe(nn.Module):
     def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int = N_LAYERS, layers: list | None = None,
                  frame_norm: bool = False, classifier: str = "logistic", **_ignored):
         super().__init__()
-        if not isinstance(frame_norm, bool):
-            raise ValueError(f"frame_norm must be true or false, not {frame_norm!r}")
         checked_classifier(classifier)  # fitted in training.probe; checked here, before any statistics are read
         self.head_sizes = dict(heads)
         self.n_layers = n_layers
-        self.frame_norm = frame_norm
+        self.frame_norm = checked_frame_norm(frame_norm)
         self.layers = list(layers) if layers else list(range(n_layers + 1))
         if max(self.layers) > n_layers or min(self.layers) < 0:
             raise ValueError(f"layers {self.layers} must lie within 0..{n_layers}")
@@ -58,10 +55,7 @@ class LinearProbe(nn.Module):
     def features(self, states: torch.Tensor, lengths: torch.Tensor, speech: torch.Tensor | None) -> torch.Tensor:
         """The standardised statistics the linear heads read ``(batch, dim)``."""
         real = length_mask(lengths, states.shape[2])
-        chosen = states[:, self.layers].float()
-        if self.frame_norm:
-            chosen = F.layer_norm(chosen, chosen.shape[-1:])
-        stats = layer_statistics(chosen, speech_or_all(speech, real))
+        stats = speech_statistics(states[:, self.layers].float(), speech_or_all(speech, real), self.frame_norm)
         return (stats - self.mean) / self.std
 
     def forward(self, states, lengths, speech=None) -> ModelOutput:
