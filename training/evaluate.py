@@ -218,10 +218,7 @@ def reuse_problem(card: dict, trainer) -> str | None:
         old = FitConfig.from_card(training.get("config", {}))
     except (ConfigError, TypeError, ValueError) as exc:
         return f"its config is not readable ({exc})"
-    for key in ("split", "n_folds", "fold", "seed", "model_seed", "label_set", "corpus_classes"):
-        if getattr(old, key) != getattr(cfg, key):
-            return f"its {key} is {getattr(old, key)!r}, this run's is {getattr(cfg, key)!r}"
-    for f in dataclasses.fields(cfg):  # the rest of the recipe (the corpora: by the file list below)
+    for f in dataclasses.fields(cfg):  # split, folds, seeds and the whole recipe (the corpora: by the file list below)
         if f.name not in RUN_SETTINGS and getattr(old, f.name) != getattr(cfg, f.name):
             return f"its {f.name} is {getattr(old, f.name)!r}, this run's is {getattr(cfg, f.name)!r}"
     return trainer.data_mismatch(training)
@@ -422,7 +419,7 @@ class _ProbeTasks:
 
     def dev_ua(self, v: dict, tr: np.ndarray, dv: np.ndarray) -> float:
         from serdemo.whisper import N_LAYERS
-        from training.probe import fit_options, fit_probe, pool_columns, statistics
+        from training.probe import REGULARISATION, fit_options, fit_probe, pool_columns, statistics
 
         alphas = [1.0] + [float(a) for a in v.get("vtlp", [])]  # training copies warped with these alphas
         norm = bool(v.get("frame_norm"))
@@ -432,7 +429,7 @@ class _ProbeTasks:
         cols = pool_columns(v["layers"])  # the variant's layers among every state's statistics
         x_tr = np.concatenate([self.stats[a, norm][tr][:, cols] for a in alphas])  # dev is never warped
         n = len(alphas)
-        knob = v["shrinkage"] if v.get("classifier") == "lda" else v["C"]
+        knob = v[REGULARISATION[v.get("classifier", "logistic")]]
         *_, ua = fit_probe(x_tr, np.tile(self.y[tr], n), self.stats[1.0, norm][dv][:, cols], self.y[dv],
                            len(self.data.label_set), c_grid=(knob,), seed=self.seed, **fit_options(v),
                            speakers=np.tile(self.speaker[tr], n), corpora=np.tile(self.corpus[tr], n))

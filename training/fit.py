@@ -572,7 +572,7 @@ class Trainer:
     def fit_probe(self) -> dict:
         """The linear probe: no gradient steps; a linear classifier whose regularisation (a logistic
         regression's C, an LDA's shrinkage) is chosen on dev UA."""
-        from training.probe import fit_options, fit_probe, statistics, to_model
+        from training.probe import REGULARISATION, fit_options, fit_probe, statistics, to_model
 
         out = Path(self.cfg.out)
         progress = self._live_progress()
@@ -596,7 +596,7 @@ class Trainer:
                                               **opts, speakers=who["train"][0], corpora=who["train"][1])
         classes = list(self.label_set.classes)
         self.model = to_model(clf, mean, std, classes, self.model.n_layers, layers, frame_norm).to(self.device)
-        knob = "shrinkage" if opts.get("classifier") == "lda" else "C"
+        knob = REGULARISATION[opts.get("classifier", "logistic")]
         self.hparams = dict(self.hparams, **{knob: c})
         self.best_epoch = 0
         self.history = [{"epoch": 1, "dev_ua": round(dev_ua, 4), knob: c, "seconds": round(time.time() - t0, 1)}]

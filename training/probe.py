@@ -31,6 +31,7 @@ from serdemo.models.probe import LinearProbe, checked_classifier
 from serdemo.whisper import D_MODEL
 
 C_GRID = (0.01, 0.03, 0.1)  # logistic regression's inverse regularisation; an LDA's grid is its shrinkage
+REGULARISATION = {"logistic": "C", "lda": "shrinkage"}  # each classifier's knob, as recipes and cards name it
 POOLS = ("mean+std", "mean", "std")
 BALANCES = ("class", "corpus")
 
