@@ -11,6 +11,7 @@ in bfloat16 (``benchmarks/precision.py``: the labels agree on 300 of 300 dev cli
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from serdemo.features import DB_PER_UNIT, FeatureConfig, pad_batch
 from serdemo.models import encoder_layers, uses_encoder
 from serdemo.models.base import ModelOutput
 from serdemo.vad import MIN_TOTAL_SPEECH_S, default_detector
+from serdemo.voice import VoiceProfile
 from serdemo.vtlp import F_HI_HZ, warp_power
 from serdemo.whisper import MAX_FRAMES, EncoderError, cpu_bf16_default, shared_encoder
 
@@ -69,14 +71,16 @@ def model_input(model, enc: Encoded, speech: torch.Tensor | None):
 
 
 def run_model(model, frontend: FrontEnd, waves: torch.Tensor, lengths: torch.Tensor,
-              speech: torch.Tensor | None = None, alpha=None, power: torch.Tensor | None = None) -> Forward:
+              speech: torch.Tensor | None = None, alpha=None, power: torch.Tensor | None = None,
+              voice=None) -> Forward:
     """The one forward path. ``speech (batch, frames)``: bool masks on the log-mel grid (None: all);
-    ``power``: the waves' power spectrum when already computed (the STFT then runs once per clip)."""
+    ``power``: the waves' power spectrum when already computed (the STFT then runs once per clip);
+    ``voice``: ``(offset, scale)`` of the clips' voice for a model that adapts (:mod:`serdemo.voice`)."""
     enc = frontend(waves, lengths, alpha=alpha, power=power)
     if speech is None:
         speech = torch.ones(enc.logmel.shape[0], enc.logmel.shape[2], dtype=torch.bool, device=waves.device)
     x, x_lengths, x_speech = model_input(model, enc, speech)
-    out = model(x, x_lengths, speech=x_speech)
+    out = model(x, x_lengths, speech=x_speech) if voice is None else model(x, x_lengths, speech=x_speech, voice=voice)
     return Forward(out, enc, speech)
 
 
@@ -111,6 +115,8 @@ class Prediction:
     power: torch.Tensor | None = None
     start_s: float = 0.0  # where this clip starts within the recording it was cut from (predict_spans)
     db_per_unit: float = DB_PER_UNIT
+    voice_clips: int = 0  # how many clips of its voice the result was adapted to (0: read on its own)
+    statistics: np.ndarray | None = None  # (dim,) the clip's raw statistics, for a model that adapts to voices
 
     @property
     def speech_segments_s(self) -> list[tuple[float, float]]:
@@ -156,8 +162,15 @@ class Predictor:
         self.features = FeatureConfig.from_dict(card["features"])
         self.heads = card["heads"]
         # temperature scaling fitted on dev speakers (the card's calibration): calibrated probabilities
-        temperature = card.get("calibration", {}).get("temperature", 1.0) if isinstance(card.get("calibration"), dict) else 1.0
+        calibration = card.get("calibration") if isinstance(card.get("calibration"), dict) else {}
+        temperature = calibration.get("temperature", 1.0)
         self.temperature = float(temperature) if isinstance(temperature, (int, float)) and 0.05 <= temperature <= 20 else 1.0
+        # per-class biases added to the scaled logits (fitted with the temperature on held-out corpora of dev)
+        bias = calibration.get("bias")
+        n_emotion = len(card["heads"]["emotion"])
+        ok = (isinstance(bias, list) and len(bias) == n_emotion
+              and all(isinstance(b, (int, float)) and abs(b) <= 50 for b in bias))
+        self.class_bias = torch.tensor(bias if ok else [0.0] * n_emotion, dtype=torch.float64)
         if uses_encoder(model):
             if encoder is None:
                 try:
@@ -173,6 +186,81 @@ class Predictor:
         self.frontend = FrontEnd(self.features, encoder, encoder_layers(model),
                                  bf16=cpu_bf16_default()).to(self.device)
         self.detector = default_detector()
+
+    @property
+    def adapts(self) -> bool:
+        """Whether this checkpoint adapts to a voice (a probe trained with voice normalisation)."""
+        return bool(getattr(self.model, "adapts", False))
+
+    @property
+    def voice_layout(self) -> str:
+        """Names the statistics a :class:`VoiceProfile` of this model holds (profiles never cross models)."""
+        digest = getattr(self.frontend.encoder, "digest", "") if self.frontend.encoder is not None else ""
+        return f"{digest[:16]}|{getattr(self.model, 'layers', '')}|{getattr(self.model, 'frame_norm', '')}"
+
+    def voice_of(self, profile: VoiceProfile | None):
+        """``(offset, scale)`` for a profile's clips, or None (no profile, no clips, or a model that does not
+        adapt)."""
+        if profile is None or not profile.n_clips or not self.adapts:
+            return None
+        if profile.layout != self.voice_layout:
+            raise ValueError("this voice profile was built with another model; start a new one for this model")
+        return self.model.voice_offsets(profile.statistics())
+
+    @torch.inference_mode()
+    def predict_from_statistics(self, stats: np.ndarray, voice_stats: np.ndarray | None = None) -> list[dict]:
+        """Calibrated emotion probabilities ``[{label: p}]`` from clips' raw statistics ``(n, dim)`` (from
+        :attr:`Prediction.statistics`), adapted to the voice whose clips' statistics are ``voice_stats``
+        ``(k, dim)`` (None: each clip read on its own). Engines that compute statistics on workers and
+        adapt per voice elsewhere use this; it is the same arithmetic as :meth:`predict_voice`."""
+        if not self.adapts:
+            raise ValueError("this checkpoint does not adapt to a voice")
+        voice = None if voice_stats is None or not len(voice_stats) else self.model.voice_offsets(voice_stats)
+        x = torch.as_tensor(np.asarray(stats, np.float32), device=self.device)
+        logits = self.model.logits_from_statistics(x, voice)["emotion"]
+        return [self._calibrated("emotion", row) for row in logits]
+
+    def _calibrated(self, head: str, logits: torch.Tensor) -> dict[str, float]:
+        z = logits.double().cpu()
+        if head == "emotion":
+            z = z / self.temperature + self.class_bias
+        p = torch.softmax(z, dim=-1).numpy()
+        return {label: float(v) for label, v in zip(self.heads[head], p)}
+
+    def predict_voice(self, audios: list, profile: VoiceProfile | None = None, speech: list | None = None,
+                      alpha: float | None = None, require_speech: bool = False, keep_power: bool = False,
+                      max_duration_s: float = MAX_DURATION_S, batch_size: int = 16) -> list[Prediction]:
+        """Clips of one voice, each adapted to all of them (and to ``profile``'s earlier clips, when given;
+        the profile then holds these clips too). Each result's :attr:`Prediction.voice_clips` says how many
+        clips its adaptation rests on; a model that does not adapt reads each clip on its own (0).
+
+        The encoder runs once per clip: the clips are analysed, their statistics join the profile, and each
+        clip's probabilities are recomputed from its statistics relative to the voice."""
+        preds: list[Prediction] = []
+        for start in range(0, len(audios), batch_size):
+            part = slice(start, start + batch_size)
+            preds += self.predict_batch(audios[part], alpha=alpha, require_speech=require_speech,
+                                        speech=None if speech is None else speech[part], keep_power=keep_power,
+                                        max_duration_s=max_duration_s)
+        if not self.adapts or not preds:
+            return preds
+        profile = profile if profile is not None else VoiceProfile()
+        for p in preds:
+            profile.add(p.statistics[None], self.voice_layout, key=p.extra.get("digest"))
+        self.readapt(preds, profile)
+        return preds
+
+    @torch.inference_mode()
+    def readapt(self, preds: list[Prediction], profile: VoiceProfile) -> None:
+        """Recompute each prediction's emotion probabilities relative to ``profile``'s voice, in place."""
+        voice = self.voice_of(profile)
+        if voice is None:
+            return
+        x = torch.as_tensor(np.stack([p.statistics for p in preds]), device=self.device)
+        logits = self.model.logits_from_statistics(x, voice)["emotion"]
+        for p, row in zip(preds, logits):
+            p.probabilities["emotion"] = self._calibrated("emotion", row)
+            p.voice_clips = profile.n_clips
 
     @classmethod
     def from_checkpoint(cls, path, device=None) -> "Predictor":
@@ -201,15 +289,17 @@ class Predictor:
     @torch.inference_mode()
     def predict_batch(self, audios: list, alpha: float | None = None, require_speech: bool = False,
                       speech: list[np.ndarray] | None = None, keep_power: bool = False,
-                      max_duration_s: float = MAX_DURATION_S) -> list[Prediction]:
+                      max_duration_s: float = MAX_DURATION_S, voice: VoiceProfile | None = None) -> list[Prediction]:
         """Analyse several clips in one padded batch; each result is as if analysed alone.
 
         ``speech``: each clip's speech mask on the log-mel grid, when the caller already has it (the
         detector then does not run again). With ``alpha`` each result also carries the VTLP-warped
         log-mel; with ``keep_power`` its power spectrum. With ``require_speech`` a clip with less than
-        :data:`MIN_TOTAL_SPEECH_S` of detected speech raises :class:`NoSpeechError`.
+        :data:`MIN_TOTAL_SPEECH_S` of detected speech raises :class:`NoSpeechError`. With ``voice`` (a
+        :class:`VoiceProfile`) each clip is read relative to that voice (the clips are not added to it).
         """
         waves = [self.load(a, max_duration_s) for a in audios]
+        adapt = self.voice_of(voice)
         masks = self.speech_masks(waves) if speech is None else [np.asarray(m, dtype=bool) for m in speech]
         if require_speech:
             for m in masks:
@@ -226,22 +316,24 @@ class Predictor:
             m = torch.as_tensor(m[: n_frames_all[i]])
             sp[i, : len(m)] = m
         power = self.frontend.logmel.power(batch.float(), lengths) if (keep_power or alpha is not None) else None
-        fwd = run_model(self.model, self.frontend, batch, lengths, sp.to(self.device), power=power)
+        fwd = run_model(self.model, self.frontend, batch, lengths, sp.to(self.device), power=power, voice=adapt)
         warped = None
         if alpha is not None:
             frames = self.frontend.logmel.frame_lengths(lengths)
             warped_power = power if alpha == 1.0 else warp_power(power, alpha, self.features.sample_rate, F_HI_HZ)
             warped = self.frontend.logmel.mel(warped_power, frames)
-        return [self._result(fwd, i, waves[i], masks[i], alpha, warped, power if keep_power else None)
-                for i in range(len(waves))]
+        results = [self._result(fwd, i, waves[i], masks[i], alpha, warped, power if keep_power else None)
+                   for i in range(len(waves))]
+        for r, w in zip(results, waves):
+            if r.statistics is not None:
+                r.extra["digest"] = hashlib.sha256(np.ascontiguousarray(w, dtype=np.float32).tobytes()).hexdigest()
+            if adapt is not None:
+                r.voice_clips = voice.n_clips
+        return results
 
     def _result(self, fwd: Forward, i: int, wave, mask, alpha, warped, power) -> Prediction:
         out = fwd.out
-        probs = {}
-        for head, logits in out.logits.items():
-            scale = self.temperature if head == "emotion" else 1.0
-            p = torch.softmax(logits[i].float() / scale, dim=-1).cpu().numpy()
-            probs[head] = {label: float(v) for label, v in zip(self.heads[head], p)}
+        probs = {head: self._calibrated(head, logits[i]) for head, logits in out.logits.items()}
         n_frames = int(fwd.enc.frames[i])
         n_att = int(out.attention_lengths[i])
         att = out.attention[i, :n_att].float().cpu().numpy()
@@ -259,7 +351,8 @@ class Predictor:
             alpha=1.0 if alpha is None else float(alpha),
             logmel_warped=None if warped is None else warped[i, :, :n_frames].float().cpu().numpy(),
             checkpoint=self.name, speech=np.asarray(mask[:n_frames], dtype=bool),
-            power=None if power is None else power[i:i + 1, :, :n_frames].cpu())
+            power=None if power is None else power[i:i + 1, :, :n_frames].cpu(),
+            statistics=None if out.statistics is None else out.statistics[i].float().cpu().numpy())
 
     def predict(self, audio, alpha: float | None = 1.0, require_speech: bool = True, keep_power: bool = False,
                 max_duration_s: float = MAX_DURATION_S) -> Prediction:

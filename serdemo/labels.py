@@ -16,6 +16,8 @@ RAVDESS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "ang
            "07": "disgust", "08": "surprise"}
 NEMO = {"anger": "angry", "fear": "fear", "happiness": "happy", "neutral": "neutral", "sadness": "sad",
         "surprised": "surprise"}
+EMOVO = {"dis": "disgust", "gio": "happy", "neu": "neutral", "pau": "fear", "rab": "angry", "sor": "surprise",
+         "tri": "sad"}
 CREMAD = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
 TESS = {"angry": "angry", "disgust": "disgust", "fear": "fear", "happy": "happy", "neutral": "neutral",
         "ps": "surprise", "pleasant_surprise": "surprise", "pleasant_surprised": "surprise",

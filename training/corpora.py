@@ -213,6 +213,35 @@ def scan_nemo(root) -> CorpusScan:
     return scan
 
 
+# ---------------------------------------------------------------- EMOVO
+EMOVO_NAME = re.compile(r"^(?P<emo>[a-z]{3})-(?P<spk>[fm]\d)-(?P<text>[a-z]\d)$")
+
+
+def scan_emovo(root) -> CorpusScan:
+    """EMOVO (Italian; Costantini et al., LREC 2014): ``SS/EEE-SS-TT.wav|flac``, e.g. ``f1/dis-f1-b1.wav``
+    (speaker f1-f3 female, m1-m3 male; emotion code; sentence). The speaker folder, when there is one, must
+    agree with the name."""
+    root = _require_dir(root, "emovo")
+    scan = CorpusScan("emovo", str(root))
+    for path in _audio_files(root):
+        m = EMOVO_NAME.match(path.stem.lower())
+        if not m:
+            scan.problems.append((str(path), "name does not follow EEE-SS-TT (e.g. dis-f1-b1)"))
+            continue
+        emo = L.EMOVO.get(m["emo"])
+        if emo is None:
+            scan.problems.append((str(path), f"unknown emotion code {m['emo']!r}"))
+            continue
+        spk = m["spk"]
+        folder = path.parent.name.lower()
+        if re.fullmatch(r"[fm]\d", folder) and folder != spk:
+            scan.problems.append((str(path), f"speaker {spk} in the name but folder {path.parent.name}"))
+            continue
+        gender = "female" if spk[0] == "f" else "male"
+        scan.utterances.append(Utterance(str(path), emo, f"emovo:{spk}", "emovo", gender))
+    return scan
+
+
 # ---------------------------------------------------------------- CREMA-D
 CREMAD_NAME = re.compile(r"^(?P<spk>\d{4})_(?P<text>[A-Z]{3})_(?P<emo>[A-Z]{3})_(?P<lvl>[A-Z]{2})$")
 
@@ -401,7 +430,7 @@ def scan_manifest(csv_path, corpus: str | None = None) -> CorpusScan:
 
 
 ADAPTERS: dict[str, Callable[..., CorpusScan]] = {
-    "emodb": scan_emodb, "ravdess": scan_ravdess, "nemo": scan_nemo, "cremad": scan_cremad, "tess": scan_tess,
+    "emodb": scan_emodb, "ravdess": scan_ravdess, "nemo": scan_nemo, "emovo": scan_emovo, "cremad": scan_cremad, "tess": scan_tess,
     "savee": scan_savee, "iemocap": scan_iemocap, "folders": scan_folders, "manifest": scan_manifest,
 }
 
@@ -461,6 +490,9 @@ LICENCES: dict[str, str] = {
                "non-commercial use, attribution and share-alike",
     "nemo": "CC BY-NC-SA 4.0 (inherited from nEMO): non-commercial use, attribution and share-alike; "
             "cite Christop, \"nEMO: Dataset of Emotional Speech in Polish\", LREC-COLING 2024",
+    "emovo": "EMOVO (Costantini et al., LREC 2014): no licence stated by the copy used; research use with "
+             "attribution, treated as non-commercial: cite Costantini et al., \"EMOVO Corpus: an Italian Emotional "
+             "Speech Database\", LREC 2014",
     "cremad": "ODbL 1.0 for the database, DbCL 1.0 for its contents (CREMA-D, Cao et al. 2014): "
               "attribution and share-alike",
     "tess": "TESS (Dupuis & Pichora-Fuller, University of Toronto): see the corpus's own licence",

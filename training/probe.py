@@ -28,6 +28,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from serdemo.models.encoder import speech_statistics
 from serdemo.models.probe import LinearProbe, checked_classifier
+from serdemo.voice import NormStats, VoiceRule, class_offsets, speaker_offsets
 from serdemo.whisper import D_MODEL
 
 C_GRID = (0.01, 0.03, 0.1)  # logistic regression's inverse regularisation; an LDA's grid is its shrinkage
@@ -52,6 +53,35 @@ def statistics(items: list[tuple[np.ndarray, np.ndarray]], layers: list[int], fr
 def fit_options(named: dict) -> dict:
     """The fit-time options a screen variant or a recipe's hparams name (the others keep their defaults)."""
     return {k: named[k] for k in ("pool", "nap", "balance", "classifier") if k in named}
+
+
+VOICE_TRAIN = ("mean", "aware")  # a training speaker's voice: its mean, or the mean its emotions do not explain
+
+
+def voice_rule(hparams: dict) -> VoiceRule:
+    """The recipe's voice adaptation (``voice``, ``voice_tau``, ``voice_posterior``), checked."""
+    return VoiceRule(hparams.get("voice", "none"), hparams.get("voice_tau", 3.0), hparams.get("voice_posterior", False))
+
+
+def voice_normalise(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, n_classes: int, rule: VoiceRule,
+                    train: str = "mean") -> tuple[np.ndarray, NormStats]:
+    """Training clips' statistics relative to their own speaker's voice (:mod:`serdemo.voice`), and what the
+    model keeps of the training voices. Clips whose speaker is ``""`` or unknown (the app's store) are read
+    relative to the training voices' mean only: one shared name is not one voice."""
+    if train not in VOICE_TRAIN:
+        raise ValueError(f"voice_train must be one of {', '.join(VOICE_TRAIN)}, not {train!r}")
+    x = np.asarray(x, np.float64)
+    speakers = np.asarray(speakers)
+    known = np.array([s != "" and not s.endswith(":unknown") for s in speakers], dtype=bool)
+    global_mean = x[known].mean(0) if known.any() else x.mean(0)
+    xa = x - global_mean
+    typical = np.ones(x.shape[1])
+    if known.any():
+        off, scale, typical = speaker_offsets(x[known], speakers[known], global_mean,
+                                              y[known] if train == "aware" else None, n_classes,
+                                              rule.mode == "meanvar")
+        xa[known] = (xa[known] - off) / scale
+    return xa, NormStats(global_mean, typical, class_offsets(xa, np.asarray(y), n_classes))
 
 
 def default_grid(classifier: str = "logistic") -> tuple[float, ...]:
@@ -160,10 +190,19 @@ def fit_probe(x_train, y_train, x_dev, y_dev, n_classes: int, c_grid=None, seed:
 
 
 def to_model(clf, mean, std, classes: list[str], n_layers: int, layers: list[int],
-             frame_norm: bool = False) -> LinearProbe:
-    """The fitted classifier as a :class:`LinearProbe` (classes the training data lacked get -1e4 bias)."""
-    model = LinearProbe(0, {"emotion": len(classes)}, n_layers=n_layers, layers=layers, frame_norm=frame_norm)
+             frame_norm: bool = False, rule: VoiceRule | None = None, norm: NormStats | None = None) -> LinearProbe:
+    """The fitted classifier as a :class:`LinearProbe` (classes the training data lacked get -1e4 bias);
+    with ``rule`` and ``norm`` (:func:`voice_normalise`), a probe that adapts to voices."""
+    rule = rule or VoiceRule()
+    model = LinearProbe(0, {"emotion": len(classes)}, n_layers=n_layers, layers=layers, frame_norm=frame_norm,
+                        voice=rule.mode, voice_tau=rule.tau, voice_posterior=rule.posterior)
     with torch.no_grad():
+        if model.adapts:
+            if norm is None:
+                raise ValueError("a probe that adapts to voices needs the training voices' statistics")
+            model.voice_mean.copy_(torch.as_tensor(norm.global_mean, dtype=torch.float64))
+            model.voice_var.copy_(torch.as_tensor(norm.global_var, dtype=torch.float64))
+            model.class_offsets.copy_(torch.as_tensor(norm.class_off, dtype=torch.float64))
         model.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         model.std.copy_(torch.as_tensor(std, dtype=torch.float32))
         w = torch.zeros(len(classes), len(mean))

@@ -24,6 +24,7 @@ class ModelOutput:
     attention: torch.Tensor
     attention_lengths: torch.Tensor
     frame_rate_hz: float
+    statistics: torch.Tensor | None = None  # (batch, dim): a voice-adapting model's raw per-clip statistics
 
 
 class InputNorm(nn.Module):

@@ -8,12 +8,18 @@ Whisper's residual stream carries a few dimensions hundreds of times larger than
 follows the voice and the recording more than the emotion; normalising each frame keeps them from
 dominating the statistics (chosen on dev folds; ``training/configs/default.yaml`` says by how much).
 
+``voice`` (``"mean"`` / ``"meanvar"``; ``"none"`` by default and for every older card): voice adaptation
+(:mod:`serdemo.voice`). The model was trained on statistics centred on each training speaker's voice; a
+clip is read relative to the voice offset estimated from unlabelled clips of its voice (``forward(...,
+voice=(offset, scale))``, from :meth:`LinearProbe.voice_offsets`), or as it is when none is given.
+
 It has no attention of its own: every speech frame counts the same, so the weights it reports are
 uniform over speech (and exactly that is what the app shows for it).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -21,6 +27,7 @@ from serdemo.encoding import MODEL_FRAME_RATE_HZ
 from serdemo.features import length_mask
 from serdemo.models.base import ModelOutput
 from serdemo.models.encoder import checked_frame_norm, speech_or_all, speech_statistics
+from serdemo.voice import NormStats, VoiceRule, adapt_offsets
 from serdemo.whisper import D_MODEL, N_LAYERS
 
 
@@ -38,7 +45,8 @@ class LinearProbe(nn.Module):
     input_kind = "encoder"
 
     def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int = N_LAYERS, layers: list | None = None,
-                 frame_norm: bool = False, classifier: str = "logistic", **_ignored):
+                 frame_norm: bool = False, classifier: str = "logistic", voice: str = "none",
+                 voice_tau: float = 3.0, voice_posterior: bool = False, **_ignored):
         super().__init__()
         checked_classifier(classifier)  # fitted in training.probe; checked here, before any statistics are read
         self.head_sizes = dict(heads)
@@ -51,17 +59,60 @@ class LinearProbe(nn.Module):
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
         self.heads = nn.ModuleDict({name: nn.Linear(dim, n) for name, n in heads.items()})
+        self.voice_rule = VoiceRule(voice, voice_tau, voice_posterior)
+        if self.adapts:  # what training learnt of voices (serdemo.voice.NormStats), stored with the weights
+            self.register_buffer("voice_mean", torch.zeros(dim, dtype=torch.float64))
+            self.register_buffer("voice_var", torch.ones(dim, dtype=torch.float64))
+            self.register_buffer("class_offsets", torch.zeros(heads["emotion"], dim, dtype=torch.float64))
 
-    def features(self, states: torch.Tensor, lengths: torch.Tensor, speech: torch.Tensor | None) -> torch.Tensor:
-        """The standardised statistics the linear heads read ``(batch, dim)``."""
+    @property
+    def adapts(self) -> bool:
+        """Whether this probe was trained to read clips relative to their voice."""
+        return self.voice_rule.mode != "none"
+
+    def raw_statistics(self, states: torch.Tensor, lengths: torch.Tensor, speech: torch.Tensor | None) -> torch.Tensor:
+        """Per-layer mean and std over speech, before any normalisation ``(batch, dim)``."""
         real = length_mask(lengths, states.shape[2])
-        stats = speech_statistics(states[:, self.layers].float(), speech_or_all(speech, real), self.frame_norm)
-        return (stats - self.mean) / self.std
+        return speech_statistics(states[:, self.layers].float(), speech_or_all(speech, real), self.frame_norm)
 
-    def forward(self, states, lengths, speech=None) -> ModelOutput:
+    def standardised(self, stats: torch.Tensor, voice=None) -> torch.Tensor:
+        """Raw statistics -> what the linear heads read: relative to the voice (``voice = (offset, scale)``,
+        or the training voices' mean when None) for an adapting probe, then standardised (float64 inside)."""
+        x = stats.double()
+        if self.adapts:
+            x = x - self.voice_mean
+            if voice is not None:
+                off, scale = (torch.as_tensor(v, dtype=torch.float64, device=x.device) for v in voice)
+                x = (x - off) / scale
+        return ((x - self.mean.double()) / self.std.double()).float()
+
+    def features(self, states: torch.Tensor, lengths: torch.Tensor, speech: torch.Tensor | None, voice=None) -> torch.Tensor:
+        """The standardised statistics the linear heads read ``(batch, dim)``."""
+        return self.standardised(self.raw_statistics(states, lengths, speech), voice)
+
+    def logits_from_statistics(self, stats: torch.Tensor, voice=None) -> dict[str, torch.Tensor]:
+        z = self.standardised(stats, voice)
+        return {name: head(z) for name, head in self.heads.items()}
+
+    def norm_stats(self) -> NormStats:
+        return NormStats(self.voice_mean.cpu().numpy(), self.voice_var.cpu().numpy(),
+                         self.class_offsets.cpu().numpy())
+
+    @torch.no_grad()
+    def voice_offsets(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A voice's ``(offset, scale)`` from the raw statistics of its unlabelled clips ``(k, dim)``."""
+        if not self.adapts:
+            raise ValueError("this model does not adapt to a voice (it was trained without voice normalisation)")
+        head = self.heads["emotion"]
+        w = head.weight.detach().double().cpu().numpy()
+        b = head.bias.detach().double().cpu().numpy()
+        mean, std = self.mean.double().cpu().numpy(), self.std.double().cpu().numpy()
+        return adapt_offsets(clips, self.norm_stats(), self.voice_rule, lambda xa: ((xa - mean) / std) @ w.T + b)
+
+    def forward(self, states, lengths, speech=None, voice=None) -> ModelOutput:
         real = length_mask(lengths, states.shape[2])
         mask = speech_or_all(speech, real)
-        z = self.features(states, lengths, speech)
-        logits = {name: head(z) for name, head in self.heads.items()}
+        stats = self.raw_statistics(states, lengths, speech)
+        logits = self.logits_from_statistics(stats, voice)
         weights = mask.float() / mask.float().sum(dim=1, keepdim=True).clamp_min(1.0)
-        return ModelOutput(logits, weights, lengths, MODEL_FRAME_RATE_HZ)
+        return ModelOutput(logits, weights, lengths, MODEL_FRAME_RATE_HZ, statistics=stats if self.adapts else None)

@@ -1,0 +1,338 @@
+"""Voice adaptation, screened and measured on the probe's per-clip statistics.
+
+``python -m training.voice --json .cache/voice.jsonl`` reads every clip's statistics (the probe's: states
+2-4, each frame layer-normalised, mean and std over speech) from the encoder cache once, then, with nothing
+but numpy and scikit-learn:
+
+- **screens** how to normalise a voice (the variants in :data:`VARIANTS`), nested: for every outer fold
+  (each corpus held out in turn; each of four speaker folds in turn) the variant is chosen on inner folds of
+  the remaining speakers only (leave-one-corpus-out among the training corpora), then fitted on all of them
+  and scored on the outer fold, so each outer figure is held out from the choice;
+- **measures** each outer fold with K unlabelled clips per test speaker: none (clip by clip), 3, 10 and all,
+  drawn at random (three draws), and with a skewed draw (80 % of the K = 10 clips of one emotion, as a real
+  speaker's recordings are);
+- **calibrates** inside the same nesting: a temperature and per-class biases fitted on the inner held-out
+  corpora's logits (float64, exactly what is served), ECE on the outer fold.
+
+Every finished outer fold is appended to the JSON-lines file, so a killed run keeps what it finished.
+The adaptation itself is :mod:`serdemo.voice` (the same arithmetic the shipped model runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.metrics import balanced_accuracy_score
+
+from serdemo.voice import NormStats, VoiceRule, adapt_offsets, class_offsets, normalise, speaker_offsets
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CORPORA = ["emodb=../shared/data/emodb", "ravdess=../shared/data/ravdess", "nemo=../shared/data/nemo",
+                   "emovo=../shared/data/emovo"]
+LAYERS = [2, 3, 4]
+
+# What the screen chooses among. ``train``: how each training speaker is normalised by its own clips
+# ("none": not at all, as shipped before; "mean": its mean; "meanvar": mean and variance; "aware": the mean
+# of what its emotions do not explain, from the labels). ``tau``: shrinkage of a test voice's estimate
+# towards the training voices' by clip count (n / (n + tau) of the way). ``posterior``: a test voice's
+# estimate discounts each clip's predicted emotion (iterated); otherwise its plain mean.
+VARIANTS = [
+    {"name": "none", "train": "none", "tau": 0.0, "posterior": False},
+    {"name": "mean tau0", "train": "mean", "tau": 0.0, "posterior": False},
+    {"name": "mean tau3", "train": "mean", "tau": 3.0, "posterior": False},
+    {"name": "mean tau10", "train": "mean", "tau": 10.0, "posterior": False},
+    {"name": "meanvar tau3", "train": "meanvar", "tau": 3.0, "posterior": False},
+    {"name": "aware tau3 post", "train": "aware", "tau": 3.0, "posterior": True},
+    {"name": "aware tau10 post", "train": "aware", "tau": 10.0, "posterior": True},
+    {"name": "mean tau3 post", "train": "mean", "tau": 3.0, "posterior": True},
+]
+DRAWS = ("none", "3", "10", "all", "skew10")
+SHRINKAGE = 0.8
+
+
+@dataclass
+class Table:
+    x: np.ndarray  # (n, dim) float32 raw statistics
+    y: np.ndarray  # (n,) class index
+    speaker: np.ndarray
+    corpus: np.ndarray
+    classes: list
+
+
+def stats_table(specs: list[str], label_set: str = "ekman7", out: Path | None = None) -> Table:
+    """Every clip's probe statistics (from the encoder cache; what is missing is encoded), cached in ``out``."""
+    if out is not None and out.is_file():
+        z = np.load(out, allow_pickle=False)
+        return Table(z["x"], z["y"], z["speaker"], z["corpus"], list(z["classes"]))
+    from serdemo.labels import get_label_set
+    from training.data import WaveCache, build_examples, load_corpora
+    from training.encoded import EncodedCache, wave_digest
+    from training.probe import statistics
+
+    ls = get_label_set(label_set)
+    utts, _ = load_corpora(specs)
+    examples, _ = build_examples(utts, ls, [])
+    waves, cache = WaveCache(), EncodedCache()
+    rows = []
+    for i, e in enumerate(examples):
+        w = waves.get(e.utt.path)
+        d = wave_digest(w)
+        item = cache.lookup(d)
+        if item is None:
+            cache.fill([w], [waves.speech(e.utt.path)], digests=[d])
+            item = cache.lookup(d)
+        rows.append(statistics([item], LAYERS, frame_norm=True)[0])
+        cache.memory.clear()
+        waves.memory.clear()
+        if i % 500 == 0:
+            print(f"\rstatistics {i}/{len(examples)}", end="", file=sys.stderr)
+    t = Table(np.stack(rows).astype(np.float32), np.array([e.targets["emotion"] for e in examples]),
+              np.array([e.utt.speaker for e in examples]), np.array([e.utt.corpus for e in examples]),
+              list(ls.classes))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(out, x=t.x, y=t.y, speaker=t.speaker, corpus=t.corpus, classes=np.array(t.classes))
+    return t
+
+
+class Probe:
+    """One variant fitted: training speakers normalised by ``variant['train']``, standardised, an LDA."""
+
+    def __init__(self, variant: dict, shrinkage: float = SHRINKAGE):
+        self.v, self.shrinkage = variant, shrinkage
+
+    def fit(self, x, y, speaker, n_classes: int):
+        v = self.v
+        self.global_mean = x.mean(0).astype(np.float64)
+        if v["train"] == "none":
+            xa = x.astype(np.float64)
+            self.rule = VoiceRule("none", 0.0, False)
+            self.ns = NormStats(self.global_mean, np.ones_like(self.global_mean), np.zeros((n_classes, x.shape[1])))
+        else:
+            aware = v["train"] == "aware"
+            var = v["train"] == "meanvar"
+            off, scale, typical = speaker_offsets(x, speaker, self.global_mean, y if aware else None, n_classes, var)
+            xa = (x - self.global_mean - off) / scale
+            self.rule = VoiceRule("meanvar" if var else "mean", float(v["tau"]), bool(v["posterior"]))
+            self.ns = NormStats(self.global_mean, typical, class_offsets(xa, y, n_classes))
+        self.mean, self.std = xa.mean(0), xa.std(0) + 1e-5
+        z = (xa - self.mean) / self.std
+        present = np.unique(y)
+        self.clf = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=self.shrinkage,
+                                              priors=np.full(len(present), 1 / len(present)))
+        self.clf.fit(z, y)
+        self.n_classes = n_classes
+        w = np.zeros((n_classes, x.shape[1]))
+        b = np.full(n_classes, -1e4)
+        w[self.clf.classes_] = self.clf.coef_
+        b[self.clf.classes_] = self.clf.intercept_
+        self.w, self.b = w, b
+        return self
+
+    def logits_fn(self):
+        def f(xa):
+            return ((xa - self.mean) / self.std) @ self.w.T + self.b
+        return f
+
+    def logits(self, x, voice_sets: list[np.ndarray] | None) -> np.ndarray:
+        """``x (n, dim)`` raw statistics; ``voice_sets[i]``: the raw statistics clip i adapts to (None: none)."""
+        out = np.zeros((len(x), self.n_classes))
+        if voice_sets is None or self.rule.mode == "none":
+            return self.logits_fn()(normalise(x, self.ns, np.zeros(x.shape[1]), np.ones(x.shape[1])))
+        # clips sharing one voice set share one estimate
+        groups: dict[int, list[int]] = {}
+        keyed = {}
+        for i, vs in enumerate(voice_sets):
+            k = id(vs)
+            keyed[k] = vs
+            groups.setdefault(k, []).append(i)
+        for k, idx in groups.items():
+            vs = keyed[k]
+            off, scale = adapt_offsets(vs, self.ns, self.rule, self.logits_fn())
+            out[idx] = self.logits_fn()(normalise(x[idx], self.ns, off, scale))
+        return out
+
+
+def draws(t: Table, test: np.ndarray, rng: np.random.Generator, kind: str) -> list[np.ndarray] | None:
+    """Each test clip's adaptation set under ``kind`` (one set per speaker, shared by its clips)."""
+    if kind == "none":
+        return None
+    sets: list = [None] * len(t.x)
+    for spk in np.unique(t.speaker[test]):
+        idx = test[t.speaker[test] == spk]
+        if kind == "all":
+            pick = idx
+        elif kind.startswith("skew"):
+            k = int(kind[4:])
+            emos = np.unique(t.y[idx])
+            main = rng.choice(emos)
+            same, other = idx[t.y[idx] == main], idx[t.y[idx] != main]
+            n_main = min(len(same), int(round(0.8 * k)))
+            pick = np.concatenate([rng.choice(same, n_main, replace=False),
+                                   rng.choice(other, min(len(other), k - n_main), replace=False)])
+        else:
+            pick = rng.choice(idx, min(len(idx), int(kind)), replace=False)
+        vs = t.x[pick]
+        for i in idx:
+            sets[i] = vs
+    return [sets[i] for i in test]
+
+
+def ua(y, logits) -> float:
+    return float(balanced_accuracy_score(y, logits.argmax(1)))
+
+
+def score_task(t: Table, train: np.ndarray, test: np.ndarray, variant: dict, kinds=DRAWS, seeds=(0, 1, 2)):
+    """UA on ``test`` per draw kind (mean over seeds for the random ones) and the logits of each kind."""
+    probe = Probe(variant).fit(t.x[train], t.y[train], t.speaker[train], len(t.classes))
+    res, logits = {}, {}
+    for kind in kinds:
+        runs = [0] if kind in ("none", "all") else list(seeds)
+        uas, lg = [], None
+        for s in runs:
+            rng = np.random.default_rng(1000 + s)
+            lg = probe.logits(t.x[test], draws(t, test, rng, kind))
+            uas.append(ua(t.y[test], lg))
+        res[kind] = float(np.mean(uas))
+        logits[kind] = lg
+    return res, logits, probe
+
+
+def selection_score(res: dict) -> float:
+    """What the inner screen maximises: clip by clip, 10 random clips, 10 skewed clips and all clips alike."""
+    return float(np.mean([res["none"], res["10"], res["skew10"], res["all"]]))
+
+
+def inner_tasks(t: Table, pool: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Leave-one-corpus-out among the corpora of ``pool`` (indices)."""
+    corpora = np.unique(t.corpus[pool])
+    return [(pool[t.corpus[pool] != c], pool[t.corpus[pool] == c]) for c in corpora]
+
+
+def fit_calibration(logits: np.ndarray, y: np.ndarray, bias: bool = True) -> tuple[float, np.ndarray]:
+    """Temperature and per-class bias minimising the NLL of ``softmax(logits / T + b)`` (float64)."""
+    from scipy.optimize import minimize
+
+    logits = np.asarray(logits, np.float64)
+    n_c = logits.shape[1]
+
+    def nll(p):
+        t = np.exp(p[0])
+        b = np.concatenate([[0.0], p[1:]]) if bias else np.zeros(n_c)
+        z = logits / t + b
+        z = z - z.max(1, keepdims=True)
+        lse = np.log(np.exp(z).sum(1))
+        return float(np.mean(lse - z[np.arange(len(y)), y]))
+
+    p0 = np.zeros(n_c if bias else 1)
+    p0[0] = np.log(max(1e-3, np.std(logits)))
+    r = minimize(nll, p0, method="L-BFGS-B")
+    t = float(np.exp(r.x[0]))
+    b = np.concatenate([[0.0], r.x[1:]]) if bias else np.zeros(n_c)
+    return t, b
+
+
+def calibrated(logits, t, b):
+    z = np.asarray(logits, np.float64) / t + b
+    z = z - z.max(1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(1, keepdims=True)
+
+
+def ece(probs, y, n_bins=10) -> float:
+    conf, pred = probs.max(1), probs.argmax(1)
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    return float(sum(abs((pred[bins == k] == y[bins == k]).mean() - conf[bins == k].mean()) * (bins == k).mean()
+                     for k in range(n_bins) if (bins == k).any()))
+
+
+def outer_folds(t: Table, scheme: str, n_folds: int = 4, seed: int = 0):
+    if scheme == "loco":
+        for c in np.unique(t.corpus):
+            yield c, np.flatnonzero(t.corpus != c), np.flatnonzero(t.corpus == c)
+    else:
+        spk = np.unique(t.speaker)
+        rng = np.random.default_rng(seed)
+        order = spk[rng.permutation(len(spk))]
+        for f in range(n_folds):
+            held = set(order[f::n_folds])
+            test = np.flatnonzero(np.isin(t.speaker, list(held)))
+            yield f"fold{f}", np.flatnonzero(~np.isin(t.speaker, list(held))), test
+
+
+def nested(t: Table, scheme: str, variants=VARIANTS, out: Path | None = None, only: str | None = None) -> list[dict]:
+    """For each outer fold: every variant scored on inner folds (no outer speaker), the best chosen, fitted on
+    the outer training part and scored there; calibration fitted on the inner held-out corpora."""
+    results = []
+    for name, train, test in outer_folds(t, scheme):
+        t0 = time.time()
+        inner = {}
+        inner_logits = {}
+        for v in variants:
+            per = []
+            for tr, te in inner_tasks(t, train):
+                r, lg, _ = score_task(t, tr, te, v, kinds=DRAWS, seeds=(0,))
+                per.append(r)
+                inner_logits.setdefault(v["name"], []).append((lg, t.y[te]))
+            inner[v["name"]] = {k: float(np.mean([p[k] for p in per])) for k in DRAWS}
+            inner[v["name"]]["score"] = selection_score(inner[v["name"]])
+        best = max(variants, key=lambda v: inner[v["name"]]["score"])
+        # calibration: on the inner held-out corpora's logits of the chosen variant, clip by clip and adapted
+        cal_l = np.concatenate([lg[k] for lg, _ in inner_logits[best["name"]] for k in ("none", "10", "all")])
+        cal_y = np.concatenate([y for _, y in inner_logits[best["name"]] for _k in ("none", "10", "all")])
+        temp, bias = fit_calibration(cal_l, cal_y)
+        temp0, _ = fit_calibration(cal_l, cal_y, bias=False)
+        res, logits, _ = score_task(t, train, test, best)
+        # every variant on the outer fold too (reported, not chosen on)
+        every = {}
+        for v in variants:
+            r, _, _ = score_task(t, train, test, v, kinds=("none", "10", "all", "skew10"), seeds=(0,))
+            every[v["name"]] = r
+        yt = t.y[test]
+        row = {"scheme": scheme, "fold": name, "chosen": best["name"], "inner": inner, "outer": res,
+               "every_variant_outer": every, "temperature": temp, "bias": bias.tolist(), "temperature_only": temp0,
+               "ece": {k: ece(calibrated(logits[k], temp, bias), yt) for k in logits},
+               "ece_temperature_only": {k: ece(calibrated(logits[k], temp0, np.zeros(len(bias))), yt) for k in logits},
+               "ece_uncalibrated": {k: ece(calibrated(logits[k], 1.0, np.zeros(len(bias))), yt) for k in logits},
+               "n_test": int(len(test)), "speakers": int(len(np.unique(t.speaker[test]))),
+               "seconds": round(time.time() - t0, 1)}
+        print(f"{scheme} {name}: chose {best['name']}; outer {json.dumps({k: round(v, 3) for k, v in res.items()})}; "
+              f"ECE none {row['ece']['none']:.3f} all {row['ece']['all']:.3f} ({row['seconds']} s)", file=sys.stderr)
+        results.append(row)
+        if out is not None:
+            with open(out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    return results
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", action="append", default=None, metavar="KIND=PATH")
+    ap.add_argument("--stats", default=".cache/voice/stats.npz", help="where the statistics table is cached")
+    ap.add_argument("--scheme", choices=["loco", "kfold", "both"], default="both")
+    ap.add_argument("--json", default=None, help="append each finished outer fold here")
+    ap.add_argument("--without", action="append", default=[], help="leave a corpus out entirely (e.g. emovo)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    t = stats_table(args.corpus or DEFAULT_CORPORA, out=Path(args.stats))
+    if args.without:
+        keep = ~np.isin(t.corpus, args.without)
+        t = Table(t.x[keep], t.y[keep], t.speaker[keep], t.corpus[keep], t.classes)
+    out = Path(args.json) if args.json else None
+    for scheme in (["loco", "kfold"] if args.scheme == "both" else [args.scheme]):
+        rows = nested(t, scheme, out=out)
+        keys = DRAWS
+        print(f"\n{scheme}: " + " ".join(f"{k} {np.mean([r['outer'][k] for r in rows]):.3f}" for k in keys))
+
+
+if __name__ == "__main__":
+    main()
