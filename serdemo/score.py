@@ -108,9 +108,9 @@ def collect(inputs: list[str], voice_by: str | None = None) -> Inputs:
     blank = ("",) * (len(columns) - 1)
     for kind, p, header in kinds:
         if kind == "file":
-            files.append((str(p), (str(p),) + blank, ""))
+            files.append((os.path.abspath(p), (str(p),) + blank, ""))
         elif kind == "folder":
-            files.extend((str(f), (str(f),) + blank, "") for f in find_audio(p))
+            files.extend((os.path.abspath(f), (str(f),) + blank, "") for f in find_audio(p))
         else:
             files.extend(_manifest_rows(p, header, position, voice_by))
     return Inputs(columns, files)
@@ -250,6 +250,11 @@ class Scorer:
             done.extend(self._row(c[0], "ok", c[3], p, 0) for c, p in zip(batch, preds))
         return done
 
+    def score_task(self, payload) -> list[dict]:
+        """:meth:`score` for a task as it travels (JSON): ``[one voice?, [[row index, path], ...]]``."""
+        voice, files = payload
+        return self.score([(int(i), str(p)) for i, p in files], bool(voice))
+
     def _score_voice(self, clips) -> list[dict]:
         """The clips of one voice, each adapted to all of them (:meth:`Predictor.predict_voice`), in batches
         sorted by length; a checkpoint that does not adapt reads them clip by clip (``voice_clips`` 0)."""
@@ -379,8 +384,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--voice-by", default=None, metavar="COLUMN",
                    help="manifest column naming the voice (e.g. speaker): clips of one voice are adapted "
                         "together; an empty value is scored clip by clip")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="worker processes, each with its own model (default: one per core)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="workers, each with its own model (default: one per core; with Ray, one per GPU of the "
+                        "cluster, else one per --threads CPUs of the cluster)")
     p.add_argument("--task-files", type=int, default=TASK_FILES,
                    help=f"files sent to a worker at once (default {TASK_FILES}); with --voice-by a voice is one task")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
@@ -399,7 +405,7 @@ def run(args, scorer: Scorer | None = None) -> int:
     """The command after parsing; raises :class:`UsageError` for what must stop it before any work."""
     from serdemo.checkpoint import CheckpointError, read_card
 
-    if min(args.workers, args.threads, args.task_files) < 1:
+    if min(1 if args.workers is None else args.workers, args.threads, args.task_files) < 1:
         raise UsageError("--workers, --threads and --task-files must be at least 1")
     if not args.max_duration > 0:
         raise UsageError("--max-duration must be positive")
@@ -424,15 +430,19 @@ def run(args, scorer: Scorer | None = None) -> int:
         print(f"note: checkpoint {Path(args.checkpoint).name} does not adapt to voices: --voice-by changes "
               "nothing (voice_clips 0)", file=sys.stderr)
     tasks = make_tasks(inputs, args.task_files)
-    scorer_args = (args.checkpoint, args.device, args.threads, args.max_duration)
+    scorer_args = (os.path.abspath(args.checkpoint), args.device, args.threads, args.max_duration)
     if args.engine == "ray":
         try:
-            from serdemo.engines import ray_score
+            import ray  # noqa: F401 - only here: the local engine needs no Ray
         except ImportError as exc:
             raise UsageError(f"--engine ray needs Ray (pip install 'ray[data]'): {exc}") from None
+        from serdemo.engines import ray_score, start_ray
+
+        start_ray(args.address)  # before the bar: a cluster that cannot be reached stops here (EngineError)
         results = ray_score(tasks, scorer_args, workers=args.workers, address=args.address)
     else:
-        results = run_local(tasks, min(args.workers, max(1, len(tasks))), scorer_args, scorer)
+        workers = args.workers or os.cpu_count() or 1
+        results = run_local(tasks, min(workers, max(1, len(tasks))), scorer_args, scorer)
     fieldnames = inputs.columns + ["label", "confidence"] + [f"p_{c}" for c in classes] + ["voice_clips", "status"]
     progress = Progress(len(inputs.files))
     counts: dict[str, int] = {}
@@ -441,6 +451,10 @@ def run(args, scorer: Scorer | None = None) -> int:
         write_csv(out, fieldnames, output_rows(inputs, classes, results, progress, counts))
     finally:
         progress.close()
+        if args.engine == "ray":
+            from serdemo.engines import stop_ray
+
+            stop_ray()
     print(f"{len(inputs.files)} files in {time.perf_counter() - t0:.1f} s ({progress.seconds / 3600:.2f} h of "
           f"audio): {counts.get('ok', 0)} ok, {counts.get('refused', 0)} refused, {counts.get('error', 0)} "
           f"errors -> {out}", file=sys.stderr)
@@ -451,6 +465,7 @@ def main(argv: list[str] | None = None, scorer: Scorer | None = None) -> int:
     from concurrent.futures.process import BrokenProcessPool
 
     from serdemo.checkpoint import CheckpointError
+    from serdemo.engines import EngineError
 
     args = parser().parse_args(argv)
     try:
@@ -458,7 +473,7 @@ def main(argv: list[str] | None = None, scorer: Scorer | None = None) -> int:
     except UsageError as exc:
         print(f"python -m serdemo.score: error: {exc}", file=sys.stderr)
         return 2
-    except (CheckpointError, BrokenProcessPool) as exc:  # a worker could not load the model: nothing written
+    except (CheckpointError, BrokenProcessPool, EngineError) as exc:  # a worker could not load the model: nothing written
         print(f"python -m serdemo.score: error: {exc or type(exc).__name__}", file=sys.stderr)
         return 2
 

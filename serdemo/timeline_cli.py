@@ -1,7 +1,12 @@
 """``python -m serdemo.timeline FILE... --out DIR`` (or ``python -m serdemo.timeline_cli``): emotion over
 time for a batch of files, CSV, JSON and a label track each, with a progress bar in seconds of audio; one
 worker process per core (and the GPU when there is one). A bad file is reported by name and skipped
-(exit status 1)."""
+(exit status 1).
+
+``--engine ray`` (``--address`` for an existing cluster) analyses the files on a Ray Data actor pool
+(:mod:`serdemo.engines`): each actor loads one Predictor (:class:`TimelineWorker`), reads its recordings
+itself (paths travel, audio does not) and returns the three exports as text, which this process writes
+into ``--out``, so only the driver needs that folder. The files are the same as the local engine's."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from pathlib import Path
 import torch
 
 from serdemo.audio import AudioError, AudioStream
+from serdemo.fsutil import atomic_write
 from serdemo.inference import Predictor
 from serdemo.timeline import HOP_S, MAX_TIMELINE_S, MIN_GAP_S, WINDOW_S, Progress, analyze
 
@@ -33,6 +39,56 @@ def _analyze_one(args, progress: Progress | None = None) -> tuple[str, dict | st
 
 
 _PREDICTORS: dict = {}  # per worker process: (checkpoint, device) -> Predictor
+
+
+class TimelineWorker:
+    """A Ray actor's side (``--engine ray``): one Predictor, loaded once; a recording in, its exports out."""
+
+    def __init__(self, checkpoint, device=None, threads: int = 1):
+        self.predictor = Predictor.from_checkpoint(checkpoint, device)
+        torch.set_num_threads(int(threads))  # after loading, as _analyze_one does
+
+    def analyze_task(self, payload) -> dict:
+        """``[path, analyze options]`` -> the three exports' texts and the report's numbers, or ``error``."""
+        path, opts = payload
+        try:
+            tl = analyze(path, self.predictor, **opts)
+        except AudioError as exc:
+            return {"error": str(exc)}
+        return {"csv": tl.csv_text(), "json": tl.json_text(), "labels": tl.label_track(),
+                "segments": len(tl.segments), "duration_s": tl.duration_s, "elapsed_s": tl.elapsed_s}
+
+
+def write_exports(folder, stem: str, texts: dict) -> dict[str, Path]:
+    """What :meth:`Timeline.export` writes (same names, atomically), from texts a worker sent."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": folder / f"{stem}.csv", "json": folder / f"{stem}.json", "labels": folder / f"{stem}.labels.txt"}
+    for key, path in paths.items():
+        data = texts[key].encode("utf-8")
+        atomic_write(path, lambda f, d=data: f.write(d))
+    return paths
+
+
+def _run_ray(work: list, args, threads: int, seconds: dict, bar) -> int:
+    """The files on a Ray actor pool; the exports written here as they come back. Returns the failures."""
+    from serdemo.engines import ray_map
+
+    checkpoint = os.path.abspath(args.checkpoint)
+    payloads = [(k, [os.path.abspath(w[0]), w[6]]) for k, w in enumerate(work)]
+    failed = 0
+    for k, res in ray_map(payloads, "serdemo.timeline_cli:TimelineWorker", (checkpoint, args.device, threads),
+                          "analyze_task", workers=args.jobs or None, threads=threads, address=args.address):
+        path, stem = work[k][0], work[k][1]
+        if "error" in res:
+            result: dict | str = res["error"]
+        else:
+            paths = write_exports(args.out, stem, res)
+            result = {"paths": {key: str(v) for key, v in paths.items()}, "segments": res["segments"],
+                      "duration_s": res["duration_s"], "elapsed_s": res["elapsed_s"]}
+        failed += isinstance(result, str)
+        bar.done(seconds[path], _message(Path(path).name, result))
+    return failed
 
 
 def _seconds(path) -> float:
@@ -105,7 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=WINDOW_S, help="window length in seconds")
     p.add_argument("--hop", type=float, default=HOP_S, help="step between windows in seconds")
     p.add_argument("--min-gap", type=float, default=MIN_GAP_S, help="shorter pauses stay inside a segment")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: worker processes on this machine (default); ray: a Ray Data actor pool (--jobs "
+                        "actors, default one per GPU of the cluster, else one per --threads CPUs)")
+    p.add_argument("--address", default=None,
+                   help="with --engine ray: an existing Ray cluster (auto, or HEAD:6379); default: a local Ray "
+                        "started for this run")
     args = p.parse_args(argv)
+    if args.address and args.engine != "ray":
+        p.error("--address needs --engine ray")
     opts = dict(max_duration_s=args.max_duration, window_s=args.window, hop_s=args.hop, min_gap_s=args.min_gap)
     cores = os.cpu_count() or 1
     jobs = max(1, min(args.jobs or cores, len(args.files)))
@@ -121,7 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     bar = _Bar(sum(seconds.values()))
     failed = 0
     try:
-        if jobs == 1:
+        if args.engine == "ray":
+            from serdemo.engines import start_ray, stop_ray
+
+            try:
+                start_ray(args.address)
+                failed = _run_ray(work, args, threads, seconds, bar)
+            finally:
+                stop_ray()
+        elif jobs == 1:
             for w in work:
                 name, result = _analyze_one(w, lambda f, _d, s=seconds[w[0]]: bar.partial(s, f))
                 failed += isinstance(result, str)

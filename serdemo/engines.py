@@ -1,0 +1,168 @@
+"""The Ray engine behind ``--engine ray`` of ``python -m serdemo.score`` and ``python -m serdemo.timeline``.
+
+Only this module imports Ray, and only when a run asks for it: the local engine needs no Ray installed.
+
+What runs where. The driver (the command) lists the inputs and cuts them into *tasks* (a few dozen file
+paths, or one voice's paths, or one recording for the timeline) exactly as the local engine does, so both
+engines run the same batches and give the same numbers. The tasks, as small JSON strings, become a Ray
+Data dataset (:func:`ray.data.from_items`, one block per task up to :data:`MAX_BLOCKS`); ``map_batches``
+sends them to a pool of actors (``concurrency=`` workers), each of which builds its worker object (a
+:class:`serdemo.score.Scorer` or :class:`serdemo.timeline_cli.TimelineWorker`: one Predictor, loaded once
+per actor) and runs task after task; the actor reads the audio files itself (paths travel, audio does
+not) and returns small JSON results, which the driver receives as they complete.
+
+Resources: one GPU per actor where the cluster has GPUs (as many actors as GPUs), else ``threads`` CPUs per
+actor (as many actors as CPUs allow). A dying actor (killed, out of memory, its node lost) is restarted by
+Ray and its task retried (``max_restarts=-1``, ``max_task_retries``); a retried task's earlier, partial
+output is discarded by Ray Data, and the driver also keeps only the first result of each task, so no file
+is lost or doubled. A file's own problem (unreadable, no speech) is its row or report line, never a task
+failure. Test hook: with ``SERDEMO_TEST_DIE_ONCE=FILE`` set and FILE present, the first actor to start a
+task deletes FILE and exits (``os._exit``), as a killed worker would.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+MAX_BLOCKS = 10_000  # more tasks than this share blocks (a block is the unit Ray Data schedules and retries)
+TASK_RETRIES = 3  # a task that kills its actor this many times more fails the run (a poison file)
+DIE_ONCE_ENV = "SERDEMO_TEST_DIE_ONCE"
+PASSED_ENV = ("HF_HUB_OFFLINE", "SERDEMO_BF16", "SERDEMO_DEVICE", "SERDEMO_MAX_TIMELINE_S", "SERDEMO_CACHE",
+              DIE_ONCE_ENV)  # the driver's settings the actors see too
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class EngineError(RuntimeError):
+    """Ray could not be started or reached (a message a person can act on)."""
+
+
+_STARTED: list = []  # the Ray this module started itself (local), to stop at the end of the command
+
+
+def start_ray(address: str | None = None):
+    """Ray, connected: the running instance if this process already called ``ray.init``, else the cluster at
+    ``address`` (``auto``, ``HOST:6379``, ``ray://HOST:10001``), else a local one on this machine's cores
+    (whose workers inherit this process's environment, so they need no runtime environment of their own)."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise EngineError(f"--engine ray needs Ray: pip install 'ray[data]' ({exc})") from None
+    if ray.is_initialized():
+        return ray
+    kwargs = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=True)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            os.environ["PYTHONPATH"] = _runtime_env()["env_vars"]["PYTHONPATH"]
+            ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+            _STARTED.append(ray)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise EngineError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {exc}") from None
+    return ray
+
+
+def stop_ray() -> None:
+    """Shut down the local Ray that :func:`start_ray` started (a cluster, or a Ray the caller started, stays)."""
+    while _STARTED:
+        _STARTED.pop().shutdown()
+
+
+def _runtime_env() -> dict:
+    """What an actor needs to import serdemo the way this driver does (the repository on every node at the
+    same path, or serdemo installed there) and the driver's serdemo settings."""
+    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    path = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
+    return {"env_vars": env}
+
+
+class _Actor:
+    """One actor of the pool: builds ``factory(*args)`` once, then calls its ``method`` on each task."""
+
+    def __init__(self, factory: str, args: tuple, method: str):
+        module, name = factory.split(":")
+        self.worker = getattr(importlib.import_module(module), name)(*args)
+        self.method = getattr(self.worker, method)
+
+    def __call__(self, batch: dict) -> dict:
+        flag = os.environ.get(DIE_ONCE_ENV)
+        if flag:
+            try:
+                os.unlink(flag)
+            except FileNotFoundError:
+                pass
+            else:
+                os._exit(1)  # noqa: SLF001 - the test hook: a worker killed mid-run
+        results = [json.dumps(self.method(json.loads(str(t)))) for t in batch["task"]]
+        return {"key": batch["key"], "result": results}
+
+
+def resources(ray, workers: int | None, threads: int) -> tuple[int, dict]:
+    """``(actors, per-actor resources)``: one GPU each where the cluster has GPUs, else ``threads`` CPUs."""
+    total = ray.cluster_resources()
+    gpus = int(total.get("GPU", 0))
+    if gpus:
+        return max(1, min(workers or gpus, gpus)), {"num_gpus": 1, "num_cpus": 1}
+    cpus = int(total.get("CPU", 1))
+    return max(1, workers or cpus // max(1, threads)), {"num_cpus": threads}
+
+
+def ray_map(tasks: Iterable[tuple[int, object]], factory: str, args: tuple, method: str, *,
+            workers: int | None = None, threads: int = 1, address: str | None = None) -> Iterator[tuple[int, object]]:
+    """Run ``factory(*args).method(payload)`` for every ``(key, payload)`` on a Ray Data actor pool; yield
+    ``(key, result)`` as tasks complete, each key once. Payloads and results must be JSON-able."""
+    ray = start_ray(address)
+    from ray.data import ActorPoolStrategy, DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # the command draws its own (files, hours of audio, ETA)
+    ctx.print_on_execution_start = False
+    ctx.verbose_stats_logs = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    items = [{"key": int(k), "task": json.dumps(p)} for k, p in tasks]
+    if not items:
+        return
+    actors, res = resources(ray, workers, threads)
+    actors = min(actors, len(items))
+
+    class Actor(_Actor):  # the arguments live in the class: no constructor arguments in the object store
+        def __init__(self):
+            super().__init__(factory, args, method)
+
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
+    with warnings.catch_warnings():  # the retry limits are ray_remote_args, deprecated from Ray 2.64 on
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = ds.map_batches(Actor, batch_size=1, batch_format="numpy", compute=ActorPoolStrategy(size=actors),
+                            runtime_env=None if _STARTED else _runtime_env(), max_restarts=-1, max_task_retries=TASK_RETRIES, **res)
+    seen: set[int] = set()
+    try:
+        for row in ds.iter_rows():
+            key = int(row["key"])
+            if key in seen:  # never a file twice, whatever a retry did
+                continue
+            seen.add(key)
+            yield key, json.loads(str(row["result"]))
+    except ray.exceptions.RayError as exc:
+        last = (str(exc).strip().splitlines() or [""])[-1][:300]
+        raise EngineError(f"the Ray job failed ({type(exc).__name__}): {last}") from None
+    if len(seen) != len(items):
+        raise EngineError(f"{len(items) - len(seen)} of {len(items)} tasks came back without a result")
+
+
+def ray_score(tasks, scorer_args: tuple, workers: int | None = None, address: str | None = None) -> Iterator[tuple[int, list[dict]]]:
+    """:func:`serdemo.score.run_local`'s results, from a Ray actor pool (one :class:`Scorer` per actor)."""
+    threads = int(scorer_args[2]) if len(scorer_args) > 2 and scorer_args[2] else 1
+    payloads = ((key, [voice, files]) for key, voice, files in tasks)
+    for key, rows in ray_map(payloads, "serdemo.score:Scorer", tuple(scorer_args), "score_task", workers=workers,
+                             threads=threads, address=address):
+        yield key, rows
+
+
+__all__ = ["EngineError", "ray_map", "ray_score", "resources", "start_ray", "stop_ray"]
