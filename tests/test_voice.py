@@ -116,3 +116,18 @@ def test_voice_profile_counts_each_clip_once_and_refuses_another_models_statisti
     for i in range(VoiceProfile.MAX_CLIPS + 5):
         p.add(np.full(4, i), "enc|[2]|True", key=f"k{i}")
     assert p.n_clips == VoiceProfile.MAX_CLIPS and p.statistics()[-1, 0] == VoiceProfile.MAX_CLIPS + 4
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_fast_shrinkage_lda_equals_scikit_learns(n_classes):
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    from training.probe import ShrinkageLDA
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, n_classes, 300)
+    x = rng.normal(0, 1, (300, 40)) + y[:, None] * rng.normal(0, 0.3, 40) + rng.normal(0, 2, 40)
+    ref = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=0.8, priors=np.full(n_classes, 1 / n_classes)).fit(x, y)
+    got = ShrinkageLDA(0.8).fit(x, y)
+    assert np.allclose(got.coef_, ref.coef_, atol=1e-8) and np.allclose(got.intercept_, ref.intercept_, atol=1e-8)
+    assert (got.predict(x) == ref.predict(x)).all()

@@ -33,8 +33,39 @@ def fit_temperature(log_probs: np.ndarray, y: np.ndarray, max_iter: int = 200) -
     return float(np.clip(log_t.exp().item(), 0.05, 20.0))
 
 
-def scale(log_probs: np.ndarray, temperature: float) -> np.ndarray:
-    return torch.softmax(torch.as_tensor(log_probs, dtype=torch.float64) / temperature, dim=1).numpy()
+def scale(log_probs: np.ndarray, temperature: float, bias=None) -> np.ndarray:
+    """``softmax(logits / T + bias)`` in float64: exactly what the Predictor serves."""
+    z = torch.as_tensor(log_probs, dtype=torch.float64) / temperature
+    if bias is not None:
+        z = z + torch.as_tensor(bias, dtype=torch.float64)
+    return torch.softmax(z, dim=1).numpy()
+
+
+def fit_temperature_bias(logits: np.ndarray, y: np.ndarray, max_iter: int = 300) -> tuple[float, list[float]]:
+    """One temperature and one bias per class (the first fixed at 0) minimising the negative log-likelihood
+    of ``softmax(logits / T + b)`` (float64). The biases correct a systematic lean towards a class that
+    held-out corpora show (a temperature alone cannot); classes absent from ``y`` keep bias 0."""
+    if len(y) == 0:
+        return 1.0, [0.0] * logits.shape[1]
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    t = torch.as_tensor(y, dtype=torch.long)
+    present = torch.zeros(z.shape[1], dtype=torch.float64)
+    present[torch.unique(t)] = 1.0
+    present[0] = 0.0
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t, b], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z / log_t.exp() + b * present, t)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    temperature = float(np.clip(log_t.exp().item(), 0.05, 20.0))
+    bias = (b * present).detach().numpy()
+    return temperature, [round(float(v), 4) for v in np.clip(bias, -50, 50)]
 
 
 def reliability(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> list[dict]:
@@ -81,10 +112,10 @@ def rescore_test(block: dict, test_log_probs: np.ndarray, test_y: np.ndarray, no
     whose dev predictions set T (a probe refitted on train + dev after T was fitted); ``note`` says so."""
     if not len(test_y):
         return block
-    t = block["temperature"]
+    t, b = block["temperature"], block.get("bias")
     return {**block, "ece_test_before": ece(scale(test_log_probs, 1.0), test_y),
-            "ece_test_after": ece(scale(test_log_probs, t), test_y),
-            "reliability": {"set": "test", "bins": reliability(scale(test_log_probs, t), test_y)}, "note": note}
+            "ece_test_after": ece(scale(test_log_probs, t, b), test_y),
+            "reliability": {"set": "test", "bins": reliability(scale(test_log_probs, t, b), test_y)}, "note": note}
 
 
 def main(argv=None) -> dict:

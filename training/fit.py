@@ -405,9 +405,15 @@ class Trainer:
     @torch.no_grad()
     def probabilities(self, examples, warp: bool = False, batch_size: int = 32) -> np.ndarray:
         """-> ``(len(examples), classes)`` emotion probabilities, in the order of ``examples``."""
+        return torch.softmax(torch.as_tensor(self.logits(examples, warp, batch_size)), -1).numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def logits(self, examples, warp: bool = False, batch_size: int = 32) -> np.ndarray:
+        """-> ``(len(examples), classes)`` emotion logits (float64), in the order of ``examples``: what
+        calibration is fitted on, exactly as the Predictor divides them."""
         self.model.eval()
         order = sorted(range(len(examples)), key=lambda i: len(self.data.wave(examples[i])))
-        preds = np.zeros((len(examples), len(self.label_set)), dtype=np.float32)
+        preds = np.zeros((len(examples), len(self.label_set)), dtype=np.float64)
         gen = torch.Generator().manual_seed(EVAL_SEED)
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
@@ -417,7 +423,7 @@ class Trainer:
             x, lens, speech = self.inputs(exs, alpha)
             with self.autocast():
                 out = self.model(x, lens, speech=speech)
-            preds[idx] = torch.softmax(out.logits["emotion"].float(), -1).cpu().numpy()
+            preds[idx] = out.logits["emotion"].double().cpu().numpy()
         return preds
 
     @torch.no_grad()
@@ -481,7 +487,7 @@ class Trainer:
         if not self.dev:
             return None
         y = lambda part: np.array([e.targets["emotion"] for e in part])
-        log_p = lambda part: np.log(np.clip(self.probabilities(part), 1e-12, 1.0))
+        log_p = self.logits  # the logits as served, unclipped (the temperature divides exactly these)
         out = calibrate(log_p(self.dev), y(self.dev), log_p(self.test) if self.test else None,
                         y(self.test) if self.test else None)
         log.info("calibration: T %.2f, dev ECE %.3f -> %.3f", out["temperature"], out["ece_dev_before"],
@@ -571,12 +577,14 @@ class Trainer:
 
     def fit_probe(self) -> dict:
         """The linear probe: no gradient steps; a linear classifier whose regularisation (a logistic
-        regression's C, an LDA's shrinkage) is chosen on dev UA."""
-        from training.probe import REGULARISATION, fit_options, fit_probe, statistics, to_model
+        regression's C, an LDA's shrinkage) is chosen on dev UA; with ``voice`` in the recipe, trained on
+        statistics relative to each training speaker's voice (:mod:`serdemo.voice`). With ``calibration:
+        corpora`` the temperature and per-class biases are fitted on held-out corpora of the training data."""
+        from training.probe import REGULARISATION, corpus_calibration, fit_voice_probe, statistics, voice_logits
 
         out = Path(self.cfg.out)
         progress = self._live_progress()
-        opts = fit_options(self.cfg.hparams)  # pool, nuisance projection, balance, classifier: chosen by the dev-only screen
+        hp = self.cfg.hparams
         grid = self.probe_grid()
         progress.epochs, progress.total_steps = 1, len(grid)
         progress.write("start", resumed=False, n_train=len(self.train), n_dev=len(self.dev), n_test=len(self.test),
@@ -588,39 +596,50 @@ class Trainer:
         x_dv = statistics(self.data.encoded(self.dev), layers, frame_norm) if self.dev else x_tr[:0]
         y_tr = np.array([e.targets["emotion"] for e in self.train])
         y_dv = np.array([e.targets["emotion"] for e in self.dev])
-        # NAP's speaker directions come from the corpora's speakers: the store's clips have none ("")
+        # speakers for NAP's directions and voice adaptation: the store's clips have none ("")
         who = {part: (np.array(["" if e.utt.corpus == STORE_CORPUS else e.utt.speaker for e in exs]),
                       np.array([e.utt.corpus for e in exs])) for part, exs in (("train", self.train), ("dev", self.dev))}
-        clf, mean, std, c, dev_ua = fit_probe(x_tr, y_tr, x_dv, y_dv, len(self.label_set),
-                                              c_grid=grid, seed=self.init_seed,
-                                              **opts, speakers=who["train"][0], corpora=who["train"][1])
         classes = list(self.label_set.classes)
-        self.model = to_model(clf, mean, std, classes, self.model.n_layers, layers, frame_norm).to(self.device)
-        knob = REGULARISATION[opts.get("classifier", "logistic")]
+        fit = lambda x, y, spk, corp, c, **dev: fit_voice_probe(
+            x, y, spk, corp, len(classes), classes, self.model.n_layers, layers, frame_norm, hp, c, self.init_seed, **dev)
+        self.model, c, dev_ua = fit(x_tr, y_tr, who["train"][0], who["train"][1], grid,
+                                    x_dev=x_dv, y_dev=y_dv, speakers_dev=who["dev"][0])
+        self.model = self.model.to(self.device)
+        knob = REGULARISATION[hp.get("classifier", "logistic")]
         self.hparams = dict(self.hparams, **{knob: c})
         self.best_epoch = 0
         self.history = [{"epoch": 1, "dev_ua": round(dev_ua, 4), knob: c, "seconds": round(time.time() - t0, 1)}]
         metrics = {"dev": self.evaluate(self.dev), "best_epoch": 1}
-        self.calibration = self.calibrate()  # on dev, by the model that has not seen it
-        if self.cfg.hparams.get("refit") and self.dev:
+        x_all, y_all = np.concatenate([x_tr, x_dv]), np.concatenate([y_tr, y_dv])
+        spk_all, corp_all = (np.concatenate([who["train"][i], who["dev"][i]]) for i in (0, 1))
+        if hp.get("calibration") == "corpora":
+            progress.phase("calibrating on held-out corpora", PROBE_FIT_S * 4 + 5)
+            self.calibration = corpus_calibration(lambda m: fit(x_all[m], y_all[m], spk_all[m], corp_all[m], c)[0],
+                                                  x_all, y_all, spk_all, corp_all)
+        else:
+            self.calibration = self.calibrate()  # on dev, by the model that has not seen it
+        if hp.get("refit") and self.dev:
             # the regularisation is chosen; the dev speakers now train too (more voices), the test speakers stay unseen
             progress.phase("refitting on train + dev speakers", PROBE_FIT_S + 5)
-            x_all, y_all = np.concatenate([x_tr, x_dv]), np.concatenate([y_tr, y_dv])
-            clf, mean, std, _, _ = fit_probe(x_all, y_all, x_dv[:0], y_dv[:0], len(self.label_set), c_grid=(c,),
-                                             seed=self.init_seed, **opts,
-                                             speakers=np.concatenate([who["train"][0], who["dev"][0]]),
-                                             corpora=np.concatenate([who["train"][1], who["dev"][1]]))
-            self.model = to_model(clf, mean, std, classes, self.model.n_layers, layers, frame_norm).to(self.device)
+            self.model = fit(x_all, y_all, spk_all, corp_all, c)[0].to(self.device)
             metrics["refit"] = (f"after choosing {knob} on dev, refitted on the training and dev speakers together; "
-                                "the dev figures and the temperature are those of the model fitted on training alone")
-            if self.calibration and self.test:  # the test ECE and bins: the shipped (refitted) model's, at dev's T
-                from training.calibration import rescore_test
+                                "the dev figures are those of the model fitted on training alone")
+        if self.calibration and self.test:  # the test ECE and bins: the shipped model's, at the fitted calibration
+            from training.calibration import rescore_test
 
-                y_te = np.array([e.targets["emotion"] for e in self.test])
-                log_p = np.log(np.clip(self.probabilities(self.test), 1e-12, 1.0))
-                self.calibration = rescore_test(
-                    self.calibration, log_p, y_te, "T fitted on the dev speakers by the model fitted on training "
-                    "alone; the test ECE and reliability bins are the refitted model's, at that T")
+            x_te = statistics(self.data.encoded(self.test), layers, frame_norm)
+            y_te = np.array([e.targets["emotion"] for e in self.test])
+            self.calibration = rescore_test(self.calibration, voice_logits(self.model, x_te, None), y_te,
+                                            "the test ECE and bins are the shipped model's, clip by clip")
+            if getattr(self.model, "adapts", False):
+                from training.calibration import ece, scale
+
+                spk_te = np.array([e.utt.speaker for e in self.test])
+                z = voice_logits(self.model, x_te, spk_te)
+                self.calibration["ece_test_adapted"] = ece(scale(z, self.calibration["temperature"],
+                                                                 self.calibration.get("bias")), y_te)
+                metrics["test_adapted"] = scores_by_group(y_te, z.argmax(1), [e.utt.corpus for e in self.test],
+                                                          classes)
         save_checkpoint(out, self.model, self.card(metrics))
         progress.step = progress.total_steps
         progress.write("epoch", float("nan"), best_epoch=1, improved=True)

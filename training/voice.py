@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-from sklearn.metrics import balanced_accuracy_score
 
 from serdemo.voice import NormStats, VoiceRule, adapt_offsets, class_offsets, normalise, speaker_offsets
+
+from training.probe import ShrinkageLDA
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ VARIANTS = [
     {"name": "mean tau10", "train": "mean", "tau": 10.0, "posterior": False},
     {"name": "meanvar tau3", "train": "meanvar", "tau": 3.0, "posterior": False},
     {"name": "aware tau3 post", "train": "aware", "tau": 3.0, "posterior": True},
-    {"name": "aware tau10 post", "train": "aware", "tau": 10.0, "posterior": True},
     {"name": "mean tau3 post", "train": "mean", "tau": 3.0, "posterior": True},
+    {"name": "mean tau10 post", "train": "mean", "tau": 10.0, "posterior": True},
 ]
 DRAWS = ("none", "3", "10", "all", "skew10")
 SHRINKAGE = 0.8
@@ -114,7 +114,7 @@ class Probe:
         v = self.v
         self.global_mean = x.mean(0).astype(np.float64)
         if v["train"] == "none":
-            xa = x.astype(np.float64)
+            xa = x.astype(np.float64) - self.global_mean
             self.rule = VoiceRule("none", 0.0, False)
             self.ns = NormStats(self.global_mean, np.ones_like(self.global_mean), np.zeros((n_classes, x.shape[1])))
         else:
@@ -126,10 +126,7 @@ class Probe:
             self.ns = NormStats(self.global_mean, typical, class_offsets(xa, y, n_classes))
         self.mean, self.std = xa.mean(0), xa.std(0) + 1e-5
         z = (xa - self.mean) / self.std
-        present = np.unique(y)
-        self.clf = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=self.shrinkage,
-                                              priors=np.full(len(present), 1 / len(present)))
-        self.clf.fit(z, y)
+        self.clf = ShrinkageLDA(self.shrinkage).fit(z, y)
         self.n_classes = n_classes
         w = np.zeros((n_classes, x.shape[1]))
         b = np.full(n_classes, -1e4)
@@ -188,12 +185,35 @@ def draws(t: Table, test: np.ndarray, rng: np.random.Generator, kind: str) -> li
 
 
 def ua(y, logits) -> float:
-    return float(balanced_accuracy_score(y, logits.argmax(1)))
+    """Mean recall over the classes present in ``y`` (predictions range over every class of the model)."""
+    pred = logits.argmax(1)
+    return float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
+
+
+_FITS: dict = {}
+
+
+def fitted(t: Table, train: np.ndarray, variant: dict) -> Probe:
+    """The variant's probe on ``train``; variants that normalise training voices alike share one fit (only
+    their rule at inference differs)."""
+    import copy
+    import hashlib
+
+    key = (variant["train"], hashlib.sha1(np.sort(train).tobytes()).hexdigest(), len(t.x))
+    if key not in _FITS:
+        if len(_FITS) > 64:
+            _FITS.clear()
+        _FITS[key] = Probe(variant).fit(t.x[train], t.y[train], t.speaker[train], len(t.classes))
+    probe = copy.copy(_FITS[key])
+    probe.v = variant
+    if variant["train"] != "none":
+        probe.rule = VoiceRule(probe.rule.mode, float(variant["tau"]), bool(variant["posterior"]))
+    return probe
 
 
 def score_task(t: Table, train: np.ndarray, test: np.ndarray, variant: dict, kinds=DRAWS, seeds=(0, 1, 2)):
     """UA on ``test`` per draw kind (mean over seeds for the random ones) and the logits of each kind."""
-    probe = Probe(variant).fit(t.x[train], t.y[train], t.speaker[train], len(t.classes))
+    probe = fitted(t, train, variant)
     res, logits = {}, {}
     for kind in kinds:
         runs = [0] if kind in ("none", "all") else list(seeds)
@@ -212,10 +232,18 @@ def selection_score(res: dict) -> float:
     return float(np.mean([res["none"], res["10"], res["skew10"], res["all"]]))
 
 
-def inner_tasks(t: Table, pool: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Leave-one-corpus-out among the corpora of ``pool`` (indices)."""
+def inner_tasks(t: Table, pool: np.ndarray, n_folds: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The dev tasks of ``pool`` (indices; no outer test speaker), as the project's screen has them: each
+    corpus of the pool held out in turn (cross-corpus dev) and three folds of the pool's speakers (k-fold
+    dev), so the choice weighs unheard corpora and unheard speakers of known corpora alike."""
     corpora = np.unique(t.corpus[pool])
-    return [(pool[t.corpus[pool] != c], pool[t.corpus[pool] == c]) for c in corpora]
+    tasks = [(pool[t.corpus[pool] != c], pool[t.corpus[pool] == c]) for c in corpora]
+    spk = np.unique(t.speaker[pool])
+    order = spk[np.random.default_rng(7).permutation(len(spk))]
+    for f in range(n_folds):
+        held = np.isin(t.speaker[pool], order[f::n_folds])
+        tasks.append((pool[~held], pool[held]))
+    return tasks
 
 
 def fit_calibration(logits: np.ndarray, y: np.ndarray, bias: bool = True) -> tuple[float, np.ndarray]:
@@ -283,8 +311,11 @@ def nested(t: Table, scheme: str, variants=VARIANTS, out: Path | None = None, on
                 r, lg, _ = score_task(t, tr, te, v, kinds=DRAWS, seeds=(0,))
                 per.append(r)
                 inner_logits.setdefault(v["name"], []).append((lg, t.y[te]))
+            n_loco = len(np.unique(t.corpus[train]))
             inner[v["name"]] = {k: float(np.mean([p[k] for p in per])) for k in DRAWS}
-            inner[v["name"]]["score"] = selection_score(inner[v["name"]])
+            cross = selection_score({k: np.mean([p[k] for p in per[:n_loco]]) for k in DRAWS})
+            within = selection_score({k: np.mean([p[k] for p in per[n_loco:]]) for k in DRAWS})
+            inner[v["name"]].update(cross_corpus=cross, k_fold=within, score=(cross + within) / 2)
         best = max(variants, key=lambda v: inner[v["name"]]["score"])
         # calibration: on the inner held-out corpora's logits of the chosen variant, clip by clip and adapted
         cal_l = np.concatenate([lg[k] for lg, _ in inner_logits[best["name"]] for k in ("none", "10", "all")])
