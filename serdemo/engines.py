@@ -26,6 +26,7 @@ import importlib
 import json
 import logging
 import os
+import socket
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -56,6 +57,8 @@ def start_ray(address: str | None = None):
     if ray.is_initialized():
         return ray
     kwargs = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=True)
+    if address:
+        check_reachable(address)
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -66,6 +69,19 @@ def start_ray(address: str | None = None):
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise EngineError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {exc}") from None
     return ray
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A ``HOST:PORT`` address must answer within ``timeout_s`` (Ray itself would retry for minutes);
+    ``auto`` and ``ray://`` addresses are left to Ray."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"no Ray cluster answers at {address} ({type(exc).__name__}); start one there with "
+                          "`ray start --head`, or leave out --address for a local Ray") from None
 
 
 def stop_ray() -> None:

@@ -68,6 +68,15 @@ def folder_of(tmp_path, clips) -> Path:
     return folder
 
 
+def test_an_address_nobody_answers_is_a_clear_error(tmp_path, clips, capsys):
+    if ray.is_initialized():
+        pytest.skip("Ray is already running in this process")
+    rc = score.main([str(clips[0]), "--out", str(tmp_path / "o.csv"), "--engine", "ray", "--address", "127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no Ray cluster answers at 127.0.0.1:1" in err and "Traceback" not in err
+    assert not ray.is_initialized() and not (tmp_path / "o.csv").exists()
+
+
 def test_ray_gives_the_local_rows(tmp_path, clips, local_ray, scorer, capsys):
     folder = folder_of(tmp_path, clips)
     local, remote = tmp_path / "local.csv", tmp_path / "ray.csv"
