@@ -116,6 +116,7 @@ class Prediction:
     start_s: float = 0.0  # where this clip starts within the recording it was cut from (predict_spans)
     db_per_unit: float = DB_PER_UNIT
     voice_clips: int = 0  # how many clips of its voice the result was adapted to (0: read on its own)
+    ood: float | None = None  # how unlike the training recordings the clip is (> 1: unusual); None: not measured
     statistics: np.ndarray | None = None  # (dim,) the clip's raw statistics, for a model that adapts to voices
 
     @property
@@ -143,6 +144,12 @@ class Prediction:
         return np.clip(np.round((self.attention_times_s - self.start_s) * rate).astype(int), 0,
                        len(self.speech) - 1)
 
+    @property
+    def unusual(self) -> bool:
+        """The clip looks unlike the recordings the model was trained on (language, acoustics or set-up):
+        its probabilities deserve less trust than the card's figures suggest."""
+        return self.ood is not None and self.ood > 1.0
+
     def label(self, head: str = "emotion") -> str:
         probs = self.probabilities[head]
         return max(probs, key=probs.get)
@@ -166,11 +173,14 @@ class Predictor:
         temperature = calibration.get("temperature", 1.0)
         self.temperature = float(temperature) if isinstance(temperature, (int, float)) and 0.05 <= temperature <= 20 else 1.0
         # per-class biases added to the scaled logits (fitted with the temperature on held-out corpora of dev)
-        bias = calibration.get("bias")
         n_emotion = len(card["heads"]["emotion"])
-        ok = (isinstance(bias, list) and len(bias) == n_emotion
-              and all(isinstance(b, (int, float)) and abs(b) <= 50 for b in bias))
-        self.class_bias = torch.tensor(bias if ok else [0.0] * n_emotion, dtype=torch.float64)
+        self.class_bias = _bias(calibration.get("bias"), n_emotion)
+        # adapted results (a voice's clips) may have their own temperature and biases (calibration.voice)
+        voice = calibration.get("voice") if isinstance(calibration.get("voice"), dict) else {}
+        t_voice = voice.get("temperature", self.temperature)
+        self.voice_temperature = float(t_voice) if isinstance(t_voice, (int, float)) and 0.05 <= t_voice <= 20 \
+            else self.temperature
+        self.voice_bias = _bias(voice.get("bias"), n_emotion) if voice else self.class_bias
         if uses_encoder(model):
             if encoder is None:
                 try:
@@ -186,6 +196,10 @@ class Predictor:
         self.frontend = FrontEnd(self.features, encoder, encoder_layers(model),
                                  bf16=cpu_bf16_default()).to(self.device)
         self.detector = default_detector()
+
+    @property
+    def _has_ood(self) -> bool:
+        return bool(getattr(self.model, "has_ood", False))
 
     @property
     def adapts(self) -> bool:
@@ -218,12 +232,14 @@ class Predictor:
         voice = None if voice_stats is None or not len(voice_stats) else self.model.voice_offsets(voice_stats)
         x = torch.as_tensor(np.asarray(stats, np.float32), device=self.device)
         logits = self.model.logits_from_statistics(x, voice)["emotion"]
-        return [self._calibrated("emotion", row) for row in logits]
+        return [self._calibrated("emotion", row, adapted=voice is not None) for row in logits]
 
-    def _calibrated(self, head: str, logits: torch.Tensor) -> dict[str, float]:
+    def _calibrated(self, head: str, logits: torch.Tensor, adapted: bool = False) -> dict[str, float]:
+        """``softmax(logits / T + bias)`` in float64 for the emotion head (the adapted results' own T and bias
+        when the card has them), plain softmax for the others."""
         z = logits.double().cpu()
         if head == "emotion":
-            z = z / self.temperature + self.class_bias
+            z = z / self.voice_temperature + self.voice_bias if adapted else z / self.temperature + self.class_bias
         p = torch.softmax(z, dim=-1).numpy()
         return {label: float(v) for label, v in zip(self.heads[head], p)}
 
@@ -259,7 +275,7 @@ class Predictor:
         x = torch.as_tensor(np.stack([p.statistics for p in preds]), device=self.device)
         logits = self.model.logits_from_statistics(x, voice)["emotion"]
         for p, row in zip(preds, logits):
-            p.probabilities["emotion"] = self._calibrated("emotion", row)
+            p.probabilities["emotion"] = self._calibrated("emotion", row, adapted=True)
             p.voice_clips = profile.n_clips
 
     @classmethod
@@ -322,8 +338,8 @@ class Predictor:
             frames = self.frontend.logmel.frame_lengths(lengths)
             warped_power = power if alpha == 1.0 else warp_power(power, alpha, self.features.sample_rate, F_HI_HZ)
             warped = self.frontend.logmel.mel(warped_power, frames)
-        results = [self._result(fwd, i, waves[i], masks[i], alpha, warped, power if keep_power else None)
-                   for i in range(len(waves))]
+        results = [self._result(fwd, i, waves[i], masks[i], alpha, warped, power if keep_power else None,
+                                adapted=adapt is not None) for i in range(len(waves))]
         for r, w in zip(results, waves):
             if r.statistics is not None:
                 r.extra["digest"] = hashlib.sha256(np.ascontiguousarray(w, dtype=np.float32).tobytes()).hexdigest()
@@ -331,9 +347,9 @@ class Predictor:
                 r.voice_clips = voice.n_clips
         return results
 
-    def _result(self, fwd: Forward, i: int, wave, mask, alpha, warped, power) -> Prediction:
+    def _result(self, fwd: Forward, i: int, wave, mask, alpha, warped, power, adapted: bool = False) -> Prediction:
         out = fwd.out
-        probs = {head: self._calibrated(head, logits[i]) for head, logits in out.logits.items()}
+        probs = {head: self._calibrated(head, logits[i], adapted) for head, logits in out.logits.items()}
         n_frames = int(fwd.enc.frames[i])
         n_att = int(out.attention_lengths[i])
         att = out.attention[i, :n_att].float().cpu().numpy()
@@ -352,7 +368,9 @@ class Predictor:
             logmel_warped=None if warped is None else warped[i, :, :n_frames].float().cpu().numpy(),
             checkpoint=self.name, speech=np.asarray(mask[:n_frames], dtype=bool),
             power=None if power is None else power[i:i + 1, :, :n_frames].cpu(),
-            statistics=None if out.statistics is None else out.statistics[i].float().cpu().numpy())
+            statistics=None if out.statistics is None else out.statistics[i].float().cpu().numpy(),
+            ood=float(self.model.ood_score(out.statistics[i:i + 1])[0]) if self._has_ood and out.statistics is not None
+            else None)
 
     def predict(self, audio, alpha: float | None = 1.0, require_speech: bool = True, keep_power: bool = False,
                 max_duration_s: float = MAX_DURATION_S) -> Prediction:
@@ -424,6 +442,13 @@ class Predictor:
                 _shift(pred, f_start / rate)
                 results.append(pred)
         return results
+
+
+def _bias(value, n: int) -> torch.Tensor:
+    """A card's per-class calibration biases (zeros when absent or malformed)."""
+    ok = (isinstance(value, list) and len(value) == n
+          and all(isinstance(b, (int, float)) and not isinstance(b, bool) and abs(b) <= 50 for b in value))
+    return torch.tensor(value if ok else [0.0] * n, dtype=torch.float64)
 
 
 def _row(out: ModelOutput, j: int) -> ModelOutput:

@@ -89,8 +89,11 @@ def test_one_short_epoch_per_architecture(tmp_path, arch, heads, hparams, emodb_
         assert not any(k.startswith("encoder.") for k in model.state_dict())  # never a copy of its weights
 
 
-@pytest.mark.parametrize("recipe", [{}, {"frame_norm": True, "classifier": "lda", "refit": True}],
-                         ids=["logistic", "lda-framenorm-refit"])
+VOICE_RECIPE = {"frame_norm": True, "classifier": "lda", "refit": True, "voice": "mean", "calibration": "corpora"}
+
+
+@pytest.mark.parametrize("recipe", [{}, {"frame_norm": True, "classifier": "lda", "refit": True}, VOICE_RECIPE],
+                         ids=["logistic", "lda-framenorm-refit", "lda-voice-corpus-calibration"])
 def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, emodb_clip, recipe):
     """The probe's regularisation (C, or an LDA's shrinkage) comes from dev UA; the shipped module reproduces
     the classifier's probabilities, with each frame layer-normalised when the recipe says so."""
@@ -105,10 +108,13 @@ def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, e
     knob, grid = ("shrinkage", (0.6, 0.8, 0.9)) if recipe else ("C", (0.01, 0.03, 0.1))
     assert metrics["test"]["overall"]["n"] > 0 and card["model"]["hparams"][knob] in grid
     assert model.frame_norm is bool(recipe) and card["model"]["hparams"].get("frame_norm", False) is bool(recipe)
-    assert 0.05 <= card["calibration"]["temperature"] <= 20 and card["calibration"]["ece_dev_after"] >= 0
+    cal = card["calibration"]
+    assert 0.05 <= cal["temperature"] <= 20
+    assert cal["ece_heldout_corpora_after"] >= 0 if recipe.get("calibration") else cal["ece_dev_after"] >= 0
     events = [e["event"] for e in read_progress(out / "progress.jsonl")]
     refit = ["phase"] if recipe.get("refit") else []  # "refitting on train + dev speakers"
-    assert events == ["phase", "phase", "start", "phase", *refit, "epoch", "done"]
+    corpora = ["phase"] if recipe.get("calibration") else []  # "calibrating on held-out corpora"
+    assert events == ["phase", "phase", "start", "phase", *corpora, *refit, "epoch", "done"]
     trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "probe", "--aux-heads",
                                               "", "--hparams", hp, "--limit-per-corpus", "60")))
     full = trainer.estimate_s()  # the ETA counts one fit per value tried (the default grid: 3), not always 3
@@ -116,6 +122,8 @@ def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, e
     assert full - trainer.estimate_s() == pytest.approx(2 * fit.PROBE_FIT_S)
     exs = trainer.test[:5]
     feats = statistics(trainer.data.encoded(exs), [1, 2], frame_norm=bool(recipe))
+    if recipe.get("voice"):  # read relative to the training voices' mean when no voice is given
+        feats = feats - model.voice_mean.numpy()
     z = (feats - model.mean.numpy()) / model.std.numpy()
     logits = z @ model.heads["emotion"].weight.detach().numpy().T + model.heads["emotion"].bias.detach().numpy()
     trainer.model = model
@@ -126,11 +134,33 @@ def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, e
     if recipe.get("refit"):  # the card's test calibration figures are the shipped (refitted) model's
         from training.calibration import ece, scale
 
-        cal = card["calibration"]
-        log_p = np.log(np.clip(trainer.probabilities(trainer.test), 1e-12, 1.0))
+        logits = trainer.logits(trainer.test)  # the logits as served: calibration never sees clipped log-probabilities
         y_te = np.array([e.targets["emotion"] for e in trainer.test])
-        assert cal["ece_test_after"] == ece(scale(log_p, cal["temperature"]), y_te) and "refitted" in cal["note"]
-        assert cal["ece_test_before"] == ece(scale(log_p, 1.0), y_te)
+        assert cal["ece_test_after"] == ece(scale(logits, cal["temperature"], cal.get("bias")), y_te)
+        assert "refitted" in cal["note"] and cal["ece_test_before"] == ece(scale(logits, 1.0), y_te)
+    if recipe.get("voice"):
+        # what the trainer's calibration computes is what the Predictor serves, clip by clip and adapted
+        from training.calibration import scale
+
+        assert cal["family"] in ("shared", "split") and len(cal["bias"]) == len(card["heads"]["emotion"])
+        paths = [e.utt.path for e in trainer.test[:4]]
+        monkey = pytest.MonkeyPatch()
+        monkey.setenv("SERDEMO_BF16", "0")  # the cache was filled in float32
+        predictor = Predictor.from_checkpoint(out, device="cpu")
+        monkey.undo()
+        assert predictor.adapts
+        want = scale(trainer.logits(trainer.test[:4]), cal["temperature"], cal["bias"])
+        got = np.array([[p.probabilities["emotion"][c] for c in card["heads"]["emotion"]]
+                        for p in predictor.predict_batch(paths)])
+        np.testing.assert_allclose(got, want, atol=2e-3)
+        adapted = predictor.predict_voice(paths)
+        assert all(p.voice_clips == 4 for p in adapted)
+        from training.probe import voice_logits
+
+        z = voice_logits(model, statistics(trainer.data.encoded(trainer.test[:4]), [1, 2], True), ["one"] * 4)
+        want = scale(z, cal["voice"]["temperature"], cal["voice"]["bias"])
+        got = np.array([[p.probabilities["emotion"][c] for c in card["heads"]["emotion"]] for p in adapted])
+        np.testing.assert_allclose(got, want, atol=2e-3)
 
 
 def test_the_probes_fit_options_end_as_weights_of_the_same_linear_layer():

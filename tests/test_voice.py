@@ -131,3 +131,25 @@ def test_fast_shrinkage_lda_equals_scikit_learns(n_classes):
     got = ShrinkageLDA(0.8).fit(x, y)
     assert np.allclose(got.coef_, ref.coef_, atol=1e-8) and np.allclose(got.intercept_, ref.intercept_, atol=1e-8)
     assert (got.predict(x) == ref.predict(x)).all()
+
+
+def test_ood_score_flags_statistics_unlike_the_training_clips():
+    """Training clips vary along a few directions; a 'new corpus' adds variation outside them."""
+    from training.probe import fit_ood
+
+    rng = np.random.default_rng(4)
+    dirs = rng.normal(0, 1, (8, DIM))
+
+    def clips(n, extra=0.0):
+        return rng.normal(0, 3, (n, 8)) @ dirs + rng.normal(0, 1, (n, DIM)) + extra * rng.normal(0, 1, (n, DIM))
+
+    x = clips(400)
+    spk = np.repeat([f"s{i}" for i in range(20)], 20)
+    ood = fit_ood(x, spk, k=8)
+    x_tr, y_tr = x, np.arange(400) % 3
+    clf, mean, std, _, _ = fit_probe(x_tr, y_tr, x_tr[:0], y_tr[:0], 3, c_grid=(0.5,), classifier="lda")
+    model = to_model(clf, mean, std, ["a", "b", "c"], 4, [2], True, ood=ood)
+    same = model.ood_score(torch.as_tensor(clips(200), dtype=torch.float32)).numpy()
+    new = model.ood_score(torch.as_tensor(clips(200, extra=1.0), dtype=torch.float32)).numpy()
+    assert (same > 1).mean() < 0.05 and (new > 1).mean() > 0.95
+    assert "ood_basis" in model.state_dict() and model.has_ood

@@ -118,6 +118,43 @@ def rescore_test(block: dict, test_log_probs: np.ndarray, test_y: np.ndarray, no
             "reliability": {"set": "test", "bins": reliability(scale(test_log_probs, t, b), test_y)}, "note": note}
 
 
+CAL_FAMILIES = ("shared", "split")
+
+
+def fit_family(family: str, tasks: list) -> dict:
+    """Calibration ``{"clip": (T, bias), "voice": (T, bias)}`` fitted on ``tasks`` (``[(logits per kind, y)]``):
+    ``shared``: one fit for clips read on their own and adapted clips alike; ``split``: one each."""
+    clip_l = [lg["none"] for lg, _ in tasks]
+    voice_l = [lg[k] for lg, _ in tasks for k in ("10", "all")]
+    clip_y = [y for _, y in tasks]
+    voice_y = [y for _, y in tasks for _k in ("10", "all")]
+    if family == "shared":
+        both = fit_temperature_bias(np.concatenate(clip_l + voice_l), np.concatenate(clip_y + voice_y))
+        return {"clip": both, "voice": both}
+    return {"clip": fit_temperature_bias(np.concatenate(clip_l), np.concatenate(clip_y)),
+            "voice": fit_temperature_bias(np.concatenate(voice_l), np.concatenate(voice_y))}
+
+
+def apply_family(cal: dict, kind: str, logits: np.ndarray) -> np.ndarray:
+    """Calibrated probabilities of ``logits`` read as ``kind`` ("none": clip by clip; otherwise adapted)."""
+    t, b = cal["clip"] if kind == "none" else cal["voice"]
+    return scale(logits, t, b)
+
+
+def choose_calibration(tasks: list) -> str:
+    """The family with the lower mean ECE on each task when fitted on the others (clip by clip and adapted)."""
+    if len(tasks) < 2:
+        return "shared"
+    scores = {}
+    for family in CAL_FAMILIES:
+        e = []
+        for i, (lg, y) in enumerate(tasks):
+            cal = fit_family(family, tasks[:i] + tasks[i + 1:])
+            e += [ece(apply_family(cal, k, lg[k]), y) for k in ("none", "10", "all")]
+        scores[family] = float(np.mean(e))
+    return min(CAL_FAMILIES, key=scores.get)
+
+
 def main(argv=None) -> dict:
     """``python -m training.calibration CHECKPOINT``: fit the temperature of an already trained checkpoint
     on its own dev speakers (from its card's recipe) and write the ``calibration`` block into its card

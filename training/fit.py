@@ -614,8 +614,9 @@ class Trainer:
         spk_all, corp_all = (np.concatenate([who["train"][i], who["dev"][i]]) for i in (0, 1))
         if hp.get("calibration") == "corpora":
             progress.phase("calibrating on held-out corpora", PROBE_FIT_S * 4 + 5)
-            self.calibration = corpus_calibration(lambda m: fit(x_all[m], y_all[m], spk_all[m], corp_all[m], c)[0],
-                                                  x_all, y_all, spk_all, corp_all)
+            self.calibration = corpus_calibration(
+                lambda m: fit(x_all[m], y_all[m], spk_all[m], corp_all[m], c, with_ood=False)[0],
+                x_all, y_all, spk_all, corp_all)
         else:
             self.calibration = self.calibrate()  # on dev, by the model that has not seen it
         if hp.get("refit") and self.dev:
@@ -629,15 +630,16 @@ class Trainer:
 
             x_te = statistics(self.data.encoded(self.test), layers, frame_norm)
             y_te = np.array([e.targets["emotion"] for e in self.test])
-            self.calibration = rescore_test(self.calibration, voice_logits(self.model, x_te, None), y_te,
-                                            "the test ECE and bins are the shipped model's, clip by clip")
+            note = ("the test ECE and bins are the shipped (refitted) model's, clip by clip" if hp.get("refit")
+                    else "the test ECE and bins, clip by clip")
+            self.calibration = rescore_test(self.calibration, voice_logits(self.model, x_te, None), y_te, note)
             if getattr(self.model, "adapts", False):
                 from training.calibration import ece, scale
 
                 spk_te = np.array([e.utt.speaker for e in self.test])
                 z = voice_logits(self.model, x_te, spk_te)
-                self.calibration["ece_test_adapted"] = ece(scale(z, self.calibration["temperature"],
-                                                                 self.calibration.get("bias")), y_te)
+                voice_cal = self.calibration.get("voice") or self.calibration
+                self.calibration["ece_test_adapted"] = ece(scale(z, voice_cal["temperature"], voice_cal.get("bias")), y_te)
                 metrics["test_adapted"] = scores_by_group(y_te, z.argmax(1), [e.utt.corpus for e in self.test],
                                                           classes)
         save_checkpoint(out, self.model, self.card(metrics))

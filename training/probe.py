@@ -234,13 +234,18 @@ def fit_probe(x_train, y_train, x_dev, y_dev, n_classes: int, c_grid=None, seed:
 
 
 def to_model(clf, mean, std, classes: list[str], n_layers: int, layers: list[int],
-             frame_norm: bool = False, rule: VoiceRule | None = None, norm: NormStats | None = None) -> LinearProbe:
+             frame_norm: bool = False, rule: VoiceRule | None = None, norm: NormStats | None = None,
+             ood: dict | None = None) -> LinearProbe:
     """The fitted classifier as a :class:`LinearProbe` (classes the training data lacked get -1e4 bias);
     with ``rule`` and ``norm`` (:func:`voice_normalise`), a probe that adapts to voices."""
     rule = rule or VoiceRule()
     model = LinearProbe(0, {"emotion": len(classes)}, n_layers=n_layers, layers=layers, frame_norm=frame_norm,
-                        voice=rule.mode, voice_tau=rule.tau, voice_posterior=rule.posterior)
+                        voice=rule.mode, voice_tau=rule.tau, voice_posterior=rule.posterior,
+                        ood_components=0 if ood is None else len(ood["basis"]))
     with torch.no_grad():
+        if ood is not None:
+            for name in ("centre", "scale", "basis", "threshold"):
+                getattr(model, f"ood_{name}").copy_(torch.as_tensor(np.asarray(ood[name]), dtype=torch.float32))
         if model.adapts:
             if norm is None:
                 raise ValueError("a probe that adapts to voices needs the training voices' statistics")
@@ -262,28 +267,64 @@ def to_model(clf, mean, std, classes: list[str], n_layers: int, layers: list[int
     return model.eval()
 
 
+OOD_QUANTILE = 0.99  # the share of unheard speakers of the training corpora that a threshold leaves unflagged
+
+
+def fit_ood(x: np.ndarray, speakers: np.ndarray, k: int, seed: int = 0) -> dict:
+    """The out-of-domain score's parts from raw training statistics ``x``: centre and scale (standardisation),
+    the top ``k`` principal directions, and the threshold: the 99th percentile of the score of clips whose
+    speakers the directions did not see (training speakers split in two halves, each scored by the other's
+    directions), so about 1 % of unheard speakers of known corpora are flagged."""
+    x = np.asarray(x, np.float64)
+    speakers = np.asarray(speakers)
+    centre, scale = x.mean(0), x.std(0) + 1e-5
+
+    def basis(rows):
+        from sklearn.utils.extmath import randomized_svd
+
+        z = (x[rows] - centre) / scale
+        return randomized_svd(z - z.mean(0), k, random_state=seed)[2]
+
+    def resid(rows, b):
+        z = (x[rows] - centre) / scale
+        return ((z ** 2).sum(1) - ((z @ b.T) ** 2).sum(1)) / (z.shape[1] - k)
+
+    names = np.unique(speakers)
+    rng = np.random.default_rng(seed)
+    half = np.isin(speakers, rng.permutation(names)[: len(names) // 2])
+    scores = np.concatenate([resid(~half, basis(half)), resid(half, basis(~half))]) if 0 < half.sum() < len(x) \
+        else resid(np.arange(len(x)), basis(np.arange(len(x))))
+    return {"centre": centre, "scale": scale, "basis": basis(np.arange(len(x))),
+            "threshold": float(np.quantile(scores, OOD_QUANTILE))}
+
+
 def fit_voice_probe(x, y, speakers, corpora, n_classes: int, classes: list[str], n_layers: int, layers: list[int],
-                    frame_norm: bool, hparams: dict, c, seed: int = 0, x_dev=None, y_dev=None, speakers_dev=None):
+                    frame_norm: bool, hparams: dict, c, seed: int = 0, x_dev=None, y_dev=None, speakers_dev=None,
+                    with_ood: bool = True):
     """One probe fit as the recipe says, voice adaptation included -> ``(model, chosen c, dev UA)``.
 
     With ``hparams['voice']`` each training speaker is read relative to its own voice
     (:func:`voice_normalise`); dev clips (choosing ``c`` when several are tried) relative to their speaker's
-    plain mean. ``c``: a value, or a tuple of values tried on dev."""
+    plain mean. ``c``: a value, or a tuple of values tried on dev. With ``hparams['ood_components']`` (and
+    ``with_ood``) the model also carries its out-of-domain score (:func:`fit_ood`)."""
     rule = voice_rule(hparams)
     opts = fit_options(hparams)
     grid = tuple(c) if isinstance(c, (tuple, list)) else (c,)
     x_dev = x[:0] if x_dev is None else x_dev
     y_dev = y[:0] if y_dev is None else y_dev
     norm = None
+    x_raw = x
     if rule.mode != "none":
         x, norm = voice_normalise(x, y, speakers, n_classes, rule, hparams.get("voice_train", "mean"))
         if len(x_dev):
             x_dev = x_dev - norm.global_mean
             for s in np.unique(speakers_dev):
                 x_dev[speakers_dev == s] -= x_dev[speakers_dev == s].mean(0)
+    k = int(hparams.get("ood_components", 0) or 0) if with_ood else 0
+    ood = fit_ood(x_raw, speakers, k, seed) if k else None
     clf, mean, std, chosen, dev_ua = fit_probe(x, y, x_dev, y_dev, n_classes, c_grid=grid, seed=seed, **opts,
                                                speakers=speakers, corpora=corpora)
-    return to_model(clf, mean, std, classes, n_layers, layers, frame_norm, rule, norm), chosen, dev_ua
+    return to_model(clf, mean, std, classes, n_layers, layers, frame_norm, rule, norm, ood), chosen, dev_ua
 
 
 @torch.no_grad()
@@ -303,27 +344,58 @@ def voice_logits(model: LinearProbe, x: np.ndarray, speakers: np.ndarray | None)
     return out
 
 
-def corpus_calibration(fit, x, y, speakers, corpora) -> dict:
-    """Temperature and per-class biases chosen on held-out *corpora*: for each corpus, a probe ``fit(mask)``
-    on the others scores it clip by clip and adapted to each speaker's clips; the pooled logits fit
-    ``softmax(logits / T + b)`` (:func:`training.calibration.fit_temperature_bias`)."""
-    from training.calibration import ece, fit_temperature_bias, scale
+@torch.no_grad()
+def corpus_calibration(fit, x, y, speakers, corpora, seed: int = 0) -> dict:
+    """The calibration chosen on held-out *corpora* of the training data: each corpus is scored by a probe
+    ``fit(mask)`` fitted on the others, clip by clip and adapted to each speaker (all its clips, and 10 drawn
+    at random); which family (one temperature and bias for every result, or one for clips read on their own
+    and one for adapted results) is chosen by leaving each corpus out of the calibration fit in turn
+    (:func:`training.calibration.choose_calibration`), then fitted on all of them (float64, the logits as
+    served)."""
+    from training.calibration import apply_family, choose_calibration, ece, fit_family
 
-    logits, ys = [], []
     names = sorted(set(np.asarray(corpora)))
     if len(names) < 2:
         return {}
+    rng = np.random.default_rng(seed)
+    tasks = []
     for c in names:
-        held = np.asarray(corpora) == c
-        model = fit(~held)
-        for who in (None, speakers[held]):
-            logits.append(voice_logits(model, x[held], who))
-            ys.append(y[held])
-    z, t = np.concatenate(logits), np.concatenate(ys)
-    temperature, bias = fit_temperature_bias(z, t)
-    return {"method": "temperature and per-class biases fitted on held-out corpora of the training data "
-                      "(each corpus scored by a probe fitted on the others, clip by clip and adapted to each "
-                      "speaker), on the logits as served (float64)",
-            "temperature": round(temperature, 4), "bias": bias, "corpora": names,
-            "ece_heldout_corpora_before": ece(scale(z, 1.0), t),
-            "ece_heldout_corpora_after": ece(scale(z, temperature, bias), t)}
+        held = np.flatnonzero(np.asarray(corpora) == c)
+        model = fit(np.asarray(corpora) != c)
+        spk = np.asarray(speakers)[held]
+        ten = np.concatenate([rng.choice(np.flatnonzero(spk == s), min(10, int((spk == s).sum())), replace=False)
+                              for s in np.unique(spk)])
+        logits = {"none": voice_logits(model, x[held], None), "all": voice_logits(model, x[held], spk)}
+        # 10 random clips of each speaker estimate its voice; every clip of the speaker is then read by it
+        xt = torch.as_tensor(np.asarray(x[held], np.float32))
+        z10 = np.zeros_like(logits["none"])
+        if getattr(model, "adapts", False):
+            for s in np.unique(spk):
+                idx = np.flatnonzero(spk == s)
+                voice = model.voice_offsets(x[held][np.intersect1d(ten, idx)])
+                z10[idx] = model.logits_from_statistics(xt[idx], voice)["emotion"].double().numpy()
+        else:
+            z10 = logits["none"]
+        logits["10"] = z10
+        tasks.append((logits, y[held]))
+    family = choose_calibration(tasks)
+    cal = fit_family(family, tasks)
+    (t_clip, b_clip), (t_voice, b_voice) = cal["clip"], cal["voice"]
+    z = {k: np.concatenate([lg[k] for lg, _ in tasks]) for k in ("none", "10", "all")}
+    yy = np.concatenate([yt for _, yt in tasks])
+    return {"method": f"temperature and per-class biases ({family}: "
+                      + ("one for every result" if family == "shared" else "one for clips read on their own, one "
+                         "for adapted results") + ") fitted on held-out corpora of the training data (each corpus "
+                      "scored by a probe fitted on the others), on the logits as served (float64)",
+            "family": family, "temperature": round(t_clip, 4), "bias": b_clip,
+            "voice": {"temperature": round(t_voice, 4), "bias": b_voice},
+            "corpora": names,
+            "ece_heldout_corpora_before": ece(scale_plain(z["none"]), yy),
+            "ece_heldout_corpora_after": ece(apply_family(cal, "none", z["none"]), yy),
+            "ece_heldout_corpora_adapted_after": ece(apply_family(cal, "all", z["all"]), yy)}
+
+
+def scale_plain(logits: np.ndarray) -> np.ndarray:
+    from training.calibration import scale
+
+    return scale(logits, 1.0)

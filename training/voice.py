@@ -32,6 +32,7 @@ import numpy as np
 
 from serdemo.voice import NormStats, VoiceRule, adapt_offsets, class_offsets, normalise, speaker_offsets
 
+from training.calibration import apply_family, choose_calibration, fit_family
 from training.probe import ShrinkageLDA
 
 log = logging.getLogger(__name__)
@@ -246,29 +247,6 @@ def inner_tasks(t: Table, pool: np.ndarray, n_folds: int = 3) -> list[tuple[np.n
     return tasks
 
 
-def fit_calibration(logits: np.ndarray, y: np.ndarray, bias: bool = True) -> tuple[float, np.ndarray]:
-    """Temperature and per-class bias minimising the NLL of ``softmax(logits / T + b)`` (float64)."""
-    from scipy.optimize import minimize
-
-    logits = np.asarray(logits, np.float64)
-    n_c = logits.shape[1]
-
-    def nll(p):
-        t = np.exp(p[0])
-        b = np.concatenate([[0.0], p[1:]]) if bias else np.zeros(n_c)
-        z = logits / t + b
-        z = z - z.max(1, keepdims=True)
-        lse = np.log(np.exp(z).sum(1))
-        return float(np.mean(lse - z[np.arange(len(y)), y]))
-
-    p0 = np.zeros(n_c if bias else 1)
-    p0[0] = np.log(max(1e-3, np.std(logits)))
-    r = minimize(nll, p0, method="L-BFGS-B")
-    t = float(np.exp(r.x[0]))
-    b = np.concatenate([[0.0], r.x[1:]]) if bias else np.zeros(n_c)
-    return t, b
-
-
 def calibrated(logits, t, b):
     z = np.asarray(logits, np.float64) / t + b
     z = z - z.max(1, keepdims=True)
@@ -317,11 +295,14 @@ def nested(t: Table, scheme: str, variants=VARIANTS, out: Path | None = None, on
             within = selection_score({k: np.mean([p[k] for p in per[n_loco:]]) for k in DRAWS})
             inner[v["name"]].update(cross_corpus=cross, k_fold=within, score=(cross + within) / 2)
         best = max(variants, key=lambda v: inner[v["name"]]["score"])
-        # calibration: on the inner held-out corpora's logits of the chosen variant, clip by clip and adapted
-        cal_l = np.concatenate([lg[k] for lg, _ in inner_logits[best["name"]] for k in ("none", "10", "all")])
-        cal_y = np.concatenate([y for _, y in inner_logits[best["name"]] for _k in ("none", "10", "all")])
-        temp, bias = fit_calibration(cal_l, cal_y)
-        temp0, _ = fit_calibration(cal_l, cal_y, bias=False)
+        n_loco = len(np.unique(t.corpus[train]))
+        # calibration, on the inner held-out *corpora* only: which family (one temperature and bias for every
+        # result, or one for clips read on their own and one for adapted clips) is chosen by leaving each
+        # inner corpus out of the calibration fit in turn and scoring it; the chosen family is then fitted on
+        # all of them
+        cross = inner_logits[best["name"]][:n_loco]
+        family = choose_calibration(cross)
+        cal = fit_family(family, cross)
         res, logits, _ = score_task(t, train, test, best)
         # every variant on the outer fold too (reported, not chosen on)
         every = {}
@@ -329,11 +310,14 @@ def nested(t: Table, scheme: str, variants=VARIANTS, out: Path | None = None, on
             r, _, _ = score_task(t, train, test, v, kinds=("none", "10", "all", "skew10"), seeds=(0,))
             every[v["name"]] = r
         yt = t.y[test]
+        other = "split" if family == "shared" else "shared"
+        cal_other = fit_family(other, cross)
         row = {"scheme": scheme, "fold": name, "chosen": best["name"], "inner": inner, "outer": res,
-               "every_variant_outer": every, "temperature": temp, "bias": bias.tolist(), "temperature_only": temp0,
-               "ece": {k: ece(calibrated(logits[k], temp, bias), yt) for k in logits},
-               "ece_temperature_only": {k: ece(calibrated(logits[k], temp0, np.zeros(len(bias))), yt) for k in logits},
-               "ece_uncalibrated": {k: ece(calibrated(logits[k], 1.0, np.zeros(len(bias))), yt) for k in logits},
+               "every_variant_outer": every, "calibration_family": family, "calibration": cal,
+               "temperature": cal["clip"][0], "bias": list(cal["clip"][1]),
+               "ece": {k: ece(apply_family(cal, k, logits[k]), yt) for k in logits},
+               f"ece_{other}": {k: ece(apply_family(cal_other, k, logits[k]), yt) for k in logits},
+               "ece_uncalibrated": {k: ece(calibrated(logits[k], 1.0, np.zeros(logits[k].shape[1])), yt) for k in logits},
                "n_test": int(len(test)), "speakers": int(len(np.unique(t.speaker[test]))),
                "seconds": round(time.time() - t0, 1)}
         print(f"{scheme} {name}: chose {best['name']}; outer {json.dumps({k: round(v, 3) for k, v in res.items()})}; "
@@ -352,12 +336,20 @@ def main(argv=None):
     ap.add_argument("--scheme", choices=["loco", "kfold", "both"], default="both")
     ap.add_argument("--json", default=None, help="append each finished outer fold here")
     ap.add_argument("--without", action="append", default=[], help="leave a corpus out entirely (e.g. emovo)")
+    ap.add_argument("--attach", default=None, metavar="CHECKPOINT",
+                    help="write the nested figures of finished screens (--loco-json, --kfold-json) into a card")
+    ap.add_argument("--loco-json", default=None)
+    ap.add_argument("--kfold-json", default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t = stats_table(args.corpus or DEFAULT_CORPORA, out=Path(args.stats))
     if args.without:
         keep = ~np.isin(t.corpus, args.without)
         t = Table(t.x[keep], t.y[keep], t.speaker[keep], t.corpus[keep], t.classes)
+    if args.attach:
+        read = lambda p: [json.loads(line) for line in open(p)] if p else []
+        attach(Path(args.attach), t, read(args.loco_json), read(args.kfold_json))
+        return
     out = Path(args.json) if args.json else None
     for scheme in (["loco", "kfold"] if args.scheme == "both" else [args.scheme]):
         rows = nested(t, scheme, out=out)
@@ -367,3 +359,63 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+def outer_predictions(t: Table, rows: list[dict], scheme: str, seed: int = 0) -> dict:
+    """Refit each outer fold's chosen variant (as its row in the screen's JSON-lines says) and return, per draw
+    kind, the outer clips' labels, predictions, calibrated probabilities (the fold's own calibration) and
+    corpora: the nested figures, clip by clip and adapted."""
+    from training.calibration import scale
+
+    by_name = {v["name"]: v for v in VARIANTS}
+    folds = {name: (train, test) for name, train, test in outer_folds(t, scheme)}
+    out: dict = {k: {"y": [], "pred": [], "prob": [], "corpus": []} for k in DRAWS}
+    for row in rows:
+        train, test = folds[row["fold"]]
+        probe = fitted(t, train, by_name[row["chosen"]])
+        for kind in DRAWS:
+            lg = probe.logits(t.x[test], draws(t, test, np.random.default_rng(1000 + seed), kind))
+            out[kind]["y"].append(t.y[test])
+            out[kind]["pred"].append(lg.argmax(1))
+            t_, b_ = row["calibration"]["clip" if kind == "none" else "voice"]
+            out[kind]["prob"].append(scale(lg, t_, b_))
+            out[kind]["corpus"].append(t.corpus[test])
+    return {k: {f: np.concatenate(v[f]) for f in v} for k, v in out.items()}
+
+
+def nested_block(t: Table, rows: list[dict], scheme: str) -> dict:
+    """A card's ``metrics.loco`` / ``metrics.cv`` block from the nested screen: ``pooled`` clip by clip (what
+    the app's "what to expect" reads), ``adapted`` per draw, ECE per corpus, and each fold's choice."""
+    from training.calibration import ece as ece10
+    from training.metrics import scores_by_group
+
+    preds = outer_predictions(t, rows, scheme)
+    block = {"scheme": "leave-one-corpus-out, nested" if scheme == "loco" else "4-fold speaker-independent, nested",
+             "split": "corpus" if scheme == "loco" else "speakers", "nested": True,
+             "recipe": "training/configs/default.yaml (voice variant chosen per outer fold on its inner folds)",
+             "note": "nested: each outer fold's recipe (voice normalisation) and calibration were chosen on inner "
+                     "folds without its speakers (python -m training.voice); layers, frame normalisation and the "
+                     "LDA's shrinkage were fixed by the earlier screens, which saw these speakers",
+             "folds": [{"fold": r["fold"], "chosen": r["chosen"], "calibration": r["calibration_family"]}
+                       for r in rows]}
+    for kind, p in preds.items():
+        scores = scores_by_group(p["y"], p["pred"], p["corpus"], list(t.classes))
+        eces = {c: ece10(p["prob"][p["corpus"] == c], p["y"][p["corpus"] == c]) for c in np.unique(p["corpus"])}
+        if kind == "none":
+            block["pooled"], block["ece"] = scores, eces
+        else:
+            block.setdefault("adapted", {})[kind] = {"pooled": scores, "ece": eces}
+    return block
+
+
+def attach(checkpoint: Path, t: Table, loco_rows: list[dict], kfold_rows: list[dict]) -> None:
+    """Write the nested figures into the checkpoint's card (``metrics.loco`` and ``metrics.cv``)."""
+    from serdemo.checkpoint import load_checkpoint, save_checkpoint
+
+    model, card = load_checkpoint(checkpoint)
+    metrics = card.setdefault("metrics", {})
+    if loco_rows:
+        metrics["loco"] = nested_block(t, loco_rows, "loco")
+    if kfold_rows:
+        metrics["cv"] = nested_block(t, kfold_rows, "kfold")
+    save_checkpoint(checkpoint, model, card)
