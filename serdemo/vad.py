@@ -7,6 +7,25 @@ cell, a sigmoid), so nothing is unpickled and no TorchScript is run. It scores 3
 the 10 ms feature frames and cleans them up (hysteresis, short gaps bridged, short bursts dropped,
 a little padding around speech).
 
+Silero hears level, not only speech (its STFT magnitudes enter the network without a logarithm):
+corpus clips scaled so that their loudest 32-ms chunk sits at -50 dBFS are found, at -60 dBFS a third
+to a half of them are refused, at -70 dBFS all (its highest probability falls from 1.0 to 0.05 on EMO-DB,
+RAVDESS, nEMO and EMOVO alike), so quiet recordings were refused as "no speech". It also ties level to
+vocal effort: some soft, sad EMOVO speech is found at -30 dBFS and lost at -10, while RAVDESS's shouts
+are found only far above full scale. So silero scores each chunk at two levels
+(:data:`LEVEL_TARGETS_DB`, a soft and a loud rendering, in one batch) and the higher probability
+counts. For each, :func:`level_gains_db` amplifies the chunk so that the loudest chunk within
+:data:`LEVEL_SPAN_CHUNKS` (1 s) of it reaches the target: never attenuated (a clip louder than the
+target is heard as it is), and by at most target - :data:`LEVEL_FLOOR_DB` (50 and 70 dB), so digital
+silence stays silent. A louder target finds more speech in noise (EMO-DB in a noisy room 30 dB down:
+2 of 408 clips refused at -20 dBFS, none at -10), but from 0 dBFS up melodies and chirps pass as speech
+(``benchmarks/refusals.py``). Within a second of speech, pauses keep their level relative to it. A
+chunk's gain depends on nothing further than 1 s away: the timeline scores a long recording in blocks,
+each after 1 s of lead (``serdemo.timeline.LEAD_CHUNKS``), so only the gains of a block's last second
+can differ from scoring the recording whole (when something louder follows in the next block's first
+second). Scoring costs twice the network time of one pass (about 270 times real time on one thread).
+The energy fallback is relative to each clip's own peak and floor already.
+
     vad = SpeechDetector()                     # silero when installed, else energy
     mask = vad.frame_mask(wave, num_frames)    # (frames,) bool on the log-mel frame grid
 """
@@ -36,6 +55,9 @@ MIN_SPEECH_S = 0.12  # shorter bursts are dropped
 MIN_GAP_S = 0.15  # shorter pauses are bridged
 PAD_S = 0.08  # kept on each side of a speech run
 MIN_TOTAL_SPEECH_S = 0.3  # less than this in a clip: "no speech found"
+LEVEL_TARGETS_DB = (-30.0, -10.0)  # dBFS: silero hears each chunk as if the loudest chunk near it were this
+LEVEL_FLOOR_DB = -80.0  # loud (soft, loud; the higher probability counts), unless that is quieter than this
+LEVEL_SPAN_CHUNKS = 32  # "near": within 32 chunks (1 s) either side
 
 
 class SileroNet(nn.Module):
@@ -77,11 +99,14 @@ class SileroNet(nn.Module):
         self.load_state_dict(renamed)
         return self.eval()
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor, gain_db: torch.Tensor | None = None) -> torch.Tensor:
+        """``gain_db (batch, chunks)``: each chunk's input (with its left context) is scaled by it first."""
         b, n = wave.shape
         n_chunks = max(1, -(-n // CHUNK))
         x = F.pad(wave, (CONTEXT, n_chunks * CHUNK - n))
         windows = x.unfold(1, CHUNK + CONTEXT, CHUNK)  # (batch, chunks, 576)
+        if gain_db is not None:
+            windows = windows * torch.pow(10.0, gain_db / 20.0).unsqueeze(-1).to(windows.dtype)
         w = windows.reshape(b * n_chunks, 1, CHUNK + CONTEXT)
         w = F.pad(w, (0, CONTEXT), mode="reflect")
         spec = self.stft_conv(w)
@@ -95,6 +120,28 @@ class SileroNet(nn.Module):
         h, _ = self.lstm(h)
         out = torch.sigmoid(self.final_conv(torch.relu(h).transpose(1, 2)))  # (batch, 1, chunks)
         return out[:, 0]
+
+
+def chunk_levels_db(wave: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """``(batch, chunks)`` power of each 512-sample chunk in dBFS; chunks past a clip's ``lengths`` -inf."""
+    b, n = wave.shape
+    n_chunks = max(1, -(-n // CHUNK))
+    x = F.pad(wave, (0, n_chunks * CHUNK - n)).reshape(b, n_chunks, CHUNK)
+    db = 10 * torch.log10(x.square().mean(-1) + 1e-12)
+    if lengths is not None:
+        own = (torch.as_tensor(lengths, device=db.device).clamp_min(1) + CHUNK - 1) // CHUNK
+        db = db.masked_fill(torch.arange(n_chunks, device=db.device)[None] >= own[:, None], float("-inf"))
+    return db
+
+
+def level_gains_db(wave: torch.Tensor, lengths: torch.Tensor | None = None, target_db: float = LEVEL_TARGETS_DB[-1],
+                   floor_db: float = LEVEL_FLOOR_DB, span: int = LEVEL_SPAN_CHUNKS) -> torch.Tensor:
+    """The gain (dB, ``(batch, chunks)``) at which silero scores each chunk: enough to bring the loudest
+    chunk within ``span`` chunks of it to ``target_db``, at least 0 and at most ``target_db - floor_db``.
+    A clip's gains depend only on its own samples (not on its batch companions or padding)."""
+    db = chunk_levels_db(wave.float(), lengths)
+    near = F.max_pool1d(db[:, None], kernel_size=2 * span + 1, stride=1, padding=span)[:, 0]
+    return (target_db - near.clamp_min(floor_db)).clamp_min(0.0)
 
 
 def energy_chunk_scores(wave: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -179,6 +226,7 @@ class SpeechDetector:
     hop_length: int = 160
     sample_rate: int = SAMPLE_RATE
     backend: str = "auto"  # "auto" | "silero" | "energy"
+    normalise_level: bool = True  # silero hears each chunk at LEVEL_TARGETS_DB (False: as it is, as before)
 
     def __post_init__(self):
         if self.sample_rate != SAMPLE_RATE:
@@ -203,7 +251,13 @@ class SpeechDetector:
         waves = waves.float()
         if self.net is None:
             return energy_chunk_scores(waves, lengths)
-        return self._net_on(waves.device)(waves)  # the LSTM runs forward in time: padding comes after
+        net = self._net_on(waves.device)  # the LSTM runs forward in time: padding comes after
+        if not self.normalise_level:
+            return net(waves)
+        # every level in one batch: the network's clips are independent of their batch companions
+        gains = torch.cat([level_gains_db(waves, lengths, t) for t in LEVEL_TARGETS_DB])
+        p = net(waves.repeat(len(LEVEL_TARGETS_DB), 1), gains)
+        return p.view(len(LEVEL_TARGETS_DB), waves.shape[0], -1).amax(0)
 
     def _net_on(self, device: torch.device) -> "SileroNet":
         """The network on ``device``. The app's worker threads share one detector: moving a module
