@@ -323,25 +323,41 @@ def unseen_speaker_ua(card: dict) -> float | None:
         return None
 
 
+def adapted_speaker_ua(card: dict) -> float | None:
+    """UA on the test speakers with each clip read relative to its speaker's voice over all of that speaker's
+    test clips (``metrics.test_adapted.overall.ua``; models that adapt to voices), else None."""
+    try:
+        return float(_dict(_dict(card.get("metrics")).get("test_adapted")).get("overall")["ua"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def expectation_line(card: dict) -> str:
-    """One line beside a result: what accuracy to expect for a voice the model never heard, with chance."""
+    """One line beside a result: what accuracy to expect for a voice the model never heard, with chance (and,
+    for a model that adapts to voices, what adapting to the voice over many of its clips reached)."""
     chance = chance_ua(card)
     tail = f", chance {chance:.0%}" if chance else ""
+    adapted = adapted_speaker_ua(card)
+    voice = (f" Adapted to the voice over many of its clips (a voice name, a timeline): about {adapted:.0%} UA on "
+             "the same speakers." if adapted is not None else "")
     loco = unseen_corpus_ua(card)
     if loco is not None:
         return (f"For a voice this model never heard expect about {loco:.0%} UA (leave-one-corpus-out){tail}. "
-                "Probabilities are calibrated on held-out speakers.")
+                f"Probabilities are calibrated on held-out speakers.{voice}")
     test = unseen_speaker_ua(card)
     if test is not None:
         return (f"For a voice this model never heard expect about {test:.0%} UA at best (new speakers of its "
-                f"training corpora; a new corpus or language is lower){tail}.")
+                f"training corpora; a new corpus or language is lower){tail}.{voice}")
     return f"This model's card holds no held-out figures: treat its guesses with caution{tail}."
 
 
 def model_sentence(name: str, card: dict) -> str:
     """The Models tab's first line for a model: unseen speakers, unseen corpus/language, chance."""
     test, loco, chance = unseen_speaker_ua(card), unseen_corpus_ua(card), chance_ua(card)
+    adapted = adapted_speaker_ua(card)
     first = f"UA {test:.2f} (test speakers of its corpora)" if test is not None else "not measured"
+    if test is not None and adapted is not None:
+        first += f", {adapted:.2f} adapted to each one's voice"
     second = f"UA {loco:.2f} (leave-one-corpus-out)" if loco is not None else "not measured for this model"
     third = f"{chance:.2f}" if chance else "unknown"
     return (f"**{name}** — on speakers it never heard: {first}; on a language/corpus it never heard: {second}; "

@@ -9,7 +9,7 @@ import gradio as gr
 from serdemo.cards import metrics_markdown
 from serdemo.labels import ANNOTATION_LABELS
 from serdemo.store import StoreError
-from serdemo.uikit import login_name, require_retrain_login, resolve_annotator, user_error
+from serdemo.uikit import login_name, require_retrain_login, resolve_annotator, user_error, voice_scope
 from serdemo.workbench import AGREEMENT_HEADERS, Workbench
 
 
@@ -121,10 +121,18 @@ class Endpoints:
         return self.bench.retrain(name, login_name(request))
 
     def analysis_outputs(self, a):
-        """An :class:`Analysis` as the Analyse tab's outputs; the true label starts unset (no anchoring)."""
+        """An :class:`Analysis` as the Analyse tab's outputs; the true label starts unset (no anchoring); the
+        info line says how the clip was read (adapted to a voice over how many clips, or on its own)."""
         aux = f"_{a.expectation}_\n\n{a.aux_markdown}" if a.expectation else a.aux_markdown
-        return (a.probabilities, aux, a.figure, a.warp, a.clip_id, a.info,
+        info = f"{a.info}\n\n{a.voice}." if a.voice else a.info
+        return (a.probabilities, aux, a.figure, a.warp, a.clip_id, info,
                 gr.update(choices=list(ANNOTATION_LABELS), value=None))
+
+    def forget_voice(self, voice: str | None = None, annotator_name: str | None = None,
+                     request: gr.Request = None) -> str:
+        """Forget the clips analysed under voice name ``voice`` (for this login, annotator or session):
+        its next clip starts the voice anew. A status line."""
+        return self.bench.forget_voice(voice, voice_scope(request, annotator_name))
 
     def model_metrics(self, name: str) -> str:
         """A checkpoint's held-out evaluations as a Markdown table (test, dev, CV, leave-one-corpus-out)."""

@@ -6,6 +6,11 @@ the one waiting), so the page's handler must return at once: with ``background=T
 :meth:`LiveTimeline.feed` only appends the chunk and hands a due window to a classifier thread, unless this
 recording's previous window is still being classified or all :data:`LIVE_CLASSIFIERS` are busy (that window
 is skipped); a finished window is returned by a later call.
+
+A live recording is one voice: with a model that adapts to voices, each classified window with speech joins
+the session's :class:`~serdemo.voice.VoiceProfile` (the latest :data:`LIVE_VOICE_WINDOWS` of them, so memory
+stays bounded) and its probabilities are read relative to the voice heard so far, itself included
+(:attr:`Window.voice_clips` says over how many windows).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from serdemo.audio import (MIN_DURATION_S, SAMPLE_RATE, SILENCE_PEAK, AudioError
 from serdemo.inference import Predictor
 from serdemo.timeline import Window, classify, max_timeline_s, window_from
 from serdemo.vad import MIN_TOTAL_SPEECH_S
+from serdemo.voice import VoiceProfile
 
 LIVE_WINDOW_S = 3.0  # the live view classifies the latest this-many seconds
 MAX_CHUNK_S = 5.0  # the browser streams 0.5 s at a time; a longer chunk is not a microphone's
@@ -31,6 +37,7 @@ MAX_LIVE_SESSIONS = 8  # live recordings held at once (all users); the next one 
 LIVE_IDLE_S = 60.0  # a recording that gets no chunk for this long is closed and its audio released
 LIVE_EXTRA_S = 120.0  # a recording lives at most its length limit plus this (an API client that never stops)
 LIVE_CLASSIFIERS = 2  # live windows classified at once (all recordings); a window due while none is free is skipped
+LIVE_VOICE_WINDOWS = 300  # windows a live recording's voice profile keeps (the latest; 3.6 MB for the default probe)
 
 _sessions: "weakref.WeakSet[LiveTimeline]" = weakref.WeakSet()
 _sessions_lock = threading.Lock()
@@ -75,12 +82,14 @@ class LiveTimeline:
     stream (:class:`StreamResampler`), so their joins leave no clicks. The recording stays in memory
     (at 16 kHz, float32: 3.8 MB a minute) up to ``max_duration_s``; :meth:`finish` returns it whole.
     With ``background`` the windows are classified beside the stream (see the module's docstring):
-    ``feed`` never waits for the model, ``skipped`` counts the windows it left out.
+    ``feed`` never waits for the model, ``skipped`` counts the windows it left out. With ``adapt_voice``
+    (and a model that adapts) the windows adapt to the voice so far (see the module's docstring).
     """
 
     def __init__(self, predictor: Predictor, window_s: float = LIVE_WINDOW_S, every_s: float = 1.0,
                  max_duration_s: float | None = None, idle_s: float = LIVE_IDLE_S,
-                 max_sessions: int = MAX_LIVE_SESSIONS, clock=time.monotonic, background: bool = False):
+                 max_sessions: int = MAX_LIVE_SESSIONS, clock=time.monotonic, background: bool = False,
+                 adapt_voice: bool = True):
         self.clock, self.idle_s = clock, float(idle_s)
         self.created_at = self.last_fed_at = clock()
         self.released: str | None = None  # why the recording was closed ("idle", "lifetime"), None while open
@@ -103,6 +112,10 @@ class LiveTimeline:
         self._classifying: Future | None = None
         self._ready: list[Window] = []  # classified beside the stream, not yet returned by feed
         self._windows_lock = threading.Lock()
+        self.adapt_voice = bool(adapt_voice) and bool(getattr(predictor, "adapts", False))
+        self.voice = VoiceProfile("live")  # the windows with speech so far (at most LIVE_VOICE_WINDOWS)
+        self.voice.MAX_CLIPS = LIVE_VOICE_WINDOWS
+        self._voice_lock = threading.Lock()  # the profile and the readapting of a window against it
         with _sessions_lock:
             _sessions.add(self)
 
@@ -116,6 +129,8 @@ class LiveTimeline:
         """Close the recording and free its audio; later chunks are answered with a message."""
         self.released = why
         self.parts, self.samples, self.resampler = [], 0, None
+        with self._voice_lock:
+            self.voice = VoiceProfile("live")
         with _sessions_lock:
             _sessions.discard(self)
         hook, self.on_release = self.on_release, None
@@ -231,8 +246,28 @@ class LiveTimeline:
             self.skipped += 1
         return self._take_ready()
 
+    @property
+    def voice_windows(self) -> int:
+        """How many windows the session's voice profile holds now."""
+        return self.voice.n_clips
+
+    def _adapt(self, pred, speech_s: float) -> None:
+        """A window with speech joins the voice so far; the prediction is then read relative to that voice
+        (a window without speech is read relative to it, without joining). In place."""
+        if not self.adapt_voice or getattr(pred, "statistics", None) is None:
+            return
+        with self._voice_lock:
+            if speech_s >= MIN_TOTAL_SPEECH_S:
+                self.voice.add(pred.statistics[None], self.predictor.voice_layout, key=pred.extra.get("digest"))
+            if self.voice.n_clips:
+                self.predictor.readapt([pred], self.voice)
+
     def _classify(self, piece: np.ndarray, span: tuple[float, float]) -> Window:
-        win = window_from(classify(self.predictor, [piece])[0], span[0], span[1], -1)
+        pred = classify(self.predictor, [piece])[0]
+        win = window_from(pred, span[0], span[1], -1)
+        self._adapt(pred, win.speech_s)
+        win.probabilities = {**pred.probabilities}  # the emotion head's, read relative to the voice so far
+        win.voice_clips = int(getattr(pred, "voice_clips", 0) or 0)
         with self._windows_lock:
             self.windows.append(win)
         return win

@@ -14,6 +14,11 @@ in bounded blocks, never whole, so memory stays flat whatever its length):
     tl = analyze("call.flac", predictor)       # Timeline: segments, windows, envelope
     tl.export("out/", "call")                   # call.csv, call.json, call.labels.txt
 
+A recording is one voice: with a model that adapts to voices (:attr:`Predictor.adapts`) and ``adapt_voice``,
+every window's emotion probabilities are then read relative to the voice of all the recording's windows
+(:meth:`Predictor.predict_from_statistics` on the statistics each window's prediction kept: no second
+encoder pass). :data:`ADAPT_VOICE` is the default, as measured (``benchmarks/voice_timeline.py``).
+
 Exports: CSV and JSON (start, end, label, confidence, one probability per class) and a label track
 (``start<TAB>end<TAB>label``, seconds) that Audacity imports as labels and ELAN as a tier.
 The live microphone is :mod:`serdemo.live`; the command line (``python -m serdemo.timeline FILE... --out
@@ -55,6 +60,7 @@ MIN_SEGMENT_S = 0.4  # shorter speech bursts are left out of the timeline
 MAX_SEGMENT_S = 20.0  # longer stretches of speech are split into equal segments
 BATCH_SIZE = 16  # windows per forward pass
 MASK_HOP = 160  # samples per frame of the detector's mask over the whole recording (10 ms)
+ADAPT_VOICE = True  # windows read relative to the recording's voice (models that adapt); benchmarks/voice_timeline.py
 
 Progress = Callable[[float, str], None]  # (fraction done, what is happening)
 
@@ -86,6 +92,7 @@ class Window:
     attention_times_s: np.ndarray
     speech_s: float
     segment: int = -1
+    voice_clips: int = 0  # how many windows of the voice its probabilities were adapted to (0: read on its own)
 
     def label(self, head: str = "emotion") -> str:
         p = self.probabilities[head]
@@ -142,6 +149,7 @@ class Timeline:
     source_sha: str = ""  # SHA-256 of the 16 kHz 16-bit samples (what the store would name this audio)
     source_rate: int = SAMPLE_RATE
     elapsed_s: float = 0.0
+    voice_windows: int = 0  # windows the adaptation to the recording's voice rests on (0: each read on its own)
 
     # ----------------------------------------------------------------- exports
     def relabel(self, number: int, label: str, annotator: str) -> Segment:
@@ -152,30 +160,42 @@ class Timeline:
 
     def rows(self) -> list[dict]:
         """One dict per segment: its number (from 1, as the table), start, end, the model's label and
-        confidence, the human label and its annotator (blank: none yet), then one probability per class."""
+        confidence, the human label and its annotator (blank: none yet), one probability per class, then
+        ``voice_windows``: how many of the recording's windows the probabilities were adapted to (0: none)."""
         out = []
         for s in self.segments:
             row = {"segment": s.number, "start": round(s.start_s, 3), "end": round(s.end_s, 3),
                    "label": s.label(), "confidence": round(s.confidence(), 4), "human_label": s.human_label or "",
                    "annotator": s.annotator or ""}
             row.update({c: round(s.probabilities["emotion"][c], 4) for c in self.classes})
+            row["voice_windows"] = self.voice_windows
             out.append(row)
         return out
 
     def to_dict(self, windows: bool = True) -> dict:
         d = {"name": self.name, "duration_s": round(self.duration_s, 3), "checkpoint": self.checkpoint,
-             "classes": self.classes, "source_sha256": self.source_sha, "segments": self.rows()}
+             "classes": self.classes, "source_sha256": self.source_sha,
+             "voice": {"adapted": self.voice_windows > 0, "windows": self.voice_windows,
+                       "note": self.voice_note()},
+             "segments": self.rows()}
         if windows:
             d["windows"] = [{"start": round(w.start_s, 3), "end": round(w.end_s, 3), "segment": w.segment,
-                             "label": w.label(), "speech_s": round(w.speech_s, 2),
+                             "label": w.label(), "speech_s": round(w.speech_s, 2), "voice_clips": w.voice_clips,
                              "probabilities": {c: round(w.probabilities["emotion"][c], 4) for c in self.classes}}
                             for w in self.windows]
         return d
 
+    def voice_note(self) -> str:
+        """One sentence: whether (and on how many windows) the probabilities are adapted to the recording's voice."""
+        if self.voice_windows:
+            n = self.voice_windows
+            return f"adapted to the recording's voice over {n} window{'s' if n != 1 else ''}"
+        return "each window read on its own (not adapted to the recording's voice)"
+
     def csv_text(self) -> str:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=["segment", "start", "end", "label", "confidence", "human_label",
-                                            "annotator", *self.classes],
+                                            "annotator", *self.classes, "voice_windows"],
                            lineterminator="\n")
         w.writeheader()
         w.writerows(self.rows())
@@ -311,6 +331,21 @@ def window_speech(mask: np.ndarray, start: int, n: int, predictor: Predictor) ->
     return np.where(idx < len(mask), mask[np.minimum(idx, len(mask) - 1)], False)
 
 
+def adapt_to_voice(predictor: Predictor, windows: list[Window], statistics: list[np.ndarray | None]) -> int:
+    """Read every window's emotion probabilities relative to the voice of all of them (one recording, one
+    voice), in place, from the raw statistics their predictions kept (``statistics[i]`` for ``windows[i]``):
+    no encoder runs again. Returns how many windows the adaptation rests on; 0 (nothing changed) when the
+    model does not adapt or a window has no statistics (e.g. ``shared_context``)."""
+    if not windows or not getattr(predictor, "adapts", False) or any(s is None for s in statistics):
+        return 0
+    stats = np.stack([np.asarray(s, np.float32) for s in statistics])
+    adapted = predictor.predict_from_statistics(stats, voice_stats=stats)
+    for w, p in zip(windows, adapted):
+        w.probabilities = {**w.probabilities, "emotion": p}
+        w.voice_clips = len(stats)
+    return len(stats)
+
+
 def _mean_probabilities(windows: list[Window]) -> dict[str, dict[str, float]]:
     heads = windows[0].probabilities
     return {h: {c: float(np.mean([w.probabilities[h][c] for w in windows])) for c in heads[h]} for h in heads}
@@ -319,7 +354,8 @@ def _mean_probabilities(windows: list[Window]) -> dict[str, dict[str, float]]:
 def analyze(source, predictor: Predictor, *, max_duration_s: float | None = None, window_s: float = WINDOW_S,
             hop_s: float = HOP_S, min_gap_s: float = MIN_GAP_S, min_segment_s: float = MIN_SEGMENT_S,
             max_segment_s: float = MAX_SEGMENT_S, batch_size: int = BATCH_SIZE, block_s: float = 30.0,
-            progress: Progress | None = None, name: str | None = None, shared_context: bool = False) -> Timeline:
+            progress: Progress | None = None, name: str | None = None, shared_context: bool = False,
+            adapt_voice: bool = ADAPT_VOICE) -> Timeline:
     """A recording (path, ``(rate, array)`` or 16 kHz array) -> :class:`Timeline`.
 
     Each window is classified on its own samples, as the Analyse tab would classify it (in padded batches
@@ -327,6 +363,10 @@ def analyze(source, predictor: Predictor, *, max_duration_s: float | None = None
     encoding of the stretch of recording it lies in (:meth:`Predictor.predict_spans`); a window's
     probabilities then depend on the speech around it (on real corpus speech by up to 0.63, and it was
     not faster: 228 s in 3.1 s against 1.5 s on one CPU thread), so it is off by default.
+
+    ``adapt_voice`` (default :data:`ADAPT_VOICE`): once every window is classified, read each relative to the
+    voice of all the recording's windows (:func:`adapt_to_voice`; models that adapt only, and not with
+    ``shared_context``, whose windows keep no statistics); :attr:`Timeline.voice_windows` says on how many.
 
     Raises :class:`AudioError` for unreadable, too long or silent audio and :class:`NoSpeechError`
     when the detector finds no segment of speech.
@@ -374,6 +414,7 @@ def analyze(source, predictor: Predictor, *, max_duration_s: float | None = None
 
     # pass 2: windows as their samples arrive, classified with the speech mask of pass 1
     windows: list[Window] = []
+    statistics: list[np.ndarray | None] = []  # each window's raw statistics (models that adapt), for adapt_voice
     spans = shared_context and hasattr(predictor, "predict_spans")
 
     def run(region: np.ndarray, region_start: int, items: list[tuple[float, float, int]]) -> None:
@@ -395,6 +436,7 @@ def analyze(source, predictor: Predictor, *, max_duration_s: float | None = None
             preds = classify(predictor, waves, speech)
             offsets = [(region_start + max(0, x)) / SAMPLE_RATE for x, _ in cuts]
         windows.extend(window_from(pr, a, b, si, off) for pr, (a, b, si), off in zip(preds, items, offsets))
+        statistics.extend(getattr(pr, "statistics", None) for pr in preds)
         release_memory()
         progress(0.5 + 0.5 * len(windows) / len(plan), "classifying windows")
 
@@ -430,6 +472,8 @@ def analyze(source, predictor: Predictor, *, max_duration_s: float | None = None
             tail.append((a, b, si))
     run_ready(buf, buf_start, tail)
     del buf
+    voice_windows = adapt_to_voice(predictor, windows, statistics) if adapt_voice else 0
+    del statistics
     for i, w in enumerate(windows):
         segs[w.segment].windows.append(i)
     segs = [s for s in segs if s.windows]
@@ -445,7 +489,8 @@ def analyze(source, predictor: Predictor, *, max_duration_s: float | None = None
                     envelope_times_s=np.minimum(env_t, duration_s).astype(np.float32),
                     envelope_min=np.concatenate(env_min).astype(np.float32) if env_min else np.zeros(0, np.float32),
                     envelope_max=np.concatenate(env_max).astype(np.float32) if env_max else np.zeros(0, np.float32),
-                    source_sha=sha.hexdigest(), source_rate=src.rate, elapsed_s=time.perf_counter() - t0)
+                    source_sha=sha.hexdigest(), source_rate=src.rate, elapsed_s=time.perf_counter() - t0,
+                    voice_windows=voice_windows)
 
 
 

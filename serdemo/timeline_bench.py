@@ -20,7 +20,7 @@ from serdemo.export import EXPORT_PREFIX, remove_old_exports
 from serdemo.live import MAX_CHUNK_S, LiveTimeline
 from serdemo.plots import analysis_figure, db_per_unit, live_figure, mel_band_hz, timeline_figure
 from serdemo.store import StoreError, as_stored
-from serdemo.timeline import Timeline, Window, analyze, max_timeline_s, open_recording
+from serdemo.timeline import ADAPT_VOICE, Timeline, Window, analyze, max_timeline_s, open_recording
 from serdemo.uikit import user_error
 from serdemo.vad import MIN_TOTAL_SPEECH_S
 
@@ -110,8 +110,8 @@ def summary(tl: Timeline) -> str:
     n = len(tl.segments)
     return (f"**{n} segment{'s' if n != 1 else ''}**, {speech:.0f} s of speech in {tl.duration_s:.0f} s · "
             f"the model's label as a share of speech time (not a confidence): {mix} · "
-            f"analysed in {tl.elapsed_s:.1f} s ({tl.duration_s / max(tl.elapsed_s, 1e-6):.0f}× real time). "
-            "Pick a segment in the table to see what the model heard and to relabel it.")
+            f"analysed in {tl.elapsed_s:.1f} s ({tl.duration_s / max(tl.elapsed_s, 1e-6):.0f}× real time) · "
+            f"{tl.voice_note()}. Pick a segment in the table to see what the model heard and to relabel it.")
 
 
 def fail(problem, source=None):
@@ -125,14 +125,16 @@ class TimelineDesk:
     def __init__(self, bench):
         self.bench = bench
 
-    def analyse(self, audio, model_name, source=None, progress=None) -> TimelineView:
-        """Emotion over time for a recording (a path): figure, segments table, summary and the three exports."""
+    def analyse(self, audio, model_name, source=None, progress=None, adapt_voice: bool = ADAPT_VOICE) -> TimelineView:
+        """Emotion over time for a recording (a path): figure, segments table, summary and the three exports.
+        ``adapt_voice``: read every window relative to the recording's voice (models that adapt)."""
         if not audio:
             raise fail("No audio was given: upload a recording (or speak into the microphone) first.")
         step = progress or (lambda *a, **k: None)
         try:
             predictor = self.bench.predictor(model_name)
-            tl = analyze(audio, predictor, progress=lambda f, d: step(f, desc=d), name=Path(audio).name)
+            tl = analyze(audio, predictor, progress=lambda f, d: step(f, desc=d), name=Path(audio).name,
+                         adapt_voice=bool(adapt_voice))
         except (AudioError, CheckpointError) as exc:
             raise fail(exc, source) from None
         remove_old_exports()  # served more than an hour ago: Gradio has its own copy
@@ -205,13 +207,14 @@ class TimelineDesk:
             raise fail(exc, MICROPHONE) from None
         return "Listening… the first prediction comes after a second of sound."
 
-    def live_feed(self, live: LiveTimeline | None, chunk, model_name) -> LiveUpdate:
+    def live_feed(self, live: LiveTimeline | None, chunk, model_name, adapt_voice: bool = True) -> LiveUpdate:
         """One streamed chunk, a file (as the page sends it) or a ``(rate, samples)`` pair: extend the recording;
         every second, classify the latest 3 s. A file is checked from its header (at most
-        :data:`~serdemo.live.MAX_CHUNK_S`) and decoded by :class:`~serdemo.audio.AudioStream`."""
+        :data:`~serdemo.live.MAX_CHUNK_S`) and decoded by :class:`~serdemo.audio.AudioStream`. ``adapt_voice``
+        (read when the recording starts): the windows adapt to the voice so far."""
         try:
             if live is None:
-                live = LiveTimeline(self.bench.predictor(model_name))
+                live = LiveTimeline(self.bench.predictor(model_name), adapt_voice=bool(adapt_voice))
             if chunk is None:
                 return LiveUpdate(live)
             if isinstance(chunk, (str, Path)):
@@ -234,8 +237,11 @@ class TimelineDesk:
         fig = live_figure(live.windows, classes, live.duration_s, MIN_TOTAL_SPEECH_S)
         if live.has_speech(win):
             probs = win.probabilities["emotion"]
+            n = win.voice_clips
+            voice = (f" · adapted to your voice over {n} window{'s' if n != 1 else ''}" if n else
+                     " · read on its own" + ("" if live.adapt_voice else " (this model does not adapt to a voice)"))
             text = (f"{live.duration_s:.0f} s recorded · now: **{win.label()}** "
-                    f"({max(probs.values()):.0%}) over {win.start_s:.0f}–{win.end_s:.0f} s")
+                    f"({max(probs.values()):.0%}) over {win.start_s:.0f}–{win.end_s:.0f} s{voice}")
         else:
             probs = {"no speech": 1.0}
             text = f"{live.duration_s:.0f} s recorded · no speech in the latest {win.end_s - win.start_s:.0f} s"
@@ -243,7 +249,8 @@ class TimelineDesk:
             text += f" · the limit of {max_timeline_s():.0f} s is reached: stop to analyse"
         return probs, fig, text
 
-    def live_stop(self, live: LiveTimeline | None, model_name, progress=None) -> Stopped:
+    def live_stop(self, live: LiveTimeline | None, model_name, progress=None,
+                  adapt_voice: bool = ADAPT_VOICE) -> Stopped:
         """Recording stopped: keep it (a wav for playback) and analyse it as a timeline for relabelling; a
         recording that cannot be analysed (no speech) is still kept, with the reason."""
         if live is None or not live.samples:
@@ -253,7 +260,7 @@ class TimelineDesk:
         path = folder / f"recording-{time.strftime('%Y%m%d-%H%M%S')}.wav"
         sf.write(path, live.finish(), SAMPLE_RATE, subtype="PCM_16")
         try:
-            view = self.analyse(str(path), model_name, MICROPHONE, progress)
+            view = self.analyse(str(path), model_name, MICROPHONE, progress, adapt_voice)
         except gr.Error as exc:  # e.g. no speech: told in the status line, and the recording is kept
             return Stopped(str(path), None, f"Stopped after {live.duration_s:.0f} s. {exc.message} "
                                             "The recording is in the upload box.")

@@ -2,8 +2,9 @@
 methods; the functions here only turn their named results into component updates.
 
 ``timeline_tab(bench, annotator)`` builds the tab inside ``build_app``'s Blocks (one call) and wires
-it; ``bench`` is the app's Workbench. Named API endpoint: ``/timeline`` (audio file, model) -> figure,
-segments table, summary, CSV, JSON, label track.
+it; ``bench`` is the app's Workbench. Named API endpoint: ``/timeline`` (audio file, model, and optionally
+adapt_voice: read the windows relative to the recording's voice) -> figure, segments table, summary, CSV,
+JSON, label track.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import gradio as gr
 
 from serdemo.live import MAX_LIVE_SESSIONS, LiveTimeline
-from serdemo.timeline import max_timeline_s
+from serdemo.timeline import ADAPT_VOICE, max_timeline_s
 from serdemo.timeline_bench import SEGMENT_HEADERS, Loaded, Picked, TimelineDesk
 from serdemo.uikit import STREAMED, gpu, model_picker, resolve_annotator, stream_closer, streamed_files
 
@@ -30,9 +31,10 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
         return view.figure, view.rows, view.summary, view.csv, view.json, view.labels, view.loaded, None
 
     @gpu
-    def run(audio, model_name, source=None, progress=gr.Progress()):
-        """Emotion over time for a long recording: figure, segments table, summary, CSV, JSON, label track."""
-        return shown(desk.analyse(audio, model_name, source, progress))
+    def run(audio, model_name, adapt_voice=ADAPT_VOICE, source=None, progress=gr.Progress()):
+        """Emotion over time for a long recording: figure, segments table, summary, CSV, JSON, label track.
+        ``adapt_voice``: read every window relative to the recording's voice (models that adapt)."""
+        return shown(desk.analyse(audio, model_name, source, progress, adapt_voice))
 
     @gpu
     def pick(evt: gr.SelectData, loaded: Loaded | None, model_name):
@@ -59,14 +61,14 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
         have started it; stopping resets it.)"""
         return None, desk.live_start(model_name), gr.update(visible=True)
 
-    def live_chunk(chunk, live: LiveTimeline | None, model_name, request: gr.Request = None):
+    def live_chunk(chunk, live: LiveTimeline | None, model_name, adapt_voice=ADAPT_VOICE, request: gr.Request = None):
         """Streamed chunks: extend the recording and return at once; every second the latest 3 s go to a
         classifier thread unless it is still busy, and a finished prediction shows with a later chunk. Gradio
         hands this handler only the latest chunk (one comes every 0.1 s); the ones posted meanwhile come from
         :func:`~serdemo.uikit.streamed_files`, so every second recorded is kept; predictions may be skipped."""
         first = live is None
         if first:  # the recording's first chunk (it came with the stream's start, not through its route)
-            live = desk.live_feed(None, None, model_name).live
+            live = desk.live_feed(None, None, model_name, adapt_voice).live
             live.background = True
             live.on_release = stream_closer(request)  # released (idle, too long): its stream ends at once
         posted = streamed_files(request)
@@ -79,7 +81,8 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
             return gr.skip(), gr.skip(), live, gr.skip()
         return shown.probabilities, shown.figure, live, shown.text
 
-    def live_stop(live: LiveTimeline | None, model_name, progress=gr.Progress(), request: gr.Request = None):
+    def live_stop(live: LiveTimeline | None, model_name, adapt_voice=ADAPT_VOICE, progress=gr.Progress(),
+                  request: gr.Request = None):
         """Recording stopped: keep it (a wav for playback) and analyse it as a timeline for relabelling. Chunks
         posted before the stop that the stream had not handled yet join the recording first."""
         for piece in (streamed_files(request) or []) if live is not None else []:
@@ -88,7 +91,7 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
             except gr.Error:  # a bad last chunk: the recording up to it is kept
                 break
         STREAMED.forget(getattr(request, "session_hash", None))
-        st = desk.live_stop(live, model_name, progress)
+        st = desk.live_stop(live, model_name, progress, adapt_voice)
         if st.view is None:
             return (st.recording, *(gr.skip(),) * 8, st.text, None, gr.update(visible=False))
         figure, *rest = shown(st.view)
@@ -108,6 +111,10 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
                 with gr.Row(equal_height=True):
                     t_model = model_picker(bench, elem_id="timeline-model", scale=3)
                     t_run = gr.Button("Analyse over time", variant="primary", elem_id="timeline-run", scale=1)
+                t_adapt = gr.Checkbox(ADAPT_VOICE, label="Adapt to the speaker's voice", elem_id="timeline-adapt",
+                                      info="One recording, one voice: each window is read relative to the voice of the "
+                                           "whole recording (or, live, of what was heard so far), which takes much of "
+                                           "who is speaking out of the guess. Models that adapt only.")
             with gr.Column(scale=2):
                 live_mic = gr.Audio(sources=["microphone"], streaming=True, type="filepath",
                                     label="Or speak: live prediction every second", elem_id="live-mic")
@@ -136,7 +143,7 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
     hidden = dict(api_visibility="private", show_progress="hidden")
     show_plot = dict(fn=lambda: gr.update(visible=True), inputs=None, outputs=t_plot, queue=False, **hidden)
     t_run.click(forget_segment, None, [seg_row, s_status, picked_state], queue=False, **hidden).then(
-        run, [t_audio, t_model], [t_plot, t_table, t_info, t_csv, t_json, t_labels, loaded_state, picked_state],
+        run, [t_audio, t_model, t_adapt], [t_plot, t_table, t_info, t_csv, t_json, t_labels, loaded_state, picked_state],
         api_name="timeline", show_progress_on=t_info, concurrency_limit=1, concurrency_id="timeline").success(**show_plot)
     t_table.select(pick, [loaded_state, t_model], [t_plot, s_plot, seg_row, s_probs, s_label, picked_state, s_status],
                    api_visibility="private", show_progress_on=s_plot)
@@ -144,10 +151,10 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
                  [s_status, t_plot, t_table, t_csv, t_json, t_labels, loaded_state], api_visibility="private",
                  show_progress_on=s_status)
     live_mic.start_recording(live_start, [t_model], [live_probs, live_info, live_plot], **hidden)
-    live_mic.stream(live_chunk, [live_mic, live_state, t_model], [live_probs, live_plot, live_state, live_info],
+    live_mic.stream(live_chunk, [live_mic, live_state, t_model, t_adapt], [live_probs, live_plot, live_state, live_info],
                     stream_every=0.5, time_limit=max_timeline_s(), concurrency_limit=LIVE_CHUNKS_AT_ONCE,
                     concurrency_id="live", **hidden)
-    live_mic.stop_recording(live_stop, [live_state, t_model],
+    live_mic.stop_recording(live_stop, [live_state, t_model, t_adapt],
                             [t_audio, t_plot, t_table, t_info, t_csv, t_json, t_labels, loaded_state, picked_state,
                              live_info, live_state, seg_row], api_visibility="private", show_progress_on=t_info,
                             concurrency_id="timeline")  # a stopped recording is a timeline: one at a time

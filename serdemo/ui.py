@@ -3,7 +3,7 @@ method, through :class:`serdemo.endpoints.Endpoints` where a result must become 
 the Timeline tab is :func:`serdemo.timeline_ui.timeline_tab`. Nothing imports this module but ``app.py`` (and tests).
 
 Named API endpoints (``gradio_client``): ``/analyze``, ``/warp``, ``/relabel``, ``/confirm``,
-``/history``, ``/queue``, ``/labels``, ``/agreement``, ``/export``, ``/models``, ``/model_card``,
+``/history``, ``/queue``, ``/labels``, ``/forget_voice``, ``/agreement``, ``/export``, ``/models``, ``/model_card``,
 ``/model_metrics``, ``/retrain_plan`` (what a run would train on, Markdown), ``/retrain``, ``/retrain_cancel``,
 ``/retrain_status`` (Markdown), ``/retrain_progress`` (a dict), ``/retrain_keep`` and ``/retrain_discard`` (a done
 run's checkpoint), and the Timeline tab's ``/timeline``.
@@ -18,9 +18,9 @@ from serdemo.endpoints import Endpoints
 from serdemo.labels import ANNOTATION_LABELS
 from serdemo.plots import warp_figure
 from serdemo.timeline_ui import timeline_tab
-from serdemo.uikit import CSS, SHORTCUTS_JS, annotator_field, checked_by_the_callback, gpu, model_picker
-from serdemo.workbench import (AGREEMENT_HEADERS, ALPHA_MAX, ALPHA_MIN, HISTORY_HEADERS, MAX_QUEUE, PICKER_INFO,
-                               QUEUE_HEADERS, Settings, Workbench)
+from serdemo.uikit import CSS, SHORTCUTS_JS, annotator_field, checked_by_the_callback, gpu, model_picker, voice_scope
+from serdemo.workbench import (AGREEMENT_HEADERS, ALPHA_MAX, ALPHA_MIN, HISTORY_HEADERS, MAX_QUEUE, MAX_VOICE_NAME,
+                               PICKER_INFO, QUEUE_HEADERS, Settings, Workbench)
 
 __all__ = ["CSS", "SHORTCUTS_JS", "Settings", "Workbench", "build_app"]
 
@@ -32,9 +32,13 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
 
     # the one GPU callback stays a plain function, decorated for ZeroGPU (spaces.GPU) as before
     @gpu
-    def analyze(audio, model_name, alpha, view="difference", source=None, progress=gr.Progress()):
-        """Analyse a clip: probabilities, auxiliary heads, the figure, the warp, its clip id and label choices."""
-        return ep.analysis_outputs(bench.analyse(audio, model_name, alpha, view, source, progress))
+    def analyze(audio, model_name, alpha, view="difference", voice=None, annotator=None, source=None,
+                request: gr.Request = None, progress=gr.Progress()):
+        """Analyse a clip: probabilities, auxiliary heads, the figure, the warp, its clip id and label choices.
+        ``voice`` (optional; None, so API callers may leave it and ``annotator`` out): clips analysed under one
+        voice name (per login, annotator or session) adapt together; the info line says over how many clips."""
+        return ep.analysis_outputs(bench.analyse(audio, model_name, alpha, view, source, progress, voice,
+                                                 voice_scope(request, annotator)))
 
     # ---------------------------------------------------------------- layout
     with gr.Blocks(title="serdemo — what the model hears") as app:
@@ -52,6 +56,14 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
                 with gr.Column(scale=3):
                     audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speech")
                     model = model_picker(bench, elem_id="model", info=PICKER_INFO)
+                    with gr.Row(elem_id="voice-row"):
+                        voice = gr.Textbox(label="Voice name (optional)", max_lines=1, max_length=MAX_VOICE_NAME,
+                                           elem_id="voice-name", scale=3, min_width=200, placeholder="e.g. alice",
+                                           info="Clips analysed under one name adapt to that speaker's voice "
+                                                "together; leave empty to read each clip on its own")
+                        forget = gr.Button("Forget this voice", elem_id="voice-forget", size="sm", scale=1,
+                                           min_width=130)
+                    voice_status = gr.Markdown(elem_id="voice-status")
                     run = gr.Button("Analyse", variant="primary", elem_id="analyse")
                     info = gr.Markdown(elem_id="analysis-info")
                 with gr.Column(scale=2):
@@ -160,7 +172,7 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         # progress and a failure show on the emotion panel only (the message in a toast), not on every panel
         run.click(ep.clear_analysis, None, [probs, aux, figure, clip_id, info, label_choice, status], queue=False,
                   **hidden).then(
-            analyze, [audio, model, alpha, vtlp_view, source],
+            analyze, [audio, model, alpha, vtlp_view, voice, annotator, source],
             [probs, aux, figure, warp_plot, clip_id, info, label_choice], api_name="analyze",
             show_progress_on=probs)
         # every change of the slider (drag, arrow keys, a typed value) redraws; the latest value wins
@@ -169,6 +181,8 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         alpha.input(api_name="warp", **redraw)
         vtlp_view.input(api_visibility="private", **redraw)
         # the write endpoints take the clip id and plain strings: an API caller needs no session state
+        forget.click(ep.forget_voice, [voice, annotator], [voice_status], api_name="forget_voice",
+                     show_progress="hidden")
         gr.api(ep.relabel, api_name="relabel")
         gr.api(ep.confirm, api_name="confirm")
         gr.api(ep.labels, api_name="labels")

@@ -129,6 +129,20 @@ def resolve_annotator(name: str, request: gr.Request | None) -> str:
     return (login_name(request) or name or "").strip()
 
 
+def voice_scope(request: gr.Request | None, annotator: str | None = "") -> str:
+    """Whose voice names an Analyse-tab call uses: the login's where the app has logins, else the annotator
+    name typed on the page (case and spacing aside), else this browser session's (an API client's own);
+    "" without any (a direct call)."""
+    user = login_name(request)
+    if user:
+        return f"login:{user}"
+    who = " ".join(str(annotator or "").split()).casefold()[:256]
+    if who:
+        return f"annotator:{who}"
+    session = getattr(request, "session_hash", None) if request is not None else None
+    return f"session:{session}" if session else ""
+
+
 def annotator_field(remembered: str | None, request: gr.Request | None):
     """On load: a logged-in user annotates under the login name (fixed); otherwise the name typed once,
     which this browser remembers across reloads."""
@@ -467,6 +481,7 @@ def quiet_refused_paths() -> None:
 
 CSS = """
 #clip-id input, #q-clip input { font-family: monospace; text-overflow: ellipsis; }
+#voice-row { align-items: flex-end; }
 #queue table td, #agreement-clips table td { white-space: nowrap; }
 #model-metrics table, #retrain-plan table { display: block; width: max-content; max-width: 100%; overflow-x: auto;
   white-space: nowrap; }

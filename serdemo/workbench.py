@@ -4,6 +4,11 @@
 annotation store, the redraw cache, the background retrainer); each page callback in ``serdemo.ui`` is
 one of its methods, so the app's behaviour is testable without a browser. No layout here; user errors are
 raised as ``gr.Error`` (:func:`serdemo.uikit.user_error`), worded for the person, without a path.
+
+Voices (models that adapt to a speaker's voice, :attr:`serdemo.inference.Predictor.adapts`): the Analyse tab's
+clips analysed under one voice name adapt together (:class:`VoiceBook`, per login, annotator or browser
+session); the annotation queue reads the stored clips of one known corpus speaker relative to each other
+(:meth:`Workbench.speaker_guesses`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 import os
 import threading
 import time
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +44,20 @@ from serdemo.retrain import (FIRST_GUESS_S, WHY_SHORT, RetrainBusy, Retrainer, R
                              human_duration, report_sentence, retrain_plan)
 from serdemo.store import Store, StoreError, as_stored, default_data_dir
 from serdemo.uikit import require_retrain_login, user_error
+from serdemo.voice import VoiceProfile
 from serdemo.vtlp import F_HI_HZ, warp_power
 
 ALPHA_MIN, ALPHA_MAX = 0.8, 1.2
 MAX_QUEUE = 1000  # rows the annotation queue returns at most (the page's and the API's limit)
 PLAN_ROWS = 20  # stored labels that would not train, listed by name before a retraining run
+MAX_VOICES = 200  # Analyse-tab voice profiles kept (all users; the least recently used is forgotten first)
+MAX_VOICE_NAME = 64  # characters of a voice name, after normalising
+VOICE_CLIPS = 200  # clips one Analyse-tab voice keeps (its latest)
+MAX_VOICE_CLIPS_TOTAL = 10_000  # clips all Analyse-tab voices keep together (~120 MB for the default probe)
+QUEUE_MIN_VOICE_CLIPS = 2  # a known speaker's stored clips adapt together in the queue from this many on
+QUEUE_VOICE_CLIPS = 40  # a known speaker's clips one queue voice rests on (more only when more are shown)
+QUEUE_NEW_STATS = 64  # stored clips whose statistics one queue view computes at most (the rest: later views)
+STATS_CACHE = 5000  # stored clips' statistics kept for the queue (~60 MB for the default probe)
 log = logging.getLogger("serdemo.ui")
 
 
@@ -74,7 +89,7 @@ class Settings:
 
 PICKER_INFO = ("Order: the default first, then by dev UA (never by the test figures). UA · WA: each model on its "
                "own test speakers (never trained on); more on the Models tab")
-QUEUE_HEADERS = ["clip", "model guess", "conf.", "sec", "label", "source"]  # what matters first on a phone
+QUEUE_HEADERS = ["clip", "model guess", "conf.", "sec", "label", "source", "voice"]  # what matters first on a phone
 HISTORY_HEADERS = ["when (UTC)", "label", "annotator", "model said", "confidence", "checkpoint"]
 AGREEMENT_HEADERS = ["annotator", "clips", "shared", "agreement", "mean kappa", "Cohen's kappa with each other"]
 
@@ -92,6 +107,8 @@ class Analysis:
     info: str
     predicted: str
     expectation: str = ""  # what accuracy to expect for a voice the model never heard, with chance
+    voice: str = ""  # one sentence: adapted to which voice over how many clips, or read on its own
+    voice_clips: int = 0  # how many clips the adaptation rests on (0: read on its own)
 
 
 @dataclass
@@ -110,8 +127,19 @@ class Saved:
 
 @dataclass
 class QueueView:
-    rows: list[list]  # QUEUE_HEADERS: short id, model guess, confidence, seconds, label, source
+    rows: list[list]  # QUEUE_HEADERS: short id, model guess, confidence, seconds, label, source, voice
     clip_ids: list[str]  # the full id of each row
+
+
+@dataclass
+class SpeakerGuess:
+    """A stored clip read relative to the voice of its known speaker's stored clips (the queue's guess)."""
+
+    label: str
+    confidence: float
+    speaker: str  # as :func:`serdemo.export.origin_of` names it, e.g. "emodb:03"
+    clips: int  # how many of that speaker's clips the adaptation rests on
+    checkpoint: str
 
 
 @dataclass
@@ -157,6 +185,104 @@ class ClipView:
     title: str = ""
 
 
+def voice_name(name) -> str:
+    """A voice name as it keys a profile: Unicode NFKC, case folded, inner whitespace collapsed, stripped;
+    "" for none. Refused (a user error) with control characters or over :data:`MAX_VOICE_NAME` characters."""
+    if name is None:
+        return ""
+    if not isinstance(name, str):
+        raise user_error("the voice name must be text")
+    if len(name) > 16 * MAX_VOICE_NAME:  # not normalised at all: NFKC can grow a text many times
+        raise user_error(f"a voice name has at most {MAX_VOICE_NAME} characters")
+    text = " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+    if any(unicodedata.category(ch).startswith("C") for ch in text):
+        raise user_error("the voice name has control or invisible characters: type a plain name, e.g. alice")
+    if len(text) > MAX_VOICE_NAME:
+        raise user_error(f"a voice name has at most {MAX_VOICE_NAME} characters (this one has {len(text)})")
+    return text
+
+
+def shown_name(name: str) -> str:
+    """A (normalised) voice name for Markdown: HTML and Markdown's own characters escaped."""
+    text = html.escape(name, quote=False)
+    return "".join("\\" + ch if ch in "\\`*_[]|~#" else ch for ch in text)
+
+
+@dataclass
+class Voice:
+    """One Analyse-tab voice: its profile and the lock that keeps two analyses from mixing its clips."""
+
+    profile: VoiceProfile
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class VoiceBook:
+    """The Analyse tab's voices: ``(scope, name, layout)`` -> :class:`Voice`, least recently used forgotten
+    first beyond ``max_voices`` or beyond ``max_total`` clips in all (each voice keeps its latest
+    ``max_clips``). ``scope`` is whose voices they are (a login, an annotator or a browser session, see
+    :func:`serdemo.uikit.voice_scope`); ``layout`` the model's statistics (a profile never crosses models)."""
+
+    def __init__(self, max_voices: int = MAX_VOICES, max_clips: int = VOICE_CLIPS,
+                 max_total: int = MAX_VOICE_CLIPS_TOTAL):
+        self.max_voices, self.max_clips, self.max_total = max_voices, max_clips, max_total
+        self._voices: OrderedDict[tuple[str, str, str], Voice] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._voices)
+
+    def get(self, scope: str, name: str, layout: str) -> Voice:
+        """The voice (created empty when new), now the most recently used."""
+        key = (scope, name, layout)
+        with self._lock:
+            voice = self._voices.get(key)
+            if voice is None:
+                profile = VoiceProfile(name)
+                profile.MAX_CLIPS = self.max_clips
+                voice = self._voices[key] = Voice(profile)
+            self._voices.move_to_end(key)
+            self._trim(keep=key)
+            return voice
+
+    def clips(self, scope: str, name: str) -> int:
+        """Clips held under ``name`` in ``scope`` (the most of its models' profiles)."""
+        with self._lock:
+            return max((v.profile.n_clips for (s, n, _), v in self._voices.items() if (s, n) == (scope, name)),
+                       default=0)
+
+    def forget(self, scope: str, name: str) -> int:
+        """Drop ``name``'s profiles in ``scope`` (every model's); returns the clips they held (the most of them)."""
+        with self._lock:
+            keys = [k for k in self._voices if k[:2] == (scope, name)]
+            held = max((self._voices[k].profile.n_clips for k in keys), default=0)
+            for k in keys:
+                del self._voices[k]
+            return held
+
+    def trim(self) -> None:
+        """Forget the least recently used voices while over the bounds (after a voice grew)."""
+        with self._lock:
+            self._trim()
+
+    def _trim(self, keep=None) -> None:
+        total = sum(v.profile.n_clips for v in self._voices.values())
+        for key in list(self._voices):
+            if len(self._voices) <= self.max_voices and total <= self.max_total:
+                break
+            if key == keep:
+                continue
+            total -= self._voices.pop(key).profile.n_clips
+
+
+def voice_sentence(name: str, clips: int, model: str, adapts: bool) -> str:
+    """What the Analyse tab says of a result's voice."""
+    if not name:
+        return "Read on its own (no voice name)"
+    if not adapts:
+        return f"Read on its own: `{model}` does not adapt to a voice (voice '{shown_name(name)}' not used)"
+    return f"Adapted to voice '{shown_name(name)}' over {clips} clip{'s' if clips != 1 else ''}"
+
+
 class Workbench:
     """App state shared by all sessions (the checkpoint catalogue, loaded predictors, the store, the
     redraw cache) and every callback of the page, each returning a named result."""
@@ -179,6 +305,11 @@ class Workbench:
         self.cards: dict[str, dict] = {}
         self.broken: dict[Path, str] = {}  # checkpoint folder -> why it is skipped
         self._verified: set[tuple] = set()  # weights files whose hash matched their card: (path, size, mtime)
+        self.voices = VoiceBook()  # the Analyse tab's voice names
+        self._clip_stats: OrderedDict[tuple[str, str], np.ndarray | None] = OrderedDict()  # (clip, layout) -> stats
+        self._clip_speaker: OrderedDict[str, str] = OrderedDict()  # clip -> known speaker ("" unknown)
+        self._speaker_guesses: OrderedDict[str, SpeakerGuess] = OrderedDict()  # the latest queue guess per clip
+        self._stats_lock = threading.Lock()  # one queue view computes statistics at a time
         self.reload()
 
     # ------------------------------------------------------------ checkpoints
@@ -269,10 +400,19 @@ class Workbench:
             while len(self._views) > self.CACHE_CLIPS:
                 self._views.popitem(last=False)
 
-    def _predict(self, pred_model: Predictor, wave: np.ndarray, require_speech: bool) -> tuple[Prediction, ClipView]:
+    def _predict(self, pred_model: Predictor, wave: np.ndarray, require_speech: bool,
+                 voice: Voice | None = None) -> tuple[Prediction, ClipView]:
         """One model run on a decoded clip and what its redraws need: the spectrum comes from that run
-        (``keep_power``) where the predictor keeps it; otherwise the front end computes it once here."""
-        if _accepts(pred_model.predict_batch, "keep_power"):
+        (``keep_power``) where the predictor keeps it; otherwise the front end computes it once here.
+        ``voice``: the clip joins that voice and is read relative to it, its earlier clips and itself
+        (:meth:`Predictor.predict_voice`; the voice's lock is held, so two of its clips never interleave)."""
+        if voice is not None:
+            with voice.lock:
+                pred = pred_model.predict_voice([wave], profile=voice.profile, require_speech=require_speech,
+                                                keep_power=True, max_duration_s=self.settings.max_duration_s)[0]
+            self.voices.trim()
+            power = pred.power
+        elif _accepts(pred_model.predict_batch, "keep_power"):
             limit = {"max_duration_s": self.settings.max_duration_s} \
                 if _accepts(pred_model.predict_batch, "max_duration_s") else {}
             pred = pred_model.predict_batch([wave], alpha=None, require_speech=require_speech, keep_power=True,
@@ -289,21 +429,28 @@ class Workbench:
         return pred, view
 
     def analyse(self, audio, model_name: str | None, alpha: float, view: str = "difference",
-                source: str | None = None, progress=None) -> Analysis:
+                source: str | None = None, progress=None, voice: str | None = None, scope: str = "") -> Analysis:
         """Analyse a clip: probabilities per head, the spectrogram + VTLP + attention figure, its clip id.
 
         ``source``: where ``audio`` came from (the microphone or an upload), for the wording of errors.
+        ``voice``: a voice name (normalised by :func:`voice_name`); the clips analysed under one name in one
+        ``scope`` (whose voices: :func:`serdemo.uikit.voice_scope`) adapt together, each read relative to the
+        earlier ones and itself, with a model that adapts. Without a name a clip is read on its own.
         """
         step = progress or (lambda *a, **k: None)
         t0 = time.perf_counter()
         alpha = checked_alpha(alpha)
+        voice_key = voice_name(voice)
         try:
             step(0.1, desc="decoding")
             pred_model = self.predictor(model_name)
+            adapts = bool(getattr(pred_model, "adapts", False))
             # analyse exactly what the store keeps, so later views and retraining see the same clip
             wave = as_stored(pred_model.load(audio, max_duration_s=self.settings.max_duration_s))
             step(0.4, desc="running the model")
-            pred, clip = self._predict(pred_model, wave, require_speech=True)
+            entry = (self.voices.get(scope or "", voice_key, pred_model.voice_layout)
+                     if voice_key and adapts else None)
+            pred, clip = self._predict(pred_model, wave, require_speech=True, voice=entry)
             step(0.8, desc="saving the clip")
             name = Path(audio).name if isinstance(audio, (str, os.PathLike)) else "recording"
             sha = self.store.add_clip(wave, source_name=name, predicted=pred.label(),
@@ -324,8 +471,20 @@ class Workbench:
                            for h, p in aux.items()) or "_this model has no auxiliary heads_"
         info = (f"clip `{sha[:12]}` · {pred.duration_s:.2f} s · analysed in "
                 f"{(time.perf_counter() - t0) * 1000:.0f} ms on {pred_model.device}")
+        clips = int(getattr(pred, "voice_clips", 0) or 0)
         return Analysis(pred.probabilities["emotion"], aux_md, figure, warp_figure(alpha), sha, info,
-                        pred.label(), self.expectation(pred_model.name))
+                        pred.label(), self.expectation(pred_model.name),
+                        voice_sentence(voice_key, clips, pred_model.name, adapts), clips)
+
+    def forget_voice(self, voice: str | None, scope: str = "") -> str:
+        """Forget the clips analysed under a voice name (in ``scope``): its next clip starts the voice anew."""
+        name = voice_name(voice)
+        if not name:
+            return "Type the voice name to forget in the voice field first."
+        held = self.voices.forget(scope or "", name)
+        if not held:
+            return f"No clips are held under voice '{shown_name(name)}'."
+        return f"Forgot voice '{shown_name(name)}' ({held} clip{'s' if held != 1 else ''}): its next clip starts anew."
 
     def expectation(self, model_name: str | None) -> str:
         """What accuracy to expect for a voice the model never heard, read from its card, with chance level."""
@@ -413,17 +572,128 @@ class Workbench:
         return int(rate), data
 
     def queue_entries(self, limit: int = 50, show: str = "all") -> list[dict]:
-        """The queue for API callers: full clip ids, numbers unrounded."""
+        """The queue for API callers: full clip ids, numbers unrounded; ``voice``: the guess read relative to
+        the clip's known speaker's stored clips (:meth:`speaker_guesses`), or None."""
         entries = self.store.queue(queue_limit(limit), unlabelled_only=show == "unlabelled")
-        return [{k: q[k] for k in ("clip", "source_name", "duration_s", "predicted", "confidence", "label",
-                                   "annotator")} for q in entries]
+        guesses = self.speaker_guesses(entries)
+        out = []
+        for q in entries:
+            row = {k: q[k] for k in ("clip", "source_name", "duration_s", "predicted", "confidence", "label",
+                                     "annotator")}
+            g = guesses.get(q["clip"])
+            row["voice"] = None if g is None else {"speaker": g.speaker, "clips": g.clips, "predicted": g.label,
+                                                   "confidence": g.confidence, "checkpoint": g.checkpoint}
+            out.append(row)
+        return out
 
     def queue(self, limit: int = 50, show: str = "unlabelled") -> QueueView:
-        """Stored clips, least confident model prediction first; ``show``: "unlabelled" or "all"."""
+        """Stored clips, least confident model prediction first; ``show``: "unlabelled" or "all". Where a clip's
+        speaker is known and the store holds more of that speaker's clips, the guess and its confidence are
+        read relative to that speaker's voice (:meth:`speaker_guesses`), and the voice column says over how
+        many clips; the order stays the stored predictions'."""
         entries = self.store.queue(queue_limit(limit), unlabelled_only=show == "unlabelled")
-        rows = [[q["clip"][:8], q["predicted"] or "", "" if q["confidence"] is None else f"{q['confidence']:.0%}",
-                 f"{q['duration_s']:.1f}", q["label"] or "", (q["source_name"] or "")[:28]] for q in entries]
+        guesses = self.speaker_guesses(entries)
+        rows = []
+        for q in entries:
+            g = guesses.get(q["clip"])
+            guess, conf = (g.label, g.confidence) if g is not None else (q["predicted"], q["confidence"])
+            rows.append([q["clip"][:8], guess or "", "" if conf is None else f"{conf:.0%}", f"{q['duration_s']:.1f}",
+                         q["label"] or "", (q["source_name"] or "")[:28],
+                         "" if g is None else f"{g.speaker} ×{g.clips}"])
         return QueueView(rows, [q["clip"] for q in entries])
+
+    # ------------------------------------------------------------ the queue's known speakers
+    def _known_speaker(self, entry: dict) -> str:
+        """The clip's speaker where known (its corpus file name or an entered speaker,
+        :func:`serdemo.export.origin_of`), else ""; cached per clip (a stored clip's origin never changes)."""
+        clip = entry["clip"]
+        with self._lock:
+            known = self._clip_speaker.get(clip)
+        if known is not None:
+            return known
+        try:
+            entered = self.store.clip_info(clip).get("speaker")
+        except StoreError:
+            entered = None
+        known = origin_of(entry.get("source_name"), entered).speaker or ""
+        with self._lock:
+            self._clip_speaker[clip] = known
+            while len(self._clip_speaker) > STATS_CACHE:
+                self._clip_speaker.popitem(last=False)
+        return known
+
+    def _fill_statistics(self, pred_model: Predictor, clips: list[str], budget: int) -> None:
+        """Compute (once; cached by clip id) the raw statistics of up to ``budget`` of ``clips`` that have
+        none yet, in their order: the stored clip through :meth:`Predictor.predict_batch`."""
+        layout = pred_model.voice_layout
+        with self._stats_lock:
+            with self._lock:
+                todo = [c for c in dict.fromkeys(clips) if (c, layout) not in self._clip_stats][:budget]
+            for start in range(0, len(todo), 8):
+                part, waves = [], []
+                for c in todo[start:start + 8]:
+                    try:
+                        waves.append(pred_model.load(str(self.store.clip_path(c)),
+                                                     max_duration_s=self.settings.max_duration_s))
+                        part.append(c)
+                    except (AudioError, StoreError):
+                        with self._lock:
+                            self._clip_stats[(c, layout)] = None  # unreadable: not tried again
+                stats = [p.statistics for p in pred_model.predict_batch(waves, alpha=None)] if waves else []
+                with self._lock:
+                    for c, st in zip(part, stats):
+                        self._clip_stats[(c, layout)] = st
+                    while len(self._clip_stats) > STATS_CACHE:
+                        self._clip_stats.popitem(last=False)
+
+    def speaker_guesses(self, entries: list[dict]) -> dict[str, SpeakerGuess]:
+        """The queue's guesses for ``entries`` (store queue rows) whose speaker is known: each clip read by the
+        default model relative to the voice of that speaker's stored clips (all those shown, then others up
+        to :data:`QUEUE_VOICE_CLIPS` in all; at least :data:`QUEUE_MIN_VOICE_CLIPS`). Statistics are computed lazily
+        (at most :data:`QUEUE_NEW_STATS` clips per call, the shown ones first) and cached by clip id, so the
+        first view of a large store adapts over fewer clips than later ones. Empty when the default model does
+        not adapt."""
+        shown = {q["clip"]: self._known_speaker(q) for q in entries}
+        wanted = {spk for spk in shown.values() if spk}
+        if not wanted:
+            return {}
+        try:
+            pred_model = self.predictor(None)
+        except CheckpointError:
+            return {}
+        if not getattr(pred_model, "adapts", False):
+            return {}
+        members: dict[str, list[str]] = {spk: [c for c, k in shown.items() if k == spk] for spk in wanted}
+        for q in self.store.queue(MAX_QUEUE, unlabelled_only=False):  # the same speakers' other stored clips
+            spk = self._known_speaker(q) if q["clip"] not in shown else ""
+            if spk in members and len(members[spk]) < QUEUE_VOICE_CLIPS:
+                members[spk].append(q["clip"])
+        order = [c for c in shown if shown[c] in wanted] + [c for m in members.values() for c in m if c not in shown]
+        try:
+            self._fill_statistics(pred_model, order, QUEUE_NEW_STATS)
+        except (AudioError, RuntimeError, ValueError) as exc:  # the queue still shows the stored guesses
+            log.warning("queue: statistics of stored clips could not be computed: %s", exc)
+        layout = pred_model.voice_layout
+        with self._lock:
+            stats = {c: self._clip_stats.get((c, layout)) for m in members.values() for c in m}
+        out: dict[str, SpeakerGuess] = {}
+        for spk, clips in members.items():
+            have = [c for c in clips if stats.get(c) is not None]
+            targets = [c for c in have if c in shown]
+            if len(have) < QUEUE_MIN_VOICE_CLIPS or not targets:
+                continue
+            voice = np.stack([stats[c] for c in have])
+            probs = pred_model.predict_from_statistics(np.stack([stats[c] for c in targets]), voice_stats=voice)
+            for c, p in zip(targets, probs):
+                label = max(p, key=p.get)
+                out[c] = SpeakerGuess(label, float(p[label]), spk, len(have), pred_model.name)
+        with self._lock:
+            self._speaker_guesses.update(out)
+            for c in out:
+                self._speaker_guesses.move_to_end(c)
+            while len(self._speaker_guesses) > STATS_CACHE:
+                self._speaker_guesses.popitem(last=False)
+        return out
 
     def counts(self) -> list[list]:
         """Clips per current label (each clip once), then save events per annotator (every save counted)."""
@@ -444,9 +714,14 @@ class Workbench:
         info["speaker"] = origin.speaker.partition(":")[2] or origin.speaker
         guess = info.get("predicted") or "?"
         conf = "" if info.get("confidence") is None else f" ({info['confidence']:.0%})"
+        with self._lock:
+            adapted = self._speaker_guesses.get(clip_id)
+        voice = "" if adapted is None else (
+            f" · read relative to speaker {html.escape(adapted.speaker)}'s voice over {adapted.clips} stored clips "
+            f"(`{html.escape(adapted.checkpoint)}`): {html.escape(adapted.label)} ({adapted.confidence:.0%})")
         return (f"**{html.escape(source)}** · corpus {html.escape(str(corpus))} · speaker "
                 f"{html.escape(str(info.get('speaker') or 'unknown'))} · {float(info.get('duration_s') or 0):.1f} s · "
-                f"model guess {html.escape(guess)}{conf} · clip `{clip_id[:12]}`")
+                f"model guess {html.escape(guess)}{conf}{voice} · clip `{clip_id[:12]}`")
 
     def next_clip(self, after: str | None, limit: int = 50, show: str = "unlabelled") -> str | None:
         """The clip to load after saving ``after``: the queue's next clip after it (in the queue's order,

@@ -132,6 +132,28 @@ def test_analyze_real_clips(server):
         assert z0.shape == z1.shape and not np.allclose(z0, z1)
 
 
+def test_the_analyze_api_takes_an_optional_voice_name(server):
+    """Issue 25: /analyze takes an optional voice name; clips one client analyses under one name adapt together
+    and the info line says over how many; the three-argument call reads each clip on its own as before; another
+    client (another session) does not share the name; /forget_voice forgets it."""
+    from gradio_client import Client, handle_file
+
+    client = server["client"]
+    first, second = EMODB / "wav" / "03a01Wa.wav", EMODB / "wav" / "03a02Ta.wav"
+    a = client.predict(handle_file(str(first)), "default", 1.1, voice="Carol", api_name="/analyze")
+    b = client.predict(handle_file(str(second)), "default", 1.1, voice=" carol", api_name="/analyze")
+    assert "Adapted to voice 'carol' over 1 clip" in a[5] and "Adapted to voice 'carol' over 2 clips" in b[5]
+    plain = analyze(client, second)
+    assert "Read on its own (no voice name)" in plain[5]
+    assert plain[0]["confidences"] != b[0]["confidences"]
+    other = Client(server["url"], verbose=False)
+    c = other.predict(handle_file(str(second)), "default", 1.1, voice="carol", api_name="/analyze")
+    assert "over 1 clip" in c[5] and c[0]["confidences"] != b[0]["confidences"]
+    assert client.predict("CAROL", api_name="/forget_voice").startswith("Forgot voice 'carol' (2 clips)")
+    d = client.predict(handle_file(str(second)), "default", 1.1, voice="carol", api_name="/analyze")
+    assert "over 1 clip" in d[5]
+
+
 def test_relabel_lands_in_the_store_with_history(server):
     client = server["client"]
     clip = EMODB / "wav" / "03a01Nc.wav"
@@ -937,9 +959,11 @@ def test_models_tab_leads_with_what_to_expect_and_names_its_reference_rows(tmp_p
                                                         for k in ("cv", "loco")])
     view = bench.model_view("default")
     loco = np.mean([v["ua"] for k, v in cards["default"]["metrics"]["loco"]["pooled"].items() if k != "overall"])
+    adapted = cards["default"]["metrics"].get("test_adapted")  # a model that adapts to voices says that figure too
     assert view.sentence == (f"**default** — on speakers it never heard: UA "
-                             f"{cards['default']['metrics']['test']['overall']['ua']:.2f} (test speakers of its corpora);"
-                             f" on a language/corpus it never heard: UA {loco:.2f} (leave-one-corpus-out); chance 0.14.")
+                             f"{cards['default']['metrics']['test']['overall']['ua']:.2f} (test speakers of its corpora)"
+                             + (f", {adapted['overall']['ua']:.2f} adapted to each one's voice" if adapted else "") +
+                             f"; on a language/corpus it never heard: UA {loco:.2f} (leave-one-corpus-out); chance 0.14.")
     for word in ("**UA**", "**WA**", "**macro-F1**"):
         assert word in view.metrics
     cal = cards["default"]["calibration"]  # read from the card: a re-shipped default has its own figures

@@ -672,3 +672,41 @@ def test_a_fast_two_annotator_pass_puts_every_label_on_the_clip_loaded(server, b
         annotations = json.loads(rows[clip]["annotations"])
         text = json.dumps(annotations)
         assert "fast-a" in text and "fast-b" in text, (clip, annotations)
+
+
+@pytest.mark.parametrize("viewport,kind", [(DESKTOP, "desktop"), (MOBILE, "mobile")])
+def test_the_voice_name_field_reads_well_and_its_result_says_over_how_many_clips(server, browser_factory, viewport,
+                                                                               kind):  # noqa: F811
+    """Issue 25: the Analyse tab's optional voice name sits under the model picker with its explanation, fits
+    the screen at 1400 and 390 px (label, hint and the forget button whole); two clips under one name adapt
+    together and the info line says so; forgetting the voice says how many clips it held."""
+    page = browser_factory(viewport=viewport)
+    open_and_upload(page, server["url"], EMODB / "wav" / "03a01Wa.wav")
+    name = f"dana-{kind}"
+    page.locator("#voice-name textarea, #voice-name input").first.fill(name)
+    for n, clip in enumerate((None, EMODB / "wav" / "03a02Ta.wav"), start=1):
+        if clip is not None:
+            page.locator("#tab-analyse").get_by_role("button", name=re.compile("clear", re.I)).first.click()
+            upload(page, clip)
+        page.click("#analyse")
+        page.wait_for_function("([n, name]) => document.querySelector('#analysis-info').innerText.includes("
+                               "`Adapted to voice '${name}' over ${n} clip`)", arg=[n, name], timeout=120_000)
+    wait_for_result(page)
+    width = viewport["width"]
+    field = page.locator("#voice-name").bounding_box()
+    forget = page.locator("#voice-forget").bounding_box()
+    for box in (field, forget):
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width, box
+    assert forget["height"] < 60, forget  # one line: the button's words do not wrap into a tall box
+    label = page.inner_text("#voice-name")
+    assert "Voice name (optional)" in label and "adapt to that speaker's voice" in label
+    fits = page.locator("#voice-name textarea, #voice-name input").first.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+    assert fits, "the voice name is cut off"
+    assert page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth") <= 1
+    page.mouse.move(0, 0)
+    path = ARTIFACTS / f"voice-{kind}.png"
+    page.locator("#tab-analyse").screenshot(path=str(path), type="png")
+    small_png(path)
+    page.click("#voice-forget")
+    page.wait_for_function("(name) => document.querySelector('#voice-status').innerText.includes("
+                           "`Forgot voice '${name}' (2 clips)`)", arg=name, timeout=30_000)

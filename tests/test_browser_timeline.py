@@ -2,6 +2,7 @@
 into the store; the live microphone (Chromium's fake capture fed with real corpus speech) updates its
 prediction while recording. Also the /timeline API endpoint. Screenshots go to artifacts/screenshots/."""
 
+import json
 import re
 import shutil
 import time
@@ -77,6 +78,14 @@ def test_timeline_api(server, tmp_path):  # noqa: F811
     assert Path(csv_file).read_text().startswith("segment,start,end,label,confidence,")
     assert len(Path(labels_file).read_text().splitlines()) == len(CLIPS)
     assert str(server["data"]) not in info
+    # issue 25: by default the windows are read relative to the recording's voice, and the summary and exports say
+    # over how many; adapt_voice=False (the tab's checkbox) reads each window on its own
+    voice = json.loads(Path(json_file).read_text())["voice"]
+    assert voice["adapted"] and voice["windows"] >= len(CLIPS)
+    assert f"adapted to the recording's voice over {voice['windows']} windows" in info
+    _, _, info_off, _, json_off, _ = server["client"].predict(handle_file(str(wav)), "default", adapt_voice=False,
+                                                              api_name="/timeline")
+    assert "each window read on its own" in info_off and json.loads(Path(json_off).read_text())["voice"]["windows"] == 0
     # bad input: a clear message, no server path, no traceback; the app keeps serving
     from gradio_client.exceptions import AppError
 
@@ -176,6 +185,9 @@ def test_live_microphone_updates_while_recording(server, browser_factory, tmp_pa
     assert len(set(recorded)) >= 6 and recorded == sorted(recorded), seen  # it grows while recording
     nows = {m.group(0) for s in seen if (m := re.search(r"now: \w+ \(\d+%\) over [\d–]+ s", s))}
     assert len(nows) >= 3, seen  # the rolling prediction updates while recording (a new window each second)
+    # issue 25: each window is read relative to the voice heard so far, and the line says over how many windows
+    voice = [int(m.group(1)) for s in seen if (m := re.search(r"adapted to your voice over (\d+) windows?", s))]
+    assert len(voice) >= 3 and voice == sorted(voice) and voice[-1] > voice[0], seen
     assert re.search(r"neutral|happy|sad|angry|fear|disgust|surprise", page.inner_text("#live-probs"))
     page.wait_for_selector("#live-figure .js-plotly-plot", timeout=10_000)
     assert page.locator("#live-figure .scatterlayer .trace").count() == 7  # one line per class

@@ -90,7 +90,9 @@ def test_segments_fall_on_the_joins_and_agree_with_per_clip_analysis(recording, 
     wave, joins, clips = recording
     path = tmp_path / "long.wav"
     sf.write(path, wave, SR, subtype="FLOAT")
-    tl = T.analyze(path, predictor, block_s=5.0)  # several blocks: windows straddle block edges
+    # several blocks: windows straddle block edges; each window read on its own (not adapted to the voice of
+    # the recording, whose clips are of several speakers anyway), so it is comparable with a clip alone
+    tl = T.analyze(path, predictor, block_s=5.0, adapt_voice=False)
     assert len(tl.segments) == len(joins), [(s.start_s, s.end_s) for s in tl.segments]
     assert abs(tl.duration_s - len(wave) / SR) < 1e-3
     agree_clip = 0
@@ -119,7 +121,7 @@ def test_a_long_segment_is_covered_by_overlapping_windows(recording, predictor):
     speech = np.concatenate([clips[3], pause(0.2, rng), clips[4], pause(0.2, rng), clips[0], pause(0.2, rng),
                              clips[5]])
     wave = np.concatenate([pause(1.0, rng), speech, pause(1.0, rng)])
-    tl = T.analyze((SR, wave), predictor)
+    tl = T.analyze((SR, wave), predictor, adapt_voice=False)  # each window alone, as predict_batch reads it
     assert len(tl.segments) == 1
     seg = tl.segments[0]
     assert seg.duration_s > T.SINGLE_WINDOW_S and len(seg.windows) >= 2
@@ -163,7 +165,8 @@ def test_exports(recording, predictor, tmp_path):
     rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
     assert len(rows) == len(joins)
     assert list(rows[0])[:5] == ["segment", "start", "end", "label", "confidence"]
-    assert list(rows[0])[5:] == ["human_label", "annotator", *tl.classes]
+    assert list(rows[0])[5:] == ["human_label", "annotator", *tl.classes, "voice_windows"]
+    assert all(int(r["voice_windows"]) == tl.voice_windows for r in rows)
     assert [int(r["segment"]) for r in rows] == list(range(1, len(rows) + 1))  # numbered as the table: from 1
     assert all(r["human_label"] == "" for r in rows)  # nobody has relabelled a segment yet
     for row, seg in zip(rows, tl.segments):
@@ -174,6 +177,8 @@ def test_exports(recording, predictor, tmp_path):
     assert data["classes"] == tl.classes and len(data["segments"]) == len(joins)
     assert data["segments"][0]["label"] == rows[0]["label"] and len(data["windows"]) == len(tl.windows)
     assert len(data["source_sha256"]) == 64
+    assert data["voice"]["windows"] == tl.voice_windows and data["voice"]["adapted"] == (tl.voice_windows > 0)
+    assert [w["voice_clips"] for w in data["windows"]] == [w.voice_clips for w in tl.windows]
     lines = paths["labels"].read_text().splitlines()
     assert len(lines) == len(joins)
     for line, seg in zip(lines, tl.segments):  # Audacity's label track: start<TAB>end<TAB>label
@@ -283,7 +288,7 @@ def test_live_stream_grows_a_timeline(recording, predictor):
     on the latest 3 s; the recording is kept whole, resampled as one stream (no clicks at the joins)."""
     wave = recording[0][: 12 * SR]
     at48 = (np.clip(resample(wave, SR, 48000), -1, 1) * 32767).astype(np.int16)
-    live = LV.LiveTimeline(predictor)
+    live = LV.LiveTimeline(predictor, adapt_voice=False)  # each window read on its own (the voice: below)
     new = []
     for i in range(0, len(at48), 24000):
         w = live.feed(48000, at48[i:i + 24000])
@@ -465,3 +470,96 @@ def test_a_relabelled_segment_shows_beside_the_models_label_in_table_figure_and_
     assert bars["text"][0] == view.loaded.timeline.segments[0].label()
     # the exports the page offers are the rewritten ones (same files, now with the human label)
     assert after.csv == view.csv and "tl-tester" in Path(view.csv).read_text()
+
+
+# one voice: clips of EMO-DB speaker 03 in six emotions (W anger, F happiness, N neutral, T sadness, A fear, E disgust)
+ONE_VOICE = [EMODB / "wav" / f"{n}.wav" for n in ("03a01Wa", "03a01Fa", "03a01Nc", "03a02Ta", "03a04Ad", "03b10Ec",
+                                                  "03a05Wa", "03a04Fd")]
+
+
+@pytest.fixture(scope="module")
+def one_voice():
+    """Eight trimmed clips of one speaker with pauses of 1.0-1.5 s between: (wave, [(start_s, end_s)], clips)."""
+    rng = np.random.default_rng(3)
+    parts, joins, clips, t = [], [], [], 0.0
+    for i, path in enumerate(ONE_VOICE):
+        gap = pause(1.0 + 0.25 * (i % 3), rng)
+        clip = trim(load_audio(shared_clip(path)))
+        parts += [gap, clip]
+        joins.append((t + len(gap) / SR, t + (len(gap) + len(clip)) / SR))
+        clips.append(clip)
+        t += (len(gap) + len(clip)) / SR
+    parts.append(pause(1.0, rng))
+    return np.concatenate(parts), joins, clips
+
+
+def test_a_one_speaker_recording_is_read_relative_to_its_voice(one_voice, predictor, tmp_path):
+    """Issue 25: a recording is one voice. By default (the shipped default adapts) every window is read relative
+    to the voice of all the recording's windows; the exports and the Timeline tab's summary say over how many.
+    Off, each window is read on its own; the segments and windows are the same either way."""
+    from serdemo.timeline_bench import summary
+
+    assert predictor.adapts, "the shipped default adapts to voices (issue 25)"
+    wave, joins, clips = one_voice
+    on = T.analyze((SR, wave), predictor, name="one-voice.wav")
+    off = T.analyze((SR, wave), predictor, adapt_voice=False)
+    assert len(on.segments) == len(joins) and len(on.windows) == len(off.windows) >= len(joins)
+    assert [(w.start_s, w.end_s) for w in on.windows] == [(w.start_s, w.end_s) for w in off.windows]
+    n = len(on.windows)
+    assert on.voice_windows == n and all(w.voice_clips == n for w in on.windows)
+    assert off.voice_windows == 0 and all(w.voice_clips == 0 for w in off.windows)
+    diff = max(np.abs(probs(a.probabilities, on.classes) - probs(b.probabilities, on.classes)).max()
+               for a, b in zip(on.windows, off.windows))
+    assert diff > 0.05, diff
+    for seg in on.segments:  # a segment is still the mean of its (adapted) windows
+        mean = np.mean([probs(on.windows[i].probabilities, on.classes) for i in seg.windows], axis=0)
+        assert np.allclose(probs(seg.probabilities, on.classes), mean, atol=1e-6)
+    # the same voice as the Analyse tab would read it: the recording's pieces adapted to each other
+    pieces = [wave[int(round(w.start_s * SR)):int(round(w.end_s * SR))] for w in on.windows]
+    together = predictor.predict_voice(pieces)
+    assert all(p.voice_clips == n for p in together)
+    agree = sum(w.label() == p.label() for w, p in zip(on.windows, together))
+    assert agree >= n - 1, (agree, n)
+    assert max(np.abs(probs(w.probabilities, on.classes) - probs(p.probabilities, on.classes)).max()
+               for w, p in zip(on.windows, together)) < 0.05
+    # the exports and the tab's summary say it
+    paths = on.export(tmp_path, "one-voice")
+    rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
+    assert {r["voice_windows"] for r in rows} == {str(n)}
+    data = json.loads(paths["json"].read_text())
+    assert data["voice"] == {"adapted": True, "windows": n,
+                             "note": f"adapted to the recording's voice over {n} windows"}
+    assert all(w["voice_clips"] == n for w in data["windows"])
+    assert f"adapted to the recording's voice over {n} windows" in summary(on)
+    assert "each window read on its own" in summary(off)
+    assert json.loads(off.json_text())["voice"]["windows"] == 0
+
+
+def test_a_live_recording_adapts_to_the_voice_heard_so_far(one_voice, predictor, monkeypatch):
+    """Each live window with speech joins the session's voice (its latest LIVE_VOICE_WINDOWS, here 4) and is
+    read relative to the voice so far: voice_clips grows to the bound and stays there; the probabilities are
+    those of its statistics against that voice; a released session lets its voice go."""
+    monkeypatch.setattr(LV, "LIVE_VOICE_WINDOWS", 4)
+    wave = one_voice[0][: 12 * SR]
+    live = LV.LiveTimeline(predictor)
+    plain = LV.LiveTimeline(predictor, adapt_voice=False)
+    wins, plain_wins = [], []
+    for i in range(0, len(wave), SR // 2):
+        wins.append(live.feed(SR, wave[i:i + SR // 2]))
+        plain_wins.append(plain.feed(SR, wave[i:i + SR // 2]))
+    pairs = [(a, b) for a, b in zip(wins, plain_wins) if a is not None]
+    counts = [a.voice_clips for a, _ in pairs]
+    assert counts[0] == 0 and not live.has_speech(pairs[0][0])  # the first second is a pause: nothing to adapt to
+    assert counts == sorted(counts) and counts[-1] == 4 and counts.count(4) >= 3, counts
+    assert live.voice_windows == 4 and live.voice.n_clips == 4  # bounded: the latest four windows
+    assert all(b.voice_clips == 0 for _, b in pairs) and plain.voice_windows == 0
+    assert max(np.abs(probs(a.probabilities, live.predictor.heads["emotion"])
+                      - probs(b.probabilities, live.predictor.heads["emotion"])).max()
+               for a, b in pairs if a.voice_clips) > 0.05
+    # the latest window: its own statistics read against the voice of the latest four windows, itself included
+    own = predictor.predict_batch([live.recording()[-3 * SR:]], alpha=None)[0]
+    expected = predictor.predict_from_statistics(own.statistics[None], live.voice.statistics())[0]
+    got = pairs[-1][0].probabilities["emotion"]
+    assert max(abs(got[c] - expected[c]) for c in expected) < 1e-5
+    live.release("idle")
+    assert live.voice_windows == 0
