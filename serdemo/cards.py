@@ -24,6 +24,11 @@ EVALUATIONS = (  # card metrics key -> what the figure is, in the card view
 )
 
 
+ADAPTED_DRAWS = (  # a nested block's adapted figures: K unlabelled clips of each test voice
+    ("10", "10 random clips of each voice"),
+    ("all", "all of each voice's clips"),
+    ("skew10", "10 clips of each voice, 80 % of one emotion"),
+)
 REFERENCE_ROWS = (  # a cv/loco block's reference entries -> their distinct names in the tables
     ("probe", "encoder probe (reference)"),
     ("reference", "classic functionals (reference)"),
@@ -116,7 +121,11 @@ def metric_rows(card: dict) -> list[MetricRow]:
         blocks = [(what, block)]
         if key in ("cv", "loco"):
             what = f"{block.get('scheme', what)}: {what}"
-            blocks = [(what, _dict(block.get("pooled")))]
+            blocks = [(what + (", clip by clip" if block.get("adapted") else ""), _dict(block.get("pooled")))]
+            for draw, words in ADAPTED_DRAWS:  # a voice-adapting model's figures with K clips of each voice
+                adapted = _dict(_dict(block.get("adapted")).get(draw)).get("pooled")
+                if isinstance(adapted, dict):
+                    blocks.append((f"{block.get('scheme', key)}: adapted to {words}", adapted))
             for ref_key, short in REFERENCE_ROWS:
                 ref = block.get(ref_key)
                 if isinstance(ref, dict) and isinstance(ref.get("pooled"), dict):
@@ -308,11 +317,17 @@ def chance_ua(card: dict) -> float | None:
     return 1.0 / len(classes) if classes else None
 
 
-def unseen_corpus_ua(card: dict) -> float | None:
-    """Leave-one-corpus-out UA: the mean over held-out corpora of ``metrics.loco.pooled[corpus].ua``."""
-    pooled = _dict(_dict(_dict(card.get("metrics")).get("loco")).get("pooled"))
+def unseen_corpus_ua(card: dict, draw: str | None = None) -> float | None:
+    """Leave-one-corpus-out UA: the mean over held-out corpora of ``metrics.loco.pooled[corpus].ua`` (clip by
+    clip), or with ``draw`` of ``metrics.loco.adapted[draw].pooled`` (a voice-adapting model, K clips)."""
+    loco = _dict(_dict(card.get("metrics")).get("loco"))
+    pooled = _dict(loco.get("pooled")) if draw is None else _dict(_dict(_dict(loco.get("adapted")).get(draw)).get("pooled"))
     scores = [float(v["ua"]) for k, v in pooled.items() if k != "overall" and isinstance(v, dict) and "ua" in v]
     return sum(scores) / len(scores) if scores else None
+
+
+def loco_is_nested(card: dict) -> bool:
+    return bool(_dict(_dict(card.get("metrics")).get("loco")).get("nested"))
 
 
 def unseen_speaker_ua(card: dict) -> float | None:
@@ -334,17 +349,25 @@ def adapted_speaker_ua(card: dict) -> float | None:
 
 def expectation_line(card: dict) -> str:
     """One line beside a result: what accuracy to expect for a voice the model never heard, with chance (and,
-    for a model that adapts to voices, what adapting to the voice over many of its clips reached)."""
+    for a model that adapts to voices, what adapting to 10 of the voice's clips gives). The one definition of
+    "what to expect" (the Analyse tab, the Models tab's sentence and README read it)."""
     chance = chance_ua(card)
     tail = f", chance {chance:.0%}" if chance else ""
-    adapted = adapted_speaker_ua(card)
-    voice = (f" Adapted to the voice over many of its clips (a voice name, a timeline): about {adapted:.0%} UA on "
-             "the same speakers." if adapted is not None else "")
     loco = unseen_corpus_ua(card)
+    ten = unseen_corpus_ua(card, "10")
+    cal = _dict(card.get("calibration"))
+    calibrated = ("Probabilities are calibrated on held-out corpora." if cal.get("corpora")
+                  else "Probabilities are calibrated on held-out speakers." if cal else "")
     if loco is not None:
-        return (f"For a voice this model never heard expect about {loco:.0%} UA (leave-one-corpus-out){tail}. "
-                f"Probabilities are calibrated on held-out speakers.{voice}")
+        how = "nested leave-one-corpus-out" if loco_is_nested(card) else "leave-one-corpus-out"
+        voice = (f" Adapted to the voice over 10 of its clips (a voice name, a timeline): about {ten:.0%}."
+                 if ten is not None else "")
+        return (f"For a voice this model never heard, in a corpus or language it never heard, expect about "
+                f"{loco:.0%} UA clip by clip ({how}){tail}.{voice} {calibrated}").rstrip()
     test = unseen_speaker_ua(card)
+    adapted = adapted_speaker_ua(card)
+    voice = (f" Adapted to the voice over many of its clips: about {adapted:.0%} UA on the same speakers."
+             if adapted is not None else "")
     if test is not None:
         return (f"For a voice this model never heard expect about {test:.0%} UA at best (new speakers of its "
                 f"training corpora; a new corpus or language is lower){tail}.{voice}")
@@ -354,11 +377,14 @@ def expectation_line(card: dict) -> str:
 def model_sentence(name: str, card: dict) -> str:
     """The Models tab's first line for a model: unseen speakers, unseen corpus/language, chance."""
     test, loco, chance = unseen_speaker_ua(card), unseen_corpus_ua(card), chance_ua(card)
-    adapted = adapted_speaker_ua(card)
+    adapted, ten = adapted_speaker_ua(card), unseen_corpus_ua(card, "10")
     first = f"UA {test:.2f} (test speakers of its corpora)" if test is not None else "not measured"
     if test is not None and adapted is not None:
         first += f", {adapted:.2f} adapted to each one's voice"
-    second = f"UA {loco:.2f} (leave-one-corpus-out)" if loco is not None else "not measured for this model"
+    how = "nested leave-one-corpus-out" if loco_is_nested(card) else "leave-one-corpus-out"
+    second = f"UA {loco:.2f} ({how})" if loco is not None else "not measured for this model"
+    if loco is not None and ten is not None:
+        second += f", {ten:.2f} adapted to 10 clips of the voice"
     third = f"{chance:.2f}" if chance else "unknown"
     return (f"**{name}** — on speakers it never heard: {first}; on a language/corpus it never heard: {second}; "
             f"chance {third}.")
@@ -370,9 +396,16 @@ def calibration_text(card: dict) -> str:
     if not cal:
         return "_this card records no calibration: its probabilities may over- or under-state confidence_"
     parts = [f"temperature {cal['temperature']:.2f}" if isinstance(cal.get("temperature"), (int, float)) else ""]
-    for split in ("test", "dev"):
+    voice = _dict(cal.get("voice"))
+    if isinstance(voice.get("temperature"), (int, float)) and voice.get("temperature") != cal.get("temperature"):
+        parts.append(f"adapted results {voice['temperature']:.2f}")
+    for split, words in (("test", "test speakers"), ("dev", "dev speakers"), ("heldout_corpora", "held-out corpora")):
         b, a = cal.get(f"ece_{split}_before"), cal.get(f"ece_{split}_after")
         if isinstance(b, (int, float)) and isinstance(a, (int, float)):
-            parts.append(f"ECE on {split} speakers {b:.3f} → {a:.3f}")
-    return ("**Calibration** (temperature scaling on the dev speakers): " + "; ".join(p for p in parts if p)
+            parts.append(f"ECE on {words} {b:.3f} → {a:.3f}")
+    if isinstance(cal.get("ece_test_adapted"), (int, float)):
+        parts.append(f"adapted to each test voice {cal['ece_test_adapted']:.3f}")
+    how = ("temperature and per-class biases fitted on held-out corpora" if cal.get("corpora")
+           else "temperature scaling on the dev speakers")
+    return (f"**Calibration** ({how}): " + "; ".join(p for p in parts if p)
             + ". ECE is the mean gap between confidence and accuracy (0 = a 70 % answer is right 70 % of the time).")

@@ -153,3 +153,23 @@ def test_ood_score_flags_statistics_unlike_the_training_clips():
     new = model.ood_score(torch.as_tensor(clips(200, extra=1.0), dtype=torch.float32)).numpy()
     assert (same > 1).mean() < 0.05 and (new > 1).mean() > 0.95
     assert "ood_basis" in model.state_dict() and model.has_ood
+
+
+def test_a_probe_with_a_clip_head_reads_lone_clips_with_it_and_voices_with_the_voice_head():
+    from training.probe import fit_voice_probe
+
+    x, y, spk, _, _ = synthetic(seed=5)
+    hp = {"classifier": "lda", "voice": "mean", "voice_tau": 3.0, "clip_head": True}
+    model, _, _ = fit_voice_probe(x, y, spk, np.array(["c"] * len(y)), N_CLASSES, ["a", "b", "c"], 4, [2], True,
+                                  hp, 0.5)
+    assert model.has_clip_head and model.adapts
+    plain, _, _ = fit_voice_probe(x, y, spk, np.array(["c"] * len(y)), N_CLASSES, ["a", "b", "c"], 4, [2], True,
+                                  {"classifier": "lda"}, 0.5)  # the same classifier on statistics as they are
+    xt = torch.as_tensor(x[:6], dtype=torch.float32)
+    with torch.no_grad():
+        lone = model.logits_from_statistics(xt)["emotion"].numpy()
+        want = plain.logits_from_statistics(xt)["emotion"].numpy()
+        adapted = model.logits_from_statistics(xt, model.voice_offsets(x[spk == spk[0]]))["emotion"].numpy()
+    assert np.allclose(lone, want, atol=1e-3) and not np.allclose(adapted, lone, atol=1e-1)
+    with pytest.raises(ValueError, match="clip_head needs voice adaptation"):
+        LinearProbe(0, {"emotion": 3}, n_layers=4, layers=[2], clip_head=True)

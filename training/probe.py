@@ -235,14 +235,19 @@ def fit_probe(x_train, y_train, x_dev, y_dev, n_classes: int, c_grid=None, seed:
 
 def to_model(clf, mean, std, classes: list[str], n_layers: int, layers: list[int],
              frame_norm: bool = False, rule: VoiceRule | None = None, norm: NormStats | None = None,
-             ood: dict | None = None) -> LinearProbe:
+             ood: dict | None = None, clip: tuple | None = None) -> LinearProbe:
     """The fitted classifier as a :class:`LinearProbe` (classes the training data lacked get -1e4 bias);
     with ``rule`` and ``norm`` (:func:`voice_normalise`), a probe that adapts to voices."""
     rule = rule or VoiceRule()
     model = LinearProbe(0, {"emotion": len(classes)}, n_layers=n_layers, layers=layers, frame_norm=frame_norm,
                         voice=rule.mode, voice_tau=rule.tau, voice_posterior=rule.posterior,
-                        ood_components=0 if ood is None else len(ood["basis"]))
+                        ood_components=0 if ood is None else len(ood["basis"]), clip_head=clip is not None)
     with torch.no_grad():
+        if clip is not None:  # (classifier, mean, std) of the head for clips read on their own
+            c_clf, c_mean, c_std = clip
+            model.clip_mean.copy_(torch.as_tensor(c_mean, dtype=torch.float32))
+            model.clip_std.copy_(torch.as_tensor(c_std, dtype=torch.float32))
+            _set_linear(model.clip_heads["emotion"], c_clf, len(classes))
         if ood is not None:
             for name in ("centre", "scale", "basis", "threshold"):
                 getattr(model, f"ood_{name}").copy_(torch.as_tensor(np.asarray(ood[name]), dtype=torch.float32))
@@ -254,17 +259,23 @@ def to_model(clf, mean, std, classes: list[str], n_layers: int, layers: list[int
             model.class_offsets.copy_(torch.as_tensor(norm.class_off, dtype=torch.float64))
         model.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         model.std.copy_(torch.as_tensor(std, dtype=torch.float32))
-        w = torch.zeros(len(classes), len(mean))
-        b = torch.full((len(classes),), -1e4)
-        coef, icpt = clf.coef_, clf.intercept_
-        if coef.shape[0] == 1:  # binary: scikit-learn keeps one row
-            coef, icpt = np.concatenate([-coef, coef]) / 2, np.concatenate([-icpt, icpt]) / 2
-        for row, cls in enumerate(clf.classes_):
-            w[int(cls)] = torch.as_tensor(coef[row], dtype=torch.float32)
-            b[int(cls)] = float(icpt[row])
-        model.heads["emotion"].weight.copy_(w)
-        model.heads["emotion"].bias.copy_(b)
+        _set_linear(model.heads["emotion"], clf, len(classes))
     return model.eval()
+
+
+@torch.no_grad()
+def _set_linear(layer, clf, n_classes: int) -> None:
+    """A fitted classifier's ``coef_``/``intercept_`` into ``layer`` (classes it never saw get -1e4 bias)."""
+    w = torch.zeros(n_classes, layer.in_features)
+    b = torch.full((n_classes,), -1e4)
+    coef, icpt = clf.coef_, clf.intercept_
+    if coef.shape[0] == 1:  # binary: scikit-learn keeps one row
+        coef, icpt = np.concatenate([-coef, coef]) / 2, np.concatenate([-icpt, icpt]) / 2
+    for row, cls in enumerate(clf.classes_):
+        w[int(cls)] = torch.as_tensor(coef[row], dtype=torch.float32)
+        b[int(cls)] = float(icpt[row])
+    layer.weight.copy_(w)
+    layer.bias.copy_(b)
 
 
 OOD_QUANTILE = 0.99  # the share of unheard speakers of the training corpora that a threshold leaves unflagged
@@ -324,7 +335,12 @@ def fit_voice_probe(x, y, speakers, corpora, n_classes: int, classes: list[str],
     ood = fit_ood(x_raw, speakers, k, seed) if k else None
     clf, mean, std, chosen, dev_ua = fit_probe(x, y, x_dev, y_dev, n_classes, c_grid=grid, seed=seed, **opts,
                                                speakers=speakers, corpora=corpora)
-    return to_model(clf, mean, std, classes, n_layers, layers, frame_norm, rule, norm, ood), chosen, dev_ua
+    clip = None
+    if norm is not None and hparams.get("clip_head"):  # the same classifier on the statistics as they are
+        c_clf, c_mean, c_std, _, _ = fit_probe(x_raw - norm.global_mean, y, x_dev[:0], y_dev[:0], n_classes,
+                                               c_grid=(chosen,), seed=seed, **opts, speakers=speakers, corpora=corpora)
+        clip = (c_clf, c_mean, c_std)
+    return to_model(clf, mean, std, classes, n_layers, layers, frame_norm, rule, norm, ood, clip), chosen, dev_ua
 
 
 @torch.no_grad()

@@ -46,7 +46,8 @@ class LinearProbe(nn.Module):
 
     def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int = N_LAYERS, layers: list | None = None,
                  frame_norm: bool = False, classifier: str = "logistic", voice: str = "none",
-                 voice_tau: float = 3.0, voice_posterior: bool = False, ood_components: int = 0, **_ignored):
+                 voice_tau: float = 3.0, voice_posterior: bool = False, ood_components: int = 0,
+                 clip_head: bool = False, **_ignored):
         super().__init__()
         checked_classifier(classifier)  # fitted in training.probe; checked here, before any statistics are read
         self.head_sizes = dict(heads)
@@ -64,6 +65,14 @@ class LinearProbe(nn.Module):
             self.register_buffer("voice_mean", torch.zeros(dim, dtype=torch.float64))
             self.register_buffer("voice_var", torch.ones(dim, dtype=torch.float64))
             self.register_buffer("class_offsets", torch.zeros(heads["emotion"], dim, dtype=torch.float64))
+        if not isinstance(clip_head, bool):
+            raise ValueError(f"clip_head must be true or false, not {clip_head!r}")
+        if clip_head and not self.adapts:
+            raise ValueError("clip_head needs voice adaptation (voice: mean or meanvar)")
+        if clip_head:  # clips read on their own: a head trained on the statistics as they are
+            self.register_buffer("clip_mean", torch.zeros(dim))
+            self.register_buffer("clip_std", torch.ones(dim))
+            self.clip_heads = nn.ModuleDict({name: nn.Linear(dim, n) for name, n in heads.items()})
         if not isinstance(ood_components, int) or isinstance(ood_components, bool) or not 0 <= ood_components <= 256:
             raise ValueError(f"ood_components must be a whole number within 0..256, not {ood_components!r}")
         if ood_components:  # how unlike the training statistics a clip is (ood_score)
@@ -97,7 +106,16 @@ class LinearProbe(nn.Module):
         """The standardised statistics the linear heads read ``(batch, dim)``."""
         return self.standardised(self.raw_statistics(states, lengths, speech), voice)
 
+    @property
+    def has_clip_head(self) -> bool:
+        return hasattr(self, "clip_heads")
+
     def logits_from_statistics(self, stats: torch.Tensor, voice=None) -> dict[str, torch.Tensor]:
+        """Every head's logits from raw statistics: relative to ``voice`` by the voice-normalised head; without
+        a voice, by the clip head where the probe has one (trained on statistics as they are)."""
+        if voice is None and self.has_clip_head:
+            z = ((stats.double() - self.voice_mean - self.clip_mean.double()) / self.clip_std.double()).float()
+            return {name: head(z) for name, head in self.clip_heads.items()}
         z = self.standardised(stats, voice)
         return {name: head(z) for name, head in self.heads.items()}
 
