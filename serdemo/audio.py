@@ -12,6 +12,12 @@ by block. Problems raise :class:`AudioError` with a message a person can act on 
     for block in stream.blocks(): ...                        # (samples,) float32 at 16 kHz
     wave = load_audio("clip.ogg")                            # (samples,) float32 at 16 kHz
 
+A header's length is checked against the data (:func:`repair_header`): a FLAC whose STREAMINFO does not
+record its length (0) is counted by decoding it, an MP3 by walking its frame headers, and where the data
+disagrees with the header (an MP3's Xing/Info/VBRI frame count of 0 or 2 for a 5-s file) the decoder reads
+the file through :class:`PatchedFile`, which presents the counted length instead. Counting is bounded by the
+duration limit: a file is refused as soon as it is known to be longer.
+
 Memory per request (:data:`REQUEST_BUDGET_BYTES`): one decoded block of interleaved channels, its mono
 mix, the resampler's held-back context and its output block, plus the result itself for
 :func:`load_audio` (60 s at 16 kHz: 3.8 MB). A 64-channel 192 kHz file costs what a mono one does.
@@ -19,8 +25,11 @@ mix, the resampler's held-back context and its output block, plus the result its
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import mmap
+import struct
 import io
 import math
 import os
@@ -59,6 +68,7 @@ LOWPASS_WIDTH = 6  # zero crossings of the sinc on each side (torchaudio's defau
 ROLLOFF = 0.99  # cutoff as a fraction of the lower Nyquist frequency (torchaudio's default)
 
 AudioSource = Union[str, os.PathLike, bytes, bytearray, tuple, np.ndarray]
+UNKNOWN_FRAMES = 2**62  # libsndfile reports SF_COUNT_MAX (2**63 - 1) for a length it does not know
 
 
 MICROPHONE = "microphone"  # the source name for audio recorded in the browser (anything else: a file)
@@ -310,6 +320,231 @@ class StreamResampler:
         return out[first: first + self.output_length(b) - a * self.up // self.down]
 
 
+# ------------------------------------------------------------------------------ headers checked against the data
+class PatchedFile(io.RawIOBase):
+    """A file (a path, or bytes) as libsndfile's virtual IO reads it, with some byte ranges replaced:
+    ``patches`` maps a byte offset to the bytes that stand there instead (a corrected length in a header).
+    The file itself is never written."""
+
+    def __init__(self, source, patches: dict[int, bytes]):
+        super().__init__()
+        self._file = open(source, "rb") if isinstance(source, (str, os.PathLike)) else io.BytesIO(bytes(source))
+        self._file.seek(0, io.SEEK_END)
+        self._size = self._file.tell()
+        self._file.seek(0)
+        self._patches = sorted((int(k), bytes(v)) for k, v in patches.items())
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def readinto(self, buffer) -> int:
+        start = self._file.tell()
+        data = self._file.read(len(buffer))
+        if data and self._patches:
+            data = bytearray(data)
+            for at, replacement in self._patches:
+                lo, hi = max(at, start), min(at + len(replacement), start + len(data))
+                if lo < hi:
+                    data[lo - start:hi - start] = replacement[lo - at:hi - at]
+        n = len(data)
+        memoryview(buffer).cast("B")[:n] = data
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+@contextlib.contextmanager
+def _raw_bytes(stream: "AudioStream"):
+    """The encoded file's bytes, mapped (a path) or as given (bytes), for reading its headers."""
+    if stream.data is not None:
+        yield stream.data
+        return
+    with open(stream.path, "rb") as f:
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            yield m
+
+
+def _id3v2_size(b) -> int:
+    """Bytes of an ID3v2 tag at the start of ``b`` (0 without one)."""
+    if len(b) >= 10 and b[:3] == b"ID3":
+        size = (b[6] & 0x7F) << 21 | (b[7] & 0x7F) << 14 | (b[8] & 0x7F) << 7 | (b[9] & 0x7F)
+        return 10 + size + (10 if b[5] & 0x10 else 0)
+    return 0
+
+
+def repair_header(stream: "AudioStream", fmt: str) -> dict[int, bytes]:
+    """Check ``stream``'s header length against its data and correct ``stream.frames``: returns the byte
+    patches (:class:`PatchedFile`) that make libsndfile read the counted length, or ``{}`` when the header is
+    right. FLAC: a STREAMINFO length of 0 (unknown) is counted by decoding, bounded by the limits. MPEG: the
+    frame headers are walked (no decoding); a Xing/Info/VBRI count that disagrees with them (0, 2, ...), or an
+    estimate that does (a variable-rate file without such a frame), is replaced. Other formats whose length
+    libsndfile does not know are refused. Raises :class:`AudioError`."""
+    if fmt == "FLAC":
+        return _repair_flac(stream)
+    if fmt in ("MP3", "MPEG"):  # soundfile names libsndfile's MPEG format "MP3" (layers I-III)
+        return _repair_mpeg(stream)
+    if stream.frames >= UNKNOWN_FRAMES:
+        raise problem("{what} does not say how long it is, and this format cannot be counted.", stream.label,
+                      "Convert it to wav or flac.", "Record again.")
+    return {}
+
+
+def _repair_flac(stream: "AudioStream") -> dict[int, bytes]:
+    with _raw_bytes(stream) as b:
+        at = _id3v2_size(b)
+        if b[at:at + 4] != b"fLaC" or len(b) < at + 26:
+            return {}
+        field = at + 4 + 4 + 10  # 'fLaC', STREAMINFO's block header, block and frame sizes
+        packed = int.from_bytes(b[field:field + 8], "big")
+    if packed & (2**36 - 1) and stream.frames < UNKNOWN_FRAMES:
+        return {}  # the recorded length (libsndfile checks the frames against it while decoding)
+    total = _count_by_decoding(stream)
+    if total == 0:
+        raise problem("{what} holds no audio samples: it is empty or truncated.", stream.label,
+                      "Upload the complete file.", "Record again.")
+    stream.frames = total
+    return {field: ((packed & ~(2**36 - 1)) | total).to_bytes(8, "big")}
+
+
+def _count_by_decoding(stream: "AudioStream") -> int:
+    """Frames of a file whose header does not record them, counted by decoding it block by block (nothing is
+    kept); refused as soon as the count passes :meth:`AudioStream.frame_limit`. libsndfile's own read is used
+    without the seek after each block that ``SoundFile.read`` makes, which fails past an unknown end."""
+    read = getattr(getattr(sf, "_snd", None), "sf_readf_float", None)
+    ffi = getattr(sf, "_ffi", None)
+    if read is None or ffi is None:  # pragma: no cover - another soundfile
+        raise problem("{what} does not record its length in its header.", stream.label,
+                      "Convert it again (its encoder left the length out).", "Record again.")
+    limit = stream.frame_limit()
+    frames = max(1, DECODE_BLOCK_BYTES // (BYTES_PER_SAMPLE * stream.channels))
+    buffer = np.empty((frames, stream.channels), np.float32)
+    pointer = ffi.cast("float *", buffer.ctypes.data)
+    counted = 0
+    try:
+        with stream.soundfile() as f:
+            while True:
+                got = int(read(f._file, pointer, frames))
+                if got <= 0:
+                    break
+                counted += got
+                if counted > limit:
+                    raise stream.too_long()
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise problem("{what} is damaged and could not be decoded" + _reason(exc) + ".", stream.label,
+                      "Upload an intact copy.", "Record again.") from None
+    return counted
+
+
+# MPEG audio frame headers: bit rates (kbit/s) by (MPEG-1?, layer), sample rates by version bits
+_MPEG_KBPS = {
+    (True, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 1): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (False, 3): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+
+
+def mpeg_frame(b, i: int) -> tuple[int, int, int, int] | None:
+    """The MPEG audio frame header at ``b[i:]``: ``(bytes, samples per frame, sample rate, offset of a
+    Xing/Info tag)``, or None where no valid header (free-format frames included) starts."""
+    if i + 4 > len(b) or b[i] != 0xFF or b[i + 1] & 0xE0 != 0xE0:
+        return None
+    version, layer = (b[i + 1] >> 3) & 3, 4 - ((b[i + 1] >> 1) & 3)
+    index, rate_index, padding = b[i + 2] >> 4, (b[i + 2] >> 2) & 3, (b[i + 2] >> 1) & 1
+    if version == 1 or layer == 4 or index in (0, 15) or rate_index == 3:
+        return None
+    mpeg1, rate = version == 3, _MPEG_RATES[version][rate_index]
+    bits = _MPEG_KBPS[(mpeg1, layer)][index] * 1000
+    if layer == 1:
+        size, spf = (12 * bits // rate + padding) * 4, 384
+    elif layer == 2:
+        size, spf = 144 * bits // rate + padding, 1152
+    else:
+        size, spf = (144 if mpeg1 else 72) * bits // rate + padding, 1152 if mpeg1 else 576
+    mono = b[i + 3] >> 6 == 3
+    side = (17 if mono else 32) if mpeg1 else (9 if mono else 17)
+    return size, spf, rate, 4 + side
+
+
+def _repair_mpeg(stream: "AudioStream") -> dict[int, bytes]:
+    """Walk an MP3's frame headers (bounded by the limits) and replace a frame count that disagrees with them."""
+    limit = stream.frame_limit()
+    with _raw_bytes(stream) as b:
+        i, end = _id3v2_size(b), len(b)
+        frames = samples = 0
+        first = info = None  # (offset, header) of the first frame; (offset of the tag, its kind) of an info frame
+        while i < end:
+            head = mpeg_frame(b, i)
+            if head is None or i + head[0] > end:
+                if b[i:i + 3] == b"TAG" or b[i:i + 8] == b"APETAGEX":
+                    break
+                nxt = b.find(b"\xff", i + 1)  # resynchronise on the next possible header
+                if nxt < 0:
+                    break
+                i = nxt
+                continue
+            if first is None:
+                first = (i, head)
+                tag = bytes(b[i + head[3]:i + head[3] + 4])
+                vbri = bytes(b[i + 36:i + 40]) if head[0] >= 40 + 18 else b""
+                if tag in (b"Xing", b"Info") and head[0] >= head[3] + 8:
+                    info = (i + head[3], "xing", struct.unpack(">I", b[i + head[3] + 4:i + head[3] + 8])[0])
+                elif vbri == b"VBRI":
+                    info = (i + 36, "vbri", 0)
+            frames += 1
+            samples += head[1]
+            if samples - (first[1][1] if info else 0) > limit + 4 * head[1]:
+                raise stream.too_long()
+            i += head[0]
+    if first is None:
+        return {}
+    spf = first[1][1]
+    audio_frames = frames - (1 if info else 0)  # the info frame itself holds no audio
+    counted = audio_frames * spf
+    if stream.frames < UNKNOWN_FRAMES and abs(stream.frames - counted) <= 4 * spf:
+        return {}  # the header agrees with the data (up to the encoder's delay and padding)
+    offset = first[0]
+    if info is not None and info[1] == "xing":
+        at, _, flags = info
+        if flags & 1:  # the count field is there: only the count changes (the gapless tag stays readable)
+            patches = {at + 8: struct.pack(">I", audio_frames)}
+        else:  # no count field: frames only (the fields after it are no longer read)
+            patches = {at + 4: struct.pack(">II", 1, audio_frames)}
+    elif info is not None:  # VBRI: version, delay, quality, bytes, then frames
+        patches = {info[0] + 14: struct.pack(">I", audio_frames)}
+    else:  # no info frame: the first frame becomes one (its side information zeroed, as decoders expect)
+        side = first[1][3]
+        if first[1][0] < side + 12:
+            return {}
+        audio_frames -= 1
+        patches = {offset + 4: bytes(side - 4) + b"Xing" + struct.pack(">II", 1, audio_frames)}
+    stream.patches = patches
+    try:
+        with stream.soundfile() as f:
+            stream.frames = int(f.frames)
+    except (sf.LibsndfileError, RuntimeError):
+        stream.frames = audio_frames * spf
+    finally:
+        stream.patches = {}
+    if stream.frames <= 0 or stream.frames >= UNKNOWN_FRAMES:
+        stream.frames = max(1, audio_frames * spf)
+    return patches
+
+
 # ------------------------------------------------------------------------------ the stream
 class AudioStream:
     """A recording read as mono float32 blocks at ``target_rate``, whatever its rate, channels and length.
@@ -329,6 +564,8 @@ class AudioStream:
         self.max_duration_s, self.min_duration_s = float(max_duration_s), float(min_duration_s)
         self.path: Path | None = None
         self.data: bytes | None = None
+        self.patches: dict[int, bytes] = {}  # byte offset -> bytes: a corrected header (:func:`repair_header`)
+        self.what_limit = what_limit
         self.array: np.ndarray | None = None  # mono float32 at self.rate (in-memory sources)
         self.label, self.name = describe(source), "recording"
         if isinstance(source, (str, os.PathLike, bytes, bytearray)):
@@ -369,6 +606,8 @@ class AudioStream:
                           "Upload the complete file.", "Record again.")
         check_rate_channels(int(info.samplerate), int(info.channels), self.label)
         self.rate, self.channels, self.frames = int(info.samplerate), int(info.channels), int(info.frames)
+        # the header's length is checked against the data (counted, within the limits) before it is trusted
+        self.patches = repair_header(self, str(info.format))
 
     def _open_array(self, source, sample_rate) -> None:
         if isinstance(source, tuple):
@@ -398,11 +637,40 @@ class AudioStream:
         self.rate, self.channels, self.frames = rate, channels, len(self.array)
 
     def _opener(self):
+        """What libsndfile opens: the path, the bytes, or either with its header corrected (:class:`PatchedFile`)."""
+        if self.patches:
+            return PatchedFile(self.path if self.path is not None else self.data, self.patches)
         return str(self.path) if self.path is not None else io.BytesIO(self.data)
 
-    @property
-    def encoded(self) -> bool:
-        return self.array is None
+    @contextlib.contextmanager
+    def soundfile(self):
+        """The recording opened by libsndfile (through :meth:`_opener`); whatever was opened is closed after."""
+        opened = self._opener()
+        try:
+            with sf.SoundFile(opened) as f:
+                yield f
+        finally:
+            if isinstance(opened, PatchedFile):
+                opened.close()
+
+    def frame_limit(self) -> int:
+        """Source frames past which the recording is refused: the duration limit (with check_duration's 1 %
+        grace), and what :data:`MAX_DECODED_BYTES` allows."""
+        by_bytes = MAX_DECODED_BYTES // (BYTES_PER_SAMPLE * max(1, self.channels))
+        if math.isinf(self.max_duration_s):
+            return by_bytes
+        return min(by_bytes, int(self.max_duration_s * 1.01 * self.rate) + 1)
+
+    def too_long(self) -> AudioError:
+        """The refusal of a recording found, while counting, to pass :meth:`frame_limit`."""
+        by_bytes = MAX_DECODED_BYTES // (BYTES_PER_SAMPLE * max(1, self.channels))
+        if math.isinf(self.max_duration_s) or by_bytes < self.max_duration_s * self.rate:
+            return problem(f"{{what}} would decode to more than {MAX_DECODED_BYTES / 1e9:.1f} GB ({self.channels} "
+                           f"channels × {self.rate} Hz); the limit is {MAX_DECODED_BYTES / 1e9:.1f} GB.", self.label,
+                           "Mix it down to mono or stereo, or convert it to a lower sample rate such as 16 kHz.")
+        limit = limit_text(self.max_duration_s)
+        return problem(f"{{what}} lasts more than {limit}; {self.what_limit} is {limit}.", self.label,
+                       f"Trim it to the part you want analysed (at most {limit}).", "Record a shorter clip.")
 
     # ----------------------------------------------------------------- reading
     def source_blocks(self, start: int = 0, stop: int | None = None,
@@ -419,7 +687,7 @@ class AudioStream:
         frames = max(1, min(cap, DECODE_BLOCK_BYTES // (BYTES_PER_SAMPLE * self.channels)))
         out = np.empty((frames, self.channels), np.float32)  # one decode buffer, reused for every block
         try:
-            with sf.SoundFile(self._opener()) as f:
+            with self.soundfile() as f:
                 if start:
                     f.seek(start)
                 left = None if stop >= self.frames else stop - start  # to the end: as far as the decoder goes

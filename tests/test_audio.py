@@ -345,3 +345,103 @@ def test_streamed_blocks_of_a_file_equal_reading_it_whole(tmp_path):
     blocks = list(stream.blocks(block_s=0.7))
     assert len(blocks) >= 9
     np.testing.assert_array_equal(np.concatenate(blocks), load_audio(path))
+
+
+# ------------------------------------------------------------------ headers whose length disagrees with the data
+def flac_without_length(x, rate=SR) -> bytes:
+    """A valid FLAC whose STREAMINFO says its length is unknown (total_samples = 0), as a streaming encoder
+    writes it."""
+    import io
+
+    buf = io.BytesIO()
+    sf.write(buf, x, rate, format="FLAC")
+    data = bytearray(buf.getvalue())
+    assert data[:4] == b"fLaC"
+    field = 4 + 4 + 10  # 'fLaC', the STREAMINFO block header, block and frame sizes; then rate..total (36 bits)
+    packed = int.from_bytes(data[field:field + 8], "big")
+    assert packed & (2**36 - 1) == len(x)
+    data[field:field + 8] = (packed & ~(2**36 - 1)).to_bytes(8, "big")
+    return bytes(data)
+
+
+def test_a_flac_that_does_not_record_its_length_is_counted_within_the_limit(tmp_path):
+    """Issue 29 item 10: libsndfile reports such a file as 2**63 frames ("lasts 9607679205057 min"); it is counted
+    by decoding it, and refused once it is known to pass the limit, with the limit in the message."""
+    from serdemo.audio import AudioStream
+
+    x = harmonics(150, 5.0)
+    data = flac_without_length(x)
+    path = tmp_path / "streamed.flac"
+    path.write_bytes(data)
+    for source in (path, data):
+        wave = load_audio(source)
+        assert len(wave) == len(x)
+        np.testing.assert_allclose(wave, x, atol=1e-4)
+    stream = AudioStream(path)
+    assert stream.duration_s == pytest.approx(5.0)
+    np.testing.assert_allclose(stream.span(2.0, 3.0), x[2 * SR:3 * SR], atol=1e-4)  # seeking works
+    with pytest.raises(AudioError) as refused:
+        load_audio(path, max_duration_s=2.0)
+    assert "lasts more than 2 s; the limit is 2 s" in str(refused.value)
+    assert "min" not in str(refused.value)
+
+
+def mp3_bytes(x, rate=SR, mode="CONSTANT") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", rate, 1, format="MP3", subtype="MPEG_LAYER_III", bitrate_mode=mode) as f:
+        f.write(x)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("count", [0, 2])
+def test_an_mp3_whose_xing_count_disagrees_with_its_frames_is_read_whole(tmp_path, count):
+    """Issue 29 item 10: a 5-s MP3 whose Xing/Info frame count is 0 was analysed as its first 0.6-1.5 s, with a
+    count of 2 refused as "11 ms long". The frames are counted from their headers and the count corrected."""
+    import struct
+
+    if "MP3" not in sf.available_formats():
+        pytest.skip("this libsndfile has no mp3")
+    x = harmonics(150, 5.0)
+    data = bytearray(mp3_bytes(x, mode="VARIABLE"))
+    tag = max(data.find(b"Xing"), data.find(b"Info"))
+    assert 0 < tag < 64 and struct.unpack(">I", data[tag + 4:tag + 8])[0] & 1  # the frame count is there
+    data[tag + 8:tag + 12] = struct.pack(">I", count)
+    path = tmp_path / f"count{count}.mp3"
+    path.write_bytes(bytes(data))
+    for source in (path, bytes(data)):
+        wave = load_audio(source)
+        assert abs(len(wave) / SR - 5.0) < 0.1, len(wave) / SR
+        assert abs(np.argmax(np.abs(np.fft.rfft(wave))) * SR / len(wave) % 150) < 3  # the harmonics of 150 Hz
+    assert path.read_bytes() == bytes(data)  # the upload itself is not changed
+
+
+def test_a_variable_rate_mp3_without_a_xing_frame_is_read_whole(tmp_path):
+    """Without a Xing frame libsndfile estimates the length from the first frame's bit rate (0.7 s of 5 s here)."""
+    from serdemo.audio import AudioStream, mpeg_frame
+
+    if "MP3" not in sf.available_formats():
+        pytest.skip("this libsndfile has no mp3")
+    x = harmonics(150, 5.0)
+    x[SR:2 * SR] *= 0.001  # a quiet second: variable-rate frames differ in size
+    data = mp3_bytes(x, mode="VARIABLE")
+    size = mpeg_frame(data, 0)[0]
+    assert data[13:17] == b"Xing" or data.find(b"Xing") < size
+    without = data[size:]  # the Xing frame removed
+    assert sf.info(__import__("io").BytesIO(without)).frames < 2 * SR  # what libsndfile alone would read
+    stream = AudioStream(without)
+    assert abs(stream.duration_s - 5.0) < 0.2
+    assert abs(len(stream.read()) / SR - 5.0) < 0.2
+
+
+def test_an_mp3_longer_than_the_limit_is_refused_whatever_its_header_says(tmp_path):
+    import struct
+
+    if "MP3" not in sf.available_formats():
+        pytest.skip("this libsndfile has no mp3")
+    data = bytearray(mp3_bytes(harmonics(150, 5.0), mode="VARIABLE"))
+    tag = data.find(b"Xing")
+    data[tag + 8:tag + 12] = struct.pack(">I", 2)  # "11 ms"
+    with pytest.raises(AudioError, match="lasts more than 3 s; the limit is 3 s"):
+        load_audio(bytes(data), max_duration_s=3.0)
