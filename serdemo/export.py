@@ -35,6 +35,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 
+from serdemo.csvsafe import safe_cell
 from serdemo.fsutil import atomic_write
 from serdemo.store import LabelEvent, Store, StoreError
 
@@ -179,12 +180,20 @@ def _number(value, digits: int = 3) -> str:
     return "" if value is None else f"{float(value):.{digits}f}"
 
 
+GENERATED_COLUMNS = frozenset({"file_name", "path"})  # paths we write ourselves: kept as they are, so they resolve
+
+
 def _write_csv(path: Path, header, rows) -> None:
+    """``rows`` under ``header`` as UTF-8 CSV, atomically. Every cell but the paths we generate goes through
+    :func:`serdemo.csvsafe.safe_cell`: an upload named ``=HYPERLINK(...).wav`` or a speaker ``@SUM(1+1)`` is
+    written as text (``'=...``), never as a formula a spreadsheet would run."""
+    keep = [name in GENERATED_COLUMNS for name in header]
+
     def write(f):
         text = io.TextIOWrapper(f, encoding="utf-8", newline="")
         w = csv.writer(text)
         w.writerow(header)
-        w.writerows(rows)
+        w.writerows([cell if kept else safe_cell(cell) for cell, kept in zip(row, keep)] for row in rows)
         text.flush()
         text.detach()  # atomic_write still owns (and fsyncs) the binary file
 

@@ -27,10 +27,8 @@ DIR``) is :mod:`serdemo.timeline_cli`.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import inspect
-import io
 import json
 import math
 import os
@@ -42,6 +40,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from serdemo import csvsafe
 from serdemo.audio import SAMPLE_RATE, MIN_DURATION_S, AudioStream, release_memory
 from serdemo.fsutil import atomic_write
 from serdemo.inference import NoSpeechError, Prediction, Predictor
@@ -193,13 +192,10 @@ class Timeline:
         return "each window read on its own (not adapted to the recording's voice)"
 
     def csv_text(self) -> str:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["segment", "start", "end", "label", "confidence", "human_label",
-                                            "annotator", *self.classes, "voice_windows"],
-                           lineterminator="\n")
-        w.writeheader()
-        w.writerows(self.rows())
-        return buf.getvalue()
+        """:meth:`rows` as CSV; text cells that a spreadsheet would run as a formula (an annotator ``@alice``, a
+        label ``=1+1``) are written as text (:func:`serdemo.csvsafe.csv_text`); numbers stay numbers."""
+        return csvsafe.csv_text(["segment", "start", "end", "label", "confidence", "human_label", "annotator",
+                                 *self.classes, "voice_windows"], self.rows())
 
     def json_text(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

@@ -211,3 +211,62 @@ def test_old_export_folders_are_removed_and_recent_ones_kept(store, tmp_path):
     os.utime(work / "unrelated", (hour_ago, hour_ago))
     assert export.remove_old_exports(work, older_than_s=3600) == 1
     assert not old.folder.exists() and new.archive.is_file() and (work / "unrelated").is_dir()
+
+
+# ------------------------------------------------------------------ formula injection (issue 29 item 3)
+HOSTILE_NAMES = ["=1+1.wav", '=HYPERLINK("evil.example";"click").wav', "@SUM(1+1).wav", "-2+3.wav",
+                 "+1.wav", "\t=1+1.wav", "\r=1+1.wav"]
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cells(csv_file: Path) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(csv_file.read_text(encoding="utf-8"))))
+
+
+def test_upload_names_that_look_like_formulas_are_written_as_text_in_every_export(tmp_path):
+    """Issue 29 item 3: an upload named ``=HYPERLINK(...)`` reached ``source_name`` in metadata.csv and
+    manifest.csv verbatim, a live formula in whoever opened the export in a spreadsheet. Every untrusted cell
+    starting like a formula now starts with ``'``; the paths we generate are kept, so the manifest still
+    trains (scan_manifest finds every file)."""
+    from training.corpora import scan_manifest
+
+    store = Store(tmp_path / "data")
+    for i, name in enumerate(HOSTILE_NAMES):
+        sha = store.add_clip(as_stored(harmonics(110 + 30 * i, 0.5)), source_name=name, speaker="@boss",
+                             predicted="neutral", confidence=0.4, checkpoint="default")
+        store.label_clip(sha, "sad", "-ann")
+    audiofolder = unzip(export.export_zip(store, "audiofolder", work_dir=tmp_path / "a").archive, tmp_path / "ua")
+    manifest = unzip(export.export_zip(store, "manifest", work_dir=tmp_path / "m").archive, tmp_path / "um")
+    retrain = export.write_manifest(store, tmp_path / "retrain" / "manifest.csv")
+    for table in (audiofolder / "metadata.csv", manifest / "manifest.csv", retrain):
+        rows = _cells(table)
+        assert len(rows) == len(HOSTILE_NAMES)
+        for row in rows:
+            for column, cell in row.items():
+                assert not cell.startswith(FORMULA_STARTS), (table.name, column, cell)
+        names = sorted(r["source_name"] for r in rows)
+        assert all(n.startswith("'") for n in names), names
+        assert "'=1+1.wav" in names and "'@SUM(1+1).wav" in names and "'-2+3.wav" in names
+        assert {r["speaker"] for r in rows} == {"'@boss"}
+    for table in (manifest / "manifest.csv", retrain):  # paths are ours: unchanged, and they resolve
+        scan = scan_manifest(table)
+        assert not scan.problems and len(scan.utterances) == len(HOSTILE_NAMES)
+        assert all(Path(u.path).is_file() for u in scan.utterances)
+    assert all(r["file_name"].startswith("audio/") for r in _cells(audiofolder / "metadata.csv"))
+
+
+def test_the_timeline_csv_writes_formula_like_text_as_text():
+    """The Timeline tab's CSV: a relabelled segment's annotator ``@alice`` or a label ``=1+1`` is text; the
+    numbers (start, end, probabilities) stay numbers."""
+    from serdemo.timeline import Segment, Timeline
+
+    probs = {"emotion": {"angry": 0.25, "sad": 0.75}}
+    segments = [Segment(0, 0.0, 1.5, probs), Segment(1, 2.0, 3.0, probs)]
+    segments[0].human_label, segments[0].annotator = "=1+1", "@alice"
+    tl = Timeline("=evil.wav", 3.0, ["angry", "sad"], "default", segments, [], [], np.zeros(0), np.zeros(0),
+                  np.zeros(0))
+    rows = list(csv.DictReader(io.StringIO(tl.csv_text())))
+    assert rows[0]["human_label"] == "'=1+1" and rows[0]["annotator"] == "'@alice"
+    assert rows[0]["start"] == "0.0" and rows[0]["sad"] == "0.75" and rows[1]["annotator"] == ""
+    for row in rows:
+        assert not any(v.startswith(FORMULA_STARTS) for v in row.values()), row
