@@ -332,6 +332,29 @@ def nested(t: Table, scheme: str, variants=VARIANTS, out: Path | None = None, on
     return results
 
 
+def choose(t: Table, variants=VARIANTS) -> dict:
+    """The shipped recipe's choice: the same inner procedure as every outer fold's (held-out corpora and speaker
+    folds), run on all the speakers, as nested cross-validation does for its final model."""
+    pool = np.arange(len(t.x))
+    n_loco = len(np.unique(t.corpus))
+    scores, tasks_logits = {}, {}
+    for v in variants:
+        per = []
+        for tr, te in inner_tasks(t, pool):
+            r, lg, _ = score_task(t, tr, te, v, kinds=DRAWS, seeds=(0,))
+            per.append(r)
+            tasks_logits.setdefault(v["name"], []).append((lg, t.y[te]))
+        cross = selection_score({k: np.mean([p[k] for p in per[:n_loco]]) for k in DRAWS})
+        within = selection_score({k: np.mean([p[k] for p in per[n_loco:]]) for k in DRAWS})
+        scores[v["name"]] = {**{k: round(float(np.mean([p[k] for p in per])), 4) for k in DRAWS},
+                             "cross_corpus": round(cross, 4), "k_fold": round(within, 4),
+                             "score": round((cross + within) / 2, 4)}
+        print(v["name"], scores[v["name"]], file=sys.stderr)
+    best = max(variants, key=lambda v: scores[v["name"]]["score"])
+    family = choose_calibration(tasks_logits[best["name"]][:n_loco])
+    return {"chosen": best["name"], "calibration_family": family, "scores": scores}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", action="append", default=None, metavar="KIND=PATH")
@@ -341,6 +364,8 @@ def main(argv=None):
     ap.add_argument("--without", action="append", default=[], help="leave a corpus out entirely (e.g. emovo)")
     ap.add_argument("--attach", default=None, metavar="CHECKPOINT",
                     help="write the nested figures of finished screens (--loco-json, --kfold-json) into a card")
+    ap.add_argument("--choose", action="store_true",
+                    help="run the inner screen on every speaker: the shipped recipe's voice variant and calibration")
     ap.add_argument("--loco-json", default=None)
     ap.add_argument("--kfold-json", default=None)
     args = ap.parse_args(argv)
@@ -349,6 +374,13 @@ def main(argv=None):
     if args.without:
         keep = ~np.isin(t.corpus, args.without)
         t = Table(t.x[keep], t.y[keep], t.speaker[keep], t.corpus[keep], t.classes)
+    if args.choose:
+        result = choose(t)
+        print(json.dumps(result))
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(result) + "\n")
+        return
     if args.attach:
         read = lambda p: [json.loads(line) for line in open(p)] if p else []
         attach(Path(args.attach), t, read(args.loco_json), read(args.kfold_json))
@@ -359,9 +391,6 @@ def main(argv=None):
         keys = DRAWS
         print(f"\n{scheme}: " + " ".join(f"{k} {np.mean([r['outer'][k] for r in rows]):.3f}" for k in keys))
 
-
-if __name__ == "__main__":
-    main()
 
 
 def outer_predictions(t: Table, rows: list[dict], scheme: str, seed: int = 0) -> dict:
@@ -423,3 +452,7 @@ def attach(checkpoint: Path, t: Table, loco_rows: list[dict], kfold_rows: list[d
     if kfold_rows:
         metrics["cv"] = nested_block(t, kfold_rows, "kfold")
     save_checkpoint(checkpoint, model, card)
+
+
+if __name__ == "__main__":
+    main()
