@@ -18,7 +18,7 @@ os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(tempfile.gettempdir()) / "serd
 from serdemo.housekeeping import Sweeper, gradio_cache_dir  # noqa: E402
 from serdemo.ui import build_app  # noqa: E402
 from serdemo.uikit import (CSS, SHORTCUTS_JS, LoginClientMiddleware, LoginGuard, StreamChunkMiddleware,  # noqa: E402
-                           quiet_refused_paths)
+                           configure_proxy_headers, quiet_refused_paths)
 from serdemo.workbench import Settings  # noqa: E402
 
 
@@ -34,9 +34,10 @@ def main() -> None:
     # SERDEMO_AUTH="alice:secret,bob:other" (a Space secret): a login page; the login name is the annotator
     guard = LoginGuard.from_env(os.environ.get("SERDEMO_AUTH", ""))
     # the login guard counts wrong passwords per client address too; on a Space the proxy's
-    # X-Forwarded-For entry is the client (SERDEMO_TRUST_PROXY=1 elsewhere behind a proxy that appends it)
+    # X-Forwarded-For entry is the client (SERDEMO_TRUST_PROXY=1 elsewhere behind a proxy that appends it);
+    # otherwise the header is trusted from nobody, not even 127.0.0.1 (uvicorn's default)
     from starlette.middleware import Middleware
-    trust = bool(os.environ.get("SPACE_ID")) or os.environ.get("SERDEMO_TRUST_PROXY", "") == "1"
+    trust = configure_proxy_headers()
     app.launch(
         auth=guard.check if guard else None,
         # every live-microphone chunk is recorded before Gradio replaces a waiting one with the next

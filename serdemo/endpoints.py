@@ -9,7 +9,21 @@ import gradio as gr
 from serdemo.cards import metrics_markdown
 from serdemo.labels import ANNOTATION_LABELS
 from serdemo.store import StoreError
-from serdemo.uikit import login_name, require_retrain_login, resolve_annotator, user_error, voice_scope
+from serdemo.uikit import (login_name, require_retrain_login, requester, resolve_annotator, text_arg, user_error,
+                           voice_scope)
+
+MAX_ID_CHARS = 128  # a clip id is a 64-character SHA-256 (or a prefix of one)
+MAX_NAME_CHARS = 256  # a checkpoint name, a label, an export kind, a view
+
+
+def clip_arg(value) -> str:
+    """A clip id from a caller: text of at most :data:`MAX_ID_CHARS` characters (else a user error)."""
+    return text_arg(value, "the clip id", MAX_ID_CHARS).strip()
+
+
+def name_arg(value, what: str) -> str:
+    """A short name from a caller (a model, a label, a kind): text of at most :data:`MAX_NAME_CHARS` characters."""
+    return text_arg(value, what, MAX_NAME_CHARS).strip()
 from serdemo.workbench import AGREEMENT_HEADERS, Workbench
 
 
@@ -22,23 +36,27 @@ class Endpoints:
 
     def warp(self, alpha, clip_id, model_name, view="difference"):
         """Re-draw the VTLP view for a new alpha (or panel view) without running the model."""
-        r = self.bench.redraw(alpha, clip_id, model_name, view)
+        r = self.bench.redraw(alpha, clip_arg(clip_id), name_arg(model_name, "the model name") or None,
+                              name_arg(view, "the view") or "difference")
         return (gr.skip() if r.figure is None else r.figure), r.warp
 
     def relabel(self, clip_id: str, label: str, annotator_name: str = "", request: gr.Request = None) -> tuple:
         """Save a label for the stored clip ``clip_id`` (append-only; one of ``/labels``). The model's
         prediction, confidence and checkpoint are recorded from the store (the clip's latest analysis),
         whoever calls. Returns a status line and the counts (rows of by, name, count)."""
-        s = self.bench.save_label(clip_id, label, resolve_annotator(annotator_name, request))
+        label = None if label is None else name_arg(label, "the label")
+        s = self.bench.save_label(clip_arg(clip_id), label, resolve_annotator(annotator_name, request))
         return s.status, s.counts
 
     def confirm(self, clip_id: str, annotator_name: str = "", request: gr.Request = None) -> tuple[str, list[list]]:
         """Confirm the model's prediction for the stored clip ``clip_id``: a status line and the counts."""
-        s = self.bench.save_label(clip_id, None, resolve_annotator(annotator_name, request))
+        s = self.bench.save_label(clip_arg(clip_id), None, resolve_annotator(annotator_name, request))
         return s.status, s.counts
 
     def save_on_tab(self, clip_id, label, annotator_name, request: gr.Request = None):
         """The Annotate tab's save: status, counts, the clip's history and the id it landed on."""
+        clip_id = clip_arg(clip_id)
+        label = None if label is None else name_arg(label, "the label")
         s = self.bench.save_label(clip_id, label, resolve_annotator(annotator_name, request))
         return s.status, s.counts, s.history, clip_id
 
@@ -68,7 +86,7 @@ class Endpoints:
     def queue(self, limit: int = 50, show: str = "all") -> list[dict]:
         """Stored clips, least confident model prediction first (``show``: "all" or "unlabelled"); each a
         dict with the full clip id, source_name, duration_s, predicted, confidence, label, annotator."""
-        return self.bench.queue_entries(limit, show)
+        return self.bench.queue_entries(limit, name_arg(show, "show") or "all")
 
     def queue_view(self, limit, show):
         return tuple(vars(self.bench.queue(limit, show)).values())
@@ -93,7 +111,7 @@ class Endpoints:
 
     def export(self, kind):
         """A zip of the labelled clips ("audiofolder" or "manifest"), as a file to download."""
-        return str(self.bench.export(kind))
+        return str(self.bench.export(name_arg(kind, "the export kind")))
 
     def models(self) -> list[list[str]]:
         """Reload the checkpoints; ``[label with headline metrics, name]`` per model, default first, then dev UA."""
@@ -107,18 +125,22 @@ class Endpoints:
 
     def model_card(self, name):
         """A checkpoint's summary, held-out metrics, confusion on its test speakers and its raw card."""
+        name = name_arg(name, "the model name")
         v = self.bench.model_view(name)
         return v.summary, v.metrics, v.confusion, self.bench.cards.get(name, {})
 
     def model_extras(self, name):
         """The Models tab's calibration line and reliability figure for ``name``."""
-        v = self.bench.model_view(name)
+        v = self.bench.model_view(name_arg(name, "the model name"))
         return v.calibration, gr.update(value=v.reliability, visible=v.reliability is not None)
 
-    def retrain(self, name, request: gr.Request = None):
-        """Fine-tune ``name`` on the store; with ``SERDEMO_AUTH`` set, only for a logged-in user."""
+    def retrain(self, name, request: gr.Request = None, annotator_name: str = ""):
+        """Fine-tune ``name`` on the store; with ``SERDEMO_AUTH`` set, only for a logged-in user. The run is the
+        requester's (:func:`serdemo.uikit.requester`: the login, else the annotator name where the page sends
+        it, else this browser session): only they or an admin may cancel, keep or discard it."""
         require_retrain_login(request)
-        return self.bench.retrain(name, login_name(request))
+        who = requester(request, text_arg(annotator_name, "the annotator name", MAX_NAME_CHARS))
+        return self.bench.retrain(name_arg(name, "the model name"), login_name(request), owner=who)
 
     def analysis_outputs(self, a):
         """An :class:`Analysis` as the Analyse tab's outputs; the true label starts unset (no anchoring); the
@@ -136,7 +158,7 @@ class Endpoints:
 
     def model_metrics(self, name: str) -> str:
         """A checkpoint's held-out evaluations as a Markdown table (test, dev, CV, leave-one-corpus-out)."""
-        card = self.bench.cards.get(name)
+        card = self.bench.cards.get(name_arg(name, "the model name"))
         return metrics_markdown(card) if card else ""
 
     def retrain_view(self, seen):

@@ -14,10 +14,15 @@ data). Each phase of a run has an ETA (:meth:`Retrainer.status`). A run writes i
 when it is done its checkpoint waits there for a decision: :meth:`Retrainer.keep` moves it among the served
 checkpoints (``out_root``), :meth:`Retrainer.discard` deletes it, and no new run starts until one of the two.
 
-Limits, since anyone who reaches the app can ask for a run: one run at a time, a cool-down after each run
-(``cooldown_s``) and at most ``max_runs_per_day`` starts in any 24 hours (kept in ``WORKDIR/runs.json``, so a
-restart does not reset them); the base checkpoint's weights are loaded and checked before anything starts;
-:meth:`Retrainer.cancel` stops the run's whole process group. :meth:`Retrainer.status` is safe to show to
+Limits, since anyone who reaches the app can ask for a run: one run at a time; per person (the run's owner: a
+login, an annotator name, else a browser session) a cool-down after their run (``cooldown_s``) and at most
+``max_runs_per_day`` starts in any 24 hours; for everyone together ``min_gap_s`` between starts and at most
+``max_run_s_per_day`` seconds of runs in any 24 hours (a run cancelled after a minute costs a minute, not a
+day's start); all kept in ``WORKDIR/runs.json``, so a restart does not reset them. The base checkpoint's weights
+are loaded and checked before anything starts; :meth:`Retrainer.cancel` stops the run's whole process group.
+Only a run's owner or an admin (a login named in ``SERDEMO_ADMINS``) may cancel it, keep it or discard it;
+a done run left waiting for :data:`DECISION_HOLD_S` may be kept or discarded by anyone, so a walked-away
+owner does not stop retraining for good. :meth:`Retrainer.status` is safe to show to
 anyone: the run's name, never a server path, and a short reason instead of a traceback (the detail goes to
 the server log, once per run).
 """
@@ -60,8 +65,11 @@ WHY_MEANS = {  # ... and what that means, for someone deciding whether to fine-t
     WHY_COPY: "the corpus already holds this clip under its own label, and that label counts",
 }
 RUNS_FILE = "runs.json"  # in the work folder: when each run started and ended (cool-down and quota)
-COOLDOWN_S = 15 * 60.0
-MAX_RUNS_PER_DAY = 6
+COOLDOWN_S = 15 * 60.0  # per person, after their run ends
+MAX_RUNS_PER_DAY = 6  # starts per person in any 24 hours
+MIN_GAP_S = 60.0  # between any two starts
+MAX_RUN_S_PER_DAY = 6 * 3600.0  # seconds of runs (all people) in any 24 hours
+DECISION_HOLD_S = 3600.0  # a done run is its owner's to keep or discard this long; then anyone's
 STOP_GRACE_S = 10.0  # after SIGTERM, before SIGKILL
 MAX_REASON_CHARS = 300
 log = logging.getLogger(__name__)
@@ -128,6 +136,45 @@ def auth_configured(env=None) -> bool:
     """Whether the app has logins (``SERDEMO_AUTH`` holds at least one ``name:password`` pair)."""
     env = os.environ if env is None else env
     return any(":" in pair for pair in env.get("SERDEMO_AUTH", "").split(","))
+
+
+def admins(env=None) -> set[str]:
+    """``SERDEMO_ADMINS="alice,bob"``: the logins (as :func:`serdemo.store.name_key` reads names) that may cancel,
+    keep or discard anyone's run. Only logins count: without logins nobody is an admin."""
+    from serdemo.store import StoreError, name_key
+
+    env = os.environ if env is None else env
+    out = set()
+    for name in env.get("SERDEMO_ADMINS", "").split(","):
+        try:
+            key = name_key(name)
+        except StoreError:
+            continue
+        if key:
+            out.add(key)
+    return out
+
+
+def is_admin(who: str | None, env=None) -> bool:
+    """Whether the requester ``who`` (``login:NAME``, as :func:`serdemo.uikit.requester` names them) is an admin."""
+    from serdemo.store import StoreError, name_key
+
+    if not who or not who.startswith("login:"):
+        return False
+    try:
+        return name_key(who[len("login:"):]) in admins(env)
+    except StoreError:
+        return False
+
+
+def owner_words(owner: str) -> str:
+    """Who started a run, as a refusal names them (never a session id)."""
+    kind, _, name = owner.partition(":")
+    if kind == "login":
+        return f"{name[:64]}, who started it,"
+    if kind == "annotator":
+        return f"the annotator who started it ({name[:64]})"
+    return "the page that started it"
 
 
 def check_may_retrain(user: str | None, env=None) -> None:
@@ -274,10 +321,14 @@ class Retrainer:
     def __init__(self, workdir: Path, out_root: Path, corpora: list[str], epochs: int = 10,
                  cooldown_s: float = COOLDOWN_S, max_runs_per_day: int = MAX_RUNS_PER_DAY,
                  verify: Callable[[Path], object] | None = check_weights, clock: Callable[[], float] = time.time,
-                 python: str = sys.executable):
+                 python: str = sys.executable, min_gap_s: float = MIN_GAP_S,
+                 max_run_s_per_day: float = MAX_RUN_S_PER_DAY, decision_hold_s: float = DECISION_HOLD_S):
         self.workdir, self.out_root = Path(workdir), Path(out_root)
         self.corpora, self.epochs = list(corpora), epochs
         self.cooldown_s, self.max_runs_per_day = float(cooldown_s), int(max_runs_per_day)
+        self.min_gap_s, self.max_run_s_per_day = float(min_gap_s), float(max_run_s_per_day)
+        self.decision_hold_s = float(decision_hold_s)
+        self.owner = ""  # who started the current run ("" unknown: an older run, or a direct call)
         self.verify, self.clock, self.python = verify, clock, python
         self._lock = threading.Lock()
         self._runs_lock = threading.Lock()
@@ -301,6 +352,7 @@ class Retrainer:
         if last.get("state") == "done" and not last.get("decision") and (folder / COMPARISON_FILE).is_file():
             self.out, self.log = folder, self.workdir / f"{folder.name}.log"
             self.base_name = str(last.get("base") or "")
+            self.owner = str(last.get("owner") or "")
             self.started = float(last["started"])
 
     # ------------------------------------------------------------------ limits
@@ -328,33 +380,60 @@ class Retrainer:
             self.runs[-1]["state"] = "cancelled" if self.cancelled else ("done" if self.proc.returncode == 0 else "failed")
             self._write_runs()
 
-    def next_start(self) -> tuple[float, str]:
-        """``(seconds until a run may start, why)``; ``(0, "")`` when one may start now."""
+    def next_start(self, who: str | None = "") -> tuple[float, str]:
+        """``(seconds until ``who`` may start a run, why)``; ``(0, "")`` when they may start one now. ``who`` is
+        the requester (:func:`serdemo.uikit.requester`; "" for an unknown one): their own cool-down and daily
+        starts, then everyone's gap between starts and seconds of runs in 24 hours."""
         now = self.clock()
         if self.running:
             return math.inf, "a retraining run is in progress"
         self._note_end()
         waits = []
-        if self.runs and self.cooldown_s > 0:
-            last = self.runs[-1]
-            since = last.get("ended") or last["started"]
+        mine = [r for r in self.runs if str(r.get("owner") or "") == (who or "")]
+        if mine and self.cooldown_s > 0:
+            since = mine[-1].get("ended") or mine[-1]["started"]
             if now - since < self.cooldown_s:
-                waits.append((since + self.cooldown_s - now, f"runs are {human_duration(self.cooldown_s)} apart"))
-        recent = sorted(r["started"] for r in self.runs if now - r["started"] < 86400)
+                waits.append((since + self.cooldown_s - now, f"your runs are {human_duration(self.cooldown_s)} apart"))
+        recent = sorted(r["started"] for r in mine if now - r["started"] < 86400)
         if len(recent) >= self.max_runs_per_day:
             oldest = recent[len(recent) - self.max_runs_per_day]
-            waits.append((oldest + 86400 - now, f"at most {self.max_runs_per_day} runs a day"))
+            waits.append((oldest + 86400 - now, f"at most {self.max_runs_per_day} runs a day each"))
+        if self.runs and self.min_gap_s > 0 and now - self.runs[-1]["started"] < self.min_gap_s:
+            waits.append((self.runs[-1]["started"] + self.min_gap_s - now,
+                          f"runs start at least {human_duration(self.min_gap_s)} apart"))
+        spans = [(max(r["started"], now - 86400), r.get("ended") or now) for r in self.runs]
+        spans = [(a, b) for a, b in spans if b > a]
+        if sum(b - a for a, b in spans) >= self.max_run_s_per_day:  # frees up as the oldest run leaves the day
+            waits.append((min(b for _, b in spans) + 86400 - now,
+                          f"at most {human_duration(self.max_run_s_per_day)} of retraining a day on this server"))
         if not waits:
             return 0.0, ""
         return max(waits)
+
+    def check_may_decide(self, who: str | None, action: str) -> None:
+        """Refuse (:class:`RetrainRefused`) ``who`` to ``action`` ("cancel", "keep", "discard") the current run
+        unless they started it or are an admin (:func:`is_admin`); a run without a known owner is anyone's, and
+        a done run waiting longer than ``decision_hold_s`` may be kept or discarded by anyone."""
+        owner = self.owner
+        if not owner or (who and (who == owner or is_admin(who))):
+            return
+        ended = self.runs[-1].get("ended") if self.runs else None
+        if action != "cancel" and ended is not None and self.clock() - ended > self.decision_hold_s:
+            return
+        after = "" if action == "cancel" else \
+            f"; if it is left waiting, anyone may after {human_duration(self.decision_hold_s)}"
+        raise RetrainRefused(f"only {owner_words(owner)} or an admin (SERDEMO_ADMINS) may {action} this run{after}")
 
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, base_checkpoint: Path, base_card: dict, manifest: Path, extra_args: list[str] | None = None) -> Path:
-        """Launch the fine-tuning run. Raises :class:`RetrainBusy` while one runs, :class:`RetrainRefused`
-        during the cool-down, over the daily quota, or when the base checkpoint's weights do not load."""
+    def start(self, base_checkpoint: Path, base_card: dict, manifest: Path, extra_args: list[str] | None = None,
+              owner: str = "") -> Path:
+        """Launch the fine-tuning run for ``owner`` (the requester, :func:`serdemo.uikit.requester`; only they or
+        an admin may cancel, keep or discard it). Raises :class:`RetrainBusy` while one runs,
+        :class:`RetrainRefused` during the cool-down, over a quota, or when the base checkpoint's weights do not
+        load."""
         with self._lock:
             if self.running:
                 raise RetrainBusy(f"a retraining run is already in progress ({self.out.name}); wait for it to "
@@ -362,7 +441,7 @@ class Retrainer:
             if self.awaiting_decision():
                 raise RetrainBusy(f"the last run's model ({self.out.name}) waits for a decision: keep it or discard "
                                   "it on the Models tab first")
-            wait_s, why = self.next_start()
+            wait_s, why = self.next_start(owner)
             if wait_s > 0:
                 raise RetrainRefused(f"retraining is limited ({why}): the next run can start in {human_duration(wait_s)}")
             if self.verify is not None:
@@ -400,8 +479,10 @@ class Retrainer:
                                              stderr=subprocess.STDOUT, start_new_session=True)
             self.started = time.time()
             self.cancelled, self.decision, self.base_name = False, None, Path(base_checkpoint).name
+            self.owner = owner
             with self._runs_lock:
-                self.runs.append({"name": name, "base": self.base_name, "started": self.clock(), "ended": None})
+                self.runs.append({"name": name, "base": self.base_name, "started": self.clock(), "ended": None,
+                                  "owner": owner})
                 self._write_runs()
             return self.out
 
@@ -444,12 +525,14 @@ class Retrainer:
                     break
             self._write_runs()
 
-    def keep(self) -> str:
+    def keep(self, who: str | None = None) -> str:
         """The done run's checkpoint joins the served ones (moved under ``out_root``); returns its name.
-        Raises :class:`RetrainBusy` when no run waits for a decision."""
+        Raises :class:`RetrainBusy` when no run waits for a decision, :class:`RetrainRefused` when ``who`` may
+        not decide it (:meth:`check_may_decide`)."""
         with self._lock:
             if not self.awaiting_decision():
                 raise RetrainBusy("no finished run waits for a decision")
+            self.check_may_decide(who, "keep")
             dest = self.out_root / self.out.name
             self.out_root.mkdir(parents=True, exist_ok=True)
             shutil.move(str(self.out), str(dest))  # beside the store: a rename
@@ -458,12 +541,14 @@ class Retrainer:
             log.info("retraining run %s kept", dest.name)
             return dest.name
 
-    def discard(self) -> str:
+    def discard(self, who: str | None = None) -> str:
         """Delete the done run's checkpoint (and its config and log); returns its name. Raises
-        :class:`RetrainBusy` when no run waits for a decision."""
+        :class:`RetrainBusy` when no run waits for a decision, :class:`RetrainRefused` when ``who`` may not
+        decide it (:meth:`check_may_decide`)."""
         with self._lock:
             if not self.awaiting_decision():
                 raise RetrainBusy("no finished run waits for a decision")
+            self.check_may_decide(who, "discard")
             shutil.rmtree(self.out, ignore_errors=True)
             for extra in (self.workdir / f"{self.out.name}.json", self.workdir / f"{self.out.name}.log"):
                 extra.unlink(missing_ok=True)
@@ -471,13 +556,15 @@ class Retrainer:
             log.info("retraining run %s discarded", self.out.name)
             return self.out.name
 
-    def cancel(self) -> bool:
+    def cancel(self, who: str | None = None) -> bool:
         """Stop the running run (SIGTERM to its process group, SIGKILL after ``STOP_GRACE_S``); False when
-        nothing runs. The cool-down counts from now."""
+        nothing runs. Only its owner or an admin may (:meth:`check_may_decide`; else :class:`RetrainRefused`).
+        The owner's cool-down counts from now; everyone's budget counts the seconds it ran."""
         with self._lock:
             proc = self.proc
             if proc is None or proc.poll() is not None:
                 return False
+            self.check_may_decide(who, "cancel")
             self.cancelled = True
             _stop(proc, signal.SIGTERM)
             try:

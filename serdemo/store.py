@@ -55,6 +55,10 @@ CREATE TABLE IF NOT EXISTS labels (
     checkpoint  TEXT
 );
 CREATE INDEX IF NOT EXISTS labels_clip ON labels(clip, id);
+CREATE TABLE IF NOT EXISTS annotators (  -- one row per person: names with the same name_key are one annotator
+    key         TEXT PRIMARY KEY,       -- name_key(name)
+    name        TEXT NOT NULL           -- the spelling seen first, under which their labels are filed
+);
 """
 # columns added after the first release; an older database gains them when opened (ALTER TABLE)
 ADDED_COLUMNS = (
@@ -106,8 +110,12 @@ def annotator_name(name: str | None) -> str:
     """The annotator name as the store keeps it, or a :class:`StoreError` that says what to change.
 
     Unicode NFC, surrounding and repeated whitespace removed; 1..``MAX_ANNOTATOR_CHARS`` characters of
-    letters, digits, combining marks, spaces and ``. - _ @ '`` (no control, format or other symbols).
+    letters, digits, combining marks, spaces and ``. - _ @ '`` (no control, format or other symbols), in one
+    alphabet where it uses Latin, Cyrillic or Greek letters (:func:`name_key`). Names with the same
+    :func:`name_key` are one annotator: the store files a label under the spelling it saw first.
     """
+    if name is not None and not isinstance(name, str):
+        raise StoreError("the annotator name must be text")
     name = " ".join(unicodedata.normalize("NFC", name or "").split())
     if not name:
         raise StoreError("enter your name (annotator) before saving a label")
@@ -117,7 +125,46 @@ def annotator_name(name: str | None) -> str:
     if bad:
         shown = ", ".join(repr(c) if c.isprintable() else f"U+{ord(c):04X}" for c in bad[:5])
         raise StoreError(f"the annotator name may hold only letters, digits, spaces and . - _ @ ' (not {shown})")
+    if not name_key(name, "annotator name"):
+        raise StoreError("enter your name (annotator) before saving a label")
     return name
+
+
+# Cyrillic and Greek letters that look like Latin ones (Unicode's confusables, the common ones): a name
+# written wholly in them is read as the Latin name it shows; a name that mixes alphabets is refused.
+LOOKALIKES = str.maketrans(
+    "АВЕЅІЈКМНОРСТХУаеѕіјорсхуһԁԛԝӏҮ"  # Cyrillic
+    "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧοαικνρυχ",  # Greek
+    "ABESIJKMHOPCTXYaesijopcxyhdqwlY"
+    "ABEZHIKMNOPTYXoaikvpux")
+SCRIPTS = ("LATIN", "CYRILLIC", "GREEK")  # alphabets whose letters are confused with each other
+
+
+def name_key(name: str | None, what: str = "name") -> str:
+    """What identifies a person's name (an annotator, a voice): Unicode NFKC (full-width ``ａｌｉｃｅ`` is
+    ``alice``), case folded, inner whitespace collapsed, stripped, a leading ``@`` dropped (``@alice`` is
+    ``alice``); a name written wholly in Cyrillic or Greek letters that look like Latin ones reads as that
+    Latin name (``аӏісе`` is ``alice``). A name mixing Latin, Cyrillic and Greek letters (``аlice`` with a
+    Cyrillic ``а``) is refused (:class:`StoreError`): it could pass for another. "" for no name."""
+    if name is None:
+        return ""
+    if not isinstance(name, str):
+        raise StoreError(f"the {what} must be text")
+    text = " ".join(unicodedata.normalize("NFKC", name).split()).lstrip("@").strip()
+    scripts = {script for script in (_script(c) for c in text if c.isalpha()) if script in SCRIPTS}
+    if len(scripts) > 1:
+        names = " and ".join(sorted(s.title() for s in scripts))
+        raise StoreError(f"the {what} mixes {names} letters, which look alike: type it in one alphabet")
+    if scripts and scripts != {"LATIN"}:
+        mapped = text.translate(LOOKALIKES)
+        if all(_script(c) == "LATIN" for c in mapped if c.isalpha()):
+            text = mapped
+    return text.casefold()
+
+
+def _script(ch: str) -> str:
+    """The alphabet a letter belongs to, as the first word of its Unicode name (``LATIN``, ``CYRILLIC``, ...)."""
+    return unicodedata.name(ch, "").split(" ", 1)[0]
 
 
 MAX_SOURCE_CHARS = 255  # a file name (a path's last part) as an upload or a recording names it
@@ -139,6 +186,14 @@ def _checked(label: str | None, annotator: str | None) -> tuple[str, str]:
     if len(label) > MAX_LABEL_CHARS or not label.isprintable():
         raise StoreError(f"a label is at most {MAX_LABEL_CHARS} printable characters")
     return label, annotator_name(annotator)
+
+
+def _filed_under(con, annotator: str) -> str:
+    """The spelling ``annotator``'s labels are filed under: the first one the store saw with its
+    :func:`name_key` (``Alice``, then ``ａｌｉｃｅ`` and ``@alice`` are all ``Alice``). Inside a write transaction."""
+    key = name_key(annotator, "annotator name")
+    con.execute("INSERT OR IGNORE INTO annotators (key, name) VALUES (?, ?)", (key, annotator))
+    return con.execute("SELECT name FROM annotators WHERE key=?", (key,)).fetchone()[0]
 
 
 def _insert_label(con, sha, label, annotator, predicted, confidence, checkpoint) -> int:
@@ -179,6 +234,16 @@ class Store:
         write lock is taken only when a column is missing, so opening a store never waits for a writer)."""
         with self._connect() as con:
             have = {(t, r[1]) for t in {t for t, _, _ in ADDED_COLUMNS} for r in con.execute(f"PRAGMA table_info({t})")}
+            unfiled = con.execute("SELECT annotator FROM labels GROUP BY annotator HAVING annotator NOT IN "
+                                  "(SELECT name FROM annotators) ORDER BY MIN(id)").fetchall()
+        if unfiled:  # labels saved before annotators were keyed: each name's first spelling files the later ones
+            with self._write() as con:
+                for (name,) in unfiled:
+                    try:
+                        key = name_key(name)
+                    except StoreError:
+                        continue
+                    con.execute("INSERT OR IGNORE INTO annotators (key, name) VALUES (?, ?)", (key, name))
         if all((t, c) in have for t, c, _ in ADDED_COLUMNS):
             return
         with self._write() as con:
@@ -295,6 +360,7 @@ class Store:
                     raise StoreError(f"clip {sha[:12]} has no model prediction to confirm: analyse it first")
                 label = predicted
             label, annotator = _checked(label, annotator)
+            annotator = _filed_under(con, annotator)
             event_id = _insert_label(con, sha, label, annotator, predicted, confidence, checkpoint)
             return LabelEvent(*con.execute("SELECT * FROM labels WHERE id=?", (event_id,)).fetchone())
 

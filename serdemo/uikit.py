@@ -21,6 +21,7 @@ import gradio as gr
 
 from serdemo.audio import AudioError
 from serdemo.retrain import check_may_retrain
+from serdemo.store import StoreError, name_key
 
 log = logging.getLogger("serdemo.ui")
 
@@ -101,14 +102,50 @@ def model_picker(bench, label: str = "Model", **kwargs) -> gr.Dropdown:
     return gr.Dropdown(bench.choices(), value=bench.default_choice(), allow_custom_value=True, label=label, **kwargs)
 
 
+MAX_ECHO_CHARS = 200  # characters of a caller's text (a name, a label, a model) repeated in a message
+MAX_MESSAGE_CHARS = 1000  # characters of a message shown to a client
+MAX_LOG_CHARS = 300  # characters of a refusal in the server log
+MAX_TEXT_ARG = 4096  # characters of a text argument an endpoint takes (names, ids, labels are far shorter)
+# what never reaches the log or a message: NUL and other controls, bidirectional overrides and isolates
+# (U+202A-U+202E, U+2066-U+2069), which would make a log line read other than it is
+_UNSHOWN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def clean_text(text, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` fit to show or log: controls and bidirectional overrides removed, at most ``limit`` characters
+    (cut with an ellipsis)."""
+    text = _UNSHOWN.sub("", str(text))
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def echo(value, limit: int = MAX_ECHO_CHARS) -> str:
+    """A caller's value as a message repeats it: one line, cleaned, at most ``limit`` characters."""
+    return clean_text(" ".join(str(value).split()), limit)
+
+
+def text_arg(value, what: str, max_chars: int = MAX_TEXT_ARG) -> str:
+    """A text argument of an endpoint, checked at the boundary: None is "", anything but a string (a number,
+    a list, a dict sent through the API) and text over ``max_chars`` are refused with a message that names
+    ``what`` (a user error, no traceback)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise user_error(f"{what} must be text, not {type(value).__name__}")
+    if len(value) > max_chars:
+        raise user_error(f"{what} is {len(value):,} characters long; at most {max_chars:,} are accepted")
+    return value
+
+
 def user_error(problem: Exception | str, source: str | None = None, duration: float | None = 10) -> gr.Error:
     """A problem the user can fix, as a ``gr.Error`` to raise: one log line, no traceback, no path.
 
-    An :class:`AudioError` is worded for ``source`` (the microphone or an upload).
+    An :class:`AudioError` is worded for ``source`` (the microphone or an upload). The message (and its log
+    line, shorter) has no control or bidirectional characters and is bounded (:func:`clean_text`), whatever a
+    caller's text it repeats.
     """
     message = problem.for_source(source) if isinstance(problem, AudioError) else str(problem)
-    log.warning("refused: %s", " ".join(message.split()))
-    return gr.Error(message, duration=duration, print_exception=False)
+    log.warning("refused: %s", clean_text(" ".join(message.split()), MAX_LOG_CHARS))
+    return gr.Error(clean_text(message), duration=duration, print_exception=False)
 
 
 def login_name(request: gr.Request | None) -> str | None:
@@ -125,8 +162,12 @@ def login_name(request: gr.Request | None) -> str | None:
 
 
 def resolve_annotator(name: str, request: gr.Request | None) -> str:
-    """The login name where the app has one, else the name typed on the page."""
-    return (login_name(request) or name or "").strip()
+    """The login name where the app has one, else the name typed on the page (text, checked here: a number or
+    a list sent through the API is refused with a message)."""
+    user = login_name(request)
+    if user:
+        return str(user).strip()
+    return text_arg(name, "the annotator name").strip()
 
 
 def voice_scope(request: gr.Request | None, annotator: str | None = "") -> str:
@@ -136,11 +177,21 @@ def voice_scope(request: gr.Request | None, annotator: str | None = "") -> str:
     user = login_name(request)
     if user:
         return f"login:{user}"
-    who = " ".join(str(annotator or "").split()).casefold()[:256]
+    try:  # the annotator's name as the store identifies it (name_key): ａｌｉｃｅ and @alice are alice
+        who = name_key(annotator[:256], "annotator name") if isinstance(annotator, str) else ""
+    except StoreError:
+        who = ""  # a name the store refuses scopes nothing: this session's voices
     if who:
         return f"annotator:{who}"
     session = getattr(request, "session_hash", None) if request is not None else None
     return f"session:{session}" if session else ""
+
+
+def requester(request: gr.Request | None, annotator: str | None = "") -> str:
+    """Who asks, for what belongs to a person (a retraining run's owner): ``login:NAME`` where the app has
+    logins, else ``annotator:NAME`` (the name typed on the page, as the store identifies it), else this
+    browser session's ``session:ID``; "" for a direct call. The same rule as :func:`voice_scope`."""
+    return voice_scope(request, annotator)
 
 
 def annotator_field(remembered: str | None, request: gr.Request | None):
@@ -163,16 +214,41 @@ def require_retrain_login(request: gr.Request | None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- logins
-MAX_LOGIN_FAILURES = 5  # wrong passwords for one name before it is locked
-LOCKOUT_S = 300.0  # how long a locked name stays locked (a right password does not open it meanwhile)
+MAX_LOGIN_FAILURES = 5  # wrong passwords for one name from one client address before that pair is locked
+MAX_NAME_FAILURES = 20  # wrong passwords for one name from any addresses before the name is locked everywhere
+LOCKOUT_S = 300.0  # how long a lock lasts (a right password does not open it meanwhile)
 FAIL_DELAY_S = 0.5  # the first wrong password's answer is delayed this long, doubling per failure ...
 MAX_FAIL_DELAY_S = 8.0  # ... up to this
 GLOBAL_FAILURES_PER_MIN = 30  # all names together: beyond this, every login is slowed (a spray over names)
 MAX_TRACKED_NAMES = 10_000  # failure records kept (the oldest forgotten first), so names cannot fill memory
 MAX_LOGIN_CHARS = 256  # a longer name or password is a wrong login, compared no further
-MAX_CLIENT_FAILURES = 20  # wrong passwords from one client address (any names) before it is locked
+MAX_CLIENT_FAILURES = 60  # wrong passwords from one client address (any names) before the whole address is locked
+CLIENT_DELAY_FAILURES = 20  # an address's failures after which each of its answers waits the longest delay
+MAX_ANSWER_WAIT_S = 120.0  # the longest a failed login waits for its turn among its address's answers
 
 _login_client: contextvars.ContextVar[str | None] = contextvars.ContextVar("serdemo_login_client", default=None)
+
+
+def proxy_trusted(env=None) -> bool:
+    """Whether a proxy in front of the app adds the client's address to ``X-Forwarded-For``: on a Hugging Face
+    Space (its ``SPACE_ID``: the Space's own proxy) or where ``SERDEMO_TRUST_PROXY=1`` says so."""
+    env = os.environ if env is None else env
+    return bool(env.get("SPACE_ID")) or env.get("SERDEMO_TRUST_PROXY", "") == "1"
+
+
+def configure_proxy_headers(env=None) -> bool:
+    """Before launch: decide whether ``X-Forwarded-For`` names the client. Returns :func:`proxy_trusted`.
+
+    Gradio's server (uvicorn) replaces a request's client address with the header's entry whenever the peer is
+    in ``FORWARDED_ALLOW_IPS``, by default 127.0.0.1: a client on the same machine (or anyone behind a local
+    proxy that passes the header on) could name a new address with every guess and never be locked out. Unless
+    a proxy is trusted, ``FORWARDED_ALLOW_IPS`` is set to nothing (an operator's own setting is kept), so the
+    address the login guard counts is the socket's peer."""
+    env = os.environ if env is None else env
+    trusted = proxy_trusted(env)
+    if not trusted and "FORWARDED_ALLOW_IPS" not in env:
+        env["FORWARDED_ALLOW_IPS"] = ""
+    return trusted
 
 
 def client_address(scope: dict, trust_forwarded: bool = False) -> str | None:
@@ -207,26 +283,36 @@ class LoginClientMiddleware:
 
 
 class LoginGuard:
-    """Gradio's ``auth=`` as an async callable (``auth=guard.check``): constant-time comparison, every wrong
-    password answered after a delay that doubles per failure of that name (``FAIL_DELAY_S`` ..
-    ``MAX_FAIL_DELAY_S``), a name locked for ``lockout_s`` after ``max_failures`` wrong passwords (even the
-    right one is refused meanwhile, so guessing gets nothing), and every login slowed when all names together
-    fail more than ``global_per_min`` times a minute. Gradio hands the callable only the name and the
-    password; with :class:`LoginClientMiddleware` installed, the client's address is known too, and a
-    client is locked after ``max_client_failures`` wrong passwords over any names (a spray). The delays are
-    ``await``ed: the server keeps serving others meanwhile."""
+    """Gradio's ``auth=`` as an async callable (``auth=guard.check``): constant-time comparison, and wrong
+    passwords made slow and few.
+
+    - Each wrong password is answered after a delay that doubles with the failures (``FAIL_DELAY_S`` ..
+      ``MAX_FAIL_DELAY_S``); the answers to one client address's failures take turns (its budget of answer
+      time), so 20 guesses sent at once take the sum of their delays, not the longest one.
+    - A (client address, name) pair is locked for ``lockout_s`` after ``max_failures`` wrong passwords (even
+      the right one is refused meanwhile); the name itself, from every address, after ``max_name_failures``;
+      the whole address after ``max_client_failures`` over any names (a spray). So a guesser behind a shared
+      address locks the names it guesses, not everyone's login, until it reaches that higher ceiling.
+    - Every login is slowed when all names together fail more than ``global_per_min`` times a minute.
+
+    Gradio hands the callable only the name and the password; with :class:`LoginClientMiddleware` installed
+    the client's address is known (without it, every request counts as one unknown address, unserialised).
+    The delays are ``await``ed: the server keeps serving others meanwhile."""
 
     def __init__(self, logins: dict[str, str], max_failures: int = MAX_LOGIN_FAILURES, lockout_s: float = LOCKOUT_S,
                  delay_s: float = FAIL_DELAY_S, max_delay_s: float = MAX_FAIL_DELAY_S,
                  global_per_min: int = GLOBAL_FAILURES_PER_MIN, max_client_failures: int = MAX_CLIENT_FAILURES,
-                 clock=time.monotonic, sleep=asyncio.sleep):
-        self.max_client_failures = int(max_client_failures)
+                 clock=time.monotonic, sleep=asyncio.sleep, max_name_failures: int = MAX_NAME_FAILURES,
+                 client_delay_failures: int = CLIENT_DELAY_FAILURES, max_answer_wait_s: float = MAX_ANSWER_WAIT_S):
+        self.max_client_failures, self.max_name_failures = int(max_client_failures), int(max_name_failures)
+        self.client_delay_failures, self.max_answer_wait_s = int(client_delay_failures), float(max_answer_wait_s)
         self.logins = {str(k): str(v) for k, v in logins.items()}
         self.max_failures, self.lockout_s = int(max_failures), float(lockout_s)
         self.delay_s, self.max_delay_s, self.global_per_min = float(delay_s), float(max_delay_s), int(global_per_min)
         self.clock, self.sleep = clock, sleep
         self._lock = threading.Lock()
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # name -> (count, last failure)
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # key -> (count, last failure)
+        self._answer_at: OrderedDict[str, float] = OrderedDict()  # client -> when its last queued answer goes out
         self._recent: list[float] = []  # times of failures, all names, within the last minute
         self.refused = 0
 
@@ -236,9 +322,16 @@ class LoginGuard:
         pairs = [pair.split(":", 1) for pair in value.split(",") if ":" in pair]
         return cls({name.strip(): pw for name, pw in pairs if name.strip()}, **kwargs) if pairs else None
 
-    def locked_for(self, username: str) -> float:
-        """Seconds left of ``username``'s lockout (0 when it may log in)."""
-        return self._locked_for("n:" + username[:MAX_LOGIN_CHARS], self.max_failures)
+    @staticmethod
+    def _pair(client: str | None, name: str) -> str:
+        return f"p:{client}\x00{name}"
+
+    def locked_for(self, username: str, client: str | None = None) -> float:
+        """Seconds left of ``username``'s lockout from ``client`` (by default: an unknown address), or of the
+        name's own lockout from every address; 0 when it may log in."""
+        name = username[:MAX_LOGIN_CHARS]
+        return max(self._locked_for(self._pair(client, name), self.max_failures),
+                   self._locked_for("n:" + name, self.max_name_failures))
 
     def client_locked_for(self, client: str) -> float:
         """Seconds left of a client address's lockout (0 when it may try)."""
@@ -252,7 +345,7 @@ class LoginGuard:
             return max(0.0, self.lockout_s - (self.clock() - last))
 
     def _record_failure(self, key: str, now: float) -> int:
-        """One more wrong password for ``key`` (a name, or a client address); returns its count."""
+        """One more wrong password for ``key`` (a pair, a name or a client address); returns its count."""
         with self._lock:
             count, last = self._failures.pop(key, (0, 0.0))
             if now - last >= self.lockout_s:
@@ -269,32 +362,49 @@ class LoginGuard:
             self.refused += 1
             return len(self._recent)
 
+    def _turn(self, client: str, now: float, delay: float) -> float:
+        """The wait of a failed login from ``client``: its delay, after the answers to that address's earlier
+        failures (at most ``max_answer_wait_s``)."""
+        with self._lock:
+            start = max(now, self._answer_at.pop(client, now))
+            until = min(start + delay, now + max(delay, self.max_answer_wait_s))
+            self._answer_at[client] = until
+            while len(self._answer_at) > MAX_TRACKED_NAMES:
+                self._answer_at.popitem(last=False)
+            return until - now
+
     async def check(self, username, password) -> bool:
         username, password = str(username or ""), str(password or "")
         name, now = username[:MAX_LOGIN_CHARS], self.clock()
-        key, client = "n:" + name, _login_client.get()
+        client = _login_client.get()
+        pair = self._pair(client, name)
         with self._lock:
             busy = len([t for t in self._recent if now - t < 60.0]) > self.global_per_min
         if busy:  # a spray over many names: everyone waits a little, the sprayer most of all
             await self.sleep(self.delay_s)
-        locked = self.locked_for(name) > 0 or (client is not None and self.client_locked_for(client) > 0)
+        locked = self.locked_for(name, client) > 0 or (client is not None and self.client_locked_for(client) > 0)
         expected = self.logins.get(name) if len(username) <= MAX_LOGIN_CHARS else None
         ok = (not locked and expected is not None and len(password) <= MAX_LOGIN_CHARS
               and hmac.compare_digest(password.encode(), expected.encode()))
         if ok:
             with self._lock:
-                self._failures.pop(key, None)
+                self._failures.pop(pair, None)
             return True
-        count, recent = self._record_failure(key, now), self._note_failure(now)
+        count, recent = self._record_failure(pair, now), self._note_failure(now)
+        name_count = self._record_failure("n:" + name, now)
         client_count = self._record_failure(f"c:{client}", now) if client is not None else 0
-        if locked or count >= self.max_failures or client_count >= self.max_client_failures:
-            log.warning("login refused: locked for %.0f s after repeated wrong passwords (for a name or a client)",
-                        self.lockout_s)
-        # the delay doubles with the name's failures and with the client's (scaled to the name's limit)
-        steps = max(count, client_count * self.max_failures // max(1, self.max_client_failures))
+        if (locked or count >= self.max_failures or name_count >= self.max_name_failures
+                or client_count >= self.max_client_failures):
+            log.warning("login refused: locked for %.0f s after repeated wrong passwords (for a name, a name from "
+                        "one address, or an address)", self.lockout_s)
+        # the delay doubles with the pair's failures and with the address's (the longest from
+        # client_delay_failures failures on)
+        steps = max(count, client_count * self.max_failures // max(1, self.client_delay_failures))
         delay = min(self.max_delay_s, self.delay_s * 2 ** (min(max(steps, 1), 16) - 1))
         if recent > self.global_per_min:
             delay = self.max_delay_s
+        if client is not None:  # one address's failed answers take turns
+            delay = self._turn(client, now, delay)
         await self.sleep(delay)
         return False
 

@@ -42,8 +42,8 @@ from serdemo.plots import (VTLP_VIEWS, analysis_figure, confusion_figure, db_per
                            warp_figure)
 from serdemo.retrain import (FIRST_GUESS_S, WHY_SHORT, RetrainBusy, Retrainer, RetrainRefused, check_may_retrain,
                              human_duration, report_sentence, retrain_plan)
-from serdemo.store import Store, StoreError, as_stored, default_data_dir
-from serdemo.uikit import require_retrain_login, user_error
+from serdemo.store import Store, StoreError, as_stored, default_data_dir, name_key
+from serdemo.uikit import echo, require_retrain_login, requester, text_arg, user_error
 from serdemo.voice import VoiceProfile
 from serdemo.vtlp import F_HI_HZ, warp_power
 
@@ -186,15 +186,20 @@ class ClipView:
 
 
 def voice_name(name) -> str:
-    """A voice name as it keys a profile: Unicode NFKC, case folded, inner whitespace collapsed, stripped;
-    "" for none. Refused (a user error) with control characters or over :data:`MAX_VOICE_NAME` characters."""
+    """A voice name as it keys a profile: :func:`serdemo.store.name_key` (Unicode NFKC, case folded, inner
+    whitespace collapsed, stripped, a leading ``@`` dropped, one alphabet), the same rule that makes two
+    spellings of an annotator one person; "" for none. Refused (a user error) when not text, with control
+    characters or over :data:`MAX_VOICE_NAME` characters."""
     if name is None:
         return ""
     if not isinstance(name, str):
         raise user_error("the voice name must be text")
     if len(name) > 16 * MAX_VOICE_NAME:  # not normalised at all: NFKC can grow a text many times
         raise user_error(f"a voice name has at most {MAX_VOICE_NAME} characters")
-    text = " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+    try:
+        text = name_key(name, "voice name")
+    except StoreError as exc:
+        raise user_error(exc) from None
     if any(unicodedata.category(ch).startswith("C") for ch in text):
         raise user_error("the voice name has control or invisible characters: type a plain name, e.g. alice")
     if len(text) > MAX_VOICE_NAME:
@@ -380,7 +385,7 @@ class Workbench:
             if loaded is not None:
                 return loaded
             if path is None:
-                raise CheckpointError(f"no checkpoint named {name!r}; press 'Reload checkpoints' or pick another")
+                raise CheckpointError(f"no checkpoint named '{echo(name)}'; press 'Reload checkpoints' or pick another")
             loading = self._loading.setdefault(name, threading.Lock())
         with loading:  # one load per checkpoint, however many requests ask at once
             with self._lock:
@@ -440,6 +445,7 @@ class Workbench:
         step = progress or (lambda *a, **k: None)
         t0 = time.perf_counter()
         alpha = checked_alpha(alpha)
+        model_name = text_arg(model_name, "the model name", 256) or None
         voice_key = voice_name(voice)
         try:
             step(0.1, desc="decoding")
@@ -511,6 +517,8 @@ class Workbench:
         """Re-draw the VTLP view for a new alpha without running the model (once after a restart)."""
         t0 = time.perf_counter()
         alpha = checked_alpha(alpha)
+        clip_id = text_arg(clip_id, "the clip id", 128)
+        model_name = text_arg(model_name, "the model name", 256) or None
         if not clip_id:
             return Redraw(None, warp_figure(alpha), time.perf_counter() - t0)
         try:
@@ -529,12 +537,14 @@ class Workbench:
     def save_label(self, clip_id: str | None, label: str | None, annotator: str) -> Saved:
         """Append a label (``None``: confirm the model's prediction) for a stored clip; the model's
         prediction, confidence and checkpoint are recorded from the store, whoever calls."""
-        who = (annotator or "").strip()
+        clip_id = text_arg(clip_id, "the clip id", 128)
+        label = None if label is None else text_arg(label, "the label", 256)
+        who = text_arg(annotator, "the annotator name", 256).strip()
         try:
             if not clip_id:
                 raise StoreError("analyse a clip (or pick one from the queue) first, then label it")
             if label is not None and label not in ANNOTATION_LABELS:
-                raise StoreError(f"'{label}' is not one of the labels ({', '.join(ANNOTATION_LABELS)})")
+                raise StoreError(f"'{echo(label)}' is not one of the labels ({', '.join(ANNOTATION_LABELS)})")
             if label is None:
                 predicted = self.store.clip_info(clip_id).get("predicted")
                 if predicted and predicted not in ANNOTATION_LABELS:
@@ -550,11 +560,12 @@ class Workbench:
             verdict = f"corrected to **{event.label}** (the model said {event.predicted})"
         else:
             verdict = f"labelled **{event.label}**"
-        return Saved(f"Saved: clip `{clip_id[:12]}` {verdict} by {who} (label #{n} for this clip).",
+        return Saved(f"Saved: clip `{clip_id[:12]}` {verdict} by {event.annotator} (label #{n} for this clip).",
                      self.counts(), self.history(clip_id))
 
     def history(self, clip_id: str | None) -> list[list]:
         """A clip's label history, oldest first."""
+        clip_id = text_arg(clip_id, "the clip id", 128)
         if not clip_id:
             return []
         return [[e.created_utc.replace("T", " ").rstrip("Z"), e.label, e.annotator, e.predicted or "",
@@ -773,6 +784,7 @@ class Workbench:
     # ------------------------------------------------------------ models and retraining
     def model_view(self, name: str | None) -> ModelView:
         """A checkpoint's card as a readable summary, its held-out metrics and its test confusion."""
+        name = text_arg(name, "the model name", 256)
         path = self.catalogue.get(name) if name else None  # one read: a reload may swap the catalogue
         if path is None:
             return ModelView("_pick a checkpoint_", "", None)
@@ -812,6 +824,7 @@ class Workbench:
     def retrain_plan(self, model_name: str | None) -> str:
         """Before a run: which stored labels fine-tuning ``model_name`` would train on and why the others would
         not (:func:`serdemo.retrain.retrain_plan`), and how long a run takes, as Markdown."""
+        model_name = text_arg(model_name, "the model name", 256)
         base = self.catalogue.get(model_name) if model_name else None
         if base is None:
             return "_pick a checkpoint to see what fine-tuning it would train on_"
@@ -848,13 +861,15 @@ class Workbench:
                   f"its data. ({'; '.join(notes)}.)"]
         return "\n".join(lines)
 
-    def retrain(self, model_name: str | None, user: str | None = None) -> str:
-        """Fine-tune the selected checkpoint on the stored annotations in a background process. With
-        ``SERDEMO_AUTH`` set only a logged-in ``user`` may start a run."""
+    def retrain(self, model_name: str | None, user: str | None = None, owner: str = "") -> str:
+        """Fine-tune the selected checkpoint on the stored annotations in a background process, for ``owner``
+        (:func:`serdemo.uikit.requester`: only they or an admin may cancel, keep or discard the run; their own
+        quota counts it). With ``SERDEMO_AUTH`` set only a logged-in ``user`` may start a run."""
         try:
             check_may_retrain(user)
         except RetrainRefused as exc:
             raise user_error(exc) from None
+        model_name = text_arg(model_name, "the model name", 256)
         base = self.catalogue.get(model_name) if model_name else None  # one read: a reload may swap the catalogue
         if base is None:
             raise user_error("pick a checkpoint to fine-tune")
@@ -868,7 +883,7 @@ class Workbench:
         manifest = write_manifest(self.store, self.store.directory / "retrain" / "manifest.csv")
         self.retrainer.corpora = list(corpora)
         try:
-            out = self.retrainer.start(base, card, manifest, list(self.settings.retrain_args))
+            out = self.retrainer.start(base, card, manifest, list(self.settings.retrain_args), owner=owner)
         except RetrainBusy as exc:
             raise user_error(exc) from None
         return f"Started fine-tuning **{model_name}** on {len(self.store.current_labels())} stored clips " \
@@ -902,30 +917,38 @@ class Workbench:
                 "same clips of speakers neither trained on. **Keep** it to serve it (it joins the model pickers) or "
                 f"**discard** it (its files are deleted); no other run starts until you choose.{trained}")
 
-    def retrain_cancel(self, request: gr.Request = None) -> str:
-        """Stop the background run, if one runs. With ``SERDEMO_AUTH`` set only a logged-in user may."""
-        require_retrain_login(request)
-        if self.retrainer.cancel():
-            return "Cancelled: the run was stopped."
-        return "No retraining run is in progress."
-
-    def retrain_keep(self, request: gr.Request = None) -> str:
-        """Keep the finished run's checkpoint: it joins the model pickers and can be served. With
+    # request first: the page wires these with no inputs (Gradio puts the request where its annotation is);
+    # an annotator name, where wired, names the requester as it named the run's owner
+    def retrain_cancel(self, request: gr.Request = None, annotator_name: str = "") -> str:
+        """Stop the background run, if one runs: only its owner (who started it) or an admin may. With
         ``SERDEMO_AUTH`` set only a logged-in user may."""
-        name = self._decide(self.retrainer.keep, request)
+        require_retrain_login(request)
+        who = requester(request, text_arg(annotator_name, "the annotator name", 256))
+        try:
+            cancelled = self.retrainer.cancel(who)
+        except RetrainBusy as exc:
+            raise user_error(exc) from None
+        return "Cancelled: the run was stopped." if cancelled else "No retraining run is in progress."
+
+    def retrain_keep(self, request: gr.Request = None, annotator_name: str = "") -> str:
+        """Keep the finished run's checkpoint: it joins the model pickers and can be served. Only its owner or
+        an admin may (anyone once it has waited an hour). With ``SERDEMO_AUTH`` set only a logged-in user may."""
+        name = self._decide(self.retrainer.keep, request, annotator_name)
         self.reload()
         return f"Kept: `{name}` is in the model pickers."
 
-    def retrain_discard(self, request: gr.Request = None) -> str:
-        """Delete the finished run's checkpoint. With ``SERDEMO_AUTH`` set only a logged-in user may."""
-        return f"Discarded: `{self._decide(self.retrainer.discard, request)}` was deleted."
+    def retrain_discard(self, request: gr.Request = None, annotator_name: str = "") -> str:
+        """Delete the finished run's checkpoint. Only its owner or an admin may (anyone once it has waited an
+        hour). With ``SERDEMO_AUTH`` set only a logged-in user may."""
+        return f"Discarded: `{self._decide(self.retrainer.discard, request, annotator_name)}` was deleted."
 
     @staticmethod
-    def _decide(action, request: gr.Request | None) -> str:
-        """Keep or discard (``action``) the done run, for someone allowed to retrain; its name."""
+    def _decide(action, request: gr.Request | None, annotator_name: str = "") -> str:
+        """Keep or discard (``action``) the done run, for its owner or an admin; its name."""
         require_retrain_login(request)
+        who = requester(request, text_arg(annotator_name, "the annotator name", 256))
         try:
-            return action()
+            return action(who)
         except RetrainBusy as exc:
             raise user_error(exc) from None
 

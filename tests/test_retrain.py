@@ -67,6 +67,7 @@ class Clock:
 
 def retrainer(tmp_path, fake_python, **kw):
     kw.setdefault("verify", None)
+    kw.setdefault("min_gap_s", 0)
     return Retrainer(tmp_path / "work", tmp_path / "out", [], epochs=1, python=fake_python, **kw)
 
 
@@ -77,8 +78,8 @@ def hanging(tmp_path, fake_python, monkeypatch):
     return retrainer(tmp_path, fake_python, cooldown_s=0)
 
 
-def start(r, tmp_path, name="default"):
-    return r.start(tmp_path / name, {"training": {"config": {}}}, tmp_path / "manifest.csv")
+def start(r, tmp_path, name="default", owner=""):
+    return r.start(tmp_path / name, {"training": {"config": {}}}, tmp_path / "manifest.csv", owner=owner)
 
 
 def test_runs_are_spaced_by_a_cooldown_and_a_daily_quota_that_survive_a_restart(tmp_path, fake_python):
@@ -306,3 +307,67 @@ def test_every_phase_has_an_eta_counted_down_from_its_own_line(tmp_path, fake_py
         assert st["activity"].startswith("scoring both models") and 10 <= st["eta_s"] <= 12
     finally:
         r.cancel()
+
+
+# ------------------------------------------------------------------ owners and quotas (issue 29 item 8)
+def test_only_the_owner_or_an_admin_may_cancel_keep_or_discard_a_run(tmp_path, fake_python, monkeypatch):
+    """Issue 29 item 8: anyone could cancel anyone's run, or keep or discard its model. Now its owner (the
+    requester who started it) or an admin (a login in SERDEMO_ADMINS); a done run left waiting an hour is
+    anyone's to decide, so a walked-away owner does not stop retraining for good."""
+    monkeypatch.setenv("SERDEMO_ADMINS", "carol, Dave")
+    r = hanging(tmp_path, fake_python, monkeypatch)
+    start(r, tmp_path, owner="login:alice")
+    try:
+        for who in ("login:bob", "annotator:carol", "session:x", "", None):
+            with pytest.raises(RetrainRefused, match="only alice, who started it, or an admin"):
+                r.cancel(who)
+        assert r.running and r.cancel("login:DAVE")  # an admin, however the login is spelt
+    finally:
+        r.cancel("login:alice")
+    monkeypatch.setenv("FAKE_RUN", "ok")
+    clock = Clock()
+    r = retrainer(tmp_path, fake_python, cooldown_s=0, clock=clock)
+    start(r, tmp_path, owner="session:abc")
+    assert r.wait(30)["decision"] == "waiting"
+    for decide in (r.keep, r.discard):
+        with pytest.raises(RetrainRefused, match="only the page that started it or an admin .* anyone may after 1 h"):
+            decide("session:other")
+    assert r.status()["decision"] == "waiting"
+    clock.now += 3601
+    assert r.discard("session:other") == r.out.name  # left waiting an hour: anyone may decide
+    start(r, tmp_path, owner="session:abc")
+    r.wait(30)
+    assert r.keep("session:abc") == r.out.name
+    owners = [run["owner"] for run in json.loads((tmp_path / "work" / "runs.json").read_text())]
+    assert owners == ["login:alice", "session:abc", "session:abc"]  # kept across restarts
+
+
+def test_quotas_count_per_person_and_a_cancelled_run_costs_only_its_seconds(tmp_path, fake_python, monkeypatch):
+    """Issue 29 item 8: one person starting and cancelling runs used up the day's quota and the cool-down of
+    everyone. Now the cool-down and the daily starts are counted per person; what all share is a short gap
+    between starts and a budget of run seconds a day, which a run cancelled at once hardly touches."""
+    clock = Clock()
+    monkeypatch.setenv("FAKE_RUN", "hang")
+    monkeypatch.setenv("FAKE_PIDS", str(tmp_path / "pids"))
+    r = retrainer(tmp_path, fake_python, cooldown_s=900, max_runs_per_day=2, clock=clock, min_gap_s=60,
+                  max_run_s_per_day=3600)
+    for _ in range(2):
+        start(r, tmp_path, owner="login:mallory")
+        r.cancel("login:mallory")
+        clock.now += 901
+    with pytest.raises(RetrainRefused, match="at most 2 runs a day each"):
+        start(r, tmp_path, owner="login:mallory")
+    start(r, tmp_path, owner="login:alice")  # mallory's cancels cost alice nothing
+    with pytest.raises(RetrainBusy, match="in progress"):
+        start(r, tmp_path, owner="login:bob")
+    r.cancel("login:alice")
+    with pytest.raises(RetrainRefused, match="runs start at least 1 min apart"):
+        start(r, tmp_path, owner="login:bob")
+    with pytest.raises(RetrainRefused, match="your runs are 15 min apart"):
+        clock.now += 61
+        start(r, tmp_path, owner="login:alice")
+    start(r, tmp_path, owner="login:bob")
+    clock.now += 3600  # bob's run has used the day's hour of retraining
+    r.cancel("login:bob")
+    with pytest.raises(RetrainRefused, match="at most 1 h 00 min of retraining a day on this server"):
+        start(r, tmp_path, owner="login:carol")

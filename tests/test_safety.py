@@ -201,7 +201,10 @@ def test_app_puts_gradios_upload_cache_in_a_folder_it_sweeps(tmp_path):
 
 # ------------------------------------------------------------------------------------------- live
 class NoModel:
-    """A predictor that must not be reached: the chunks here are silence or refused before classifying."""
+    """A predictor that must not be reached: the chunks here are silence or refused before classifying. (It
+    says it does not adapt to a voice: a live session asks that when it starts.)"""
+
+    adapts = False
 
     def __getattr__(self, name):
         raise AssertionError(f"the model was used ({name})")
