@@ -4,7 +4,9 @@ Besides launching, it bounds what a public server must: Gradio's upload cache go
 (``GRADIO_TEMP_DIR``, set before Gradio is imported) that a housekeeping thread keeps under the disk budget
 (``serdemo.housekeeping``); logins (``SERDEMO_AUTH``) go through a guard that slows and locks out wrong
 passwords; a refused file path in a request is logged in one line, not a traceback; every chunk a live
-microphone streams is recorded on its way in (Gradio itself keeps only the latest one while a handler runs).
+microphone streams is recorded on its way in (Gradio itself keeps only the latest one while a handler runs);
+request bodies outside uploads are bounded, uploads checked against the disk budget as they arrive, and one
+caller's share of the queue capped (``serdemo.uikit``, ``serdemo.housekeeping``).
 """
 
 import os
@@ -15,10 +17,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(tempfile.gettempdir()) / "serdemo-gradio"))
 
-from serdemo.housekeeping import Sweeper, gradio_cache_dir  # noqa: E402
+from serdemo.housekeeping import Sweeper, UploadBudgetMiddleware, gradio_cache_dir, upload_bytes  # noqa: E402
 from serdemo.ui import build_app  # noqa: E402
-from serdemo.uikit import (CSS, SHORTCUTS_JS, LoginClientMiddleware, LoginGuard, StreamChunkMiddleware,  # noqa: E402
-                           configure_proxy_headers, quiet_refused_paths)
+from serdemo.uikit import (CSS, SHORTCUTS_JS, BodyLimitMiddleware, LoginClientMiddleware, LoginGuard,  # noqa: E402
+                           QueueLimitMiddleware, StreamChunkMiddleware, configure_proxy_headers, quiet_refused_paths)
 from serdemo.workbench import Settings  # noqa: E402
 
 
@@ -38,14 +40,20 @@ def main() -> None:
     # otherwise the header is trusted from nobody, not even 127.0.0.1 (uvicorn's default)
     from starlette.middleware import Middleware
     trust = configure_proxy_headers()
+    max_upload = os.environ.get("SERDEMO_MAX_UPLOAD", "50mb")
     app.launch(
         auth=guard.check if guard else None,
-        # every live-microphone chunk is recorded before Gradio replaces a waiting one with the next
-        app_kwargs={"middleware": [Middleware(LoginClientMiddleware, trust_forwarded=trust),
+        # outermost first: bodies bounded, uploads checked against the disk budget, the queue's share per caller,
+        # the client's address for the login guard, and every live-microphone chunk recorded before Gradio
+        # replaces a waiting one with the next
+        app_kwargs={"middleware": [Middleware(BodyLimitMiddleware),
+                                   Middleware(UploadBudgetMiddleware, max_upload=upload_bytes(max_upload)),
+                                   Middleware(QueueLimitMiddleware, trust_forwarded=trust),
+                                   Middleware(LoginClientMiddleware, trust_forwarded=trust),
                                    Middleware(StreamChunkMiddleware)]},
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", os.environ.get("PORT", "7860"))),
-        max_file_size=os.environ.get("SERDEMO_MAX_UPLOAD", "50mb"),
+        max_file_size=max_upload,
         head=SHORTCUTS_JS,
         css=CSS,
         footer_links=["api"],

@@ -10,7 +10,9 @@ daemon thread, with the live sessions' idle check (:func:`serdemo.live.release_i
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -20,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serdemo.export import EXPORT_PREFIX, remove_old_exports
+
+UPLOAD_ROUTE = "/upload"  # Gradio's upload route (under its API prefix)
+MEASURE_EVERY_S = 5.0  # the disk use an upload is checked against is measured at most this often
 
 log = logging.getLogger("serdemo.housekeeping")
 
@@ -167,6 +172,91 @@ def sweep(gradio_dir=None, work_dir=None, budget: int | None = None, max_age_s: 
                  "live sessions; %.1f MB of %.0f MB used", report.removed, report.freed_bytes / 1e6,
                  report.runs_removed, report.sessions_released, used / 1e6, budget / 1e6)
     return report
+
+
+def upload_bytes(size: str) -> int:
+    """Gradio's ``max_file_size`` text (``50mb``, ``1gb``, ``500kb``, a number of bytes) in bytes."""
+    text = str(size).strip().lower()
+    for suffix, scale in (("gb", 1 << 30), ("mb", 1 << 20), ("kb", 1 << 10), ("b", 1)):
+        if text.endswith(suffix):
+            try:
+                return int(float(text[:-len(suffix)]) * scale)
+            except ValueError:
+                break
+    try:
+        return int(float(text))
+    except ValueError:
+        return 50 << 20
+
+
+def temp_usage(gradio_dir=None, work_dir=None) -> int:
+    """Bytes the budget covers now (Gradio's cache and serdemo's temporary folders)."""
+    gradio_dir = Path(gradio_dir) if gradio_dir is not None else gradio_cache_dir()
+    work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
+    return sum(size_of(entry) for entry in temp_entries(gradio_dir, work_dir))
+
+
+class UploadBudget:
+    """The disk budget checked when an upload arrives, not only by the minute's sweep: an upload that would
+    take the temporary folders over :func:`budget_bytes` first has the sweep run (what is old or over the budget
+    goes, oldest first), and is refused if it still does not fit. Use is measured at most every
+    :data:`MEASURE_EVERY_S` seconds; the uploads admitted meanwhile are added to it."""
+
+    def __init__(self, gradio_dir=None, work_dir=None, budget: int | None = None, clock=time.monotonic, **sweep_kwargs):
+        self.gradio_dir, self.work_dir, self.budget, self.clock = gradio_dir, work_dir, budget, clock
+        self.sweep_kwargs = sweep_kwargs
+        self._lock = threading.Lock()
+        self._used, self._measured = 0, -math.inf
+        self.refused = 0
+
+    def _limit(self) -> int:
+        return budget_bytes() if self.budget is None else int(self.budget)
+
+    def admit(self, nbytes: int) -> bool:
+        """Whether an upload of ``nbytes`` fits (it is then counted as used); runs a sweep when it does not."""
+        with self._lock:
+            now = self.clock()
+            if now - self._measured > MEASURE_EVERY_S:
+                self._used, self._measured = temp_usage(self.gradio_dir, self.work_dir), now
+            if self._used + nbytes > self._limit():
+                sweep(self.gradio_dir, self.work_dir, budget=max(0, self._limit() - nbytes), **self.sweep_kwargs)
+                self._used, self._measured = temp_usage(self.gradio_dir, self.work_dir), self.clock()
+            if self._used + nbytes > self._limit():
+                self.refused += 1
+                return False
+            self._used += nbytes
+            return True
+
+
+class UploadBudgetMiddleware:
+    """A pure ASGI middleware that asks :class:`UploadBudget` before Gradio stores an upload (its declared
+    length; ``max_upload`` bytes when it does not declare one), and refuses it (507, with a message) when the
+    temporary disk is full even after a sweep."""
+
+    def __init__(self, app, budget: UploadBudget | None = None, max_upload: int = 50 << 20):
+        self.app, self.budget, self.max_upload = app, budget if budget is not None else UploadBudget(), int(max_upload)
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "").rstrip("/")
+        if scope.get("type") != "http" or scope.get("method") != "POST" or not path.endswith(UPLOAD_ROUTE):
+            return await self.app(scope, receive, send)
+        declared = next((v for k, v in scope.get("headers") or [] if k.lower() == b"content-length"), None)
+        try:
+            nbytes = int(declared) if declared is not None else self.max_upload
+        except ValueError:
+            nbytes = self.max_upload
+        import anyio.to_thread
+
+        if await anyio.to_thread.run_sync(self.budget.admit, nbytes):  # the disk is walked off the event loop
+            return await self.app(scope, receive, send)
+        log.warning("refused: an upload of %d bytes (the temporary disk budget of %.0f MB is used up)", nbytes,
+                    self.budget._limit() / 1e6)
+        message = ("the server's temporary disk is full just now; try again in a few minutes (uploads are kept an "
+                   "hour at most)")
+        body = json.dumps({"detail": message, "error": message}).encode()
+        await send({"type": "http.response.start", "status": 507,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 class Sweeper(threading.Thread):

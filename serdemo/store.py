@@ -109,14 +109,17 @@ NAME_PUNCTUATION = frozenset(" .-_@'")  # besides letters, digits and combining 
 def annotator_name(name: str | None) -> str:
     """The annotator name as the store keeps it, or a :class:`StoreError` that says what to change.
 
-    Unicode NFC, surrounding and repeated whitespace removed; 1..``MAX_ANNOTATOR_CHARS`` characters of
+    Unicode NFKC (``ａｌｉｃｅ`` is ``alice``, a decomposed accent composed), surrounding and repeated whitespace
+    removed; 1..``MAX_ANNOTATOR_CHARS`` characters of
     letters, digits, combining marks, spaces and ``. - _ @ '`` (no control, format or other symbols), in one
     alphabet where it uses Latin, Cyrillic or Greek letters (:func:`name_key`). Names with the same
     :func:`name_key` are one annotator: the store files a label under the spelling it saw first.
     """
     if name is not None and not isinstance(name, str):
         raise StoreError("the annotator name must be text")
-    name = " ".join(unicodedata.normalize("NFC", name or "").split())
+    if name is not None and len(name) > 16 * MAX_ANNOTATOR_CHARS:  # before NFKC, which can grow a text
+        raise StoreError(f"the annotator name is {len(name):,} characters long: use at most {MAX_ANNOTATOR_CHARS}")
+    name = " ".join(unicodedata.normalize("NFKC", name or "").split())
     if not name:
         raise StoreError("enter your name (annotator) before saving a label")
     if len(name) > MAX_ANNOTATOR_CHARS:

@@ -409,6 +409,136 @@ class LoginGuard:
         return False
 
 
+# ------------------------------------------------------------------------------- request bodies and the queue
+MAX_JSON_BODY = 1 << 20  # bytes of a request body other than an upload (an API call names its files: small)
+UPLOAD_PATH = re.compile(r"/upload/?$")  # Gradio's upload route: its own limit (max_file_size)
+QUEUE_JOIN = re.compile(r"/(queue/join|call/[^/]+)/?$")  # where events enter Gradio's queue
+MAX_PENDING_PER_SESSION = 16  # events one page session may have waiting or running (a page's load fires ~8)
+MAX_PENDING_PER_CLIENT = 48  # events one client address may have waiting or running (many pages behind one NAT)
+
+
+async def refuse_request(send, status: int, message: str) -> None:
+    """Answer an HTTP request with ``status`` and ``{"detail": message}`` (what Gradio's own refusals carry)."""
+    body = json.dumps({"detail": message, "error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(receive, limit: int) -> tuple[list[dict], int, bool]:
+    """The request's messages up to ``limit`` bytes of body: ``(messages, bytes, whole)``; ``whole`` is False
+    when the body goes on past ``limit`` (or the client went away)."""
+    held, size = [], 0
+    while True:
+        message = await receive()
+        held.append(message)
+        size += len(message.get("body", b""))
+        if message.get("type") != "http.request":
+            return held, size, False
+        if not message.get("more_body"):
+            return held, size, size <= limit
+        if size > limit:
+            return held, size, False
+
+
+def replaying(held: list[dict], receive):
+    """A ``receive`` that hands out ``held`` messages first, then the rest of the request."""
+    async def replay():
+        return held.pop(0) if held else await receive()
+    return replay
+
+
+def _content_length(scope) -> int | None:
+    for key, value in scope.get("headers") or []:
+        if key.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class BodyLimitMiddleware:
+    """A pure ASGI middleware that refuses (413, with a message) a request body over ``limit`` bytes on every
+    route but uploads, before Gradio reads and parses it: an API call carries names and file references, so a
+    10 MB JSON body (a "name" of 10 MB) is someone's attack, not a clip. Uploads keep Gradio's own limit
+    (``SERDEMO_MAX_UPLOAD``)."""
+
+    def __init__(self, app, limit: int = MAX_JSON_BODY):
+        self.app, self.limit = app, int(limit)
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http" or scope.get("method") not in ("POST", "PUT", "PATCH") \
+                or UPLOAD_PATH.search(scope.get("path", "")):
+            return await self.app(scope, receive, send)
+        declared = _content_length(scope)
+        if declared is not None and declared <= self.limit:
+            return await self.app(scope, receive, send)
+        if declared is None:  # no length said: read up to the limit, then hand it on
+            held, size, whole = await read_body(receive, self.limit)
+            if whole:
+                return await self.app(scope, replaying(held, receive), send)
+        else:
+            size = declared
+        log.warning("refused: a request body of %s bytes (at most %d outside uploads)",
+                    f"{size:,}" if declared is not None else f"over {self.limit:,}", self.limit)
+        await refuse_request(send, 413, f"the request is too large ({size:,} bytes or more): an API call takes at "
+                                        f"most {self.limit // 1024} KB of arguments; upload audio as a file")
+
+
+def _event_client(event, trust_forwarded: bool) -> str | None:
+    request = getattr(event, "request", None)
+    scope = getattr(request, "scope", None)
+    return client_address(scope, trust_forwarded) if isinstance(scope, dict) else None
+
+
+class QueueLimitMiddleware:
+    """A pure ASGI middleware that bounds what one caller holds in Gradio's queue: a new event is refused (503,
+    with a message, as Gradio refuses a full queue) while its page session already has ``per_session`` events
+    waiting or running, or its client address ``per_client`` (sessions are the caller's to invent; addresses
+    are not). One client flooding ``/queue/join`` or ``/call/...`` can then delay the others by at most its
+    share, not hold the queue."""
+
+    def __init__(self, app, trust_forwarded: bool = False, per_session: int = MAX_PENDING_PER_SESSION,
+                 per_client: int = MAX_PENDING_PER_CLIENT):
+        self.app, self.trust_forwarded = app, trust_forwarded
+        self.per_session, self.per_client = int(per_session), int(per_client)
+        self.refused = 0
+
+    def pending(self, queue, session: str | None, client: str | None) -> tuple[int, int]:
+        """Events of ``session`` and of ``client`` now in ``queue`` (waiting or running)."""
+        events = list(getattr(queue, "event_ids_to_events", {}).values())
+        by_session = sum(1 for e in events if session and getattr(e, "session_hash", None) == session)
+        by_client = sum(1 for e in events if client and _event_client(e, self.trust_forwarded) == client)
+        return by_session, by_client
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http" or scope.get("method") != "POST" or not QUEUE_JOIN.search(scope.get("path", "")):
+            return await self.app(scope, receive, send)
+        server = scope.get("app")
+        queue = getattr(server.get_blocks(), "_queue", None) if hasattr(server, "get_blocks") else None
+        if queue is None:
+            return await self.app(scope, receive, send)
+        held, _size, whole = await read_body(receive, MAX_JSON_BODY)
+        session = None
+        if whole:
+            try:
+                session = json.loads(b"".join(m.get("body", b"") for m in held)).get("session_hash")
+            except (ValueError, AttributeError):
+                session = None
+        client = client_address(scope, self.trust_forwarded)
+        by_session, by_client = self.pending(queue, session if isinstance(session, str) else None, client)
+        if by_session >= self.per_session or by_client >= self.per_client:
+            self.refused += 1
+            if self.refused <= 10 or self.refused % 100 == 0:  # a flood is logged, not every request of it
+                log.warning("refused: a client with %d events in the queue (%d refused so far)",
+                            max(by_session, by_client), self.refused)
+            limit = self.per_session if by_session >= self.per_session else self.per_client
+            return await refuse_request(send, 503, f"too many requests waiting: you have {limit} in the queue "
+                                                   "already; wait for them to finish, then try again")
+        return await self.app(scope, replaying(held, receive), send)
+
+
 # ------------------------------------------------------------------------------- streamed chunks
 STREAM_POST = re.compile(r"/stream/[^/]+$")  # Gradio's route for a stream's next chunk: POST .../stream/{event}
 MAX_STREAM_BODY = 64 * 1024  # a chunk's post names a file in a few hundred bytes; a larger body is not read here

@@ -774,10 +774,17 @@ class Workbench:
     def export(self, kind: str) -> Path:
         """A zip of the labelled clips: "audiofolder" (``metadata.csv`` + ``audio/``, for the ``datasets``
         audiofolder builder) or "manifest" (the training manifest ``manifest.csv`` + ``audio/``), made by
-        :func:`serdemo.export.export_zip`; exports served more than an hour ago are deleted first."""
-        remove_old_exports()
+        :func:`serdemo.export.export_zip`; exports served more than an hour ago are deleted first. The zip is
+        written into Gradio's cache folder, which Gradio serves from without copying it (a zip elsewhere was
+        copied there: two copies of every export); the housekeeping sweep ages it out with the uploads."""
+        from serdemo.housekeeping import gradio_cache_dir
+
+        remove_old_exports()  # older exports, written to the temp folder
+        remove_old_exports(gradio_cache_dir())
+        kind = text_arg(kind, "the export kind", 256)
         try:  # nothing labelled is a StoreError too
-            return export_zip(self.store, kind if kind in ("audiofolder", "manifest") else "audiofolder").archive
+            return export_zip(self.store, kind if kind in ("audiofolder", "manifest") else "audiofolder",
+                              work_dir=gradio_cache_dir()).archive
         except StoreError as exc:
             raise user_error(exc) from None
 

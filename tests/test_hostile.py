@@ -299,3 +299,133 @@ def test_without_logins_the_run_belongs_to_the_page_or_annotator_that_started_it
         if r.proc.poll() is None:
             r.proc.kill()
             r.proc.wait()
+
+
+# --------------------------------------------------------------------------------------- items 6, 2, 4
+async def _asgi(app, method, path, body=b"", headers=(), client=("192.0.2.1", 5000), scope_extra=None):
+    """One request through an ASGI app: ``(status, JSON body or None, whether the inner app ran)``."""
+    import json
+
+    scope = {"type": "http", "method": method, "path": path, "client": client,
+             "headers": [(k.encode(), v.encode()) for k, v in headers], **(scope_extra or {})}
+    chunks = [body[i:i + 65536] for i in range(0, len(body), 65536)] or [b""]
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    sent = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+    await app(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    try:
+        return status, json.loads(payload), scope.get("ran", False)
+    except ValueError:
+        return status, None, scope.get("ran", False)
+
+
+async def _inner(scope, receive, send):
+    """The app behind the middleware: reads the whole body and answers 200 with its length."""
+    size = 0
+    while True:
+        message = await receive()
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    scope["ran"] = True
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(size).encode()})
+
+
+def test_a_huge_json_body_is_refused_before_gradio_reads_it():
+    """Issue 29 item 6: a 10 MB JSON body (a 10 MB "name") was read, parsed and handed to the callback. Bodies
+    outside uploads are now refused over 1 MB with a message (declared or not); uploads keep their own limit."""
+    from serdemo.uikit import BodyLimitMiddleware
+
+    app = BodyLimitMiddleware(_inner)
+    small = b'{"data": ["abc", "sad", "ann"], "session_hash": "x"}'
+    huge = b'{"data": ["' + b"x" * (10 << 20) + b'"]}'
+    assert asyncio.run(_asgi(app, "POST", "/gradio_api/queue/join", small,
+                             [("content-length", str(len(small)))]))[::2] == (200, True)
+    for headers in ([("content-length", str(len(huge)))], []):  # declared, and sent without a length
+        status, body, ran = asyncio.run(_asgi(app, "POST", "/gradio_api/call/relabel", huge, headers))
+        assert (status, ran) == (413, False) and "too large" in body["detail"] and "upload audio as a file" in body["detail"]
+    assert asyncio.run(_asgi(app, "POST", "/gradio_api/upload", huge, [("content-length", str(len(huge)))]))[::2] \
+        == (200, True)
+
+
+def test_one_client_flooding_the_queue_is_refused_its_excess_with_a_message():
+    """Issue 29 item 2: one client could put any number of events in Gradio's queue ahead of everyone. Now a page
+    session holds at most 16 waiting or running events and a client address 48; the rest is refused (503, as
+    Gradio refuses a full queue) with a message, and others are served."""
+    from serdemo.uikit import QueueLimitMiddleware
+
+    def event(session, client):
+        request = SimpleNamespace(scope={"client": (client, 1), "headers": []})
+        return SimpleNamespace(session_hash=session, request=request)
+
+    queue = SimpleNamespace(event_ids_to_events={})
+    server = SimpleNamespace(get_blocks=lambda: SimpleNamespace(_queue=queue))
+    app = QueueLimitMiddleware(_inner, per_session=3, per_client=5)
+
+    def join(session, client):
+        body = ('{"data": [], "fn_index": 1, "session_hash": "%s"}' % session).encode()
+        status, payload, ran = asyncio.run(_asgi(app, "POST", "/gradio_api/queue/join", body, client=(client, 9),
+                                                 scope_extra={"app": server}))
+        if ran:
+            queue.event_ids_to_events[f"{session}-{len(queue.event_ids_to_events)}"] = event(session, client)
+        return status, payload
+
+    assert [join("flood", "198.51.100.9")[0] for _ in range(5)] == [200, 200, 200, 503, 503]
+    status, payload = join("flood", "198.51.100.9")
+    assert "too many requests waiting: you have 3 in the queue already" in payload["detail"]
+    assert [join(f"new{i}", "198.51.100.9")[0] for i in range(3)] == [200, 200, 503]  # fresh sessions: the address
+    assert join("someone", "203.0.113.4")[0] == 200  # everyone else is served
+    queue.event_ids_to_events.clear()  # the flood's events finished
+    assert join("flood", "198.51.100.9")[0] == 200
+
+
+def test_an_upload_is_checked_against_the_disk_budget_when_it_arrives(tmp_path):
+    """Issue 29 item 4: the budget was enforced once a minute by the sweep, so uploads arriving meanwhile could
+    fill the disk. An upload that would pass the budget now has the sweep run first (old files go) and is
+    refused with a message if it still does not fit."""
+    import os
+
+    from serdemo.housekeeping import UploadBudget, UploadBudgetMiddleware
+
+    cache, work = tmp_path / "gradio", tmp_path / "tmp"
+    cache.mkdir()
+    work.mkdir()
+    old = cache / "old"
+    old.mkdir()
+    (old / "a.wav").write_bytes(b"\0" * 600_000)
+    os.utime(old / "a.wav", (time.time() - 600, time.time() - 600))  # 10 min old: the sweep may take it
+    os.utime(old, (time.time() - 600, time.time() - 600))
+    budget = UploadBudget(cache, work, budget=1_000_000, max_age_s=3600)
+    app = UploadBudgetMiddleware(_inner, budget)
+
+    def upload(nbytes):
+        return asyncio.run(_asgi(app, "POST", "/gradio_api/upload", b"x", [("content-length", str(nbytes))]))
+
+    assert upload(300_000)[::2] == (200, True)  # 600 KB + 300 KB fit
+    (cache / "young.wav").write_bytes(b"\0" * 300_000)  # what that upload wrote
+    assert upload(300_000)[::2] == (200, True) and not old.exists()  # the sweep made room: the old file went
+    (cache / "young2.wav").write_bytes(b"\0" * 300_000)
+    status, body, ran = upload(600_000)  # only young files left: nothing may go
+    assert (status, ran) == (507, False) and "temporary disk is full" in body["detail"]
+    assert (cache / "young.wav").exists() and budget.refused == 1
+
+
+def test_an_export_is_served_from_gradios_cache_without_a_second_copy(bench):
+    """Issue 29 item 4: each export left two copies of its zip (ours in the temp folder, and the copy Gradio
+    made in its cache to serve it). The zip is now written into Gradio's cache, which Gradio serves as is."""
+    import gradio as gr
+
+    bench.store.label_clip(bench.clip, "sad", "exporter")
+    path = bench.export("audiofolder")
+    served = gr.File().move_resource_to_block_cache(path)
+    assert str(served) == str(path)  # not copied
+    from serdemo.housekeeping import gradio_cache_dir
+    assert path.resolve().is_relative_to(gradio_cache_dir().resolve())

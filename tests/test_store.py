@@ -96,7 +96,7 @@ def test_ordinary_names_in_any_script_are_kept(tmp_path):
     store = Store(tmp_path)
     sha = store.add_clip(tone(200, 0.5), predicted="happy", confidence=0.5)
     for name in ("José Müller", "Łukasz", "李雷", "d'Arcy", "ann.b@lab-1", "  spaced   out  ", "x" * 64,
-                 "Jose\u0301"):  # decomposed accent: stored composed (NFC)
+                 "Jose\u0301"):  # decomposed accent: stored composed (NFKC)
         store.label_clip(sha, None, name)
     assert [h.annotator for h in store.history(sha)] == ["José Müller", "Łukasz", "李雷", "d'Arcy", "ann.b@lab-1",
                                                           "spaced out", "x" * 64, "José"]
@@ -258,3 +258,23 @@ def test_a_failed_write_leaves_the_reused_connection_free(tmp_path):
     other = Store(tmp_path, timeout_s=0.5)
     assert other.label_clip(sha, "sad", "bob").label == "sad"  # the lock is free
     assert store.label_clip(sha, None, "ann").label == "happy"
+
+
+def test_names_that_look_alike_are_filed_under_the_first_spelling(tmp_path):
+    """Issue 29 item 9: full-width, case, a leading @ and Cyrillic lookalikes made one person several annotators;
+    a name mixing alphabets could pass for another. One key (name_key) identifies a person; the store shows the
+    first spelling it saw (compatibility forms such as full width written plainly)."""
+    from serdemo.store import name_key
+
+    store = Store(tmp_path)
+    sha = store.add_clip(tone(200, 0.5), predicted="happy", confidence=0.5)
+    for name in ("ａｌｉｃｅ", "Alice", "@ALICE", "аӏісе"):
+        assert store.label_clip(sha, "sad", name).annotator == "alice"
+    assert store.counts()["annotator"] == {"alice": 4}
+    assert name_key("  Mary\u3000Jane ") == "mary jane" and name_key(None) == ""
+    for mixed in ("аlice", "Αlice", "bοb"):  # a Cyrillic а, a Greek Α, a Greek ο
+        with pytest.raises(StoreError, match="letters, which look alike: type it in one alphabet"):
+            store.label_clip(sha, "sad", mixed)
+    with pytest.raises(StoreError, match="must be text"):
+        store.label_clip(sha, "sad", 42)
+    assert len(store.history(sha)) == 4
