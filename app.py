@@ -48,7 +48,9 @@ def main() -> None:
         # replaces a waiting one with the next
         app_kwargs={"middleware": [Middleware(BodyLimitMiddleware),
                                    Middleware(UploadBudgetMiddleware, max_upload=upload_bytes(max_upload)),
-                                   Middleware(QueueLimitMiddleware, trust_forwarded=trust),
+                                   Middleware(QueueLimitMiddleware, trust_forwarded=trust,
+                                              per_session=int(os.environ.get("SERDEMO_QUEUE_PER_SESSION", "16")),
+                                              per_client=int(os.environ.get("SERDEMO_QUEUE_PER_CLIENT", "48"))),
                                    Middleware(LoginClientMiddleware, trust_forwarded=trust),
                                    Middleware(StreamChunkMiddleware)]},
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
