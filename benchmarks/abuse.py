@@ -322,7 +322,7 @@ class LiveSession:
         return msg
 
     def post_chunk(self, event: str, chunk: dict) -> None:
-        body = {"data": [chunk, None, "default"], "fn_index": self.fns["stream"], "session_hash": self.hash,
+        body = {"data": [chunk, None, "default", True], "fn_index": self.fns["stream"], "session_hash": self.hash,
                 "event_data": None, "trigger_id": self.mic, "event_id": event}
         r = self.http.post(f"/stream/{event}", json=body)
         if r.status_code != 200:
@@ -382,7 +382,7 @@ class LiveProbe:
     def _start(self, s: LiveSession) -> str:
         """start_recording, then the stream's first (good) chunk through /queue/join: its event id."""
         s.call("start_recording", ["default"])
-        event = s.join("stream", [s.upload(self.files["live chunk.wav"]), None, "default"])
+        event = s.join("stream", [s.upload(self.files["live chunk.wav"]), None, "default", True])
         try:
             first = s.wait(event, self.SERVE_S)
         except LiveUnserved:
@@ -409,7 +409,7 @@ class LiveProbe:
                            else "live: bad chunk refused WITHOUT a message")
             # the recording up to the bad chunk is stopped (kept and analysed) as the page would
             timed(self.stats, "hostile: live stop after a bad chunk",
-                  lambda: s.call("stop_recording", [None, "default"]), hostile=True)
+                  lambda: s.call("stop_recording", [None, "default", True]), hostile=True)
         finally:
             s.walk_away()
         if why is None:
@@ -461,7 +461,8 @@ def hostile(url: str, files: dict, stop: threading.Event, stats: Stats, counts: 
         ("retrain", lambda: client.predict("default", api_name="/retrain")),
         ("retrain again", lambda: client.predict("default", api_name="/retrain")),
         ("file path /etc/passwd", lambda: raw_call(url, "analyze", [
-            {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, "default", 1.0, "difference", None], cookies)),
+            {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, "default", 1.0, "difference", None, None,
+            None], cookies)),
         ("live 0-byte chunk", lambda: live.bad_chunk("empty.wav")),
         ("live random-bytes chunk", lambda: live.bad_chunk("garbage.wav")),
         ("live float wav 1e9 chunk", lambda: live.bad_chunk("live float 1e9.wav")),

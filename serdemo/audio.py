@@ -642,6 +642,11 @@ class AudioStream:
             return PatchedFile(self.path if self.path is not None else self.data, self.patches)
         return str(self.path) if self.path is not None else io.BytesIO(self.data)
 
+    @property
+    def encoded(self) -> bool:
+        """Whether the source is an encoded file (a path or bytes), not an in-memory array."""
+        return self.array is None
+
     @contextlib.contextmanager
     def soundfile(self):
         """The recording opened by libsndfile (through :meth:`_opener`); whatever was opened is closed after."""

@@ -914,8 +914,12 @@ def test_the_true_label_starts_unset_and_the_result_says_what_to_expect_for_a_ne
                                                                             for c in choice["choices"]]
     card = json.loads((ROOT / "checkpoints" / "default" / "card.json").read_text())
     per_corpus = [v["ua"] for k, v in card["metrics"]["loco"]["pooled"].items() if k != "overall"]
-    expected = f"expect about {np.mean(per_corpus):.0%} UA (leave-one-corpus-out), chance 14%"
+    # the default's figure is nested (no choice saw the held-out corpus's speakers), clip by clip, and it says what
+    # adapting to 10 clips of the voice gives
+    expected = f"expect about {np.mean(per_corpus):.0%} UA clip by clip (nested leave-one-corpus-out), chance 14%"
     assert expected in aux and "For a voice this model never heard" in aux, aux
+    ten = [v["ua"] for k, v in card["metrics"]["loco"]["adapted"]["10"]["pooled"].items() if k != "overall"]
+    assert f"Adapted to the voice over 10 of its clips (a voice name, a timeline): about {np.mean(ten):.0%}" in aux
     # calibrated: the temperature the card states keeps a clear clip off 100 %
     assert card["calibration"]["temperature"] > 1 and max(probs.values()) < 0.995
     # a card without leave-one-corpus-out (e.g. a fresh fine-tuning run) falls back to its test speakers, and says so
@@ -926,7 +930,7 @@ def test_the_true_label_starts_unset_and_the_result_says_what_to_expect_for_a_ne
     assert "chance 14%" in line
     att = json.loads((ROOT / "checkpoints" / "localatt" / "card.json").read_text())  # cross-validated since
     per = [att["metrics"]["loco"]["pooled"][g]["ua"] for g in ("emodb", "nemo", "ravdess")]
-    assert f"expect about {np.mean(per):.0%} UA (leave-one-corpus-out)" in expectation_line(att)
+    assert f"expect about {np.mean(per):.0%} UA clip by clip (leave-one-corpus-out)" in expectation_line(att)
 
 
 def test_a_new_analysis_clears_the_last_save_line():
@@ -950,20 +954,27 @@ def test_models_tab_leads_with_what_to_expect_and_names_its_reference_rows(tmp_p
     dev = [(bench.cards[n].get("metrics", {}).get("dev", {}).get("overall", {}).get("ua", -1), n) for n in names[1:]]
     assert dev == sorted(dev, key=lambda x: -x[0])
     assert names.index("multitask") > names.index("localatt")  # dev 0.667 < 0.693, whatever the test column says
-    rows = metric_rows(cards["default"])
+    rows = metric_rows(cards["localatt"])  # the heads' cross-validation carries both reference rows
     evaluations = {r.evaluation for r in rows}
     assert any(e.startswith("encoder probe (reference)") for e in evaluations)
     assert any(e.startswith("classic functionals (reference)") for e in evaluations)
     probe_loco = [r for r in rows if r.evaluation.startswith("encoder probe (reference)") and r.group == "overall"]
-    assert [r.ua for r in probe_loco] == pytest.approx([cards["default"]["metrics"][k]["probe"]["pooled"]["overall"]["ua"]
+    assert [r.ua for r in probe_loco] == pytest.approx([cards["localatt"]["metrics"][k]["probe"]["pooled"]["overall"]["ua"]
                                                         for k in ("cv", "loco")])
+    # the default's nested blocks: clip by clip, and adapted to 10, all and 10 skewed clips of each voice
+    default_rows = {r.evaluation for r in metric_rows(cards["default"])}
+    assert "leave-one-corpus-out, nested: leave-one-corpus-out, pooled, clip by clip" in default_rows
+    assert "leave-one-corpus-out, nested: adapted to all of each voice's clips" in default_rows
     view = bench.model_view("default")
-    loco = np.mean([v["ua"] for k, v in cards["default"]["metrics"]["loco"]["pooled"].items() if k != "overall"])
+    loco_block = cards["default"]["metrics"]["loco"]
+    loco = np.mean([v["ua"] for k, v in loco_block["pooled"].items() if k != "overall"])
+    ten = np.mean([v["ua"] for k, v in loco_block["adapted"]["10"]["pooled"].items() if k != "overall"])
     adapted = cards["default"]["metrics"].get("test_adapted")  # a model that adapts to voices says that figure too
     assert view.sentence == (f"**default** — on speakers it never heard: UA "
                              f"{cards['default']['metrics']['test']['overall']['ua']:.2f} (test speakers of its corpora)"
                              + (f", {adapted['overall']['ua']:.2f} adapted to each one's voice" if adapted else "") +
-                             f"; on a language/corpus it never heard: UA {loco:.2f} (leave-one-corpus-out); chance 0.14.")
+                             f"; on a language/corpus it never heard: UA {loco:.2f} (nested leave-one-corpus-out), "
+                             f"{ten:.2f} adapted to 10 clips of the voice; chance 0.14.")
     for word in ("**UA**", "**WA**", "**macro-F1**"):
         assert word in view.metrics
     cal = cards["default"]["calibration"]  # read from the card: a re-shipped default has its own figures
@@ -1159,7 +1170,7 @@ def test_a_bad_alpha_through_the_api_names_the_warp_factor_and_its_range(server)
     audio = {"path": uploaded[0], "orig_name": clip.name, "meta": {"_type": "gradio.FileData"}}
     for alpha in (float("nan"), float("inf"), float("-inf")):  # JSON's NaN / Infinity, as a raw client sends them
         for api, data in (("warp", [alpha, clip_id, "default", "difference"]),
-                          ("analyze", [audio, "default", alpha, "difference", None])):
+                          ("analyze", [audio, "default", alpha, "difference", None, None, None])):
             text = raw_call(server["url"], api, data)
             assert "event: error" in text and "warp factor" in text and "between 0.8 and 1.2" in text, (api, text)
     assert analyze(client, clip, alpha=0.8)[4] == clip_id and analyze(client, clip, alpha=1.2)[4] == clip_id

@@ -252,10 +252,14 @@ def test_retrain_says_what_will_train_shows_progress_after_a_reload_and_serves_o
         return options
 
     assert not [o for o in picker_options("#model-pick", "Models") if "default-ft-" in o]  # not served yet
+    # the run belongs to the client that started it (the API here): this page may not keep it, and is told why
+    page.get_by_role("tab", name="Models").click()
     page.click("#retrain-keep")
-    page.wait_for_function("() => /^Kept/.test(document.querySelector('#retrain-status').innerText.trim())",
-                           timeout=30_000)
-    page.wait_for_selector("#retrain-keep", state="hidden", timeout=10_000)
+    page.wait_for_function("() => /who started it/.test(document.body.innerText)", timeout=30_000)
+    assert not [o for o in picker_options("#model-pick", "Models") if "default-ft-" in o]
+    assert client.predict(api_name="/retrain_keep").startswith("Kept")
+    page.reload(wait_until="load")
+    page.wait_for_selector("#analyse", timeout=60_000)
     for picker, tab in (("#model-pick", "Models"), ("#model", "Analyse")):
         assert [o for o in picker_options(picker, tab) if "default-ft-" in o], picker
 
@@ -480,8 +484,8 @@ def test_a_new_analysis_starts_with_no_label_chosen_and_no_old_save_line(server,
     page = analysed_page(browser_factory, server["url"], EMODB / "wav" / "03a05Aa.wav")
     assert page.locator("#label-choice input[type=radio]").count() == 7
     assert page.locator("#label-choice input:checked").count() == 0  # nothing preselected
-    assert re.search(r"For a voice this model never heard expect about \d+% UA \(leave-one-corpus-out\), chance 14%",
-                     page.inner_text("#aux-heads"))
+    assert re.search(r"For a voice this model never heard, in a corpus or language it never heard, expect about \d+% UA "
+                     r"clip by clip \(nested leave-one-corpus-out\), chance 14%", page.inner_text("#aux-heads"))
     page.locator("#annotator input, #annotator textarea").first.fill("stale-tester")
     page.locator("#label-choice label", has_text="neutral").first.click()
     page.click("#save-label")
@@ -556,7 +560,7 @@ def test_models_tab_reads_as_a_summary(server, browser_factory):  # noqa: F811
     # issue 17 points 5-6: what to expect first, the words explained, calibration with its figure
     overview = page.inner_text("#models-overview")
     assert re.search(r"default — on speakers it never heard: UA 0\.\d\d .*language/corpus it never heard: UA 0\.\d\d "
-                     r"\(leave-one-corpus-out\); chance 0\.14", overview), overview
+                     r"\(nested leave-one-corpus-out\), 0\.\d\d adapted to 10 clips of the voice; chance 0\.14", overview), overview
     assert overview.index("default") < overview.index("localatt") and "multitask" in overview
     metrics = page.inner_text("#model-metrics")
     for words in ("UA (unweighted accuracy)", "WA (weighted accuracy)", "macro-F1",
@@ -612,7 +616,7 @@ def test_every_tab_lays_out_and_is_photographed(server, browser_factory, viewpor
         path = ARTIFACTS / f"{slug}-{kind}.png"
         page.screenshot(path=str(path), full_page=True, type="png")
         small_png(path)
-        assert 10_000 < path.stat().st_size < 300_000
+        assert 10_000 < path.stat().st_size < 400_000  # the Models tab's card rows grew with the nested figures
 
 
 def test_a_fast_two_annotator_pass_puts_every_label_on_the_clip_loaded(server, browser_factory):  # noqa: F811

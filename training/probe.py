@@ -157,6 +157,8 @@ class ShrinkageLDA:
             s.flat[:: d + 1] += self.shrinkage * mu_t
             cov += s / len(self.classes_)
         means = np.stack(means)
+        self.priors_ = np.full(len(self.classes_), 1.0 / len(self.classes_))  # equal: UA, not the training mix
+        self.means_ = means
         coef = cho_solve(cho_factor(cov), means.T).T
         self.coef_ = coef
         self.intercept_ = -0.5 * np.einsum("ij,ij->i", means, coef) + np.log(1.0 / len(self.classes_))
@@ -169,6 +171,16 @@ class ShrinkageLDA:
     def decision_function(self, x):
         scores = np.asarray(x) @ self.coef_.T + self.intercept_
         return scores.ravel() if scores.shape[1] == 1 else scores
+
+    def predict_proba(self, x):
+        """scikit-learn's: a softmax over the classes' scores (a logistic function of the one score for two)."""
+        scores = self.decision_function(x)
+        if scores.ndim == 1:
+            p1 = 1.0 / (1.0 + np.exp(-scores))
+            return np.stack([1.0 - p1, p1], axis=1)
+        scores = scores - scores.max(axis=1, keepdims=True)
+        e = np.exp(scores)
+        return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, x):
         scores = self.decision_function(x)
