@@ -49,13 +49,16 @@ _STARTED: list = []  # the Ray this module started itself (local), to stop at th
 def start_ray(address: str | None = None):
     """Ray, connected: the running instance if this process already called ``ray.init``, else the cluster at
     ``address`` (``auto``, ``HOST:6379``, ``ray://HOST:10001``), else a local one on this machine's cores
-    (whose workers inherit this process's environment, so they need no runtime environment of their own)."""
+    (whose workers inherit this process's environment, so they need no runtime environment of their own).
+    Ray's usage statistics stay off unless ``RAY_USAGE_STATS_ENABLED`` says otherwise."""
     try:
         import ray
     except ImportError as exc:
         raise EngineError(f"--engine ray needs Ray: pip install 'ray[data]' ({exc})") from None
     if ray.is_initialized():
         return ray
+    # no usage report (no network to send it to, and 1-2 s of the start-up on a small machine)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=True)
     if address:
         check_reachable(address)
@@ -64,7 +67,8 @@ def start_ray(address: str | None = None):
             ray.init(address=address, **kwargs)
         else:
             os.environ["PYTHONPATH"] = _runtime_env()["env_vars"]["PYTHONPATH"]
-            ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+            # a Ray for this command alone: nobody reads its metrics, whose agent would take CPU from the actors
+            ray.init(num_cpus=os.cpu_count() or 1, _system_config={"enable_metrics_collection": False}, **kwargs)
             _STARTED.append(ray)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise EngineError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {exc}") from None
