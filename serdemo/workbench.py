@@ -279,6 +279,15 @@ class VoiceBook:
             total -= self._voices.pop(key).profile.n_clips
 
 
+UNUSUAL_NOTE = ("This clip sounds unlike the recordings the model was trained on (another language, microphone or "
+                "room?): trust its probabilities less than the figures above suggest.")
+
+
+def unusual_note(pred) -> str:
+    """The out-of-domain flag in words (empty when the clip looks like the training data or is not measured)."""
+    return UNUSUAL_NOTE if getattr(pred, "unusual", False) else ""
+
+
 def voice_sentence(name: str, clips: int, model: str, adapts: bool) -> str:
     """What the Analyse tab says of a result's voice."""
     if not name:
@@ -480,7 +489,8 @@ class Workbench:
         clips = int(getattr(pred, "voice_clips", 0) or 0)
         return Analysis(pred.probabilities["emotion"], aux_md, figure, warp_figure(alpha), sha, info,
                         pred.label(), self.expectation(pred_model.name),
-                        voice_sentence(voice_key, clips, pred_model.name, adapts), clips)
+                        " ".join(filter(None, [voice_sentence(voice_key, clips, pred_model.name, adapts),
+                                               unusual_note(pred)])), clips)
 
     def forget_voice(self, voice: str | None, scope: str = "") -> str:
         """Forget the clips analysed under a voice name (in ``scope``): its next clip starts the voice anew."""

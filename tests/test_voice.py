@@ -173,3 +173,14 @@ def test_a_probe_with_a_clip_head_reads_lone_clips_with_it_and_voices_with_the_v
     assert np.allclose(lone, want, atol=1e-3) and not np.allclose(adapted, lone, atol=1e-1)
     with pytest.raises(ValueError, match="clip_head needs voice adaptation"):
         LinearProbe(0, {"emotion": 3}, n_layers=4, layers=[2], clip_head=True)
+
+
+def test_the_analyse_tab_says_when_a_clip_is_unlike_the_training_recordings():
+    from serdemo.inference import Prediction
+    from serdemo.workbench import UNUSUAL_NOTE, unusual_note
+
+    def pred(ood):
+        return Prediction({"emotion": {"a": 1.0}}, np.ones(1), np.zeros(1), np.zeros((1, 1)), np.zeros(1), 1.0, ood=ood)
+
+    assert pred(2.0).unusual and unusual_note(pred(2.0)) == UNUSUAL_NOTE
+    assert not pred(0.5).unusual and unusual_note(pred(0.5)) == "" and unusual_note(pred(None)) == ""
