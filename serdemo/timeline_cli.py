@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=WINDOW_S, help="window length in seconds")
     p.add_argument("--hop", type=float, default=HOP_S, help="step between windows in seconds")
     p.add_argument("--min-gap", type=float, default=MIN_GAP_S, help="shorter pauses stay inside a segment")
+    p.add_argument("--no-adapt-voice", dest="adapt_voice", action="store_false",
+                   help="read every window on its own (default: relative to the recording's voice, README "
+                        "\"Adapting to the voice\")")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: worker processes on this machine (default); ray: a Ray Data actor pool (--jobs "
                         "actors, default one per GPU of the cluster, else one per --threads CPUs)")
@@ -170,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.address and args.engine != "ray":
         p.error("--address needs --engine ray")
-    opts = dict(max_duration_s=args.max_duration, window_s=args.window, hop_s=args.hop, min_gap_s=args.min_gap)
+    opts = dict(max_duration_s=args.max_duration, window_s=args.window, hop_s=args.hop, min_gap_s=args.min_gap,
+                adapt_voice=args.adapt_voice)
     cores = os.cpu_count() or 1
     jobs = max(1, min(args.jobs or cores, len(args.files)))
     threads = max(1, args.threads)

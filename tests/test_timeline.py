@@ -283,6 +283,12 @@ def test_cli_writes_exports_and_reports_bad_files_without_traceback(recording, t
     assert "talk.flac: 8 segments" in r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["talk.csv", "talk.json", "talk.labels.txt"]
     assert len((out / "talk.labels.txt").read_text().splitlines()) == 8
+    assert json.loads((out / "talk.json").read_text())["voice"]["adapted"]  # adapted to the recording by default
+    r = subprocess.run([sys.executable, "-m", "serdemo.timeline", str(good), "--out", str(tmp_path / "alone"),
+                        "--checkpoint", str(ROOT / "checkpoints" / "default"), "--no-adapt-voice"],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert not json.loads((tmp_path / "alone" / "talk.json").read_text())["voice"]["adapted"]
 
 
 def test_live_stream_grows_a_timeline(recording, predictor):
