@@ -4,18 +4,18 @@ Only this module imports Ray, and only when a run asks for it: the local engine 
 
 What runs where. The driver (the command) lists the inputs and cuts them into *tasks* (a few dozen file
 paths, or one voice's paths, or one recording for the timeline) exactly as the local engine does, so both
-engines run the same batches and give the same numbers. The tasks, as small JSON strings, become a Ray
-Data dataset (:func:`ray.data.from_items`, one block per task up to :data:`MAX_BLOCKS`); ``map_batches``
-sends them to a pool of actors (``concurrency=`` workers), each of which builds its worker object (a
+engines run the same batches and give the same numbers. The tasks, as small JSON strings, go to a pool of
+plain Ray actors (:func:`ray_map`), each of which builds its worker object (a
 :class:`serdemo.score.Scorer` or :class:`serdemo.timeline_cli.TimelineWorker`: one Predictor, loaded once
-per actor) and runs task after task; the actor reads the audio files itself (paths travel, audio does
-not) and returns small JSON results, which the driver receives as they complete.
+per actor) and runs task after task, two deep; the actor reads the audio files itself (paths travel, audio
+does not) and returns small JSON results, which the driver receives as they complete. (Ray Data's
+``map_batches`` on an actor pool did the same first; its scheduling loop and helper actors cost 24-39 % on
+this 2-core machine, the plain pool 12-22 %: ``benchmarks/ray_overhead.py``.)
 
 Resources: one GPU per actor where the cluster has GPUs (as many actors as GPUs), else ``threads`` CPUs per
 actor (as many actors as CPUs allow). A dying actor (killed, out of memory, its node lost) is restarted by
-Ray and its task retried (``max_restarts=-1``, ``max_task_retries``); a retried task's earlier, partial
-output is discarded by Ray Data, and the driver also keeps only the first result of each task, so no file
-is lost or doubled. A file's own problem (unreadable, no speech) is its row or report line, never a task
+Ray and its task retried on it (``max_restarts=-1``, ``max_task_retries``); a task's result is one value
+returned whole, and the driver keeps only the first result of each task, so no file is lost or doubled. A file's own problem (unreadable, no speech) is its row or report line, never a task
 failure. Test hook: with ``SERDEMO_TEST_DIE_ONCE=FILE`` set and FILE present, the first actor to start a
 task deletes FILE and exits (``os._exit``), as a killed worker would.
 """
@@ -24,14 +24,11 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import os
 import socket
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-MAX_BLOCKS = 10_000  # more tasks than this share blocks (a block is the unit Ray Data schedules and retries)
 TASK_RETRIES = 3  # a task that kills its actor this many times more fails the run (a poison file)
 DIE_ONCE_ENV = "SERDEMO_TEST_DIE_ONCE"
 PASSED_ENV = ("HF_HUB_OFFLINE", "SERDEMO_BF16", "SERDEMO_DEVICE", "SERDEMO_MAX_TIMELINE_S", "SERDEMO_CACHE",
@@ -54,7 +51,7 @@ def start_ray(address: str | None = None):
     try:
         import ray
     except ImportError as exc:
-        raise EngineError(f"--engine ray needs Ray: pip install 'ray[data]' ({exc})") from None
+        raise EngineError(f"--engine ray needs Ray: pip install ray ({exc})") from None
     if ray.is_initialized():
         return ray
     # no usage report (no network to send it to, and 1-2 s of the start-up on a small machine)
@@ -134,44 +131,62 @@ def resources(ray, workers: int | None, threads: int) -> tuple[int, dict]:
     return max(1, workers or cpus // max(1, threads)), {"num_cpus": threads}
 
 
+class _CoreActor(_Actor):
+    """:class:`_Actor` as a Ray actor: one task (a JSON string) per call, the same test hook."""
+
+    def run(self, task: str) -> str:
+        return self({"key": [0], "task": [task]})["result"][0]
+
+
 def ray_map(tasks: Iterable[tuple[int, object]], factory: str, args: tuple, method: str, *,
             workers: int | None = None, threads: int = 1, address: str | None = None) -> Iterator[tuple[int, object]]:
-    """Run ``factory(*args).method(payload)`` for every ``(key, payload)`` on a Ray Data actor pool; yield
-    ``(key, result)`` as tasks complete, each key once. Payloads and results must be JSON-able."""
-    ray = start_ray(address)
-    from ray.data import ActorPoolStrategy, DataContext
+    """Run ``factory(*args).method(payload)`` for every ``(key, payload)`` on a pool of Ray actors; yield
+    ``(key, result)`` as tasks complete, each key once. Payloads and results must be JSON-able.
 
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False  # the command draws its own (files, hours of audio, ETA)
-    ctx.print_on_execution_start = False
-    ctx.verbose_stats_logs = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    items = [{"key": int(k), "task": json.dumps(p)} for k, p in tasks]
+    A pool of plain Ray actors, each kept two tasks deep (one running, one waiting, so an actor never idles
+    while the driver answers), rather than Ray Data's ``map_batches`` (tried first: on this 2-core machine its
+    scheduling loop and helper actors made a run 24-39 % slower than the local engine; the plain pool does the
+    same work with nothing between the driver and the actors). A dying actor is restarted by Ray and its task
+    retried on it (``max_restarts=-1``, ``max_task_retries``); the driver keeps each key's first result."""
+    import collections
+
+    ray = start_ray(address)
+    items = [(int(k), json.dumps(p)) for k, p in tasks]
     if not items:
         return
     actors, res = resources(ray, workers, threads)
     actors = min(actors, len(items))
+    remote = ray.remote(max_restarts=-1, max_task_retries=TASK_RETRIES, **res)(_CoreActor)
+    options = {} if _STARTED else {"runtime_env": _runtime_env()}
+    pool = [remote.options(**options).remote(factory, args, method) for _ in range(actors)]
+    waiting = collections.deque(items)
+    running: dict = {}  # object ref -> (key, actor)
 
-    class Actor(_Actor):  # the arguments live in the class: no constructor arguments in the object store
-        def __init__(self):
-            super().__init__(factory, args, method)
+    def submit(actor) -> None:
+        if waiting:
+            key, task = waiting.popleft()
+            running[actor.run.remote(task)] = (key, actor)
 
-    ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
-    with warnings.catch_warnings():  # the retry limits are ray_remote_args, deprecated from Ray 2.64 on
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ds = ds.map_batches(Actor, batch_size=1, batch_format="numpy", compute=ActorPoolStrategy(size=actors),
-                            runtime_env=None if _STARTED else _runtime_env(), max_restarts=-1, max_task_retries=TASK_RETRIES, **res)
+    for actor in pool:
+        submit(actor)
+        submit(actor)
     seen: set[int] = set()
     try:
-        for row in ds.iter_rows():
-            key = int(row["key"])
+        while running:
+            done, _ = ray.wait(list(running), num_returns=1)
+            key, actor = running.pop(done[0])
+            result = ray.get(done[0])
+            submit(actor)
             if key in seen:  # never a file twice, whatever a retry did
                 continue
             seen.add(key)
-            yield key, json.loads(str(row["result"]))
+            yield key, json.loads(result)
     except ray.exceptions.RayError as exc:
         last = (str(exc).strip().splitlines() or [""])[-1][:300]
         raise EngineError(f"the Ray job failed ({type(exc).__name__}): {last}") from None
+    finally:
+        for actor in pool:
+            ray.kill(actor)
     if len(seen) != len(items):
         raise EngineError(f"{len(items) - len(seen)} of {len(items)} tasks came back without a result")
 

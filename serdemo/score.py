@@ -394,7 +394,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-duration", type=float, default=MAX_DURATION_S,
                    help=f"longer files are refused (seconds, default {MAX_DURATION_S:.0f})")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
-                   help="local: worker processes on this machine (default); ray: a Ray Data actor pool")
+                   help="local: worker processes on this machine (default); ray: a pool of Ray actors")
     p.add_argument("--address", default=None,
                    help="with --engine ray: an existing Ray cluster (e.g. auto, or HEAD:6379); default: a "
                         "local Ray started for this run")
@@ -435,7 +435,7 @@ def run(args, scorer: Scorer | None = None) -> int:
         try:
             import ray  # noqa: F401 - only here: the local engine needs no Ray
         except ImportError as exc:
-            raise UsageError(f"--engine ray needs Ray (pip install 'ray[data]'): {exc}") from None
+            raise UsageError(f"--engine ray needs Ray (pip install ray): {exc}") from None
         from serdemo.engines import ray_score, start_ray
 
         start_ray(args.address)  # before the bar: a cluster that cannot be reached stops here (EngineError)

@@ -3,7 +3,7 @@ time for a batch of files, CSV, JSON and a label track each, with a progress bar
 worker process per core (and the GPU when there is one). A bad file is reported by name and skipped
 (exit status 1).
 
-``--engine ray`` (``--address`` for an existing cluster) analyses the files on a Ray Data actor pool
+``--engine ray`` (``--address`` for an existing cluster) analyses the files on a pool of Ray actors
 (:mod:`serdemo.engines`): each actor loads one Predictor (:class:`TimelineWorker`), reads its recordings
 itself (paths travel, audio does not) and returns the three exports as text, which this process writes
 into ``--out``, so only the driver needs that folder. The files are the same as the local engine's."""
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="read every window on its own (default: relative to the recording's voice, README "
                         "\"Adapting to the voice\")")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
-                   help="local: worker processes on this machine (default); ray: a Ray Data actor pool (--jobs "
+                   help="local: worker processes on this machine (default); ray: a pool of Ray actors (--jobs "
                         "actors, default one per GPU of the cluster, else one per --threads CPUs)")
     p.add_argument("--address", default=None,
                    help="with --engine ray: an existing Ray cluster (auto, or HEAD:6379); default: a local Ray "
