@@ -48,12 +48,11 @@ def pause(seconds: float, rng) -> np.ndarray:
     return (rng.standard_normal(int(seconds * SR)) * 1e-4).astype(np.float32)  # a quiet room, not zeros
 
 
-@pytest.fixture(scope="module")
-def recording():
-    """Eight trimmed corpus clips with pauses of 1.0-1.5 s between: (wave, [(start_s, end_s)], clips)."""
-    rng = np.random.default_rng(0)
+def joined(paths, seed: int):
+    """Trimmed clips with pauses of 1.0-1.5 s between: (wave, [(start_s, end_s)], clips)."""
+    rng = np.random.default_rng(seed)
     parts, joins, clips, t = [], [], [], 0.0
-    for i, path in enumerate(CLIPS):
+    for i, path in enumerate(paths):
         gap = pause(1.0 + 0.25 * (i % 3), rng)
         clip = trim(load_audio(shared_clip(path)))
         parts += [gap, clip]
@@ -62,6 +61,12 @@ def recording():
         t += (len(gap) + len(clip)) / SR
     parts.append(pause(1.0, rng))
     return np.concatenate(parts), joins, clips
+
+
+@pytest.fixture(scope="module")
+def recording():
+    """Eight trimmed corpus clips with pauses of 1.0-1.5 s between: (wave, [(start_s, end_s)], clips)."""
+    return joined(CLIPS, 0)
 
 
 def probs(p: dict, classes) -> np.ndarray:
@@ -488,17 +493,7 @@ ONE_VOICE = [EMODB / "wav" / f"{n}.wav" for n in ("03a01Wa", "03a01Fa", "03a01Nc
 @pytest.fixture(scope="module")
 def one_voice():
     """Eight trimmed clips of one speaker with pauses of 1.0-1.5 s between: (wave, [(start_s, end_s)], clips)."""
-    rng = np.random.default_rng(3)
-    parts, joins, clips, t = [], [], [], 0.0
-    for i, path in enumerate(ONE_VOICE):
-        gap = pause(1.0 + 0.25 * (i % 3), rng)
-        clip = trim(load_audio(shared_clip(path)))
-        parts += [gap, clip]
-        joins.append((t + len(gap) / SR, t + (len(gap) + len(clip)) / SR))
-        clips.append(clip)
-        t += (len(gap) + len(clip)) / SR
-    parts.append(pause(1.0, rng))
-    return np.concatenate(parts), joins, clips
+    return joined(ONE_VOICE, 3)
 
 
 def test_a_one_speaker_recording_is_read_relative_to_its_voice(one_voice, predictor, tmp_path):

@@ -356,18 +356,20 @@ def fit_voice_probe(x, y, speakers, corpora, n_classes: int, classes: list[str],
 
 
 @torch.no_grad()
-def voice_logits(model: LinearProbe, x: np.ndarray, speakers: np.ndarray | None) -> np.ndarray:
+def voice_logits(model: LinearProbe, x: np.ndarray, speakers: np.ndarray | None,
+                 known: np.ndarray | None = None) -> np.ndarray:
     """Logits ``(n, classes)`` float64 of raw statistics ``x``: each clip relative to its speaker's voice
-    estimated by the model from all of that speaker's clips (``speakers`` None, or a model that does not
-    adapt: each clip read on its own)."""
+    estimated by the model from that speaker's clips (all of them, or those ``known`` marks; ``speakers``
+    None, or a model that does not adapt: each clip read on its own)."""
     xt = torch.as_tensor(np.asarray(x, np.float32))
     if speakers is None or not getattr(model, "adapts", False):
         return model.logits_from_statistics(xt)["emotion"].double().numpy()
     out = np.zeros((len(x), model.heads["emotion"].out_features))
     speakers = np.asarray(speakers)
+    known = np.ones(len(x), dtype=bool) if known is None else np.asarray(known, dtype=bool)
     for s in np.unique(speakers):
         idx = np.flatnonzero(speakers == s)
-        voice = model.voice_offsets(np.asarray(x)[idx])
+        voice = model.voice_offsets(np.asarray(x)[idx[known[idx]]])
         out[idx] = model.logits_from_statistics(xt[idx], voice)["emotion"].double().numpy()
     return out
 
@@ -380,7 +382,7 @@ def corpus_calibration(fit, x, y, speakers, corpora, seed: int = 0) -> dict:
     and one for adapted results) is chosen by leaving each corpus out of the calibration fit in turn
     (:func:`training.calibration.choose_calibration`), then fitted on all of them (float64, the logits as
     served)."""
-    from training.calibration import apply_family, choose_calibration, ece, fit_family
+    from training.calibration import apply_family, choose_calibration, ece, fit_family, scale
 
     names = sorted(set(np.asarray(corpora)))
     if len(names) < 2:
@@ -391,20 +393,12 @@ def corpus_calibration(fit, x, y, speakers, corpora, seed: int = 0) -> dict:
         held = np.flatnonzero(np.asarray(corpora) == c)
         model = fit(np.asarray(corpora) != c)
         spk = np.asarray(speakers)[held]
-        ten = np.concatenate([rng.choice(np.flatnonzero(spk == s), min(10, int((spk == s).sum())), replace=False)
-                              for s in np.unique(spk)])
-        logits = {"none": voice_logits(model, x[held], None), "all": voice_logits(model, x[held], spk)}
         # 10 random clips of each speaker estimate its voice; every clip of the speaker is then read by it
-        xt = torch.as_tensor(np.asarray(x[held], np.float32))
-        z10 = np.zeros_like(logits["none"])
-        if getattr(model, "adapts", False):
-            for s in np.unique(spk):
-                idx = np.flatnonzero(spk == s)
-                voice = model.voice_offsets(x[held][np.intersect1d(ten, idx)])
-                z10[idx] = model.logits_from_statistics(xt[idx], voice)["emotion"].double().numpy()
-        else:
-            z10 = logits["none"]
-        logits["10"] = z10
+        ten = np.zeros(len(held), dtype=bool)
+        for s in np.unique(spk):
+            ten[rng.choice(np.flatnonzero(spk == s), min(10, int((spk == s).sum())), replace=False)] = True
+        logits = {"none": voice_logits(model, x[held], None), "all": voice_logits(model, x[held], spk),
+                  "10": voice_logits(model, x[held], spk, ten)}
         tasks.append((logits, y[held]))
     family = choose_calibration(tasks)
     cal = fit_family(family, tasks)
@@ -418,12 +412,6 @@ def corpus_calibration(fit, x, y, speakers, corpora, seed: int = 0) -> dict:
             "family": family, "temperature": round(t_clip, 4), "bias": b_clip,
             "voice": {"temperature": round(t_voice, 4), "bias": b_voice},
             "corpora": names,
-            "ece_heldout_corpora_before": ece(scale_plain(z["none"]), yy),
+            "ece_heldout_corpora_before": ece(scale(z["none"], 1.0), yy),
             "ece_heldout_corpora_after": ece(apply_family(cal, "none", z["none"]), yy),
             "ece_heldout_corpora_adapted_after": ece(apply_family(cal, "all", z["all"]), yy)}
-
-
-def scale_plain(logits: np.ndarray) -> np.ndarray:
-    from training.calibration import scale
-
-    return scale(logits, 1.0)

@@ -278,27 +278,33 @@ def outer_folds(t: Table, scheme: str, n_folds: int = 4, seed: int = 0):
             yield f"fold{f}", np.flatnonzero(~np.isin(t.speaker, list(held))), test
 
 
+def inner_screen(t: Table, pool: np.ndarray, variants=VARIANTS) -> tuple[dict, dict, int]:
+    """Every variant on the dev tasks of ``pool`` (:func:`inner_tasks`): ``(scores per variant, [(logits per
+    draw, y)] per variant in task order, number of cross-corpus tasks, which come first)``. A variant's score is
+    the mean of its cross-corpus and its k-fold :func:`selection_score`."""
+    n_loco = len(np.unique(t.corpus[pool]))
+    scores, logits = {}, {}
+    for v in variants:
+        per = []
+        for tr, te in inner_tasks(t, pool):
+            r, lg, _ = score_task(t, tr, te, v, kinds=DRAWS, seeds=(0,))
+            per.append(r)
+            logits.setdefault(v["name"], []).append((lg, t.y[te]))
+        cross = selection_score({k: np.mean([p[k] for p in per[:n_loco]]) for k in DRAWS})
+        within = selection_score({k: np.mean([p[k] for p in per[n_loco:]]) for k in DRAWS})
+        scores[v["name"]] = {**{k: float(np.mean([p[k] for p in per])) for k in DRAWS},
+                             "cross_corpus": cross, "k_fold": within, "score": (cross + within) / 2}
+    return scores, logits, n_loco
+
+
 def nested(t: Table, scheme: str, variants=VARIANTS, out: Path | None = None, only: str | None = None) -> list[dict]:
     """For each outer fold: every variant scored on inner folds (no outer speaker), the best chosen, fitted on
     the outer training part and scored there; calibration fitted on the inner held-out corpora."""
     results = []
     for name, train, test in outer_folds(t, scheme):
         t0 = time.time()
-        inner = {}
-        inner_logits = {}
-        for v in variants:
-            per = []
-            for tr, te in inner_tasks(t, train):
-                r, lg, _ = score_task(t, tr, te, v, kinds=DRAWS, seeds=(0,))
-                per.append(r)
-                inner_logits.setdefault(v["name"], []).append((lg, t.y[te]))
-            n_loco = len(np.unique(t.corpus[train]))
-            inner[v["name"]] = {k: float(np.mean([p[k] for p in per])) for k in DRAWS}
-            cross = selection_score({k: np.mean([p[k] for p in per[:n_loco]]) for k in DRAWS})
-            within = selection_score({k: np.mean([p[k] for p in per[n_loco:]]) for k in DRAWS})
-            inner[v["name"]].update(cross_corpus=cross, k_fold=within, score=(cross + within) / 2)
+        inner, inner_logits, n_loco = inner_screen(t, train, variants)
         best = max(variants, key=lambda v: inner[v["name"]]["score"])
-        n_loco = len(np.unique(t.corpus[train]))
         # calibration, on the inner held-out *corpora* only: which family (one temperature and bias for every
         # result, or one for clips read on their own and one for adapted clips) is chosen by leaving each
         # inner corpus out of the calibration fit in turn and scoring it; the chosen family is then fitted on
@@ -335,21 +341,10 @@ def nested(t: Table, scheme: str, variants=VARIANTS, out: Path | None = None, on
 def choose(t: Table, variants=VARIANTS) -> dict:
     """The shipped recipe's choice: the same inner procedure as every outer fold's (held-out corpora and speaker
     folds), run on all the speakers, as nested cross-validation does for its final model."""
-    pool = np.arange(len(t.x))
-    n_loco = len(np.unique(t.corpus))
-    scores, tasks_logits = {}, {}
-    for v in variants:
-        per = []
-        for tr, te in inner_tasks(t, pool):
-            r, lg, _ = score_task(t, tr, te, v, kinds=DRAWS, seeds=(0,))
-            per.append(r)
-            tasks_logits.setdefault(v["name"], []).append((lg, t.y[te]))
-        cross = selection_score({k: np.mean([p[k] for p in per[:n_loco]]) for k in DRAWS})
-        within = selection_score({k: np.mean([p[k] for p in per[n_loco:]]) for k in DRAWS})
-        scores[v["name"]] = {**{k: round(float(np.mean([p[k] for p in per])), 4) for k in DRAWS},
-                             "cross_corpus": round(cross, 4), "k_fold": round(within, 4),
-                             "score": round((cross + within) / 2, 4)}
-        print(v["name"], scores[v["name"]], file=sys.stderr)
+    scores, tasks_logits, n_loco = inner_screen(t, np.arange(len(t.x)), variants)
+    scores = {name: {k: round(float(v), 4) for k, v in sc.items()} for name, sc in scores.items()}
+    for name, sc in scores.items():
+        print(name, sc, file=sys.stderr)
     best = max(variants, key=lambda v: scores[v["name"]]["score"])
     family = choose_calibration(tasks_logits[best["name"]][:n_loco])
     return {"chosen": best["name"], "calibration_family": family, "scores": scores}
