@@ -96,7 +96,7 @@ def padding_question(limit: int) -> None:
     from serdemo.encoding import FrontEnd
     from serdemo.features import FeatureConfig, pad_batch
     from serdemo.labels import get_label_set
-    from serdemo.whisper import N_LAYERS, shared_encoder
+    from serdemo import encoders
     from training.data import WaveCache, build_examples, load_corpora
     from training.encoded import EncodedCache, wave_digest
     from training.probe import statistics
@@ -105,7 +105,7 @@ def padding_question(limit: int) -> None:
     utts, _ = load_corpora(DEFAULT_CORPORA, limit_per_corpus=limit)
     ex, _ = build_examples(utts, get_label_set("ekman7"), [])
     waves, cache = WaveCache(), EncodedCache()
-    fe = FrontEnd(FeatureConfig(), shared_encoder(), N_LAYERS)
+    fe = FrontEnd(FeatureConfig(), encoders.load())
     x0, x1, y, spk, corp = [], [], [], [], []
     t_plain = t_pad = 0.0
     for e in ex:

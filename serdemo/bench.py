@@ -22,7 +22,7 @@ from serdemo.checkpoint import CheckpointError, encoder_block, list_checkpoints
 from serdemo.features import FeatureConfig
 from serdemo.inference import Predictor
 from serdemo.models import ARCHITECTURES, build_model, uses_encoder
-from serdemo.whisper import shared_encoder
+from serdemo import encoders
 
 
 def synthetic_clip(duration_s: float, sample_rate: int = 16000) -> bytes:
@@ -62,7 +62,7 @@ def untrained(arch: str, **hparams) -> Predictor:
                         **hparams)
     card = {"features": fc.to_dict(), "heads": heads, "name": arch}
     if uses_encoder(model):
-        card["encoder"] = encoder_block(shared_encoder())
+        card["encoder"] = encoder_block(encoders.load())
     return Predictor(model, card, device="cpu")
 
 

@@ -21,7 +21,7 @@ import serdemo
 from serdemo.features import FeatureConfig
 from serdemo.fsutil import atomic_write
 from serdemo.models import ARCHITECTURES, SERModel, build_model, uses_encoder
-from serdemo.whisper import N_LAYERS, PROVENANCE
+from serdemo import encoders
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
@@ -72,10 +72,11 @@ def make_card(model: SERModel, features: FeatureConfig, heads: dict[str, list[st
 
 
 def encoder_block(encoder) -> dict:
-    """What a card says about the pretrained encoder under its model: identity (digest of its tensors),
-    where the weights come from, and the licence. The shared encoder's weights are never copied into a
-    checkpoint; a model that fine-tunes its top blocks (``tune_layers``) holds only its own copies of those."""
-    return {"digest": encoder.digest, **PROVENANCE}
+    """What a card says about the pretrained encoder under its model: its registry name, identity (digest of
+    its tensors), size, where the weights come from, and the licence. The shared encoder's weights are never
+    copied into a checkpoint; a model that fine-tunes its top blocks (``tune_layers``) holds only its own
+    copies of those."""
+    return encoder.card_block()
 
 
 def save_checkpoint(directory, model: SERModel, card: dict) -> Path:
@@ -257,17 +258,23 @@ def _check_encoder(card: dict) -> str | None:
     enc = card.get("encoder")
     if not isinstance(enc, dict) or not isinstance(enc.get("digest"), str) or not SHA256_HEX.fullmatch(enc["digest"]):
         return "needs an 'encoder' object with the 64-hex 'digest' of the pretrained encoder the model stands on"
-    layers = card["model"].get("hparams", {}).get("n_layers", N_LAYERS)
-    if not _is_int(layers) or not 1 <= layers <= N_LAYERS:
-        return f"'model.hparams.n_layers' must be a whole number in 1..{N_LAYERS}, not {_shown(layers)}"
+    name = encoders.name_of(card)
+    if name not in encoders.REGISTRY:
+        return (f"'encoder.name' is {_shown(enc.get('name'))}, an encoder this installation does not know "
+                f"(known: {', '.join(sorted(encoders.REGISTRY))})")
+    info = encoders.info(name)
+    layers = card["model"].get("hparams", {}).get("n_layers", info.n_layers)
+    if not _is_int(layers) or not 1 <= layers <= info.n_layers:
+        return f"'model.hparams.n_layers' must be a whole number in 1..{info.n_layers} ({name}), not {_shown(layers)}"
     tuned = card["model"].get("hparams", {}).get("tune_layers", 0)
     if tuned and not hasattr(arch, "start_from"):
         return f"'model.hparams.tune_layers': {card['model']['architecture']} fine-tunes no encoder blocks"
     if not _is_int(tuned) or not 0 <= tuned <= layers:
         return f"'model.hparams.tune_layers' must be a whole number in 0..n_layers ({layers}), not {_shown(tuned)}"
-    if FeatureConfig.from_dict(card["features"]) != FeatureConfig():
-        return ("'features' differ from the encoder's front end (Whisper: 16 kHz, n_fft 400, hop 160, 80 mels); "
-                "a model on the encoder must use exactly those")
+    if FeatureConfig.from_dict(card["features"]) != info.features:
+        f = info.features
+        return (f"'features' differ from the encoder's front end ({name}: {f.sample_rate // 1000} kHz, n_fft {f.n_fft}, "
+                f"hop {f.hop_length}, {f.n_mels} mels); a model on the encoder must use exactly those")
     return None
 
 
@@ -288,8 +295,11 @@ def build_from_card(card: dict) -> SERModel:
     try:
         features = FeatureConfig.from_dict(card["features"])
         heads = {k: len(v) for k, v in card["heads"].items()}
+        arch = ARCHITECTURES.get(card["model"]["architecture"])
+        on_encoder = getattr(arch, "input_kind", "logmel") == "encoder"
+        encoder = {"encoder": encoders.info(encoders.name_of(card))} if on_encoder else {}
         return build_model(card["model"]["architecture"], features.input_rows, heads,
-                           input_frame_rate_hz=features.frame_rate_hz, **card["model"].get("hparams", {}))
+                           input_frame_rate_hz=features.frame_rate_hz, **encoder, **card["model"].get("hparams", {}))
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, ZeroDivisionError) as exc:
         raise CheckpointError(f"the card does not describe a buildable model: {exc}") from None
 

@@ -3,8 +3,10 @@
 This is the one front end of the app, the timeline, training, evaluation and the feature cache:
 
     waves (batch, samples) 16 kHz -> LogMel [VTLP warp] -> log-mel (batch, 80, frames) at 100 frames/s
-        -> WhisperEncoder (first ``n_layers`` blocks) -> states (batch, n_layers + 1, time, 512) at 50/s
-        -> mean of each pair of frames (masked)       -> states (batch, n_layers + 1, time', 512) at 25/s
+        -> encoder (first ``n_layers`` blocks)   -> states (batch, n_layers + 1, time, width) at its rate (50/s)
+        -> mean of each group of frames (masked) -> states (batch, n_layers + 1, time', width) at 25/s
+
+The encoder is any :class:`serdemo.encoders.SpeechEncoder` (its width, depth and frame rate are its own).
 
 Models read the states at :data:`MODEL_FRAME_RATE_HZ` (40 ms per frame: fine enough to see where in a
 sentence the attention sits, and a quarter of the recurrent steps of the log-mel grid). Speech masks
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from serdemo.features import FeatureConfig, LogMel
-from serdemo.whisper import N_LAYERS, WhisperEncoder
+from serdemo.encoders import SpeechEncoder
 
 POOL = 2  # encoder frames (50/s) averaged into one model frame
 FRAMES_PER_MODEL_FRAME = 4  # log-mel frames (100/s) under one model frame (25/s)
@@ -27,7 +29,7 @@ MODEL_FRAME_RATE_HZ = 25.0
 
 @dataclass
 class Encoded:
-    """``logmel (batch, 80, frames)`` with ``frames (batch,)``; ``states (batch, layers + 1, time, 512)``
+    """``logmel (batch, 80, frames)`` with ``frames (batch,)``; ``states (batch, layers + 1, time, width)``
     on the model grid with ``lengths (batch,)`` (None when no encoder ran)."""
 
     logmel: torch.Tensor
@@ -52,10 +54,20 @@ def pool_time(x: torch.Tensor, lengths: torch.Tensor, factor: int = POOL):
     return sums / counts, new_lengths
 
 
-def model_lengths(frames: torch.Tensor) -> torch.Tensor:
-    """Model frames for clips of ``frames`` log-mel frames (encoder halves, then :data:`POOL`)."""
-    enc = WhisperEncoder.out_lengths(frames)
-    return torch.div(enc + POOL - 1, POOL, rounding_mode="floor").clamp_min(1)
+def model_lengths(encoder: SpeechEncoder, frames: torch.Tensor) -> torch.Tensor:
+    """Model frames for clips of ``frames`` front-end frames (the encoder's own lengths, then pooled)."""
+    pool = pool_factor(encoder)
+    enc = encoder.out_lengths(frames)
+    return torch.div(enc + pool - 1, pool, rounding_mode="floor").clamp_min(1)
+
+
+def pool_factor(encoder: SpeechEncoder) -> int:
+    """Encoder frames averaged into one model frame (the encoder's rate over :data:`MODEL_FRAME_RATE_HZ`)."""
+    factor = encoder.info.frame_rate_hz / MODEL_FRAME_RATE_HZ
+    if factor < 1 or abs(factor - round(factor)) > 1e-6:
+        raise ValueError(f"encoder {encoder.info.name} runs at {encoder.info.frame_rate_hz} frames/s, not a whole "
+                         f"multiple of the model grid's {MODEL_FRAME_RATE_HZ}")
+    return int(round(factor))
 
 
 def speech_on_grid(speech: torch.Tensor, width: int, factor: int = FRAMES_PER_MODEL_FRAME) -> torch.Tensor:
@@ -71,17 +83,17 @@ def speech_on_grid(speech: torch.Tensor, width: int, factor: int = FRAMES_PER_MO
 class FrontEnd(torch.nn.Module):
     """Log-mel (always) and, when the model stands on it, the frozen encoder's states.
 
-    The encoder is shared (one copy per process, :func:`serdemo.whisper.shared_encoder`) and is not
-    a submodule of any model: a checkpoint holds only its head and names the encoder by digest.
+    The encoder is shared (one copy per process and name, :func:`serdemo.encoders.load`) and is not
+    a submodule of any model: a checkpoint holds only its head and names the encoder (name and digest).
     """
 
-    def __init__(self, features: FeatureConfig, encoder: WhisperEncoder | None = None, n_layers: int = N_LAYERS,
+    def __init__(self, features: FeatureConfig, encoder: SpeechEncoder | None = None, n_layers: int | None = None,
                  bf16: bool = False):
         super().__init__()
         self.features = features
         self.logmel = LogMel(features)
         self.encoder = encoder
-        self.n_layers = n_layers
+        self.n_layers = (encoder.info.n_layers if encoder is not None else 0) if n_layers is None else n_layers
         self.bf16 = bf16
 
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor, alpha=None, power: torch.Tensor | None = None) -> Encoded:
@@ -107,6 +119,6 @@ class FrontEnd(torch.nn.Module):
         use_bf16 = (self.bf16 and dev.type == "cpu") or dev.type == "cuda"
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
             states, lengths = enc(logmel, frames, self.n_layers)
-        stacked = torch.stack([s.float() for s in states], dim=1)  # (batch, layers + 1, time, 512)
-        pooled, model_len = pool_time(stacked, lengths)
+        stacked = torch.stack([s.float() for s in states], dim=1)  # (batch, layers + 1, time, width)
+        pooled, model_len = pool_time(stacked, lengths, pool_factor(enc))
         return Encoded(logmel, frames, pooled, model_len)

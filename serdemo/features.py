@@ -1,7 +1,7 @@
 """Whisper's log-mel front end, as a torch module that runs on whatever device the model is on.
 
 This is the one front end of the project: the spectrogram the app shows is exactly what the pretrained
-encoder (:mod:`serdemo.whisper`) hears, and VTLP warps its power spectrum before the mel filters.
+encoder (:mod:`serdemo.encoders`) hears, and VTLP warps its power spectrum before the mel filters.
 Whisper's recipe: 16 kHz, Hann window of 400 samples, hop 160 (10 ms), ``|STFT|^2`` with reflect
 padding of 200 samples at each end of the clip (its own end: padding a clip inside a batch does not
 change its frames) and the last frame dropped, so a clip of ``n`` samples has ``n // 160`` frames;

@@ -28,7 +28,8 @@ from serdemo.models.base import ModelOutput
 from serdemo.vad import MIN_TOTAL_SPEECH_S, default_detector
 from serdemo.voice import VoiceProfile
 from serdemo.vtlp import F_HI_HZ, warp_power
-from serdemo.whisper import MAX_FRAMES, EncoderError, cpu_bf16_default, shared_encoder
+from serdemo import encoders
+from serdemo.encoders import EncoderError, cpu_bf16_default
 
 
 class NoSpeechError(AudioError):
@@ -184,7 +185,7 @@ class Predictor:
         if uses_encoder(model):
             if encoder is None:
                 try:
-                    encoder = shared_encoder()
+                    encoder = encoders.load(encoders.name_of(card))
                 except EncoderError as exc:
                     raise CheckpointError(f"checkpoint '{self.name}': {exc}") from None
             want = card.get("encoder", {}).get("digest")
@@ -468,11 +469,11 @@ _COPY_LOCK = threading.Lock()
 
 
 def _device_copy(encoder, device: torch.device):
-    """One copy of the shared encoder per accelerator device."""
+    """One copy of each shared encoder per accelerator device."""
     import copy
 
     with _COPY_LOCK:
-        key = str(device)
+        key = f"{encoder.digest}|{device}"
         if key not in _COPIES:
             enc = copy.deepcopy(encoder).to(device)
             enc.digest = encoder.digest
@@ -480,5 +481,5 @@ def _device_copy(encoder, device: torch.device):
         return _COPIES[key]
 
 
-__all__ = ["Forward", "MAX_FRAMES", "NoSpeechError", "Prediction", "Predictor", "best_device", "model_input",
+__all__ = ["Forward", "NoSpeechError", "Prediction", "Predictor", "best_device", "model_input",
            "run_model"]

@@ -8,7 +8,7 @@ import torch
 
 from serdemo.checkpoint import (CARD, WEIGHTS, CheckpointError, encoder_block, list_checkpoints, load_checkpoint,
                                 make_card, read_card, save_checkpoint, sha256_file)
-from serdemo.whisper import shared_encoder
+from serdemo.encoders import load as shared_encoder
 from serdemo.features import FeatureConfig
 from serdemo.inference import Predictor
 from serdemo.models import build_model

@@ -11,8 +11,26 @@ from serdemo.audio import load_audio
 from serdemo.encoding import FrontEnd, model_lengths, pool_time, speech_on_grid
 from serdemo.features import FeatureConfig, LogMel, pad_batch
 from serdemo.models.encoder import LayerMix
-from serdemo.whisper import (KNOWN_MODELS, EncoderError, WhisperEncoder, find_weights, load_encoder_tensors,
-                             read_ct2_tensors, sha256_parts, shared_encoder)
+from serdemo import encoders
+from serdemo.encoders import EncoderError, whisper_base
+from serdemo.encoders.ct2 import read_ct2_tensors, sha256_parts
+from serdemo.encoders.ct2 import find_weights as find_any
+from serdemo.encoders.ct2 import load_tensors
+from serdemo.encoders.whisper import WhisperEncoder
+
+KNOWN_MODELS = whisper_base.SOURCES
+
+
+def find_weights():
+    return find_any(KNOWN_MODELS)
+
+
+def load_encoder_tensors(paths, sha256):
+    return load_tensors(KNOWN_MODELS, paths, sha256)
+
+
+def shared_encoder():
+    return encoders.load("whisper-base")
 from tests.conftest import EMODB, RAVDESS, SHARED, shared_clip
 
 
@@ -140,7 +158,7 @@ def test_encoder_states_do_not_depend_on_padding_or_batch_companions():
         x, lengths = pad_batch([a, np.concatenate([b, b])])
         both = fe(x, lengths)
     n = int(alone.lengths[0])
-    assert int(both.lengths[0]) == n == int(model_lengths(torch.tensor([len(a) // 160]))[0])
+    assert int(both.lengths[0]) == n == int(model_lengths(shared_encoder(), torch.tensor([len(a) // 160]))[0])
     torch.testing.assert_close(both.states[0, :, :n], alone.states[0], atol=2e-3, rtol=1e-3)
     assert both.states.shape[1] == 7 and both.states.shape[3] == 512
 
@@ -211,7 +229,7 @@ def test_loading_the_encoder_draws_nothing_from_the_global_generator():
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    WhisperEncoder.from_ct2(tensors)
+    WhisperEncoder.from_ct2(whisper_base.INFO, whisper_base.DIMS, tensors)
     torch.testing.assert_close(torch.rand(3), expected)
 
 

@@ -4,7 +4,7 @@ import torch
 from serdemo.encoding import FrontEnd
 from serdemo.features import FeatureConfig, LogMel, pad_batch
 from serdemo.models import ARCHITECTURES, AttentionPooling, build_model, encoder_layers, uses_encoder
-from serdemo.whisper import shared_encoder
+from serdemo.encoders import load as shared_encoder
 from tests.conftest import SR, harmonics, tone
 
 FC = FeatureConfig()

@@ -204,7 +204,7 @@ def test_the_probes_fit_options_end_as_weights_of_the_same_linear_layer():
     assert clf.coef_.shape == ref.coef_.shape == (4, dim)
     assert np.linalg.norm(clf.coef_ - ref.coef_) < 0.02 * np.linalg.norm(ref.coef_)  # both stop at lbfgs tol
     np.testing.assert_allclose(clf.predict_proba(zd), ref.predict_proba(zd), atol=2e-3)
-    clf, *_ = fit_probe(x[tr], y[tr], x[dv], y[dv], 4, c_grid=(0.1,), pool="mean")
+    clf, *_ = fit_probe(x[tr], y[tr], x[dv], y[dv], 4, c_grid=(0.1,), pool="mean", width=512)
     assert not clf.coef_[:, 512:1024].any() and not clf.coef_[:, 1536:].any() and clf.coef_[:, :512].any()
     with pytest.raises(ValueError, match="pool must be one of"):
         fit_probe(x[tr], y[tr], x[dv], y[dv], 4, pool="max")
@@ -586,7 +586,7 @@ def test_init_copies_every_tensor_or_refuses(tmp_path):
         fit.Trainer(fit.parse_args(other))
     # train the head frozen, then fine-tune the top block from it: the head's tensors come from the checkpoint,
     # the block's copy from the pretrained encoder; back from a tuned checkpoint to a frozen run is refused
-    from serdemo.whisper import shared_encoder
+    from serdemo.encoders import load as shared_encoder
 
     tune = args(tmp_path / "t", tmp_path / "cache", "--model", "localatt", "--aux-heads", "", "--hparams", TUNED)
     staged = fit.Trainer(fit.parse_args([*tune, "--init", str(tmp_path / "old")]))
@@ -811,7 +811,7 @@ def test_predictor_and_training_evaluation_give_the_same_probabilities(tmp_path,
     there, the Predictor in float32 here), the log-mel model runs the same front end. A fine-tuned model
     carries its trained copies of the top blocks; the shared encoder runs the ones below in both."""
     from serdemo.inference import Predictor
-    from serdemo.whisper import shared_encoder
+    from serdemo.encoders import load as shared_encoder
 
     monkeypatch.setenv("SERDEMO_BF16", "0")
     out = tmp_path / "m"

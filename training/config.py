@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from serdemo import encoders
 from serdemo.labels import AUX_HEADS, LABEL_SETS
 from serdemo.models import ARCHITECTURES
 from serdemo.models.base import NORM_MODES
@@ -48,6 +49,8 @@ class FitConfig:
     out: str = setting("", "checkpoint folder to write (default: checkpoints/<name>)")
     model: str = setting("multitask", "architecture", choices=tuple(ARCHITECTURES))
     hparams: dict = setting({}, 'architecture settings as JSON, e.g. \'{"hidden": 64}\'')
+    encoder: str = setting(encoders.DEFAULT, "pretrained speech encoder under the model (models on the encoder)",
+                           choices=tuple(encoders.REGISTRY))
     corpora: list = setting(["emodb=../shared/data/emodb", "ravdess=../shared/data/ravdess"],
                             "corpora to aggregate, KIND=PATH (repeat the flag or separate with commas)",
                             flags=("--corpus", "--corpora"), metavar="KIND=PATH")

@@ -309,11 +309,11 @@ class Data:
         if self._encoded is None:
             from training.encoded import EncodedCache
 
-            self._encoded = EncodedCache()
+            self._encoded = EncodedCache(encoder=getattr(self.cfg, "encoder", None) or "whisper-base")
         return self._encoded
 
     def encoded(self, examples: list[Example], alpha: float = 1.0) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Each example's ``(states float16 (7, time, 512), speech (time,))``; encodes what is missing."""
+        """Each example's ``(states float16 (layers + 1, time, width), speech (time,))``; encodes what is missing."""
         cache = self.encoded_cache
         digests = [self.digest(e) for e in examples]
         items = [cache.lookup(d, alpha) for d in digests]

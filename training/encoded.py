@@ -2,8 +2,8 @@
 
 Key: the SHA-256 of the decoded 16 kHz waveform (content, not path: a copy in the annotation store
 hits the same entry), the encoder's tensor digest, and the VTLP alpha. Value: one ``.npz`` (read with
-``allow_pickle=False``) holding ``states`` float16 ``(7, time, 512)`` on the 25-frames/s model grid
-(all six layers and the embedding, so any layer choice reuses it) and ``speech`` bool ``(time,)``.
+``allow_pickle=False``) holding ``states`` float16 ``(layers + 1, time, width)`` on the 25-frames/s model
+grid (every layer and the embedding, so any layer choice reuses it) and ``speech`` bool ``(time,)``.
 
 ``python -m training.encoded --corpus emodb=../shared/data/emodb ...`` fills the cache (resumable:
 each finished clip is a file; a killed run redoes only what is missing).
@@ -25,7 +25,7 @@ import torch
 from serdemo.encoding import FrontEnd, speech_on_grid
 from serdemo.features import FeatureConfig, pad_batch
 from serdemo.fsutil import atomic_write
-from serdemo.whisper import N_LAYERS, shared_encoder
+from serdemo import encoders
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,12 @@ def wave_digest(wave: np.ndarray) -> str:
 class EncodedCache:
     """Encoder states per (clip content, encoder, alpha), in memory and on disk."""
 
-    def __init__(self, directory: Path | None = None, frontend: FrontEnd | None = None):
-        self.frontend = frontend or FrontEnd(FeatureConfig(), shared_encoder(), N_LAYERS)
+    def __init__(self, directory: Path | None = None, frontend: FrontEnd | None = None,
+                 encoder: str = encoders.DEFAULT):
+        if frontend is None:
+            enc = encoders.load(encoder)
+            frontend = FrontEnd(enc.info.features, enc)
+        self.frontend = frontend
         enc = self.frontend.encoder
         self.directory = Path(directory or default_dir()) / enc.digest[:16]
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -53,7 +57,7 @@ class EncodedCache:
         return self.directory / f"{digest[:40]}-a{alpha:.3f}.npz"
 
     def lookup(self, digest: str, alpha: float = 1.0):
-        """``(states float16 (7, time, 512), speech bool (time,))`` or None when not cached."""
+        """``(states float16 (layers + 1, time, width), speech bool (time,))`` or None when not cached."""
         key = (digest, round(alpha, 3))
         if key in self.memory:
             self.hits += 1
@@ -107,6 +111,7 @@ def main(argv=None) -> None:
     ap.add_argument("--corpus", action="append", required=True, metavar="KIND=PATH")
     ap.add_argument("--alpha", type=float, action="append", default=None, help="VTLP alphas to cache (default 1)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--encoder", default=encoders.DEFAULT, choices=sorted(encoders.REGISTRY))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -114,7 +119,7 @@ def main(argv=None) -> None:
     waves_cache = WaveCache()
     waves = [waves_cache.get(u.path) for u in utts]
     speech = [waves_cache.speech(u.path) for u in utts]
-    cache = EncodedCache()
+    cache = EncodedCache(encoder=args.encoder)
     t0 = time.time()
     for alpha in args.alpha or [1.0]:
         cache.fill(waves, speech, alpha, progress=lambda d, n: print(f"\ralpha {alpha}: {d}/{n} "

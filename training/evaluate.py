@@ -28,6 +28,7 @@ import torch
 from serdemo.checkpoint import read_card, save_checkpoint, load_checkpoint
 from serdemo.features import pad_batch
 from serdemo.inference import Predictor, attention_figures
+from serdemo import encoders
 from serdemo.models import encoder_layers, uses_encoder
 from serdemo.labels import get_label_set
 from training import corpora as C
@@ -70,7 +71,8 @@ def evaluate_checkpoint(path, specs: list[str], speakers: set[str] | None = None
     groups = [u.corpus for u, _ in keep]
     if uses_encoder(pred.model):
         probs, on_speech, last_quarter = _score_cached(pred.model, [cache.get(u.path) for u, _ in keep],
-                                                       [cache.speech(u.path) for u, _ in keep], batch_size)
+                                                       [cache.speech(u.path) for u, _ in keep], batch_size,
+                                                       encoders.name_of(pred.card))
         p = probs.argmax(1).tolist()
     else:
         p, on_speech, last_quarter = [], [], []
@@ -90,13 +92,13 @@ def evaluate_checkpoint(path, specs: list[str], speakers: set[str] | None = None
 
 
 @torch.inference_mode()
-def _score_cached(model, waves, speech, batch_size: int = 32):
+def _score_cached(model, waves, speech, batch_size: int = 32, encoder_name: str = encoders.DEFAULT):
     """Emotion probabilities and attention figures of a model on the encoder, from cached states.
     -> (probs (n, classes), attention mass on speech per clip, mass on the last quarter of the speech)."""
     from training.encoded import EncodedCache
     from training.fit import collate_states
 
-    cache = EncodedCache()
+    cache = EncodedCache(encoder=encoder_name)
     items = [cache.lookup(d) for d in cache.fill(waves, speech)]
     n_states = encoder_layers(model) + 1
     probs, on_speech, last_quarter = [], [], []
@@ -186,7 +188,8 @@ def probe_predictions(data, train, dev, test, layers=PROBE_LAYERS) -> tuple[np.n
     from training.probe import fit_probe, statistics
 
     layers = list(layers)
-    xs = {name: statistics(data.encoded(part), layers) if part else np.zeros((0, len(layers) * 1024), np.float32)
+    width = data.encoded_cache.frontend.encoder.info.width
+    xs = {name: statistics(data.encoded(part), layers) if part else np.zeros((0, len(layers) * 2 * width), np.float32)
           for name, part in (("train", train), ("dev", dev), ("test", test))}
     ys = {name: np.array([e.targets["emotion"] for e in part], dtype=int)
           for name, part in (("train", train), ("dev", dev), ("test", test))}
@@ -418,21 +421,22 @@ class _ProbeTasks:
         self.stats: dict[tuple[float, bool], np.ndarray] = {}
 
     def dev_ua(self, v: dict, tr: np.ndarray, dv: np.ndarray) -> float:
-        from serdemo.whisper import N_LAYERS
         from training.probe import REGULARISATION, fit_options, fit_probe, pool_columns, statistics
 
         alphas = [1.0] + [float(a) for a in v.get("vtlp", [])]  # training copies warped with these alphas
         norm = bool(v.get("frame_norm"))
         for a in alphas:
             if (a, norm) not in self.stats:
-                self.stats[a, norm] = statistics(self.data.encoded(self.examples, a), list(range(N_LAYERS + 1)), norm)
-        cols = pool_columns(v["layers"])  # the variant's layers among every state's statistics
+                depth = self.data.encoded_cache.frontend.encoder.info.n_layers
+                self.stats[a, norm] = statistics(self.data.encoded(self.examples, a), list(range(depth + 1)), norm)
+        width = self.data.encoded_cache.frontend.encoder.info.width
+        cols = pool_columns(v["layers"], width)  # the variant's layers among every state's statistics
         x_tr = np.concatenate([self.stats[a, norm][tr][:, cols] for a in alphas])  # dev is never warped
         n = len(alphas)
         knob = v[REGULARISATION[v.get("classifier", "logistic")]]
         *_, ua = fit_probe(x_tr, np.tile(self.y[tr], n), self.stats[1.0, norm][dv][:, cols], self.y[dv],
                            len(self.data.label_set), c_grid=(knob,), seed=self.seed, **fit_options(v),
-                           speakers=np.tile(self.speaker[tr], n), corpora=np.tile(self.corpus[tr], n))
+                           speakers=np.tile(self.speaker[tr], n), corpora=np.tile(self.corpus[tr], n), width=width)
         return float(ua)  # dev UA, scored by the probe's own fit
 
 

@@ -34,7 +34,7 @@ from serdemo.encoding import FrontEnd
 from serdemo.features import FeatureConfig, pad_batch
 from serdemo.labels import AUX_HEADS, get_label_set
 from serdemo.models import build_model, encoder_layers, uses_encoder
-from serdemo.whisper import shared_encoder
+from serdemo import encoders
 from serdemo.vtlp import sample_alpha
 from training import corpora as C
 from training import data as D
@@ -102,18 +102,19 @@ class Trainer:
             S.seed_everything(init_seed)
         head_sizes = {h: (len(self.label_set) if h == "emotion" else len(AUX_HEADS[h])) for h in self.heads}
         self.hparams = dict(cfg.hparams)
+        on_encoder = self._on_encoder(cfg.model)
         self.model = build_model(cfg.model, self.features.input_rows, head_sizes,
                                  input_frame_rate_hz=self.features.frame_rate_hz,
-                                 **dict(self.hparams, norm=cfg.norm) if not self._on_encoder(cfg.model) else self.hparams
-                                 ).to(self.device)
+                                 **(dict(self.hparams, encoder=encoders.info(cfg.encoder)) if on_encoder
+                                    else dict(self.hparams, norm=cfg.norm))).to(self.device)
         if not uses_encoder(self.model):
             self.hparams["norm"] = cfg.norm
-        self.encoder = shared_encoder() if uses_encoder(self.model) else None
+        self.encoder = encoders.load(cfg.encoder) if uses_encoder(self.model) else None
         if self.encoder is not None and cfg.vtlp and cfg.model != "probe" and self.is_main:
             # the encoder's states are cached once per clip at alpha 1: VTLP reaches log-mel models only
             log.warning("vtlp is on but has no effect on a model on the encoder (its states are cached at alpha 1); "
                         "set vtlp: false in the recipe, or screen warped copies with training.evaluate --screen")
-        if self.encoder is not None and self.features != FeatureConfig():
+        if self.encoder is not None and self.features != self.encoder.info.features:
             raise SystemExit("models on the pretrained encoder use its front end: drop 'features' from the recipe")
         self.frontend = FrontEnd(self.features, None).to(self.device)  # log-mel models; the encoder's come cached
         self.n_states = encoder_layers(self.model) + 1  # the cached states the model reads
@@ -601,7 +602,8 @@ class Trainer:
                       np.array([e.utt.corpus for e in exs])) for part, exs in (("train", self.train), ("dev", self.dev))}
         classes = list(self.label_set.classes)
         fit = lambda x, y, spk, corp, c, **dev: fit_voice_probe(
-            x, y, spk, corp, len(classes), classes, self.model.n_layers, layers, frame_norm, hp, c, self.init_seed, **dev)
+            x, y, spk, corp, len(classes), classes, self.model.n_layers, layers, frame_norm, hp, c, self.init_seed,
+            encoder=self.encoder.info, **dev)
         self.model, c, dev_ua = fit(x_tr, y_tr, who["train"][0], who["train"][1], grid,
                                     x_dev=x_dv, y_dev=y_dv, speakers_dev=who["dev"][0])
         self.model = self.model.to(self.device)

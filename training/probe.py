@@ -25,10 +25,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 
-from serdemo.models.encoder import speech_statistics
+from serdemo.models.encoder import encoder_info, speech_statistics
 from serdemo.models.probe import LinearProbe, checked_classifier
 from serdemo.voice import NormStats, VoiceRule, class_offsets, speaker_offsets
-from serdemo.whisper import D_MODEL
 
 C_GRID = (0.01, 0.03, 0.1)  # logistic regression's inverse regularisation; an LDA's grid is its shrinkage
 REGULARISATION = {"logistic": "C", "lda": "shrinkage"}  # each classifier's knob, as recipes and cards name it
@@ -88,15 +87,16 @@ def default_grid(classifier: str = "logistic") -> tuple[float, ...]:
     return C_GRID if checked_classifier(classifier) == "logistic" else (0.6, 0.8, 0.9)
 
 
-def pool_columns(layers, pool: str = "mean+std") -> np.ndarray:
-    """Indices, in :func:`statistics`' layout (each layer a ``[mean (D_MODEL), std (D_MODEL)]`` block, in
-    order), of the statistics ``pool`` keeps of the blocks ``layers`` (an int n: the first n blocks)."""
+def pool_columns(layers, width: int, pool: str = "mean+std") -> np.ndarray:
+    """Indices, in :func:`statistics`' layout (each layer a ``[mean (width), std (width)]`` block, in order;
+    ``width``: the encoder's), of the statistics ``pool`` keeps of the blocks ``layers`` (an int n: the
+    first n blocks)."""
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
-    half = np.arange(D_MODEL)
-    keep = {"mean+std": np.arange(2 * D_MODEL), "mean": half, "std": half + D_MODEL}[pool]
+    half = np.arange(width)
+    keep = {"mean+std": np.arange(2 * width), "mean": half, "std": half + width}[pool]
     blocks = range(layers) if isinstance(layers, int) else layers
-    return np.concatenate([keep + l * 2 * D_MODEL for l in blocks])
+    return np.concatenate([keep + l * 2 * width for l in blocks])
 
 
 def sample_weights(y: np.ndarray, corpora: np.ndarray | None, balance: str) -> np.ndarray:
@@ -191,7 +191,7 @@ class ShrinkageLDA:
 
 def fit_probe(x_train, y_train, x_dev, y_dev, n_classes: int, c_grid=None, seed: int = 0, *,
               pool: str = "mean+std", nap: int = 0, balance: str = "class", classifier: str = "logistic",
-              speakers=None, corpora=None):
+              speakers=None, corpora=None, width: int | None = None):
     """-> (fitted classifier, mean, std, chosen regularisation, dev UA). Standardisation from train only.
 
     ``c_grid``: the values tried, each scored on dev UA: C for ``"logistic"``, the shrinkage (0..1) for
@@ -205,7 +205,14 @@ def fit_probe(x_train, y_train, x_dev, y_dev, n_classes: int, c_grid=None, seed:
         raise ValueError(f"an LDA's shrinkage lies within 0..1, not {c_grid}")
     mean, std = x_train.mean(0), x_train.std(0) + 1e-5
     zt, zd = (x_train - mean) / std, (x_dev - mean) / std
-    cols = pool_columns(x_train.shape[1] // (2 * D_MODEL), pool)
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
+    if pool == "mean+std":
+        cols = np.arange(x_train.shape[1])
+    elif width is None:
+        raise ValueError(f"pool {pool!r} needs the encoder's width")
+    else:
+        cols = pool_columns(x_train.shape[1] // (2 * width), width, pool)
     zt_fit = zt[:, cols]
     u = None
     if nap:
@@ -247,13 +254,14 @@ def fit_probe(x_train, y_train, x_dev, y_dev, n_classes: int, c_grid=None, seed:
 
 def to_model(clf, mean, std, classes: list[str], n_layers: int, layers: list[int],
              frame_norm: bool = False, rule: VoiceRule | None = None, norm: NormStats | None = None,
-             ood: dict | None = None, clip: tuple | None = None) -> LinearProbe:
+             ood: dict | None = None, clip: tuple | None = None, encoder=None) -> LinearProbe:
     """The fitted classifier as a :class:`LinearProbe` (classes the training data lacked get -1e4 bias);
     with ``rule`` and ``norm`` (:func:`voice_normalise`), a probe that adapts to voices."""
     rule = rule or VoiceRule()
     model = LinearProbe(0, {"emotion": len(classes)}, n_layers=n_layers, layers=layers, frame_norm=frame_norm,
                         voice=rule.mode, voice_tau=rule.tau, voice_posterior=rule.posterior,
-                        ood_components=0 if ood is None else len(ood["basis"]), clip_head=clip is not None)
+                        ood_components=0 if ood is None else len(ood["basis"]), clip_head=clip is not None,
+                        encoder=encoder)
     with torch.no_grad():
         if clip is not None:  # (classifier, mean, std) of the head for clips read on their own
             c_clf, c_mean, c_std = clip
@@ -323,7 +331,7 @@ def fit_ood(x: np.ndarray, speakers: np.ndarray, k: int, seed: int = 0) -> dict:
 
 def fit_voice_probe(x, y, speakers, corpora, n_classes: int, classes: list[str], n_layers: int, layers: list[int],
                     frame_norm: bool, hparams: dict, c, seed: int = 0, x_dev=None, y_dev=None, speakers_dev=None,
-                    with_ood: bool = True):
+                    with_ood: bool = True, encoder=None):
     """One probe fit as the recipe says, voice adaptation included -> ``(model, chosen c, dev UA)``.
 
     With ``hparams['voice']`` each training speaker is read relative to its own voice
@@ -345,14 +353,17 @@ def fit_voice_probe(x, y, speakers, corpora, n_classes: int, classes: list[str],
                 x_dev[speakers_dev == s] -= x_dev[speakers_dev == s].mean(0)
     k = int(hparams.get("ood_components", 0) or 0) if with_ood else 0
     ood = fit_ood(x_raw, speakers, k, seed) if k else None
+    width = encoder_info(encoder).width
     clf, mean, std, chosen, dev_ua = fit_probe(x, y, x_dev, y_dev, n_classes, c_grid=grid, seed=seed, **opts,
-                                               speakers=speakers, corpora=corpora)
+                                               speakers=speakers, corpora=corpora, width=width)
     clip = None
     if norm is not None and hparams.get("clip_head"):  # the same classifier on the statistics as they are
         c_clf, c_mean, c_std, _, _ = fit_probe(x_raw - norm.global_mean, y, x_dev[:0], y_dev[:0], n_classes,
-                                               c_grid=(chosen,), seed=seed, **opts, speakers=speakers, corpora=corpora)
+                                               c_grid=(chosen,), seed=seed, **opts, speakers=speakers, corpora=corpora,
+                                               width=width)
         clip = (c_clf, c_mean, c_std)
-    return to_model(clf, mean, std, classes, n_layers, layers, frame_norm, rule, norm, ood, clip), chosen, dev_ua
+    return (to_model(clf, mean, std, classes, n_layers, layers, frame_norm, rule, norm, ood, clip, encoder),
+            chosen, dev_ua)
 
 
 @torch.no_grad()

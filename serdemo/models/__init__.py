@@ -19,11 +19,15 @@ ARCHITECTURES = {
 }
 
 
-def build_model(architecture: str, n_mels: int, heads: dict[str, int], **hparams):
-    """Instantiate ``architecture`` with ``heads`` (name -> number of classes)."""
+def build_model(architecture: str, n_mels: int, heads: dict[str, int], encoder=None, **hparams):
+    """Instantiate ``architecture`` with ``heads`` (name -> number of classes); ``encoder`` (an
+    :class:`serdemo.encoders.EncoderInfo` or registry name; None: the default) sizes a model on the encoder."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[architecture](n_mels, heads, **hparams)
+    cls = ARCHITECTURES[architecture]
+    if getattr(cls, "input_kind", "logmel") == "encoder":
+        return cls(n_mels, heads, encoder=encoder, **hparams)
+    return cls(n_mels, heads, **hparams)
 
 
 def uses_encoder(model) -> bool:

@@ -1,6 +1,6 @@
 """What every model on the pretrained encoder shares: the layer mix, masks, pooling and heads.
 
-Input: the encoder's hidden states ``(batch, layers + 1, time, 512)`` on the 25-frames/s model grid
+Input: the encoder's hidden states ``(batch, layers + 1, time, width)`` on the 25-frames/s model grid
 (:mod:`serdemo.encoding`), real lengths ``(batch,)`` and a speech mask ``(batch, time)``. A learned
 softmax-weighted sum mixes the layers (each layer normalised first, so no layer wins by its scale);
 attention and statistics use speech frames only (a clip without speech falls back to all frames).
@@ -16,7 +16,8 @@ from serdemo.encoding import MODEL_FRAME_RATE_HZ
 from serdemo.features import length_mask
 from serdemo.models.attention import AttentionPooling
 from serdemo.models.base import ModelOutput
-from serdemo.whisper import D_MODEL, N_LAYERS, EncoderBlock, WhisperEncoder
+from serdemo import encoders
+from serdemo.encoders import EncoderInfo, SpeechEncoder
 
 
 def layer_statistics(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -72,22 +73,41 @@ def speech_or_all(speech: torch.Tensor | None, real: torch.Tensor) -> torch.Tens
     return torch.where(sp.any(dim=1, keepdim=True), sp, real)
 
 
+def encoder_info(encoder: EncoderInfo | str | None) -> EncoderInfo:
+    """The encoder a model is built for (its width and depth): an :class:`EncoderInfo`, a registry name, or
+    None for the default encoder."""
+    if isinstance(encoder, EncoderInfo):
+        return encoder
+    return encoders.info(encoder or encoders.DEFAULT)
+
+
+def checked_layers(n_layers, enc: EncoderInfo) -> int:
+    n_layers = enc.n_layers if n_layers is None else n_layers
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= enc.n_layers:
+        raise ValueError(f"n_layers must be within 1..{enc.n_layers} ({enc.name} has {enc.n_layers} blocks), "
+                         f"got {n_layers!r}")
+    return n_layers
+
+
 class EncoderModel(nn.Module):
-    """Base of the models on the encoder (``input_kind = "encoder"``). ``n_layers``: encoder blocks run
-    (the model reads ``n_layers + 1`` states: the embedding and each block's output)."""
+    """Base of the models on the encoder (``input_kind = "encoder"``). ``encoder``: the encoder it reads
+    (:class:`EncoderInfo` or registry name; its width and depth size the model); ``n_layers``: encoder blocks
+    run (the model reads ``n_layers + 1`` states: the embedding and each block's output; default all)."""
 
     architecture = "encoder"
     input_kind = "encoder"
 
-    def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int = N_LAYERS, dropout: float = 0.2,
-                 stats: bool = False, tune_layers: int = 0, frame_norm: bool = False, **_ignored):
+    def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int | None = None, dropout: float = 0.2,
+                 stats: bool = False, tune_layers: int = 0, frame_norm: bool = False,
+                 encoder: EncoderInfo | str | None = None, **_ignored):
         super().__init__()
+        enc = encoder_info(encoder)
+        self.width = enc.width
+        n_layers = checked_layers(n_layers, enc)
         self.use_stats = stats  # add each layer's mean and std over speech (the probe's features) to the pooled vector
         self.frame_norm = checked_frame_norm(frame_norm)  # those statistics of layer-normalised frames (speech_statistics)
         if "emotion" not in heads:
             raise ValueError("every model needs an 'emotion' head")
-        if not 1 <= n_layers <= N_LAYERS:
-            raise ValueError(f"n_layers must be within 1..{N_LAYERS}, got {n_layers}")
         if not 0 <= tune_layers <= n_layers:
             raise ValueError(f"tune_layers must be within 0..n_layers ({n_layers}), got {tune_layers}")
         self.head_sizes = dict(heads)
@@ -98,8 +118,10 @@ class EncoderModel(nn.Module):
         # on those states at the model's 25 frames/s, in training and in the app alike.
         self.tune_layers = tune_layers
         self.encoder_layers = n_layers - tune_layers
-        self.tuned = nn.ModuleList(EncoderBlock() for _ in range(tune_layers))
-        self.tuned_post = nn.LayerNorm(D_MODEL) if tune_layers and n_layers == N_LAYERS else None
+        if tune_layers and enc.new_block is None:
+            raise ValueError(f"tune_layers: the blocks of {enc.name} cannot be fine-tuned")
+        self.tuned = nn.ModuleList(enc.new_block() for _ in range(tune_layers))
+        self.tuned_post = nn.LayerNorm(enc.width) if tune_layers and n_layers == enc.n_layers else None
         self.mix = LayerMix(n_layers + 1)
         self.dropout = nn.Dropout(dropout)
         self.input_frame_rate_hz = MODEL_FRAME_RATE_HZ
@@ -108,12 +130,12 @@ class EncoderModel(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def start_from(self, encoder: WhisperEncoder) -> None:
+    def start_from(self, encoder: SpeechEncoder) -> None:
         """Fill the tuned blocks (and the final LayerNorm when the top block is among them) from ``encoder``."""
         for i, block in enumerate(self.tuned):
             block.load_state_dict(encoder.blocks[self.encoder_layers + i].state_dict())
         if self.tuned_post is not None:
-            self.tuned_post.load_state_dict(encoder.ln_post.state_dict())
+            self.tuned_post.load_state_dict(encoder.final_norm.state_dict())
 
     def run_tuned(self, states: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """``states (batch, encoder_layers + 1, time, dim)`` -> ``(batch, n_layers + 1, time, dim)``: the
@@ -156,7 +178,7 @@ def attention_heads(model: EncoderModel, dim: int, head_hidden: int = 0, dropout
     """Attention pooling and one head per task (a linear layer, or a small MLP with ``head_hidden``)."""
     model.pool = AttentionPooling(dim)
     if model.use_stats:
-        n = (model.n_layers + 1) * 2 * D_MODEL
+        n = (model.n_layers + 1) * 2 * model.width
         model.stats_proj = nn.Sequential(nn.LayerNorm(n), nn.Dropout(dropout), nn.Linear(n, dim))
     if head_hidden:
         model.heads = nn.ModuleDict({name: nn.Sequential(nn.Linear(dim, head_hidden), nn.ReLU(), nn.Dropout(dropout),
@@ -165,5 +187,3 @@ def attention_heads(model: EncoderModel, dim: int, head_hidden: int = 0, dropout
     else:
         model.heads = nn.ModuleDict({name: nn.Linear(dim, n) for name, n in model.head_sizes.items()})
 
-
-INPUT_DIM = D_MODEL

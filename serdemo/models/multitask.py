@@ -13,8 +13,8 @@ from serdemo.models.localatt import LocalAttention
 class MultiTask(LocalAttention):
     architecture = "multitask"
 
-    def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int = 6, dropout: float = 0.2,
+    def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int | None = None, dropout: float = 0.2,
                  dense: int = 256, hidden: int = 128, rnn: bool = True, head_hidden: int = 64, stats: bool = False,
-                 tune_layers: int = 0, frame_norm: bool = False, **_ignored):
+                 tune_layers: int = 0, frame_norm: bool = False, encoder=None, **_ignored):
         super().__init__(n_mels, heads, n_layers, dropout, dense, hidden, rnn, head_hidden, stats, tune_layers,
-                         frame_norm)
+                         frame_norm, encoder)

@@ -2,7 +2,7 @@
 frames, standardised with training-set statistics, then one linear layer (a logistic regression or a
 shrinkage LDA, fitted by scikit-learn in :mod:`training.probe` and stored as ordinary weights).
 
-``frame_norm``: each frame's state is layer-normalised (zero mean, unit variance over its 512 values, no
+``frame_norm``: each frame's state is layer-normalised (zero mean, unit variance over its values, no
 learned gain) before the statistics, as every encoder block normalises its input before reading it.
 Whisper's residual stream carries a few dimensions hundreds of times larger than the rest, whose scale
 follows the voice and the recording more than the emotion; normalising each frame keeps them from
@@ -26,9 +26,9 @@ from torch import nn
 from serdemo.encoding import MODEL_FRAME_RATE_HZ
 from serdemo.features import length_mask
 from serdemo.models.base import ModelOutput
-from serdemo.models.encoder import checked_frame_norm, speech_or_all, speech_statistics
+from serdemo.models.encoder import (EncoderInfo, checked_frame_norm, checked_layers, encoder_info, speech_or_all,
+                                    speech_statistics)
 from serdemo.voice import NormStats, VoiceRule, adapt_offsets
-from serdemo.whisper import D_MODEL, N_LAYERS
 
 
 CLASSIFIERS = ("logistic", "lda")  # what fits the linear layer: logistic regression, or a shrinkage LDA
@@ -44,11 +44,14 @@ class LinearProbe(nn.Module):
     architecture = "probe"
     input_kind = "encoder"
 
-    def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int = N_LAYERS, layers: list | None = None,
+    def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int | None = None, layers: list | None = None,
                  frame_norm: bool = False, classifier: str = "logistic", voice: str = "none",
                  voice_tau: float = 3.0, voice_posterior: bool = False, ood_components: int = 0,
-                 clip_head: bool = False, **_ignored):
+                 clip_head: bool = False, encoder: EncoderInfo | str | None = None, **_ignored):
         super().__init__()
+        enc = encoder_info(encoder)
+        self.width = enc.width
+        n_layers = checked_layers(n_layers, enc)
         checked_classifier(classifier)  # fitted in training.probe; checked here, before any statistics are read
         self.head_sizes = dict(heads)
         self.n_layers = n_layers
@@ -56,7 +59,7 @@ class LinearProbe(nn.Module):
         self.layers = list(layers) if layers else list(range(n_layers + 1))
         if max(self.layers) > n_layers or min(self.layers) < 0:
             raise ValueError(f"layers {self.layers} must lie within 0..{n_layers}")
-        dim = len(self.layers) * 2 * D_MODEL
+        dim = len(self.layers) * 2 * enc.width
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
         self.heads = nn.ModuleDict({name: nn.Linear(dim, n) for name, n in heads.items()})
