@@ -7,7 +7,7 @@ on, relabelled by one annotator), exports the training manifest as the app does,
 own :class:`serdemo.retrain.Retrainer` (``python -m training.fit`` on the base's recipe plus the store,
 then ``python -m training.compare`` on held-out speakers). Prints what the app's progress bar would show
 each second (phase, step, ETA) and the wall time from the click to the comparison. Run on an idle machine;
-the encoder-state cache of the corpora must be filled (``python -m training.encoded``), as it is after
+the encoder-state cache of the corpora must be filled (``python -m training.encode``), as it is after
 the first training run.
 """
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from serdemo.features import length_mask
-from serdemo.vtlp import F_HI_HZ, sample_alpha, warp_power
+from serdemo.vtlp import sample_alpha
 from training.config import WAVE_AUGMENTERS
 
 SPEC_MAX_BANDS = 8  # widest frequency mask, in mel bands

@@ -22,7 +22,7 @@ import yaml
 
 from serdemo import encoders
 from serdemo.labels import AUX_HEADS, LABEL_SETS
-from serdemo.models import ARCHITECTURES
+from serdemo.models import ARCHITECTURES, check_settings
 from serdemo.models.base import NORM_MODES
 
 SPLITS = ("speakers", "corpus", "loso", "session")
@@ -117,6 +117,10 @@ class FitConfig:
         for name in ("epochs", "batch_size", "n_folds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        try:
+            check_settings(self.model, self.hparams)
+        except ValueError as exc:
+            raise ConfigError(f"hparams: {exc}") from None
         if self.mixup and self.mixup_alpha <= 0:
             raise ConfigError(f"mixup_alpha: must be positive, got {self.mixup_alpha}")
 

@@ -5,25 +5,22 @@ hits the same entry), the encoder's tensor digest, and the VTLP alpha. Value: on
 ``allow_pickle=False``) holding ``states`` float16 ``(layers + 1, time, width)`` on the 25-frames/s model
 grid (every layer and the embedding, so any layer choice reuses it) and ``speech`` bool ``(time,)``.
 
-``python -m training.encoded --corpus emodb=../shared/data/emodb ...`` fills the cache (resumable:
+``python -m training.encode --corpus emodb=../shared/data/emodb ...`` fills the cache (resumable:
 each finished clip is a file; a killed run redoes only what is missing).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import os
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from serdemo.encoding import FrontEnd, speech_on_grid
-from serdemo.features import FeatureConfig, pad_batch
+from serdemo.features import pad_batch
 from serdemo.fsutil import atomic_write
 from serdemo import encoders
 
@@ -102,32 +99,3 @@ class EncodedCache:
             if progress:
                 progress(done, len(todo))
         return digests
-
-
-def main(argv=None) -> None:
-    from training.data import WaveCache, load_corpora
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--corpus", action="append", required=True, metavar="KIND=PATH")
-    ap.add_argument("--alpha", type=float, action="append", default=None, help="VTLP alphas to cache (default 1)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--encoder", default=encoders.DEFAULT, choices=sorted(encoders.REGISTRY))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    utts, _ = load_corpora(args.corpus)
-    waves_cache = WaveCache()
-    waves = [waves_cache.get(u.path) for u in utts]
-    speech = [waves_cache.speech(u.path) for u in utts]
-    cache = EncodedCache(encoder=args.encoder)
-    t0 = time.time()
-    for alpha in args.alpha or [1.0]:
-        cache.fill(waves, speech, alpha, progress=lambda d, n: print(f"\ralpha {alpha}: {d}/{n} "
-                                                                     f"({time.time() - t0:.0f} s)", end="",
-                                                                     file=sys.stderr))
-        print(file=sys.stderr)
-    print(f"{len(utts)} clips cached in {cache.directory} ({time.time() - t0:.0f} s)")
-
-
-if __name__ == "__main__":
-    main()

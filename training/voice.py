@@ -71,8 +71,10 @@ class Table:
     classes: list
 
 
-def stats_table(specs: list[str], label_set: str = "ekman7", out: Path | None = None) -> Table:
-    """Every clip's probe statistics (from the encoder cache; what is missing is encoded), cached in ``out``."""
+def stats_table(specs: list[str], label_set: str = "ekman7", out: Path | None = None, encoder: str = "whisper-base",
+                layers: list[int] = LAYERS) -> Table:
+    """Every clip's probe statistics of ``layers`` of ``encoder`` (from the encoder cache; what is missing is
+    encoded), cached in ``out``."""
     if out is not None and out.is_file():
         z = np.load(out, allow_pickle=False)
         return Table(z["x"], z["y"], z["speaker"], z["corpus"], list(z["classes"]))
@@ -84,7 +86,7 @@ def stats_table(specs: list[str], label_set: str = "ekman7", out: Path | None = 
     ls = get_label_set(label_set)
     utts, _ = load_corpora(specs)
     examples, _ = build_examples(utts, ls, [])
-    waves, cache = WaveCache(), EncodedCache()
+    waves, cache = WaveCache(), EncodedCache(encoder=encoder)
     rows = []
     for i, e in enumerate(examples):
         w = waves.get(e.utt.path)
@@ -93,7 +95,7 @@ def stats_table(specs: list[str], label_set: str = "ekman7", out: Path | None = 
         if item is None:
             cache.fill([w], [waves.speech(e.utt.path)], digests=[d])
             item = cache.lookup(d)
-        rows.append(statistics([item], LAYERS, frame_norm=True)[0])
+        rows.append(statistics([item], layers, frame_norm=True)[0])
         cache.memory.clear()
         waves.memory.clear()
         if i % 500 == 0:
@@ -112,9 +114,14 @@ class Probe:
 
     def __init__(self, variant: dict, shrinkage: float = SHRINKAGE):
         self.v, self.shrinkage = variant, shrinkage
+        self.cols = variant.get("cols")  # the statistics it reads (a layer set's columns); None: all
+
+    def _take(self, x):
+        return x if self.cols is None else x[:, self.cols]
 
     def fit(self, x, y, speaker, n_classes: int):
         v = self.v
+        x = self._take(x)
         self.global_mean = x.mean(0).astype(np.float64)
         if v["train"] == "none":
             xa = x.astype(np.float64) - self.global_mean
@@ -146,6 +153,7 @@ class Probe:
     def logits(self, x, voice_sets: list[np.ndarray] | None) -> np.ndarray:
         """``x (n, dim)`` raw statistics; ``voice_sets[i]``: the raw statistics clip i adapts to (None: none)."""
         out = np.zeros((len(x), self.n_classes))
+        x = self._take(x)
         if voice_sets is None or self.rule.mode == "none":
             return self.logits_fn()(normalise(x, self.ns, np.zeros(x.shape[1]), np.ones(x.shape[1])))
         # clips sharing one voice set share one estimate
@@ -156,7 +164,7 @@ class Probe:
             keyed[k] = vs
             groups.setdefault(k, []).append(i)
         for k, idx in groups.items():
-            vs = keyed[k]
+            vs = self._take(keyed[k])
             off, scale = adapt_offsets(vs, self.ns, self.rule, self.logits_fn())
             out[idx] = self.logits_fn()(normalise(x[idx], self.ns, off, scale))
         return out
@@ -202,7 +210,9 @@ def fitted(t: Table, train: np.ndarray, variant: dict) -> Probe:
     import copy
     import hashlib
 
-    key = (variant["train"], hashlib.sha1(np.sort(train).tobytes()).hexdigest(), len(t.x))
+    cols = variant.get("cols")
+    key = (variant["train"], hashlib.sha1(np.sort(train).tobytes()).hexdigest(), len(t.x),
+           None if cols is None else hashlib.sha1(np.asarray(cols).tobytes()).hexdigest())
     if key not in _FITS:
         if len(_FITS) > 64:
             _FITS.clear()
@@ -217,7 +227,7 @@ def fitted(t: Table, train: np.ndarray, variant: dict) -> Probe:
 def score_task(t: Table, train: np.ndarray, test: np.ndarray, variant: dict, kinds=DRAWS, seeds=(0, 1, 2)):
     """UA on ``test`` per draw kind (mean over seeds for the random ones) and the logits of each kind."""
     probe = fitted(t, train, variant)
-    clip = fitted(t, train, VARIANTS[0]) if variant.get("clip_head") else probe
+    clip = fitted(t, train, dict(VARIANTS[0], cols=variant.get("cols"))) if variant.get("clip_head") else probe
     res, logits = {}, {}
     for kind in kinds:
         runs = [0] if kind in ("none", "all") else list(seeds)
@@ -350,6 +360,24 @@ def choose(t: Table, variants=VARIANTS) -> dict:
     return {"chosen": best["name"], "calibration_family": family, "scores": scores}
 
 
+# the voice variants screened beside a layer choice (another encoder's, whose layers no earlier screen chose)
+LAYER_SCREEN_VARIANTS = ("none", "two heads mean tau3", "two heads meanvar tau3", "mean tau3")
+
+
+def layer_variants(table_layers: list[int], layer_sets: list[list[int]], width: int) -> list[dict]:
+    """Every voice variant of :data:`LAYER_SCREEN_VARIANTS` on each layer set: the nested screen then chooses
+    the layers on inner folds as it chooses the normalisation (the table holds ``table_layers``' statistics)."""
+    from training.probe import pool_columns
+
+    out = []
+    for ls in layer_sets:
+        cols = pool_columns([table_layers.index(layer) for layer in ls], width)
+        for v in VARIANTS:
+            if v["name"] in LAYER_SCREEN_VARIANTS:
+                out.append(dict(v, name=f"{v['name']} L{''.join(map(str, ls))}", cols=cols, layers=ls))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", action="append", default=None, metavar="KIND=PATH")
@@ -363,14 +391,28 @@ def main(argv=None):
                     help="run the inner screen on every speaker: the shipped recipe's voice variant and calibration")
     ap.add_argument("--loco-json", default=None)
     ap.add_argument("--kfold-json", default=None)
+    ap.add_argument("--encoder", default="whisper-base", help="the encoder whose statistics are screened")
+    ap.add_argument("--layer-sets", default=None, metavar="1,2,3;2,3,4",
+                    help="screen these layer sets too, nested like the voice variants (default: states 2-4 only, "
+                         "as the shipped recipe's earlier screen chose for whisper-base)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    t = stats_table(args.corpus or DEFAULT_CORPORA, out=Path(args.stats))
+    variants = VARIANTS
+    table_layers = LAYERS
+    if args.layer_sets:
+        from serdemo import encoders
+
+        sets = [[int(v) for v in part.split(",")] for part in args.layer_sets.split(";")]
+        table_layers = sorted({layer for s in sets for layer in s})
+        variants = layer_variants(table_layers, sets, encoders.info(args.encoder).width)
+        if args.stats == ap.get_default("stats"):
+            args.stats = f".cache/voice/stats-{args.encoder}-L{''.join(map(str, table_layers))}.npz"
+    t = stats_table(args.corpus or DEFAULT_CORPORA, out=Path(args.stats), encoder=args.encoder, layers=table_layers)
     if args.without:
         keep = ~np.isin(t.corpus, args.without)
         t = Table(t.x[keep], t.y[keep], t.speaker[keep], t.corpus[keep], t.classes)
     if args.choose:
-        result = choose(t)
+        result = choose(t, variants)
         print(json.dumps(result))
         if args.json:
             with open(args.json, "a") as f:
@@ -382,25 +424,26 @@ def main(argv=None):
         return
     out = Path(args.json) if args.json else None
     for scheme in (["loco", "kfold"] if args.scheme == "both" else [args.scheme]):
-        rows = nested(t, scheme, out=out)
+        rows = nested(t, scheme, variants, out=out)
         keys = DRAWS
         print(f"\n{scheme}: " + " ".join(f"{k} {np.mean([r['outer'][k] for r in rows]):.3f}" for k in keys))
 
 
 
-def outer_predictions(t: Table, rows: list[dict], scheme: str, seed: int = 0) -> dict:
+def outer_predictions(t: Table, rows: list[dict], scheme: str, seed: int = 0, variants=VARIANTS) -> dict:
     """Refit each outer fold's chosen variant (as its row in the screen's JSON-lines says) and return, per draw
     kind, the outer clips' labels, predictions, calibrated probabilities (the fold's own calibration) and
     corpora: the nested figures, clip by clip and adapted."""
     from training.calibration import scale
 
-    by_name = {v["name"]: v for v in VARIANTS}
+    by_name = {v["name"]: v for v in variants}
     folds = {name: (train, test) for name, train, test in outer_folds(t, scheme)}
     out: dict = {k: {"y": [], "pred": [], "prob": [], "corpus": []} for k in DRAWS}
     for row in rows:
         train, test = folds[row["fold"]]
         probe = fitted(t, train, by_name[row["chosen"]])
-        clip = fitted(t, train, VARIANTS[0]) if by_name[row["chosen"]].get("clip_head") else probe
+        chosen = by_name[row["chosen"]]
+        clip = fitted(t, train, dict(VARIANTS[0], cols=chosen.get("cols"))) if chosen.get("clip_head") else probe
         for kind in DRAWS:
             lg = (clip if kind == "none" else probe).logits(t.x[test], draws(t, test, np.random.default_rng(1000 + seed), kind))
             out[kind]["y"].append(t.y[test])

@@ -99,7 +99,7 @@ class EncoderModel(nn.Module):
 
     def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int | None = None, dropout: float = 0.2,
                  stats: bool = False, tune_layers: int = 0, frame_norm: bool = False,
-                 encoder: EncoderInfo | str | None = None, **_ignored):
+                 encoder: EncoderInfo | str | None = None):
         super().__init__()
         enc = encoder_info(encoder)
         self.width = enc.width

@@ -16,7 +16,7 @@ class LocalAttention(EncoderModel):
 
     def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int | None = None, dropout: float = 0.2,
                  dense: int = 256, hidden: int = 128, rnn: bool = True, head_hidden: int = 0, stats: bool = False,
-                 tune_layers: int = 0, frame_norm: bool = False, encoder=None, **_ignored):
+                 tune_layers: int = 0, frame_norm: bool = False, encoder=None):
         super().__init__(n_mels, heads, n_layers, dropout, stats, tune_layers, frame_norm, encoder)
         self.frontend = Dense([self.width, dense, dense], dropout)
         self.rnn = MaskedBLSTM(dense, hidden) if rnn else None

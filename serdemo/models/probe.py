@@ -43,11 +43,15 @@ def checked_classifier(name) -> str:
 class LinearProbe(nn.Module):
     architecture = "probe"
     input_kind = "encoder"
+    # recipe settings the fit reads and the model does not (training.probe): the regularisation and its grid,
+    # refitting on train + dev, the calibration's data, the statistics' pooling, NAP, the class/corpus balance
+    # and how each training voice is estimated
+    fit_options = ("C", "shrinkage", "c_grid", "refit", "calibration", "pool", "nap", "balance", "voice_train")
 
     def __init__(self, n_mels: int, heads: dict[str, int], n_layers: int | None = None, layers: list | None = None,
                  frame_norm: bool = False, classifier: str = "logistic", voice: str = "none",
                  voice_tau: float = 3.0, voice_posterior: bool = False, ood_components: int = 0,
-                 clip_head: bool = False, encoder: EncoderInfo | str | None = None, **_ignored):
+                 clip_head: bool = False, encoder: EncoderInfo | str | None = None):
         super().__init__()
         enc = encoder_info(encoder)
         self.width = enc.width
