@@ -55,14 +55,14 @@ def speech_clip(duration_s: float, shared: Path) -> tuple[bytes, str]:
     return buf.getvalue(), f"EMO-DB speech, {len(parts)} clips end to end"
 
 
-def untrained(arch: str, **hparams) -> Predictor:
+def untrained(arch: str, encoder: str = encoders.DEFAULT, **hparams) -> Predictor:
     fc = FeatureConfig()
     heads = {"emotion": ["c%d" % i for i in range(7)], "gender": ["female", "male"]}
     model = build_model(arch, fc.n_mels, {k: len(v) for k, v in heads.items()}, input_frame_rate_hz=fc.frame_rate_hz,
-                        **hparams)
+                        encoder=encoders.info(encoder), **hparams)
     card = {"features": fc.to_dict(), "heads": heads, "name": arch}
     if uses_encoder(model):
-        card["encoder"] = encoder_block(encoders.load())
+        card["encoder"] = encoder_block(encoders.load(encoder))
     return Predictor(model, card, device="cpu")
 
 
@@ -89,11 +89,16 @@ def main(argv=None) -> None:
     p.add_argument("--shared", default=os.environ.get("SERDEMO_SHARED_DATA",
                                                        str(Path(__file__).resolve().parents[2] / "shared" / "data")),
                    help="corpora folder the speech clip is taken from")
+    p.add_argument("--only", default="", help="time only the rows whose name contains this text")
     args = p.parse_args(argv)
     clip, what = speech_clip(args.duration, Path(args.shared))
     all_threads = torch.get_num_threads()
-    rows = [(f"{arch} (6 layers)" if arch != "cnnlstm" else arch, untrained(arch)) for arch in ARCHITECTURES]
+    depth = encoders.info().n_layers
+    rows = [(f"{arch} ({depth} layers)" if arch != "cnnlstm" else arch, untrained(arch)) for arch in ARCHITECTURES]
     rows += [(f"probe ({n} layers)", untrained("probe", n_layers=n)) for n in (4, 2)]
+    for name in encoders.REGISTRY:  # every registered encoder under the probe, all its blocks run
+        if name != encoders.DEFAULT:
+            rows.append((f"probe on {name} ({encoders.info(name).n_layers} layers)", untrained("probe", encoder=name)))
     for c in list_checkpoints(args.checkpoints):
         try:
             rows.append((f"ckpt:{c.name}", Predictor.from_checkpoint(c, device="cpu")))
@@ -101,6 +106,7 @@ def main(argv=None) -> None:
             print(f"skipping {c.name}: {exc}")
     rows = [(f"{name} {'bf16' if on else 'fp32'}", pred, on) for name, pred in rows
             for on in ((False, True) if uses_encoder(pred.model) else (False,))]
+    rows = [row for row in rows if args.only in row[0]]
     print(f"{args.duration:.1f} s clip ({what}), decode -> speech detection -> probabilities, median of {args.repeats}; "
           f"torch {torch.__version__}, {all_threads} threads available")
     print(f"{'model':<32} {'params':>9} {'ms 1 thr':>9} {'ms all':>8} {'RTF 1thr':>9} {'peak RSS MB':>12}")

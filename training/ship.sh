@@ -11,7 +11,7 @@ DATA=${SERDEMO_SHARED_DATA:-../shared/data}
 WORK=${SERDEMO_SHIP_WORK:-.cache/ship}
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(default localatt multitask cnnlstm)
-$PY -m training.encoded --corpus "emodb=$DATA/emodb" --corpus "ravdess=$DATA/ravdess" --corpus "nemo=$DATA/nemo" \
+$PY -m training.encode --corpus "emodb=$DATA/emodb" --corpus "ravdess=$DATA/ravdess" --corpus "nemo=$DATA/nemo" \
   --corpus "emovo=$DATA/emovo"
 for n in "${names[@]}"; do
   echo "== $n"
