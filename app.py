@@ -6,7 +6,8 @@ Besides launching, it bounds what a public server must: Gradio's upload cache go
 passwords; a refused file path in a request is logged in one line, not a traceback; every chunk a live
 microphone streams is recorded on its way in (Gradio itself keeps only the latest one while a handler runs);
 request bodies outside uploads are bounded, uploads checked against the disk budget as they arrive, and one
-caller's share of the queue capped (``serdemo.uikit``, ``serdemo.housekeeping``).
+caller's share of the queue capped (``serdemo.uikit``, ``serdemo.housekeeping``); page sessions are made
+cheap, capped and forgotten when idle (``serdemo.housekeeping.SessionKeeper``).
 """
 
 import os
@@ -17,7 +18,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(tempfile.gettempdir()) / "serdemo-gradio"))
 
-from serdemo.housekeeping import Sweeper, UploadBudgetMiddleware, gradio_cache_dir, upload_bytes  # noqa: E402
+from serdemo.housekeeping import (SessionKeeper, Sweeper, UploadBudgetMiddleware, gradio_cache_dir,  # noqa: E402
+                                  lean_session_state, max_page_sessions, upload_bytes)
 from serdemo.ui import build_app  # noqa: E402
 from serdemo.uikit import (CSS, SHORTCUTS_JS, BodyLimitMiddleware, LoginClientMiddleware, LoginGuard,  # noqa: E402
                            QueueLimitMiddleware, StreamChunkMiddleware, configure_proxy_headers, quiet_refused_paths)
@@ -31,8 +33,9 @@ def main() -> None:
     quiet_refused_paths()
     gradio_cache_dir().mkdir(parents=True, exist_ok=True)
     bench = getattr(app, "workbench", None)
+    lean_session_state()  # a session no longer copies every component's config (~250 kB each)
     Sweeper(every_s=float(os.environ.get("SERDEMO_SWEEP_S", "60")),
-            retrainer=getattr(bench, "retrainer", None)).start()
+            retrainer=getattr(bench, "retrainer", None), sessions=SessionKeeper(app)).start()
     # SERDEMO_AUTH="alice:secret,bob:other" (a Space secret): a login page; the login name is the annotator
     guard = LoginGuard.from_env(os.environ.get("SERDEMO_AUTH", ""))
     # the login guard counts wrong passwords per client address too; on a Space the proxy's
@@ -56,6 +59,7 @@ def main() -> None:
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", os.environ.get("PORT", "7860"))),
         max_file_size=max_upload,
+        state_session_capacity=max_page_sessions(),
         head=SHORTCUTS_JS,
         css=CSS,
         footer_links=["api"],

@@ -5,11 +5,16 @@ every file a route returns), served exports, timeline exports and live recording
 folders in the temp folder), and retraining runs' outputs. :func:`sweep` deletes what is older than
 ``max_age_s`` and, while the total is over ``budget_bytes``, the oldest first (never anything younger
 than ``min_age_s``: a request may still be reading it). :class:`Sweeper` runs it every ``every_s`` in a
-daemon thread, with the live sessions' idle check (:func:`serdemo.live.release_idle`).
+daemon thread, with the live sessions' idle check (:func:`serdemo.live.release_idle`) and the page
+sessions' (:class:`SessionKeeper`): Gradio keeps a state per session (every ``/gradio_api/call`` is a new one)
+and by default up to 10,000 of them, each with a copy of every component's config (~250 kB here); the keeper
+makes that copy lazy (:func:`lean_session_state`) and forgets sessions unused for ``SERDEMO_SESSION_IDLE_S``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import datetime
 import json
 import logging
 import math
@@ -112,6 +117,7 @@ class SweepReport:
     used_bytes: int = 0  # after the sweep
     runs_removed: int = 0
     sessions_released: int = 0
+    page_sessions_dropped: int = 0
     entries: list[str] = field(default_factory=list)
 
 
@@ -127,9 +133,9 @@ def temp_entries(gradio_dir: Path, work_dir: Path) -> list[Path]:
 
 def sweep(gradio_dir=None, work_dir=None, budget: int | None = None, max_age_s: float | None = None,
           min_age_s: float = MIN_AGE_S, now: float | None = None, retrainer=None,
-          keep_runs: int = KEEP_RUNS) -> SweepReport:
+          keep_runs: int = KEEP_RUNS, sessions: "SessionKeeper | None" = None) -> SweepReport:
     """Delete temporary files past ``max_age_s``, then the oldest until under ``budget`` bytes; prune old
-    retraining runs (``retrainer.prune``). Returns what it did."""
+    retraining runs (``retrainer.prune``); forget idle page sessions (``sessions``). Returns what it did."""
     gradio_dir = Path(gradio_dir) if gradio_dir is not None else gradio_cache_dir()
     work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
     budget = budget_bytes() if budget is None else budget
@@ -167,11 +173,146 @@ def sweep(gradio_dir=None, work_dir=None, budget: int | None = None, max_age_s: 
         report.sessions_released = release_idle()
     except ImportError:  # pragma: no cover - live needs torch; the sweep does not
         pass
-    if report.removed or report.runs_removed or report.sessions_released:
+    if sessions is not None:
+        report.page_sessions_dropped = sessions.drop_idle()
+    if report.sessions_released or report.page_sessions_dropped:
+        release_freed_memory()
+    if report.removed or report.runs_removed or report.sessions_released or report.page_sessions_dropped:
         log.info("housekeeping: removed %d temporary entries (%.1f MB), %d retraining runs, released %d idle "
-                 "live sessions; %.1f MB of %.0f MB used", report.removed, report.freed_bytes / 1e6,
-                 report.runs_removed, report.sessions_released, used / 1e6, budget / 1e6)
+                 "live sessions, forgot %d idle page sessions; %.1f MB of %.0f MB used", report.removed,
+                 report.freed_bytes / 1e6, report.runs_removed, report.sessions_released,
+                 report.page_sessions_dropped, used / 1e6, budget / 1e6)
     return report
+
+
+# ------------------------------------------------------------------------------------------- page sessions
+SESSION_IDLE_S = 600.0  # a page session unused this long is forgotten (an open page polls every 2 s)
+MAX_PAGE_SESSIONS = 1000  # sessions Gradio keeps at most (its default: 10,000), the least recently used go first
+
+
+def session_idle_s() -> float:
+    try:
+        return max(1.0, float(os.environ.get("SERDEMO_SESSION_IDLE_S", SESSION_IDLE_S)))
+    except ValueError:
+        return SESSION_IDLE_S
+
+
+def max_page_sessions() -> int:
+    try:
+        return max(10, int(os.environ.get("SERDEMO_SESSIONS", MAX_PAGE_SESSIONS)))
+    except ValueError:
+        return MAX_PAGE_SESSIONS
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the system (glibc's ``malloc_trim``): a released live recording or a
+    thousand forgotten sessions are many small blocks, which glibc otherwise keeps for the process."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def lean_session_state() -> bool:
+    """Make Gradio's per-session state cheap: its ``SessionState`` builds, for every new session, the config
+    of every component of the page (``config_values``: ~250 kB and ~0.1 s of CPU here), which only Gradio's
+    deep links read. :class:`LeanSessionState` builds a component's config when it is read or updated. Installed
+    once, in place of the class in the Gradio modules that make sessions; False when this Gradio has no such
+    class (then sessions cost what they cost, bounded by :class:`SessionKeeper`)."""
+    import gradio.blocks
+    import gradio.route_utils
+    import gradio.state_holder
+    original = getattr(gradio.state_holder, "SessionState", None)
+    if original is None or getattr(original, "_serdemo_lean", False):
+        return original is not None
+    lean = _lean_class(original)
+    for module in (gradio.state_holder, gradio.blocks, gradio.route_utils):
+        if getattr(module, "SessionState", None) is original:
+            module.SessionState = lean
+    try:
+        import gradio.mcp
+        if getattr(gradio.mcp, "SessionState", None) is original:
+            gradio.mcp.SessionState = lean
+    except ImportError:  # pragma: no cover - gradio without its MCP extra
+        pass
+    return True
+
+
+def _lean_class(original):
+    class LeanSessionState(original):
+        """Gradio's ``SessionState`` whose per-component configs are made when read (see
+        :func:`lean_session_state`); everything else as Gradio's."""
+        _serdemo_lean = True
+
+        def __init__(self, blocks):
+            from copy import copy
+            self.blocks_config = copy(blocks.default_config)
+            self._shown = [k for k in self.blocks_config.blocks if k in blocks.blocks]
+            self.config_values = {}  # made on demand: see components
+            self.state_data = {}
+            self._state_ttl = {}
+            self.is_closed = False
+            self.STATE_TTL_WHEN_CLOSED = 1 if os.getenv("GRADIO_IS_E2E_TEST", None) else 3600
+
+        @property
+        def components(self):
+            for key in self._shown:
+                if key not in self.config_values and key in self.blocks_config.blocks:
+                    self.config_values[key] = self.blocks_config.config_for_block(
+                        key, [], self.blocks_config.blocks[key])
+            for config in list(self.config_values.values()):
+                if config:
+                    yield config
+
+    return LeanSessionState
+
+
+class SessionKeeper:
+    """Bounds the page sessions Gradio keeps (``blocks.state_holder``): a session unused for ``idle_s`` is
+    forgotten with its state (a live recording's audio, a loaded timeline), unless an event of it is still in
+    the queue. An open page polls every 2 s, so only closed pages and one-shot API sessions go. Gradio's own
+    ``state_session_capacity`` (``max_page_sessions``, app.py) caps how many are kept meanwhile."""
+
+    def __init__(self, blocks, idle_s: float | None = None, clock=None):
+        self.blocks = blocks
+        self.idle_s = session_idle_s() if idle_s is None else float(idle_s)
+        self.clock = clock or datetime.datetime.now
+
+    def holder(self):
+        return getattr(self.blocks, "state_holder", None)
+
+    def count(self) -> int:
+        holder = self.holder()
+        return len(holder.session_data) if holder is not None else 0
+
+    def drop_idle(self) -> int:
+        """Forget every session unused for ``idle_s``; how many."""
+        holder = self.holder()
+        if holder is None:
+            return 0
+        cutoff = self.clock() - datetime.timedelta(seconds=self.idle_s)
+        queue = getattr(self.blocks, "_queue", None)
+        busy = set(getattr(queue, "pending_event_ids_session", {}) or {}) if queue is not None else set()
+        busy = {s for s in busy if (queue.pending_event_ids_session.get(s) or ())}
+        with holder.lock:
+            idle = [s for s in list(holder.session_data)
+                    if s not in busy and holder.time_last_used.get(s, cutoff) <= cutoff]
+        dropped = 0
+        for session in idle:
+            with holder.lock:  # used again meanwhile: kept
+                if holder.time_last_used.get(session, cutoff) > cutoff:
+                    continue
+                state = holder.session_data.pop(session, None)
+                holder.time_last_used.pop(session, None)
+            if state is None:
+                continue
+            dropped += 1
+            try:
+                for component, value, _expired in list(state.state_components):
+                    component.delete_callback(value)  # what Gradio runs when a state expires
+            except Exception as exc:  # noqa: BLE001 - the session is forgotten regardless
+                log.warning("a forgotten session's state callback failed: %s", type(exc).__name__)
+        return dropped
 
 
 def upload_bytes(size: str) -> int:
@@ -260,7 +401,8 @@ class UploadBudgetMiddleware:
 
 
 class Sweeper(threading.Thread):
-    """Runs :func:`sweep` every ``every_s`` seconds until :meth:`stop`; errors are logged in one line."""
+    """Runs :func:`sweep` every ``every_s`` seconds until :meth:`stop`; errors are logged in one line. Pass
+    ``sessions=SessionKeeper(app)`` to forget idle page sessions in the same sweep."""
 
     def __init__(self, every_s: float = SWEEP_EVERY_S, **sweep_kwargs):
         super().__init__(name="serdemo-housekeeping", daemon=True)
