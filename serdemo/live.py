@@ -11,11 +11,19 @@ A live recording is one voice: with a model that adapts to voices, each classifi
 the session's :class:`~serdemo.voice.VoiceProfile` (the latest :data:`LIVE_VOICE_WINDOWS` of them, so memory
 stays bounded) and its probabilities are read relative to the voice heard so far, itself included
 (:attr:`Window.voice_clips` says over how many windows).
+
+Places are bounded for a public server (issue 29 item 5): :data:`MAX_LIVE_SESSIONS` recordings at once, at
+most :data:`MAX_LIVE_PER_USER` per login (or page) and :data:`MAX_LIVE_PER_ADDRESS` per client address; a
+recording is a microphone's, so its sound must arrive about as fast as it is spoken: one that falls
+:data:`LIVE_IDLE_S` behind real time (a chunk now and then, to hold the place) is closed and its place freed,
+and one that runs more than :data:`LIVE_AHEAD_S` ahead (30 min of audio in 9 s) is refused and its audio let
+go. :func:`start_watcher` checks the open recordings every :data:`WATCH_EVERY_S`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -33,8 +41,13 @@ from serdemo.voice import VoiceProfile
 LIVE_WINDOW_S = 3.0  # the live view classifies the latest this-many seconds
 MAX_CHUNK_S = 5.0  # the browser streams 0.5 s at a time; a longer chunk is not a microphone's
 MAX_FLOAT_PEAK = 4.0  # float samples lie in [-1, 1]; a little overshoot (12 dB) is tolerated, 1e9 is not audio
-MAX_LIVE_SESSIONS = 8  # live recordings held at once (all users); the next one is refused with a message
-LIVE_IDLE_S = 60.0  # a recording that gets no chunk for this long is closed and its audio released
+MAX_LIVE_SESSIONS = 6  # live recordings held at once (all users); the next one is refused with a message
+MAX_LIVE_PER_USER = 2  # ... by one login (without logins: one page session)
+MAX_LIVE_PER_ADDRESS = 3  # ... from one client address (SERDEMO_LIVE_PER_ADDRESS: more behind a shared NAT)
+LIVE_IDLE_S = 15.0  # a recording whose sound stops arriving (or falls this far behind real time) is closed
+LIVE_AHEAD_S = 15.0  # sound a recording may run ahead of real time (a burst after a network stall) ...
+LIVE_PACE = 1.25  # ... beyond which it may arrive at most this many times faster than it is spoken
+WATCH_EVERY_S = 2.0  # how often the watcher (start_watcher) releases recordings that went idle
 LIVE_EXTRA_S = 120.0  # a recording lives at most its length limit plus this (an API client that never stops)
 LIVE_CLASSIFIERS = 2  # live windows classified at once (all recordings); a window due while none is free is skipped
 LIVE_VOICE_WINDOWS = 300  # windows a live recording's voice profile keeps (the latest; 3.6 MB for the default probe)
@@ -43,7 +56,23 @@ _sessions: "weakref.WeakSet[LiveTimeline]" = weakref.WeakSet()
 _sessions_lock = threading.Lock()
 _classifier_slots = threading.BoundedSemaphore(LIVE_CLASSIFIERS)
 _classifiers: ThreadPoolExecutor | None = None
+_watcher: threading.Thread | None = None
 log = logging.getLogger(__name__)
+
+
+def _setting(name: str, default: int) -> int:
+    try:
+        return max(1, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+def per_user_limit() -> int:
+    return _setting("SERDEMO_LIVE_PER_USER", MAX_LIVE_PER_USER)
+
+
+def per_address_limit() -> int:
+    return _setting("SERDEMO_LIVE_PER_ADDRESS", MAX_LIVE_PER_ADDRESS)
 
 
 def _classifier_pool() -> ThreadPoolExecutor:
@@ -54,10 +83,40 @@ def _classifier_pool() -> ThreadPoolExecutor:
         return _classifiers
 
 
-def live_sessions(now: float | None = None) -> int:
-    """Live recordings open now (not closed, not idle past :data:`LIVE_IDLE_S`)."""
+def live_sessions(now: float | None = None, owner: str | None = None, address: str | None = None) -> int:
+    """Live recordings open now (not closed, not idle past their limit); only ``owner``'s, or only those from
+    ``address``, when given."""
     with _sessions_lock:
-        return sum(1 for s in list(_sessions) if s.open_at(now))
+        return sum(1 for s in list(_sessions) if s.open_at(now) and (owner is None or s.owner == owner)
+                   and (address is None or s.address == address))
+
+
+def places_message(max_sessions: int | None = None) -> str | None:
+    """What the page says before a recording starts when every live place is taken; None when one is free."""
+    max_sessions = MAX_LIVE_SESSIONS if max_sessions is None else max_sessions
+    if live_sessions() >= max_sessions:
+        return (f"All {max_sessions} live places on the server are taken: try again in a minute, or upload a "
+                "recording instead.")
+    return None
+
+
+def start_watcher(every_s: float = WATCH_EVERY_S) -> None:
+    """Start (once) the thread that releases idle live recordings every ``every_s``, so an abandoned or
+    starved stream frees its place within seconds, not at the next housekeeping sweep. The app starts it."""
+    global _watcher
+    with _sessions_lock:
+        if _watcher is not None and _watcher.is_alive():
+            return
+
+        def watch():
+            while True:
+                time.sleep(every_s)
+                try:
+                    release_idle()
+                except Exception:  # noqa: BLE001 - the watcher must outlive one bad check
+                    log.exception("releasing idle live recordings failed")
+        _watcher = threading.Thread(target=watch, name="serdemo-live-watch", daemon=True)
+        _watcher.start()
 
 
 def release_idle(now: float | None = None) -> int:
@@ -88,15 +147,33 @@ class LiveTimeline:
 
     def __init__(self, predictor: Predictor, window_s: float = LIVE_WINDOW_S, every_s: float = 1.0,
                  max_duration_s: float | None = None, idle_s: float = LIVE_IDLE_S,
-                 max_sessions: int = MAX_LIVE_SESSIONS, clock=time.monotonic, background: bool = False,
-                 adapt_voice: bool = True):
+                 max_sessions: int | None = None, clock=time.monotonic, background: bool = False,
+                 adapt_voice: bool = True, owner: str | None = None, address: str | None = None,
+                 per_user: int | None = None, per_address: int | None = None):
         self.clock, self.idle_s = clock, float(idle_s)
         self.created_at = self.last_fed_at = clock()
-        self.released: str | None = None  # why the recording was closed ("idle", "lifetime"), None while open
+        self.released: str | None = None  # why the recording was closed ("idle", "lifetime", ...), None while open
         self.on_release = None  # called once when the recording is released (the page ends its stream there)
-        if live_sessions(self.created_at) >= max_sessions:
-            raise AudioError(f"{max_sessions} live recordings are running on the server already: try again in a "
-                             "minute, or upload a recording instead.")
+        self.owner, self.address = owner or None, address or None
+        self.fed_s = 0.0  # seconds of sound received (pacing: about real time, see open_at and feed)
+        with _sessions_lock:  # the places are counted and taken at once
+            open_now = [s for s in list(_sessions) if s.open_at(self.created_at)]
+            mine = sum(1 for s in open_now if self.owner is not None and s.owner == self.owner)
+            here = sum(1 for s in open_now if self.address is not None and s.address == self.address)
+            per_user = per_user_limit() if per_user is None else per_user
+            per_address = per_address_limit() if per_address is None else per_address
+            max_sessions = MAX_LIVE_SESSIONS if max_sessions is None else max_sessions
+            if mine >= per_user:
+                raise AudioError(f"You have {mine} live recording{'s' if mine != 1 else ''} open already (at most "
+                                 f"{per_user} at once): stop one, or wait {self.idle_s:.0f} s for an abandoned one "
+                                 "to close.")
+            if here >= per_address:
+                raise AudioError(f"{here} live recordings are open from your network already (at most {per_address}"
+                                 " at once): stop one, or upload a recording instead.")
+            if len(open_now) >= max_sessions:
+                raise AudioError(f"All {max_sessions} live places on the server are taken: try again in a minute, "
+                                 "or upload a recording instead.")
+            _sessions.add(self)
         self.predictor = predictor
         self.window_s, self.every_s = window_s, every_s
         self.max_duration_s = max_timeline_s() if max_duration_s is None else max_duration_s
@@ -116,18 +193,24 @@ class LiveTimeline:
         self.voice = VoiceProfile("live")  # the windows with speech so far (at most LIVE_VOICE_WINDOWS)
         self.voice.MAX_CLIPS = LIVE_VOICE_WINDOWS
         self._voice_lock = threading.Lock()  # the profile and the readapting of a window against it
-        with _sessions_lock:
-            _sessions.add(self)
 
     def open_at(self, now: float | None = None) -> bool:
-        """Whether the recording still takes chunks at ``now`` (not released, not idle, within its lifetime)."""
+        """Whether the recording still takes chunks at ``now``: not released, within its lifetime, and not idle:
+        a chunk came within ``idle_s`` and the sound received is at most ``idle_s`` behind real time (a chunk
+        now and then does not hold a place)."""
         now = self.clock() if now is None else now
         return (self.released is None and now - self.last_fed_at <= self.idle_s
-                and now - self.created_at <= self.lifetime_s)
+                and self.behind_s(now) <= self.idle_s and now - self.created_at <= self.lifetime_s)
+
+    def behind_s(self, now: float | None = None) -> float:
+        """How far the sound received lags real time since the recording started (the first chunk counts)."""
+        now = self.clock() if now is None else now
+        return (now - self.created_at) - self.fed_s
 
     def release(self, why: str) -> None:
         """Close the recording and free its audio; later chunks are answered with a message."""
-        self.released = why
+        if self.released is None or why != "session":
+            self.released = why
         self.parts, self.samples, self.resampler = [], 0, None
         with self._voice_lock:
             self.voice = VoiceProfile("live")
@@ -143,10 +226,17 @@ class LiveTimeline:
     def _check_open(self) -> None:
         now = self.clock()
         if self.released is None and not self.open_at(now):
-            self.release("lifetime" if now - self.created_at > self.lifetime_s else "idle")
+            self.release("lifetime" if now - self.created_at > self.lifetime_s else
+                         "idle" if now - self.last_fed_at > self.idle_s else "behind")
         if self.released == "idle":
             raise AudioError(f"This live recording got no sound for over {self.idle_s:.0f} s and was closed: "
                              "stop and record again.")
+        if self.released == "behind":
+            raise AudioError(f"This live recording's sound fell over {self.idle_s:.0f} s behind real time (a "
+                             "microphone streams all the time) and it was closed: stop and record again.")
+        if self.released == "ahead":
+            raise AudioError("This live recording was closed: its sound arrived much faster than it is spoken. "
+                             "Stop and record again, or upload the file instead.")
         if self.released is not None:
             raise AudioError(f"This live recording ran past its limit of {self.lifetime_s / 60:.0f} min and was "
                              "closed: stop and record again.")
@@ -208,6 +298,14 @@ class LiveTimeline:
         if frames > MAX_CHUNK_S * rate:  # checked before anything is converted or kept
             raise AudioError(f"A streamed piece of {frames / rate:.1f} s arrived; a microphone sends at most "
                              f"{MAX_CHUNK_S:.0f} s at a time. Stop and record again, or upload the file instead.")
+        elapsed = self.clock() - self.created_at
+        if self.fed_s + frames / rate > LIVE_AHEAD_S + LIVE_PACE * elapsed:  # faster than anyone speaks
+            sent = self.fed_s + frames / rate
+            self.release("ahead")
+            raise AudioError(f"The microphone sent {sent:.0f} s of sound in {elapsed:.0f} s; a microphone sends it as "
+                             "it is spoken. This live recording was closed and its audio let go: stop and record "
+                             "again, or upload the file instead.")
+        self.fed_s += frames / rate
         if self.resampler is None:
             self.resampler = StreamResampler(rate)
         elif rate != self.resampler.rate:

@@ -11,16 +11,35 @@ from __future__ import annotations
 
 import gradio as gr
 
-from serdemo.live import MAX_LIVE_SESSIONS, LiveTimeline
+from serdemo.audio import MICROPHONE, AudioError
+from serdemo.checkpoint import CheckpointError
+from serdemo.live import MAX_LIVE_SESSIONS, LiveTimeline, places_message, start_watcher
 from serdemo.timeline import ADAPT_VOICE, max_timeline_s
-from serdemo.timeline_bench import SEGMENT_HEADERS, Loaded, Picked, TimelineDesk
-from serdemo.uikit import STREAMED, gpu, model_picker, resolve_annotator, stream_closer, streamed_files
+from serdemo.timeline_bench import SEGMENT_HEADERS, Loaded, Picked, TimelineDesk, fail
+from serdemo.uikit import (STREAMED, gpu, login_name, model_picker, request_client, resolve_annotator, stream_closer,
+                           streamed_files)
 
 # A live stream holds its place in this limit from its first chunk to its last: every recording the live
-# sessions admit (serdemo.live.MAX_LIVE_SESSIONS) has one, so none waits in the queue. The handler only appends
-# audio (the chunks Gradio replaced included: serdemo.uikit.StreamedChunks); the model runs on serdemo.live's
-# own classifier threads.
-LIVE_CHUNKS_AT_ONCE = MAX_LIVE_SESSIONS
+# sessions admit (serdemo.live.MAX_LIVE_SESSIONS) has one, so none waits in the queue, and two more places
+# answer the streams refused meanwhile (all places taken, one user's share, too fast) with their message at
+# once instead of leaving them waiting silently in Gradio's queue. The handler only appends audio (the chunks
+# Gradio replaced included: serdemo.uikit.StreamedChunks); the model runs on serdemo.live's own classifier threads.
+LIVE_CHUNKS_AT_ONCE = MAX_LIVE_SESSIONS + 2
+
+
+def release_live(live) -> None:
+    """A page session forgotten (or its state expired): its live recording lets its audio and its place go."""
+    if live is not None and hasattr(live, "release"):
+        live.release("session")
+
+
+def live_owner(request) -> str | None:
+    """Whose live recording this is: the login, else the page session."""
+    user = login_name(request)
+    if user:
+        return f"login:{user}"
+    session = getattr(request, "session_hash", None)
+    return f"session:{session}" if session else None
 
 
 def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
@@ -57,8 +76,11 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
         return gr.update(visible=False), "", None
 
     def live_start(model_name):
-        """Recording started: load the model now. (The live state is not touched here: a chunk may already
-        have started it; stopping resets it.)"""
+        """Recording started: load the model now, and say so at once when every live place is taken. (The
+        live state is not touched here: a chunk may already have started it; stopping resets it.)"""
+        full = places_message()
+        if full:
+            return None, full, gr.update(visible=False)
         return None, desk.live_start(model_name), gr.update(visible=True)
 
     def live_chunk(chunk, live: LiveTimeline | None, model_name, adapt_voice=ADAPT_VOICE, request: gr.Request = None):
@@ -68,8 +90,12 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
         :func:`~serdemo.uikit.streamed_files`, so every second recorded is kept; predictions may be skipped."""
         first = live is None
         if first:  # the recording's first chunk (it came with the stream's start, not through its route)
-            live = desk.live_feed(None, None, model_name, adapt_voice).live
-            live.background = True
+            try:  # a place for this login (or page) and address, if one is free: else a message, at once
+                live = LiveTimeline(bench.predictor(model_name), adapt_voice=bool(adapt_voice), background=True,
+                                    owner=live_owner(request), address=request_client(request))
+            except (AudioError, CheckpointError) as exc:
+                raise fail(exc, MICROPHONE) from None
+            start_watcher()  # idle or starved recordings are released within seconds
             live.on_release = stream_closer(request)  # released (idle, too long): its stream ends at once
         posted = streamed_files(request)
         chunks = [chunk] if posted is None else ([chunk] if first else []) + posted
@@ -103,7 +129,7 @@ def timeline_tab(bench, annotator: gr.Textbox | None = None) -> None:
                     "cut into segments, long ones into overlapping 4 s windows, and each is classified.")
         loaded_state = gr.State(None)
         picked_state = gr.State(None)
-        live_state = gr.State(None)
+        live_state = gr.State(None, delete_callback=release_live)  # a forgotten session lets its audio go
         with gr.Row():
             with gr.Column(scale=3):
                 t_audio = gr.Audio(sources=["upload"], type="filepath", label="Long recording",

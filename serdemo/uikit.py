@@ -264,6 +264,17 @@ def client_address(scope: dict, trust_forwarded: bool = False) -> str | None:
     return str(client[0])[:64] if client else None
 
 
+def request_client(request: gr.Request | None) -> str | None:
+    """For a handler: the address its request came from (:func:`client_address`, the proxy trusted as
+    :func:`proxy_trusted` says); None for a direct call."""
+    scope = getattr(getattr(request, "request", None), "scope", None)
+    if isinstance(scope, dict):
+        return client_address(scope, proxy_trusted())
+    client = getattr(request, "client", None)
+    host = getattr(client, "host", None) if client is not None and not isinstance(request, dict) else None
+    return str(host)[:64] if host else None
+
+
 class LoginClientMiddleware:
     """A pure ASGI middleware that remembers each HTTP request's client address for :class:`LoginGuard`
     (Gradio hands ``auth`` only the name and the password). Pass it to ``launch(app_kwargs={"middleware":
