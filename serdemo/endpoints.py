@@ -134,7 +134,7 @@ class Endpoints:
         v = self.bench.model_view(name_arg(name, "the model name"))
         return v.calibration, gr.update(value=v.reliability, visible=v.reliability is not None)
 
-    def retrain(self, name, request: gr.Request = None, annotator_name: str = ""):
+    def retrain(self, name, request: gr.Request = None, annotator_name: str | None = None):
         """Fine-tune ``name`` on the store; with ``SERDEMO_AUTH`` set, only for a logged-in user. The run is the
         requester's (:func:`serdemo.uikit.requester`: the login, else the annotator name where the page sends
         it, else this browser session): only they or an admin may cancel, keep or discard it."""

@@ -228,10 +228,12 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
         plan = dict(fn=bench.retrain_plan, inputs=[m_pick], outputs=[retrain_plan], **hidden)
         for when in (m_pick.change, models_tab.select, app.load):
             when(**plan)
-        retrain_btn.click(ep.retrain, [m_pick], [retrain_md], api_name="retrain", concurrency_limit=1).success(**view)
-        cancel_btn.click(bench.retrain_cancel, None, [retrain_md], api_name="retrain_cancel").success(**view)
-        keep_btn.click(bench.retrain_keep, None, [retrain_md], api_name="retrain_keep").success(**view)
-        discard_btn.click(bench.retrain_discard, None, [retrain_md], api_name="retrain_discard").success(
+        # the annotator's name goes with each: without logins, a run is that annotator's (else this page's)
+        retrain_btn.click(ep.retrain, [m_pick, annotator], [retrain_md], api_name="retrain",
+                          concurrency_limit=1).success(**view)
+        cancel_btn.click(bench.retrain_cancel, [annotator], [retrain_md], api_name="retrain_cancel").success(**view)
+        keep_btn.click(bench.retrain_keep, [annotator], [retrain_md], api_name="retrain_keep").success(**view)
+        discard_btn.click(bench.retrain_discard, [annotator], [retrain_md], api_name="retrain_discard").success(
             **view).success(**plan)
         gr.Timer(2.0).tick(queue=False, **view)
         app.load(**view)

@@ -936,7 +936,7 @@ class Workbench:
 
     # request first: the page wires these with no inputs (Gradio puts the request where its annotation is);
     # an annotator name, where wired, names the requester as it named the run's owner
-    def retrain_cancel(self, request: gr.Request = None, annotator_name: str = "") -> str:
+    def retrain_cancel(self, request: gr.Request = None, annotator_name: str | None = None) -> str:
         """Stop the background run, if one runs: only its owner (who started it) or an admin may. With
         ``SERDEMO_AUTH`` set only a logged-in user may."""
         require_retrain_login(request)
@@ -947,20 +947,20 @@ class Workbench:
             raise user_error(exc) from None
         return "Cancelled: the run was stopped." if cancelled else "No retraining run is in progress."
 
-    def retrain_keep(self, request: gr.Request = None, annotator_name: str = "") -> str:
+    def retrain_keep(self, request: gr.Request = None, annotator_name: str | None = None) -> str:
         """Keep the finished run's checkpoint: it joins the model pickers and can be served. Only its owner or
         an admin may (anyone once it has waited an hour). With ``SERDEMO_AUTH`` set only a logged-in user may."""
         name = self._decide(self.retrainer.keep, request, annotator_name)
         self.reload()
         return f"Kept: `{name}` is in the model pickers."
 
-    def retrain_discard(self, request: gr.Request = None, annotator_name: str = "") -> str:
+    def retrain_discard(self, request: gr.Request = None, annotator_name: str | None = None) -> str:
         """Delete the finished run's checkpoint. Only its owner or an admin may (anyone once it has waited an
         hour). With ``SERDEMO_AUTH`` set only a logged-in user may."""
         return f"Discarded: `{self._decide(self.retrainer.discard, request, annotator_name)}` was deleted."
 
     @staticmethod
-    def _decide(action, request: gr.Request | None, annotator_name: str = "") -> str:
+    def _decide(action, request: gr.Request | None, annotator_name: str | None = None) -> str:
         """Keep or discard (``action``) the done run, for its owner or an admin; its name."""
         require_retrain_login(request)
         who = requester(request, text_arg(annotator_name, "the annotator name", 256))

@@ -429,3 +429,36 @@ def test_an_export_is_served_from_gradios_cache_without_a_second_copy(bench):
     assert str(served) == str(path)  # not copied
     from serdemo.housekeeping import gradio_cache_dir
     assert path.resolve().is_relative_to(gradio_cache_dir().resolve())
+
+
+def test_the_pages_retrain_buttons_send_the_annotator_name(tmp_path, monkeypatch):
+    """Without logins a run belongs to the annotator who started it (else the page), but the page's retrain,
+    cancel, keep and discard buttons sent no annotator: a run started on one page could not be cancelled by the
+    same annotator after a reload. Each now sends the name; the API keeps it optional."""
+    import dataclasses
+
+    import gradio as gr
+
+    from serdemo.ui import Settings, build_app
+
+    monkeypatch.delenv("SERDEMO_AUTH", raising=False)
+    app = build_app(dataclasses.replace(Settings.from_env(), data_dir=tmp_path / "data",
+                                        checkpoint_dirs=(ROOT / "checkpoints",)))
+    annotator = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "annotator")
+    fns = {f.api_name: f for f in app.fns.values() if f.api_name}
+    for name in ("retrain", "retrain_cancel", "retrain_keep", "retrain_discard"):
+        assert annotator in fns[name].inputs, name
+    info = app.get_api_info()["named_endpoints"]
+    for name in ("/retrain_cancel", "/retrain_keep", "/retrain_discard"):
+        assert all(p["parameter_has_default"] for p in info[name]["parameters"]), name
+    bench = app.workbench
+    r = _running(bench, "annotator:ann lee")
+    cancel = fns["retrain_cancel"].fn
+    try:  # as Gradio calls the button's function: its input, the request where the signature has it
+        with pytest.raises(gr.Error, match="only the annotator who started it"):
+            cancel(page(session="reloaded"), "bob")
+        assert cancel(page(session="reloaded"), "Ann Lee").startswith("Cancelled")
+    finally:
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.wait()
