@@ -5,9 +5,10 @@ Besides launching, it bounds what a public server must: Gradio's upload cache go
 (``serdemo.housekeeping``); logins (``SERDEMO_AUTH``) go through a guard that slows and locks out wrong
 passwords; a refused file path in a request is logged in one line, not a traceback; every chunk a live
 microphone streams is recorded on its way in (Gradio itself keeps only the latest one while a handler runs);
-request bodies outside uploads are bounded, uploads checked against the disk budget as they arrive, and one
-caller's share of the queue capped (``serdemo.uikit``, ``serdemo.housekeeping``); page sessions are made
-cheap, capped and forgotten when idle (``serdemo.housekeeping.SessionKeeper``).
+request bodies outside uploads are bounded, uploads checked against the disk budget as they arrive, one
+caller's share of the queue capped and the queue served round-robin by client address (``serdemo.uikit``,
+``serdemo.housekeeping``); page sessions are made cheap, capped and forgotten when idle
+(``serdemo.housekeeping.SessionKeeper``).
 """
 
 import os
@@ -22,7 +23,8 @@ from serdemo.housekeeping import (SessionKeeper, Sweeper, UploadBudgetMiddleware
                                   lean_session_state, max_page_sessions, upload_bytes)
 from serdemo.ui import build_app  # noqa: E402
 from serdemo.uikit import (CSS, SHORTCUTS_JS, BodyLimitMiddleware, LoginClientMiddleware, LoginGuard,  # noqa: E402
-                           QueueLimitMiddleware, StreamChunkMiddleware, configure_proxy_headers, quiet_refused_paths)
+                           QueueLimitMiddleware, StreamChunkMiddleware, configure_proxy_headers, fair_queue,
+                           quiet_refused_paths)
 from serdemo.workbench import Settings  # noqa: E402
 
 
@@ -43,6 +45,7 @@ def main() -> None:
     # otherwise the header is trusted from nobody, not even 127.0.0.1 (uvicorn's default)
     from starlette.middleware import Middleware
     trust = configure_proxy_headers()
+    fair_queue(app, trust_forwarded=trust)  # one client's flood waits its turns among the others' events
     max_upload = os.environ.get("SERDEMO_MAX_UPLOAD", "50mb")
     app.launch(
         auth=guard.check if guard else None,

@@ -550,6 +550,40 @@ class QueueLimitMiddleware:
         return await self.app(scope, replaying(held, receive), send)
 
 
+def fair_queue(blocks, trust_forwarded: bool = False) -> bool:
+    """Serve Gradio's queue round-robin by client address instead of first come, first served: one client's
+    flood (48 analyses of a 59-s clip, its share under :class:`QueueLimitMiddleware`) otherwise made everyone
+    who came after it wait for all of them. Before Gradio picks the next event of a concurrency group, that
+    group's waiting events are ordered every client's first (in arrival order), then every client's second, and
+    so on; a client's own events keep their order. Call after ``blocks.queue()``; False without a queue."""
+    queue = getattr(blocks, "_queue", None)
+    if queue is None or not hasattr(queue, "get_events"):
+        return False
+    if getattr(queue, "_serdemo_fair", False):
+        return True
+    original = queue.get_events
+
+    def get_events():
+        for group in list(getattr(queue, "event_queue_per_concurrency_id", {}).values()):
+            waiting = group.queue
+            if len(waiting) < 2:
+                continue
+            turns, ranked = {}, []
+            for position, event in enumerate(waiting):
+                who = _event_client(event, trust_forwarded) or getattr(event, "session_hash", None)
+                turn = turns.get(who, 0)
+                turns[who] = turn + 1
+                ranked.append((turn, position, event))
+            if len(turns) > 1:
+                ranked.sort(key=lambda t: (t[0], t[1]))
+                waiting[:] = [event for _turn, _position, event in ranked]
+        return original()
+
+    queue.get_events = get_events
+    queue._serdemo_fair = True
+    return True
+
+
 # ------------------------------------------------------------------------------- streamed chunks
 STREAM_POST = re.compile(r"/stream/[^/]+$")  # Gradio's route for a stream's next chunk: POST .../stream/{event}
 MAX_STREAM_BODY = 64 * 1024  # a chunk's post names a file in a few hundred bytes; a larger body is not read here
