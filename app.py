@@ -53,7 +53,8 @@ def main() -> None:
         # the client's address for the login guard, and every live-microphone chunk recorded before Gradio
         # replaces a waiting one with the next
         app_kwargs={"middleware": [Middleware(BodyLimitMiddleware),
-                                   Middleware(UploadBudgetMiddleware, max_upload=upload_bytes(max_upload)),
+                                   Middleware(UploadBudgetMiddleware, max_upload=upload_bytes(max_upload),
+                                              trust_forwarded=trust),
                                    Middleware(QueueLimitMiddleware, trust_forwarded=trust,
                                               per_session=int(os.environ.get("SERDEMO_QUEUE_PER_SESSION", "16")),
                                               per_client=int(os.environ.get("SERDEMO_QUEUE_PER_CLIENT", "48"))),

@@ -337,18 +337,55 @@ def temp_usage(gradio_dir=None, work_dir=None) -> int:
     return sum(size_of(entry) for entry in temp_entries(gradio_dir, work_dir))
 
 
+CLIENT_UPLOAD_WINDOW_S = 600.0  # a client address's uploads are counted over this long ...
+CLIENT_UPLOAD_SHARE = 0.25  # ... and may reach this share of the disk budget (SERDEMO_UPLOAD_PER_CLIENT_MB)
+
+
+def client_upload_bytes() -> int:
+    try:
+        return int(float(os.environ["SERDEMO_UPLOAD_PER_CLIENT_MB"]) * 1e6)
+    except (KeyError, ValueError):
+        return int(budget_bytes() * CLIENT_UPLOAD_SHARE)
+
+
 class UploadBudget:
     """The disk budget checked when an upload arrives, not only by the minute's sweep: an upload that would
     take the temporary folders over :func:`budget_bytes` first has the sweep run (what is old or over the budget
     goes, oldest first), and is refused if it still does not fit. Use is measured at most every
-    :data:`MEASURE_EVERY_S` seconds; the uploads admitted meanwhile are added to it."""
+    :data:`MEASURE_EVERY_S` seconds; the uploads admitted meanwhile are added to it. One client address may
+    upload at most ``per_client`` bytes (:func:`client_upload_bytes`, a quarter of the budget) in
+    :data:`CLIENT_UPLOAD_WINDOW_S`, so one client's burst (60 x 45 MB) cannot fill the disk for everyone."""
 
-    def __init__(self, gradio_dir=None, work_dir=None, budget: int | None = None, clock=time.monotonic, **sweep_kwargs):
+    def __init__(self, gradio_dir=None, work_dir=None, budget: int | None = None, clock=time.monotonic,
+                 per_client: int | None = None, **sweep_kwargs):
         self.gradio_dir, self.work_dir, self.budget, self.clock = gradio_dir, work_dir, budget, clock
+        self.per_client = per_client
         self.sweep_kwargs = sweep_kwargs
         self._lock = threading.Lock()
         self._used, self._measured = 0, -math.inf
+        self._by_client: dict[str, list[tuple[float, int]]] = {}  # address -> [(when, bytes)] in the window
         self.refused = 0
+        self.refused_client = 0
+
+    def client_share(self) -> int:
+        return client_upload_bytes() if self.per_client is None else int(self.per_client)
+
+    def admit_client(self, client: str | None, nbytes: int) -> bool:
+        """Whether ``client`` may upload ``nbytes`` more within its share (it is then counted)."""
+        if not client:
+            return True
+        with self._lock:
+            now = self.clock()
+            for key in [k for k, v in self._by_client.items() if not v or now - v[-1][0] > CLIENT_UPLOAD_WINDOW_S]:
+                del self._by_client[key]  # forgotten once its newest upload leaves the window
+            recent = [(t, n) for t, n in self._by_client.get(client, []) if now - t <= CLIENT_UPLOAD_WINDOW_S]
+            if sum(n for _t, n in recent) + nbytes > self.client_share():
+                self._by_client[client] = recent
+                self.refused_client += 1
+                return False
+            recent.append((now, nbytes))
+            self._by_client[client] = recent
+            return True
 
     def _limit(self) -> int:
         return budget_bytes() if self.budget is None else int(self.budget)
@@ -374,8 +411,10 @@ class UploadBudgetMiddleware:
     length; ``max_upload`` bytes when it does not declare one), and refuses it (507, with a message) when the
     temporary disk is full even after a sweep."""
 
-    def __init__(self, app, budget: UploadBudget | None = None, max_upload: int = 50 << 20):
+    def __init__(self, app, budget: UploadBudget | None = None, max_upload: int = 50 << 20,
+                 trust_forwarded: bool = False):
         self.app, self.budget, self.max_upload = app, budget if budget is not None else UploadBudget(), int(max_upload)
+        self.trust_forwarded = trust_forwarded
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "").rstrip("/")
@@ -388,6 +427,20 @@ class UploadBudgetMiddleware:
             nbytes = self.max_upload
         import anyio.to_thread
 
+        from serdemo.uikit import client_address
+        if not self.budget.admit_client(client_address(scope, self.trust_forwarded), nbytes):
+            share = self.budget.client_share()
+            if self.budget.refused_client <= 10 or self.budget.refused_client % 100 == 0:
+                log.warning("refused: an upload of %d bytes from a client past its share (%.0f MB in %.0f min)",
+                            nbytes, share / 1e6, CLIENT_UPLOAD_WINDOW_S / 60)
+            message = (f"you have uploaded {share / 1e6:.0f} MB in the last {CLIENT_UPLOAD_WINDOW_S / 60:.0f} "
+                       "minutes, this server's share per client; try again later")
+            body = json.dumps({"detail": message, "error": message}).encode()
+            await send({"type": "http.response.start", "status": 429,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
         if await anyio.to_thread.run_sync(self.budget.admit, nbytes):  # the disk is walked off the event loop
             return await self.app(scope, receive, send)
         log.warning("refused: an upload of %d bytes (the temporary disk budget of %.0f MB is used up)", nbytes,

@@ -418,6 +418,27 @@ def test_an_upload_is_checked_against_the_disk_budget_when_it_arrives(tmp_path):
     assert (cache / "young.wav").exists() and budget.refused == 1
 
 
+def test_one_client_may_fill_only_its_share_of_the_upload_budget(tmp_path):
+    """Issue 29 item 4: 60 x 45 MB uploads from one client filled the 1 GB budget in 16 s, and every other
+    user's upload was then refused for minutes (nothing younger than 2 min may be swept). One client address
+    may now upload its share (a quarter of the budget) per 10 minutes; past it, 429 with a message, while
+    another address is still served."""
+    from serdemo.housekeeping import UploadBudget, UploadBudgetMiddleware
+
+    (tmp_path / "gradio").mkdir()
+    budget = UploadBudget(tmp_path / "gradio", tmp_path, budget=1_000_000_000, per_client=250_000_000)
+    app = UploadBudgetMiddleware(_inner, budget)
+
+    def upload(client):
+        return asyncio.run(_asgi(app, "POST", "/gradio_api/upload", b"x", [("content-length", str(45_000_000))],
+                                 client=(client, 5000)))
+
+    answers = [upload("203.0.113.66") for _ in range(8)]
+    assert [a[0] for a in answers] == [200] * 5 + [429] * 3
+    assert "you have uploaded 250 MB in the last 10 minutes" in answers[-1][1]["detail"]
+    assert upload("198.51.100.7")[::2] == (200, True)
+
+
 def test_an_export_is_served_from_gradios_cache_without_a_second_copy(bench):
     """Issue 29 item 4: each export left two copies of its zip (ours in the temp folder, and the copy Gradio
     made in its cache to serve it). The zip is now written into Gradio's cache, which Gradio serves as is."""
