@@ -598,8 +598,10 @@ def test_init_copies_every_tensor_or_refuses(tmp_path):
         fit.Trainer(fit.parse_args([*small, "--init", str(tmp_path / "tuned")]))
     probe = args(tmp_path / "p", tmp_path / "cache", "--model", "probe", "--aux-heads", "",
                  "--hparams", '{"n_layers": 2, "tune_layers": 1}')
-    with pytest.raises(SystemExit, match="probe has no encoder blocks of its own"):
-        fit.Trainer(fit.parse_args(probe))
+    with pytest.raises(ConfigError, match="probe has no setting 'tune_layers'"):  # refused as a setting it lacks
+        FitConfig(model="probe", hparams={"n_layers": 2, "tune_layers": 1})
+    with pytest.raises(SystemExit):
+        fit.parse_args(probe)
 
 
 # ---------------------------------------------------------------------- evaluation

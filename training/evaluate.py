@@ -96,7 +96,7 @@ def _score_cached(model, waves, speech, batch_size: int = 32, encoder_name: str 
     """Emotion probabilities and attention figures of a model on the encoder, from cached states.
     -> (probs (n, classes), attention mass on speech per clip, mass on the last quarter of the speech)."""
     from training.encoded import EncodedCache
-    from training.fit import collate_states
+    from training.batches import collate_states
 
     cache = EncodedCache(encoder=encoder_name)
     items = [cache.lookup(d) for d in cache.fill(waves, speech)]

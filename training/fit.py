@@ -29,30 +29,27 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 
-from serdemo.checkpoint import CheckpointError, encoder_block, load_checkpoint, make_card, save_checkpoint
+from serdemo import encoders
+from serdemo.checkpoint import save_checkpoint
 from serdemo.encoding import FrontEnd
 from serdemo.features import FeatureConfig, pad_batch
 from serdemo.labels import AUX_HEADS, get_label_set
-from serdemo.models import build_model, encoder_layers, uses_encoder
-from serdemo import encoders
-from serdemo.vtlp import sample_alpha
-from training import corpora as C
+from serdemo.models import ARCHITECTURES, build_model, encoder_layers, uses_encoder
+from serdemo.retrain import FIRST_GUESS_S  # the ETA before the data are counted
 from training import data as D
 from training import state as S
 from training.augment import RANK_SEED_STRIDE, Augmenter
+from training.batches import collate_states, pad_or_cut, time_masks
+from training.checkpointing import TUNED_PREFIXES, Checkpointing
 from training.config import FitConfig, parse_cli
-from training.metrics import scores_by_group, table
+from training.probe_fit import PROBE_FIT_S, ClosedFormFitter  # noqa: F401  (PROBE_FIT_S: the ETA's unit)
 from training.progress import FILE as PROGRESS_FILE
 from training.progress import Progress, append_jsonl
-from training.splits import STORE_CORPUS
+from training.scoring import Scoring
 
-TUNED_PREFIXES = ("tuned.", "tuned_post.")  # the model's own copies of encoder blocks (tune_layers)
 log = logging.getLogger("training.fit")
 GRAD_CLIP = 5.0
 ENCODE_S_PER_CLIP = 0.06  # encoder pass of one clip not yet in the cache (bf16, 2 threads)
-PROBE_FIT_S = 12.0  # one logistic regression of the probe's C grid on ~3,300 clips
-from serdemo.retrain import FIRST_GUESS_S  # noqa: E402  the ETA before the data are counted
-EVAL_SEED = 12345  # alphas of warped evaluation (vtlp_dev): the same every epoch
 
 __all__ = ["FitConfig", "Trainer", "main", "parse_args"]
 
@@ -73,7 +70,7 @@ def setup_distributed():
 
 
 # ------------------------------------------------------------------ the trainer
-class Trainer:
+class Trainer(Scoring, Checkpointing):
     """Data, model and optimiser of one run on one rank; :meth:`fit` trains, :meth:`evaluate` scores.
 
     ``train``/``dev``/``test``: lists of :class:`training.data.Example`, speaker-disjoint.
@@ -93,6 +90,9 @@ class Trainer:
         self.features = FeatureConfig(**cfg.features)
         self.label_set = get_label_set(cfg.label_set)
         self.data = data if data is not None else D.Data(cfg, self.label_set)
+        # an architecture fitted in one solve on per-clip statistics says so (closed_form); its own fitter runs it
+        closed = getattr(ARCHITECTURES[cfg.model], "closed_form", False)
+        self.closed_form = ClosedFormFitter(self) if closed else None
         self._take_data()
         self.progress.phase("preparing the encoder features" if self._on_encoder(cfg.model) else "preparing",
                             self.estimate_s(), store=self.data.store_report)
@@ -110,7 +110,7 @@ class Trainer:
         if not uses_encoder(self.model):
             self.hparams["norm"] = cfg.norm
         self.encoder = encoders.load(cfg.encoder) if uses_encoder(self.model) else None
-        if self.encoder is not None and cfg.vtlp and cfg.model != "probe" and self.is_main:
+        if self.encoder is not None and cfg.vtlp and self.closed_form is None and self.is_main:
             # the encoder's states are cached once per clip at alpha 1: VTLP reaches log-mel models only
             log.warning("vtlp is on but has no effect on a model on the encoder (its states are cached at alpha 1); "
                         "set vtlp: false in the recipe, or screen warped copies with training.evaluate --screen")
@@ -176,22 +176,14 @@ class Trainer:
             return n * 0.05 * self.cfg.epochs
         new = self.data.uncached_count()
         load = 0.004 * n + ENCODE_S_PER_CLIP * new
-        if self.cfg.model == "probe":  # one fit per value tried on dev, one more to refit on train + dev
-            return load + PROBE_FIT_S * (len(self.probe_grid()) + bool(self.cfg.hparams.get("refit"))) + 0.002 * n
+        if self.closed_form is not None:
+            return self.closed_form.estimate_s(load, n)
         # each fine-tuned encoder block: x2.45 an epoch's time (20 steps + the dev pass of localatt on this CPU:
         # 8 s frozen, 21 s with one tuned block, 31 s with two)
         return load + self.cfg.epochs * 0.006 * n * (1 + 1.45 * int(self.cfg.hparams.get("tune_layers") or 0))
 
-    def probe_grid(self) -> tuple[float, ...]:
-        """The probe's regularisation values tried on dev: the recipe's ``c_grid``, else its classifier's default."""
-        from training.probe import default_grid
-
-        return tuple(self.cfg.hparams.get("c_grid") or default_grid(self.cfg.hparams.get("classifier", "logistic")))
-
     @staticmethod
     def _on_encoder(architecture: str) -> bool:
-        from serdemo.models import ARCHITECTURES
-
         return getattr(ARCHITECTURES[architecture], "input_kind", "logmel") == "encoder"
 
     def _take_data(self) -> None:
@@ -212,31 +204,6 @@ class Trainer:
         for h, why in self.untrained_heads.items():
             if self.is_main:
                 log.warning("dropping head %s: %s", h, why)
-
-    def _init_from(self, path: str) -> None:
-        """Fine-tune: copy every tensor of the checkpoint; a checkpoint of another architecture, other
-        heads or other sizes is refused (it would silently train from scratch)."""
-        try:
-            source, card = load_checkpoint(path, "cpu")
-        except CheckpointError as exc:
-            raise SystemExit(f"--init: {exc}") from None
-        own = self.model.state_dict()
-        theirs = source.state_dict()
-        if card["model"]["architecture"] != self.cfg.model:
-            raise SystemExit(f"--init: {path} is a {card['model']['architecture']} model, this run trains "
-                             f"{self.cfg.model}; fine-tune with the checkpoint's own recipe")
-        # a frozen checkpoint may start a run that fine-tunes encoder blocks (train the head, then tune): the
-        # copies it lacks start from the pretrained encoder; any other missing, extra or resized tensor refuses
-        fresh = sorted(k for k in own if k not in theirs and k.startswith(TUNED_PREFIXES))
-        bad = sorted(k for k in own if k not in fresh and (k not in theirs or theirs[k].shape != own[k].shape))
-        bad += sorted(k for k in theirs if k not in own)
-        if bad:
-            raise SystemExit(f"--init: {len(bad)} tensors of {path} and this model do not fit each other "
-                             f"(e.g. {bad[0]}); fine-tune with the checkpoint's own recipe and heads")
-        self.model.load_state_dict(theirs, strict=not fresh)
-        if self.is_main:
-            log.info("initialised %d of %d tensors from %s%s", len(own) - len(fresh), len(own), path,
-                     f"; the {len(fresh)} of the tuned encoder blocks start from the pretrained encoder" if fresh else "")
 
     @torch.no_grad()
     def _set_global_stats(self) -> None:
@@ -367,7 +334,7 @@ class Trainer:
                 feats = self.aug.spec(x, lens)
             feats, frames, perm, lam = self.aug.mix(feats, lens)
             if speech is not None and perm is not None:  # a blend is speech where either clip is
-                speech = _pad_or_cut(speech, feats.shape[2])
+                speech = pad_or_cut(speech, feats.shape[2])
                 speech = speech | speech[perm.to(speech.device)]
             with self.autocast():
                 out = self.net(feats, frames, speech=speech)
@@ -397,148 +364,13 @@ class Trainer:
                                       "lam": lam})
         return float(np.mean(losses)) if losses else float("nan")
 
-    # -------------------------------------------------------------- evaluation
-    @torch.no_grad()
-    def predict(self, examples, warp: bool = False, batch_size: int = 32) -> np.ndarray:
-        """-> predicted emotion indices, in the order of ``examples``; ``warp``: VTLP with fixed alphas."""
-        return self.probabilities(examples, warp, batch_size).argmax(1)
 
-    @torch.no_grad()
-    def probabilities(self, examples, warp: bool = False, batch_size: int = 32) -> np.ndarray:
-        """-> ``(len(examples), classes)`` emotion probabilities, in the order of ``examples``."""
-        return torch.softmax(torch.as_tensor(self.logits(examples, warp, batch_size)), -1).numpy().astype(np.float32)
-
-    @torch.no_grad()
-    def logits(self, examples, warp: bool = False, batch_size: int = 32) -> np.ndarray:
-        """-> ``(len(examples), classes)`` emotion logits (float64), in the order of ``examples``: what
-        calibration is fitted on, exactly as the Predictor divides them."""
-        self.model.eval()
-        order = sorted(range(len(examples)), key=lambda i: len(self.data.wave(examples[i])))
-        preds = np.zeros((len(examples), len(self.label_set)), dtype=np.float64)
-        gen = torch.Generator().manual_seed(EVAL_SEED)
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            exs = [examples[j] for j in idx]
-            alpha = sample_alpha(len(exs), self.cfg.vtlp_low, self.cfg.vtlp_high, gen) \
-                if warp and not uses_encoder(self.model) else None
-            x, lens, speech = self.inputs(exs, alpha)
-            with self.autocast():
-                out = self.model(x, lens, speech=speech)
-            preds[idx] = out.logits["emotion"].double().cpu().numpy()
-        return preds
-
-    @torch.no_grad()
-    def evaluate_aux(self, examples) -> dict:
-        """Each auxiliary head's UA / WA on the ``examples`` that carry its label (e.g. gender)."""
-        from training.metrics import scores
-
-        self.model.eval()
-        out: dict = {}
-        for head in self.heads[1:]:
-            exs = [e for e in examples if e.targets.get(head, D.IGNORE) != D.IGNORE]
-            if not exs:
-                continue
-            preds = []
-            for i in range(0, len(exs), 32):
-                x, lens, speech = self.inputs(exs[i:i + 32])
-                preds += self.model(x, lens, speech=speech).logits[head].argmax(1).tolist()
-            s = scores([e.targets[head] for e in exs], preds, list(AUX_HEADS[head]))
-            out[head] = {k: s[k] for k in ("ua", "wa", "n", "confusion")}
-        return out
-
-    def evaluate(self, examples, warp: bool = False) -> dict:
-        if not examples:
-            return {}
-        preds = self.predict(examples, warp)
-        y = [e.targets["emotion"] for e in examples]
-        return scores_by_group(y, preds, [e.utt.corpus for e in examples], list(self.label_set.classes))
-
-    # -------------------------------------------------------------- checkpoints and resume
-    def card(self, metrics: dict) -> dict:
-        cfg = self.cfg
-        heads = {h: list(self.label_set.classes) if h == "emotion" else list(AUX_HEADS[h]) for h in self.heads}
-        speakers = {name: sorted({e.utt.speaker for e in part})
-                    for name, part in (("train", self.train), ("dev", self.dev), ("test", self.test))}
-        extra = {"encoder": encoder_block(self.encoder)} if self.encoder is not None else {}
-        if getattr(self, "calibration", None):
-            extra["calibration"] = self.calibration
-        return make_card(
-            self.model, self.features, heads, self.hparams, **extra,
-            name=cfg.name, label_set=self.label_set.to_dict(),
-            training={
-                "config": cfg.to_dict(),
-                "corpora": self.corpus_reports,
-                "dropped_labels": self.dropped,
-                "untrained_heads": self.untrained_heads,
-                "seed": cfg.seed,
-                "world_size": self.world,
-                "file_list_sha256": self.file_list_sha256,
-                "n_train": len(self.train), "n_dev": len(self.dev), "n_test": len(self.test),
-                "speakers": speakers,
-                "history": self.history,
-            },
-            metrics=metrics,
-            license=C.licence_for(sorted({e.utt.corpus for e in self.train})),
-        )
-
-    def calibrate(self) -> dict | None:
-        """Temperature scaling of the emotion head on the dev speakers (the card's ``calibration``)."""
-        from training.calibration import calibrate
-
-        if not self.dev:
-            return None
-        y = lambda part: np.array([e.targets["emotion"] for e in part])
-        log_p = self.logits  # the logits as served, unclipped (the temperature divides exactly these)
-        out = calibrate(log_p(self.dev), y(self.dev), log_p(self.test) if self.test else None,
-                        y(self.test) if self.test else None)
-        log.info("calibration: T %.2f, dev ECE %.3f -> %.3f", out["temperature"], out["ece_dev_before"],
-                 out["ece_dev_after"])
-        return out
-
-    def rng_state(self) -> tuple[dict, dict]:
-        tensors, js = S.capture_global_rng(self.device)
-        aug_t, aug_js = self.aug.state()
-        return {**tensors, **aug_t}, {**js, "augment": aug_js}
-
-    def save_last(self, epoch: int, metrics: dict) -> None:
-        """``OUT/last``: weights, card, optimiser and counters (main rank), each rank's RNG state."""
-        last = Path(self.cfg.out) / "last"
-        if self.is_main:
-            save_checkpoint(last, self.model, self.card(metrics))
-            S.save_trainer_state(last, self.opt, {"epoch": epoch, "best_ua": self.best_ua, "best_epoch": self.best_epoch,
-                                                  "bad_epochs": self.bad_epochs, "history": self.history,
-                                                  "world_size": self.world})
-        S.save_rng(last, self.rank, *self.rng_state())
-
-    def resume(self) -> None:
-        last = Path(self.cfg.out) / "last"
-        if not (last / S.TRAINER).is_file():
-            raise SystemExit(f"--resume: no {last}/{S.TRAINER} to resume from")
-        model, _ = load_checkpoint(last, self.device)
-        self.model.load_state_dict(model.state_dict())
-        meta = S.load_trainer_state(last, self.opt)
-        for g in self.opt.param_groups[1:]:  # the tuned encoder blocks: this run's rate, not the saved one
-            g["scale"] = self.cfg.encoder_lr
-        self.start_epoch = meta["epoch"] + 1
-        self.best_ua, self.best_epoch, self.bad_epochs = meta["best_ua"], meta["best_epoch"], meta["bad_epochs"]
-        self.history = meta["history"]
-        saved = S.load_rng(last, self.rank)
-        if saved is None or meta.get("world_size", 1) != self.world:
-            log.warning("rank %d: no RNG state for %d rank(s) in %s; the run continues, but not as it would have",
-                        self.rank, self.world, last)
-        else:
-            tensors, js = saved
-            S.restore_global_rng(tensors, js, self.device)
-            self.aug.load_state(tensors, js["augment"])
-        self.resumed = True
-        if self.is_main:
-            log.info("resumed from %s at epoch %d (best dev UA %.3f)", last, self.start_epoch + 1, self.best_ua)
 
     # -------------------------------------------------------------- the loop
     def fit(self) -> dict:
         """Train, keep the best epoch by dev UA in ``OUT``, score it on the test fold; -> metrics (main rank)."""
-        if self.cfg.model == "probe":
-            return self.fit_probe()
+        if self.closed_form is not None:
+            return self.closed_form.fit()
         cfg = self.cfg
         steps = len(self.epoch_batches(0))
         progress = self._live_progress()
@@ -576,81 +408,6 @@ class Trainer:
             dist.barrier()
         return result
 
-    def fit_probe(self) -> dict:
-        """The linear probe: no gradient steps; a linear classifier whose regularisation (a logistic
-        regression's C, an LDA's shrinkage) is chosen on dev UA; with ``voice`` in the recipe, trained on
-        statistics relative to each training speaker's voice (:mod:`serdemo.voice`). With ``calibration:
-        corpora`` the temperature and per-class biases are fitted on held-out corpora of the training data."""
-        from training.probe import REGULARISATION, corpus_calibration, fit_voice_probe, statistics, voice_logits
-
-        out = Path(self.cfg.out)
-        progress = self._live_progress()
-        hp = self.cfg.hparams
-        grid = self.probe_grid()
-        progress.epochs, progress.total_steps = 1, len(grid)
-        progress.write("start", resumed=False, n_train=len(self.train), n_dev=len(self.dev), n_test=len(self.test),
-                       world_size=1, store=self.data.store_report)
-        t0 = time.time()
-        layers, frame_norm = self.model.layers, self.model.frame_norm
-        progress.phase("fitting the probe", PROBE_FIT_S * len(grid) + 5)
-        x_tr = statistics(self.data.encoded(self.train), layers, frame_norm)
-        x_dv = statistics(self.data.encoded(self.dev), layers, frame_norm) if self.dev else x_tr[:0]
-        y_tr = np.array([e.targets["emotion"] for e in self.train])
-        y_dv = np.array([e.targets["emotion"] for e in self.dev])
-        # speakers for NAP's directions and voice adaptation: the store's clips have none ("")
-        who = {part: (np.array(["" if e.utt.corpus == STORE_CORPUS else e.utt.speaker for e in exs]),
-                      np.array([e.utt.corpus for e in exs])) for part, exs in (("train", self.train), ("dev", self.dev))}
-        classes = list(self.label_set.classes)
-        fit = lambda x, y, spk, corp, c, **dev: fit_voice_probe(
-            x, y, spk, corp, len(classes), classes, self.model.n_layers, layers, frame_norm, hp, c, self.init_seed,
-            encoder=self.encoder.info, **dev)
-        self.model, c, dev_ua = fit(x_tr, y_tr, who["train"][0], who["train"][1], grid,
-                                    x_dev=x_dv, y_dev=y_dv, speakers_dev=who["dev"][0])
-        self.model = self.model.to(self.device)
-        knob = REGULARISATION[hp.get("classifier", "logistic")]
-        self.hparams = dict(self.hparams, **{knob: c})
-        self.best_epoch = 0
-        self.history = [{"epoch": 1, "dev_ua": round(dev_ua, 4), knob: c, "seconds": round(time.time() - t0, 1)}]
-        metrics = {"dev": self.evaluate(self.dev), "best_epoch": 1}
-        x_all, y_all = np.concatenate([x_tr, x_dv]), np.concatenate([y_tr, y_dv])
-        spk_all, corp_all = (np.concatenate([who["train"][i], who["dev"][i]]) for i in (0, 1))
-        if hp.get("calibration") == "corpora":
-            progress.phase("calibrating on held-out corpora", PROBE_FIT_S * 4 + 5)
-            self.calibration = corpus_calibration(
-                lambda m: fit(x_all[m], y_all[m], spk_all[m], corp_all[m], c, with_ood=False)[0],
-                x_all, y_all, spk_all, corp_all)
-        else:
-            self.calibration = self.calibrate()  # on dev, by the model that has not seen it
-        if hp.get("refit") and self.dev:
-            # the regularisation is chosen; the dev speakers now train too (more voices), the test speakers stay unseen
-            progress.phase("refitting on train + dev speakers", PROBE_FIT_S + 5)
-            self.model = fit(x_all, y_all, spk_all, corp_all, c)[0].to(self.device)
-            metrics["refit"] = (f"after choosing {knob} on dev, refitted on the training and dev speakers together; "
-                                "the dev figures are those of the model fitted on training alone")
-        if self.calibration and self.test:  # the test ECE and bins: the shipped model's, at the fitted calibration
-            from training.calibration import rescore_test
-
-            x_te = statistics(self.data.encoded(self.test), layers, frame_norm)
-            y_te = np.array([e.targets["emotion"] for e in self.test])
-            note = ("the test ECE and bins are the shipped (refitted) model's, clip by clip" if hp.get("refit")
-                    else "the test ECE and bins, clip by clip")
-            self.calibration = rescore_test(self.calibration, voice_logits(self.model, x_te, None), y_te, note)
-            if getattr(self.model, "adapts", False):
-                from training.calibration import ece, scale
-
-                spk_te = np.array([e.utt.speaker for e in self.test])
-                z = voice_logits(self.model, x_te, spk_te)
-                voice_cal = self.calibration.get("voice") or self.calibration
-                self.calibration["ece_test_adapted"] = ece(scale(z, voice_cal["temperature"], voice_cal.get("bias")), y_te)
-                metrics["test_adapted"] = scores_by_group(y_te, z.argmax(1), [e.utt.corpus for e in self.test],
-                                                          classes)
-        save_checkpoint(out, self.model, self.card(metrics))
-        progress.step = progress.total_steps
-        progress.write("epoch", float("nan"), best_epoch=1, improved=True)
-        result = self.finish(calibrate=False)
-        progress.write("done", test_ua=result.get("test", {}).get("overall", {}).get("ua"))
-        return result
-
     def end_epoch(self, epoch: int, loss: float, seconds: float, progress: Progress) -> bool:
         """Main rank: score dev, keep the best, write ``OUT/last``; -> whether to stop early."""
         cfg = self.cfg
@@ -677,54 +434,12 @@ class Trainer:
             return True
         return False
 
-    def finish(self, calibrate: bool = True) -> dict:
-        """Main rank: reload the best epoch, score the test fold, write the final card."""
-        model, card = load_checkpoint(self.cfg.out, self.device)
-        self.model.load_state_dict(model.state_dict())
-        metrics = card["metrics"]
-        if self.test:
-            metrics["test"] = self.evaluate(self.test)
-            metrics["test_speakers"] = sorted({e.utt.speaker for e in self.test})
-            log.info("\n%s", table(metrics["test"], f"test fold {self.cfg.fold} (speakers never seen in training)"))
-            if len(self.heads) > 1:
-                metrics["test_aux"] = self.evaluate_aux(self.test)
-        if calibrate:
-            self.calibration = self.calibrate()
-        save_checkpoint(self.cfg.out, self.model, self.card(metrics))
-        return metrics
 
 
-def collate_states(items, n_states: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``[(states float16 (7, T, 512), speech (T,))]`` -> ``(batch, n_states, T_max, 512)`` float32,
-    lengths ``(batch,)``, speech ``(batch, T_max)``."""
-    lengths = torch.tensor([s.shape[1] for s, _ in items], dtype=torch.long)
-    width = int(lengths.max())
-    x = torch.zeros(len(items), n_states, width, items[0][0].shape[2])
-    speech = torch.zeros(len(items), width, dtype=torch.bool)
-    for i, (s, m) in enumerate(items):
-        x[i, :, : s.shape[1]] = torch.from_numpy(s[:n_states].astype(np.float32))
-        speech[i, : len(m)] = torch.from_numpy(np.asarray(m, dtype=bool))
-    return x.to(device), lengths.to(device), speech.to(device)
 
 
-def time_masks(x: torch.Tensor, lengths: torch.Tensor, gen: torch.Generator, max_fraction: float = 0.1,
-               n_masks: int = 2) -> torch.Tensor:
-    """SpecAugment's time masks on encoder states ``(batch, layers, time, dim)``: ``n_masks`` spans of up
-    to ``max_fraction`` of each clip's real frames set to zero."""
-    x = x.clone()
-    for i, n in enumerate(lengths.tolist()):
-        width = max(1, int(n * max_fraction))
-        for _ in range(n_masks):
-            w = int(torch.randint(0, width + 1, (1,), generator=gen))
-            t0 = int(torch.randint(0, max(1, n - w + 1), (1,), generator=gen))
-            x[i, :, t0:t0 + w] = 0
-    return x
 
 
-def _pad_or_cut(mask: torch.Tensor, width: int) -> torch.Tensor:
-    if mask.shape[1] >= width:
-        return mask[:, :width]
-    return F.pad(mask, (0, width - mask.shape[1]))
 
 
 # ------------------------------------------------------------------ entry point

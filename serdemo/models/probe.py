@@ -43,6 +43,7 @@ def checked_classifier(name) -> str:
 class LinearProbe(nn.Module):
     architecture = "probe"
     input_kind = "encoder"
+    closed_form = True  # fitted in one solve on per-clip statistics (training.probe_fit), not by gradient steps
     # recipe settings the fit reads and the model does not (training.probe): the regularisation and its grid,
     # refitting on train + dev, the calibration's data, the statistics' pooling, NAP, the class/corpus balance
     # and how each training voice is estimated
