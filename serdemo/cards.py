@@ -73,6 +73,12 @@ class ComparisonRow:
         return self.new_wa - self.previous_wa
 
 
+def closed_form(card: dict) -> bool:
+    """Whether the card's model was fitted in one solve on per-clip statistics (no epochs: its dev speakers chose
+    the regularisation), as its ``model.fit`` says."""
+    return _dict(card.get("model")).get("fit") == "closed-form"
+
+
 def _dict(value) -> dict:
     return value if isinstance(value, dict) else {}
 
@@ -115,7 +121,7 @@ def metric_rows(card: dict) -> list[MetricRow]:
         block = metrics.get(key)
         if not isinstance(block, dict):
             continue
-        if key == "dev" and _dict(_dict(card.get("training")).get("config")).get("model") == "probe":
+        if key == "dev" and closed_form(card):
             # a probe has no epochs: its dev speakers chose the regularisation, unless the screen fixed it
             what = f"dev speakers ({_probe_dev_role(_dict(_dict(card.get('model')).get('hparams')))})"
         blocks = [(what, block)]
@@ -198,7 +204,7 @@ def card_summary_markdown(name: str, card: dict) -> str:
                      + (f" — {label_set['description']}" if label_set.get("description") else "") + ".")
     speakers = _dict(t.get("speakers"))
     hp = _dict(_dict(card.get("model")).get("hparams"))
-    probe = cfg.get("model") == "probe"
+    probe = closed_form(card)
     if speakers:
         dev = speakers_text(speakers.get("dev"))
         role = _probe_dev_role(hp) if probe else "picks the epoch"

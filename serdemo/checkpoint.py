@@ -63,7 +63,10 @@ def make_card(model: SERModel, features: FeatureConfig, heads: dict[str, list[st
         "format_version": FORMAT_VERSION,
         "serdemo_version": serdemo.__version__,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": {"architecture": model.architecture, "hparams": hparams},
+        # how the architecture is fitted (what the Models tab says of its dev speakers and recipe): in one solve
+        # on per-clip statistics, or by gradient steps with an epoch chosen on dev
+        "model": {"architecture": model.architecture, "hparams": hparams,
+                  "fit": "closed-form" if getattr(model, "closed_form", False) else "gradient"},
         "features": features.to_dict(),
         "heads": {k: list(v) for k, v in heads.items()},
     }

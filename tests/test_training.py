@@ -935,6 +935,7 @@ def test_screen_never_touches_the_held_out_fold_and_resumes(tmp_path, monkeypatc
     """``training.evaluate --screen``: probe variants scored on dev only; the recipe's test fold is neither
     trained on nor scored; every finished variant is on disk, and a rerun reads it back instead of refitting."""
     from serdemo.labels import get_label_set
+    from training import screen as screen_module
     from training import evaluate
     from training.data import Data, build_examples, load_corpora
     from training.splits import train_dev_test
@@ -968,8 +969,8 @@ def test_screen_never_touches_the_held_out_fold_and_resumes(tmp_path, monkeypatc
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(  # the head trained once per task
         "".join(ch if ch.isalnum() else "-" for ch in f"head-{t}") for t in rows[2]["dev"])
     seen.clear()
-    head_dev_ua = evaluate._head_dev_ua
-    monkeypatch.setattr(evaluate, "_head_dev_ua", lambda *a: pytest.fail("a finished task was trained again"))
+    head_dev_ua = screen_module.head_dev_ua
+    monkeypatch.setattr(screen_module, "head_dev_ua", lambda *a: pytest.fail("a finished task was trained again"))
     again = evaluate.screen(str(recipe), variants, out)
     assert again == rows and not seen  # read back, nothing encoded or fitted
     # a head interrupted after its tasks, before its own row: the tasks are read back, not trained again
