@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(tempfile.gettempdir()) / "serdemo-gradio"))
 
 from serdemo.housekeeping import (SessionKeeper, Sweeper, UploadBudgetMiddleware, gradio_cache_dir,  # noqa: E402
-                                  lean_session_state, max_page_sessions, upload_bytes)
+                                  lean_session_state, limit_malloc_arenas, max_page_sessions, upload_bytes)
 from serdemo.ui import build_app  # noqa: E402
 from serdemo.uikit import (CSS, SHORTCUTS_JS, BodyLimitMiddleware, LoginClientMiddleware, LoginGuard,  # noqa: E402
                            QueueLimitMiddleware, StreamChunkMiddleware, configure_proxy_headers, fair_queue,
@@ -29,6 +29,7 @@ from serdemo.workbench import Settings  # noqa: E402
 
 
 def main() -> None:
+    limit_malloc_arenas()  # two malloc arenas: memory freed after a burst can go back to the system
     settings = Settings.from_env()
     app = build_app(settings)
     app.queue(default_concurrency_limit=int(os.environ.get("SERDEMO_CONCURRENCY", "2")))

@@ -175,8 +175,7 @@ def sweep(gradio_dir=None, work_dir=None, budget: int | None = None, max_age_s: 
         pass
     if sessions is not None:
         report.page_sessions_dropped = sessions.drop_idle()
-    if report.sessions_released or report.page_sessions_dropped:
-        release_freed_memory()
+    release_freed_memory()  # what the sweep, released recordings and forgotten sessions freed, and analyses
     if report.removed or report.runs_removed or report.sessions_released or report.page_sessions_dropped:
         log.info("housekeeping: removed %d temporary entries (%.1f MB), %d retraining runs, released %d idle "
                  "live sessions, forgot %d idle page sessions; %.1f MB of %.0f MB used", report.removed,
@@ -211,6 +210,16 @@ def release_freed_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Have glibc keep at most ``arenas`` malloc arenas (``M_ARENA_MAX``; by default 8 per core): every worker
+    thread that decodes or analyses otherwise grows an arena of its own that it seldom gives back, and the
+    server's memory stays high long after a burst. Call at start, before the threads. False where not glibc."""
+    try:
+        return bool(ctypes.CDLL(None).mallopt(-8, int(arenas)))  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
 
 
 def lean_session_state() -> bool:

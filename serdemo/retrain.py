@@ -472,7 +472,9 @@ class Retrainer:
             # both models scored on the same clips, of speakers neither trained on: like for like
             compare = [self.python, "-m", "training.compare", str(base_checkpoint), str(self.out),
                        "--json", str(self.out / COMPARISON_FILE)]
-            script = " ".join(map(_quote, fit)) + " && " + " ".join(map(_quote, compare))
+            # below the server's priority (SERDEMO_RETRAIN_NICE, 10): a run takes the CPU the pages leave
+            script = (f"renice -n {retrain_nice()} -p $$ >/dev/null 2>&1; " + " ".join(map(_quote, fit)) + " && "
+                      + " ".join(map(_quote, compare)))
             with open(self.log, "w") as logf:
                 # its own process group: cancel() stops bash and every process the run started
                 self.proc = subprocess.Popen(["bash", "-c", script], cwd=root, env=env, stdout=logf,
@@ -696,6 +698,14 @@ class Retrainer:
         if self.proc is not None:
             self.proc.wait(timeout)
         return self.status()
+
+
+def retrain_nice() -> int:
+    """How much lower than the server's a retraining run's CPU priority is (``nice``; SERDEMO_RETRAIN_NICE)."""
+    try:
+        return min(19, max(0, int(os.environ.get("SERDEMO_RETRAIN_NICE", "10"))))
+    except ValueError:
+        return 10
 
 
 def _stop(proc: subprocess.Popen, sig: int) -> None:

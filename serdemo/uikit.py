@@ -555,7 +555,9 @@ def fair_queue(blocks, trust_forwarded: bool = False) -> bool:
     flood (48 analyses of a 59-s clip, its share under :class:`QueueLimitMiddleware`) otherwise made everyone
     who came after it wait for all of them. Before Gradio picks the next event of a concurrency group, that
     group's waiting events are ordered every client's first (in arrival order), then every client's second, and
-    so on; a client's own events keep their order. Call after ``blocks.queue()``; False without a queue."""
+    so on, a client's events already running counting as turns it has had (a flood holding one worker does
+    not get the other while someone else waits); a client's own events keep their order. Call after
+    ``blocks.queue()``; False without a queue."""
     queue = getattr(blocks, "_queue", None)
     if queue is None or not hasattr(queue, "get_events"):
         return False
@@ -564,11 +566,16 @@ def fair_queue(blocks, trust_forwarded: bool = False) -> bool:
     original = queue.get_events
 
     def get_events():
+        running: dict = {}  # a client's events now running count as turns it has had
+        for job in list(getattr(queue, "active_jobs", None) or []):
+            for event in job or ():
+                who = _event_client(event, trust_forwarded) or getattr(event, "session_hash", None)
+                running[who] = running.get(who, 0) + 1
         for group in list(getattr(queue, "event_queue_per_concurrency_id", {}).values()):
             waiting = group.queue
             if len(waiting) < 2:
                 continue
-            turns, ranked = {}, []
+            turns, ranked = dict(running), []
             for position, event in enumerate(waiting):
                 who = _event_client(event, trust_forwarded) or getattr(event, "session_hash", None)
                 turn = turns.get(who, 0)

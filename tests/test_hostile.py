@@ -506,3 +506,9 @@ def test_the_queue_is_served_round_robin_by_client_not_first_come(monkeypatch):
         queue.get_events()
     assert picked == ["flood0", "alice", "bob", "flood1"]
     assert [e.name for e in group.queue[:3]] == ["flood2", "flood3", "flood4"]  # the flood keeps its own order
+    # a client with an event running has had its turn: the next waiting user goes before the flood's next
+    queue.active_jobs = [[flood[2]], None]
+    group.queue[:] = [e for e in group.queue if e is not flood[2]] + [event("198.51.100.6", "carol")]
+    picked.clear()
+    queue.get_events()
+    assert picked == ["carol"]
