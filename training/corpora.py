@@ -10,62 +10,23 @@ from __future__ import annotations
 import csv
 import logging
 import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from serdemo import labels as L
+from training.corpora_more import scan_cremad, scan_iemocap, scan_savee, scan_tess
+from training.corpus_types import (
+    AUDIO_EXTS,
+    CorpusError,
+    CorpusScan,
+    Utterance,
+    audio_files,
+    require_dir,
+)
 
 log = logging.getLogger(__name__)
-AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
-
-
-@dataclass(frozen=True)
-class Utterance:
-    path: str
-    emotion: str  # canonical name (serdemo.labels.CANONICAL)
-    speaker: str  # corpus-qualified, e.g. "emodb:03"
-    corpus: str
-    gender: str | None = None  # "female" / "male"
-    naturalness: str = "acted"  # "acted" / "natural" / "unknown" (then the naturalness head ignores it)
-    source_speaker: str | None = None  # a stored clip cut from a corpus clip: that clip's speaker, e.g. "ravdess:01"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class CorpusScan:
-    corpus: str
-    root: str
-    utterances: list[Utterance] = field(default_factory=list)
-    problems: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
-    excluded: list[tuple[str, str]] = field(default_factory=list)  # deliberately left out, with why
-
-    def report(self) -> str:
-        lines = [f"{self.corpus}: {len(self.utterances)} utterances from {self.root}"]
-        if self.excluded:
-            lines.append(f"  {len(self.excluded)} excluded on purpose, e.g. {self.excluded[0][0]}: {self.excluded[0][1]}")
-        for path, why in self.problems:
-            lines.append(f"  not understood: {path}: {why}")
-        return "\n".join(lines)
-
-
-class CorpusError(ValueError):
-    """A corpus folder that cannot be read at all."""
-
-
-def _audio_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTS)
-
-
-def _require_dir(root, corpus: str) -> Path:
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise CorpusError(f"{corpus}: {root} is not a folder")
-    return root
-
-
+__all__ = ["AUDIO_EXTS", "CorpusError", "CorpusScan", "Utterance", "audio_files", "require_dir", "scan_cremad",
+           "scan_iemocap", "scan_savee", "scan_tess"]
 # ---------------------------------------------------------------- EMO-DB
 EMODB_NAME = re.compile(r"^(?P<spk>\d\d)(?P<text>[ab]\d\d)(?P<emo>[A-Z])(?P<take>[a-z])$")
 EMODB_MALE = {"03", "10", "11", "12", "15"}
@@ -74,9 +35,9 @@ EMODB_FEMALE = {"08", "09", "13", "14", "16"}
 
 def scan_emodb(root) -> CorpusScan:
     """EMO-DB: ``wav/SSaTTEv.wav`` (speaker, text, emotion letter, take)."""
-    root = _require_dir(root, "emodb")
+    root = require_dir(root, "emodb")
     scan = CorpusScan("emodb", str(root))
-    for path in _audio_files(root):
+    for path in audio_files(root):
         m = EMODB_NAME.match(path.stem)
         if not m:
             scan.problems.append((str(path), "name does not follow SSaTTEv (e.g. 03a01Fa.wav)"))
@@ -103,9 +64,9 @@ def scan_ravdess(root, include_song: bool = False) -> CorpusScan:
     Song recordings (vocal channel 02) are excluded unless ``include_song``; video-only files
     (modality 02) carry no audio and are excluded.
     """
-    root = _require_dir(root, "ravdess")
+    root = require_dir(root, "ravdess")
     scan = CorpusScan("ravdess", str(root))
-    for path in _audio_files(root):
+    for path in audio_files(root):
         m = RAVDESS_NAME.match(path.stem)
         if not m:
             scan.problems.append((str(path), "name does not follow MM-VV-EE-II-SS-RR-AA"))
@@ -158,7 +119,7 @@ def scan_nemo(root) -> CorpusScan:
     ``file_id`` follows ``SSS_emotion_N`` must agree with that name. Without ``data.tsv`` the
     corpus cannot be read (no genders), and a :class:`CorpusError` says so.
     """
-    root = _require_dir(root, "nemo")
+    root = require_dir(root, "nemo")
     tsv = _nemo_table(root)
     scan = CorpusScan("nemo", str(root))
     rows: dict[str, tuple[str, dict]] = {}  # stem -> (where, row)
@@ -178,7 +139,7 @@ def scan_nemo(root) -> CorpusScan:
             else:
                 rows[stem] = (where, row)
     seen: dict[str, Path] = {}
-    for path in _audio_files(root):
+    for path in audio_files(root):
         if path.stem in seen:
             scan.excluded.append((str(path), f"same clip as {seen[path.stem]} in another format"))
             continue
@@ -221,9 +182,9 @@ def scan_emovo(root) -> CorpusScan:
     """EMOVO (Italian; Costantini et al., LREC 2014): ``SS/EEE-SS-TT.wav|flac``, e.g. ``f1/dis-f1-b1.wav``
     (speaker f1-f3 female, m1-m3 male; emotion code; sentence). The speaker folder, when there is one, must
     agree with the name."""
-    root = _require_dir(root, "emovo")
+    root = require_dir(root, "emovo")
     scan = CorpusScan("emovo", str(root))
-    for path in _audio_files(root):
+    for path in audio_files(root):
         m = EMOVO_NAME.match(path.stem.lower())
         if not m:
             scan.problems.append((str(path), "name does not follow EEE-SS-TT (e.g. dis-f1-b1)"))
@@ -239,114 +200,6 @@ def scan_emovo(root) -> CorpusScan:
             continue
         gender = "female" if spk[0] == "f" else "male"
         scan.utterances.append(Utterance(str(path), emo, f"emovo:{spk}", "emovo", gender))
-    return scan
-
-
-# ---------------------------------------------------------------- CREMA-D
-CREMAD_NAME = re.compile(r"^(?P<spk>\d{4})_(?P<text>[A-Z]{3})_(?P<emo>[A-Z]{3})_(?P<lvl>[A-Z]{2})$")
-
-
-def scan_cremad(root) -> CorpusScan:
-    """CREMA-D: ``AudioWAV/1001_DFA_ANG_XX.wav``; gender from ``VideoDemographics.csv`` when present."""
-    root = _require_dir(root, "cremad")
-    scan = CorpusScan("cremad", str(root))
-    genders: dict[str, str] = {}
-    demo = next(iter(root.rglob("VideoDemographics.csv")), None)
-    if demo is not None:
-        with open(demo, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                sex = (row.get("Sex") or "").strip().lower()
-                if sex in ("male", "female"):
-                    genders[str(row.get("ActorID", "")).strip()] = sex
-    for path in _audio_files(root):
-        m = CREMAD_NAME.match(path.stem)
-        if not m:
-            scan.problems.append((str(path), "name does not follow 1001_DFA_ANG_XX"))
-            continue
-        emo = L.CREMAD.get(m["emo"])
-        if emo is None:
-            scan.problems.append((str(path), f"unknown emotion code {m['emo']!r}"))
-            continue
-        scan.utterances.append(Utterance(str(path), emo, f"cremad:{m['spk']}", "cremad", genders.get(m["spk"])))
-    return scan
-
-
-# ---------------------------------------------------------------- TESS
-TESS_NAME = re.compile(r"^(?P<spk>OAF|YAF)_(?P<word>[A-Za-z]+)_(?P<emo>[A-Za-z_]+)$", re.IGNORECASE)
-
-
-def scan_tess(root) -> CorpusScan:
-    """TESS: ``OAF_back_angry.wav`` / ``YAF_..._ps.wav``; two female speakers."""
-    root = _require_dir(root, "tess")
-    scan = CorpusScan("tess", str(root))
-    for path in _audio_files(root):
-        m = TESS_NAME.match(path.stem)
-        emo = L.TESS.get(m["emo"].lower()) if m else None
-        if not m or emo is None:
-            scan.problems.append((str(path), "name does not follow OAF|YAF_word_emotion"))
-            continue
-        scan.utterances.append(Utterance(str(path), emo, f"tess:{m['spk'].upper()}", "tess", "female"))
-    return scan
-
-
-# ---------------------------------------------------------------- SAVEE
-SAVEE_NAME = re.compile(r"^(?:(?P<spk>DC|JE|JK|KL)_)?(?P<emo>sa|su|a|d|f|h|n)(?P<num>\d\d)$")
-SAVEE_SPEAKERS = {"DC", "JE", "JK", "KL"}
-
-
-def scan_savee(root) -> CorpusScan:
-    """SAVEE: ``AudioData/DC/a01.wav`` (speaker folders) or ``DC_a01.wav`` (flat); four male speakers."""
-    root = _require_dir(root, "savee")
-    scan = CorpusScan("savee", str(root))
-    for path in _audio_files(root):
-        m = SAVEE_NAME.match(path.stem)
-        spk = (m["spk"] if m else None) or (path.parent.name if path.parent.name in SAVEE_SPEAKERS else None)
-        if not m or spk is None:
-            scan.problems.append((str(path), "name does not follow [DC|JE|JK|KL]/e01 or SPK_e01"))
-            continue
-        scan.utterances.append(Utterance(str(path), L.SAVEE[m["emo"]], f"savee:{spk}", "savee", "male"))
-    return scan
-
-
-# ---------------------------------------------------------------- IEMOCAP
-IEMOCAP_LINE = re.compile(r"^\[(?P<start>[\d.]+) - (?P<end>[\d.]+)\]\t(?P<utt>Ses\d\d[FM]_\S+)\t(?P<emo>\w+)\t")
-IEMOCAP_UTT = re.compile(r"^(?P<ses>Ses\d\d)[FM]_(?P<dialog>.+)_(?P<spk>[FM])\d{3}$")
-
-
-def scan_iemocap(root) -> CorpusScan:
-    """IEMOCAP: ``SessionN/dialog/EmoEvaluation/*.txt`` labels, ``SessionN/sentences/wav/<dialog>/<utt>.wav``.
-
-    The speaker is the session plus the speaking actor's gender (``Ses01F``); ``xxx`` (no agreement)
-    is excluded on purpose.
-    """
-    root = _require_dir(root, "iemocap")
-    scan = CorpusScan("iemocap", str(root))
-    evals = sorted(root.glob("Session*/dialog/EmoEvaluation/*.txt"))
-    if not evals:
-        raise CorpusError(f"iemocap: no Session*/dialog/EmoEvaluation/*.txt under {root}")
-    for ev in evals:
-        session_dir = ev.parents[2]
-        for line in ev.read_text(encoding="utf-8", errors="replace").splitlines():
-            if not line.startswith("["):
-                continue
-            m = IEMOCAP_LINE.match(line)
-            u = IEMOCAP_UTT.match(m["utt"]) if m else None
-            if not m or not u:
-                scan.problems.append((f"{ev}: {line[:60]}", "label line not understood"))
-                continue
-            wav = session_dir / "sentences" / "wav" / m["utt"].rsplit("_", 1)[0] / f"{m['utt']}.wav"
-            if m["emo"] not in L.IEMOCAP:
-                scan.problems.append((str(wav), f"unknown emotion code {m['emo']!r}"))
-                continue
-            emo = L.IEMOCAP[m["emo"]]
-            if emo is None:
-                scan.excluded.append((str(wav), "annotators did not agree (xxx)"))
-                continue
-            if not wav.is_file():
-                scan.problems.append((str(wav), "labelled in EmoEvaluation but the wav is missing"))
-                continue
-            gender = "female" if u["spk"] == "F" else "male"
-            scan.utterances.append(Utterance(str(wav), emo, f"iemocap:{u['ses']}{u['spk']}", "iemocap", gender))
     return scan
 
 
@@ -367,9 +220,9 @@ def scan_folders(root, corpus: str = "folders", naturalness: str = "acted") -> C
     Without speaker folders every file counts as its own speaker, which cannot guarantee speaker
     independence; the scan says so in ``excluded``-free ``problems`` only when labels are unknown.
     """
-    root = _require_dir(root, corpus)
+    root = require_dir(root, corpus)
     scan = CorpusScan(corpus, str(root))
-    for path in _audio_files(root):
+    for path in audio_files(root):
         rel = path.relative_to(root).parts
         if len(rel) not in (2, 3):
             scan.problems.append((str(path), "expected <label>/<file> or <label>/<speaker>/<file>"))
@@ -461,7 +314,7 @@ def scan_store(root) -> CorpusScan:
     from serdemo.export import export_rows
     from serdemo.store import Store
 
-    root = _require_dir(root, "store")
+    root = require_dir(root, "store")
     if not (Path(root) / "store.sqlite3").is_file():
         raise CorpusError(f"store: {root} holds no store.sqlite3")
     scan = CorpusScan("store", str(root))
