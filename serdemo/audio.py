@@ -27,34 +27,31 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
-import mmap
-import struct
 import io
 import math
 import os
-from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Union
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.transforms as AT
 
-SAMPLE_RATE = 16_000  # Hz, what every model sees
+# the decoder's parts, each in its own module; their public names stay importable from here
+from serdemo.audio_errors import BYTES_PER_SAMPLE, DECODE_BLOCK_BYTES, MICROPHONE, AudioError, problem, reason  # noqa: F401
+from serdemo.audio_headers import UNKNOWN_FRAMES, PatchedFile, mpeg_frame, repair_header  # noqa: F401
+from serdemo.resampling import (MAX_RESAMPLE_TAPS, SAMPLE_RATE, StreamResampler, kernel_taps, resample,  # noqa: F401
+                                resample_ratio)
+
 MIN_DURATION_S = 0.25  # shorter clips carry too little speech to classify
 MAX_DURATION_S = 60.0  # default upper bound; callers may raise or lower it
 MIN_SOURCE_RATE = 2_000  # Hz; below this there is no speech band left to analyse
 MAX_SOURCE_RATE = 384_000  # Hz; the highest rate any common recorder produces
 MAX_CHANNELS = 64
 SILENCE_PEAK = 1.0 / 32768  # at or below one 16-bit step: digital silence
-BYTES_PER_SAMPLE = 4  # float32, as every sample is decoded
 # What one decode may produce in all (channels x rate x duration x 4 bytes), checked from the header before
 # anything is read: decoding is streamed, so this bounds work (CPU time), not memory. 30 min of 96 kHz stereo
 # is 1.4 GB; 60 s of 64 channels at 192 kHz would be 2.9 GB.
 MAX_DECODED_BYTES = 2 * 2**30
-DECODE_BLOCK_BYTES = 4 * 2**20  # interleaved float32 decoded at once (16,384 frames of 64 channels)
 MONO_BLOCK_BYTES = 4 * 2**20  # mono source-rate samples gathered before each resampling step
 # Memory one request may hold while decoding: a decoded block, its mono mix, the resampler's pending input
 # and its output (torch's polyphase intermediate included), with room to spare; load_audio adds its result.
@@ -63,48 +60,8 @@ REQUEST_BUDGET_BYTES = 32 * 2**20
 # Resampling cost bound: torchaudio's polyphase sinc kernel has up x (2 * width + down) taps for a reduced
 # up/down ratio, and every output sample costs 2 * width + down of them. 11,025 Hz, the costliest common
 # rate, needs 291,200; 4,001 Hz would need 64 million (1.7 GB, 5 s). Ratios over the bound are approximated.
-MAX_RESAMPLE_TAPS = 400_000
-LOWPASS_WIDTH = 6  # zero crossings of the sinc on each side (torchaudio's default)
-ROLLOFF = 0.99  # cutoff as a fraction of the lower Nyquist frequency (torchaudio's default)
 
 AudioSource = Union[str, os.PathLike, bytes, bytearray, tuple, np.ndarray]
-UNKNOWN_FRAMES = 2**62  # libsndfile reports SF_COUNT_MAX (2**63 - 1) for a length it does not know
-
-
-MICROPHONE = "microphone"  # the source name for audio recorded in the browser (anything else: a file)
-
-
-class AudioError(ValueError):
-    """Audio that cannot be analysed; the message says why and what to do.
-
-    ``str()`` words it for a file (or whatever was given); :meth:`for_source` words the same problem
-    for a microphone recording, where the advice differs (check the microphone, record again).
-    """
-
-    def __init__(self, message: str, microphone: str | None = None):
-        super().__init__(message)
-        self.microphone = microphone or message
-
-    def for_source(self, source: str | None) -> str:
-        """The message for audio that came from ``source`` (:data:`MICROPHONE` or an upload)."""
-        return self.microphone if source == MICROPHONE else str(self)
-
-
-def problem(text: str, label: str, upload: str = "", record: str = "") -> AudioError:
-    """An :class:`AudioError` for ``text``, where ``{what}`` names the audio: about ``label`` with the
-    ``upload`` advice, and about "the recording" with the ``record`` advice (default: the same)."""
-
-    def sentence(what: str, advice: str) -> str:
-        t = text.replace("{what}", what)
-        return f"{t[:1].upper()}{t[1:]} {advice}".strip()
-
-    return AudioError(sentence(label, upload), sentence("the recording", record or upload))
-
-
-def _reason(exc: Exception) -> str:
-    """What the decoder said, as ' (reason)', without the file's path (soundfile puts it in str(exc))."""
-    text = str(getattr(exc, "error_string", "") or "").strip().rstrip(".")
-    return f" ({text})" if text else ""
 
 
 def describe(source) -> str:
@@ -216,333 +173,6 @@ def release_memory() -> None:
 _LIBC = None
 
 
-# ------------------------------------------------------------------------------ resampling
-def kernel_taps(ratio: Fraction) -> int:
-    """Taps of the sinc kernel that resampling by ``ratio`` (= new rate / old rate, reduced) builds."""
-    up, down = ratio.numerator, ratio.denominator
-    width = math.ceil(LOWPASS_WIDTH * down / (ROLLOFF * min(up, down)))
-    return up * (2 * width + down)
-
-
-def resample_ratio(rate: int, target_rate: int = SAMPLE_RATE) -> Fraction:
-    """The ``target_rate / rate`` ratio :func:`resample` applies.
-
-    Exact when its kernel fits :data:`MAX_RESAMPLE_TAPS` (every common rate: 8k, 11.025k, 22.05k, 24k,
-    32k, 44.1k, 48k, 96k, ...). Otherwise the closest fraction whose kernel fits: the audio is read as if
-    recorded at a rate under 0.1% away, a pitch and tempo change far below what anyone hears (VTLP itself
-    warps by up to 10%).
-    """
-    exact = ratio = Fraction(target_rate, rate)
-    while kernel_taps(ratio) > MAX_RESAMPLE_TAPS:  # shrink the denominator until the kernel fits
-        ratio = exact.limit_denominator(min(ratio.denominator - 1, int(ratio.denominator * 0.95)))
-        ratio = max(ratio, Fraction(1, ratio.denominator))  # never resample to nothing
-    return ratio
-
-
-def resample(wave: np.ndarray, rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Band-limited resampling (torchaudio's windowed sinc) of a mono float32 waveform, at bounded cost.
-
-    The ratio comes from :func:`resample_ratio`; ``(samples,)`` -> ``(ceil(samples * ratio),)``.
-    """
-    if rate == target_rate:
-        return wave
-    out = _resampler(resample_ratio(rate, target_rate))(torch.from_numpy(np.ascontiguousarray(wave)))
-    return out.numpy().astype(np.float32, copy=False)
-
-
-@functools.lru_cache(maxsize=16)  # at most 16 x 1.6 MB of float32 kernels
-def _resampler(ratio: Fraction) -> AT.Resample:
-    """torchaudio's resampler for ``ratio`` with its kernel built once (same output as its functional form)."""
-    return AT.Resample(ratio.denominator, ratio.numerator, lowpass_filter_width=LOWPASS_WIDTH, rolloff=ROLLOFF,
-                       dtype=torch.float32)
-
-
-class StreamResampler:
-    """Resampling to ``target_rate`` of a stream that arrives in pieces of any size (file blocks,
-    microphone chunks): the concatenated output equals :func:`resample` of the whole stream.
-
-    Each piece is resampled with ``context`` input samples of look-back and look-ahead, starting on a
-    whole phase of the polyphase filter (a multiple of ``down`` input samples), so no piece edge is
-    audible; the last ``context`` samples wait for the next :meth:`push` or for :meth:`flush`.
-    """
-
-    def __init__(self, rate: int, target_rate: int = SAMPLE_RATE):
-        self.rate, self.target_rate = int(rate), int(target_rate)
-        ratio = resample_ratio(self.rate, self.target_rate)
-        self.up, self.down = ratio.numerator, ratio.denominator
-        width = math.ceil(LOWPASS_WIDTH * self.down / (ROLLOFF * min(self.up, self.down)))
-        self.context = -(-(width + self.down) // self.down) * self.down  # input samples, phase-aligned
-        self.buf = np.zeros(0, np.float32)
-        self.buf_start = 0  # input index of buf[0]
-        self.done = 0  # input samples already turned into output
-
-    @property
-    def passthrough(self) -> bool:
-        return self.rate == self.target_rate
-
-    def output_length(self, n_in: int) -> int:
-        return -(-n_in * self.up // self.down)
-
-    def push(self, raw: np.ndarray) -> np.ndarray:
-        """Mono float32 input -> the output it completes (possibly empty)."""
-        if self.passthrough:
-            return raw
-        self.buf = np.concatenate([self.buf, raw]) if len(self.buf) else np.asarray(raw, np.float32)
-        stop = (self.buf_start + len(self.buf) - self.context) // self.down * self.down
-        if stop <= self.done:
-            return np.zeros(0, np.float32)
-        out = self.span(self.buf, self.buf_start, self.done, stop, final=False)
-        self.done = stop
-        keep = max(0, (stop - self.context) // self.down * self.down)
-        self.buf, self.buf_start = self.buf[keep - self.buf_start:].copy(), keep
-        return out
-
-    def flush(self) -> np.ndarray:
-        """The output still held back at the end of the stream."""
-        end = self.buf_start + len(self.buf)
-        if self.passthrough or self.done >= end:
-            return np.zeros(0, np.float32)
-        out = self.span(self.buf, self.buf_start, self.done, end, final=True)
-        self.done = end
-        self.buf = np.zeros(0, np.float32)
-        self.buf_start = end
-        return out
-
-    def span(self, buf: np.ndarray, buf_start: int, a: int, b: int, final: bool) -> np.ndarray:
-        """Output for input samples ``[a, b)`` (``a`` a multiple of ``down``) from ``buf``, which starts at
-        input index ``buf_start`` and holds ``context`` samples around the span (``final``: ``buf`` ends
-        where the stream ends)."""
-        ext_start = max(buf_start, (a - self.context) // self.down * self.down)
-        ext_stop = buf_start + len(buf) if final else min(buf_start + len(buf), b + self.context)
-        out = resample(np.ascontiguousarray(buf[ext_start - buf_start: ext_stop - buf_start]), self.rate,
-                       self.target_rate)
-        first = (a - ext_start) * self.up // self.down
-        return out[first: first + self.output_length(b) - a * self.up // self.down]
-
-
-# ------------------------------------------------------------------------------ headers checked against the data
-class PatchedFile(io.RawIOBase):
-    """A file (a path, or bytes) as libsndfile's virtual IO reads it, with some byte ranges replaced:
-    ``patches`` maps a byte offset to the bytes that stand there instead (a corrected length in a header).
-    The file itself is never written."""
-
-    def __init__(self, source, patches: dict[int, bytes]):
-        super().__init__()
-        self._file = open(source, "rb") if isinstance(source, (str, os.PathLike)) else io.BytesIO(bytes(source))
-        self._file.seek(0, io.SEEK_END)
-        self._size = self._file.tell()
-        self._file.seek(0)
-        self._patches = sorted((int(k), bytes(v)) for k, v in patches.items())
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self._file.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._file.tell()
-
-    def readinto(self, buffer) -> int:
-        start = self._file.tell()
-        data = self._file.read(len(buffer))
-        if data and self._patches:
-            data = bytearray(data)
-            for at, replacement in self._patches:
-                lo, hi = max(at, start), min(at + len(replacement), start + len(data))
-                if lo < hi:
-                    data[lo - start:hi - start] = replacement[lo - at:hi - at]
-        n = len(data)
-        memoryview(buffer).cast("B")[:n] = data
-        return n
-
-    def close(self) -> None:
-        self._file.close()
-        super().close()
-
-
-@contextlib.contextmanager
-def _raw_bytes(stream: "AudioStream"):
-    """The encoded file's bytes, mapped (a path) or as given (bytes), for reading its headers."""
-    if stream.data is not None:
-        yield stream.data
-        return
-    with open(stream.path, "rb") as f:
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            yield m
-
-
-def _id3v2_size(b) -> int:
-    """Bytes of an ID3v2 tag at the start of ``b`` (0 without one)."""
-    if len(b) >= 10 and b[:3] == b"ID3":
-        size = (b[6] & 0x7F) << 21 | (b[7] & 0x7F) << 14 | (b[8] & 0x7F) << 7 | (b[9] & 0x7F)
-        return 10 + size + (10 if b[5] & 0x10 else 0)
-    return 0
-
-
-def repair_header(stream: "AudioStream", fmt: str) -> dict[int, bytes]:
-    """Check ``stream``'s header length against its data and correct ``stream.frames``: returns the byte
-    patches (:class:`PatchedFile`) that make libsndfile read the counted length, or ``{}`` when the header is
-    right. FLAC: a STREAMINFO length of 0 (unknown) is counted by decoding, bounded by the limits. MPEG: the
-    frame headers are walked (no decoding); a Xing/Info/VBRI count that disagrees with them (0, 2, ...), or an
-    estimate that does (a variable-rate file without such a frame), is replaced. Other formats whose length
-    libsndfile does not know are refused. Raises :class:`AudioError`."""
-    if fmt == "FLAC":
-        return _repair_flac(stream)
-    if fmt in ("MP3", "MPEG"):  # soundfile names libsndfile's MPEG format "MP3" (layers I-III)
-        return _repair_mpeg(stream)
-    if stream.frames >= UNKNOWN_FRAMES:
-        raise problem("{what} does not say how long it is, and this format cannot be counted.", stream.label,
-                      "Convert it to wav or flac.", "Record again.")
-    return {}
-
-
-def _repair_flac(stream: "AudioStream") -> dict[int, bytes]:
-    with _raw_bytes(stream) as b:
-        at = _id3v2_size(b)
-        if b[at:at + 4] != b"fLaC" or len(b) < at + 26:
-            return {}
-        field = at + 4 + 4 + 10  # 'fLaC', STREAMINFO's block header, block and frame sizes
-        packed = int.from_bytes(b[field:field + 8], "big")
-    if packed & (2**36 - 1) and stream.frames < UNKNOWN_FRAMES:
-        return {}  # the recorded length (libsndfile checks the frames against it while decoding)
-    total = _count_by_decoding(stream)
-    if total == 0:
-        raise problem("{what} holds no audio samples: it is empty or truncated.", stream.label,
-                      "Upload the complete file.", "Record again.")
-    stream.frames = total
-    return {field: ((packed & ~(2**36 - 1)) | total).to_bytes(8, "big")}
-
-
-def _count_by_decoding(stream: "AudioStream") -> int:
-    """Frames of a file whose header does not record them, counted by decoding it block by block (nothing is
-    kept); refused as soon as the count passes :meth:`AudioStream.frame_limit`. libsndfile's own read is used
-    without the seek after each block that ``SoundFile.read`` makes, which fails past an unknown end."""
-    read = getattr(getattr(sf, "_snd", None), "sf_readf_float", None)
-    ffi = getattr(sf, "_ffi", None)
-    if read is None or ffi is None:  # pragma: no cover - another soundfile
-        raise problem("{what} does not record its length in its header.", stream.label,
-                      "Convert it again (its encoder left the length out).", "Record again.")
-    limit = stream.frame_limit()
-    frames = max(1, DECODE_BLOCK_BYTES // (BYTES_PER_SAMPLE * stream.channels))
-    buffer = np.empty((frames, stream.channels), np.float32)
-    pointer = ffi.cast("float *", buffer.ctypes.data)
-    counted = 0
-    try:
-        with stream.soundfile() as f:
-            while True:
-                got = int(read(f._file, pointer, frames))
-                if got <= 0:
-                    break
-                counted += got
-                if counted > limit:
-                    raise stream.too_long()
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        raise problem("{what} is damaged and could not be decoded" + _reason(exc) + ".", stream.label,
-                      "Upload an intact copy.", "Record again.") from None
-    return counted
-
-
-# MPEG audio frame headers: bit rates (kbit/s) by (MPEG-1?, layer), sample rates by version bits
-_MPEG_KBPS = {
-    (True, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
-    (True, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
-    (True, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
-    (False, 1): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
-    (False, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
-    (False, 3): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
-}
-_MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
-
-
-def mpeg_frame(b, i: int) -> tuple[int, int, int, int] | None:
-    """The MPEG audio frame header at ``b[i:]``: ``(bytes, samples per frame, sample rate, offset of a
-    Xing/Info tag)``, or None where no valid header (free-format frames included) starts."""
-    if i + 4 > len(b) or b[i] != 0xFF or b[i + 1] & 0xE0 != 0xE0:
-        return None
-    version, layer = (b[i + 1] >> 3) & 3, 4 - ((b[i + 1] >> 1) & 3)
-    index, rate_index, padding = b[i + 2] >> 4, (b[i + 2] >> 2) & 3, (b[i + 2] >> 1) & 1
-    if version == 1 or layer == 4 or index in (0, 15) or rate_index == 3:
-        return None
-    mpeg1, rate = version == 3, _MPEG_RATES[version][rate_index]
-    bits = _MPEG_KBPS[(mpeg1, layer)][index] * 1000
-    if layer == 1:
-        size, spf = (12 * bits // rate + padding) * 4, 384
-    elif layer == 2:
-        size, spf = 144 * bits // rate + padding, 1152
-    else:
-        size, spf = (144 if mpeg1 else 72) * bits // rate + padding, 1152 if mpeg1 else 576
-    mono = b[i + 3] >> 6 == 3
-    side = (17 if mono else 32) if mpeg1 else (9 if mono else 17)
-    return size, spf, rate, 4 + side
-
-
-def _repair_mpeg(stream: "AudioStream") -> dict[int, bytes]:
-    """Walk an MP3's frame headers (bounded by the limits) and replace a frame count that disagrees with them."""
-    limit = stream.frame_limit()
-    with _raw_bytes(stream) as b:
-        i, end = _id3v2_size(b), len(b)
-        frames = samples = 0
-        first = info = None  # (offset, header) of the first frame; (offset of the tag, its kind) of an info frame
-        while i < end:
-            head = mpeg_frame(b, i)
-            if head is None or i + head[0] > end:
-                if b[i:i + 3] == b"TAG" or b[i:i + 8] == b"APETAGEX":
-                    break
-                nxt = b.find(b"\xff", i + 1)  # resynchronise on the next possible header
-                if nxt < 0:
-                    break
-                i = nxt
-                continue
-            if first is None:
-                first = (i, head)
-                tag = bytes(b[i + head[3]:i + head[3] + 4])
-                vbri = bytes(b[i + 36:i + 40]) if head[0] >= 40 + 18 else b""
-                if tag in (b"Xing", b"Info") and head[0] >= head[3] + 8:
-                    info = (i + head[3], "xing", struct.unpack(">I", b[i + head[3] + 4:i + head[3] + 8])[0])
-                elif vbri == b"VBRI":
-                    info = (i + 36, "vbri", 0)
-            frames += 1
-            samples += head[1]
-            if samples - (first[1][1] if info else 0) > limit + 4 * head[1]:
-                raise stream.too_long()
-            i += head[0]
-    if first is None:
-        return {}
-    spf = first[1][1]
-    audio_frames = frames - (1 if info else 0)  # the info frame itself holds no audio
-    counted = audio_frames * spf
-    if stream.frames < UNKNOWN_FRAMES and abs(stream.frames - counted) <= 4 * spf:
-        return {}  # the header agrees with the data (up to the encoder's delay and padding)
-    offset = first[0]
-    if info is not None and info[1] == "xing":
-        at, _, flags = info
-        if flags & 1:  # the count field is there: only the count changes (the gapless tag stays readable)
-            patches = {at + 8: struct.pack(">I", audio_frames)}
-        else:  # no count field: frames only (the fields after it are no longer read)
-            patches = {at + 4: struct.pack(">II", 1, audio_frames)}
-    elif info is not None:  # VBRI: version, delay, quality, bytes, then frames
-        patches = {info[0] + 14: struct.pack(">I", audio_frames)}
-    else:  # no info frame: the first frame becomes one (its side information zeroed, as decoders expect)
-        side = first[1][3]
-        if first[1][0] < side + 12:
-            return {}
-        audio_frames -= 1
-        patches = {offset + 4: bytes(side - 4) + b"Xing" + struct.pack(">II", 1, audio_frames)}
-    stream.patches = patches
-    try:
-        with stream.soundfile() as f:
-            stream.frames = int(f.frames)
-    except (sf.LibsndfileError, RuntimeError):
-        stream.frames = audio_frames * spf
-    finally:
-        stream.patches = {}
-    if stream.frames <= 0 or stream.frames >= UNKNOWN_FRAMES:
-        stream.frames = max(1, audio_frames * spf)
-    return patches
 
 
 # ------------------------------------------------------------------------------ the stream
@@ -598,7 +228,7 @@ class AudioStream:
         try:
             info = sf.info(self._opener())
         except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-            raise problem("{what} is not a readable audio file" + _reason(exc) + ".", self.label,
+            raise problem("{what} is not a readable audio file" + reason(exc) + ".", self.label,
                           "Upload wav, flac, ogg or mp3.",
                           "Record again, or upload a wav, flac, ogg or mp3 file.") from None
         if info.frames <= 0:
@@ -707,7 +337,7 @@ class AudioStream:
                     if len(got) < n:
                         return
         except (sf.LibsndfileError, RuntimeError) as exc:
-            raise problem("{what} is damaged and could not be decoded" + _reason(exc) + ".", self.label,
+            raise problem("{what} is damaged and could not be decoded" + reason(exc) + ".", self.label,
                           "Upload an intact copy.", "Record again.") from None
 
     def _gathered(self, blocks: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
