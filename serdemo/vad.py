@@ -32,6 +32,9 @@ The energy fallback is relative to each clip's own peak and floor already.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import logging
 from dataclasses import dataclass
 import copy
@@ -243,6 +246,17 @@ class SpeechDetector:
                     raise
                 log.warning("silero-vad not available (%s); using the energy detector", exc)
                 self.backend = "energy"
+
+    @property
+    def identity(self) -> str:
+        """How this detector makes a mask (backend, level normalisation, every threshold and span), as 12 hex
+        digits: caches of masks are keyed by it, so changing any of them recomputes the masks."""
+        settings = {"backend": self.backend, "normalise_level": self.normalise_level, "hop": self.hop_length,
+                    "chunk": CHUNK, "context": CONTEXT, "onset": ONSET, "offset": OFFSET,
+                    "min_speech_s": MIN_SPEECH_S, "min_gap_s": MIN_GAP_S, "pad_s": PAD_S,
+                    "level_targets_db": list(LEVEL_TARGETS_DB), "level_floor_db": LEVEL_FLOOR_DB,
+                    "level_span_chunks": LEVEL_SPAN_CHUNKS}
+        return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
     @torch.inference_mode()
     def chunk_scores(self, waves: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:

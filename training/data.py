@@ -71,7 +71,7 @@ class WaveCache:
 
         wave = self.get(path)
         det = default_detector()
-        file = self.directory / f"{self.key(path)}-speech-{det.backend}-{hop_length}-w.npy"
+        file = self.directory / f"{self.key(path)}-speech-{det.identity}-{hop_length}.npy"  # how the mask was made
         try:
             mask = np.load(file, allow_pickle=False)
         except (OSError, ValueError):

@@ -1,7 +1,9 @@
 """The encoder-feature cache: each clip's encoder states, computed once, reused by every head.
 
 Key: the SHA-256 of the decoded 16 kHz waveform (content, not path: a copy in the annotation store
-hits the same entry), the encoder's tensor digest, and the VTLP alpha. Value: one ``.npz`` (read with
+hits the same entry), the encoder's tensor digest, the VTLP alpha, and how the speech mask was made (the
+detector's :attr:`serdemo.vad.SpeechDetector.identity`: backend and every setting). When only the mask's
+maker changed, the states of the old entry are reused and the mask is recomputed (no encoder pass). Value: one ``.npz`` (read with
 ``allow_pickle=False``) holding ``states`` float16 ``(layers + 1, time, width)`` on the 25-frames/s model
 grid (every layer and the embedding, so any layer choice reuses it) and ``speech`` bool ``(time,)``.
 
@@ -39,7 +41,7 @@ class EncodedCache:
     """Encoder states per (clip content, encoder, alpha), in memory and on disk."""
 
     def __init__(self, directory: Path | None = None, frontend: FrontEnd | None = None,
-                 encoder: str = encoders.DEFAULT):
+                 encoder: str = encoders.DEFAULT, mask_id: str | None = None):
         if frontend is None:
             enc = encoders.load(encoder)
             frontend = FrontEnd(enc.info.features, enc)
@@ -47,11 +49,26 @@ class EncodedCache:
         enc = self.frontend.encoder
         self.directory = Path(directory or default_dir()) / enc.digest[:16]
         self.directory.mkdir(parents=True, exist_ok=True)
+        if mask_id is None:
+            from serdemo.vad import default_detector
+
+            mask_id = default_detector().identity
+        self.mask_id = mask_id
         self.memory: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]] = {}
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.remasked = 0
 
     def file(self, digest: str, alpha: float) -> Path:
-        return self.directory / f"{digest[:40]}-a{alpha:.3f}.npz"
+        return self.directory / f"{digest[:40]}-a{alpha:.3f}-m{self.mask_id}.npz"
+
+    def _other_mask(self, digest: str, alpha: float) -> np.ndarray | None:
+        """The states of an entry whose mask another detector (or an older key) made, if any."""
+        for old in sorted(self.directory.glob(f"{digest[:40]}-a{alpha:.3f}*.npz")):
+            try:
+                with np.load(old, allow_pickle=False) as z:
+                    return z["states"]
+            except (OSError, ValueError, KeyError):
+                continue
+        return None
 
     def lookup(self, digest: str, alpha: float = 1.0):
         """``(states float16 (layers + 1, time, width), speech bool (time,))`` or None when not cached."""
@@ -68,6 +85,19 @@ class EncodedCache:
         self.memory[key] = item
         return item
 
+    def _remask(self, digest: str, alpha: float, speech) -> bool:
+        """Reuse the states of an entry whose mask another detector made: recompute the mask on its grid from
+        ``speech`` (log-mel grid) and store it under this cache's key. -> whether it could."""
+        states = self._other_mask(digest, alpha)
+        if states is None:
+            return False
+        m = torch.as_tensor(np.asarray(speech, dtype=bool))[None]
+        mask = speech_on_grid(m, states.shape[1])[0].numpy()
+        atomic_write(self.file(digest, alpha), lambda f: np.savez(f, states=states, speech=mask))
+        self.memory[(digest, round(alpha, 3))] = (states, mask)
+        self.remasked += 1
+        return True
+
     @torch.inference_mode()
     def fill(self, waves: list[np.ndarray], speech: list[np.ndarray], alpha: float = 1.0, batch_size: int = 8,
              progress=None, digests: list[str] | None = None) -> list[str]:
@@ -75,6 +105,7 @@ class EncodedCache:
         :func:`wave_digest` when the caller already has them. Returns the digests."""
         digests = digests if digests is not None else [wave_digest(w) for w in waves]
         todo = [i for i, d in enumerate(digests) if self.lookup(d, alpha) is None]
+        todo = [i for i in todo if not self._remask(digests[i], alpha, speech[i])]
         todo.sort(key=lambda i: len(waves[i]))
         done = 0
         for start in range(0, len(todo), batch_size):
