@@ -364,7 +364,8 @@ def choose(t: Table, variants=VARIANTS) -> dict:
 LAYER_SCREEN_VARIANTS = ("none", "two heads mean tau3", "two heads meanvar tau3", "mean tau3")
 
 
-def layer_variants(table_layers: list[int], layer_sets: list[list[int]], width: int) -> list[dict]:
+def layer_variants(table_layers: list[int], layer_sets: list[list[int]], width: int,
+                   names=LAYER_SCREEN_VARIANTS) -> list[dict]:
     """Every voice variant of :data:`LAYER_SCREEN_VARIANTS` on each layer set: the nested screen then chooses
     the layers on inner folds as it chooses the normalisation (the table holds ``table_layers``' statistics)."""
     from training.probe import pool_columns
@@ -373,7 +374,7 @@ def layer_variants(table_layers: list[int], layer_sets: list[list[int]], width: 
     for ls in layer_sets:
         cols = pool_columns([table_layers.index(layer) for layer in ls], width)
         for v in VARIANTS:
-            if v["name"] in LAYER_SCREEN_VARIANTS:
+            if v["name"] in names:
                 out.append(dict(v, name=f"{v['name']} L{''.join(map(str, ls))}", cols=cols, layers=ls))
     return out
 
@@ -395,6 +396,8 @@ def main(argv=None):
     ap.add_argument("--layer-sets", default=None, metavar="1,2,3;2,3,4",
                     help="screen these layer sets too, nested like the voice variants (default: states 2-4 only, "
                          "as the shipped recipe's earlier screen chose for whisper-base)")
+    ap.add_argument("--voice-variants", default=",".join(LAYER_SCREEN_VARIANTS),
+                    help="with --layer-sets: the voice variants screened on each layer set (comma-separated names)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     variants = VARIANTS
@@ -404,7 +407,8 @@ def main(argv=None):
 
         sets = [[int(v) for v in part.split(",")] for part in args.layer_sets.split(";")]
         table_layers = sorted({layer for s in sets for layer in s})
-        variants = layer_variants(table_layers, sets, encoders.info(args.encoder).width)
+        variants = layer_variants(table_layers, sets, encoders.info(args.encoder).width,
+                                  args.voice_variants.split(","))
         if args.stats == ap.get_default("stats"):
             args.stats = f".cache/voice/stats-{args.encoder}-L{''.join(map(str, table_layers))}.npz"
     t = stats_table(args.corpus or DEFAULT_CORPORA, out=Path(args.stats), encoder=args.encoder, layers=table_layers)
