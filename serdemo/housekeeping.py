@@ -118,6 +118,7 @@ class SweepReport:
     runs_removed: int = 0
     sessions_released: int = 0
     page_sessions_dropped: int = 0
+    results_dropped: int = 0
     entries: list[str] = field(default_factory=list)
 
 
@@ -175,17 +176,20 @@ def sweep(gradio_dir=None, work_dir=None, budget: int | None = None, max_age_s: 
         pass
     if sessions is not None:
         report.page_sessions_dropped = sessions.drop_idle()
+        report.results_dropped = sessions.drop_unread()
     release_freed_memory()  # what the sweep, released recordings and forgotten sessions freed, and analyses
-    if report.removed or report.runs_removed or report.sessions_released or report.page_sessions_dropped:
+    if (report.removed or report.runs_removed or report.sessions_released or report.page_sessions_dropped
+            or report.results_dropped):
         log.info("housekeeping: removed %d temporary entries (%.1f MB), %d retraining runs, released %d idle "
-                 "live sessions, forgot %d idle page sessions; %.1f MB of %.0f MB used", report.removed,
-                 report.freed_bytes / 1e6, report.runs_removed, report.sessions_released,
-                 report.page_sessions_dropped, used / 1e6, budget / 1e6)
+                 "live sessions, forgot %d idle page sessions and %d sessions' unread results; %.1f MB of %.0f MB "
+                 "used", report.removed, report.freed_bytes / 1e6, report.runs_removed, report.sessions_released,
+                 report.page_sessions_dropped, report.results_dropped, used / 1e6, budget / 1e6)
     return report
 
 
 # ------------------------------------------------------------------------------------------- page sessions
 SESSION_IDLE_S = 600.0  # a page session unused this long is forgotten (an open page polls every 2 s)
+UNREAD_RESULT_S = 120.0  # a finished event's result nobody has read for this long is dropped
 MAX_PAGE_SESSIONS = 1000  # sessions Gradio keeps at most (its default: 10,000), the least recently used go first
 
 
@@ -282,10 +286,42 @@ class SessionKeeper:
     the queue. An open page polls every 2 s, so only closed pages and one-shot API sessions go. Gradio's own
     ``state_session_capacity`` (``max_page_sessions``, app.py) caps how many are kept meanwhile."""
 
-    def __init__(self, blocks, idle_s: float | None = None, clock=None):
+    def __init__(self, blocks, idle_s: float | None = None, clock=None, unread_s: float = UNREAD_RESULT_S,
+                 monotonic=time.monotonic):
         self.blocks = blocks
         self.idle_s = session_idle_s() if idle_s is None else float(idle_s)
         self.clock = clock or datetime.datetime.now
+        self.unread_s, self.monotonic = float(unread_s), monotonic
+        self._unread: dict[str, tuple[int, float]] = {}  # session -> (its oldest unread message, seen since)
+
+    def drop_unread(self, now: float | None = None) -> int:
+        """Drop the results nobody reads: Gradio keeps every finished event's messages for its session until
+        they are read, and a ``/gradio_api/call`` whose result is never fetched (a flood of 48 analyses of a
+        59-s clip: ~5 MB each, figures included) or a page closed mid-run left them for good (up to 2,000
+        sessions). A session with no event pending whose oldest message has waited ``unread_s`` has its
+        messages dropped; how many sessions."""
+        queue = getattr(self.blocks, "_queue", None)
+        cache = getattr(queue, "pending_messages_per_session", None)
+        if cache is None:
+            return 0
+        now = self.monotonic() if now is None else now
+        pending = getattr(queue, "pending_event_ids_session", {}) or {}
+        seen, dropped = {}, 0
+        for session, messages in list(cache.items()):
+            waiting = getattr(messages, "_queue", None)
+            if not waiting or pending.get(session):
+                continue
+            oldest = id(waiting[0])
+            mark = self._unread.get(session)
+            if mark is None or mark[0] != oldest:
+                seen[session] = (oldest, now)
+            elif now - mark[1] >= self.unread_s:
+                cache.pop(session, None)
+                dropped += 1
+            else:
+                seen[session] = mark
+        self._unread = seen
+        return dropped
 
     def holder(self):
         return getattr(self.blocks, "state_holder", None)

@@ -9,6 +9,7 @@ import contextvars
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -18,6 +19,7 @@ import types
 from collections import OrderedDict
 
 import gradio as gr
+import numpy as np
 
 from serdemo.audio import AudioError
 from serdemo.retrain import check_may_retrain
@@ -550,44 +552,106 @@ class QueueLimitMiddleware:
         return await self.app(scope, replaying(held, receive), send)
 
 
-def fair_queue(blocks, trust_forwarded: bool = False) -> bool:
-    """Serve Gradio's queue round-robin by client address instead of first come, first served: one client's
-    flood (48 analyses of a 59-s clip, its share under :class:`QueueLimitMiddleware`) otherwise made everyone
-    who came after it wait for all of them. Before Gradio picks the next event of a concurrency group, that
-    group's waiting events are ordered every client's first (in arrival order), then every client's second, and
-    so on, a client's events already running counting as turns it has had (a flood holding one worker does
-    not get the other while someone else waits); a client's own events keep their order. Call after
-    ``blocks.queue()``; False without a queue."""
+class FairShare:
+    """Who has had how much of the queue's time lately, per client: the seconds its events ran, halved every
+    ``half_life_s``, plus the time its running events have run so far; and how long its events take. Fed by
+    :func:`fair_queue` with the events running at each pick (an event seen running, then gone, has ended)."""
+
+    def __init__(self, half_life_s: float = 60.0, clock=time.monotonic, max_clients: int = 10_000):
+        self.half_life_s, self.clock, self.max_clients = float(half_life_s), clock, int(max_clients)
+        self._served: dict = {}  # client -> (seconds, when)
+        self._cost: dict = {}  # client -> seconds an event of it takes (a moving average)
+        self._running: dict = {}  # event id -> (client, started)
+
+    def _decayed(self, who, now: float) -> float:
+        seconds, at = self._served.get(who, (0.0, now))
+        return seconds * 0.5 ** ((now - at) / self.half_life_s)
+
+    def start(self, event_id, who, event=None, now: float | None = None) -> None:
+        """An event of ``who`` was picked to run."""
+        self._running.setdefault(event_id, (who, self.clock() if now is None else now, event))
+
+    def observe(self, running: list, now: float | None = None) -> None:
+        """``running``: (event id, client, event) of the events running now; those no longer running have
+        ended, and count what they ran (the event's ``run_time``, else the time since they were seen starting)."""
+        now = self.clock() if now is None else now
+        current = {event_id: (who, event) for event_id, who, event in running}
+        for event_id, (who, event) in current.items():
+            self.start(event_id, who, event, now)
+        for event_id in [e for e in self._running if e not in current]:
+            who, started, event = self._running.pop(event_id)
+            ran = getattr(event, "run_time", 0) or 0
+            took = float(ran) if isinstance(ran, (int, float)) and 0 < ran < math.inf else max(0.0, now - started)
+            self._served[who] = (self._decayed(who, now) + took, now)
+            self._cost[who] = took if who not in self._cost else 0.7 * self._cost[who] + 0.3 * took
+        if len(self._served) > self.max_clients:  # the least served lately are forgotten first
+            for who in sorted(self._served, key=lambda w: self._decayed(w, now))[:len(self._served) // 2]:
+                self._served.pop(who, None)
+                self._cost.pop(who, None)
+
+    def share(self, who, now: float | None = None) -> float:
+        """Seconds of the queue's time ``who`` has had lately, its running events included."""
+        now = self.clock() if now is None else now
+        return self._decayed(who, now) + sum(now - t for w, t, _e in self._running.values() if w == who)
+
+    def cost(self, who) -> float:
+        if who in self._cost:
+            return self._cost[who]
+        return float(np.median(list(self._cost.values()))) if self._cost else 1.0
+
+
+def fair_queue(blocks, trust_forwarded: bool = False, share: FairShare | None = None) -> bool:
+    """Serve Gradio's queue by each client address's share of its time instead of first come, first served:
+    one client's flood (48 analyses of a 59-s clip, its share under :class:`QueueLimitMiddleware`) otherwise
+    made everyone who came after it wait for all of them. Before Gradio picks the next event of a concurrency
+    group, that group's waiting events are ordered by when their client's turn comes: the seconds its events
+    ran lately (:class:`FairShare`, halved every minute, running ones included; Gradio's own ``run_time``
+    of each event once it has ended) plus, for its n-th waiting
+    event, n times what its events take (its running ones count among the n). With no history that is
+    round-robin: every client's first, then every client's second; a client whose events are long waits until
+    the others have had as much time. A client's own events keep their order. Call after ``blocks.queue()``;
+    False without a queue."""
     queue = getattr(blocks, "_queue", None)
     if queue is None or not hasattr(queue, "get_events"):
         return False
     if getattr(queue, "_serdemo_fair", False):
         return True
     original = queue.get_events
+    share = share if share is not None else FairShare()
+
+    def client_of(event):
+        return _event_client(event, trust_forwarded) or getattr(event, "session_hash", None)
 
     def get_events():
-        running: dict = {}  # a client's events now running count as turns it has had
-        for job in list(getattr(queue, "active_jobs", None) or []):
-            for event in job or ():
-                who = _event_client(event, trust_forwarded) or getattr(event, "session_hash", None)
-                running[who] = running.get(who, 0) + 1
+        now = share.clock()
+        running = [(getattr(e, "_id", id(e)), client_of(e), e)
+                   for job in list(getattr(queue, "active_jobs", None) or []) for e in (job or ())]
+        share.observe(running, now)
+        counts: dict = {}
+        for _id, who, _event in running:
+            counts[who] = counts.get(who, 0) + 1
         for group in list(getattr(queue, "event_queue_per_concurrency_id", {}).values()):
             waiting = group.queue
             if len(waiting) < 2:
                 continue
-            turns, ranked = dict(running), []
+            turns, ranked = dict(counts), []
             for position, event in enumerate(waiting):
-                who = _event_client(event, trust_forwarded) or getattr(event, "session_hash", None)
+                who = client_of(event)
                 turn = turns.get(who, 0)
                 turns[who] = turn + 1
-                ranked.append((turn, position, event))
+                ranked.append((share.share(who, now) + turn * share.cost(who), position, event))
             if len(turns) > 1:
                 ranked.sort(key=lambda t: (t[0], t[1]))
-                waiting[:] = [event for _turn, _position, event in ranked]
-        return original()
+                waiting[:] = [event for _key, _position, event in ranked]
+        picked = original()  # (events, batch, concurrency id) or None
+        if isinstance(picked, tuple) and picked and isinstance(picked[0], list):
+            for event in picked[0]:
+                share.start(getattr(event, "_id", id(event)), client_of(event), event, now)
+        return picked
 
     queue.get_events = get_events
     queue._serdemo_fair = True
+    queue._serdemo_share = share
     return True
 
 

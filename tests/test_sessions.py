@@ -109,3 +109,33 @@ def test_the_server_sets_up_what_bounds_sessions():
     text = (ROOT / "app.py").read_text()
     assert "lean_session_state()" in text and "state_session_capacity=max_page_sessions()" in text
     assert "sessions=SessionKeeper(app)" in text
+
+
+def test_results_nobody_reads_are_dropped_after_a_while():
+    """The abuse benchmark's queue flood (48 /gradio_api/call analyses of a 59-s clip whose results were never
+    fetched) left ~500 MB after the load: Gradio keeps a finished event's messages until they are read. A
+    session with nothing pending whose oldest message has waited UNREAD_RESULT_S loses them; one still being
+    read, or with an event pending, keeps them."""
+    import asyncio
+    from collections import OrderedDict
+
+    from serdemo.housekeeping import SessionKeeper
+
+    def messages(*items):
+        q = asyncio.Queue()
+        for item in items:
+            q.put_nowait(item)
+        return q
+    cache = OrderedDict(flood=messages("result 1", "result 2"), reading=messages("a"), busy=messages("b"),
+                        empty=messages())
+    queue = SimpleNamespace(pending_messages_per_session=cache, pending_event_ids_session={"busy": {"e1"}})
+    clock = [0.0]
+    keeper = SessionKeeper(SimpleNamespace(_queue=queue), unread_s=120, monotonic=lambda: clock[0])
+    assert keeper.drop_unread() == 0  # first seen
+    clock[0] = 60
+    cache["reading"].get_nowait()  # its reader took the old message; a new one came
+    cache["reading"].put_nowait("c")
+    assert keeper.drop_unread() == 0
+    clock[0] = 130
+    assert keeper.drop_unread() == 1 and "flood" not in cache
+    assert set(cache) == {"reading", "busy", "empty"}
