@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -49,7 +50,7 @@ def main(argv=None) -> None:
         sha = store.add_clip(as_stored(load_audio(u.path)), f"my-recording-{i}.wav")
         store.label_clip(sha, labels[i % len(labels)], "bench")
     manifest = write_manifest(store, work / "retrain" / "manifest.csv")
-    corpora = [f"{c}={shared / c}" for c in ("emodb", "ravdess", "nemo")]
+    corpora = [f"{c}={shared / c}" for c in ("emodb", "ravdess", "nemo", "emovo")]  # the default's four
     r = Retrainer(work / "retrain", work / "runs", corpora, cooldown_s=0)
     t0 = time.time()
     r.start(Path(args.base), card, manifest)
@@ -71,6 +72,8 @@ def main(argv=None) -> None:
     if scores:
         print(f"held-out clips {result['n']} of {len(result['speakers'])} speakers: previous UA "
               f"{scores['previous']['overall']['ua']:.3f}, new UA {scores['new']['overall']['ua']:.3f}")
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"peak RSS of the largest training/comparison process: {peak_mb:.0f} MB ({len(clips)} stored labels)")
     print(json.dumps({k: v for k, v in result.items() if k != "scores"}, indent=1)[:800])
 
 

@@ -55,3 +55,24 @@ def test_the_wave_caches_mask_file_is_keyed_by_the_detector(tmp_path, monkeypatc
     WaveCache(tmp_path / "waves").speech(str(path))
     after = sorted(p.name for p in (tmp_path / "waves").glob("*-speech-*"))
     assert len(before) == 1 and len(after) == 2 and before[0] in after
+
+
+def test_a_closed_form_fit_holds_no_states_or_waves_in_memory(tmp_path):
+    """The probe reads each clip's states once for its statistics: after the whole fit (dev scoring, calibration,
+    test) neither cache holds a clip, so its memory does not grow with the data."""
+    from tests.conftest import EMODB, RAVDESS
+    from training import fit
+
+    if not (EMODB.is_dir() and RAVDESS.is_dir()):
+        import pytest
+
+        pytest.skip("shared corpora not found")
+    cfg = fit.parse_args(["--corpus", f"emodb={EMODB}", "--corpus", f"ravdess={RAVDESS}", "--limit-per-corpus", "24",
+                          "--n-folds", "3", "--fold", "0", "--out", str(tmp_path / "p"), "--cache-dir",
+                          str(tmp_path / "cache"), "--model", "probe", "--aux-heads", "",
+                          "--hparams", '{"n_layers": 2, "layers": [1, 2], "c_grid": [0.1]}'])
+    trainer = fit.Trainer(cfg)
+    metrics = trainer.fit()
+    assert metrics["test"]["overall"]["n"] > 0
+    assert trainer.data.encoded_cache.memory == {}  # every clip's states were read and let go
+    assert not [k for k in trainer.data.cache.memory if isinstance(k, str)]  # and no decoded wave is held

@@ -951,8 +951,8 @@ def test_screen_never_touches_the_held_out_fold_and_resumes(tmp_path, monkeypatc
     held = {u.speaker for u in test}  # the trainer's own test fold
     seen = []
     real = Data.encoded
-    monkeypatch.setattr(Data, "encoded", lambda self, exs, alpha=1.0: seen.extend(e.utt.speaker for e in exs)
-                        or real(self, exs, alpha))
+    monkeypatch.setattr(Data, "encoded", lambda self, exs, alpha=1.0, keep=True: seen.extend(e.utt.speaker for e in exs)
+                        or real(self, exs, alpha, keep))
     variants = [{"name": "two", "layers": [1, 2], "C": 0.01}, {"name": "one", "layers": [2], "C": 0.1, "nap": 2},
                 {"name": "head", "model": "localatt", "epochs": 1,  # a head, by the one trainer
                  "hparams": {"n_layers": 2, "dense": 16, "hidden": 8}}]

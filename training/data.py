@@ -46,7 +46,8 @@ class WaveCache:
         raw = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{self.sample_rate}|{self.max_duration_s}"
         return hashlib.sha1(raw.encode()).hexdigest()
 
-    def get(self, path: str) -> np.ndarray:
+    def get(self, path: str, keep: bool = True) -> np.ndarray:
+        """The decoded wave (``keep``: held in memory for the next call; off where a clip is read once)."""
         if path in self.memory:
             self.hits += 1
             return self.memory[path]
@@ -58,7 +59,8 @@ class WaveCache:
             self.misses += 1
             wave = load_audio(path, target_rate=self.sample_rate, max_duration_s=self.max_duration_s)
             atomic_write(file, lambda f: np.save(f, wave, allow_pickle=False))
-        self.memory[path] = wave
+        if keep:
+            self.memory[path] = wave
         return wave
 
     def speech(self, path: str, hop_length: int = 160) -> np.ndarray:
@@ -69,12 +71,12 @@ class WaveCache:
             return self.memory[key]
         from serdemo.vad import default_detector
 
-        wave = self.get(path)
         det = default_detector()
         file = self.directory / f"{self.key(path)}-speech-{det.identity}-{hop_length}.npy"  # how the mask was made
         try:
             mask = np.load(file, allow_pickle=False)
         except (OSError, ValueError):
+            wave = self.get(path, keep=False)
             mask = det.frame_mask(wave, max(1, len(wave) // hop_length))
             atomic_write(file, lambda f: np.save(f, mask, allow_pickle=False))
         self.memory[key] = mask
@@ -94,7 +96,7 @@ class WaveCache:
 
         def one(p):
             try:
-                self.get(p)
+                self.get(p, keep=False)  # decoded and stored on disk now; memory only once a clip is used
             except AudioError as exc:
                 errors[p] = str(exc)
 
@@ -295,7 +297,7 @@ class Data:
         from training.encoded import wave_digest
 
         if e.utt.path not in self._digests:
-            self._digests[e.utt.path] = wave_digest(self.wave(e))
+            self._digests[e.utt.path] = wave_digest(self.cache.get(e.utt.path, keep=False))
         return self._digests[e.utt.path]
 
     def wave(self, e: Example) -> np.ndarray:
@@ -312,17 +314,32 @@ class Data:
             self._encoded = EncodedCache(encoder=getattr(self.cfg, "encoder", None) or "whisper-base")
         return self._encoded
 
-    def encoded(self, examples: list[Example], alpha: float = 1.0) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Each example's ``(states float16 (layers + 1, time, width), speech (time,))``; encodes what is missing."""
+    def encoded(self, examples: list[Example], alpha: float = 1.0, keep: bool = True
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each example's ``(states float16 (layers + 1, time, width), speech (time,))``; encodes what is missing.
+        ``keep``: the states stay in memory for the next call (a trainer's epochs); off, each is read from disk."""
         cache = self.encoded_cache
         digests = [self.digest(e) for e in examples]
-        items = [cache.lookup(d, alpha) for d in digests]
+        items = [cache.lookup(d, alpha, keep=keep) for d in digests]
         missing = [i for i, item in enumerate(items) if item is None]
         if missing:  # encode only what is not cached; hashing was done once per clip
-            cache.fill([self.wave(examples[i]) for i in missing], [self.speech(examples[i]) for i in missing],
-                       alpha, digests=[digests[i] for i in missing])
-            items = [cache.lookup(d, alpha) for d in digests]
+            cache.fill([self.cache.get(examples[i].utt.path, keep=keep) for i in missing],
+                       [self.speech(examples[i]) for i in missing], alpha, digests=[digests[i] for i in missing],
+                       keep=keep)
+            for i in missing:
+                items[i] = cache.lookup(digests[i], alpha, keep=keep)
         return items
+
+    def statistics(self, examples: list[Example], layers, frame_norm: bool = False, alpha: float = 1.0,
+                   chunk: int = 64) -> np.ndarray:
+        """Each example's per-layer mean and std over speech (:func:`training.probe.statistics`), ``(n, dim)``
+        float32, reading the cached states a chunk at a time and keeping none: what a closed-form fit needs, in
+        memory that does not grow with the data."""
+        from training.probe import statistics
+
+        rows = [statistics(self.encoded(examples[i:i + chunk], alpha, keep=False), layers, frame_norm)
+                for i in range(0, len(examples), chunk)]
+        return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
 
     def speakers(self) -> dict[str, list[str]]:
         return {name: sorted({e.utt.speaker for e in part})

@@ -70,7 +70,7 @@ class EncodedCache:
                 continue
         return None
 
-    def lookup(self, digest: str, alpha: float = 1.0):
+    def lookup(self, digest: str, alpha: float = 1.0, keep: bool = True):
         """``(states float16 (layers + 1, time, width), speech bool (time,))`` or None when not cached."""
         key = (digest, round(alpha, 3))
         if key in self.memory:
@@ -82,7 +82,8 @@ class EncodedCache:
         except (OSError, ValueError, KeyError):
             return None
         self.hits += 1
-        self.memory[key] = item
+        if keep:  # kept in memory for the next epoch (a trainer's heads); statistics read each clip once
+            self.memory[key] = item
         return item
 
     def _remask(self, digest: str, alpha: float, speech) -> bool:
@@ -100,11 +101,11 @@ class EncodedCache:
 
     @torch.inference_mode()
     def fill(self, waves: list[np.ndarray], speech: list[np.ndarray], alpha: float = 1.0, batch_size: int = 8,
-             progress=None, digests: list[str] | None = None) -> list[str]:
+             progress=None, digests: list[str] | None = None, keep: bool = True) -> list[str]:
         """Encode every wave not yet cached; ``speech``: masks on the log-mel grid; ``digests``: the waves'
         :func:`wave_digest` when the caller already has them. Returns the digests."""
         digests = digests if digests is not None else [wave_digest(w) for w in waves]
-        todo = [i for i, d in enumerate(digests) if self.lookup(d, alpha) is None]
+        todo = [i for i, d in enumerate(digests) if self.lookup(d, alpha, keep=keep) is None]
         todo = [i for i in todo if not self._remask(digests[i], alpha, speech[i])]
         todo.sort(key=lambda i: len(waves[i]))
         done = 0
@@ -124,7 +125,8 @@ class EncodedCache:
                 mask = grid[j, :n].numpy()
                 atomic_write(self.file(digests[i], alpha),
                              lambda f, s=states, m=mask: np.savez(f, states=s, speech=m))
-                self.memory[(digests[i], round(alpha, 3))] = (states, mask)
+                if keep:
+                    self.memory[(digests[i], round(alpha, 3))] = (states, mask)
                 self.misses += 1
             done += len(idx)
             if progress:

@@ -151,6 +151,12 @@ class Trainer(Scoring, Checkpointing):
         self.resumed = False
 
     @cached_property
+    def lengths(self) -> list[int]:
+        """Each training clip's length in samples (the gradient loop batches similar lengths together); read
+        on first use, so a closed-form fit never holds the waves in memory."""
+        return [len(self.data.wave(e)) for e in self.train]
+
+    @cached_property
     def opt(self) -> torch.optim.Optimizer:
         """Built on first use: the probe is fitted in one step and never needs one (building it imports
         torch's compiler stack, a second of start-up for every retraining run)."""
@@ -193,7 +199,6 @@ class Trainer(Scoring, Checkpointing):
         self.heads, self.untrained_heads = d.heads, d.untrained_heads
         self.file_list_sha256 = d.file_list_sha256
         self.cache = d.cache
-        self.lengths = [len(d.wave(e)) for e in self.train]
         n_classes = len(self.label_set)
         # per corpus, the emotion classes its training clips have (cfg.corpus_classes masks the rest)
         self.corpus_classes: dict[str, torch.Tensor] = {}
@@ -227,8 +232,8 @@ class Trainer(Scoring, Checkpointing):
         ``waves`` (default: the clips as decoded), warped by ``alpha`` ``(batch,)``, and speech masks
         computed on those very waves when they were augmented (so masks follow speed and shift).
         """
-        if uses_encoder(self.model):
-            items = self.data.encoded(exs)
+        if uses_encoder(self.model):  # a closed-form model reads each clip once: its states are not kept
+            items = self.data.encoded(exs, keep=self.closed_form is None)
             return collate_states(items, self.n_states, self.device)
         augmented = waves is not None
         waves = waves if augmented else [self.data.wave(e) for e in exs]

@@ -22,7 +22,6 @@ from training.probe import (
     corpus_calibration,
     default_grid,
     fit_voice_probe,
-    statistics,
     voice_logits,
 )
 from training.splits import STORE_CORPUS
@@ -61,8 +60,8 @@ class ClosedFormFitter:
         t0 = time.time()
         layers, frame_norm = t.model.layers, t.model.frame_norm
         progress.phase("fitting the probe", PROBE_FIT_S * len(grid) + 5)
-        x_tr = statistics(t.data.encoded(t.train), layers, frame_norm)
-        x_dv = statistics(t.data.encoded(t.dev), layers, frame_norm) if t.dev else x_tr[:0]
+        x_tr = t.data.statistics(t.train, layers, frame_norm)
+        x_dv = t.data.statistics(t.dev, layers, frame_norm) if t.dev else x_tr[:0]
         y_tr = np.array([e.targets["emotion"] for e in t.train])
         y_dv = np.array([e.targets["emotion"] for e in t.dev])
         # speakers for NAP's directions and voice adaptation: the store's clips have none ("")
@@ -96,7 +95,7 @@ class ClosedFormFitter:
             metrics["refit"] = (f"after choosing {knob} on dev, refitted on the training and dev speakers together; "
                                 "the dev figures are those of the model fitted on training alone")
         if t.calibration and t.test:  # the test ECE and bins: the shipped model's, at the fitted calibration
-            x_te = statistics(t.data.encoded(t.test), layers, frame_norm)
+            x_te = t.data.statistics(t.test, layers, frame_norm)
             y_te = np.array([e.targets["emotion"] for e in t.test])
             note = ("the test ECE and bins are the shipped (refitted) model's, clip by clip" if hp.get("refit")
                     else "the test ECE and bins, clip by clip")

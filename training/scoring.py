@@ -36,7 +36,8 @@ class Scoring:
         """-> ``(len(examples), classes)`` emotion logits (float64), in the order of ``examples``: what
         calibration is fitted on, exactly as the Predictor divides them."""
         self.model.eval()
-        order = sorted(range(len(examples)), key=lambda i: len(self.data.wave(examples[i])))
+        keep = self.closed_form is None  # a closed-form model's clips are read once, never held
+        order = sorted(range(len(examples)), key=lambda i: len(self.data.cache.get(examples[i].utt.path, keep=keep)))
         preds = np.zeros((len(examples), len(self.label_set)), dtype=np.float64)
         gen = torch.Generator().manual_seed(EVAL_SEED)
         for i in range(0, len(order), batch_size):
