@@ -210,6 +210,8 @@ def max_page_sessions() -> int:
 def release_freed_memory() -> None:
     """Hand freed heap pages back to the system (glibc's ``malloc_trim``): a released live recording or a
     thousand forgotten sessions are many small blocks, which glibc otherwise keeps for the process."""
+    import gc
+    gc.collect()  # cycles among freed results and figures first
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
@@ -298,18 +300,20 @@ class SessionKeeper:
         """Drop the results nobody reads: Gradio keeps every finished event's messages for its session until
         they are read, and a ``/gradio_api/call`` whose result is never fetched (a flood of 48 analyses of a
         59-s clip: ~5 MB each, figures included) or a page closed mid-run left them for good (up to 2,000
-        sessions). A session with no event pending whose oldest message has waited ``unread_s`` has its
-        messages dropped; how many sessions."""
+        sessions). A session with no event waiting or running whose oldest message has waited ``unread_s``
+        has its messages dropped; how many sessions."""
         queue = getattr(self.blocks, "_queue", None)
         cache = getattr(queue, "pending_messages_per_session", None)
         if cache is None:
             return 0
         now = self.monotonic() if now is None else now
         pending = getattr(queue, "pending_event_ids_session", {}) or {}
+        # events waiting or running (Gradio keeps a finished event's id pending until its result is read)
+        alive = getattr(queue, "event_ids_to_events", {}) or {}
         seen, dropped = {}, 0
         for session, messages in list(cache.items()):
             waiting = getattr(messages, "_queue", None)
-            if not waiting or pending.get(session):
+            if not waiting or any(e in alive for e in list(pending.get(session) or ())):
                 continue
             oldest = id(waiting[0])
             mark = self._unread.get(session)
@@ -317,6 +321,7 @@ class SessionKeeper:
                 seen[session] = (oldest, now)
             elif now - mark[1] >= self.unread_s:
                 cache.pop(session, None)
+                pending.pop(session, None)
                 dropped += 1
             else:
                 seen[session] = mark
