@@ -67,19 +67,18 @@ def evaluate_checkpoint(path, specs: list[str], speakers: set[str] | None = None
                 keep.append((u, classes.index(target)))
     if not keep:
         raise SystemExit("no utterances to evaluate (check --data and the speakers filter)")
-    keep.sort(key=lambda ut: len(cache.get(ut[0].path)))  # similar lengths batch together
+    keep.sort(key=lambda ut: len(cache.get(ut[0].path, keep=False)))  # similar lengths batch together
     y = [t for _, t in keep]
     groups = [u.corpus for u, _ in keep]
     if uses_encoder(pred.model):
-        probs, on_speech, last_quarter = _score_cached(pred.model, [cache.get(u.path) for u, _ in keep],
-                                                       [cache.speech(u.path) for u, _ in keep], batch_size,
+        probs, on_speech, last_quarter = _score_cached(pred.model, cache, [u.path for u, _ in keep], batch_size,
                                                        encoders.name_of(pred.card))
         p = probs.argmax(1).tolist()
     else:
         p, on_speech, last_quarter = [], [], []
         for i in range(0, len(keep), batch_size):
             chunk = keep[i:i + batch_size]
-            results = pred.predict_batch([cache.get(u.path) for u, _ in chunk],
+            results = pred.predict_batch([cache.get(u.path, keep=False) for u, _ in chunk],
                                          speech=[cache.speech(u.path) for u, _ in chunk])
             p += [classes.index(r.label()) for r in results]
             on_speech += [r.attention_on_speech() for r in results]
@@ -93,18 +92,22 @@ def evaluate_checkpoint(path, specs: list[str], speakers: set[str] | None = None
 
 
 @torch.inference_mode()
-def _score_cached(model, waves, speech, batch_size: int = 32, encoder_name: str = encoders.DEFAULT):
-    """Emotion probabilities and attention figures of a model on the encoder, from cached states.
+def _score_cached(model, waves: WaveCache, paths: list[str], batch_size: int = 32,
+                  encoder_name: str = encoders.DEFAULT):
+    """Emotion probabilities and attention figures of a model on the encoder, from cached states, a batch at a
+    time (no clip's wave or states is held past its batch).
     -> (probs (n, classes), attention mass on speech per clip, mass on the last quarter of the speech)."""
     from training.batches import collate_states
     from training.encoded import EncodedCache
 
     cache = EncodedCache(encoder=encoder_name)
-    items = [cache.lookup(d) for d in cache.fill(waves, speech)]
     n_states = encoder_layers(model) + 1
     probs, on_speech, last_quarter = [], [], []
-    for i in range(0, len(items), batch_size):
-        x, lengths, sp = collate_states(items[i:i + batch_size], n_states, "cpu")
+    for i in range(0, len(paths), batch_size):
+        part = paths[i:i + batch_size]
+        digests = cache.fill([waves.get(p, keep=False) for p in part], [waves.speech(p) for p in part], keep=False)
+        items = [cache.lookup(d, keep=False) for d in digests]
+        x, lengths, sp = collate_states(items, n_states, "cpu")
         out = model(x, lengths, speech=sp)
         probs.append(torch.softmax(out.logits["emotion"].float(), -1).numpy())
         for j in range(x.shape[0]):
