@@ -14,9 +14,10 @@ decided: ``single``, ``unanimous``, ``majority`` or ``tie: latest``, a tie going
 the audio came from, without a timeline segment's `` @ 1.23 s``), ``source_clip`` (the content hash of
 the recording the clip was cut from, or of the clip itself when it is a whole upload: the hash
 ``training.splits.content_hash`` gives a corpus file), ``offset_s``, and ``corpus``, ``speaker``,
-``gender`` and ``naturalness`` as far as they are known: a file named by EMO-DB's, RAVDESS's or nEMO's
-convention is acted speech of that corpus's speaker; anything else has naturalness ``unknown`` and an
-empty speaker (never a made-up one). ``README.txt`` in the folder counts what is unknown.
+``gender`` and ``naturalness`` as far as they are known: a file named by a corpus's convention (EMO-DB,
+RAVDESS, nEMO, EMOVO: :mod:`serdemo.corpus_names`) is acted speech of that corpus's speaker; anything else
+has naturalness ``unknown`` and an empty speaker (never a made-up one). ``README.txt`` in the folder counts
+what is unknown.
 
 No Gradio here: the UI calls :func:`export_zip` and shows :meth:`ExportSummary.message`.
 """
@@ -35,6 +36,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 
+from serdemo.corpus_names import (EMODB_FEMALE, EMODB_MALE, EMODB_NAME, NEMO_NAME,  # noqa: F401  (re-exported)
+                                 RAVDESS_NAME, named_clip)
 from serdemo.csvsafe import safe_cell
 from serdemo.fsutil import atomic_write
 from serdemo.store import LabelEvent, Store, StoreError
@@ -43,13 +46,6 @@ KINDS = ("audiofolder", "manifest")
 STORE_CORPUS = "store"  # the manifest's corpus column: stored clips (training keeps them out of dev/test)
 UNKNOWN_SPEAKER = "unknown"  # the manifest's speaker when none is known (its reader needs one; see speaker_known)
 
-# The corpora's file-name conventions, as training/corpora.py reads them (EMO-DB, RAVDESS, nEMO).
-EMODB_NAME = re.compile(r"^(?P<spk>\d\d)(?P<text>[ab]\d\d)(?P<emo>[A-Z])(?P<take>[a-z])$")
-EMODB_MALE = frozenset({"03", "10", "11", "12", "15"})
-EMODB_FEMALE = frozenset({"08", "09", "13", "14", "16"})
-RAVDESS_NAME = re.compile(r"^(?P<mod>\d\d)-(?P<ch>\d\d)-(?P<emo>\d\d)-(?P<int>\d\d)-(?P<stmt>\d\d)-(?P<rep>\d\d)"
-                          r"-(?P<actor>\d\d)$")
-NEMO_NAME = re.compile(r"^(?P<spk>[A-Z]{2}\d)_(?P<emo>[a-z]+)_(?P<num>\d+)$")
 SEGMENT_SUFFIX = re.compile(r"\s+@\s+\d+(?:\.\d+)?\s*s$")  # how the Timeline tab names a stored segment
 
 METADATA_COLUMNS = ("file_name", "label", "label_rule", "agreement", "n_annotators", "annotations",
@@ -79,23 +75,17 @@ def source_file_name(source_name: str | None) -> str:
 
 
 def origin_of(source_name: str | None, speaker: str | None = None) -> Origin:
-    """Corpus, speaker, gender and naturalness of a clip from its source file name (EMO-DB, RAVDESS and
-    nEMO conventions, as ``training/corpora.py`` reads them) and an entered ``speaker``.
+    """Corpus, speaker, gender and naturalness of a clip from its source file name (each corpus's convention,
+    :data:`serdemo.corpus_names.NAME_RULES`, the rules ``training/corpora.py``'s adapters read with) and an
+    entered ``speaker``.
 
     nEMO's genders live in its ``data.tsv``, not in the name, so they stay unknown here.
     """
     name = source_file_name(source_name)
     stem = name.rsplit(".", 1)[0] if "." in name else name
     entered = (speaker or "").strip()
-    if m := EMODB_NAME.match(stem):
-        spk = m["spk"]
-        gender = "male" if spk in EMODB_MALE else "female" if spk in EMODB_FEMALE else ""
-        return Origin(name, "emodb", entered or f"emodb:{spk}", gender, "acted")
-    if (m := RAVDESS_NAME.match(stem)) and m["mod"] != "02":
-        actor = int(m["actor"])
-        return Origin(name, "ravdess", entered or f"ravdess:{actor:02d}", "male" if actor % 2 else "female", "acted")
-    if m := NEMO_NAME.match(stem):
-        return Origin(name, "nemo", entered or f"nemo:{m['spk']}", "", "acted")
+    if clip := named_clip(stem):
+        return Origin(name, clip.corpus, entered or clip.speaker, clip.gender or "", "acted")
     return Origin(name, "", entered, "", "unknown")
 
 

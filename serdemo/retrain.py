@@ -7,7 +7,7 @@ configured corpora with the checkpoint's own recipe, and reports progress by rea
 the new checkpoint on the same clips of speakers neither trained on (``OUT/comparison.json``). Nothing
 here imports ``training``: it is run as a separate process, so a crash or a long run never blocks the app.
 
-Before a run, :func:`retrain_plan` says which stored labels it would train on and why the others would not
+Before a run, :func:`retrain_plan` (:mod:`serdemo.retrain_plan`) says which stored labels it would train on and why the others would not
 (the reasons of the store report ``training.data`` writes into the run's progress, predicted from the store,
 the base checkpoint's card and the corpus files; the run's own report replaces it once the run has read its
 data). Each phase of a run has an ETA (:meth:`Retrainer.status`). A run writes into ``WORKDIR/runs/NAME``;
@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -43,27 +42,21 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from serdemo.eta import FIRST_GUESS_S, human_duration
 from serdemo.fsutil import atomic_write
+from serdemo.retrain_access import RetrainBusy, RetrainRefused, check_weights, is_admin, owner_words, user_reason
+
+# the plan before a run, who may retrain and the ETA table live in their own modules (serdemo.retrain_plan,
+# serdemo.retrain_access, serdemo.store_rules, serdemo.eta); their names stay importable from here
+from serdemo.retrain_access import MAX_REASON_CHARS, admins, auth_configured, check_may_retrain  # noqa: F401,E402
+from serdemo.retrain_plan import (AUDIO_SUFFIXES, ROOT, corpus_copy_hash, corpus_folders,  # noqa: F401,E402
+                                  report_sentence, retrain_plan)
+from serdemo.store_rules import WHY_COPY, WHY_HELD_OUT, WHY_MEANS, WHY_SHORT, WHY_UNREADABLE  # noqa: F401,E402
 
 PROGRESS_FILE = "progress.jsonl"
-# seconds a run takes on a 2-core CPU with the encoder-state cache filled (the three corpora), per
-# architecture: the ETA shown before the run has counted its data (training.fit uses it too)
-FIRST_GUESS_S = {"probe": 70.0, "localatt": 240.0, "multitask": 240.0, "cnnlstm": 1800.0}  # written by training.fit into its output folder
 COMPARISON_FILE = "comparison.json"  # written by training.compare: old and new model on the same clips
 RUNS_DIR = "runs"  # in the work folder: a run's output while it runs, and once done until it is kept or discarded
 COMPARE_START_S = 20.0  # from the run's "done" line to training.compare's first: its interpreter starts, reads corpora
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")  # corpus files, as training.corpora finds them
-ROOT = Path(__file__).resolve().parents[1]  # the runs' working folder: relative corpus folders are relative to it
-# why a stored label does not train, worded as training.data's store report words it
-WHY_UNREADABLE = "audio could not be read"
-WHY_HELD_OUT = "cut from a recording of a held-out (dev/test) speaker"
-WHY_COPY = "the same audio as a corpus clip"
-WHY_SHORT = {WHY_UNREADABLE: "unreadable audio", WHY_HELD_OUT: "held-out speaker", WHY_COPY: "copy of a corpus clip"}
-WHY_MEANS = {  # ... and what that means, for someone deciding whether to fine-tune
-    WHY_UNREADABLE: "its stored file is missing or damaged",
-    WHY_HELD_OUT: "that speaker is kept out so the new model is scored fairly",
-    WHY_COPY: "the corpus already holds this clip under its own label, and that label counts",
-}
 RUNS_FILE = "runs.json"  # in the work folder: when each run started and ended (cool-down and quota)
 COOLDOWN_S = 15 * 60.0  # per person, after their run ends
 MAX_RUNS_PER_DAY = 6  # starts per person in any 24 hours
@@ -71,7 +64,6 @@ MIN_GAP_S = 60.0  # between any two starts
 MAX_RUN_S_PER_DAY = 6 * 3600.0  # seconds of runs (all people) in any 24 hours
 DECISION_HOLD_S = 3600.0  # a done run is its owner's to keep or discard this long; then anyone's
 STOP_GRACE_S = 10.0  # after SIGTERM, before SIGKILL
-MAX_REASON_CHARS = 300
 log = logging.getLogger(__name__)
 
 
@@ -91,230 +83,10 @@ def read_progress(path) -> list[dict]:
     return events
 
 
-class RetrainBusy(RuntimeError):
-    """A run cannot start now; the message says why and when it can (no path)."""
-
-
-class RetrainRefused(RetrainBusy):
-    """Refused by a limit (cool-down, quota) or because the base checkpoint is broken."""
-
-
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/,;:()\[\]<>]+)+[\\/]?")
-
-
-def user_reason(text: str | None) -> str:
-    """A message fit to show anyone: its last meaningful line, absolute paths cut to their last part,
-    at most ``MAX_REASON_CHARS`` characters."""
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    lines = [line for line in lines if not line.startswith(("Traceback", "File \"", "^", "~"))]
-    line = lines[-1] if lines else ""
-    line = _ABSOLUTE_PATH.sub(lambda m: re.split(r"[\\/]", m.group().rstrip("\\/"))[-1] or "…", line)
-    return line if len(line) <= MAX_REASON_CHARS else line[:MAX_REASON_CHARS - 1] + "…"
-
-
 def _quote(arg: str) -> str:
     import shlex
 
     return shlex.quote(str(arg))
-
-
-def check_weights(checkpoint: Path) -> None:
-    """Load ``checkpoint`` as the app would (card, weights' size and SHA-256, tensor names and shapes);
-    raises :class:`RetrainRefused` with the checkpoint's problem in the user's words."""
-    from serdemo.checkpoint import CheckpointError, load_checkpoint
-
-    try:
-        load_checkpoint(checkpoint, "cpu")
-    except CheckpointError as exc:  # its messages name the checkpoint, never a path
-        raise RetrainRefused(f"cannot fine-tune: {user_reason(str(exc))}") from None
-    except Exception:  # noqa: BLE001 - anything else is a broken file too; the detail goes to the log
-        log.exception("retraining refused: checkpoint %s could not be loaded", checkpoint)
-        raise RetrainRefused(f"cannot fine-tune '{Path(checkpoint).name}': its weights could not be loaded") from None
-
-
-def auth_configured(env=None) -> bool:
-    """Whether the app has logins (``SERDEMO_AUTH`` holds at least one ``name:password`` pair)."""
-    env = os.environ if env is None else env
-    return any(":" in pair for pair in env.get("SERDEMO_AUTH", "").split(","))
-
-
-def admins(env=None) -> set[str]:
-    """``SERDEMO_ADMINS="alice,bob"``: the logins (as :func:`serdemo.store.name_key` reads names) that may cancel,
-    keep or discard anyone's run. Only logins count: without logins nobody is an admin."""
-    from serdemo.store import StoreError, name_key
-
-    env = os.environ if env is None else env
-    out = set()
-    for name in env.get("SERDEMO_ADMINS", "").split(","):
-        try:
-            key = name_key(name)
-        except StoreError:
-            continue
-        if key:
-            out.add(key)
-    return out
-
-
-def is_admin(who: str | None, env=None) -> bool:
-    """Whether the requester ``who`` (``login:NAME``, as :func:`serdemo.uikit.requester` names them) is an admin."""
-    from serdemo.store import StoreError, name_key
-
-    if not who or not who.startswith("login:"):
-        return False
-    try:
-        return name_key(who[len("login:"):]) in admins(env)
-    except StoreError:
-        return False
-
-
-def owner_words(owner: str) -> str:
-    """Who started a run, as a refusal names them (never a session id)."""
-    kind, _, name = owner.partition(":")
-    if kind == "login":
-        return f"{name[:64]}, who started it,"
-    if kind == "annotator":
-        return f"the annotator who started it ({name[:64]})"
-    return "the page that started it"
-
-
-def check_may_retrain(user: str | None, env=None) -> None:
-    """Refuse (:class:`RetrainRefused`) a retraining request from someone not logged in when the app has
-    logins; without logins anyone may ask (the cool-down and the quota still hold)."""
-    if auth_configured(env) and not (user or "").strip():
-        raise RetrainRefused("retraining needs a login: log in with your name and password first")
-
-
-def human_duration(seconds: float | None) -> str:
-    """A wait or an ETA in whole units: ``42 s``, ``3 min 05 s`` (``15 min`` on the minute), ``1 h 02 min``;
-    ``unknown`` for None."""
-    if seconds is None:
-        return "unknown"
-    s = max(0, int(round(seconds)))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min" + (f" {s % 60:02d} s" if s % 60 else "")
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
-
-
-# ---------------------------------------------------------------------------------------- before a run
-def corpus_folders(specs) -> dict[str, Path]:
-    """``KIND=PATH`` corpus specs -> ``{kind: folder}``; a relative folder is relative to the runs' working
-    folder (:data:`ROOT`). The retraining manifest (``manifest=``) is not a corpus here."""
-    folders = {}
-    for spec in specs or []:
-        kind, _, path = str(spec).partition("=")
-        if kind and path and kind != "manifest":
-            folders[kind] = Path(path) if Path(path).is_absolute() else ROOT / path
-    return folders
-
-
-_corpus_index: dict[str, dict[str, str]] = {}  # corpus folder -> {file stem: path}
-_corpus_hashes: dict[tuple, str | None] = {}  # (path, size, mtime) -> content hash as the store computes it
-
-
-def corpus_copy_hash(folder: Path, source_name: str) -> str | None:
-    """The content hash (:func:`serdemo.store.clip_hash` of its 16 kHz samples, as ``training.splits`` hashes
-    corpus clips) of the file in corpus ``folder`` named like ``source_name`` (any audio suffix); None when the
-    corpus has no such file or it cannot be read. Folders are indexed once, files hashed once per version."""
-    import math
-
-    from serdemo.audio import AudioError, load_audio
-    from serdemo.store import clip_hash
-
-    key = str(folder)
-    if key not in _corpus_index:
-        index: dict[str, str] = {}
-        for parent, _dirs, files in os.walk(folder):
-            for name in sorted(files):
-                stem, suffix = os.path.splitext(name)
-                if suffix.lower() in AUDIO_SUFFIXES:
-                    index.setdefault(stem, os.path.join(parent, name))
-        _corpus_index[key] = index
-    path = _corpus_index[key].get(Path(source_name).stem)
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    version = (path, st.st_size, st.st_mtime_ns)
-    if version not in _corpus_hashes:
-        try:
-            _corpus_hashes[version] = clip_hash(load_audio(path, max_duration_s=math.inf))
-        except (AudioError, OSError, ValueError):
-            _corpus_hashes[version] = None
-    return _corpus_hashes[version]
-
-
-def retrain_plan(rows, card: dict, corpora) -> dict:
-    """Which stored labels fine-tuning ``card``'s checkpoint on ``corpora`` (``KIND=PATH``) would train on, and
-    why the others would not, before any run. ``rows``: :func:`serdemo.export.export_rows` of the store (what
-    the run's manifest holds). The reasons are those of the store report the run writes once it has read its
-    data (``training.data``), in its order: the label is not in the model's label set; the stored audio cannot
-    be read; the clip is cut from a recording of a speaker the base model holds out (its card's dev and test
-    speakers: the run's split when it uses the same corpora); the clip is a copy of the corpus file it is named
-    after. A renamed copy of a corpus clip is found by the run only.
-
-    Returns ``{"stored", "training", "left_out": {why: n}, "clips": [{"clip", "source", "label", "why"}],
-    "same_split": whether the run's corpora are the base model's}``.
-    """
-    from serdemo.labels import get_label_set
-
-    label_set = card.get("label_set") if isinstance(card.get("label_set"), dict) else {}
-    try:
-        mapping = get_label_set(label_set.get("name", ""))
-    except KeyError:
-        mapping = None
-    classes = (card.get("heads") or {}).get("emotion") or []
-    speakers = (card.get("training") or {}).get("speakers") or {}
-    held = set(speakers.get("dev") or []) | set(speakers.get("test") or [])
-    folders = corpus_folders(corpora)
-    base = corpus_folders(((card.get("training") or {}).get("config") or {}).get("corpora"))
-    clips, left = [], {}
-    for r in rows:
-        o = r.origin
-        try:
-            mapped = mapping.map(r.label) is not None if mapping is not None else r.label in classes
-        except KeyError:
-            mapped = False
-        source_speaker = o.speaker if o.corpus and o.speaker.startswith(f"{o.corpus}:") else None
-        if not mapped:
-            why = f"label not in the {label_set.get('name') or 'model'} label set"
-        elif not Path(r.path).is_file():
-            why = WHY_UNREADABLE
-        elif o.corpus in folders and source_speaker in held:
-            why = WHY_HELD_OUT
-        elif o.corpus in folders and corpus_copy_hash(folders[o.corpus], o.source_name) == r.clip:
-            why = WHY_COPY
-        else:
-            why = ""
-        if why:
-            left[why] = left.get(why, 0) + 1
-        clips.append({"clip": r.clip, "source": o.source_name, "label": r.label, "why": why})
-    return {"stored": len(clips), "training": sum(not c["why"] for c in clips), "left_out": left, "clips": clips,
-            "same_split": set(folders) == set(base)}
-
-
-def report_sentence(report: dict) -> str:
-    """A store report (the run's, or :func:`retrain_plan`'s) in a sentence: how many stored labels train, and
-    for each reason how many do not and what it means."""
-    stored, training = int(report.get("stored") or 0), int(report.get("training") or 0)
-    left = {str(k): int(v) for k, v in (report.get("left_out") or {}).items() if v}
-    text = f"**{training} of {stored}** stored label{'s' if stored != 1 else ''} train"
-    if left:
-        text += f"; {stored - training} do{'es' if stored - training == 1 else ''} not: " + "; ".join(
-            _counted(n, why) + (f" ({WHY_MEANS[why]})" if why in WHY_MEANS else "") for why, n in left.items())
-    return text + "."
-
-
-def _counted(n: int, why: str) -> str:
-    """``2 are cut from ...``, ``1 has a label not in ...``, ``1 whose audio could not be read``."""
-    if why.startswith("label "):
-        return f"{n} {'has' if n == 1 else 'have'} a {why}"
-    if why == WHY_UNREADABLE:
-        return f"{n} whose {why}"
-    return f"{n} {'is' if n == 1 else 'are'} {why}"
 
 
 class Retrainer:

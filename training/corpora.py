@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from serdemo import labels as L
+from serdemo.corpus_names import (EMODB, EMODB_FEMALE, EMODB_MALE, EMODB_NAME, EMOVO,  # noqa: F401  (names kept here)
+                                  EMOVO_NAME, NEMO_NAME, RAVDESS, RAVDESS_NAME)
 from training.corpora_more import scan_cremad, scan_iemocap, scan_savee, scan_tess
 from training.corpus_types import (
     AUDIO_EXTS,
@@ -28,9 +30,7 @@ log = logging.getLogger(__name__)
 __all__ = ["AUDIO_EXTS", "CorpusError", "CorpusScan", "Utterance", "audio_files", "require_dir", "scan_cremad",
            "scan_iemocap", "scan_savee", "scan_tess"]
 # ---------------------------------------------------------------- EMO-DB
-EMODB_NAME = re.compile(r"^(?P<spk>\d\d)(?P<text>[ab]\d\d)(?P<emo>[A-Z])(?P<take>[a-z])$")
-EMODB_MALE = {"03", "10", "11", "12", "15"}
-EMODB_FEMALE = {"08", "09", "13", "14", "16"}
+# the file-name rules (pattern, speaker, gender) are serdemo.corpus_names', shared with the app's exports
 
 
 def scan_emodb(root) -> CorpusScan:
@@ -38,7 +38,7 @@ def scan_emodb(root) -> CorpusScan:
     root = require_dir(root, "emodb")
     scan = CorpusScan("emodb", str(root))
     for path in audio_files(root):
-        m = EMODB_NAME.match(path.stem)
+        m = EMODB.match(path.stem)
         if not m:
             scan.problems.append((str(path), "name does not follow SSaTTEv (e.g. 03a01Fa.wav)"))
             continue
@@ -47,17 +47,14 @@ def scan_emodb(root) -> CorpusScan:
             scan.problems.append((str(path), f"unknown emotion letter {m['emo']!r}"))
             continue
         spk = m["spk"]
-        gender = "male" if spk in EMODB_MALE else "female" if spk in EMODB_FEMALE else None
+        gender = EMODB.gender(m)
         if gender is None:
             scan.problems.append((str(path), f"speaker {spk} is not one of EMO-DB's ten; gender unknown"))
-        scan.utterances.append(Utterance(str(path), emo, f"emodb:{spk}", "emodb", gender))
+        scan.utterances.append(Utterance(str(path), emo, EMODB.speaker(m), "emodb", gender))
     return scan
 
 
 # ---------------------------------------------------------------- RAVDESS
-RAVDESS_NAME = re.compile(r"^(?P<mod>\d\d)-(?P<ch>\d\d)-(?P<emo>\d\d)-(?P<int>\d\d)-(?P<stmt>\d\d)-(?P<rep>\d\d)-(?P<actor>\d\d)$")
-
-
 def scan_ravdess(root, include_song: bool = False) -> CorpusScan:
     """RAVDESS: ``Actor_AA/MM-VV-EE-II-SS-RR-AA.wav|flac``; odd actors male, even female.
 
@@ -67,11 +64,11 @@ def scan_ravdess(root, include_song: bool = False) -> CorpusScan:
     root = require_dir(root, "ravdess")
     scan = CorpusScan("ravdess", str(root))
     for path in audio_files(root):
-        m = RAVDESS_NAME.match(path.stem)
+        m = RAVDESS.match(path.stem)
         if not m:
             scan.problems.append((str(path), "name does not follow MM-VV-EE-II-SS-RR-AA"))
             continue
-        if m["mod"] == "02":
+        if not RAVDESS.audio(m):
             scan.excluded.append((str(path), "video-only modality"))
             continue
         if m["ch"] == "02" and not include_song:
@@ -86,13 +83,11 @@ def scan_ravdess(root, include_song: bool = False) -> CorpusScan:
         if folder and int(folder[1]) != actor:
             scan.problems.append((str(path), f"actor {actor} in the name but folder {path.parent.name}"))
             continue
-        gender = "male" if actor % 2 else "female"
-        scan.utterances.append(Utterance(str(path), emo, f"ravdess:{actor:02d}", "ravdess", gender))
+        scan.utterances.append(Utterance(str(path), emo, RAVDESS.speaker(m), "ravdess", RAVDESS.gender(m)))
     return scan
 
 
 # ---------------------------------------------------------------- nEMO
-NEMO_NAME = re.compile(r"^(?P<spk>[A-Z]{2}\d)_(?P<emo>[a-z]+)_(?P<num>\d+)$")
 NEMO_COLUMNS = ("file_id", "emotion", "speaker_id", "gender")
 NEMO_GENDERS = {"female": "female", "f": "female", "male": "male", "m": "male"}
 
@@ -175,9 +170,6 @@ def scan_nemo(root) -> CorpusScan:
 
 
 # ---------------------------------------------------------------- EMOVO
-EMOVO_NAME = re.compile(r"^(?P<emo>[a-z]{3})-(?P<spk>[fm]\d)-(?P<text>[a-z]\d)$")
-
-
 def scan_emovo(root) -> CorpusScan:
     """EMOVO (Italian; Costantini et al., LREC 2014): ``SS/EEE-SS-TT.wav|flac``, e.g. ``f1/dis-f1-b1.wav``
     (speaker f1-f3 female, m1-m3 male; emotion code; sentence). The speaker folder, when there is one, must
@@ -185,7 +177,7 @@ def scan_emovo(root) -> CorpusScan:
     root = require_dir(root, "emovo")
     scan = CorpusScan("emovo", str(root))
     for path in audio_files(root):
-        m = EMOVO_NAME.match(path.stem.lower())
+        m = EMOVO.match(path.stem)
         if not m:
             scan.problems.append((str(path), "name does not follow EEE-SS-TT (e.g. dis-f1-b1)"))
             continue
@@ -198,8 +190,7 @@ def scan_emovo(root) -> CorpusScan:
         if re.fullmatch(r"[fm]\d", folder) and folder != spk:
             scan.problems.append((str(path), f"speaker {spk} in the name but folder {path.parent.name}"))
             continue
-        gender = "female" if spk[0] == "f" else "male"
-        scan.utterances.append(Utterance(str(path), emo, f"emovo:{spk}", "emovo", gender))
+        scan.utterances.append(Utterance(str(path), emo, EMOVO.speaker(m), "emovo", EMOVO.gender(m)))
     return scan
 
 

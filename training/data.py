@@ -264,6 +264,7 @@ class Data:
 
     def _store_report(self, utts, examples, held_out) -> dict | None:
         """How many clips of the annotation store train, and why the others do not (None: no store)."""
+        from serdemo.store_rules import why_left_out  # the rule the app's retraining plan applies too
         from training.splits import STORE_CORPUS
 
         stored = [u for u in utts if u.corpus == STORE_CORPUS]
@@ -276,14 +277,9 @@ class Data:
         for u in stored:
             if u.path in trained:
                 continue
-            if u.path not in mapped:
-                why = f"label not in the {self.label_set.name} label set"
-            elif u.path in self.skipped_audio:
-                why = "audio could not be read"
-            elif u.source_speaker in held:
-                why = "cut from a recording of a held-out (dev/test) speaker"
-            else:
-                why = "the same audio as a corpus clip"
+            # what else leaves a mapped, readable clip of a training speaker out is its copy in a corpus
+            why = why_left_out(self.label_set.name, u.path in mapped, u.path not in self.skipped_audio,
+                               u.source_speaker in held, copy=True)
             left[why] = left.get(why, 0) + 1
         return {"stored": len(stored), "training": len(trained), "left_out": left}
 

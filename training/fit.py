@@ -35,7 +35,7 @@ from serdemo.encoding import FrontEnd
 from serdemo.features import FeatureConfig, pad_batch
 from serdemo.labels import AUX_HEADS, get_label_set
 from serdemo.models import ARCHITECTURES, build_model, encoder_layers, uses_encoder
-from serdemo.retrain import FIRST_GUESS_S  # the ETA before the data are counted
+from serdemo.eta import ENCODE_S_PER_CLIP, FIRST_GUESS_S  # the ETA table, shared with the app
 from training import data as D
 from training import state as S
 from training.augment import RANK_SEED_STRIDE, Augmenter
@@ -49,7 +49,6 @@ from training.scoring import Scoring
 
 log = logging.getLogger("training.fit")
 GRAD_CLIP = 5.0
-ENCODE_S_PER_CLIP = 0.06  # encoder pass of one clip not yet in the cache (bf16, 2 threads)
 
 __all__ = ["FitConfig", "Trainer", "main", "parse_args"]
 

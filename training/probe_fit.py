@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from serdemo.checkpoint import save_checkpoint
+from serdemo.eta import PROBE_FIT_S  # the ETA table, shared with the app
 from training.calibration import ece, rescore_test, scale
 from training.metrics import scores_by_group
 from training.probe import (
@@ -26,7 +27,6 @@ from training.probe import (
 )
 from training.splits import STORE_CORPUS
 
-PROBE_FIT_S = 12.0  # one fit of the regularisation grid on ~3,300 clips (2-core CPU)
 
 
 class ClosedFormFitter:
