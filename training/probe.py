@@ -68,11 +68,14 @@ def voice_normalise(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, n_classe
     relative to the training voices' mean only: one shared name is not one voice."""
     if train not in VOICE_TRAIN:
         raise ValueError(f"voice_train must be one of {', '.join(VOICE_TRAIN)}, not {train!r}")
-    x = np.asarray(x, np.float64)
+    x = np.asarray(x)
     speakers = np.asarray(speakers)
     known = np.array([s != "" and not s.endswith(":unknown") for s in speakers], dtype=bool)
-    global_mean = x[known].mean(0) if known.any() else x.mean(0)
-    xa = x - global_mean
+    global_mean = x[known].mean(0, dtype=np.float64) if known.any() else x.mean(0, dtype=np.float64)
+    # float32 like the statistics themselves (a few float64 copies of thousands of clips' statistics were most of
+    # a retraining's memory); the means and the stored normalisation stay float64
+    xa = x.astype(np.float32, copy=True)
+    xa -= global_mean.astype(np.float32)
     typical = np.ones(x.shape[1])
     if known.any():
         off, scale, typical = speaker_offsets(x[known], speakers[known], global_mean,
@@ -142,24 +145,34 @@ class ShrinkageLDA:
     def fit(self, x: np.ndarray, y: np.ndarray) -> "ShrinkageLDA":
         from scipy.linalg import cho_factor, cho_solve
 
-        x = np.asarray(x, np.float64)
+        x = np.asarray(x)
+        y = np.asarray(y)
         self.classes_ = np.unique(y)
         d = x.shape[1]
         cov = np.zeros((d, d))
         means = []
+        # one class at a time in float64 (never the whole matrix at once): the working memory of a fit on
+        # thousands of clips stays a few of the d x d matrices
         for c in self.classes_:
-            xc = x[y == c]
+            xc = np.array(x[y == c], dtype=np.float64)
             mu = xc.mean(0)
             means.append(mu)
-            s = np.cov(xc - mu, rowvar=False, bias=True) if len(xc) > 1 else np.zeros((d, d))
+            if len(xc) > 1:
+                xc -= mu
+                s = xc.T @ xc
+                s /= len(xc)
+            else:
+                s = np.zeros((d, d))
+            del xc
             mu_t = np.trace(s) / d
-            s *= 1.0 - self.shrinkage
-            s.flat[:: d + 1] += self.shrinkage * mu_t
-            cov += s / len(self.classes_)
+            s *= (1.0 - self.shrinkage) / len(self.classes_)
+            s.flat[:: d + 1] += self.shrinkage * mu_t / len(self.classes_)
+            cov += s
+            del s
         means = np.stack(means)
         self.priors_ = np.full(len(self.classes_), 1.0 / len(self.classes_))  # equal: UA, not the training mix
         self.means_ = means
-        coef = cho_solve(cho_factor(cov), means.T).T
+        coef = cho_solve(cho_factor(cov, overwrite_a=True), means.T).T
         self.coef_ = coef
         self.intercept_ = -0.5 * np.einsum("ij,ij->i", means, coef) + np.log(1.0 / len(self.classes_))
         if len(self.classes_) == 2:  # scikit-learn keeps one row for two classes
@@ -203,8 +216,9 @@ def fit_probe(x_train, y_train, x_dev, y_dev, n_classes: int, c_grid=None, seed:
     c_grid = default_grid(classifier) if c_grid is None else tuple(c_grid)
     if classifier == "lda" and not all(0 <= c <= 1 for c in c_grid):
         raise ValueError(f"an LDA's shrinkage lies within 0..1, not {c_grid}")
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-5
-    zt, zd = (x_train - mean) / std, (x_dev - mean) / std
+    mean, std = x_train.mean(0, dtype=np.float64), x_train.std(0, dtype=np.float64) + 1e-5
+    m32, s32 = mean.astype(np.float32), std.astype(np.float32)
+    zt, zd = (np.asarray(x_train, np.float32) - m32) / s32, (np.asarray(x_dev, np.float32) - m32) / s32
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
     if pool == "mean+std":
@@ -358,7 +372,7 @@ def fit_voice_probe(x, y, speakers, corpora, n_classes: int, classes: list[str],
                                                speakers=speakers, corpora=corpora, width=width)
     clip = None
     if norm is not None and hparams.get("clip_head"):  # the same classifier on the statistics as they are
-        c_clf, c_mean, c_std, _, _ = fit_probe(x_raw - norm.global_mean, y, x_dev[:0], y_dev[:0], n_classes,
+        c_clf, c_mean, c_std, _, _ = fit_probe(x_raw - norm.global_mean.astype(np.float32), y, x_dev[:0], y_dev[:0], n_classes,
                                                c_grid=(chosen,), seed=seed, **opts, speakers=speakers, corpora=corpora,
                                                width=width)
         clip = (c_clf, c_mean, c_std)
