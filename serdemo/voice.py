@@ -79,20 +79,25 @@ def speaker_offsets(x: np.ndarray, speaker: np.ndarray, global_mean: np.ndarray,
 
     With labels ``y`` the offset is the mean of what the clips' emotions do not explain (alternating with the
     classes' offsets, three rounds): a speaker who recorded more of one emotion is not centred on it."""
-    x = np.asarray(x, np.float64)
-    off = np.zeros_like(x)
-    for idx in _groups(speaker):
-        off[idx] = x[idx].mean(0) - global_mean
+    # per-clip arrays in float32 (the statistics' own precision: these are (clips x dim) and a retraining holds
+    # several), every mean and variance computed in float64
+    x = np.asarray(x)
+    global_mean = np.asarray(global_mean, np.float64)
+    groups = list(_groups(speaker))
+    off = np.zeros(x.shape, np.float32)
+    for idx in groups:
+        off[idx] = x[idx].mean(0, dtype=np.float64) - global_mean
     if y is not None:
         for _ in range(3):
             delta = class_offsets(x - global_mean - off, y, n_classes)
-            for idx in _groups(speaker):
+            for idx in groups:
                 off[idx] = (x[idx] - global_mean - delta[y[idx]]).mean(0)
-    var = np.zeros_like(x)
-    for idx in _groups(speaker):
-        var[idx] = (x[idx] - global_mean - off[idx]).var(0)
-    typical = np.mean([var[idx[0]] for idx in _groups(speaker)], axis=0) + 1e-8
-    scale = np.maximum(np.sqrt(var / typical), MIN_SCALE) if meanvar else np.ones_like(x)
+    variances = [(x[idx] - global_mean - off[idx]).var(0, dtype=np.float64) for idx in groups]
+    typical = np.mean(variances, axis=0) + 1e-8
+    scale = np.ones(x.shape, np.float32)
+    if meanvar:
+        for idx, v in zip(groups, variances):
+            scale[idx] = np.maximum(np.sqrt(v / typical), MIN_SCALE)
     return off, scale, typical
 
 
