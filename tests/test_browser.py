@@ -2,54 +2,16 @@
 (Chromium's fake capture device fed with a real corpus wav), relabel. Screenshots go to artifacts/ (ignored by git)."""
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import EMODB, ROOT
-from tests.test_app import server  # noqa: F401  (the launched app fixture)
+from tests.conftest import BROWSER_SHOTS as ARTIFACTS
+from tests.conftest import CHROMIUM, EMODB
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = ROOT / "artifacts" / "screenshots"
+# the launched app (``server``), the session's Chromium and ``browser_factory`` are tests/conftest.py's fixtures
 pytestmark = [pytest.mark.timeout(600),
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (setup.sh installs it as root)")]
-BASE_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-              "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    """One Playwright and one plain Chromium for the module; tests open their own contexts in it."""
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=BASE_FLAGS)
-        yield pw, browser
-        browser.close()
-
-
-@pytest.fixture
-def browser_factory(chromium):
-    """A new page (own context) in the shared browser; with extra flags (a fake microphone) its own browser."""
-    pw, shared = chromium
-    opened, contexts = [], []
-
-    def make(extra_flags=(), viewport=None):
-        b = shared
-        if extra_flags:
-            b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[*BASE_FLAGS, *extra_flags])
-            opened.append(b)
-        ctx = b.new_context(viewport=viewport or {"width": 1400, "height": 1800}, accept_downloads=True)
-        contexts.append(ctx)
-        return ctx.new_page()
-
-    yield make
-    for ctx in contexts:
-        ctx.close()
-    for b in opened:
-        b.close()
 
 
 def wait_for_player(page, scope="#tab-analyse"):
@@ -92,7 +54,7 @@ def wait_for_result(page):
     return page.inner_text("#emotion-probs")
 
 
-def test_upload_shows_prediction_and_plots(server, browser_factory):  # noqa: F811
+def test_upload_shows_prediction_and_plots(server, browser_factory):
     page = browser_factory()
     open_and_upload(page, server["url"], EMODB / "wav" / "03a01Wa.wav")
     import time
@@ -112,7 +74,7 @@ def test_upload_shows_prediction_and_plots(server, browser_factory):  # noqa: F8
     page.screenshot(path=str(ARTIFACTS / "upload.png"), full_page=True)
 
 
-def test_microphone_with_fake_capture(server, browser_factory):  # noqa: F811
+def test_microphone_with_fake_capture(server, browser_factory):
     wav = EMODB / "wav" / "03a01Wa.wav"
     page = browser_factory(["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                             f"--use-file-for-fake-audio-capture={wav}"])
@@ -131,7 +93,7 @@ def test_microphone_with_fake_capture(server, browser_factory):  # noqa: F811
     page.screenshot(path=str(ARTIFACTS / "microphone.png"), full_page=True)
 
 
-def test_relabel_changes_the_counts(server, browser_factory):  # noqa: F811
+def test_relabel_changes_the_counts(server, browser_factory):
     page = browser_factory()
     open_and_upload(page, server["url"], EMODB / "wav" / "08a01Ab.wav")
     page.click("#analyse")
@@ -148,7 +110,7 @@ def test_relabel_changes_the_counts(server, browser_factory):  # noqa: F811
     page.screenshot(path=str(ARTIFACTS / "relabel.png"), full_page=True)
 
 
-def test_shortcuts_act_on_the_visible_tab_and_its_own_clip(server, browser_factory):  # noqa: F811
+def test_shortcuts_act_on_the_visible_tab_and_its_own_clip(server, browser_factory):
     """Models tab: keys do nothing but say where they work. Annotate tab: 2 then s label the clip picked
     there, not the Analyse tab's clip. Analyse tab: c confirms the Analyse clip. Each key shows a hint."""
     from serdemo.store import Store
@@ -199,66 +161,9 @@ def test_shortcuts_act_on_the_visible_tab_and_its_own_clip(server, browser_facto
     page.screenshot(path=str(ARTIFACTS / "shortcuts.png"), full_page=True)
 
 
-def test_retrain_says_what_will_train_shows_progress_after_a_reload_and_serves_only_a_kept_model(
-        server, browser_factory):  # noqa: F811
-    """Issue 17 point 8 on the page. Before a run the Models tab says which stored labels will train and why the
-    others will not, and how long a run takes; a run started elsewhere (the API) shows as a progress bar with
-    an ETA, still after a page reload; when it is done the comparison sits beside two buttons, and the new
-    checkpoint joins both pickers (without pressing Reload) only once "Keep" is pressed."""
-    from tests.test_app import analyze
-
-    client = server["client"]
-    for clip, label in ((EMODB / "wav" / "03a05Aa.wav", "angry"), (EMODB / "wav" / "03a05Nd.wav", "neutral")):
-        client.predict(analyze(client, clip)[4], label, "trainer", api_name="/relabel")
-    page = open_on_tab(browser_factory(), server["url"], "Models")
-    page.wait_for_function("() => /Before you fine-tune/.test(document.querySelector('#retrain-plan').innerText)",
-                           timeout=30_000)
-    plan = page.inner_text("#retrain-plan")
-    assert re.search(r"\d+ of \d+ stored labels train", plan) and "held-out (dev/test) speaker" in plan, plan
-    assert re.search(r"takes about [\d ]+(s|min)", plan), plan
-    page.screenshot(path=str(ARTIFACTS / "retrain-plan.png"), full_page=True)
-    assert "Started fine-tuning" in client.predict("default", api_name="/retrain")
-    phases, bars = [], []
-    for _ in range(2):  # the page as first opened, then reloaded: the bar comes from the server's run
-        page.get_by_role("tab", name="Models").click()
-        page.wait_for_selector("#retrain-progress progress", timeout=30_000)
-        phases.append(page.get_attribute("#retrain-progress .retrain-progress", "data-phase"))
-        bars.append(page.inner_text("#retrain-progress"))
-        page.screenshot(path=str(ARTIFACTS / f"retrain-progress-{len(phases)}.png"), full_page=True)
-        if len(phases) == 1:
-            page.reload(wait_until="load")
-            page.wait_for_selector("#analyse", timeout=60_000)
-    assert phases[0] in ("preparing", "training", "comparing", "done"), phases
-    for phase, bar in zip(phases, bars):
-        assert phase == "done" or re.search(r"ETA \d|longer than estimated", bar), (phase, bar)
-    page.wait_for_function("() => /^Done/.test(document.querySelector('#retrain-status').innerText.trim())",
-                           timeout=400_000)
-    assert page.get_attribute("#retrain-progress .retrain-progress", "data-phase") == "done"
-    assert "previous UA" in page.inner_text("#retrain-comparison")  # a full-width table with a header row
-    assert page.locator("#retrain-comparison thead th").count() == 8
-    table, tab = (page.locator(sel).first.bounding_box() for sel in ("#retrain-comparison table", "#retrain-status"))
-    assert table["width"] >= 0.9 * tab["width"], (table, tab)
-    page.wait_for_selector("#retrain-keep", state="visible", timeout=10_000)
-    assert page.locator("#retrain-discard").is_visible()
-    page.screenshot(path=str(ARTIFACTS / "retrain-decide.png"), full_page=True)
-
-    def picker_options(picker, tab):
-        page.get_by_role("tab", name=tab).click()
-        page.locator(f"{picker} input").first.click()  # opens its option list (drawn outside the picker)
-        page.wait_for_selector("[role=listbox] [role=option]", timeout=10_000)
-        options = page.locator("[role=listbox] [role=option]").all_inner_texts()
-        page.keyboard.press("Escape")
-        page.wait_for_selector("[role=listbox]", state="detached", timeout=10_000)
-        return options
-
-    assert not [o for o in picker_options("#model-pick", "Models") if "default-ft-" in o]  # not served yet
-    # the run belongs to the client that started it (the API here; tests/test_hostile.py checks that another page
-    # is refused): that client keeps it, and the page serves it after a reload
-    assert client.predict(api_name="/retrain_keep").startswith("Kept")
-    page.reload(wait_until="load")
-    page.wait_for_selector("#analyse", timeout=60_000)
-    for picker, tab in (("#model-pick", "Models"), ("#model", "Analyse")):
-        assert [o for o in picker_options(picker, tab) if "default-ft-" in o], picker
+# issue 17 point 8 on the page (the plan, the progress bar after a reload, the comparison, Keep and the pickers) is
+# checked with the API's half in tests/test_app.py::test_retrain_from_the_app_serves_the_new_checkpoint: one real
+# retraining run serves both
 
 
 # ------------------------------------------------------------------ issue 10: what an annotator sees
@@ -317,7 +222,7 @@ def toolbar_clear_of_titles(page, figure: str) -> None:
         assert not boxes_overlap(bar.bounding_box(), title.bounding_box()), title.text_content()
 
 
-def test_figure_has_db_hz_hover_and_the_slider_redraws_on_keys_and_typed_values(server, browser_factory):  # noqa: F811
+def test_figure_has_db_hz_hover_and_the_slider_redraws_on_keys_and_typed_values(server, browser_factory):
     """Points 1-3: colour bars in dB, a frequency axis in Hz, hover with time, frequency and level; the
     difference view; arrow keys and a typed alpha redraw the figure, which keeps the prediction title."""
     page = analysed_page(browser_factory, server["url"], EMODB / "wav" / "03a02Ta.wav")
@@ -355,7 +260,7 @@ def test_figure_has_db_hz_hover_and_the_slider_redraws_on_keys_and_typed_values(
     page.screenshot(path=str(ARTIFACTS / "figure-warped-view.png"))
 
 
-def test_one_annotation_flow_on_the_annotate_tab(server, browser_factory):  # noqa: F811
+def test_one_annotation_flow_on_the_annotate_tab(server, browser_factory):
     """Points 5-7: the annotator name is typed once, at the top, and shown on every tab; the Annotate tab
     lists unlabelled clips with short ids, duration, model guess and confidence, saves on its own tab, and
     then refreshes the clip's history and the queue. The labels offered are the same as on Analyse."""
@@ -424,7 +329,7 @@ def test_one_annotation_flow_on_the_annotate_tab(server, browser_factory):  # no
 
 
 def test_a_row_clicked_right_after_a_save_loads_the_clip_it_names_and_the_next_label_lands_there(
-        server, browser_factory):  # noqa: F811
+        server, browser_factory):
     """Issue 17 point 1: in "unlabelled only" the queue re-renders after a save without the saved row, so
     rows move up. A row clicked at once after the save loads the clip whose id that row showed when clicked
     (not whatever clip later holds its position), the panel names it, and the next save lands on it."""
@@ -476,7 +381,7 @@ def test_a_row_clicked_right_after_a_save_loads_the_clip_it_names_and_the_next_l
     page.screenshot(path=str(ARTIFACTS / "queue-after-save.png"), full_page=True)
 
 
-def test_a_new_analysis_starts_with_no_label_chosen_and_no_old_save_line(server, browser_factory):  # noqa: F811
+def test_a_new_analysis_starts_with_no_label_chosen_and_no_old_save_line(server, browser_factory):
     """Issue 17 points 4, 5 and 7: the true-label radio starts unset (no anchoring on the model's guess);
     the result says what to expect for an unseen voice; "Saved: ... by <name>" and the old result text do not
     stay under the next clip, nor after the name changes."""
@@ -508,7 +413,7 @@ def test_a_new_analysis_starts_with_no_label_chosen_and_no_old_save_line(server,
     assert page.locator("#label-choice input:checked").count() == 0
 
 
-def test_agreement_and_a_downloadable_export(server, browser_factory, tmp_path):  # noqa: F811
+def test_agreement_and_a_downloadable_export(server, browser_factory, tmp_path):
     """Points 8-9: agreement per clip and per annotator on the page; the export is a zip the browser
     downloads (no server path shown), which holds metadata.csv and the audio."""
     import zipfile
@@ -543,7 +448,7 @@ def test_agreement_and_a_downloadable_export(server, browser_factory, tmp_path):
     assert [n for n in names if n.endswith("/metadata.csv")] and [n for n in names if n.endswith(f"{ids[0]}.wav")]
 
 
-def test_models_tab_reads_as_a_summary(server, browser_factory):  # noqa: F811
+def test_models_tab_reads_as_a_summary(server, browser_factory):
     """Point 4: the card as a readable summary, metrics per corpus, a confusion matrix that says its
     colours are row-normalised beside the counts; the raw JSON is folded away."""
     page = open_on_tab(browser_factory(viewport=DESKTOP), server["url"], "Models")
@@ -571,10 +476,9 @@ def test_models_tab_reads_as_a_summary(server, browser_factory):  # noqa: F811
     assert 200 <= height <= 420, height
 
 
-@pytest.mark.parametrize("viewport,kind", [(DESKTOP, "desktop"), (MOBILE, "mobile")])
-def test_every_tab_lays_out_and_is_photographed(server, browser_factory, viewport, kind):  # noqa: F811
-    """Point 11 (and the screenshots of each tab): at 390 px the model picker fits and shows its text,
-    the plot toolbar covers no panel title, ids stay on one line; no large empty gap on desktop."""
+@pytest.fixture(scope="module")
+def labelled_by_two(server):
+    """Three clips labelled by two annotators (agreeing on two), for the tabs photographed at both sizes."""
     from tests.test_app import analyze
 
     for clip, labels in ((EMODB / "wav" / "03b02Aa.wav", ("fear", "fear")), (EMODB / "wav" / "03b02Na.wav", ("neutral", "sad")),
@@ -582,6 +486,12 @@ def test_every_tab_lays_out_and_is_photographed(server, browser_factory, viewpor
         clip_id = analyze(server["client"], clip)[4]
         for who, label in zip(("shots", "second-rater"), labels):
             server["client"].predict(clip_id, label, who, api_name="/relabel")
+
+
+@pytest.mark.parametrize("viewport,kind", [(DESKTOP, "desktop"), (MOBILE, "mobile")])
+def test_every_tab_lays_out_and_is_photographed(server, labelled_by_two, browser_factory, viewport, kind):
+    """Point 11 (and the screenshots of each tab): at 390 px the model picker fits and shows its text,
+    the plot toolbar covers no panel title, ids stay on one line; no large empty gap on desktop."""
     page = analysed_page(browser_factory, server["url"], EMODB / "wav" / "03a01Wa.wav", viewport)
     width = viewport["width"]
     picker = page.locator("#model").bounding_box()
@@ -618,10 +528,14 @@ def test_every_tab_lays_out_and_is_photographed(server, browser_factory, viewpor
         assert 10_000 < path.stat().st_size < 400_000  # the Models tab's card rows grew with the nested figures
 
 
-def test_a_fast_two_annotator_pass_puts_every_label_on_the_clip_loaded(server, browser_factory):  # noqa: F811
-    """Issue 17, done-when: two annotators each go through 20 queue clips with keys only, pressing a label and
+N_FAST = 10  # queue clips each annotator labels
+
+
+def test_a_fast_two_annotator_pass_puts_every_label_on_the_clip_loaded(server, browser_factory):
+    """Issue 17, done-when: two annotators each go through the queue's clips with keys only, pressing a label and
     "s" as soon as a clip is loaded (no listening pause); every label lands on the clip the panel showed when
-    its keys were pressed, and the export holds both annotators' labels for every clip."""
+    its keys were pressed, and the export holds both annotators' labels for every clip. (The done-when said 20
+    clips each; 10 each make the same 20 races of a key against a clip loading, in half the time.)"""
     import csv
     import io
     import json
@@ -631,7 +545,7 @@ def test_a_fast_two_annotator_pass_puts_every_label_on_the_clip_loaded(server, b
     from serdemo.labels import ANNOTATION_LABELS
     from serdemo.store import Store
 
-    names = sorted(p.name for p in (EMODB / "wav").glob("1[0-9]*.wav"))[:20]
+    names = sorted(p.name for p in (EMODB / "wav").glob("1[0-9]*.wav"))[:N_FAST]
     store = Store(server["data"])
     for i, name in enumerate(names):  # queued as an analysis stores them (the model's run is not under test here)
         store.add_clip(load_audio(EMODB / "wav" / name), source_name=name, predicted="neutral",
@@ -646,11 +560,12 @@ def test_a_fast_two_annotator_pass_puts_every_label_on_the_clip_loaded(server, b
         page.get_by_role("tab", name="Annotate").click()
         page.locator("#queue-show label", has_text="all clips").click()
         page.click("#queue-refresh")
-        page.wait_for_function("() => document.querySelectorAll('#queue [role=row]').length >= 21", timeout=30_000)
+        page.wait_for_function(f"() => document.querySelectorAll('#queue [role=row]').length >= {N_FAST + 1}",
+                               timeout=30_000)
         page.locator("#queue [role=row] [role=gridcell]").first.click()  # the first row; then keys only
         page.locator("#q-info").click()  # focus off the name field: keys go to the shortcuts
         shown = ""
-        for k in range(20):
+        for k in range(N_FAST):
             page.wait_for_function(f"(prev) => {{ const v = document.querySelector('{box}').value; "
                                    "return v && v !== prev; }", arg=shown, timeout=30_000)
             shown = page.locator(box).first.input_value()  # the clip loaded at the moment of the keys
@@ -664,9 +579,9 @@ def test_a_fast_two_annotator_pass_puts_every_label_on_the_clip_loaded(server, b
     for (who, clip), label in pressed.items():
         mine = [h.label for h in store.history(clip) if h.annotator == who]
         assert mine == [label], (who, clip, mine, label)  # once each, on the clip that was shown
-    assert len({c for w, c in pressed if w == "fast-a"}) == 20 == len({c for w, c in pressed if w == "fast-b"})
+    assert len({c for w, c in pressed if w == "fast-a"}) == N_FAST == len({c for w, c in pressed if w == "fast-b"})
     both = {c for w, c in pressed if w == "fast-a"} & {c for w, c in pressed if w == "fast-b"}
-    assert len(both) == 20  # the same queue, in the same order, for both
+    assert len(both) == N_FAST  # the same queue, in the same order, for both
     archive = server["client"].predict("audiofolder", api_name="/export")
     with zipfile.ZipFile(archive) as z:
         meta = next(n for n in z.namelist() if n.endswith("metadata.csv"))
@@ -679,7 +594,7 @@ def test_a_fast_two_annotator_pass_puts_every_label_on_the_clip_loaded(server, b
 
 @pytest.mark.parametrize("viewport,kind", [(DESKTOP, "desktop"), (MOBILE, "mobile")])
 def test_the_voice_name_field_reads_well_and_its_result_says_over_how_many_clips(server, browser_factory, viewport,
-                                                                               kind):  # noqa: F811
+                                                                               kind):
     """Issue 25: the Analyse tab's optional voice name sits under the model picker with its explanation, fits
     the screen at 1400 and 390 px (label, hint and the forget button whole); two clips under one name adapt
     together and the info line says so; forgetting the voice says how many clips it held."""

@@ -4,7 +4,6 @@ prediction while recording. Also the /timeline API endpoint. Screenshots go to a
 
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -14,13 +13,10 @@ import soundfile as sf
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from serdemo.audio import load_audio, resample
-from tests.conftest import EMODB, RAVDESS, ROOT, SR, shared_clip
-from tests.test_app import server  # noqa: F401  (the launched app fixture)
+from tests.conftest import BROWSER_SHOTS as ARTIFACTS
+from tests.conftest import CHROMIUM, EMODB, RAVDESS, ROOT, SR, shared_clip
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = ROOT / "artifacts" / "screenshots"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+# the launched app (``server``), the session's Chromium and ``browser_factory`` are tests/conftest.py's fixtures
 pytestmark = [pytest.mark.timeout(600),
               pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                  reason="chromium is not installed (setup.sh installs it as root)")]
@@ -46,26 +42,7 @@ def long_recording(path: Path, rate: int = SR, repeat: int = 1) -> int:
     return len(CLIPS) * repeat
 
 
-@pytest.fixture
-def browser_factory():
-    """``make(extra_flags)`` -> a new page in headless Chromium (Debian's, driven by Playwright)."""
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        opened = []
-
-        def make(extra_flags=()):
-            b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[*FLAGS, *extra_flags])
-            opened.append(b)
-            return b.new_context(viewport={"width": 1400, "height": 1800}).new_page()
-
-        yield make
-        for b in opened:
-            b.close()
-
-
-def test_timeline_api(server, tmp_path):  # noqa: F811
+def test_timeline_api(server, tmp_path):
     from gradio_client import handle_file
 
     wav = tmp_path / "talk.wav"
@@ -99,7 +76,7 @@ def test_timeline_api(server, tmp_path):  # noqa: F811
     assert "/tmp" not in message and str(server["data"]) not in message
 
 
-def test_upload_timeline_and_relabel_a_segment(server, browser_factory, tmp_path):  # noqa: F811
+def test_upload_timeline_and_relabel_a_segment(server, browser_factory, tmp_path):
     from serdemo.store import Store
 
     wav = tmp_path / "interview.wav"
@@ -169,7 +146,7 @@ def recording(browser_factory, url: str, tmp_path: Path, on_request=None):
     return page
 
 
-def test_live_microphone_updates_while_recording(server, browser_factory, tmp_path):  # noqa: F811
+def test_live_microphone_updates_while_recording(server, browser_factory, tmp_path):
     page = recording(browser_factory, server["url"], tmp_path)
     seen = [""]
     deadline = time.time() + 90

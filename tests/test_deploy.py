@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,28 +16,51 @@ from tests.test_app import analyze, free_port, launch_app
 pytestmark = pytest.mark.timeout(600)
 
 
+# ------------------------------------------------------------------ deployable as pushed (issue 10, point 13)
+SHIPPED = ("app.py", "serdemo", "checkpoints", "requirements.txt", "packages.txt", "README.md", "Spaces.md")
+
+
+def tree(root: Path) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime for p in root.rglob("*")}
+
+
 @pytest.fixture(scope="module")
 def space(tmp_path_factory):
-    data = tmp_path_factory.mktemp("space-data")
+    """The repository as a Space checks it out (read-only), started with no settings but the store's
+    volume and an upload limit (5 MB, for test_upload_size_limit): the port from $PORT, listening on 0.0.0.0.
+    Every test of a Space-like launch uses this one server (there were two, one on a writable checkout)."""
+    checkout = tmp_path_factory.mktemp("checkout")
+    for name in SHIPPED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, checkout / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, checkout / name)
+    for p in [checkout, *checkout.rglob("*")]:
+        p.chmod(p.stat().st_mode & ~0o222)
+    volume = tmp_path_factory.mktemp("volume")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADIO_SERVER", "SERDEMO_"))}
-    env.update(GRADIO_SERVER_NAME="0.0.0.0", PORT=str(port), SERDEMO_DATA=str(data), SERDEMO_MAX_UPLOAD="5mb",
-               GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", SERDEMO_CONCURRENCY="2")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADIO_", "SERDEMO_"))}
+    env.update(GRADIO_SERVER_NAME="0.0.0.0", PORT=str(port), SERDEMO_DATA=str(volume), PYTHONDONTWRITEBYTECODE="1",
+               GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", SERDEMO_MAX_UPLOAD="5mb")
+    before = tree(checkout)
     url = f"http://127.0.0.1:{port}/"
-    proc, client = launch_app(env, data, url)
-    yield url, client, data
+    proc, client = launch_app(env, volume, url, cwd=checkout)
+    yield {"url": url, "client": client, "checkout": checkout, "volume": volume, "before": before}
     proc.terminate()
     proc.wait(10)
+    for p in [checkout, *checkout.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o200)
 
 
 def test_space_like_launch_serves(space):
-    url, client, _ = space
+    client = space["client"]
     probs, *_ = analyze(client, EMODB / "wav" / "03a01Wa.wav")
     assert abs(sum(c["confidence"] for c in probs["confidences"]) - 1) < 1e-3
 
 
 def test_upload_size_limit(space, tmp_path):
-    url, client, _ = space
+    client = space["client"]
     big = tmp_path / "big.wav"
     import soundfile as sf
 
@@ -53,51 +75,15 @@ def test_upload_size_limit(space, tmp_path):
 def test_short_mixed_load_has_no_errors(space):
     """benchmarks/load.py against the Space-like server: analyses, relabels and hostile uploads from four
     users; no server error, and every saved label is in the store on its clip."""
-    url, _, data = space
-    res = subprocess.run([sys.executable, "benchmarks/load.py", "--url", url, "--data-dir", str(data), "--users", "4",
-                          "--seconds", "8"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "benchmarks/load.py", "--url", space["url"], "--data-dir", str(space["volume"]),
+                          "--users", "4", "--seconds", "5"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "server errors 0" in res.stdout and "lost 0, unexpected 0, on the wrong clip 0" in res.stdout, res.stdout
     print(res.stdout)
 
 
-# ------------------------------------------------------------------ deployable as pushed (issue 10, point 13)
-SHIPPED = ("app.py", "serdemo", "checkpoints", "requirements.txt", "packages.txt", "README.md", "Spaces.md")
-
-
-def tree(root: Path) -> dict[str, float]:
-    return {str(p.relative_to(root)): p.stat().st_mtime for p in root.rglob("*")}
-
-
-@pytest.fixture(scope="module")
-def readonly_space(tmp_path_factory):
-    """The repository as a Space checks it out (read-only), started with no settings but the store's
-    volume: the port from $PORT, listening on 0.0.0.0."""
-    checkout = tmp_path_factory.mktemp("checkout")
-    for name in SHIPPED:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, checkout / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy2(src, checkout / name)
-    for p in [checkout, *checkout.rglob("*")]:
-        p.chmod(p.stat().st_mode & ~0o222)
-    volume = tmp_path_factory.mktemp("volume")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADIO_", "SERDEMO_"))}
-    env.update(GRADIO_SERVER_NAME="0.0.0.0", PORT=str(port), SERDEMO_DATA=str(volume), PYTHONDONTWRITEBYTECODE="1",
-               GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
-    before = tree(checkout)
-    proc, client = launch_app(env, volume, f"http://127.0.0.1:{port}/", cwd=checkout)
-    yield client, checkout, volume, before
-    proc.terminate()
-    proc.wait(10)
-    for p in [checkout, *checkout.rglob("*")]:
-        p.chmod(p.stat().st_mode | 0o200)
-
-
-def test_a_read_only_checkout_serves_with_the_store_on_its_volume(readonly_space):
-    client, checkout, volume, before = readonly_space
+def test_a_read_only_checkout_serves_with_the_store_on_its_volume(space):
+    client, checkout, volume, before = space["client"], space["checkout"], space["volume"], space["before"]
     probs, _, _, _, clip_id, _, _ = analyze(client, EMODB / "wav" / "03a01Wa.wav")
     status, _ = client.predict(clip_id, "angry", "space-user", api_name="/relabel")
     assert "space-user" in status
@@ -149,19 +135,8 @@ def test_a_login_name_is_the_annotator(tmp_path):
     env.update(GRADIO_SERVER_PORT=str(port), SERDEMO_DATA=str(tmp_path), SERDEMO_AUTH="alice:pw1,bob:pw2",
                GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
     url = f"http://127.0.0.1:{port}/"
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc, client = launch_app(env, tmp_path, url, auth=("alice", "pw1"))
     try:
-        client = None
-        for _ in range(120):
-            try:
-                client = Client(url, auth=("alice", "pw1"), verbose=False)
-                break
-            except Exception:
-                if proc.poll() is not None:
-                    pytest.fail((tmp_path / "server.log").read_text()[-2000:])
-                time.sleep(1)
-        assert client is not None
         clip_id = analyze(client, EMODB / "wav" / "03a01Fa.wav")[4]
         status, _ = client.predict(clip_id, "happy", "someone-else", api_name="/relabel")
         assert "by alice" in status

@@ -52,12 +52,12 @@ def _shared_corpora():
 @pytest.mark.parametrize("arch,heads,hparams", [("localatt", "", '{"hidden": 32, "n_layers": 2}'),
                                                  ("cnnlstm", "", '{"hidden": 32}'),
                                                  ("multitask", "gender,naturalness", '{"hidden": 32, "n_layers": 2}')])
-def test_one_short_epoch_per_architecture(tmp_path, arch, heads, hparams, emodb_clip, caplog):
+def test_one_short_epoch_per_architecture(tmp_path, arch, heads, hparams, emodb_clip, caplog, wave_cache):
     from serdemo.inference import Predictor
 
     out = tmp_path / arch
     with caplog.at_level("WARNING", logger="training.fit"):
-        metrics = fit.main(args(out, tmp_path / "cache", "--model", arch, "--aux-heads", heads, "--label-set",
+        metrics = fit.main(args(out, wave_cache, "--model", arch, "--aux-heads", heads, "--label-set",
                                 "ekman7", "--hparams", hparams))
     # VTLP is on (the config's default): it reaches the log-mel model, and a head on cached encoder states is told
     # that it cannot reach it
@@ -94,7 +94,7 @@ VOICE_RECIPE = {"frame_norm": True, "classifier": "lda", "refit": True, "voice":
 
 @pytest.mark.parametrize("recipe", [{}, {"frame_norm": True, "classifier": "lda", "refit": True}, VOICE_RECIPE],
                          ids=["logistic", "lda-framenorm-refit", "lda-voice-corpus-calibration"])
-def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, emodb_clip, recipe):
+def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, emodb_clip, recipe, wave_cache):
     """The probe's regularisation (C, or an LDA's shrinkage) comes from dev UA; the shipped module reproduces
     the classifier's probabilities, with each frame layer-normalised when the recipe says so."""
     from serdemo.inference import Predictor
@@ -102,7 +102,7 @@ def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, e
 
     hp = json.dumps({"n_layers": 2, "layers": [1, 2], **recipe})
     out = tmp_path / "probe"
-    metrics = fit.main(args(out, tmp_path / "cache", "--model", "probe", "--aux-heads", "",
+    metrics = fit.main(args(out, wave_cache, "--model", "probe", "--aux-heads", "",
                             "--hparams", hp, "--limit-per-corpus", "60"))
     model, card = load_checkpoint(out)
     knob, grid = ("shrinkage", (0.6, 0.8, 0.9)) if recipe else ("C", (0.01, 0.03, 0.1))
@@ -115,7 +115,7 @@ def test_the_probe_trains_in_one_step_and_predicts_like_scikit_learn(tmp_path, e
     refit = ["phase"] if recipe.get("refit") else []  # "refitting on train + dev speakers"
     corpora = ["phase"] if recipe.get("calibration") else []  # "calibrating on held-out corpora"
     assert events == ["phase", "phase", "start", "phase", *corpora, *refit, "epoch", "done"]
-    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "probe", "--aux-heads",
+    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", wave_cache, "--model", "probe", "--aux-heads",
                                               "", "--hparams", hp, "--limit-per-corpus", "60")))
     full = trainer.estimate_s()  # the ETA counts one fit per value tried (the default grid: 3), not always 3
     trainer.cfg.hparams["c_grid"] = [0.5]
@@ -294,11 +294,11 @@ def test_command_line_is_generated_from_the_config(tmp_path):
         parse_cli(["--hparams", "[1, 2]"])
 
 
-def test_fold_none_trains_without_a_test_fold(tmp_path):
-    cfg = fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "localatt", "--fold", "none"))
+def test_fold_none_trains_without_a_test_fold(tmp_path, wave_cache):
+    cfg = fit.parse_args(args(tmp_path / "x", wave_cache, "--model", "localatt", "--fold", "none"))
     trainer = fit.Trainer(cfg)
     assert trainer.test == [] and trainer.dev and trainer.train
-    with_test = fit.Trainer(fit.parse_args(args(tmp_path / "y", tmp_path / "cache", "--model", "localatt")))
+    with_test = fit.Trainer(fit.parse_args(args(tmp_path / "y", wave_cache, "--model", "localatt")))
     assert with_test.test and len(trainer.train) > len(with_test.train)
 
 
@@ -321,21 +321,21 @@ def interrupted_after_first_save(monkeypatch, argv: list[str]) -> None:
     monkeypatch.setattr(fit.Trainer, "save_last", original)
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, monkeypatch, wave_cache):
     """Interrupt after epoch 1, resume: epoch 2 sees the same batches, alphas, masks, mixup, noise and
     dropout as the uninterrupted run, so the weights end up identical. Without the RNG state it differs."""
     common = ["--model", "cnnlstm", "--hparams", CNN_SMALL, "--epochs", "2", "--mixup", "--augment", "noise",
               "--augment-p", "0.5", "--trace", "--aux-heads", ""]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    fit.main(args(whole, tmp_path / "cache", *common))
-    interrupted_after_first_save(monkeypatch, args(cut, tmp_path / "cache", *common))
+    fit.main(args(whole, wave_cache, *common))
+    interrupted_after_first_save(monkeypatch, args(cut, wave_cache, *common))
     assert json.loads((cut / "last" / "trainer.json").read_text())["epoch"] == 0
     bare = tmp_path / "bare"  # the same interrupted run, resumed without its RNG state
     shutil.copytree(cut, bare)
     for p in (bare / "last").glob("rng-rank*"):
         p.unlink()
 
-    fit.main(args(cut, tmp_path / "cache", *common, "--resume"))
+    fit.main(args(cut, wave_cache, *common, "--resume"))
     a, b = load_file(str(whole / "last" / "model.safetensors")), load_file(str(cut / "last" / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
@@ -353,32 +353,32 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, monkeypatc
     assert events == ["phase", "phase", "start", "step", "step", "error",
                       "phase", "phase", "start", "step", "step", "epoch", "done"]  # died saving epoch 1
 
-    fit.main(args(bare, tmp_path / "cache", *common, "--resume"))
+    fit.main(args(bare, wave_cache, *common, "--resume"))
     tc = trace(bare / "trace-rank0.jsonl")
     assert tc[2]["paths"] == ta[2]["paths"]  # the data order is a function of the epoch
     assert tc[2]["alphas"] != ta[2]["alphas"]  # ...but augmentation needs the saved generators
 
 
-def test_a_fine_tuning_run_resumes_exactly_with_its_blocks_and_their_rate(tmp_path, monkeypatch):
+def test_a_fine_tuning_run_resumes_exactly_with_its_blocks_and_their_rate(tmp_path, monkeypatch, wave_cache):
     """The tuned encoder blocks and their optimiser group (its own rate) survive an interruption: resumed, the
     run ends with the weights of the uninterrupted one; a resume asking another --encoder-lr gets it."""
     common = ["--model", "localatt", "--hparams", TUNED, "--epochs", "2", "--aux-heads", "", "--no-vtlp"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    fit.main(args(whole, tmp_path / "cache", *common))
-    interrupted_after_first_save(monkeypatch, args(cut, tmp_path / "cache", *common))
+    fit.main(args(whole, wave_cache, *common))
+    interrupted_after_first_save(monkeypatch, args(cut, wave_cache, *common))
     saved = json.loads((cut / "last" / "trainer.json").read_text())["param_groups"]
     assert [g["scale"] for g in saved] == [1.0, 0.1]
-    fit.main(args(cut, tmp_path / "cache", *common, "--resume"))
+    fit.main(args(cut, wave_cache, *common, "--resume"))
     a, b = load_file(str(whole / "last" / "model.safetensors")), load_file(str(cut / "last" / "model.safetensors"))
     assert a.keys() == b.keys() and any(k.startswith("tuned.0.") for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
-    again = fit.Trainer(fit.parse_args(args(cut, tmp_path / "cache", *common, "--encoder-lr", "0.3", "--resume")))
+    again = fit.Trainer(fit.parse_args(args(cut, wave_cache, *common, "--encoder-lr", "0.3", "--resume")))
     again.resume()
     assert again.opt.param_groups[1]["scale"] == 0.3
 
 
-def test_a_diverged_run_stops_with_a_clear_error_instead_of_training_on(tmp_path, monkeypatch):
+def test_a_diverged_run_stops_with_a_clear_error_instead_of_training_on(tmp_path, monkeypatch, wave_cache):
     """A NaN loss (before the fix above, one speech frame under fine-tuned blocks) stops the run at that step
     with a message saying what to change, and the progress file ends in an error the app shows."""
     real = fit.Trainer.loss
@@ -392,25 +392,25 @@ def test_a_diverged_run_stops_with_a_clear_error_instead_of_training_on(tmp_path
     monkeypatch.setattr(fit.Trainer, "loss", nan_on_second)
     out = tmp_path / "m"
     with pytest.raises(SystemExit, match="training diverged: the loss is nan at epoch 1, step 2"):
-        fit.main(args(out, tmp_path / "cache", "--model", "localatt", "--aux-heads", "", "--hparams", SMALL,
+        fit.main(args(out, wave_cache, "--model", "localatt", "--aux-heads", "", "--hparams", SMALL,
                       "--epochs", "3"))
     assert len(calls) == 2 and read_progress(out / "progress.jsonl")[-1]["event"] == "error"
 
 
 # ---------------------------------------------------------------------- DDP
-def test_ddp_two_cpu_processes_split_batches_and_match_one(tmp_path):
+def test_ddp_two_cpu_processes_split_batches_and_match_one(tmp_path, wave_cache):
     """torchrun with 2 gloo processes: every step's batch is split disjointly between the ranks, the
     union is exactly the 1-process batch, the ranks draw different VTLP alphas, the reported loss is
     the all-reduced one, and the losses match the 1-process run within tolerance."""
     common = ["--model", "cnnlstm", "--hparams", '{"hidden": 16, "channels": [4, 8, 8], "dropout": 0.0}',
               "--epochs", "2", "--trace", "--aux-heads", "", "--no-specaug"]
     one, two = tmp_path / "one", tmp_path / "two"
-    fit.main(args(one, tmp_path / "cache", *common))
+    fit.main(args(one, wave_cache, *common))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}",
-           "-m", "training.fit", *args(two, tmp_path / "cache", *common)]
+           "-m", "training.fit", *args(two, wave_cache, *common)]
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -434,8 +434,8 @@ def test_ddp_two_cpu_processes_split_batches_and_match_one(tmp_path):
 
 
 # ---------------------------------------------------------------------- features and augmentation
-def test_vtlp_on_the_training_path_moves_a_tone_and_leaves_dev_unwarped(tmp_path):
-    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "cnnlstm",
+def test_vtlp_on_the_training_path_moves_a_tone_and_leaves_dev_unwarped(tmp_path, wave_cache):
+    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", wave_cache, "--model", "cnnlstm",
                                               "--aux-heads", "", "--hparams", CNN_SMALL)))
     f_hz, alphas = 2000.0, torch.tensor([0.9, 1.0, 1.1])
     x, lens = pad_batch([tone(f_hz, 0.5)] * 3)
@@ -467,12 +467,12 @@ def test_vtlp_on_the_training_path_moves_a_tone_and_leaves_dev_unwarped(tmp_path
                                   for a in seen)
 
 
-def test_speech_masks_follow_the_waveform_augmentation(tmp_path):
+def test_speech_masks_follow_the_waveform_augmentation(tmp_path, wave_cache):
     """With shift (a roll of the wave) the masks the model is taught on are those of the shifted wave,
     not of the clip as decoded (before: attention learnt on misaligned masks)."""
     from serdemo.vad import default_detector
 
-    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "cnnlstm",
+    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", wave_cache, "--model", "cnnlstm",
                                               "--aux-heads", "", "--hparams", CNN_SMALL, "--augment", "shift,speed",
                                               "--augment-p", "1.0")))
     exs = trainer.train[:3]
@@ -489,8 +489,8 @@ def test_speech_masks_follow_the_waveform_augmentation(tmp_path):
     assert any(len(a) != len(w) or not np.allclose(a, w) for a, w in zip(augmented, waves))
 
 
-def test_front_end_stays_fp32_under_autocast(tmp_path):
-    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", tmp_path / "cache", "--model", "cnnlstm",
+def test_front_end_stays_fp32_under_autocast(tmp_path, wave_cache):
+    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "x", wave_cache, "--model", "cnnlstm",
                                               "--aux-heads", "", "--hparams", CNN_SMALL)))
     exs = trainer.train[:3]
     ref = trainer.inputs(exs)[0]
@@ -549,8 +549,8 @@ def test_prediction_does_not_depend_on_padding_in_every_norm_mode(arch, norm):
             torch.testing.assert_close(batched[i], model(f1, n1).logits["emotion"][0], atol=1e-4, rtol=1e-4)
 
 
-def test_init_recomputes_global_norm_statistics(tmp_path):
-    base = args(tmp_path / "x", tmp_path / "cache", "--model", "cnnlstm", "--aux-heads", "", "--hparams", CNN_SMALL,
+def test_init_recomputes_global_norm_statistics(tmp_path, wave_cache):
+    base = args(tmp_path / "x", wave_cache, "--model", "cnnlstm", "--aux-heads", "", "--hparams", CNN_SMALL,
                 "--norm", "global")
     fresh = fit.Trainer(fit.parse_args(base))
     old = fresh.model
@@ -564,10 +564,10 @@ def test_init_recomputes_global_norm_statistics(tmp_path):
     assert tuned.model.norm.mean.abs().max() < 50  # not the old statistics
 
 
-def test_init_copies_every_tensor_or_refuses(tmp_path):
+def test_init_copies_every_tensor_or_refuses(tmp_path, wave_cache):
     """Fine-tuning starts from all of the checkpoint's weights; another architecture or other sizes are
     refused loudly (before: 16 of 23 tensors matched by name and the rest silently trained from scratch)."""
-    small = args(tmp_path / "x", tmp_path / "cache", "--model", "localatt", "--aux-heads", "", "--hparams", SMALL)
+    small = args(tmp_path / "x", wave_cache, "--model", "localatt", "--aux-heads", "", "--hparams", SMALL)
     first = fit.Trainer(fit.parse_args(small))
     with torch.no_grad():
         for p in first.model.parameters():
@@ -576,11 +576,11 @@ def test_init_copies_every_tensor_or_refuses(tmp_path):
     tuned = fit.Trainer(fit.parse_args([*small, "--init", str(tmp_path / "old")]))
     for (name, a), b in zip(first.model.state_dict().items(), tuned.model.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
-    wider = args(tmp_path / "y", tmp_path / "cache", "--model", "localatt", "--aux-heads", "",
+    wider = args(tmp_path / "y", wave_cache, "--model", "localatt", "--aux-heads", "",
                  "--hparams", '{"hidden": 24, "dense": 32, "n_layers": 2}', "--init", str(tmp_path / "old"))
     with pytest.raises(SystemExit, match="do not fit"):
         fit.Trainer(fit.parse_args(wider))
-    other = args(tmp_path / "z", tmp_path / "cache", "--model", "multitask", "--aux-heads", "",
+    other = args(tmp_path / "z", wave_cache, "--model", "multitask", "--aux-heads", "",
                  "--hparams", SMALL, "--init", str(tmp_path / "old"))
     with pytest.raises(SystemExit, match="is a localatt model"):
         fit.Trainer(fit.parse_args(other))
@@ -588,7 +588,7 @@ def test_init_copies_every_tensor_or_refuses(tmp_path):
     # the block's copy from the pretrained encoder; back from a tuned checkpoint to a frozen run is refused
     from serdemo.encoders import load as shared_encoder
 
-    tune = args(tmp_path / "t", tmp_path / "cache", "--model", "localatt", "--aux-heads", "", "--hparams", TUNED)
+    tune = args(tmp_path / "t", wave_cache, "--model", "localatt", "--aux-heads", "", "--hparams", TUNED)
     staged = fit.Trainer(fit.parse_args([*tune, "--init", str(tmp_path / "old")]))
     for name, a in first.model.state_dict().items():
         torch.testing.assert_close(staged.model.state_dict()[name], a, msg=name)
@@ -596,7 +596,7 @@ def test_init_copies_every_tensor_or_refuses(tmp_path):
     save_checkpoint(tmp_path / "tuned", staged.model, staged.card({}))
     with pytest.raises(SystemExit, match="do not fit"):
         fit.Trainer(fit.parse_args([*small, "--init", str(tmp_path / "tuned")]))
-    probe = args(tmp_path / "p", tmp_path / "cache", "--model", "probe", "--aux-heads", "",
+    probe = args(tmp_path / "p", wave_cache, "--model", "probe", "--aux-heads", "",
                  "--hparams", '{"n_layers": 2, "tune_layers": 1}')
     with pytest.raises(ConfigError, match="probe has no setting 'tune_layers'"):  # refused as a setting it lacks
         FitConfig(model="probe", hparams={"n_layers": 2, "tune_layers": 1})
@@ -617,9 +617,9 @@ def test_metrics():
     assert scores([], [], ["a"])["n"] == 0
 
 
-def test_evaluate_cli_on_held_out_speakers(tmp_path):
+def test_evaluate_cli_on_held_out_speakers(tmp_path, wave_cache):
     out = tmp_path / "m"
-    fit.main(args(out, tmp_path / "cache", "--model", "localatt", "--hparams", SMALL))
+    fit.main(args(out, wave_cache, "--model", "localatt", "--hparams", SMALL))
     from training.evaluate import main as evaluate
 
     res = evaluate([str(out), "--data", f"emodb={EMODB}", "--speakers-from-card", "test", "--json", str(tmp_path / "r.json")])
@@ -631,14 +631,14 @@ def test_evaluate_cli_on_held_out_speakers(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["overall"]["ua"] == res["overall"]["ua"]
 
 
-def test_cross_validation_pools_every_speaker_once_and_reuses_only_matching_folds(tmp_path, monkeypatch):
+def test_cross_validation_pools_every_speaker_once_and_reuses_only_matching_folds(tmp_path, monkeypatch, wave_cache):
     from training import evaluate as E
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({
         "name": "cv", "model": "localatt", "hparams": {"hidden": 16, "dense": 32, "n_layers": 2},
         "corpora": [f"emodb={EMODB}"], "label_set": "emodb7", "aux_heads": [], "limit_per_corpus": 40,
-        "epochs": 1, "max_steps": 1, "batch_size": 8, "cache_dir": str(tmp_path / "cache")}))
+        "epochs": 1, "max_steps": 1, "batch_size": 8, "cache_dir": str(wave_cache)}))
     cv = E.cross_validate(str(recipe), 3, tmp_path / "work")
     tested = [s for f in cv["folds"] for s in f["test_speakers"]]
     assert len(tested) == len(set(tested)) == 8  # each of the 8 EMO-DB speakers is tested exactly once
@@ -685,14 +685,14 @@ def test_cross_validation_pools_every_speaker_once_and_reuses_only_matching_fold
     assert "its lr is 0.5" in E.reuse_problem(bad, trainer)
 
 
-def test_leave_one_corpus_out_tests_each_corpus_on_its_own(tmp_path):
+def test_leave_one_corpus_out_tests_each_corpus_on_its_own(tmp_path, wave_cache):
     from training import evaluate as E
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({
         "name": "loco", "model": "localatt", "hparams": {"hidden": 16, "dense": 32, "n_layers": 2},
         "corpora": [f"emodb={EMODB}", f"ravdess={RAVDESS}"], "label_set": "ekman7", "aux_heads": [],
-        "limit_per_corpus": 40, "epochs": 1, "max_steps": 1, "batch_size": 8, "cache_dir": str(tmp_path / "cache")}))
+        "limit_per_corpus": 40, "epochs": 1, "max_steps": 1, "batch_size": 8, "cache_dir": str(wave_cache)}))
     cv = E.cross_validate(str(recipe), 4, tmp_path / "work", split="corpus")
     assert cv["scheme"] == "leave-one-corpus-out" and len(cv["folds"]) == 2
     for f in cv["folds"]:
@@ -807,7 +807,7 @@ def test_nlpaug_waveform_augmenters(name):
 
 # ---------------------------------------------------------------------- one forward path
 @pytest.mark.parametrize("model, hparams", [("localatt", SMALL), ("cnnlstm", CNN_SMALL), ("localatt", TUNED)])
-def test_predictor_and_training_evaluation_give_the_same_probabilities(tmp_path, monkeypatch, model, hparams):
+def test_predictor_and_training_evaluation_give_the_same_probabilities(tmp_path, monkeypatch, model, hparams, wave_cache):
     """The app's Predictor and the trainer's evaluation give the same probabilities on the same clips:
     the trainer reads the encoder-state cache that the Predictor's own front end filled (float16 states
     there, the Predictor in float32 here), the log-mel model runs the same front end. A fine-tuned model
@@ -817,7 +817,7 @@ def test_predictor_and_training_evaluation_give_the_same_probabilities(tmp_path,
 
     monkeypatch.setenv("SERDEMO_BF16", "0")
     out = tmp_path / "m"
-    trainer = fit.Trainer(fit.parse_args(args(out, tmp_path / "cache", "--model", model, "--aux-heads", "",
+    trainer = fit.Trainer(fit.parse_args(args(out, wave_cache, "--model", model, "--aux-heads", "",
                                               "--hparams", hparams)))
     trainer.fit()
     exs = trainer.test[:6]
@@ -847,12 +847,12 @@ def test_predictor_and_training_evaluation_give_the_same_probabilities(tmp_path,
     assert np.mean(on_speech) > 0.9 and min(on_speech) > 0.6
 
 
-def test_corpus_classes_keep_a_corpus_from_teaching_that_a_class_it_lacks_is_wrong(tmp_path):
+def test_corpus_classes_keep_a_corpus_from_teaching_that_a_class_it_lacks_is_wrong(tmp_path, wave_cache):
     """EMO-DB has no surprise: with --corpus-classes its clips put no gradient on the surprise logit
     (so 'surprise' is never learnt as 'not German'), RAVDESS clips still do; without the flag both do."""
     grads = {}
     for flag in ([], ["--corpus-classes"]):
-        trainer = fit.Trainer(fit.parse_args(args(tmp_path / "m", tmp_path / "cache", "--model", "localatt",
+        trainer = fit.Trainer(fit.parse_args(args(tmp_path / "m", wave_cache, "--model", "localatt",
                                                   "--aux-heads", "", "--hparams", SMALL, "--limit-per-corpus", "160", *flag)))
         surprise = list(trainer.label_set.classes).index("surprise")
         assert not trainer.corpus_classes["emodb"][surprise] and trainer.corpus_classes["ravdess"][surprise]
@@ -867,12 +867,12 @@ def test_corpus_classes_keep_a_corpus_from_teaching_that_a_class_it_lacks_is_wro
     assert (grads[True][:3] == 0).all() and (grads[True][3:].abs() > 0).all()
 
 
-def test_a_fold_from_before_a_setting_existed_is_reused_with_its_default(tmp_path):
+def test_a_fold_from_before_a_setting_existed_is_reused_with_its_default(tmp_path, wave_cache):
     """Cross-validation reuses a finished fold whose card predates a setting (it trained with the
     default); a card that really differs in that setting is still retrained."""
     from training.evaluate import reuse_problem
 
-    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "m", tmp_path / "cache", "--model", "localatt",
+    trainer = fit.Trainer(fit.parse_args(args(tmp_path / "m", wave_cache, "--model", "localatt",
                                               "--aux-heads", "", "--hparams", SMALL)))
     card = trainer.card({"test": {}})
     config = card["training"]["config"]
@@ -931,7 +931,7 @@ def test_temperature_scaling_calibrates_an_overconfident_model():
     assert ece(scale(sharp, 1.0), y) > 0.1
 
 
-def test_screen_never_touches_the_held_out_fold_and_resumes(tmp_path, monkeypatch):
+def test_screen_never_touches_the_held_out_fold_and_resumes(tmp_path, monkeypatch, wave_cache):
     """``training.evaluate --screen``: probe variants scored on dev only; the recipe's test fold is neither
     trained on nor scored; every finished variant is on disk, and a rerun reads it back instead of refitting."""
     from serdemo.labels import get_label_set
@@ -942,7 +942,7 @@ def test_screen_never_touches_the_held_out_fold_and_resumes(tmp_path, monkeypatc
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"name": "s", "model": "probe", "aux_heads": [], "n_folds": 3, "fold": 0,
-                                      "limit_per_corpus": 60, "cache_dir": str(tmp_path / "cache"),
+                                      "limit_per_corpus": 60, "cache_dir": str(wave_cache),
                                       "corpora": [f"emodb={EMODB}", f"ravdess={RAVDESS}"]}))
     cfg = FitConfig.from_yaml(recipe)
     utts, _ = load_corpora(cfg.corpora, cfg.limit_per_corpus)
