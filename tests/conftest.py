@@ -168,10 +168,11 @@ BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
-    """One Playwright and one plain headless Chromium (Debian's) for the session; tests open their own
-    contexts in it, and a browser of their own only for other flags (a fake microphone's file)."""
+    """One Playwright and one plain headless Chromium (Debian's) per module; tests open their own contexts in
+    it, and a browser of their own only for other flags (a fake microphone's file). Not one per session:
+    Playwright's sync API keeps an event loop running in this thread, and later tests call asyncio.run()."""
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed (setup.sh installs it as root)")
     from playwright.sync_api import sync_playwright

@@ -80,7 +80,7 @@ def test_upload_timeline_and_relabel_a_segment(server, browser_factory, tmp_path
     from serdemo.store import Store
 
     wav = tmp_path / "interview.wav"
-    n = long_recording(wav, rate=44100, repeat=2)
+    n = long_recording(wav, rate=44100)  # six segments (twelve before: segment 3 is the one relabelled)
     page = browser_factory()
     page.goto(server["url"], wait_until="load")
     page.get_by_role("tab", name="Timeline").click()
