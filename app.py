@@ -19,8 +19,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(tempfile.gettempdir()) / "serdemo-gradio"))
 
-from serdemo.housekeeping import (SessionKeeper, Sweeper, UploadBudgetMiddleware, gradio_cache_dir,  # noqa: E402
-                                  lean_session_state, limit_malloc_arenas, max_page_sessions, upload_bytes)
+from serdemo.housekeeping import (SessionKeeper, Sweeper, UploadBudget, UploadBudgetMiddleware,  # noqa: E402
+                                  UploadsInUse, gradio_cache_dir, lean_session_state, limit_malloc_arenas,
+                                  max_page_sessions, upload_bytes)
 from serdemo.ui import build_app  # noqa: E402
 from serdemo.uikit import (CSS, SHORTCUTS_JS, BodyLimitMiddleware, LoginClientMiddleware, LoginGuard,  # noqa: E402
                            QueueLimitMiddleware, StreamChunkMiddleware, configure_proxy_headers, fair_queue,
@@ -37,8 +38,10 @@ def main() -> None:
     gradio_cache_dir().mkdir(parents=True, exist_ok=True)
     bench = getattr(app, "workbench", None)
     lean_session_state()  # a session no longer copies every component's config (~250 kB each)
+    # a file that a waiting or running event references is never swept, and its age counts from that use
+    in_use = UploadsInUse(app)
     Sweeper(every_s=float(os.environ.get("SERDEMO_SWEEP_S", "60")),
-            retrainer=getattr(bench, "retrainer", None), sessions=SessionKeeper(app)).start()
+            retrainer=getattr(bench, "retrainer", None), sessions=SessionKeeper(app), in_use=in_use).start()
     # SERDEMO_AUTH="alice:secret,bob:other" (a Space secret): a login page; the login name is the annotator
     guard = LoginGuard.from_env(os.environ.get("SERDEMO_AUTH", ""))
     # the login guard counts wrong passwords per client address too; on a Space the proxy's
@@ -55,6 +58,7 @@ def main() -> None:
         # replaces a waiting one with the next
         app_kwargs={"middleware": [Middleware(BodyLimitMiddleware),
                                    Middleware(UploadBudgetMiddleware, max_upload=upload_bytes(max_upload),
+                                              budget=UploadBudget(in_use=in_use),
                                               trust_forwarded=trust),
                                    Middleware(QueueLimitMiddleware, trust_forwarded=trust,
                                               per_session=int(os.environ.get("SERDEMO_QUEUE_PER_SESSION", "16")),

@@ -117,14 +117,26 @@ class Stats:
         self.errors: dict[str, int] = defaultdict(int)
         self.refused: dict[str, int] = defaultdict(int)  # hostile requests answered with an error (expected)
         self.samples: dict[str, list[str]] = defaultdict(list)
+        self.failed: list[tuple[str, float, float]] = []  # ordinary calls that failed: (route, seconds, when)
 
     def record(self, route: str, seconds: float, error: Exception | None = None, hostile: bool = False):
         with self.lock:
             self.times[route].append(seconds)
             if error is not None:
                 (self.refused if hostile else self.errors)[route] += 1
+                if not hostile:
+                    self.failed.append((route, seconds, time.time()))
                 if len(self.samples[route]) < 2:
                     self.samples[route].append(" ".join(str(error).split())[:160])
+
+
+def last_memory_line(log_path: Path) -> str:
+    """The server's latest "memory:" line (the sweep logs one with SERDEMO_MEMORY_LOG=1)."""
+    try:
+        lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if "memory: rss_mb" in ln]
+    except OSError:
+        return "(no log)"
+    return lines[-1].split("memory: ", 1)[1] if lines else "(none logged)"
 
 
 def timed(stats: Stats, route: str, fn, hostile: bool = False):
@@ -815,7 +827,8 @@ def main() -> None:
     users = [f"user{i:02d}" for i in range(args.users)] + ["mallory", "alice", "owner"]
     env = dict(os.environ, SERDEMO_DATA=str(data), TMPDIR=str(tmp), GRADIO_SERVER_PORT=str(port),
                SERDEMO_AUTH=",".join(f"{u}:{PASSWORD}" for u in users), SERDEMO_SWEEP_S="10",
-               SERDEMO_TEMP_MAX_AGE_S="60", PYTHONUNBUFFERED="1", SERDEMO_DISK_BUDGET_MB=str(BUDGET_MB),
+               SERDEMO_TEMP_MAX_AGE_S="60", SERDEMO_MEMORY_LOG="1", PYTHONUNBUFFERED="1",
+               SERDEMO_DISK_BUDGET_MB=str(BUDGET_MB),
                SERDEMO_MAX_UPLOAD=f"{MAX_UPLOAD_MB}mb", SERDEMO_RETRAIN_EPOCHS="1",
                SERDEMO_RETRAIN_ARGS="--limit-per-corpus 24 --max-steps 2 --batch-size 8",
                GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
@@ -839,6 +852,8 @@ def main() -> None:
             time.sleep(1)
     warm.predict(handle_file(str(files["clips"][0])), "default", 1.0, api_name="/analyze")  # load the model
     warm_rss = rss_mb(server.pid)
+    time.sleep(11)  # one sweep: its log line says where the warm server's memory is (SERDEMO_MEMORY_LOG)
+    warm_memory = last_memory_line(log_path)
     disk0 = {"store": du_mb(data), "serdemo temp": du_mb(tmp, "serdemo-") - du_mb(gradio_dir),
              "gradio cache": du_mb(gradio_dir)}
     print(f"server up in {time.time() - t0:.0f} s; warm RSS {warm_rss:.0f} MB; running {args.seconds:.0f} s with "
@@ -899,6 +914,7 @@ def main() -> None:
     print(f"load stopped; waiting {args.settle:.0f} s for the housekeeping sweep ...", flush=True)
     time.sleep(args.settle)
     settled_rss = rss_mb(server.pid)
+    settled_memory = last_memory_line(log_path)
     disk1 = {"store": du_mb(data), "serdemo temp": du_mb(tmp, "serdemo-") - du_mb(gradio_dir),
              "gradio cache": du_mb(gradio_dir)}
     alive = server.poll() is None
@@ -945,6 +961,10 @@ def main() -> None:
     for route, samples in stats.samples.items():
         if stats.errors.get(route):
             print(f"  error sample {route}: {samples[0]}")
+    for route, seconds, when in stats.failed[:20]:  # how long a failed ordinary call took (a wait in the queue?)
+        print(f"  failed {route} after {seconds:.1f} s, ended at {time.strftime('%H:%M:%S', time.localtime(when))} ({when:.1f})")
+    slow = {r: max(v) for r, v in stats.times.items() if v and not r.startswith("hostile")}
+    print("  slowest ordinary call per route: " + ", ".join(f"{r} {t:.1f} s" for r, t in sorted(slow.items())))
     probe = live_notes.get("probe")
     print(f"live microphone: private events (no API name), called as a page calls them, by the fn_index in /config "
           f"({probe.found if probe and probe.found else 'not found'}) through /gradio_api/queue/join, chunks posted "
@@ -959,6 +979,8 @@ def main() -> None:
     print(f"RSS: warm {warm_rss:.0f} MB, peak {peak['rss']:.0f} MB, at the end of the load {end_rss:.0f} MB, "
           f"after {args.settle:.0f} s {settled_rss:.0f} MB (warm + {settled_rss - warm_rss:.0f} MB); "
           f"retraining process peak {peak['child']:.0f} MB")
+    print(f"  the sweep's memory line when warm: {warm_memory}")
+    print(f"  the sweep's memory line {args.settle:.0f} s after the load: {settled_memory}")
     print("disk MB (start / peak / after the sweep):")
     for k in disk0:
         print(f"  {k:<14}{disk0[k]:>9.1f}{peak['disk'][k]:>9.1f}{disk1[k]:>9.1f}")

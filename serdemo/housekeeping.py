@@ -26,8 +26,8 @@ from pathlib import Path
 
 from serdemo.export import EXPORT_PREFIX, remove_old_exports
 from serdemo.sessions import (MAX_PAGE_SESSIONS, SESSION_IDLE_S, UNREAD_RESULT_S, SessionKeeper,  # noqa: F401
-                              lean_session_state, limit_malloc_arenas, max_page_sessions, release_freed_memory,
-                              session_idle_s)
+                              lean_session_state, limit_malloc_arenas, log_memory, max_page_sessions,
+                              memory_report, release_freed_memory, session_idle_s)
 
 UPLOAD_ROUTE = "/upload"  # Gradio's upload route (under its API prefix)
 MEASURE_EVERY_S = 5.0  # the disk use an upload is checked against is measured at most this often
@@ -111,6 +111,145 @@ def _remove(path: Path) -> bool:
         return False
 
 
+
+SWEPT_PREFIX = ".serdemo-swept-"  # a file being swept is renamed to this first (then deleted, or put back)
+
+
+def _remove_stale_files(folder: Path, older_than: float) -> tuple[int, bool]:
+    """Delete the files under one of Gradio's cache folders last modified before ``older_than``, each on its
+    own, never the folder at once: Gradio's upload folders are named by content, so a re-upload of the same
+    clip lands in a folder the sweep may be walking (``rmtree`` took it with the folder). Each file is renamed
+    aside first and looked at again: one that a re-upload replaced meanwhile is fresh and is put back. A folder
+    left empty goes if nothing had been written into it for as long (one a re-upload just wrote into is kept).
+    Returns (bytes freed, whether the folder is gone or left empty)."""
+    freed, kept = 0, 0
+    before = {}  # each folder's own time before the sweep renamed anything in it
+    for root, _dirs, _files in os.walk(folder):
+        try:
+            before[root] = os.lstat(root).st_mtime
+        except OSError:
+            pass
+    for root, dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            path = os.path.join(root, name)
+            kept += 1
+            try:
+                if os.lstat(path).st_mtime >= older_than:
+                    continue
+                aside = os.path.join(root, f"{SWEPT_PREFIX}{name}" if not name.startswith(SWEPT_PREFIX) else name)
+                if aside != path:
+                    os.rename(path, aside)
+                st = os.lstat(aside)
+                if st.st_mtime >= older_than:  # replaced by a re-upload between the look and the rename
+                    os.rename(aside, path)  # same folder, same name: the same content
+                    continue
+                os.unlink(aside)
+                freed += st.st_size
+                kept -= 1
+            except FileNotFoundError:
+                kept -= 1
+                continue
+            except OSError as exc:
+                log.warning("could not remove a temporary file (%s)", type(exc).__name__)
+        for name in dirs:
+            _rmdir_if_stale(Path(root) / name, older_than, before.get(os.path.join(root, name), older_than))
+    return freed, _rmdir_if_stale(folder, older_than, before.get(str(folder), older_than)) or kept == 0
+
+
+def _rmdir_if_stale(folder: Path, older_than: float, mtime: float) -> bool:
+    """Remove ``folder`` if it is empty and nothing was written into it since ``older_than`` (``mtime``: its
+    time before the sweep renamed files in it)."""
+    try:
+        if folder.is_symlink() or mtime >= older_than:
+            return False
+        folder.rmdir()  # only when empty
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError:  # not empty (something landed), or not ours to remove
+        return False
+
+
+class UploadsInUse:
+    """The files that events waiting in Gradio's queue or running reference (an ``/analyze``'s upload, a live
+    chunk): the sweep never deletes them, and touches them so that a file's age counts from its last use, not
+    its upload. Gradio passes an uploaded file's path through to the function untouched, so an upload whose
+    event waited past the age limit (the benchmark's 60 s) was deleted before it was read: "does not exist.
+    Upload it again". ``blocks`` is the app (its ``_queue``)."""
+
+    MAX_VALUES = 10_000  # values looked at per event (arguments are bounded by the body limit anyway)
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+
+    def events(self) -> list:
+        queue = getattr(self.blocks, "_queue", None)
+        if queue is None:
+            return []
+        found = []
+        try:
+            found += list((getattr(queue, "event_ids_to_events", None) or {}).values())
+            for job in list(getattr(queue, "active_jobs", None) or []):
+                found += list(job or ())
+            for group in list((getattr(queue, "event_queue_per_concurrency_id", None) or {}).values()):
+                found += list(getattr(group, "queue", None) or ())
+        except RuntimeError:  # changed while read: the next sweep looks again
+            pass
+        return found
+
+    def __call__(self) -> set[str]:
+        paths: set[str] = set()
+        for event in self.events():
+            body = getattr(event, "data", None)
+            paths_in(getattr(body, "data", None), paths, self.MAX_VALUES)
+        return paths
+
+
+def paths_in(value, found: set[str], budget: int = 10_000) -> int:
+    """Add every file path in ``value`` (Gradio's file payloads: ``{"path": ...}`` or objects with ``.path``,
+    nested in lists and dicts; absolute path strings) to ``found``; returns the values left to look at."""
+    stack = [value]
+    while stack and budget > 0:
+        item = stack.pop()
+        budget -= 1
+        if isinstance(item, str):
+            if os.path.isabs(item) and len(item) < 4096:
+                found.add(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        else:
+            path = getattr(item, "path", None)
+            if isinstance(path, str):
+                found.add(path)
+    return budget
+
+
+def busy_entries(in_use, gradio_dir: Path, now: float | None = None) -> set[str]:
+    """The names of the entries of Gradio's cache that hold a file in use (``in_use``: a callable returning
+    paths, or paths); each such file is touched (its age counts from this use)."""
+    if in_use is None:
+        return set()
+    try:
+        paths = in_use() if callable(in_use) else in_use
+    except Exception as exc:  # noqa: BLE001 - the sweep then keeps only what is young
+        log.warning("could not list the files in use (%s)", type(exc).__name__)
+        return set()
+    root = os.path.realpath(gradio_dir)
+    names = set()
+    for path in paths or ():
+        real = os.path.realpath(path)
+        if not real.startswith(root + os.sep):
+            continue
+        names.add(real[len(root) + 1:].split(os.sep, 1)[0])
+        try:
+            os.utime(real, (now, now) if now is not None else None)
+        except OSError:
+            pass
+    return names
+
+
 @dataclass
 class SweepReport:
     removed: int = 0
@@ -135,9 +274,12 @@ def temp_entries(gradio_dir: Path, work_dir: Path) -> list[Path]:
 
 def sweep(gradio_dir=None, work_dir=None, budget: int | None = None, max_age_s: float | None = None,
           min_age_s: float = MIN_AGE_S, now: float | None = None, retrainer=None,
-          keep_runs: int = KEEP_RUNS, sessions: "SessionKeeper | None" = None) -> SweepReport:
+          keep_runs: int = KEEP_RUNS, sessions: "SessionKeeper | None" = None, in_use=None) -> SweepReport:
     """Delete temporary files past ``max_age_s``, then the oldest until under ``budget`` bytes; prune old
-    retraining runs (``retrainer.prune``); forget idle page sessions (``sessions``). Returns what it did."""
+    retraining runs (``retrainer.prune``); forget idle page sessions (``sessions``). Returns what it did.
+    ``in_use`` (:class:`UploadsInUse`, or paths): files a waiting or running event references; they are
+    never deleted, and their age counts from now. In Gradio's cache each file goes on its own age
+    (:func:`_remove_stale_files`), so a re-upload into a folder being swept survives."""
     gradio_dir = Path(gradio_dir) if gradio_dir is not None else gradio_cache_dir()
     work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
     budget = budget_bytes() if budget is None else budget
@@ -146,26 +288,42 @@ def sweep(gradio_dir=None, work_dir=None, budget: int | None = None, max_age_s: 
     report = SweepReport()
     for prefix in TEMP_PREFIXES:  # serdemo's own folders by age (the export module's rule)
         report.removed += remove_old_exports(work_dir, older_than_s=max_age_s, now=now, prefix=prefix)
+    busy = busy_entries(in_use, gradio_dir, now)
+    cache = gradio_dir.resolve() if gradio_dir.is_dir() else gradio_dir
+
+    def remove(entry: Path, older_than: float) -> tuple[int, bool]:
+        if entry.parent.resolve() == cache and entry.is_dir() and not entry.is_symlink():
+            return _remove_stale_files(entry, older_than)
+        size = size_of(entry)
+        return (size, True) if _remove(entry) else (0, False)
+
     aged = []
     for entry in temp_entries(gradio_dir, work_dir):
+        if entry.name in busy and entry.parent.resolve() == cache:
+            aged.append((now, size_of(entry), entry))  # in use: counted, never removed
+            continue
         mtime, size = newest_mtime(entry), size_of(entry)
         if now - mtime > max_age_s:
-            if _remove(entry):
+            freed, gone = remove(entry, now - max_age_s)
+            report.freed_bytes += freed
+            if gone:
                 report.removed += 1
-                report.freed_bytes += size
                 report.entries.append(entry.name)
-            continue
+            if freed >= size or gone:
+                continue
+            size -= freed
         aged.append((mtime, size, entry))
     used = sum(size for _m, size, _e in aged)
     for mtime, size, entry in sorted(aged, key=lambda t: t[0]):  # oldest first, while over the budget
         if used <= budget:
             break
-        if now - mtime < min_age_s:
+        if now - mtime < min_age_s or (entry.name in busy and entry.parent.resolve() == cache):
             continue
-        if _remove(entry):
-            used -= size
+        freed, gone = remove(entry, now - min_age_s)
+        used -= freed
+        report.freed_bytes += freed
+        if gone:
             report.removed += 1
-            report.freed_bytes += size
             report.entries.append(entry.name)
     report.used_bytes = used
     if retrainer is not None:
@@ -179,6 +337,7 @@ def sweep(gradio_dir=None, work_dir=None, budget: int | None = None, max_age_s: 
         report.page_sessions_dropped = sessions.drop_idle()
         report.results_dropped = sessions.drop_unread()
     release_freed_memory()  # what the sweep, released recordings and forgotten sessions freed, and analyses
+    log_memory(getattr(sessions, "blocks", None))  # SERDEMO_MEMORY_LOG=1: where the memory is, each sweep
     if (report.removed or report.runs_removed or report.sessions_released or report.page_sessions_dropped
             or report.results_dropped):
         log.info("housekeeping: removed %d temporary entries (%.1f MB), %d retraining runs, released %d idle "

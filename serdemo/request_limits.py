@@ -196,7 +196,8 @@ class FairShare:
 
 
 def fair_queue(blocks, trust_forwarded: bool = False, share: FairShare | None = None) -> bool:
-    """Serve Gradio's queue by each client address's share of its time instead of first come, first served:
+    """Serve Gradio's queue by each client's share of its time instead of first come, first served (a client:
+    the event's login where the app has logins, else its address):
     one client's flood (48 analyses of a 59-s clip, its share under :class:`QueueLimitMiddleware`) otherwise
     made everyone who came after it wait for all of them. Before Gradio picks the next event of a concurrency
     group, that group's waiting events are ordered by when their client's turn comes: the seconds its events
@@ -215,6 +216,11 @@ def fair_queue(blocks, trust_forwarded: bool = False, share: FairShare | None = 
     share = share if share is not None else FairShare()
 
     def client_of(event):
+        # a login is one client wherever it connects from: users behind one address (an office's NAT, the
+        # abuse benchmark's 16 on 127.0.0.1) are not one client beside a flood from a single login
+        user = getattr(event, "username", None)
+        if isinstance(user, str) and user:
+            return ("login", user)
         return _event_client(event, trust_forwarded) or getattr(event, "session_hash", None)
 
     def get_events():
