@@ -224,12 +224,14 @@ class Retrainer:
             while (self.out_root / name).exists() or (self.workdir / f"{name}.json").exists():  # same second
                 n += 1
                 name = f"{Path(base_checkpoint).name}-ft-{stamp}-{n}"
-            # not among the served checkpoints until someone keeps it
-            self.out = self.workdir / RUNS_DIR / name
-            self.out.parent.mkdir(parents=True, exist_ok=True)
+            # not among the served checkpoints until someone keeps it. The run is published (self.out) only once
+            # its process exists: a status poll in between would read the previous run's process (or none, read
+            # as a finished one) against the new folder and end the new run as "failed (exit code 0)"
+            out = self.workdir / RUNS_DIR / name
+            out.parent.mkdir(parents=True, exist_ok=True)
             recipe = dict(base_card.get("training", {}).get("config", {}))
             self.first_guess_s = FIRST_GUESS_S.get(str(recipe.get("model")), 300.0)
-            recipe.update(name=name, out=str(self.out), init=str(base_checkpoint), epochs=self.epochs,
+            recipe.update(name=name, out=str(out), init=str(base_checkpoint), epochs=self.epochs,
                           corpora=self.corpora + [f"manifest={manifest}"])
             recipe.pop("max_steps", None)
             if extra_args is None:
@@ -242,18 +244,20 @@ class Retrainer:
             root = Path(__file__).resolve().parents[1]
             fit = [self.python, "-m", "training.fit", "--config", str(config), *extra_args]
             # both models scored on the same clips, of speakers neither trained on: like for like
-            compare = [self.python, "-m", "training.compare", str(base_checkpoint), str(self.out),
-                       "--json", str(self.out / COMPARISON_FILE)]
+            compare = [self.python, "-m", "training.compare", str(base_checkpoint), str(out),
+                       "--json", str(out / COMPARISON_FILE)]
             # below the server's priority (SERDEMO_RETRAIN_NICE, 10): a run takes the CPU the pages leave
             script = (f"renice -n {retrain_nice()} -p $$ >/dev/null 2>&1; " + " ".join(map(_quote, fit)) + " && "
                       + " ".join(map(_quote, compare)))
             with open(self.log, "w") as logf:
                 # its own process group: cancel() stops bash and every process the run started
-                self.proc = subprocess.Popen(["bash", "-c", script], cwd=root, env=env, stdout=logf,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
+                proc = subprocess.Popen(["bash", "-c", script], cwd=root, env=env, stdout=logf,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
             self.started = time.time()
             self.cancelled, self.decision, self.base_name = False, None, Path(base_checkpoint).name
             self.owner = owner
+            self.proc = proc  # the process first, then the folder that makes the run visible
+            self.out = out
             with self._runs_lock:
                 self.runs.append({"name": name, "base": self.base_name, "started": self.clock(), "ended": None,
                                   "owner": owner})
