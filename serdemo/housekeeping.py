@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serdemo.envsettings import env_number
 from serdemo.export import EXPORT_PREFIX, remove_old_exports
 from serdemo.sessions import (MAX_PAGE_SESSIONS, SESSION_IDLE_S, UNREAD_RESULT_S, SessionKeeper,  # noqa: F401
                               lean_session_state, limit_malloc_arenas, log_memory, max_page_sessions,
@@ -45,18 +46,12 @@ KEEP_RUNS = 3  # retraining runs whose outputs are kept (the newest; never the r
 
 def budget_bytes() -> int:
     """``SERDEMO_DISK_BUDGET_MB`` (default 1024) in bytes."""
-    try:
-        return max(1, int(float(os.environ.get("SERDEMO_DISK_BUDGET_MB", DISK_BUDGET_BYTES >> 20)) * (1 << 20)))
-    except ValueError:
-        return DISK_BUDGET_BYTES
+    return max(1, int(env_number("SERDEMO_DISK_BUDGET_MB", DISK_BUDGET_BYTES >> 20) * (1 << 20)))
 
 
 def temp_max_age_s() -> float:
     """``SERDEMO_TEMP_MAX_AGE_S`` (default 3600): how long uploads, exports and recordings are kept."""
-    try:
-        return max(0.0, float(os.environ.get("SERDEMO_TEMP_MAX_AGE_S", MAX_AGE_S)))
-    except ValueError:
-        return MAX_AGE_S
+    return env_number("SERDEMO_TEMP_MAX_AGE_S", MAX_AGE_S, low=0.0)
 
 
 def gradio_cache_dir() -> Path:

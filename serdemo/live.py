@@ -23,7 +23,6 @@ go. :func:`start_watcher` checks the open recordings every :data:`WATCH_EVERY_S`
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import weakref
@@ -31,6 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
+from serdemo.envsettings import env_number
 from serdemo.audio import (MIN_DURATION_S, SAMPLE_RATE, SILENCE_PEAK, AudioError, StreamResampler, channels_of,
                            check_rate_channels, downmix, to_float)
 from serdemo.inference import Predictor
@@ -60,19 +60,12 @@ _watcher: threading.Thread | None = None
 log = logging.getLogger(__name__)
 
 
-def _setting(name: str, default: int) -> int:
-    try:
-        return max(1, int(os.environ.get(name, default)))
-    except ValueError:
-        return default
-
-
 def per_user_limit() -> int:
-    return _setting("SERDEMO_LIVE_PER_USER", MAX_LIVE_PER_USER)
+    return env_number("SERDEMO_LIVE_PER_USER", MAX_LIVE_PER_USER, low=1, kind=int)
 
 
 def per_address_limit() -> int:
-    return _setting("SERDEMO_LIVE_PER_ADDRESS", MAX_LIVE_PER_ADDRESS)
+    return env_number("SERDEMO_LIVE_PER_ADDRESS", MAX_LIVE_PER_ADDRESS, low=1, kind=int)
 
 
 def _classifier_pool() -> ThreadPoolExecutor:

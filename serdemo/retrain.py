@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from serdemo.envsettings import env_number
 from serdemo.eta import FIRST_GUESS_S, human_duration
 from serdemo.fsutil import atomic_write
 from serdemo.retrain_access import RetrainBusy, RetrainRefused, check_weights, is_admin, owner_words, user_reason
@@ -478,10 +479,7 @@ class Retrainer:
 
 def retrain_nice() -> int:
     """How much lower than the server's a retraining run's CPU priority is (``nice``; SERDEMO_RETRAIN_NICE)."""
-    try:
-        return min(19, max(0, int(os.environ.get("SERDEMO_RETRAIN_NICE", "10"))))
-    except ValueError:
-        return 10
+    return env_number("SERDEMO_RETRAIN_NICE", 10, low=0, high=19, kind=int)
 
 
 def _stop(proc: subprocess.Popen, sig: int) -> None:

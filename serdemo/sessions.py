@@ -14,6 +14,7 @@ import datetime
 import logging
 import os
 import time
+from serdemo.envsettings import env_number
 
 log = logging.getLogger("serdemo.housekeeping")  # the sweep's log, as before the split
 
@@ -24,27 +25,18 @@ MAX_PAGE_SESSIONS = 1000  # sessions Gradio keeps at most (its default: 10,000),
 
 
 def session_idle_s() -> float:
-    try:
-        return max(1.0, float(os.environ.get("SERDEMO_SESSION_IDLE_S", SESSION_IDLE_S)))
-    except ValueError:
-        return SESSION_IDLE_S
+    return env_number("SERDEMO_SESSION_IDLE_S", SESSION_IDLE_S, low=1.0)
 
 
 def unread_result_s() -> float:
     """``SERDEMO_UNREAD_RESULT_S`` (default 60; was 120): how long a finished result nobody reads is kept. A page
     and gradio_client read theirs at once; the abuse run's flood never reads its 48 (~5 MB each), and at 120 s
     those finished late in the load were still held when the benchmark measured, 120 s after it."""
-    try:
-        return max(1.0, float(os.environ.get("SERDEMO_UNREAD_RESULT_S", UNREAD_RESULT_S)))
-    except ValueError:
-        return UNREAD_RESULT_S
+    return env_number("SERDEMO_UNREAD_RESULT_S", UNREAD_RESULT_S, low=1.0)
 
 
 def max_page_sessions() -> int:
-    try:
-        return max(10, int(os.environ.get("SERDEMO_SESSIONS", MAX_PAGE_SESSIONS)))
-    except ValueError:
-        return MAX_PAGE_SESSIONS
+    return env_number("SERDEMO_SESSIONS", MAX_PAGE_SESSIONS, low=10, kind=int)
 
 
 def release_freed_memory() -> None:

@@ -31,7 +31,6 @@ import hashlib
 import inspect
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from serdemo.envsettings import env_number
 from serdemo import csvsafe
 from serdemo.audio import SAMPLE_RATE, MIN_DURATION_S, AudioStream, release_memory
 from serdemo.fsutil import atomic_write
@@ -66,10 +66,7 @@ Progress = Callable[[float, str], None]  # (fraction done, what is happening)
 
 def max_timeline_s() -> float:
     """The longest recording :func:`analyze` accepts: ``SERDEMO_MAX_TIMELINE_S`` or 30 minutes."""
-    try:
-        return float(os.environ.get("SERDEMO_MAX_TIMELINE_S", MAX_TIMELINE_S))
-    except ValueError:
-        return MAX_TIMELINE_S
+    return env_number("SERDEMO_MAX_TIMELINE_S", MAX_TIMELINE_S)
 
 
 def open_recording(source, max_duration_s: float | None = None) -> AudioStream:
