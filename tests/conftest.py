@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import shutil
@@ -128,6 +129,40 @@ BROKEN = {  # checkpoint folders beside the good ones whose cards would crash st
     "broken-escape": lambda c: c["weights"].update(file="../../checkpoints/default/model.safetensors"),
     "broken-unhashed": lambda c: c["weights"].pop("sha256"),
 }
+
+
+@contextlib.contextmanager
+def live_probe_server(tmp_path: Path, monkeypatch, serve_s: float):
+    """The app in this process (with the stream-chunk middleware app.py adds) and benchmarks/abuse.py's raw-HTTP
+    live client pointed at it, as a page speaks to the live stream: yields ``(abuse module, LiveProbe)`` whose
+    ``_start`` gives up after ``serve_s``; the app is closed afterwards. Patch the live limits before entering."""
+    import dataclasses
+    import importlib.util
+
+    from starlette.middleware import Middleware
+
+    from serdemo.ui import Settings, build_app
+    from serdemo.uikit import StreamChunkMiddleware
+
+    spec = importlib.util.spec_from_file_location("abuse", ROOT / "benchmarks" / "abuse.py")
+    abuse = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(abuse)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-cache"))
+    app = build_app(dataclasses.replace(Settings.from_env(), data_dir=tmp_path / "data",
+                                        checkpoint_dirs=(ROOT / "checkpoints",)))
+    app.queue(default_concurrency_limit=2)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+               app_kwargs={"middleware": [Middleware(StreamChunkMiddleware)]})
+    chunk = tmp_path / "chunk.wav"
+    sf.write(chunk, (np.sin(np.arange(24000) / 48000 * 2 * np.pi * 220) * 3000).astype(np.int16), 48000)
+    try:
+        probe = abuse.LiveProbe(f"http://127.0.0.1:{port}", "", {"live chunk.wav": chunk}, abuse.Stats(), {})
+        probe.SERVE_S = serve_s
+        probe.discover()
+        yield abuse, probe
+    finally:
+        app.close()
 
 
 def broken_checkpoints(good: Path, folder: Path) -> None:

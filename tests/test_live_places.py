@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import live_probe_server
 from tests.test_safety import FakeClock, NoModel, fresh_sessions  # noqa: F401 - the fixture
 
 
@@ -110,17 +110,8 @@ def test_the_next_user_sees_the_places_full_message_instead_of_waiting(tmp_path,
     concurrency limit equalled the places) and never saw the message. The limit now leaves room above the
     places, so the refused stream's handler runs and its message comes back at once. Here one place (held by
     a stream that walked away) and the same room above it."""
-    import dataclasses
-    import importlib.util
-
-    import soundfile as sf
-    from starlette.middleware import Middleware
-
     from serdemo import live as live_mod
     from serdemo import timeline_ui
-    from serdemo.ui import Settings, build_app
-    from serdemo.uikit import StreamChunkMiddleware
-    from tests.test_app import free_port
 
     room = timeline_ui.LIVE_CHUNKS_AT_ONCE - live_mod.MAX_LIVE_SESSIONS
     assert room >= 1, "a stream refused for want of a place must find a free handler"
@@ -128,35 +119,20 @@ def test_the_next_user_sees_the_places_full_message_instead_of_waiting(tmp_path,
         s.release("test")
     monkeypatch.setattr(live_mod, "MAX_LIVE_SESSIONS", 1)
     monkeypatch.setattr(timeline_ui, "LIVE_CHUNKS_AT_ONCE", 1 + room)
-    spec = importlib.util.spec_from_file_location("abuse", ROOT / "benchmarks" / "abuse.py")
-    abuse = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(abuse)  # its raw-HTTP live client speaks to the stream as a page does
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-cache"))
-    app = build_app(dataclasses.replace(Settings.from_env(), data_dir=tmp_path / "data",
-                                        checkpoint_dirs=(ROOT / "checkpoints",)))
-    app.queue(default_concurrency_limit=2)
-    port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-               app_kwargs={"middleware": [Middleware(StreamChunkMiddleware)]})
-    chunk = tmp_path / "chunk.wav"
-    sf.write(chunk, (np.sin(np.arange(24000) / 48000 * 2 * np.pi * 220) * 3000).astype(np.int16), 48000)
     try:
-        probe = abuse.LiveProbe(f"http://127.0.0.1:{port}", "", {"live chunk.wav": chunk}, abuse.Stats(), {})
-        probe.SERVE_S = 30.0
-        probe.discover()
-        first = abuse.LiveSession(probe.url, "", probe.fns, probe.mic)
-        probe._start(first)
-        first.walk_away()  # its stream holds the one place
-        second = abuse.LiveSession(probe.url, "", probe.fns, probe.mic)
-        t0 = time.monotonic()
-        try:
-            with pytest.raises(abuse.LiveRefused, match="live places on the server are taken"):
-                probe._start(second)
-        finally:
-            second.walk_away()
-        assert time.monotonic() - t0 < 10
+        with live_probe_server(tmp_path, monkeypatch, serve_s=30.0) as (abuse, probe):
+            first = abuse.LiveSession(probe.url, "", probe.fns, probe.mic)
+            probe._start(first)
+            first.walk_away()  # its stream holds the one place
+            second = abuse.LiveSession(probe.url, "", probe.fns, probe.mic)
+            t0 = time.monotonic()
+            try:
+                with pytest.raises(abuse.LiveRefused, match="live places on the server are taken"):
+                    probe._start(second)
+            finally:
+                second.walk_away()
+            assert time.monotonic() - t0 < 10
     finally:
-        app.close()
         for s in list(live_mod._sessions):
             s.release("test")
 

@@ -426,36 +426,12 @@ def test_an_abandoned_live_stream_frees_its_place_when_its_recording_is_released
     limit while it waits for the next chunk, up to the stream's time limit (30 min), so a client that opened
     the limit's number of streams and walked away shut the microphone for everyone. A released recording
     (idle, here forced) now ends its stream at once: the next page's stream is served."""
-    import dataclasses
-    import importlib.util
-
-    from starlette.middleware import Middleware
-
-    import soundfile as sf
-
     from serdemo import live as live_mod
     from serdemo import timeline_ui
-    from serdemo.ui import Settings, build_app
-    from serdemo.uikit import StreamChunkMiddleware
-    from tests.test_app import free_port
+    from tests.conftest import live_probe_server
 
-    spec = importlib.util.spec_from_file_location("abuse", ROOT / "benchmarks" / "abuse.py")
-    abuse = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(abuse)  # its raw-HTTP live client speaks to the stream as a page does
     monkeypatch.setattr(timeline_ui, "LIVE_CHUNKS_AT_ONCE", 1)  # one stream at a time: one walk-away fills it
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-cache"))
-    app = build_app(dataclasses.replace(Settings.from_env(), data_dir=tmp_path / "data",
-                                        checkpoint_dirs=(ROOT / "checkpoints",)))
-    app.queue(default_concurrency_limit=2)
-    port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-               app_kwargs={"middleware": [Middleware(StreamChunkMiddleware)]})
-    chunk = tmp_path / "chunk.wav"
-    sf.write(chunk, (np.sin(np.arange(24000) / 48000 * 2 * np.pi * 220) * 3000).astype(np.int16), 48000)
-    try:
-        probe = abuse.LiveProbe(f"http://127.0.0.1:{port}", "", {"live chunk.wav": chunk}, abuse.Stats(), {})
-        probe.SERVE_S = 20.0
-        probe.discover()
+    with live_probe_server(tmp_path, monkeypatch, serve_s=20.0) as (abuse, probe):
         first = abuse.LiveSession(probe.url, "", probe.fns, probe.mic)
         probe._start(first)
         first.walk_away()  # no close, no stop: its stream holds the one place
@@ -466,5 +442,3 @@ def test_an_abandoned_live_stream_frees_its_place_when_its_recording_is_released
             probe._start(second)  # served: raises LiveUnserved after 20 s while the first stream holds the place
         finally:
             second.walk_away()
-    finally:
-        app.close()
