@@ -314,17 +314,9 @@ class Data:
                 ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each example's ``(states float16 (layers + 1, time, width), speech (time,))``; encodes what is missing.
         ``keep``: the states stay in memory for the next call (a trainer's epochs); off, each is read from disk."""
-        cache = self.encoded_cache
-        digests = [self.digest(e) for e in examples]
-        items = [cache.lookup(d, alpha, keep=keep) for d in digests]
-        missing = [i for i, item in enumerate(items) if item is None]
-        if missing:  # encode only what is not cached; hashing was done once per clip
-            cache.fill([self.cache.get(examples[i].utt.path, keep=keep) for i in missing],
-                       [self.speech(examples[i]) for i in missing], alpha, digests=[digests[i] for i in missing],
-                       keep=keep)
-            for i in missing:
-                items[i] = cache.lookup(digests[i], alpha, keep=keep)
-        return items
+        return self.encoded_cache.items([self.digest(e) for e in examples],  # each clip hashed once per run
+                                        lambda i: self.cache.get(examples[i].utt.path, keep=keep),
+                                        lambda i: self.speech(examples[i]), alpha, keep)
 
     def statistics(self, examples: list[Example], layers, frame_norm: bool = False, alpha: float = 1.0,
                    chunk: int = 64) -> np.ndarray:

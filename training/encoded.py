@@ -86,6 +86,19 @@ class EncodedCache:
             self.memory[key] = item
         return item
 
+    def items(self, digests: list[str], wave, speech, alpha: float = 1.0, keep: bool = True) -> list:
+        """Each clip's ``(states, speech)`` by its :func:`wave_digest`, each read once; clips not cached yet are
+        encoded first (``wave(i)`` and ``speech(i)``: the i-th clip's wave and its mask on the log-mel grid,
+        asked for only when it must be encoded). ``keep``: as :meth:`lookup`."""
+        out = [self.lookup(d, alpha, keep=keep) for d in digests]
+        missing = [i for i, item in enumerate(out) if item is None]
+        if missing:
+            self.fill([wave(i) for i in missing], [speech(i) for i in missing], alpha,
+                      digests=[digests[i] for i in missing], keep=keep)
+            for i in missing:
+                out[i] = self.lookup(digests[i], alpha, keep=keep)
+        return out
+
     def _remask(self, digest: str, alpha: float, speech) -> bool:
         """Reuse the states of an entry whose mask another detector made: recompute the mask on its grid from
         ``speech`` (log-mel grid) and store it under this cache's key. -> whether it could."""

@@ -98,15 +98,16 @@ def _score_cached(model, waves: WaveCache, paths: list[str], batch_size: int = 3
     time (no clip's wave or states is held past its batch).
     -> (probs (n, classes), attention mass on speech per clip, mass on the last quarter of the speech)."""
     from training.batches import collate_states
-    from training.encoded import EncodedCache
+    from training.encoded import EncodedCache, wave_digest
 
     cache = EncodedCache(encoder=encoder_name)
     n_states = encoder_layers(model) + 1
     probs, on_speech, last_quarter = [], [], []
     for i in range(0, len(paths), batch_size):
         part = paths[i:i + batch_size]
-        digests = cache.fill([waves.get(p, keep=False) for p in part], [waves.speech(p) for p in part], keep=False)
-        items = [cache.lookup(d, keep=False) for d in digests]
+        clips = [waves.get(p, keep=False) for p in part]
+        items = cache.items([wave_digest(w) for w in clips], clips.__getitem__, lambda j: waves.speech(part[j]),
+                            keep=False)
         x, lengths, sp = collate_states(items, n_states, "cpu")
         out = model(x, lengths, speech=sp)
         probs.append(torch.softmax(out.logits["emotion"].float(), -1).numpy())
